@@ -1,0 +1,113 @@
+"""The fused feature/spatial cost between embeddings and prototypes (paper Eq. 1 and Eq. 3).
+
+Embeddings are ``f = (z, c)`` with features ``z: (N, D)`` and grid coordinates ``c: (N, 2)``;
+prototypes are ``P = (p, rho)`` with ``p: (P, D)`` and ``rho: (P, 2)``. All functions return ``(N, P)``.
+
+Zero-norm features (e.g. an all-black image region after ReLU) have no direction: their cosine with
+anything is defined as 0, i.e. feature cost 1 (never NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "FEATURE_NORM_EPS",
+    "check_alpha",
+    "feature_cost",
+    "spatial_cost",
+    "fused_cost",
+    "normalised_cost",
+    "grid_coordinates",
+]
+
+#: below this L2 norm a feature vector counts as zero (its cosine with anything is 0)
+FEATURE_NORM_EPS = 1e-8
+
+
+def check_alpha(alpha: float) -> float:
+    """Validate the cost balance ``alpha`` (must lie in [0, 1])."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
+    if not (0.0 <= a <= 1.0):
+        raise ValueError(f"alpha must lie in [0, 1] (0 = global prototypes, >0 = local), got {alpha!r}")
+    return a
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm; zero rows stay zero."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(FEATURE_NORM_EPS)
+
+
+def feature_cost(z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Feature part of Eq. 1: ``M_feat(i, j) = 1 - <z_i, p_j> / (|z_i| |p_j|)``.
+
+    Args:
+        z: (N, D) embedding features; p: (P, D) prototype features.
+    Returns:
+        (N, P) cosine distances in [0, 2].
+    """
+    if z.shape[-1] != p.shape[-1]:
+        raise ValueError(f"feature dimensions differ: embeddings {z.shape[-1]}, prototypes {p.shape[-1]}")
+    return 1.0 - _unit(z) @ _unit(p).T
+
+
+def spatial_cost(c: torch.Tensor, rho: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """Spatial part of Eq. 1 / Eq. 3: distance between grid coordinates.
+
+    The authors' code uses the plain Euclidean distance (``squared=False``, the default); the paper's
+    Eq. 1 writes it squared (``squared=True``).
+
+    Args:
+        c: (N, 2) embedding coordinates; rho: (P, 2) prototype coordinates.
+    Returns:
+        (N, P) distances.
+    """
+    d2 = (c[:, None, :] - rho[None, :, :]).pow(2).sum(-1)
+    return d2 if squared else d2.sqrt()
+
+
+def fused_cost(z, c, p, rho, alpha: float, squared: bool = True) -> torch.Tensor:
+    """Eq. 1: ``C(f, P) = (1 - alpha) (1 - cos(z, p)) + alpha |c - rho|^2`` (unnormalised).
+
+    Kept for reference and for the UMAP figure (the paper's Fig. 6 uses cost (1) as the metric).
+    Training and scoring use :func:`normalised_cost` (Eq. 3), as the authors' code does.
+    Returns (N, P).
+    """
+    a = check_alpha(alpha)
+    return (1.0 - a) * feature_cost(z, p) + a * spatial_cost(c, rho, squared=squared)
+
+
+def _max_normalised(m: torch.Tensor) -> torch.Tensor:
+    peak = m.max()
+    return m / peak if float(peak) > 0 else m
+
+
+def normalised_cost(m_feat: torch.Tensor, m_struct: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 3: ``M = (1 - alpha) M_feat / max(M_feat) + alpha M_struct / max(M_struct)``.
+
+    The maxima are taken over the matrix at hand (a training batch, or one test image). A term whose
+    maximum is 0 (all embeddings on their prototypes' coordinates, or identical features) is used
+    as is (all zeros) instead of dividing by zero.
+
+    Args:
+        m_feat: (N, P) feature cost; m_struct: (N, P) spatial cost; alpha in [0, 1].
+    Returns:
+        (N, P) cost in [0, 1].
+    """
+    a = check_alpha(alpha)
+    if a == 0.0:
+        return _max_normalised(m_feat)
+    if a == 1.0:
+        return _max_normalised(m_struct)
+    return (1.0 - a) * _max_normalised(m_feat) + a * _max_normalised(m_struct)
+
+
+def grid_coordinates(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Embedding coordinates: ``linspace(0, 1, H) x linspace(0, 1, W)`` (row, col), row-major: (H*W, 2)."""
+    rows = torch.linspace(0, 1, height, device=device, dtype=dtype)
+    cols = torch.linspace(0, 1, width, device=device, dtype=dtype)
+    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.stack([rr.reshape(-1), cc.reshape(-1)], dim=1)

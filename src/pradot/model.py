@@ -1,0 +1,289 @@
+"""The PRADOT model: a frozen backbone and one prototype bank per feature stage (Algorithm 1).
+
+``PRADOT.fit`` learns the banks; ``PRADOT.score`` returns anomaly maps and image scores;
+``save``/``load`` write and read one self-describing file (config, banks and, optionally, the backbone's
+weights so the model works offline). The model knows nothing of MLflow or Ray: ``fit`` takes an optional
+per-epoch callback that the pipelines use for logging and for Tune's reports.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .backbone import Backbone, load_backbone
+from .cost import check_alpha
+from .prototypes import BankConfig, PrototypeBank
+from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
+from .transport import sinkhorn
+
+__all__ = ["PRADOTConfig", "EpochStats", "PRADOT", "FORMAT"]
+
+FORMAT = "pradot-model-v1"
+
+
+@dataclass
+class PRADOTConfig:
+    """Hyper-parameters of one PRADOT model. The defaults equal the paper's (and ``conf/``'s)."""
+
+    backbone: str = "resnet50"
+    stages: tuple[int, ...] = (2, 3)
+    image_size: int = 224
+    alpha: float = 0.3
+    n: float = 16
+    eta: float = 0.95
+    epsilon: float = 0.01
+    sinkhorn_iters: int = 100
+    batch_size: int = 64
+    epochs: int = 50
+    seed: int = 0
+    learn_coordinates: bool = False
+    warm_start: bool = False  # reuse Sinkhorn potentials across batches (the paper: no)
+
+    def __post_init__(self):
+        self.stages = tuple(int(s) for s in self.stages)
+        check_alpha(self.alpha)
+        if isinstance(self.n, float) and self.n.is_integer():
+            self.n = int(self.n)
+        if not (self.n > 0):
+            raise ValueError(f"n (prototypes per cell) must be > 0, got {self.n!r}")
+        if not (math.isfinite(float(self.epsilon)) and float(self.epsilon) > 0):
+            raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
+        if not (0.0 <= float(self.eta) <= 1.0):
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta!r}")
+        if int(self.batch_size) < 1 or int(self.epochs) < 0 or int(self.image_size) < 16:
+            raise ValueError(f"batch_size >= 1, epochs >= 0 and image_size >= 16 are required, got "
+                             f"{self.batch_size}, {self.epochs}, {self.image_size}")
+        if self.n >= 1 and int(self.batch_size) < self.n:
+            raise ValueError(
+                f"batch size {self.batch_size} < n={self.n}: with fewer embeddings than prototypes per cell "
+                f"the transport plan splits every embedding over several prototypes and the barycentres "
+                f"collapse (the paper requires B >= n; it uses B = 4n). Raise batch_size (batch_ratio) or "
+                f"lower n.")
+        if self.n >= 1 and int(self.batch_size) < 2 * self.n:
+            warnings.warn(f"batch size {self.batch_size} < 2 n = {2 * self.n}: the paper's Fig. 3a shows a "
+                          f"clear loss of accuracy below a batch/n ratio of 2", stacklevel=3)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    ot_loss: dict[int, float]  # stage -> mean <M, T> over the epoch's batches
+    change: dict[int, float]  # stage -> mean relative prototype change per batch
+    seconds: float
+    feature_seconds: float
+    ot_seconds: float
+
+
+class PRADOT(nn.Module):
+    """PRADOT model: ``fit(data)``, ``score(images) -> (maps, scores)``, ``save(path)``, ``load(path)``."""
+
+    def __init__(self, config: PRADOTConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.config = config
+        self.device_ = torch.device(device)
+        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
+        self.backbone.to(self.device_)
+        if tuple(self.backbone.stages) != tuple(config.stages):
+            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+        self.banks = nn.ModuleDict()
+        for i, s in enumerate(config.stages):
+            grid = self.backbone.grid(s, config.image_size)
+            bc = BankConfig(stage=s, alpha=config.alpha, n=config.n, grid=grid, dim=self.backbone.channels[s],
+                            backbone=config.backbone, image_size=config.image_size, eta=config.eta,
+                            epsilon=config.epsilon, sinkhorn_iters=config.sinkhorn_iters,
+                            learn_coordinates=config.learn_coordinates)
+            self.banks[str(s)] = PrototypeBank(bc, seed=config.seed + i, device=self.device_)
+        self.fitted = False
+
+    # ------------------------------------------------------------------ training
+    def _check_train_size(self, n_images: int) -> int:
+        bs = int(self.config.batch_size)
+        if n_images == 0:
+            raise ValueError("the training set is empty")
+        if n_images < bs:
+            raise ValueError(f"the training set has {n_images} images, fewer than the batch size {bs}; batches "
+                             f"are drawn with drop_last, so no batch would be trained. Lower batch_size "
+                             f"(batch_ratio x n) or add images.")
+        return n_images // bs
+
+    def epoch_batches(self, n_images: int) -> list[list[torch.Tensor]]:
+        """The seeded, shuffled, drop_last batches of every epoch: [epoch][batch] -> image indices."""
+        n_batches = self._check_train_size(n_images)
+        bs = int(self.config.batch_size)
+        g = torch.Generator().manual_seed(int(self.config.seed))
+        out = []
+        for _ in range(int(self.config.epochs)):
+            perm = torch.randperm(n_images, generator=g)
+            out.append([perm[b * bs:(b + 1) * bs] for b in range(n_batches)])
+        return out
+
+    def _train(self, schedule: list[list[torch.Tensor]], batch_features,
+               callback: Callable[[EpochStats], None] | None, progress: bool) -> list[EpochStats]:
+        """Algorithm 1. ``batch_features`` yields {stage: (B, D, H, W)} for the schedule's batches in order."""
+        history = []
+        batch_features = iter(batch_features)
+        warm = {s: None for s in self.config.stages}
+        bar = tqdm(total=len(schedule) * len(schedule[0]) if schedule else 0, desc="PRADOT training",
+                   disable=not progress, leave=False)
+        for epoch, batches in enumerate(schedule):
+            t0 = time.perf_counter()
+            tf = tot = 0.0
+            losses = {s: [] for s in self.config.stages}
+            changes = {s: [] for s in self.config.stages}
+            for idx in batches:
+                t1 = time.perf_counter()
+                feats = next(batch_features)
+                t2 = time.perf_counter()
+                for s in self.config.stages:
+                    st = self.banks[str(s)].step(feats[s].to(self.device_), warm=warm[s],
+                                                 warm_start=self.config.warm_start, solver=sinkhorn)
+                    warm[s] = st.warm if self.config.warm_start else None
+                    losses[s].append(st.ot_loss)
+                    changes[s].append(st.change)
+                t3 = time.perf_counter()
+                tf += t2 - t1
+                tot += t3 - t2
+                bar.update(1)
+            stats = EpochStats(epoch + 1, {s: float(np.mean(v)) for s, v in losses.items()},
+                               {s: float(np.mean(v)) for s, v in changes.items()},
+                               time.perf_counter() - t0, tf, tot)
+            history.append(stats)
+            bar.set_postfix(epoch=epoch + 1, ot_loss=f"{np.mean(list(stats.ot_loss.values())):.4f}")
+            if callback is not None:
+                callback(stats)
+        bar.close()
+        self.fitted = True
+        return history
+
+    def fit(self, data: Dataset | DataLoader, callback=None, progress: bool = True,
+            num_workers: int | None = None) -> list[EpochStats]:
+        """Learn the prototypes, recomputing backbone features for every batch (the authors' way).
+
+        ``data`` is a Dataset of ``{"image": (3, S, S) float in [0, 1]}`` items or a DataLoader over one
+        (its dataset and num_workers are used). Batches are PRADOT's own: shuffled with the config's
+        seed, ``batch_size`` images, ``drop_last``; so this gives the same prototypes as
+        :meth:`fit_features` on cached features.
+        """
+        if isinstance(data, DataLoader):
+            num_workers = data.num_workers if num_workers is None else num_workers
+            data = data.dataset
+        schedule = self.epoch_batches(len(data))
+        loader = DataLoader(data, batch_sampler=[idx.tolist() for epoch in schedule for idx in epoch],
+                            num_workers=num_workers or 0)
+        feats = (self.backbone(batch["image"].to(self.device_)) for batch in loader)
+        return self._train(schedule, feats, callback, progress)
+
+    def fit_features(self, features: dict[int, np.ndarray | torch.Tensor], callback=None,
+                     progress: bool = True) -> list[EpochStats]:
+        """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache)."""
+        missing = [s for s in self.config.stages if s not in features]
+        if missing:
+            raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
+        n = {s: len(features[s]) for s in self.config.stages}
+        if len(set(n.values())) != 1:
+            raise ValueError(f"stages have different numbers of images: {n}")
+
+        schedule = self.epoch_batches(next(iter(n.values())))
+
+        def batches():
+            for epoch in schedule:
+                for idx in epoch:
+                    order = np.sort(idx.numpy())  # memmaps read faster in order; restore batch order after
+                    inv = np.argsort(np.argsort(idx.numpy()))
+                    yield {s: torch.from_numpy(np.ascontiguousarray(np.asarray(features[s][order])[inv]))
+                           for s in self.config.stages}
+
+        return self._train(schedule, batches(), callback, progress)
+
+    # ------------------------------------------------------------------ scoring
+    def _prepare(self, images) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}; "
+                             f"convert grayscale/RGBA images to RGB first (pradot.data.read_image does)")
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        images = images.float()
+        S = int(self.config.image_size)
+        if images.shape[-2:] != (S, S):
+            images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+        return images
+
+    @torch.no_grad()
+    def stage_maps(self, images, batch_size: int = 16) -> dict[int, torch.Tensor]:
+        """Per-stage Eq. 6 maps at feature resolution: {stage: (B, H, W)}."""
+        images = self._prepare(images)
+        out = {s: [] for s in self.config.stages}
+        for i in range(0, len(images), batch_size):
+            feats = self.backbone(images[i:i + batch_size].to(self.device_))
+            for s in self.config.stages:
+                out[s].append(stage_maps(self.banks[str(s)], feats[s]).cpu())
+        return {s: torch.cat(v) for s, v in out.items()}
+
+    @torch.no_grad()
+    def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B, S, S) at the model's input size and image scores (B,) (max of the map).
+
+        ``images``: (B, 3, H, W) float in [0, 1] (or uint8), resized to ``image_size`` if needed.
+        """
+        per_stage = self.stage_maps(images, batch_size)
+        S = int(self.config.image_size)
+        maps = fuse_maps([upsample_maps(m, S) for m in per_stage.values()])
+        return maps, image_scores(maps)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, include_backbone: bool = True) -> Path:
+        """One file with the config, each bank (with its own self-describing config) and, by default,
+        the backbone's weights (so loading needs neither internet nor weight packages)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": FORMAT,
+            "config": asdict(self.config),
+            "banks": {s: self.banks[str(s)].state() for s in self.config.stages},
+            "backbone": {"name": self.backbone.name, "stages": list(self.backbone.stages),
+                         "state_dict": ({k: v.cpu() for k, v in self.backbone.net.state_dict().items()}
+                                        if include_backbone else None)},
+            "fitted": self.fitted,
+        }
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "PRADOT":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no PRADOT model file at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a PRADOT model file (format {FORMAT})")
+        cfg = dict(state["config"])
+        cfg["stages"] = tuple(cfg["stages"])
+        config = PRADOTConfig(**cfg)
+        if backbone is None:
+            bb = state["backbone"]
+            backbone = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=bb["state_dict"])
+        model = cls(config, backbone=backbone, device=device)
+        for s, bank_state in state["banks"].items():
+            model.banks[str(s)] = PrototypeBank.from_state(bank_state, device=model.device_)
+        model.fitted = bool(state.get("fitted", True))
+        return model

