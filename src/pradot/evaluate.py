@@ -1,0 +1,240 @@
+"""Evaluate official-format anomaly maps against a dataset's ground truth.
+
+    python -m pradot.evaluate --dataset-root ROOT --category CAT --anomaly-maps MAPS \\
+        --output-dir OUT [--dataset mvtec_loco|mvtec_ad|visa|mpdd|folder|synthetic] [--max-fprs ...]
+
+Anomaly maps are real-valued 2-D TIFF files at ``MAPS/CAT/test/<anomaly_type>/<image_id>.tiff``
+(``.tif`` accepted too), one per test image, as for the official MVTec evaluation tools. A map
+whose size differs from its ground truth is resized to it (bilinear, half-pixel centres, like
+``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False)``); the count is
+recorded as ``"resized_maps"`` in the output, with a note, and a warning is printed.
+
+Output ``OUT/metrics.json``:
+
+* LOCO-style data (``has_saturation``): the official MVTec LOCO shape
+  ``{"classification": {"auc_roc": {...}}, "localization": {"auc_spro": {...}}}``;
+* AD-style data: ``{"image_auroc", "pixel_auroc", "au_pro_0.3"}`` (pixel metrics are skipped,
+  with a note, when some anomalous test image has no ground-truth mask);
+
+plus ``"resized_maps"``, ``"notes"``, ``"dataset"``, ``"category"`` and ``"num_test_images"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pradot.metrics import (
+    DEFAULT_MAX_FPRS,
+    Saturation,
+    ad_metrics,
+    image_auroc,
+    image_scores_from_maps,
+    loco_metrics,
+)
+
+__all__ = ["MAP_EXTENSIONS", "MissingMapsError", "find_map", "read_map", "resize_bilinear", "evaluate", "main"]
+
+MAP_EXTENSIONS: tuple[str, ...] = (".tiff", ".tif", ".TIFF", ".TIF")
+AD_DEFAULT_MAX_FPRS: tuple[float, ...] = (0.3,)
+
+
+class MissingMapsError(FileNotFoundError):
+    """Some test images have no anomaly map file; the message lists how many and where."""
+
+
+def find_map(maps_root: Path, category: str, anomaly_type: str, image_id: str) -> Path | None:
+    """The map file of one test image (``.tiff`` preferred over ``.tif``), or None."""
+    base = Path(maps_root) / category / "test" / anomaly_type / image_id
+    for ext in MAP_EXTENSIONS:
+        path = base.with_name(base.name + ext)
+        if path.is_file():
+            return path
+    return None
+
+
+def read_map(path: Path) -> np.ndarray:
+    """A 2-D real-valued anomaly map from a TIFF file (singleton axes are squeezed)."""
+    import tifffile
+
+    try:
+        arr = np.asarray(tifffile.imread(str(path)))
+    except Exception as exc:  # tifffile raises several exception types for corrupt files
+        raise ValueError(f"cannot read anomaly map {path}: {exc}") from exc
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"anomaly map {path} must be a 2-D array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"anomaly map {path} contains non-finite values (NaN or inf)")
+    return arr
+
+
+def _linear_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def resize_bilinear(a: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinear resize of a 2-D float array to ``size = (H, W)`` (half-pixel centres, edges
+    clamped, no antialiasing); keeps a floating dtype."""
+    a = np.asarray(a)
+    h, w = int(size[0]), int(size[1])
+    if a.shape == (h, w):
+        return a
+    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32
+    x = a.astype(np.float64)
+    y0, y1, wy = _linear_weights(h, a.shape[0])
+    x = x[y0] * (1.0 - wy)[:, None] + x[y1] * wy[:, None]
+    x0, x1, wx = _linear_weights(w, a.shape[1])
+    x = x[:, x0] * (1.0 - wx)[None, :] + x[:, x1] * wx[None, :]
+    return x.astype(dtype)
+
+
+def _missing_message(missing: list[Path], total: int, maps_root: Path) -> str:
+    shown = "\n".join(f"  {p}" for p in missing[:5])
+    more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return (
+        f"{len(missing)} of {total} anomaly maps are missing under {maps_root} "
+        f"(expected <anomaly-maps>/<category>/test/<anomaly_type>/<image_id>.tiff, one per test image). "
+        f"First expected paths:\n{shown}{more}"
+    )
+
+
+def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
+             output_dir: str | Path | None = None, dataset: str = "mvtec_loco",
+             max_fprs: Sequence[float] | None = None, progress: bool = True) -> dict:
+    """Compute the metrics of the maps under ``anomaly_maps`` for the test split of
+    ``dataset``/``category``; write ``output_dir/metrics.json`` when ``output_dir`` is given.
+
+    ``max_fprs``: AU-sPRO limits (LOCO-style, default 0.01 0.05 0.1 0.3 1.0) or AU-PRO limits
+    (AD-style, default 0.3).  Raises MissingMapsError when map files are missing.
+    """
+    from tqdm import tqdm
+
+    from pradot.data import load_dataset
+
+    ds = load_dataset(dataset, dataset_root, category)
+    samples = ds.samples("test")
+    if not samples:
+        raise ValueError(f"dataset {dataset!r} category {category!r} under {dataset_root} has no test images")
+    maps_root = Path(anomaly_maps)
+
+    paths: list[Path] = []
+    missing: list[Path] = []
+    for s in samples:
+        p = find_map(maps_root, category, s.anomaly_type, Path(s.image_path).stem)
+        if p is None:
+            missing.append(maps_root / category / "test" / s.anomaly_type / f"{Path(s.image_path).stem}.tiff")
+        else:
+            paths.append(p)
+    if missing:
+        raise MissingMapsError(_missing_message(missing, len(samples), maps_root))
+
+    maps, channels, saturations, types, labels = [], [], [], [], []
+    resized: list[tuple[Path, tuple[int, ...], tuple[int, ...]]] = []
+    for s, p in tqdm(list(zip(samples, paths)), desc=f"reading maps ({category})", unit="map",
+                     disable=not progress, file=sys.stderr):
+        a = read_map(p)
+        ch = np.asarray(ds.load_channels(s, size=None), dtype=bool)
+        if len(ch) != len(s.defects):
+            raise ValueError(f"{s.image_path}: {len(ch)} ground-truth channels but {len(s.defects)} defects")
+        size = tuple(ch.shape[1:])
+        if a.shape != size:
+            resized.append((p, a.shape, size))
+            a = resize_bilinear(a, size)
+        maps.append(a)
+        channels.append(ch)
+        saturations.append([Saturation.coerce(d) for d in s.defects])
+        types.append(s.anomaly_type)
+        labels.append(int(s.label))
+
+    notes: list[str] = []
+    if resized:
+        p0, got, want = resized[0]
+        note = (
+            f"{len(resized)} of {len(samples)} anomaly maps differ in size from their ground truth "
+            f"(e.g. {p0}: {got[0]}x{got[1]} vs {want[0]}x{want[1]}, HxW) and were resized bilinearly to it; "
+            f"the official tools expect maps at the original image resolution"
+        )
+        print(f"WARNING: {note}", file=sys.stderr)
+        notes.append(note)
+
+    if ds.has_saturation:
+        limits = tuple(max_fprs) if max_fprs else DEFAULT_MAX_FPRS
+        result = loco_metrics(maps, types, channels, saturations, max_fprs=limits)
+    else:
+        limits = tuple(max_fprs) if max_fprs else AD_DEFAULT_MAX_FPRS
+        unannotated = sum(1 for y, ch in zip(labels, channels) if y == 1 and len(ch) == 0)
+        if unannotated:
+            note = (f"pixel metrics skipped: {unannotated} anomalous test images have no ground-truth mask; "
+                    f"only image_auroc is reported")
+            print(f"WARNING: {note}", file=sys.stderr)
+            notes.append(note)
+            result = {"image_auroc": image_auroc(labels, image_scores_from_maps(maps))}
+        else:
+            masks = [ch.any(axis=0) if len(ch) else np.zeros(a.shape, bool) for ch, a in zip(channels, maps)]
+            result = ad_metrics(maps, masks, labels=labels, max_fprs=limits)
+
+    result.update({
+        "resized_maps": len(resized),
+        "notes": notes,
+        "dataset": str(dataset),
+        "category": str(category),
+        "num_test_images": len(samples),
+    })
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    try:
+        from pradot.data import DATASET_KINDS
+    except ImportError:  # pragma: no cover - the data package is part of the project
+        DATASET_KINDS = ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic")
+    p = argparse.ArgumentParser(
+        prog="python -m pradot.evaluate",
+        description="Evaluate anomaly maps (MAPS/CAT/test/<type>/<id>.tiff) and write OUT/metrics.json.",
+    )
+    p.add_argument("--dataset-root", required=True, help="folder that holds the dataset's categories")
+    p.add_argument("--category", required=True)
+    p.add_argument("--anomaly-maps", required=True, help="base folder of the .tiff anomaly maps")
+    p.add_argument("--output-dir", required=True, help="metrics.json is written here")
+    p.add_argument("--dataset", default="mvtec_loco", choices=list(DATASET_KINDS))
+    p.add_argument("--max-fprs", type=float, nargs="+", default=None,
+                   help="integration limits (LOCO default: 0.01 0.05 0.1 0.3 1.0; AD-style default: 0.3)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = p.parse_args(argv)
+    if args.max_fprs and not all(0.0 < f <= 1.0 for f in args.max_fprs):
+        p.error(f"--max-fprs values must lie in (0, 1], got {args.max_fprs}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        result = evaluate(args.dataset_root, args.category, args.anomaly_maps, args.output_dir,
+                          dataset=args.dataset, max_fprs=args.max_fprs, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as exc:  # includes MissingMapsError and DatasetError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in result.items() if k != "notes"}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {Path(args.output_dir) / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
