@@ -110,6 +110,45 @@ def _missing_message(missing: list[Path], total: int, maps_root: Path) -> str:
     )
 
 
+def dataset_metrics(ds, samples, maps, max_fprs: Sequence[float] | None = None,
+                    gt_size: int | Sequence[int] | None = None) -> tuple[dict, list[str]]:
+    """Metrics of in-memory maps for ``samples`` of a dataset: LOCO-style (official metrics.json shape)
+    when the dataset has saturation thresholds, AD-style (image/pixel AUROC, AU-PRO) otherwise.
+
+    Args:
+        ds: a ``pradot.data`` dataset; samples: its test samples; maps: one 2-D map per sample.
+        gt_size: load the ground truth resized (nearest) to this size (the authors evaluate at 224 px);
+            ``None``: native resolution (maps must match it).
+    Returns:
+        (metrics, notes)
+    """
+    channels, saturations, types, labels = [], [], [], []
+    for s, a in zip(samples, maps):
+        ch = np.asarray(ds.load_channels(s, size=gt_size), dtype=bool)
+        if len(ch) != len(s.defects):
+            raise ValueError(f"{s.image_path}: {len(ch)} ground-truth channels but {len(s.defects)} defects")
+        if len(ch) and ch.shape[1:] != np.shape(a):
+            raise ValueError(f"{s.image_path}: map {np.shape(a)} and ground truth {ch.shape[1:]} differ in size")
+        channels.append(ch)
+        saturations.append([Saturation.coerce(d) for d in s.defects])
+        types.append(s.anomaly_type)
+        labels.append(int(s.label))
+    notes: list[str] = []
+    if ds.has_saturation:
+        limits = tuple(max_fprs) if max_fprs else DEFAULT_MAX_FPRS
+        return loco_metrics(maps, types, channels, saturations, max_fprs=limits), notes
+    limits = tuple(max_fprs) if max_fprs else AD_DEFAULT_MAX_FPRS
+    unannotated = sum(1 for y, ch in zip(labels, channels) if y == 1 and len(ch) == 0)
+    if unannotated:
+        note = (f"pixel metrics skipped: {unannotated} anomalous test images have no ground-truth mask; "
+                f"only image_auroc is reported")
+        print(f"WARNING: {note}", file=sys.stderr)
+        notes.append(note)
+        return {"image_auroc": image_auroc(labels, image_scores_from_maps(maps))}, notes
+    masks = [ch.any(axis=0) if len(ch) else np.zeros(np.shape(a), bool) for ch, a in zip(channels, maps)]
+    return ad_metrics(maps, masks, labels=labels, max_fprs=limits), notes
+
+
 def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
              output_dir: str | Path | None = None, dataset: str = "mvtec_loco",
              max_fprs: Sequence[float] | None = None, progress: bool = True) -> dict:
@@ -140,23 +179,16 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
     if missing:
         raise MissingMapsError(_missing_message(missing, len(samples), maps_root))
 
-    maps, channels, saturations, types, labels = [], [], [], [], []
+    maps: list[np.ndarray] = []
     resized: list[tuple[Path, tuple[int, ...], tuple[int, ...]]] = []
     for s, p in tqdm(list(zip(samples, paths)), desc=f"reading maps ({category})", unit="map",
                      disable=not progress, file=sys.stderr):
         a = read_map(p)
-        ch = np.asarray(ds.load_channels(s, size=None), dtype=bool)
-        if len(ch) != len(s.defects):
-            raise ValueError(f"{s.image_path}: {len(ch)} ground-truth channels but {len(s.defects)} defects")
-        size = tuple(ch.shape[1:])
-        if a.shape != size:
-            resized.append((p, a.shape, size))
+        size = tuple(ds.load_channels(s, size=None).shape[1:])  # (0, H, W) for good images
+        if a.shape != tuple(size):
+            resized.append((p, a.shape, tuple(size)))
             a = resize_bilinear(a, size)
         maps.append(a)
-        channels.append(ch)
-        saturations.append([Saturation.coerce(d) for d in s.defects])
-        types.append(s.anomaly_type)
-        labels.append(int(s.label))
 
     notes: list[str] = []
     if resized:
@@ -168,22 +200,8 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
         )
         print(f"WARNING: {note}", file=sys.stderr)
         notes.append(note)
-
-    if ds.has_saturation:
-        limits = tuple(max_fprs) if max_fprs else DEFAULT_MAX_FPRS
-        result = loco_metrics(maps, types, channels, saturations, max_fprs=limits)
-    else:
-        limits = tuple(max_fprs) if max_fprs else AD_DEFAULT_MAX_FPRS
-        unannotated = sum(1 for y, ch in zip(labels, channels) if y == 1 and len(ch) == 0)
-        if unannotated:
-            note = (f"pixel metrics skipped: {unannotated} anomalous test images have no ground-truth mask; "
-                    f"only image_auroc is reported")
-            print(f"WARNING: {note}", file=sys.stderr)
-            notes.append(note)
-            result = {"image_auroc": image_auroc(labels, image_scores_from_maps(maps))}
-        else:
-            masks = [ch.any(axis=0) if len(ch) else np.zeros(a.shape, bool) for ch, a in zip(channels, maps)]
-            result = ad_metrics(maps, masks, labels=labels, max_fprs=limits)
+    result, more = dataset_metrics(ds, samples, maps, max_fprs=max_fprs)
+    notes.extend(more)
 
     result.update({
         "resized_maps": len(resized),

@@ -238,6 +238,21 @@ class PRADOT(nn.Module):
         return {s: torch.cat(v) for s, v in out.items()}
 
     @torch.no_grad()
+    def score_features(self, features: dict[int, np.ndarray | torch.Tensor], batch_size: int = 16
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`score` from precomputed backbone features ``{stage: (B, D, H, W)}`` (e.g. cached
+        validation features in a sweep): maps (B, S, S) and image scores (B,)."""
+        S = int(self.config.image_size)
+        n = len(features[self.config.stages[0]])
+        out = []
+        for i in range(0, n, batch_size):
+            per_stage = [upsample_maps(stage_maps(self.banks[str(s)], torch.as_tensor(
+                np.asarray(features[s][i:i + batch_size])).to(self.device_)).cpu(), S) for s in self.config.stages]
+            out.append(fuse_maps(per_stage))
+        maps = torch.cat(out)
+        return maps, image_scores(maps)
+
+    @torch.no_grad()
     def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, S, S) at the model's input size and image scores (B,) (max of the map).
 
