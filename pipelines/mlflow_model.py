@@ -1,0 +1,285 @@
+"""PRADOT as an MLflow pyfunc model: log, register and serve one trained model with its calibration.
+
+```python
+from mlflow_model import log_pradot_model            # pipelines/ on sys.path
+from pradot.serving import Calibration
+info = log_pradot_model("outputs/model.pt", Calibration.calibrate(val_scores), registered_model_name="pradot-screw_bag")
+# mlflow models serve -m models:/pradot-screw_bag/1 --env-manager local -h 127.0.0.1 -p 5001
+```
+
+The request/response contract is :mod:`pradot.serving`'s (this class only adapts it to pandas and
+MLflow errors): POST ``/invocations`` with
+``{"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG/JPEG>"], ...]}}`` (optionally
+``"params": {"return_map": true, "map_format": "png"}``) and get
+``{"predictions": [{"score", "raw_score", "is_anomaly", "threshold"[, "anomaly_map"]}, ...]}``. A bad
+image answers HTTP 400 with the reason and the row's index. A request without the ``image`` column is
+refused (400) by MLflow's schema enforcement before this class sees it ("Model is missing inputs
+['image']. Note that there were extra inputs: [...]"); called in-process without a signature check,
+:meth:`PradotPyfunc.predict` raises its own message with the columns received and the expected payload.
+
+Packaging ("models from code", MLflow 3): this file itself is the model's code (``python_model=<this
+file>``; it ends with ``mlflow.models.set_model``), so nothing is pickled. The model's artifacts are the
+PRADOT ``.pt`` file (config, prototype banks and backbone weights: serving needs no internet) and the
+calibration JSON. By default the ``pradot`` package source is shipped with the model (``code_paths``),
+so an environment built from ``requirements.txt`` (``--env-manager virtualenv/uv/conda``) only needs
+PyPI packages; with ``--env-manager local`` the current environment is used.
+
+Ensembles: ``load_context`` loads the ``model`` artifact with :func:`pradot.serving.load_scoring_model`,
+which dispatches on the file's ``"format"`` (:data:`pradot.serving.LOADERS`): ``pradot-model-v1``
+(``PRADOT.save``) and ``pradot-ensemble-v1`` (``pradot.ensemble.Ensemble.save``, registered by that
+module) are served by this same class and contract; another scorer with the same
+``score``/``config.image_size`` interface needs only ``pradot.serving.register_loader``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from pradot.serving import (
+    EXPECTED_PAYLOAD,
+    Calibration,
+    InvalidRequest,
+    Scorer,
+    encode_png,
+    load_scoring_model,
+    model_file_info,
+    servable_formats,
+)
+
+__all__ = ["PradotPyfunc", "SIGNATURE", "default_pip_requirements", "log_pradot_model"]
+
+INPUT_COLUMN = "image"
+OUTPUT_COLUMNS = ("score", "raw_score", "is_anomaly", "threshold")
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+    outputs=Schema([
+        ColSpec("double", "score"),
+        ColSpec("double", "raw_score"),
+        ColSpec("boolean", "is_anomaly"),
+        ColSpec("double", "threshold"),
+        ColSpec("string", "anomaly_map", required=False),
+    ]),
+    params=ParamSchema([
+        ParamSpec("return_map", "boolean", False),
+        ParamSpec("map_format", "string", "png"),
+    ]),
+)
+
+#: distributions the served model imports (pinned to this environment's versions when logging)
+SERVING_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pandas", "matplotlib", "tqdm")
+
+
+class PradotPyfunc(mlflow.pyfunc.PythonModel):
+    """Serves a scoring model (artifact ``model``) with its calibration (artifact ``calibration``).
+
+    ``model_config`` (optional, at logging): ``device`` ("auto" = CUDA if available, "cpu", ...),
+    ``batch_size``, ``max_pixels``, ``max_rows``.
+    """
+
+    def load_context(self, context):
+        cfg = dict(context.model_config or {})
+        model = load_scoring_model(context.artifacts["model"], device=cfg.get("device", "auto"))
+        calibration = Calibration.load(context.artifacts["calibration"])
+        kwargs = {k: cfg[k] for k in ("batch_size", "max_pixels", "max_rows") if k in cfg}
+        self.scorer = Scorer(model, calibration, **kwargs)
+
+    @staticmethod
+    def _images(model_input) -> list:
+        if isinstance(model_input, pd.DataFrame):
+            if INPUT_COLUMN not in model_input.columns:
+                raise MlflowException(
+                    f"the input has no {INPUT_COLUMN!r} column (columns received: "
+                    f"{[str(c) for c in model_input.columns]}); expected payload: {EXPECTED_PAYLOAD}",
+                    error_code=INVALID_PARAMETER_VALUE)
+            return model_input[INPUT_COLUMN].tolist()
+        if isinstance(model_input, dict) and INPUT_COLUMN in model_input:
+            v = model_input[INPUT_COLUMN]
+            return [v] if isinstance(v, (str, bytes)) else list(v)
+        if isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
+            return list(np.asarray(model_input, dtype=object).ravel())
+        raise MlflowException(f"expected a DataFrame with an {INPUT_COLUMN!r} column, got "
+                              f"{type(model_input).__name__}; expected payload: {EXPECTED_PAYLOAD}",
+                              error_code=INVALID_PARAMETER_VALUE)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = dict(params or {})
+        images = self._images(model_input)
+        try:
+            rows = self.scorer.predict(images, return_map=params.get("return_map", False),
+                                       map_format=params.get("map_format", "png"))
+        except InvalidRequest as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception as exc:  # a server-side failure, not the client's: HTTP 500
+            raise MlflowException(f"scoring failed: {type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from exc
+        columns = list(OUTPUT_COLUMNS) + (["anomaly_map"] if params.get("return_map", False) else [])
+        return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------------------------- logging
+def _pin(dist: str) -> str | None:
+    try:
+        version = importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+    return f"{dist}=={version.split('+')[0]}"  # drop local tags (torch's +cpu / +cu121)
+
+
+def default_pip_requirements() -> list[str]:
+    """This environment's versions of :data:`SERVING_DISTRIBUTIONS` (``pradot`` itself travels as code)."""
+    return [p for p in (_pin(d) for d in SERVING_DISTRIBUTIONS) if p]
+
+
+def _as_calibration(calibration) -> Calibration:
+    if isinstance(calibration, Calibration):
+        return calibration
+    if isinstance(calibration, dict):
+        return Calibration.from_dict(calibration)
+    if isinstance(calibration, (str, Path)):
+        return Calibration.load(calibration)
+    raise TypeError(f"calibration must be a Calibration, a dict or a JSON path, got {type(calibration).__name__}")
+
+
+def _example_rgb(image, size: int) -> np.ndarray:
+    """The input example: the given image (path, array, PIL image, bytes/base64), or a generated one;
+    shrunk to at most ``size`` pixels a side to keep the stored example small."""
+    from PIL import Image
+
+    from pradot.serving import decode_image
+
+    if image is None:
+        yy, xx = np.mgrid[:size, :size]
+        rgb = np.stack([xx * 255 // max(size - 1, 1), yy * 255 // max(size - 1, 1),
+                        np.full_like(xx, 128)], axis=-1).astype(np.uint8)
+    elif isinstance(image, (str, Path)) and Path(str(image)).is_file():
+        from pradot.data.images import read_image
+
+        rgb = read_image(image)
+    elif isinstance(image, Image.Image):
+        rgb = decode_image(_png_bytes(image))
+    elif isinstance(image, np.ndarray):
+        rgb = np.asarray(image)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"input_example_image array must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    else:
+        rgb = decode_image(image)
+    h, w = rgb.shape[:2]
+    if max(h, w) > size:
+        scale = size / max(h, w)
+        rgb = np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                     Image.BILINEAR))
+    return rgb
+
+
+def _png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def log_pradot_model(model_path, calibration, artifact_name: str = "model", registered_model_name: str | None = None,
+                     input_example_image=None, pip_requirements: list[str] | None = None,
+                     extra_tags: dict[str, Any] | None = None, include_package_code: bool = True,
+                     model_config: dict[str, Any] | None = None):
+    """Log a saved PRADOT model (``PRADOT.save`` file) and its calibration as an MLflow pyfunc model.
+
+    Args:
+        model_path: the model file (any format :func:`pradot.serving.load_scoring_model` serves).
+        calibration: a :class:`~pradot.serving.Calibration`, its dict, or a JSON file.
+        artifact_name: the logged model's name (``name=`` of ``mlflow.pyfunc.log_model``).
+        registered_model_name: register the model under this name (version in ``info.registered_model_version``).
+        input_example_image: the input example (image path, (H, W, 3) uint8 array, PIL image, bytes or
+            base64); a generated gradient when None. Stored as a base64 PNG.
+        pip_requirements: default :func:`default_pip_requirements` (this environment's versions).
+        extra_tags: tags for the logged model (and the registered version).
+        include_package_code: ship the ``pradot`` source with the model (``code_paths``).
+        model_config: see :class:`PradotPyfunc` (default ``{"device": "auto"}``).
+    Returns:
+        ``mlflow.models.model.ModelInfo`` (``model_uri``, ``model_id``, ``registered_model_version``, ...).
+    """
+    import pradot
+
+    model_path = Path(model_path).resolve()
+    if not model_path.is_file():
+        raise FileNotFoundError(f"no model file at {model_path}")
+    info = model_file_info(model_path)
+    if info.get("format") not in servable_formats():
+        raise ValueError(f"{model_path} has format {info.get('format')!r}; servable formats: {servable_formats()}")
+    cal = _as_calibration(calibration)
+    config = dict(info.get("config") or {})
+    image_size = int(config.get("image_size", 224))
+    tags = {str(k): str(v) for k, v in (extra_tags or {}).items()}
+    tags.setdefault("pradot.format", str(info["format"]))
+    metadata = {"pradot": {"format": info["format"], "image_size": image_size, "backbone": config.get("backbone"),
+                           "stages": list(config.get("stages") or []), "calibration": cal.to_dict(),
+                           "input_column": INPUT_COLUMN, "package_version": pradot.__version__}}
+
+    with tempfile.TemporaryDirectory(prefix="pradot-log-") as tmp:
+        tmp = Path(tmp)
+        cal_path = cal.save(tmp / "calibration.json")
+        code_paths = None
+        if include_package_code:
+            pkg = tmp / "code" / "pradot"
+            shutil.copytree(Path(pradot.__file__).resolve().parent, pkg,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+            code_paths = [str(pkg)]
+        example = pd.DataFrame({INPUT_COLUMN: [encode_png(_example_rgb(input_example_image, image_size))]})
+        model_info = mlflow.pyfunc.log_model(
+            name=artifact_name,
+            python_model=Path(__file__).resolve(),
+            artifacts={"model": str(model_path), "calibration": str(cal_path)},
+            code_paths=code_paths,
+            signature=SIGNATURE,
+            input_example=example,
+            pip_requirements=pip_requirements if pip_requirements is not None else default_pip_requirements(),
+            registered_model_name=registered_model_name,
+            model_config=dict(model_config) if model_config is not None else {"device": "auto"},
+            metadata=metadata,
+            tags=tags,
+        )
+    if registered_model_name and model_info.registered_model_version is not None and extra_tags:
+        client = mlflow.MlflowClient()
+        version = str(model_info.registered_model_version)
+        for k, v in extra_tags.items():
+            client.set_model_version_tag(registered_model_name, version, str(k), str(v))
+    return model_info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Log (and register) a saved PRADOT model as an MLflow pyfunc model.")
+    p.add_argument("--model", required=True, help="PRADOT .pt file (PRADOT.save)")
+    p.add_argument("--calibration", required=True, help="calibration JSON (pradot.serving.Calibration.save)")
+    p.add_argument("--name", default=None, help="registered model name")
+    p.add_argument("--example", default=None, help="an image file for the input example")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name")
+    a = p.parse_args(argv)
+    if a.experiment:
+        mlflow.set_experiment(a.experiment)
+    info = log_pradot_model(a.model, a.calibration, registered_model_name=a.name, input_example_image=a.example)
+    print(f"model_uri={info.model_uri}")
+    if info.registered_model_version is not None:
+        print(f"registered: models:/{a.name}/{info.registered_model_version}")
+    return 0
+
+
+# MLflow "models from code": loading the model runs this file and takes the model set here.
+mlflow.models.set_model(PradotPyfunc())
+
+if __name__ == "__main__":
+    sys.exit(main())
