@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q tests
 
+# The main job on the embedded synthetic dataset with the fast CPU experiment (minutes on 2 cores).
 demo: setup
-	$(PY) pipelines/demo.py
+	PATH="$(abspath $(VENV))/bin:$$PATH" mlflow run . --env-manager local \
+		-P dataset=synthetic -P overrides="experiment=cpu_demo"
 
 clean-runs:
 	rm -rf mlruns mlflow.db mlartifacts
