@@ -53,6 +53,20 @@ def specs_from_config(cfg):
     return spec, model_cfg
 
 
+def log_resolved_params(mlflow, params: dict[str, str]) -> None:
+    """Log the resolved config. Under `mlflow run` the MLproject parameters are already logged as the user
+    gave them (e.g. ``seed=''`` for "conf default"); a resolved value that differs goes to ``resolved.<key>``."""
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params
+    out = {}
+    for k, v in params.items():
+        if k in existing and existing[k] != v:
+            out[f"resolved.{k}"] = v
+        elif k not in existing:
+            out[k] = v
+    mlflow.log_params(out)
+
+
 def model_name(cfg) -> str:
     return str(cfg.tracking.get("model_name") or f"pradot-{cfg.data.kind}-{cfg.category}")
 
@@ -171,7 +185,7 @@ def run_training(cfg, mlflow) -> dict:
                      "pradot.entry_point": "main"})
     params = flatten(cfg)
     params["model.batch_size"] = str(model_cfg.batch_size)
-    mlflow.log_params(params)
+    log_resolved_params(mlflow, params)
     from omegaconf import OmegaConf
     mlflow.log_text(OmegaConf.to_yaml(cfg), "config/resolved_config.yaml")
 
@@ -283,6 +297,9 @@ def main(argv=None) -> int:
             with mlflow.start_run(run_name=f"{cfg.data.kind}-{cfg.category}-a{cfg.model.alpha}-n{cfg.model.n}") as run:
                 try:
                     out = run_training(cfg, mlflow)
+                except BaseException as e:
+                    log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not isinstance(e, DatasetError))
+                    raise
                 finally:
                     mlflow.log_artifact(str(logfile), "logs")
         except (DatasetError, BackboneError, ValueError, FileNotFoundError) as e:
