@@ -1,0 +1,395 @@
+"""Ensembles of PRADOT models: the paper's final model is the average of the maps of four banks,
+(stage, alpha) = (2, 0), (2, 0.3), (3, 0), (3, 0.3).
+
+```python
+from pradot.ensemble import Ensemble, load_scoring_model
+ens = Ensemble([m20, m2a, m30, m3a])                      # PRADOT models (normalisation="none": the paper)
+maps, scores = ens.score(images)                          # (B, S, S), (B,); S = the first member's image_size
+ens.save("ensemble.pt"); Ensemble.load("ensemble.pt")
+model = load_scoring_model(path)                          # a PRADOT file or an ensemble file
+```
+
+Fusion rule (:meth:`Ensemble.fuse`):
+
+* every member scores the images at its own ``image_size`` (inputs are resized as ``PRADOT.score``
+  does) and its map is resized to the ensemble's size ``S`` (the first member's ``image_size``;
+  bilinear, ``align_corners=False``, antialiased when shrinking). Members of different image sizes are
+  therefore accepted; with equal sizes (the paper) no resizing happens;
+* ``normalisation="none"`` (the paper's rule): the fused map is the plain mean of the members' maps;
+* ``normalisation="per_member"``: each member's map is first standardised, ``(map - mean_k) / std_k``,
+  with ``mean_k`` / ``std_k`` the mean and standard deviation of **all pixels** of member k's maps on
+  normal validation images (:meth:`Ensemble.fit_normalisation`). Pixel statistics are used rather than
+  image-score statistics because the quantity being averaged is the map: a member whose maps live on a
+  larger scale (e.g. another alpha, another stage's smoother maps) would otherwise dominate every pixel.
+  The statistics are fitted on normal images only, so no anomaly label is used;
+* the image score is the max of the fused map (as for a single model).
+
+Members that share identical backbone weights, stages and image size run the backbone once per batch
+(the paper's four members need two backbone passes, not four), and the saved file stores each distinct
+weight tensor once (a stage-2 network's weights are a prefix of the stage-3 network's).
+
+File format (``torch.save`` of a dict): ``{"format": "pradot-ensemble-v1", "config": {...image_size,
+normalisation, backbone, stages, members...}, "stats": [...] | None, "labels": [...], "members": [member
+states as ``PRADOT.save`` writes them, with backbone weights replaced by tensor references],
+"tensors": {digest: tensor}}``. :func:`load_scoring_model` dispatches on the ``"format"`` key and serves
+both PRADOT files and ensemble files with the same ``score`` / ``config.image_size`` interface;
+importing this module also registers the ensemble loader with :mod:`pradot.serving`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import Backbone, load_backbone
+from .model import FORMAT as MODEL_FORMAT
+from .model import PRADOT, PRADOTConfig
+from .prototypes import PrototypeBank
+from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
+
+__all__ = ["ENSEMBLE_FORMAT", "NORMALISATIONS", "EnsembleConfig", "Ensemble", "file_format",
+           "load_scoring_model"]
+
+ENSEMBLE_FORMAT = "pradot-ensemble-v1"
+NORMALISATIONS = ("none", "per_member")
+_STD_FLOOR = 1e-12
+
+
+@dataclass
+class EnsembleConfig:
+    """What a scorer needs (``image_size``) and a description of the members."""
+
+    image_size: int
+    normalisation: str = "none"
+    backbone: str = ""  # the members' backbones, "+"-joined when they differ (for model metadata)
+    stages: tuple[int, ...] = ()  # the union of the members' stages
+    members: list[dict] = field(default_factory=list)  # per member: backbone, stages, alpha, n, image_size, label
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stages"] = list(self.stages)
+        return d
+
+
+def _resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, h, w) -> (B, size, size), bilinear (align_corners=False), antialiased when shrinking."""
+    if tuple(maps.shape[-2:]) == (size, size):
+        return maps
+    shrink = maps.shape[-1] > size or maps.shape[-2] > size
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=shrink)[:, 0]
+
+
+def _digest(t: torch.Tensor) -> str:
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha1(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _backbone_key(member: PRADOT) -> tuple:
+    """Members with the same key compute identical features: one backbone pass serves them all."""
+    bb = member.backbone
+    h = hashlib.sha1()
+    for k, v in bb.net.state_dict().items():
+        h.update(k.encode())
+        h.update(_digest(v).encode())
+    return bb.name, tuple(bb.stages), int(member.config.image_size), h.hexdigest()
+
+
+def _as_images(images) -> torch.Tensor:
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
+    return images
+
+
+class Ensemble(nn.Module):
+    """Average of the anomaly maps of several PRADOT models (see the module docstring).
+
+    Args:
+        members: fitted :class:`~pradot.model.PRADOT` models (at least one).
+        normalisation: ``"none"`` (the paper: plain mean) or ``"per_member"`` (standardise each member's
+            map by its validation statistics first; needs ``stats`` or :meth:`fit_normalisation`).
+        stats: per member ``{"mean": float, "std": float, "n_images": int}`` (pixel statistics of its
+            maps on normal validation images).
+        labels: optional names of the members (e.g. ``"pradot-mvtec_loco-screw_bag/3"``), saved with it.
+    """
+
+    def __init__(self, members: Sequence[PRADOT], normalisation: str = "none", stats: Sequence[dict] | None = None,
+                 labels: Sequence[str] | None = None):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("an ensemble needs at least one member (PRADOT models)")
+        bad = [i for i, m in enumerate(members) if not isinstance(m, PRADOT)]
+        if bad:
+            raise TypeError(f"ensemble members must be PRADOT models; members {bad} are "
+                            f"{[type(members[i]).__name__ for i in bad]}")
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        if labels is not None and len(labels) != len(members):
+            raise ValueError(f"{len(labels)} labels for {len(members)} members")
+        self.members = nn.ModuleList(members)
+        self.normalisation = normalisation
+        self.labels = [str(x) for x in labels] if labels is not None else [f"member{i}" for i in range(len(members))]
+        self.stats: list[dict] | None = None
+        if stats is not None:
+            self.set_stats(stats)
+        S = int(members[0].config.image_size)
+        backbones = list(dict.fromkeys(m.config.backbone for m in members))
+        self.config = EnsembleConfig(
+            image_size=S, normalisation=normalisation, backbone="+".join(backbones),
+            stages=tuple(sorted({s for m in members for s in m.config.stages})),
+            members=[{"label": lab, "backbone": m.config.backbone, "stages": list(m.config.stages),
+                      "alpha": float(m.config.alpha), "n": m.config.n, "image_size": int(m.config.image_size)}
+                     for lab, m in zip(self.labels, members)])
+        # groups of members sharing one backbone pass: [(index of the member whose backbone runs, [members])]
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(members):
+            groups.setdefault(_backbone_key(m), []).append(i)
+        self._groups = [(idx[0], idx) for idx in groups.values()]
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def image_size(self) -> int:
+        return int(self.config.image_size)
+
+    @property
+    def device_(self) -> torch.device:
+        return self.members[0].device_
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def set_stats(self, stats: Sequence[dict]) -> None:
+        stats = [dict(s) for s in stats]
+        if len(stats) != len(self.members):
+            raise ValueError(f"{len(stats)} normalisation statistics for {len(self.members)} members")
+        for i, s in enumerate(stats):
+            if "mean" not in s or "std" not in s:
+                raise ValueError(f"statistics of member {i} need 'mean' and 'std', got {sorted(s)}")
+            mean, std = float(s["mean"]), float(s["std"])
+            if not (math.isfinite(mean) and math.isfinite(std)) or std < 0:
+                raise ValueError(f"statistics of member {i} must be finite with std >= 0, got {s}")
+            s["mean"], s["std"] = mean, std
+        self.stats = stats
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def member_maps(self, images, batch_size: int = 16) -> list[torch.Tensor]:
+        """Each member's anomaly map at the ensemble's size, before normalisation: list of (B, S, S).
+
+        Equal to ``[resize(m.score(images)[0]) for m in members]``; members with identical backbones
+        share one backbone pass per batch.
+        """
+        images = _as_images(images)
+        S = self.image_size
+        out: list[torch.Tensor | None] = [None] * len(self.members)
+        for runner, idx in self._groups:
+            lead = self.members[runner]
+            prepared = lead._prepare(images)  # resized to this group's image_size (PRADOT's rule)
+            Sm = int(lead.config.image_size)
+            per = {i: [] for i in idx}
+            for b in range(0, len(prepared), batch_size):
+                feats = lead.backbone(prepared[b:b + batch_size].to(lead.device_))
+                for i in idx:
+                    m = self.members[i]
+                    maps = fuse_maps([upsample_maps(stage_maps(m.banks[str(s)], feats[s].to(m.device_)).cpu(), Sm)
+                                      for s in m.config.stages])
+                    per[i].append(maps)
+            for i in idx:
+                out[i] = _resize_maps(torch.cat(per[i]) if per[i] else torch.zeros(0, Sm, Sm), S)
+        return out  # type: ignore[return-value]
+
+    def _normalise(self, k: int, maps: torch.Tensor) -> torch.Tensor:
+        if self.normalisation == "none":
+            return maps
+        if self.stats is None:
+            raise RuntimeError("normalisation='per_member' needs the members' statistics on validation normals: "
+                               "call fit_normalisation(validation_images) (or pass stats=) first")
+        s = self.stats[k]
+        return (maps - s["mean"]) / max(s["std"], _STD_FLOOR)
+
+    def fuse(self, member_maps: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused maps and image scores from the members' maps (list of (B, S_k, S_k) tensors or arrays):
+        resize to the ensemble's size, normalise (``per_member``), average; image score = max."""
+        if len(member_maps) != len(self.members):
+            raise ValueError(f"{len(member_maps)} member maps for {len(self.members)} members")
+        S = self.image_size
+        maps = [self._normalise(k, _resize_maps(torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor)
+                                                                else m).float(), S))
+                for k, m in enumerate(member_maps)]
+        fused = fuse_maps(maps)
+        return fused, image_scores(fused)
+
+    @torch.no_grad()
+    def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B, S, S) at the ensemble's size and image scores (B,) (max of the fused map).
+
+        ``images``: (B, 3, H, W) float in [0, 1] (or uint8); each member resizes them to its own size.
+        """
+        return self.fuse(self.member_maps(images, batch_size))
+
+    # ------------------------------------------------------------------ normalisation statistics
+    @staticmethod
+    def map_statistics(maps) -> dict:
+        """``{"mean", "std", "n_images"}`` over all pixels of (N, S, S) maps."""
+        x = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps).double()
+        if x.numel() == 0:
+            raise ValueError("normalisation statistics need at least one validation map")
+        if not torch.isfinite(x).all():
+            raise ValueError("validation maps contain non-finite values")
+        return {"mean": float(x.mean()), "std": float(x.std(unbiased=False)), "n_images": int(x.shape[0])}
+
+    def fit_normalisation(self, images=None, member_maps: Sequence | None = None, batch_size: int = 16) -> list[dict]:
+        """Fit the per-member statistics on normal validation images: either ``images`` ((N, 3, H, W)
+        tensor/array, or an iterable of such batches), or precomputed ``member_maps`` (one (N, S, S) per
+        member, e.g. from :meth:`member_maps`). Sets and returns ``stats`` (used when
+        ``normalisation="per_member"``)."""
+        if (images is None) == (member_maps is None):
+            raise ValueError("give exactly one of images= or member_maps=")
+        if member_maps is None:
+            if isinstance(images, (torch.Tensor, np.ndarray)):
+                member_maps = self.member_maps(images, batch_size)
+            else:
+                parts = [self.member_maps(b, batch_size) for b in images]
+                if not parts:
+                    raise ValueError("normalisation statistics need at least one validation image")
+                member_maps = [torch.cat([p[k] for p in parts]) for k in range(len(self.members))]
+        if len(member_maps) != len(self.members):
+            raise ValueError(f"{len(member_maps)} member maps for {len(self.members)} members")
+        S = self.image_size
+        stats = [self.map_statistics(_resize_maps(torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor)
+                                                                  else m).float(), S)) for m in member_maps]
+        self.set_stats(stats)
+        return self.stats  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict:
+        """The dict :meth:`save` writes (backbone weights deduplicated by content)."""
+        tensors: dict[str, torch.Tensor] = {}
+        members = []
+        for m in self.members:
+            refs = {}
+            for k, v in m.backbone.net.state_dict().items():
+                d = _digest(v)
+                tensors.setdefault(d, v.detach().cpu())
+                refs[k] = d
+            members.append({
+                "format": MODEL_FORMAT,
+                "config": asdict(m.config),
+                "banks": {s: m.banks[str(s)].state() for s in m.config.stages},
+                "backbone": {"name": m.backbone.name, "stages": list(m.backbone.stages), "state_refs": refs},
+                "fitted": bool(m.fitted),
+            })
+        return {"format": ENSEMBLE_FORMAT, "config": self.config.to_dict(), "normalisation": self.normalisation,
+                "stats": self.stats, "labels": list(self.labels), "members": members, "tensors": tensors}
+
+    def save(self, path: str | Path) -> Path:
+        """One file (format ``pradot-ensemble-v1``) with every member (banks, config, backbone weights
+        stored once per distinct tensor) and the normalisation statistics."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Ensemble":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no PRADOT ensemble file at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != ENSEMBLE_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{path} is not a PRADOT ensemble file (format {ENSEMBLE_FORMAT!r}; found {found!r})")
+        return cls.from_state(state, device=device)
+
+    @classmethod
+    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "Ensemble":
+        tensors = state["tensors"]
+        backbones: dict[tuple, Backbone] = {}  # identical weights -> one Backbone object in memory
+        members = []
+        for ms in state["members"]:
+            bb = ms["backbone"]
+            refs = bb["state_refs"]
+            key = (bb["name"], tuple(bb["stages"]), tuple(sorted(refs.items())))
+            if key not in backbones:
+                sd = {k: tensors[r] for k, r in refs.items()}
+                backbones[key] = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=sd)
+            cfg = dict(ms["config"])
+            cfg["stages"] = tuple(cfg["stages"])
+            model = PRADOT(PRADOTConfig(**cfg), backbone=backbones[key], device=device)
+            for s, bank_state in ms["banks"].items():
+                model.banks[str(s)] = PrototypeBank.from_state(bank_state, device=model.device_)
+            model.fitted = bool(ms.get("fitted", True))
+            members.append(model)
+        ens = cls(members, normalisation=state.get("normalisation", "none"), stats=state.get("stats"),
+                  labels=state.get("labels"))
+        return ens.eval()
+
+
+# ---------------------------------------------------------------------------------- dispatch
+def file_format(path: str | Path) -> str | None:
+    """The ``"format"`` entry of a saved model file (tensors are memory-mapped, not read)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # old (non-zip) torch files cannot be memory-mapped
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a PRADOT model or ensemble file (not a torch file: "
+                             f"{type(exc).__name__}: {exc})") from None
+    return state.get("format") if isinstance(state, dict) else None
+
+
+def _resolve_device(device) -> str:
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def load_scoring_model(path: str | Path, device: str | torch.device | None = "cpu"):
+    """Load a PRADOT model file (``pradot-model-v1``) or an ensemble file (``pradot-ensemble-v1``) as a
+    scorer in eval mode: both have ``score(images) -> (maps, scores)`` and ``config.image_size``.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ... or ``"auto"`` (CUDA when available).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the model file itself (a PRADOT .pt or an ensemble .pt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    fmt = file_format(path)
+    dev = _resolve_device(device)
+    if fmt == MODEL_FORMAT:
+        return PRADOT.load(path, device=dev).eval()
+    if fmt == ENSEMBLE_FORMAT:
+        return Ensemble.load(path, device=dev)
+    raise ValueError(f"{path} has format {fmt!r}: neither a PRADOT model file ({MODEL_FORMAT!r}, PRADOT.save) "
+                     f"nor a PRADOT ensemble file ({ENSEMBLE_FORMAT!r}, Ensemble.save)")
+
+
+def _serving_loader(path: Path, device: str):
+    return Ensemble.load(path, device=device)
+
+
+try:  # make pradot.serving.load_scoring_model (hence the MLflow pyfunc) serve ensemble files too
+    from .serving import register_loader as _register_loader
+
+    _register_loader(ENSEMBLE_FORMAT, _serving_loader)
+except ImportError:  # pragma: no cover - serving without its optional dependencies
+    pass
