@@ -49,6 +49,9 @@ def parse_overrides(argv: Sequence[str]) -> list[str]:
         i += 1
     out = []
     for it in items:
+        if it.startswith("~"):  # Hydra's delete syntax: ~key or ~key=value
+            out.append(it)
+            continue
         if "=" not in it:
             raise SystemExit(f"error: {it!r} is not a key=value override (see conf/ for the keys)")
         key, value = it.split("=", 1)

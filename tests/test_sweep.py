@@ -1,0 +1,337 @@
+"""The `sweep` entry point against real services: a local Ray cluster started with `ray start --head`
+and an `mlflow server` (SQLite + artifact folder), both on 127.0.0.1 and stopped at the end.
+
+One Ray cluster and one MLflow server are shared by the module. The sweeps run as the entry point runs
+them, `python pipelines/sweep.py ...` (what `mlflow run . -e sweep` calls), on the CI experiment (synthetic
+data at 96 px, EfficientNet-Lite0 stage 2, 2 epochs, `sweep=ci`). Bad input is refused before any
+service is needed: those tests call `main` in this process, without a cluster or a server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "pipelines"))
+BIN = Path(sys.executable).parent
+MODEL_NAME = "pradot-synthetic-screw_bag"
+CI = ["experiment=ci", "sweep=ci"]
+
+
+# ----------------------------------------------------------------------------------- services
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str, proc=None, log=None):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = Path(log).read_text()[-3000:] if log and Path(log).exists() else ""
+    raise RuntimeError(f"{what} did not come up in {timeout}s\n{tail}")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 40) -> None:
+    """SIGTERM to the process we started (`ray start --block` then shuts its node down), then its
+    process group (also ours: started with start_new_session) if anything is left."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(10)
+
+
+def _make_data(data_root: Path) -> None:
+    """The CI dataset (generated on first use), made while the services start."""
+    import sweep
+    from common import compose
+
+    sweep.open_data(compose([*CI, f"data.root={data_root}"]), sweep.validate_sweep(compose(CI)))
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    procs, temp_dir = [], None
+    try:
+        # Ray head node: `ray start --block` stays in the foreground, so stopping it stops this cluster
+        # only (`ray stop` would stop every Ray process of the user on this machine).
+        temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+        port = _free_port()
+        ray_log = root / "ray.log"
+        ray_cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                   "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                   f"--temp-dir={temp_dir}", f"--dashboard-port={_free_port()}",
+                   f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+                   f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+                   "--object-store-memory=500000000"]
+        # Ray resolves 127.0.0.1 to the machine's network address unless clustering is off (its single-machine
+        # mode): then every Ray server listens on 127.0.0.1 only. A token of our own (not ~/.ray/auth_token,
+        # which other Ray users of this machine share); no drain wait at shutdown.
+        ray_env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                   "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                   "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, **ray_env}
+        env.pop("RAY_ADDRESS", None)
+        ray_proc = subprocess.Popen(ray_cmd, stdout=open(ray_log, "w"), stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        procs.append(ray_proc)
+
+        mlflow_port = _free_port()
+        mlflow_log = root / "mlflow.log"
+        mlflow_proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
+             "--workers", "1"], stdout=open(mlflow_log, "w"), stderr=subprocess.STDOUT, cwd=root,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no background job workers
+            start_new_session=True)
+        procs.append(mlflow_proc)
+        uri = f"http://127.0.0.1:{mlflow_port}"
+
+        def mlflow_up():
+            try:
+                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        _make_data(root / "data")
+        _wait(lambda: "block forever" in ray_log.read_text(), 120, "ray head", ray_proc, ray_log)
+        _wait(mlflow_up, 120, "mlflow server", mlflow_proc, mlflow_log)
+        yield {"root": root, "ray_address": f"127.0.0.1:{port}", "tracking_uri": uri, "data": root / "data",
+               "env": {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{port}", "MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"}}
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _run_sweep(services, args, timeout: float = 400) -> subprocess.CompletedProcess:
+    """`python pipelines/sweep.py ARGS` on the test cluster, tracked by the test server."""
+    env = {**os.environ, **services["env"]}
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "sweep.py"), *args], env=env,
+                          cwd=services["root"], capture_output=True, text=True, timeout=timeout)
+    log = services["root"] / f"sweep-{len(list(services['root'].glob('sweep-*.log')))}.log"
+    log.write_text(f"$ sweep.py {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
+    print(f"sweep output: {log}\n{proc.stderr[-4000:]}")  # shown when a test fails
+    return proc
+
+
+def _client(services):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=services["tracking_uri"], registry_uri=services["tracking_uri"])
+
+
+def _runs(client, experiment_name):
+    exp = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("pradot.sweep") == "true"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def _sweep(args) -> int:
+    import sweep
+
+    return sweep.main(list(args))
+
+
+# ------------------------------------------------------------------------------- a full sweep
+@pytest.fixture(scope="module")
+def full_sweep(services):
+    """4 trials, 2 at a time, ASHA, top 2 registered; run once, checked by several tests."""
+    cache = services["root"] / "cache-full"
+    t0 = time.time()
+    proc = _run_sweep(services, [*CI, f"data.root={services['data']}", f"cache.dir={cache}",
+                                 f"sweep.storage_path={services['root'] / 'ray_results'}", "sweep.name=full",
+                                 "tracking.experiment_name=sweep-full"])
+    rc, seconds = proc.returncode, time.time() - t0
+    client = _client(services)
+    parents, children = _runs(client, "sweep-full")
+    return {"rc": rc, "client": client, "parents": parents, "children": children, "cache": cache,
+            "seconds": seconds, "path": services["root"] / "ray_results" / "full", "stdout": proc.stdout}
+
+
+def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
+    assert full_sweep["rc"] == 0
+    assert len(full_sweep["parents"]) == 1
+    parent = full_sweep["parents"][0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["pradot.objective"] == "pseudo"
+    assert parent.data.tags["pradot.sweep_state"] == "finished"
+    children = full_sweep["children"]
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert len({c.data.tags["pradot.trial_id"] for c in children}) == 4
+    client = full_sweep["client"]
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert c.data.tags["pradot.objective"] == "pseudo"
+        assert 0.0 <= c.data.metrics["val_auroc"] <= 1.0
+        history = client.get_metric_history(c.info.run_id, "val_auroc")
+        assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # one value per epoch
+        assert 1 <= len(history) <= 2
+        assert {"model.alpha", "model.n", "model.eta", "model.epsilon", "model.batch_ratio"} <= set(c.data.params)
+        assert c.data.tags["pradot.trial_status"] in ("completed", "stopped_early")
+    # the trial table and the search space are artifacts of the parent
+    import pandas as pd
+
+    local = client.download_artifacts(parent.info.run_id, "sweep", str(full_sweep["path"].parent / "dl"))
+    table = pd.read_csv(Path(local) / "trials.csv")
+    assert len(table) == 4 and "val_auroc" in table.columns
+    assert set(table["mlflow_run_id"]) == {c.info.run_id for c in children}
+    assert (Path(local) / "search_space.yaml").is_file()
+    assert parent.data.metrics["trials_terminated"] == 4
+
+
+def test_sweep_registers_the_top_k_trials(full_sweep):
+    assert full_sweep["rc"] == 0
+    client, parent = full_sweep["client"], full_sweep["parents"][0]
+    versions = [v for v in client.search_model_versions(f"name='{MODEL_NAME}'")
+                if v.tags.get("sweep_run_id") == parent.info.run_id]
+    assert len(versions) == 2  # sweep=ci: top_k=2
+    finals = {c.info.run_id: c.data.metrics["val_auroc"] for c in full_sweep["children"]}
+    best_two = sorted(finals.values(), reverse=True)[:2]
+    assert sorted((float(v.tags["val_auroc"]) for v in versions), reverse=True) == pytest.approx(best_two, abs=1e-5)
+    for v in versions:
+        assert v.run_id in finals  # logged in the trial's own run
+        assert {"alpha", "n", "stages", "config", "trial_id"} <= set(v.tags)
+        assert v.tags["objective"] == "pseudo"
+        assert float(v.tags["metric.val_auroc"]) == pytest.approx(float(v.tags["val_auroc"]), abs=1e-4)  # promote's key
+        assert client.get_run(v.run_id).data.params["data.kind"] == "synthetic"  # promote checks the data
+        assert client.get_run(v.run_id).data.tags["pradot.registered_version"] == v.version
+
+
+def test_sweep_extracts_features_once(full_sweep):
+    assert full_sweep["rc"] == 0
+    parent = full_sweep["parents"][0]
+    # one extraction per split (train; validation + pseudo-anomalies) for the whole sweep, in the driver,
+    # before any trial started; every trial read the same cache entries
+    assert parent.data.metrics["features_extracted"] == 2
+    metas = [json.loads(p.read_text()) for p in full_sweep["cache"].glob("*/meta.json")]
+    assert sorted(m["identity"]["split"] for m in metas) == ["train", "validation+pseudo"]
+    first_trial_start = min(c.info.start_time for c in full_sweep["children"]) / 1000.0
+    assert all(m["created"] < first_trial_start for m in metas)
+    keys = {p.parent.name for p in full_sweep["cache"].glob("*/meta.json")}
+    for c in full_sweep["children"]:
+        assert set(c.data.tags["pradot.features"].split(",")) == keys
+    validation = next(m for m in metas if m["identity"]["split"] == "validation+pseudo")
+    assert validation["n_images"] == 12  # 6 validation normals + 6 pseudo-anomalies
+
+
+# --------------------------------------------------------------------------------------- resume
+def test_interrupted_sweep_resumes_and_finishes_the_remaining_trials(services):
+    client = _client(services)
+    storage = services["root"] / "ray_results"
+    path = storage / "resume"
+    common = [f"data.root={services['data']}", f"cache.dir={services['root'] / 'cache-resume'}",
+              f"sweep.storage_path={storage}"]
+    proc = _run_sweep(services, [*CI, *common, "sweep.name=resume", "tracking.experiment_name=sweep-resume",
+                 "sweep.num_samples=3", "sweep.max_concurrent_trials=1", "sweep.stop_after_trials=1",
+                 "sweep.top_k=0", "sweep.scheduler.type=fifo",
+                 "sweep.feature_store=object_store"])
+    assert proc.returncode == 3  # interrupted
+    assert "sweep.resume=true" in proc.stderr
+    (parent,), children = _runs(client, "sweep-resume")
+    assert parent.info.status == "KILLED" and parent.data.tags["pradot.sweep_state"] == "interrupted"
+    done_before = {c.data.tags["pradot.trial_id"]: c for c in children if c.info.status == "FINISHED"}
+    assert 1 <= len(done_before) < 3
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+
+    proc = _run_sweep(services, ["sweep.resume=true", f"sweep.resume_from={path}"])
+    assert proc.returncode == 0
+    (parent2,), children = _runs(client, "sweep-resume")
+    assert parent2.info.run_id == parent.info.run_id and parent2.info.status == "FINISHED"
+    assert parent2.data.metrics["features_extracted"] == 2
+    assert parent2.data.metrics["features_extracted_on_resume"] == 0
+    trials = {c.data.tags["pradot.trial_id"]: c for c in children}
+    assert len(trials) == len(children) == 3
+    assert all(c.info.status == "FINISHED" for c in children)
+    for tid, before in done_before.items():  # finished trials were not run again
+        after = trials[tid]
+        assert after.data.tags["pradot.attempts"] == "1"
+        assert after.info.end_time == before.info.end_time
+        assert len(client.get_metric_history(after.info.run_id, "val_auroc")) == 2
+    # Tune's own record of the experiment: 3 trials, all terminated
+    state = json.loads(max(path.glob("experiment_state-*.json")).read_text())
+    statuses = [json.loads(t[0])["status"] if isinstance(t, list) else t["status"] for t in state["trial_data"]]
+    assert statuses == ["TERMINATED"] * 3
+
+
+# ------------------------------------------------------------------------------------ bad input
+@pytest.fixture()
+def offline(tmp_path, monkeypatch):
+    """No cluster, a SQLite store that must stay untouched: bad input is refused before anything starts."""
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return {"db": db, "tmp": tmp_path}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sweep.search_space=null"], "sweep.search_space is empty"),
+    (["sweep.num_samples=0"], "sweep.num_samples must be an integer >= 1"),
+    (["sweep.metric=val_aucroc"], "sweep.metric 'val_aucroc' is not reported"),
+    (["+sweep.search_space.lr={type:loguniform,low:0.001,high:0.1}"], "unknown parameter(s) ['lr']"),
+    (["sweep.search_space.alpha={type:uniform,low:0,high:2}"], "must be <= 1.0"),
+    (["sweep.objective=test", "sweep.metric=val_auroc"], "not reported by the trials (objective=test)"),
+    (["sweep.search_space.n.values=[16]"], "training split has only 16 images"),
+])
+def test_bad_input_is_refused_before_anything_starts(offline, capsys, overrides, message, tmp_path_factory):
+    data = tmp_path_factory.getbasetemp() / "bad-input-data"
+    rc = _sweep([*CI, f"data.root={data}", *overrides])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not offline["db"].exists()  # nothing tracked, nothing registered
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()  # no cluster started or joined
+    assert not (offline["tmp"] / ".ray_results").exists()
+
+
+def test_local_store_is_refused_on_a_multi_node_cluster():
+    import sweep
+
+    with pytest.raises(sweep.SweepError, match="local file/SQLite store"):
+        sweep.check_tracking_for_cluster("sqlite:////tmp/x/mlflow.db", 2, "10.0.0.1:6379")
+    with pytest.raises(sweep.SweepError, match="local file/SQLite store"):
+        sweep.check_tracking_for_cluster("/tmp/mlruns", 1, "ray://10.0.0.1:10001")
+    sweep.check_tracking_for_cluster("http://10.0.0.2:5000", 3, "10.0.0.1:6379")
+    sweep.check_tracking_for_cluster("sqlite:////tmp/x/mlflow.db", 1, None)
+    assert sweep.absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def test_resume_without_a_sweep_folder_is_a_clear_error(offline, capsys):
+    rc = _sweep([*CI, "sweep.resume=true", f"sweep.storage_path={offline['tmp'] / 'nothing'}"])
+    assert rc == 2
+    assert "no sweep to resume" in capsys.readouterr().err
+    assert not offline["db"].exists()
