@@ -65,8 +65,9 @@ def spatial_cost(c: torch.Tensor, rho: torch.Tensor, squared: bool = False) -> t
     Returns:
         (N, P) distances.
     """
-    d2 = (c[:, None, :] - rho[None, :, :]).pow(2).sum(-1)
-    return d2 if squared else d2.sqrt()
+    # cdist without the matrix-product shortcut: exact, and no (N, P, 2) temporary
+    d = torch.cdist(c, rho.to(c.dtype), compute_mode="donot_use_mm_for_euclid_dist")
+    return d.square_() if squared else d
 
 
 def fused_cost(z, c, p, rho, alpha: float, squared: bool = True) -> torch.Tensor:
