@@ -168,17 +168,21 @@ def _mask_pixel_value(path: Path) -> int:
     return int(values[0])
 
 
-class MVTecLOCODataset(AnomalyDataset):
-    """MVTec LOCO AD layout: one PNG per defect, pixel values mapped through ``defects_config.json``."""
-
-    kind = "mvtec_loco"
-    has_saturation = True
-    layout = _LOCO_LAYOUT
+class _CategoryFolderDataset(AnomalyDataset):
+    """A dataset whose categories are folders under the root (``<root>/<category>/...``)."""
 
     def __init__(self, root: str | Path | None, category: str):
         root_path = resolve_root(root, self.kind)
         self.category_dir = _category_dir(self.kind, root_path, category)
         super().__init__(root_path, category)
+
+
+class MVTecLOCODataset(_CategoryFolderDataset):
+    """MVTec LOCO AD layout: one PNG per defect, pixel values mapped through ``defects_config.json``."""
+
+    kind = "mvtec_loco"
+    has_saturation = True
+    layout = _LOCO_LAYOUT
 
     def _index(self) -> None:
         cat = self.category_dir
@@ -266,7 +270,7 @@ def _find_mask(folder: Path, stem: str) -> list[Path]:
     return prefixed[:1] if len(prefixed) == 1 else []
 
 
-class MVTecADDataset(AnomalyDataset):
+class MVTecADDataset(_CategoryFolderDataset):
     """MVTec AD layout (one ``<id>_mask.png`` per anomalous image; regions = connected components).
 
     There is no validation split: ``samples("validation")`` is empty (see ``split_validation``).
@@ -275,11 +279,6 @@ class MVTecADDataset(AnomalyDataset):
     kind = "mvtec_ad"
     has_saturation = False
     layout = _AD_LAYOUT
-
-    def __init__(self, root: str | Path | None, category: str):
-        root_path = resolve_root(root, self.kind)
-        self.category_dir = _category_dir(self.kind, root_path, category)
-        super().__init__(root_path, category)
 
     def _index(self) -> None:
         cat = self.category_dir
@@ -385,17 +384,12 @@ class VisADataset(AnomalyDataset):
 # generic folders
 # ---------------------------------------------------------------------------------------------
 
-class FolderDataset(AnomalyDataset):
+class FolderDataset(_CategoryFolderDataset):
     """Generic folder layout; test anomalies may lack masks (``has_masks`` then is False)."""
 
     kind = "folder"
     has_saturation = False
     layout = LAYOUTS["folder"]
-
-    def __init__(self, root: str | Path | None, category: str):
-        root_path = resolve_root(root, self.kind)
-        self.category_dir = _category_dir(self.kind, root_path, category)
-        super().__init__(root_path, category)
 
     def _index(self) -> None:
         cat = self.category_dir
