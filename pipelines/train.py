@@ -11,7 +11,6 @@ calibrated threshold) registered as ``pradot-<dataset>-<category>``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -152,7 +151,6 @@ def log_figures(mlflow, model, splits, scored, spec, feats_train, cfg, history, 
             attempt("restored_images", restored)
 
     def umap():
-        from pradot.data import read_image as ri
         H, W = bank.config.grid
         z, c, ab = [], [], []
         for j, i in enumerate(anomalous):
@@ -160,8 +158,7 @@ def log_figures(mlflow, model, splits, scored, spec, feats_train, cfg, history, 
             z.append(zz.cpu())
             c.append(cc.cpu())
             ab.append(viz.abnormal_embeddings(splits.dataset.load_channels(scored.samples[i], size).any(0), (H, W)))
-        import torch as _t
-        return viz.umap_figure(_t.cat(z), _t.cat(c), np.concatenate(ab), bank.features.cpu(), bank.coords.cpu(),
+        return viz.umap_figure(torch.cat(z), torch.cat(c), np.concatenate(ab), bank.features.cpu(), bank.coords.cpu(),
                                alpha=model.config.alpha, max_points=int(cfg.evaluation.umap_max_points),
                                seed=int(cfg.seed))
     attempt("umap", umap)

@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 
 from pradot import PRADOT, PRADOTConfig
 from pradot.backbone import BackboneError, load_backbone
-from pradot.features import FeatureCache, extract_features
+from pradot.features import FeatureCache
 
 SIZE = 128
 

@@ -1,6 +1,5 @@
 """notebooks/quickstart.ipynb is executed (nbclient) against a model registered by the training pipeline."""
 
-import os
 import sys
 from pathlib import Path
 

@@ -18,7 +18,7 @@ from .cost import check_alpha, feature_cost, grid_coordinates, normalised_cost, 
 from .transport import SinkhornResult, sinkhorn, transport_cost
 
 __all__ = ["BankConfig", "PrototypeBank", "prototype_coordinates", "ema_update", "barycentric_coordinates",
-           "StepStats", "ot_step"]
+           "StepStats"]
 
 
 def prototype_coordinates(height: int, width: int, n: float, device=None) -> torch.Tensor:
