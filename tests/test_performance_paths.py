@@ -11,6 +11,7 @@ import ot
 import pytest
 import torch
 
+from pradot import cost as cost_module
 from pradot import scoring, transport
 from pradot.prototypes import BankConfig, PrototypeBank
 from pradot.scoring import assignment_scores, assignment_scores_reference, cell_copies
@@ -87,6 +88,52 @@ def test_general_path_with_fewer_prototypes_than_cells_equals_reference(alpha):
     bank = make_bank(alpha, 0.5, grid=(6, 4))
     assert cell_copies(bank) is None
     check_against_reference(bank, make_feats(grid=(6, 4)), chunk=3)
+
+
+# ------------------------------------------------------------------------------------------ cost
+
+
+@pytest.mark.parametrize("n", [1, 3, 0.5])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_in_place_grid_cost_equals_the_direct_formula(n, alpha, monkeypatch):
+    """``grid_cost`` (training's builder) is Eq. 3 as ``cost(z, c)`` writes it, for several blocks."""
+    monkeypatch.setattr(cost_module, "BUILD_BLOCK_ELEMENTS", 50)  # blocks of 1 image: several blocks
+    bank = make_bank(alpha, n)
+    feats = make_feats()  # includes an all-black image
+    z, c = bank.embeddings(feats)
+    M = bank.grid_cost(z)
+    ref = bank.cost(z, c)
+    assert M.shape == ref.shape and M.dtype == ref.dtype
+    assert torch.allclose(M, ref, atol=1e-6, rtol=0), float((M - ref).abs().max())
+    assert float(M.min()) >= 0.0 and float(M.max()) <= 1.0 + 1e-6
+    if alpha in (0.0, 1.0):  # one max-normalised term
+        assert float(M.max()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_in_place_grid_cost_with_learnt_coordinates_float64_and_bad_rows():
+    bank = make_bank(0.4, 2, learn_coordinates=True)
+    bank.features.data = bank.features.double()
+    bank.coords.data = torch.rand(bank.coords.shape, generator=torch.Generator().manual_seed(7)).double()
+    z, c = bank.embeddings(make_feats(B=3))
+    z = z.double()
+    M = bank.grid_cost(z)
+    assert M.dtype == torch.float64
+    assert torch.allclose(M, bank.cost(z, c), atol=1e-6, rtol=0)  # the direct formula's coordinates are float32
+    with pytest.raises(ValueError, match="whole images"):
+        bank.grid_cost(z[:-1])
+    with pytest.raises(ValueError, match="feature dimensions"):
+        bank.grid_cost(z[:, :-1])
+
+
+def test_identical_features_give_a_finite_cost():
+    """All cosines 1: the feature term's maximum is 0 and is used as is (no 0/0), as in the direct formula."""
+    bank = make_bank(0.3, 1)
+    bank.features.copy_(torch.ones_like(bank.features))
+    feats = torch.ones(2, 6, 5, 4)
+    z, c = bank.embeddings(feats)
+    M = bank.grid_cost(z)
+    assert torch.isfinite(M).all()
+    assert torch.allclose(M, bank.cost(z, c), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- transport

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cost import check_alpha, feature_cost, grid_coordinates, normalised_cost, spatial_cost
+from .cost import (check_alpha, feature_cost, grid_coordinates, grid_normalised_cost, normalised_cost,
+                   spatial_cost)
 from .transport import SinkhornResult, sinkhorn, transport_cost
 
 __all__ = ["BankConfig", "PrototypeBank", "prototype_coordinates", "ema_update", "barycentric_coordinates",
@@ -132,8 +133,14 @@ class PrototypeBank(torch.nn.Module):
         return int(self.features.shape[0])
 
     def cost(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Eq. 3 cost between embeddings (z: (N, D), c: (N, 2)) and this bank: (N, P)."""
+        """Eq. 3 cost between any embeddings (z: (N, D), c: (N, 2)) and this bank: (N, P). Direct formula."""
         return normalised_cost(feature_cost(z, self.features), spatial_cost(c, self.coords), self.config.alpha)
+
+    def grid_cost(self, z: torch.Tensor) -> torch.Tensor:
+        """Eq. 3 for whole images on this bank's grid (z: (B*H*W, D) from :meth:`embeddings`): (B*H*W, P).
+
+        The same matrix as ``cost(z, c)`` (to float rounding), built in place without temporaries."""
+        return grid_normalised_cost(z, self.grid_coords, self.features, self.coords, self.config.alpha)
 
     def embeddings(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D, H, W) feature maps -> z: (B*H*W, D) and c: (B*H*W, 2), row-major per image."""
@@ -156,7 +163,7 @@ class PrototypeBank(torch.nn.Module):
         """
         z, c = self.embeddings(feats)
         z = z.to(self.features.dtype)
-        M = self.cost(z, c)  # (B*H*W, P)
+        M = self.grid_cost(z)  # (B*H*W, P)
         res: SinkhornResult = solver(M, self.config.epsilon, self.config.sinkhorn_iters,
                                      warm_start=warm if warm_start else None, return_result=True)
         loss = transport_cost(M, res.plan)
