@@ -16,9 +16,9 @@ Options (besides Hydra overrides, passed unchanged to every training and to prom
 ``alias``, ``force`` (promote's). ``backbone.stages`` and ``model.alpha`` are set per member and may not
 be overridden.
 
-Feature cache: the cache key includes the backbone's stages (``engine.feature_identity``) and a
-stage-2 bank's backbone network is cut after stage 2, so the two alpha values of one stage share one
-cache entry but a stage-2 and a stage-3 bank do not: the four trainings extract features twice.
+Feature cache: entries are per stage (``pradot.features.FeatureCache``), so the two alpha values of
+one stage read the same features, and each stage is extracted once for the four trainings (a stage-2
+bank's backbone network is cut after stage 2, so stage 3 needs its own, longer pass anyway).
 """
 
 from __future__ import annotations

@@ -883,11 +883,13 @@ def _prepare(cfg, plan: SweepPlan, feature_store: str, device, spec, base_cfg, s
                     bb = load_backbone(name, union, weights_path=wp, device=device)
                 feats = cache.get_or_compute(ident, bb, ds, device=device, num_workers=int(cfg.num_workers),
                                              progress=False)
-            meta = json.loads((cache.path(ident) / "meta.json").read_text())
+            metas = list(cache.info(ident).values())  # one record per stage
             infos.append({"backbone": name, "split": split, "stages": list(union), "key": cache.key(ident),
                           "path": str(cache.path(ident)), "extracted_now": extracted,
-                          "n_images": int(meta["n_images"]), "extraction_seconds": float(meta["seconds"]),
-                          "created": float(meta["created"]), "lookup_seconds": time.perf_counter() - t0})
+                          "n_images": int(metas[0]["n_images"]),
+                          "extraction_seconds": max(float(m["seconds"]) for m in metas),
+                          "created": max(float(m["created"]) for m in metas),
+                          "lookup_seconds": time.perf_counter() - t0})
             log.info("features %s/%s: %s (%s)", name, split, "extracted" if extracted else "cache hit",
                      cache.path(ident))
             identities[f"{name}/{split}"] = ident

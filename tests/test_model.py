@@ -137,3 +137,50 @@ def test_backbone_weights_and_errors(effnet):
         load_backbone("vgg_unknown")
     with pytest.raises(BackboneError, match="weights file"):
         load_backbone("resnet50", weights_path="/nonexistent/resnet50.pth")
+
+
+class CountingBackbone(torch.nn.Module):
+    """A real backbone that counts its forward passes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+        self.name, self.stages = inner.name, inner.stages
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_feature_cache_shares_stages_between_runs(tmp_path):
+    """Entries are per stage: a stages-2+3 extraction serves stage-2 and stage-3 runs; a stage missing from
+    the cache (or left without its json by a crash) is extracted again; nothing else is rewritten."""
+    data = Scenes(4, size=64)
+    both = CountingBackbone(load_backbone("tiny_random", (2, 3)))
+    ident = {"what": "scenes4", "backbone": both.name, "size": 64}
+    cache = FeatureCache(tmp_path / "cache")
+    only2 = cache.get_or_compute({**ident, "stages": [2]}, CountingBackbone(load_backbone("tiny_random", (2,))),
+                                 data, batch_size=4, progress=False)
+    stage2_file = cache.path({**ident, "stages": [2]}) / "stage2.npy"
+    before = stage2_file.stat().st_mtime_ns
+    feats = cache.get_or_compute({**ident, "stages": [2, 3]}, both, data, batch_size=4, progress=False)
+    assert both.calls == 1 and sorted(feats) == [2, 3]
+    assert stage2_file.stat().st_mtime_ns == before  # stage 2 was stored already: not rewritten
+    assert np.array_equal(feats[2], only2[2])
+    assert cache.path({**ident, "stages": [3]}) == cache.path({**ident, "stages": [2, 3]})  # one folder
+    three = cache.get_or_compute({**ident, "stages": [3]}, both, data, batch_size=4, progress=False)
+    assert both.calls == 1 and np.array_equal(three[3], feats[3])  # a hit: no extraction
+    assert (cache.misses, cache.hits) == (2, 1)
+    assert cache.info({**ident, "stages": [2, 3]})[3]["n_images"] == 4
+    # a crash between the array and its json: the stage counts as missing and is extracted again
+    (cache.path(ident | {"stages": [3]}) / "stage3.json").unlink()
+    assert cache.load({**ident, "stages": [2, 3]}) is None
+    cache.get_or_compute({**ident, "stages": [2, 3]}, both, data, batch_size=4, progress=False)
+    assert both.calls == 2 and cache.load({**ident, "stages": [3]}) is not None
+    # another identity (e.g. another image size) is another folder
+    assert cache.load({**ident, "size": 96, "stages": [2]}) is None
+    assert not list(cache.path(ident | {"stages": [2]}).glob(".tmp-*"))  # no temporary files left
+    with pytest.raises(ValueError, match="backbone gives"):
+        cache.get_or_compute({**ident, "size": 96, "stages": [4]}, both, data, progress=False)
+    with pytest.raises(ValueError, match="stages"):
+        cache.load(ident)

@@ -236,11 +236,13 @@ def test_sweep_extracts_features_once(full_sweep):
     # one extraction per split (train; validation + pseudo-anomalies) for the whole sweep, in the driver,
     # before any trial started; every trial read the same cache entries
     assert parent.data.metrics["features_extracted"] == 2
-    metas = [json.loads(p.read_text()) for p in full_sweep["cache"].glob("*/meta.json")]
-    assert sorted(m["identity"]["split"] for m in metas) == ["train", "validation+pseudo"]
+    metas = [json.loads(p.read_text()) for p in full_sweep["cache"].glob("*/stage*.json")]  # one per stage
+    splits = {m["identity"]["split"] for m in metas}
+    assert splits == {"train", "validation+pseudo"}
+    assert len(metas) == len(splits) * len({m["stage"] for m in metas})  # each stage stored once per split
     first_trial_start = min(c.info.start_time for c in full_sweep["children"]) / 1000.0
     assert all(m["created"] < first_trial_start for m in metas)
-    keys = {p.parent.name for p in full_sweep["cache"].glob("*/meta.json")}
+    keys = {p.parent.name for p in full_sweep["cache"].glob("*/stage*.json")}
     for c in full_sweep["children"]:
         assert set(c.data.tags["pradot.features"].split(",")) == keys
     validation = next(m for m in metas if m["identity"]["split"] == "validation+pseudo")

@@ -1,9 +1,10 @@
 """Backbone feature extraction over a dataset, and an on-disk, memory-mapped feature cache.
 
 The backbone is frozen and the paper uses no augmentation, so the features of a training image never
-change: they are computed once per (dataset, category, backbone, stages, image size, file list) and
+change: they are computed once per (dataset, category, backbone, stage, image size, file list) and
 reused across epochs, runs and sweep trials. The cache key covers all of these (and the files' sizes and
-modification times), so any change gives a new entry.
+modification times), so any change gives a new entry. Each stage is stored on its own, so a stage-2 run,
+a stage-3 run and a stages-2+3 run of the same data share their features.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -64,9 +64,14 @@ def extract_features(backbone: Backbone, dataset: Dataset, batch_size: int = 32,
 
 
 class FeatureCache:
-    """Memory-mapped feature arrays on disk, one folder per key: ``<root>/<key>/stage<l>.npy`` + meta.json.
+    """Memory-mapped feature arrays on disk.
 
-    ``hits`` / ``misses`` count lookups in this process; ``meta.json`` records when and how long the
+    An identity is a dict of what the features depend on, with the requested ``stages``; the folder
+    ``<root>/<key>/`` is keyed by everything but the stages and holds one ``stage<l>.npy`` per stage with
+    its ``stage<l>.json`` (written last: a stage without it is incomplete and computed again). Files are
+    written under temporary names and renamed, so concurrent runs never see half a file.
+
+    ``hits`` / ``misses`` count lookups in this process; the json files record when and how long the
     extraction took, so the sweep can show that features were extracted once.
     """
 
@@ -76,46 +81,74 @@ class FeatureCache:
         self.misses = 0
 
     @staticmethod
-    def key(identity: dict) -> str:
-        blob = json.dumps(identity, sort_keys=True, default=str)
+    def _split(identity: dict) -> tuple[dict, list[int]]:
+        if "stages" not in identity:
+            raise ValueError(f"a feature-cache identity needs its 'stages', got keys {sorted(identity)}")
+        base = {k: v for k, v in identity.items() if k != "stages"}
+        return base, sorted(int(s) for s in identity["stages"])
+
+    @classmethod
+    def key(cls, identity: dict) -> str:
+        """The folder name: a digest of the identity without its stages."""
+        blob = json.dumps(cls._split(identity)[0], sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
     def path(self, identity: dict) -> Path:
         return self.root / self.key(identity)
 
-    def load(self, identity: dict) -> dict[int, np.ndarray] | None:
+    def info(self, identity: dict) -> dict[int, dict] | None:
+        """{stage: its json record (identity, shape, n_images, seconds, created)}, or None when a stage is missing."""
         d = self.path(identity)
-        meta = d / "meta.json"
-        if not meta.is_file():
+        out = {}
+        for s in self._split(identity)[1]:
+            meta = d / f"stage{s}.json"
+            if not (meta.is_file() and (d / f"stage{s}.npy").is_file()):
+                return None
+            out[s] = json.loads(meta.read_text())
+        return out
+
+    def load(self, identity: dict) -> dict[int, np.ndarray] | None:
+        """{stage: memory-mapped (N, D, H, W) array} for every requested stage, or None if one is missing."""
+        if self.info(identity) is None:
             return None
-        info = json.loads(meta.read_text())
-        return {int(s): np.load(d / f"stage{s}.npy", mmap_mode="r") for s in info["stages"]}
+        d = self.path(identity)
+        return {s: np.load(d / f"stage{s}.npy", mmap_mode="r") for s in self._split(identity)[1]}
 
     def get_or_compute(self, identity: dict, backbone: Backbone, dataset: Dataset, batch_size: int = 32,
                        num_workers: int = 0, device="cpu", progress: bool = True) -> dict[int, np.ndarray]:
-        """Cached features for ``identity`` (computed and stored atomically on a miss)."""
+        """Cached features for ``identity``; missing stages are extracted with ``backbone`` and stored
+        (every stage the backbone gives that is not stored yet)."""
+        base, stages = self._split(identity)
         found = self.load(identity)
         if found is not None:
             self.hits += 1
             return found
+        missing = [s for s in stages if self.load({**base, "stages": [s]}) is None]
+        if not set(missing) <= set(backbone.stages):
+            raise ValueError(f"the cache is asked for stages {stages} but the backbone gives {list(backbone.stages)}")
         self.misses += 1
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-        try:
-            t0 = time.perf_counter()
-            feats = extract_features(backbone, dataset, batch_size, num_workers, device, progress)
-            for s, arr in feats.items():
-                np.save(tmp / f"stage{s}.npy", arr)
-            meta = {"identity": identity, "stages": sorted(feats), "n_images": len(dataset),
-                    "shapes": {str(s): list(a.shape) for s, a in feats.items()},
-                    "seconds": time.perf_counter() - t0, "created": time.time()}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-            final = self.path(identity)
-            try:
-                tmp.rename(final)
-            except OSError:  # another process stored it first: keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        d = self.path(identity)
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        feats = extract_features(backbone, dataset, batch_size, num_workers, device, progress)
+        seconds = time.perf_counter() - t0
+        for s, arr in sorted(feats.items()):
+            if self.load({**base, "stages": [s]}) is not None:
+                continue  # stored already (by us earlier, or by a concurrent run)
+            self._write(d, f"stage{s}.npy", lambda f, a=arr: np.save(f, a))
+            meta = {"identity": base, "stage": int(s), "n_images": len(dataset), "shape": list(arr.shape),
+                    "seconds": seconds, "created": time.time()}
+            self._write(d, f"stage{s}.json", lambda f, m=meta: f.write(json.dumps(m, indent=1, default=str).encode()))
         return self.load(identity)
+
+    @staticmethod
+    def _write(folder: Path, name: str, write) -> None:
+        """Write ``folder/name`` under a temporary name, then rename it into place (atomic on one filesystem)."""
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, folder / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
