@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pradot import cost as cost_module
-from pradot import scoring, transport
+from pradot import buffers, scoring, transport
 from pradot.prototypes import BankConfig, PrototypeBank
 from pradot.scoring import assignment_scores, assignment_scores_reference, cell_copies
 from pradot.transport import sinkhorn, sinkhorn_log
@@ -227,11 +227,14 @@ def test_auto_backend_choice(monkeypatch):
 def test_hugepage_buffers_give_the_same_plan(monkeypatch):
     M = structured_cost(seed=5).float()
     plain = sinkhorn(M, 0.01)
-    monkeypatch.setattr(transport, "HUGEPAGE_MIN_BYTES", 0)
-    buf = transport._empty((300, 120), torch.float32, torch.device("cpu"))
+    monkeypatch.setattr(buffers, "HUGEPAGE_MIN_BYTES", 0)
+    buf = buffers.empty_matrix((300, 120), torch.float32, torch.device("cpu"))
     assert buf.shape == (300, 120) and buf.is_contiguous()
     huge = sinkhorn(M, 0.01)
     assert torch.equal(plain, huge)
+    bank, feats = make_bank(0.3, 2), make_feats()
+    z, c = bank.embeddings(feats)
+    assert torch.allclose(bank.grid_cost(z), bank.cost(z, c), atol=1e-6)  # the cost matrix in a huge-page buffer
     del buf
     assert float(huge.sum()) == pytest.approx(1.0, abs=1e-5)  # still valid after other buffers are freed
 
