@@ -5,6 +5,7 @@ import io
 import subprocess
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -86,9 +87,14 @@ def test_prototype_patches_picks_the_exact_block(tmp_path):
         calls.append(i)
         return images[i]
 
+    mm.flush()
+    readonly = np.load(tmp_path / "f.npy", mmap_mode="r")  # as the feature cache hands them out
     outs = [viz.prototype_patches(bank, feats, images, return_index=True),
             viz.prototype_patches(bank, torch.from_numpy(feats), get_image, chunk=1, return_index=True),
             viz.prototype_patches(bank, mm, list(images), chunk=2, return_index=True)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "non-writable array" warning from torch
+        outs.append(viz.prototype_patches(bank, readonly, images, chunk=2, return_index=True))
     for patches, (img_i, cell_i, sim) in outs:
         assert patches.shape == (bank.n_prototypes, 5, 5, 3) and patches.dtype == np.uint8
         assert (patches[5] == images[2][5:10, 15:20]).all()

@@ -386,7 +386,8 @@ def prototype_patches(bank, train_features: Any, train_images: Any | Callable[[i
     best_at = torch.zeros(pn.shape[0], dtype=torch.long)  # flat index image * HW + cell
     for s in range(0, n_img, chunk):
         f = train_features[s:s + chunk]
-        f = f.detach().cpu().float() if isinstance(f, torch.Tensor) else torch.from_numpy(np.asarray(f, np.float32))
+        # np.array copies: cached features are read-only memmaps, which torch.from_numpy warns about
+        f = f.detach().cpu().float() if isinstance(f, torch.Tensor) else torch.from_numpy(np.array(f, np.float32))
         b = f.shape[0]
         z = f.permute(0, 2, 3, 1).reshape(b * H * W, D)
         z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-8)
