@@ -2,7 +2,7 @@
 members, register it and move the ``champion`` alias to it when it beats the current champion.
 
     python pipelines/promote.py category=screw_bag data=mvtec_loco [members=...] [metric=image_auroc]
-        [normalisation=none|per_member] [alias=champion] [force=false] [hydra overrides...]
+        [select_by=val_auroc] [normalisation=none|per_member] [alias=champion] [force=false] [hydra overrides...]
     mlflow run . -e promote -P category=screw_bag [-P members=pradot-mvtec_loco-screw_bag/1,...]
 
 Members:
@@ -14,6 +14,9 @@ Members:
   default selection: such a bank already averages its stages' maps, so adding it next to single-stage
   banks would count those stages twice; they are listed in the run (``pradot.excluded``) and can be used
   explicitly.
+* ``select_by=<metric>``: rank the default candidates by another version metric than ``metric``, e.g.
+  ``select_by=val_auroc`` for sweep-registered versions, which carry ``metric.val_auroc`` (the sweep's
+  validation objective) and no test metrics. The ensemble is still compared and promoted on ``metric``.
 * ``members=name/version,name/version,...`` (also ``models:/name/version`` or ``name@alias``): exactly
   these versions (a missing one is an error naming the versions that exist).
 
@@ -57,7 +60,7 @@ from common import compose, flatten, parse_overrides, run_log, setup_tracking  #
 log = logging.getLogger("pradot.promote")
 
 #: promote's own options (everything else is a Hydra override of conf/)
-OPTION_KEYS = ("members", "metric", "normalisation", "alias", "force", "ensemble_name")
+OPTION_KEYS = ("members", "metric", "select_by", "normalisation", "alias", "force", "ensemble_name")
 #: metrics shown in the markdown table / bar chart when present (the CSV has all of them)
 SHOWN_METRICS = ("image_auroc", "image_auroc_logical_anomalies", "image_auroc_structural_anomalies",
                  "au_spro_0.05", "au_spro_0.3", "pixel_auroc", "au_pro_0.3")
@@ -73,6 +76,7 @@ class PromotionError(ValueError):
 class Options:
     members: list[str] | None = None
     metric: str = "image_auroc"
+    select_by: str | None = None  # the version metric that picks the default members (default: metric)
     normalisation: str = "none"
     alias: str = "champion"
     force: bool = False
@@ -132,6 +136,8 @@ def split_argv(argv: Sequence[str]) -> tuple[Options, list[str]]:
             opts.members = [m.strip() for m in value.split(",") if m.strip()] or None
         elif key == "metric":
             opts.metric = value.strip()
+        elif key == "select_by":
+            opts.select_by = value.strip() or None
         elif key == "normalisation":
             if value not in ("none", "per_member"):
                 raise PromotionError(f"normalisation must be 'none' (the paper: mean of the maps) or 'per_member' "
@@ -217,8 +223,10 @@ def select_best(client, name: str, metric: str, cfg) -> Selection:
         raise PromotionError(
             f"the model {name!r} has {len(versions)} version(s) but none is a single-stage bank with a "
             f"{metric!r} metric ({'; '.join(sel.excluded)}). The paper's ensemble averages single-stage banks "
-            f"(stages 2 and 3, alpha 0 and > 0); pass members=name/version,... to use these versions anyway, or "
-            + _training_hint(cfg))
+            f"(stages 2 and 3, alpha 0 and > 0); pass members=name/version,... to use these versions anyway"
+            + (", or select_by=val_auroc to rank sweep-registered versions by their validation objective"
+               if metric != "val_auroc" and any("metric.val_auroc" in v.tags for v in versions) else "")
+            + ", or " + _training_hint(cfg))
     sel.members = [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1] != "alpha=0"))]
     for k, m in sorted(groups.items()):
         sel.notes.append(f"group stage {k[0]} {k[1]}: {m.ref} ({metric}={m.metric_value:.4f})")
@@ -495,7 +503,7 @@ def resolve_members(cfg, opts: Options, client) -> Selection:
     if opts.members:
         sel = resolve_explicit(client, opts.members, opts.metric)
     else:
-        sel = select_best(client, base_model_name(cfg), opts.metric, cfg)
+        sel = select_best(client, base_model_name(cfg), opts.select_by or opts.metric, cfg)
     sel.notes.extend(check_members(client, sel.members, cfg))
     if len(sel.members) == 1:
         sel.notes.append("an ensemble of one member scores exactly as that member")
@@ -627,7 +635,7 @@ def run_promotion(cfg, opts: Options, sel: Selection, mlflow) -> dict:
             "member_alphas": ";".join(f"{x.config.alpha:g}" for x in models),
             "stages": ",".join(map(str, ens.config.stages)), "backbone": ens.config.backbone,
             "image_size": S, "dataset": spec.kind, "category": spec.category, "run_id": run_id,
-            "threshold": calib.threshold, "selection": sel.mode, "selection_metric": opts.metric,
+            "threshold": calib.threshold, "selection": sel.mode, "selection_metric": opts.select_by or opts.metric,
             **{f"metric.{k}": round(v, 5) for k, v in ens_flat.items()}}
     for k, v in tags.items():
         client.set_model_version_tag(ens_name, version, k, str(v))
@@ -661,7 +669,8 @@ def run(argv: Sequence[str], parent_run_id: str | None = None) -> dict:
             if parent_run_id:
                 mlflow.set_tag("mlflow.parentRunId", parent_run_id)
             mlflow.log_params({"promote.members": ",".join(m.ref for m in sel.members),
-                               "promote.metric": opts.metric, "promote.normalisation": opts.normalisation,
+                               "promote.metric": opts.metric, "promote.select_by": opts.select_by or opts.metric,
+                               "promote.normalisation": opts.normalisation,
                                "promote.alias": opts.alias, "promote.force": opts.force,
                                "promote.selection": sel.mode})
             try:

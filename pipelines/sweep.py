@@ -1253,6 +1253,9 @@ def main(argv=None) -> int:
     for r in out["registered"]:
         print(f"registered     : models:/{r['name']}/{r['version']}  (trial {r['trial_id']}, "
               f"{out['metric']}={r[out['metric']]:.4f})")
+    if out["registered"]:
+        print(f"next           : mlflow run . --env-manager local -e promote -P category={cfg.category} "
+              f"-P dataset={cfg.data.kind} -P select_by={out['metric']}   (plus the sweep's data overrides)")
     return 0
 
 

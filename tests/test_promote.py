@@ -258,3 +258,28 @@ def test_champion_served_in_a_fresh_process(store):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert np.isfinite(out["raw_score"])
+
+
+def test_select_by_ranks_sweep_registered_versions(store):
+    """Sweep-registered versions carry metric.val_auroc only: the default ranking (image_auroc) skips them
+    and says how to use them; select_by=val_auroc ranks by it (best per group), the others are excluded."""
+    import promote
+
+    ns = store
+    opts, rest = promote.split_argv(["select_by=val_auroc", "metric=image_auroc", "experiment=ci"])
+    assert opts.select_by == "val_auroc" and opts.metric == "image_auroc" and rest == ["experiment=ci"]
+    assert promote.split_argv(["select_by="])[0].select_by is None  # an unset MLproject parameter
+    sweep_like = {"s2a0": 0.7, "bad": 0.9, "s3a3": 0.6}  # the bad (2, 0) bank wins its group on val_auroc
+    try:
+        for key, val in sweep_like.items():
+            ns.client.set_model_version_tag(NAME, ns.versions[key], "metric.val_auroc", str(val))
+        sel = promote.select_best(ns.client, NAME, "val_auroc", ns.cfg)
+        assert [m.ref for m in sel.members] == [f"{NAME}/{ns.versions[k]}" for k in ("bad", "s3a3")]
+        assert any(f"{NAME}/{ns.versions['s2a3']}: no metric.val_auroc" in e for e in sel.excluded)
+        default = promote.select_best(ns.client, NAME, "image_auroc", ns.cfg)  # unchanged by the new tags
+        assert [m.ref for m in default.members] == [f"{NAME}/{ns.versions[k]}" for k in ("s2a0", "s2a3", "s3a3")]
+        with pytest.raises(promote.PromotionError, match="select_by=val_auroc"):
+            promote.select_best(ns.client, NAME, "au_spro_0.05", ns.cfg)  # no version has it: the hint
+    finally:
+        for key in sweep_like:
+            ns.client.delete_model_version_tag(NAME, ns.versions[key], "metric.val_auroc")
