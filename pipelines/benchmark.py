@@ -432,7 +432,8 @@ def scoring_section(ds, args, device: torch.device, n_score: int) -> dict:
     out["times_ms_per_image"] = {"backbone": [1e3 * t / B for t in tb], "scores": [1e3 * t / B for t in ts],
                                  "scores_and_upsampling": [1e3 * t / B for t in tf]}
     # the general path (all prototypes; used for learnt coordinates) on the same input, for comparison
-    from pradot.scoring import _scores_general, _unit
+    from pradot.cost import _unit
+    from pradot.scoring import _scores_general
 
     zn = _unit(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     ms = spatial_cost(bank.grid_coords, bank.coords)

@@ -82,6 +82,11 @@ class Options:
     force: bool = False
     ensemble_name: str | None = None
 
+    @property
+    def selection_metric(self) -> str:
+        """What ranks the default candidates: ``select_by``, else ``metric``."""
+        return self.select_by or self.metric
+
 
 @dataclass
 class Member:
@@ -503,7 +508,7 @@ def resolve_members(cfg, opts: Options, client) -> Selection:
     if opts.members:
         sel = resolve_explicit(client, opts.members, opts.metric)
     else:
-        sel = select_best(client, base_model_name(cfg), opts.select_by or opts.metric, cfg)
+        sel = select_best(client, base_model_name(cfg), opts.selection_metric, cfg)
     sel.notes.extend(check_members(client, sel.members, cfg))
     if len(sel.members) == 1:
         sel.notes.append("an ensemble of one member scores exactly as that member")
@@ -635,7 +640,7 @@ def run_promotion(cfg, opts: Options, sel: Selection, mlflow) -> dict:
             "member_alphas": ";".join(f"{x.config.alpha:g}" for x in models),
             "stages": ",".join(map(str, ens.config.stages)), "backbone": ens.config.backbone,
             "image_size": S, "dataset": spec.kind, "category": spec.category, "run_id": run_id,
-            "threshold": calib.threshold, "selection": sel.mode, "selection_metric": opts.select_by or opts.metric,
+            "threshold": calib.threshold, "selection": sel.mode, "selection_metric": opts.selection_metric,
             **{f"metric.{k}": round(v, 5) for k, v in ens_flat.items()}}
     for k, v in tags.items():
         client.set_model_version_tag(ens_name, version, k, str(v))
@@ -669,7 +674,7 @@ def run(argv: Sequence[str], parent_run_id: str | None = None) -> dict:
             if parent_run_id:
                 mlflow.set_tag("mlflow.parentRunId", parent_run_id)
             mlflow.log_params({"promote.members": ",".join(m.ref for m in sel.members),
-                               "promote.metric": opts.metric, "promote.select_by": opts.select_by or opts.metric,
+                               "promote.metric": opts.metric, "promote.select_by": opts.selection_metric,
                                "promote.normalisation": opts.normalisation,
                                "promote.alias": opts.alias, "promote.force": opts.force,
                                "promote.selection": sel.mode})

@@ -145,11 +145,12 @@ def grid_normalised_cost(z: torch.Tensor, grid_c: torch.Tensor, p: torch.Tensor,
     step = max(1, BUILD_BLOCK_ELEMENTS // max(1, HW * P))  # images per block
     if a < 1.0:
         zn, pnT = _unit(z.to(p.dtype)), _unit(p).T.contiguous()
-        mf_max = 0.0
-        for s in range(0, B, step):  # pass 1: feature cost 1 - cos, and its maximum
+        block_max = []
+        for s in range(0, B, step):  # pass 1: feature cost 1 - cos, and each block's maximum
             blk = out[s * HW:(s + step) * HW]
             torch.matmul(zn[s * HW:(s + step) * HW], pnT, out=blk)
-            mf_max = max(mf_max, float(blk.neg_().add_(1.0).amax()))
+            block_max.append(blk.neg_().add_(1.0).amax())
+        mf_max = float(torch.stack(block_max).max())  # one host sync
         wf = (1.0 - a) / mf_max if mf_max > 0 else 1.0 - a
     if a > 0.0:
         ms = spatial_cost(grid_c.to(p.dtype), rho.to(p.dtype))  # (H*W, P), the same for every image

@@ -96,23 +96,24 @@ class FeatureCache:
     def path(self, identity: dict) -> Path:
         return self.root / self.key(identity)
 
+    @staticmethod
+    def _stored(folder: Path, stage: int) -> bool:
+        """The stage's array and its json (written last) are both there."""
+        return (folder / f"stage{stage}.json").is_file() and (folder / f"stage{stage}.npy").is_file()
+
     def info(self, identity: dict) -> dict[int, dict] | None:
         """{stage: its json record (identity, shape, n_images, seconds, created)}, or None when a stage is missing."""
-        d = self.path(identity)
-        out = {}
-        for s in self._split(identity)[1]:
-            meta = d / f"stage{s}.json"
-            if not (meta.is_file() and (d / f"stage{s}.npy").is_file()):
-                return None
-            out[s] = json.loads(meta.read_text())
-        return out
+        d, stages = self.path(identity), self._split(identity)[1]
+        if not all(self._stored(d, s) for s in stages):
+            return None
+        return {s: json.loads((d / f"stage{s}.json").read_text()) for s in stages}
 
     def load(self, identity: dict) -> dict[int, np.ndarray] | None:
         """{stage: memory-mapped (N, D, H, W) array} for every requested stage, or None if one is missing."""
-        if self.info(identity) is None:
+        d, stages = self.path(identity), self._split(identity)[1]
+        if not all(self._stored(d, s) for s in stages):
             return None
-        d = self.path(identity)
-        return {s: np.load(d / f"stage{s}.npy", mmap_mode="r") for s in self._split(identity)[1]}
+        return {s: np.load(d / f"stage{s}.npy", mmap_mode="r") for s in stages}
 
     def get_or_compute(self, identity: dict, backbone: Backbone, dataset: Dataset, batch_size: int = 32,
                        num_workers: int = 0, device="cpu", progress: bool = True) -> dict[int, np.ndarray]:
@@ -123,17 +124,17 @@ class FeatureCache:
         if found is not None:
             self.hits += 1
             return found
-        missing = [s for s in stages if self.load({**base, "stages": [s]}) is None]
+        d = self.path(identity)
+        missing = [s for s in stages if not self._stored(d, s)]
         if not set(missing) <= set(backbone.stages):
             raise ValueError(f"the cache is asked for stages {stages} but the backbone gives {list(backbone.stages)}")
         self.misses += 1
-        d = self.path(identity)
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         feats = extract_features(backbone, dataset, batch_size, num_workers, device, progress)
         seconds = time.perf_counter() - t0
         for s, arr in sorted(feats.items()):
-            if self.load({**base, "stages": [s]}) is not None:
+            if self._stored(d, s):
                 continue  # stored already (by us earlier, or by a concurrent run)
             self._write(d, f"stage{s}.npy", lambda f, a=arr: np.save(f, a))
             meta = {"identity": base, "stage": int(s), "n_images": len(dataset), "shape": list(arr.shape),

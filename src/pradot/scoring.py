@@ -13,15 +13,11 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .cost import FEATURE_NORM_EPS, spatial_cost
+from .cost import _unit, spatial_cost
 from .prototypes import PrototypeBank
 
 __all__ = ["assignment_scores", "assignment_scores_reference", "cell_copies", "release_workspace", "stage_maps",
            "upsample_maps", "fuse_maps", "image_scores"]
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(FEATURE_NORM_EPS)
 
 
 def assignment_scores_reference(bank: PrototypeBank, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +93,6 @@ def assignment_scores(bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8) 
     chunk = max(1, int(chunk))
     HW = H * W
     pn = _unit(bank.features)  # (P, D)
-    P = pn.shape[0]
     dev = pn.device
     n = cell_copies(bank)
     rho = bank.grid_coords if n is not None else bank.coords  # the distinct prototype positions

@@ -176,6 +176,14 @@ class _CategoryFolderDataset(AnomalyDataset):
         self.category_dir = _category_dir(self.kind, root_path, category)
         super().__init__(root_path, category)
 
+    def _test_dir(self) -> Path:
+        """``<category>/test``, or a DatasetError that shows the expected layout."""
+        test_dir = self.category_dir / "test"
+        if not test_dir.is_dir():
+            raise DatasetError(f"{self.kind} category {self.category_dir} has no test folder {test_dir}.\n"
+                               f"Expected layout:\n{self.layout}")
+        return test_dir
+
 
 class MVTecLOCODataset(_CategoryFolderDataset):
     """MVTec LOCO AD layout: one PNG per defect, pixel values mapped through ``defects_config.json``."""
@@ -188,9 +196,7 @@ class MVTecLOCODataset(_CategoryFolderDataset):
         cat = self.category_dir
         self._splits["train"] = _good_samples(cat / "train" / GOOD, "train")
         self._splits["validation"] = _good_samples(cat / "validation" / GOOD, "validation")
-        test_dir = cat / "test"
-        if not test_dir.is_dir():
-            raise DatasetError(f"{self.kind} category {cat} has no test folder {test_dir}.\nExpected layout:\n{self.layout}")
+        test_dir = self._test_dir()
         pending: list[tuple[Path, str, list[Path]]] = []
         good: list[Sample] = []
         for anomaly_type in list_subdirs(test_dir):
@@ -283,9 +289,7 @@ class MVTecADDataset(_CategoryFolderDataset):
     def _index(self) -> None:
         cat = self.category_dir
         self._splits["train"] = _good_samples(cat / "train" / GOOD, "train")
-        test_dir = cat / "test"
-        if not test_dir.is_dir():
-            raise DatasetError(f"{self.kind} category {cat} has no test folder {test_dir}.\nExpected layout:\n{self.layout}")
+        test_dir = self._test_dir()
         test: list[Sample] = []
         for anomaly_type in list_subdirs(test_dir):
             for image in list_files(test_dir / anomaly_type):

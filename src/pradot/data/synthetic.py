@@ -479,7 +479,6 @@ def part_areas(image_size: int) -> dict[str, int]:
 
 def _logical(kind: str, rng: np.random.Generator, canvas: Canvas) -> tuple[list[Part], list[tuple[str, np.ndarray]], dict]:
     parts = _normal_parts(rng)
-    k = canvas.k
     if kind == "missing":
         comp = int(rng.integers(0, 6))
         ptype = parts[comp].ptype
@@ -636,6 +635,15 @@ def _params(category: str, seed: int, image_size: int, counts: dict[str, int]) -
     return {"generator_version": GENERATOR_VERSION, "category": category, "seed": int(seed), "image_size": int(image_size), **counts}
 
 
+def _checked_counts(category: str, seed: int, image_size: int, n_train: int, n_validation: int, n_test_good: int,
+                    n_test_logical: int, n_test_structural: int) -> dict[str, int]:
+    """The split sizes as a dict, after checking every argument."""
+    counts = {"n_train": int(n_train), "n_validation": int(n_validation), "n_test_good": int(n_test_good),
+              "n_test_logical": int(n_test_logical), "n_test_structural": int(n_test_structural)}
+    _check_args(category, seed, image_size, counts)
+    return counts
+
+
 def _check_args(category: str, seed: int, image_size: int, counts: dict[str, int]) -> None:
     if category not in SCENES:
         raise ValueError(f"unknown synthetic category {category!r}; available scenes: {', '.join(SCENES)}")
@@ -712,14 +720,8 @@ def generate(
     a reader never sees half a dataset. An existing ``<root>/<category>`` made by this generator is
     replaced; any other non-empty folder there is left alone (ValueError).
     """
-    counts = {
-        "n_train": int(n_train),
-        "n_validation": int(n_validation),
-        "n_test_good": int(n_test_good),
-        "n_test_logical": int(n_test_logical),
-        "n_test_structural": int(n_test_structural),
-    }
-    _check_args(category, seed, image_size, counts)
+    counts = _checked_counts(category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical,
+                             n_test_structural)
     root = Path(root).expanduser()
     target = root / category
     if target.exists() and any(target.iterdir()) and not (target / STAMP_NAME).is_file():
@@ -779,14 +781,8 @@ def ensure_synthetic(
     progress: bool = False,
 ) -> Path:
     """``<root>/<category>``, generated only when it is missing or its stamp has other parameters."""
-    counts = {
-        "n_train": int(n_train),
-        "n_validation": int(n_validation),
-        "n_test_good": int(n_test_good),
-        "n_test_logical": int(n_test_logical),
-        "n_test_structural": int(n_test_structural),
-    }
-    _check_args(category, seed, image_size, counts)
+    counts = _checked_counts(category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical,
+                             n_test_structural)
     target = Path(root).expanduser() / category
     if _read_stamp(target) == _params(category, int(seed), int(image_size), counts):
         return target
