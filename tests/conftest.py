@@ -26,3 +26,11 @@ def tiny_backbone():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_run_state(monkeypatch):
+    """``mlflow.set_experiment`` / ``start_run`` write MLFLOW_EXPERIMENT_ID / MLFLOW_RUN_ID into the process
+    environment: start every test without them and restore the environment after it."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

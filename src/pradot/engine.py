@@ -1,10 +1,12 @@
 """Orchestration shared by the pipelines, with typed arguments and no tracking framework:
-open a dataset's splits, train a model on cached features, score a split, compute its metrics, write
-the official ``.tiff`` maps. ``pipelines/`` wires these to MLflow and Ray.
+open a dataset's splits, train a model on cached features, score a split, compute its metrics,
+calibrate the decision threshold, write the official ``.tiff`` maps. ``pipelines/`` wires these to
+MLflow and Ray.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,22 +16,17 @@ import numpy as np
 import torch
 
 from .backbone import Backbone, load_backbone
+from .calibration import Calibration
 from .data import AnomalyDataset, Sample, load_dataset, split_validation
 from .features import FeatureCache, files_fingerprint
+from .metrics.dataset import dataset_metrics
 from .model import PRADOT, EpochStats, PRADOTConfig
 
 __all__ = ["DataSpec", "Splits", "open_splits", "batch_size_for", "feature_identity", "train_features",
-           "train_model", "Scored", "score_samples", "split_metrics", "flat_metrics", "write_tiff_maps",
-           "resolve_device"]
+           "TrainResult", "train_model", "Scored", "score_samples", "split_metrics", "CalibrationResult",
+           "calibrate", "threshold_metrics", "write_tiff_maps"]
 
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} requested but CUDA is not available; use device=cpu or auto")
-    return torch.device(device)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,9 +98,13 @@ def train_features(backbone: Backbone, spec: DataSpec, samples: Sequence[Sample]
 
 @dataclass
 class TrainResult:
+    """A trained model, its per-epoch history, timings (seconds) and the training features it was fitted on
+    (``{stage: (N, D, H, W)}``; ``None`` when augmentation recomputed them every batch)."""
+
     model: PRADOT
     history: list[EpochStats]
     timings: dict = field(default_factory=dict)
+    features: dict | None = None
 
 
 def train_model(config: PRADOTConfig, spec: DataSpec, samples: Sequence[Sample], *, backbone: Backbone | None = None,
@@ -118,6 +119,7 @@ def train_model(config: PRADOTConfig, spec: DataSpec, samples: Sequence[Sample],
         backbone = load_backbone(config.backbone, config.stages, weights_path=weights_path, device=device)
     model = PRADOT(config, backbone=backbone, device=device)
     t1 = time.perf_counter()
+    feats = None
     if augmentation is not None:
         from .data import ImageDataset
 
@@ -131,7 +133,7 @@ def train_model(config: PRADOTConfig, spec: DataSpec, samples: Sequence[Sample],
     t3 = time.perf_counter()
     timings = {"backbone_load_seconds": t1 - t0, "feature_seconds": t2 - t1 + sum(h.feature_seconds for h in history),
                "ot_seconds": sum(h.ot_seconds for h in history), "train_seconds": t3 - t1}
-    return TrainResult(model, history, timings)
+    return TrainResult(model, history, timings, feats)
 
 
 @dataclass
@@ -164,26 +166,47 @@ def score_samples(model, samples: Sequence[Sample], image_size: int, batch_size:
 
 
 def split_metrics(dataset: AnomalyDataset, scored: Scored, gt_size: int | None = None) -> tuple[dict, list[str]]:
-    """Metrics of a scored split in the official shape (LOCO) or AD-style keys; GT resized to ``gt_size``."""
-    from .evaluate import dataset_metrics
-
+    """Metrics of a scored split in the official shape (LOCO) or AD-style keys; GT resized to ``gt_size``
+    (default: the maps' size). Returns ``(metrics, notes)``."""
     size = gt_size if gt_size is not None else scored.maps.shape[-1]
     return dataset_metrics(dataset, scored.samples, list(scored.maps), gt_size=size)
 
 
-def flat_metrics(metrics: dict) -> dict[str, float]:
-    """Flat names for tracking: ``image_auroc`` (LOCO: the mean over types), ``image_auroc_<type>``,
-    ``au_spro_<fpr>`` (mean) and ``au_spro_<fpr>_<type>``; AD-style keys pass through."""
-    out: dict[str, float] = {}
-    if "classification" in metrics:
-        for t, v in metrics["classification"]["auc_roc"].items():
-            out["image_auroc" if t == "mean" else f"image_auroc_{t}"] = float(v)
-        for t, per_fpr in metrics["localization"]["auc_spro"].items():
-            for fpr, v in per_fpr.items():
-                out[f"au_spro_{fpr}" if t == "mean" else f"au_spro_{fpr}_{t}"] = float(v)
+@dataclass
+class CalibrationResult:
+    """A calibrated threshold, the split it was calibrated on and that split's scores."""
+
+    calibration: Calibration
+    source: str  # "validation" or "train (no validation images)"
+    scored: Scored
+
+
+def calibrate(model, splits: Splits, quantile: float, image_size: int, batch_size: int = 16,
+              validation: Scored | None = None) -> CalibrationResult:
+    """The decision threshold at ``quantile`` of the image scores of the validation normals (images not
+    seen in training), or, without any, of the training images (said in ``source``).
+
+    ``validation``: the validation split already scored by ``model`` (not scored again).
+    """
+    if splits.validation:
+        scored = validation if validation is not None else score_samples(model, splits.validation, image_size,
+                                                                          batch_size)
+        source = "validation"
     else:
-        out.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-    return out
+        scored = score_samples(model, splits.train, image_size, batch_size)
+        source = "train (no validation images)"
+    return CalibrationResult(Calibration.calibrate(scored.scores, quantile), source, scored)
+
+
+def threshold_metrics(labels: Sequence[int], scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Recall (anomalies above the threshold) and false-positive rate (normals above it) of a labelled
+    split: ``{"test_recall_at_threshold", "test_fpr_at_threshold"}``; empty when one class is missing."""
+    labels = np.asarray(labels)
+    if len(set(labels.tolist())) < 2:
+        return {}
+    pred = np.asarray(scores) > threshold
+    return {"test_recall_at_threshold": float(np.mean(pred[labels == 1])),
+            "test_fpr_at_threshold": float(np.mean(pred[labels == 0]))}
 
 
 def write_tiff_maps(scored: Scored, out_dir: str | Path, category: str) -> Path:

@@ -2,7 +2,8 @@
 (stage, alpha) = (2, 0), (2, 0.3), (3, 0), (3, 0.3).
 
 ```python
-from pradot.ensemble import Ensemble, load_scoring_model
+from pradot.ensemble import Ensemble
+from pradot.persistence import load_scoring_model
 ens = Ensemble([m20, m2a, m30, m3a])                      # PRADOT models (normalisation="none": the paper)
 maps, scores = ens.score(images)                          # (B, S, S), (B,); S = the first member's image_size
 ens.save("ensemble.pt"); Ensemble.load("ensemble.pt")
@@ -31,9 +32,9 @@ weight tensor once (a stage-2 network's weights are a prefix of the stage-3 netw
 File format (``torch.save`` of a dict): ``{"format": "pradot-ensemble-v1", "config": {...image_size,
 normalisation, backbone, stages, members...}, "stats": [...] | None, "labels": [...], "members": [member
 states as ``PRADOT.save`` writes them, with backbone weights replaced by tensor references],
-"tensors": {digest: tensor}}``. :func:`load_scoring_model` dispatches on the ``"format"`` key and serves
-both PRADOT files and ensemble files with the same ``score`` / ``config.image_size`` interface;
-importing this module also registers the ensemble loader with :mod:`pradot.serving`.
+"tensors": {digest: tensor}}``. :func:`pradot.persistence.load_scoring_model` dispatches on the
+``"format"`` key and serves both PRADOT files and ensemble files with the same ``score`` /
+``config.image_size`` interface.
 """
 
 from __future__ import annotations
@@ -50,15 +51,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import Backbone, load_backbone
-from .model import FORMAT as MODEL_FORMAT
-from .model import PRADOT, PRADOTConfig
-from .prototypes import PrototypeBank
-from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
+from .checkpoint import ENSEMBLE_FORMAT, load_state, save_state
+from .model import PRADOT
+from .scoring import fuse_maps, image_scores
 
-__all__ = ["ENSEMBLE_FORMAT", "NORMALISATIONS", "EnsembleConfig", "Ensemble", "file_format",
-           "load_scoring_model"]
-
-ENSEMBLE_FORMAT = "pradot-ensemble-v1"
+__all__ = ["ENSEMBLE_FORMAT", "NORMALISATIONS", "EnsembleConfig", "Ensemble"]
 NORMALISATIONS = ("none", "per_member")
 _STD_FLOOR = 1e-12
 
@@ -205,9 +202,7 @@ class Ensemble(nn.Module):
                 feats = lead.backbone(prepared[b:b + batch_size].to(lead.device_))
                 for i in idx:
                     m = self.members[i]
-                    maps = fuse_maps([upsample_maps(stage_maps(m.banks[str(s)], feats[s].to(m.device_)).cpu(), Sm)
-                                      for s in m.config.stages])
-                    per[i].append(maps)
+                    per[i].append(m.prototypes.fuse(m.prototypes.stage_maps(feats)))
             for i in idx:
                 out[i] = _resize_maps(torch.cat(per[i]) if per[i] else torch.zeros(0, Sm, Sm), S)
         return out  # type: ignore[return-value]
@@ -281,41 +276,26 @@ class Ensemble(nn.Module):
         tensors: dict[str, torch.Tensor] = {}
         members = []
         for m in self.members:
+            ms = m.state(include_backbone=False)
             refs = {}
             for k, v in m.backbone.net.state_dict().items():
                 d = _digest(v)
                 tensors.setdefault(d, v.detach().cpu())
                 refs[k] = d
-            members.append({
-                "format": MODEL_FORMAT,
-                "config": asdict(m.config),
-                "banks": {s: m.banks[str(s)].state() for s in m.config.stages},
-                "backbone": {"name": m.backbone.name, "stages": list(m.backbone.stages), "state_refs": refs},
-                "fitted": bool(m.fitted),
-            })
+            ms["backbone"] = {"name": m.backbone.name, "stages": list(m.backbone.stages), "state_refs": refs}
+            members.append(ms)
         return {"format": ENSEMBLE_FORMAT, "config": self.config.to_dict(), "normalisation": self.normalisation,
                 "stats": self.stats, "labels": list(self.labels), "members": members, "tensors": tensors}
 
     def save(self, path: str | Path) -> Path:
         """One file (format ``pradot-ensemble-v1``) with every member (banks, config, backbone weights
         stored once per distinct tensor) and the normalisation statistics."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
-        return path
+        return save_state(self.state(), path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Ensemble":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no PRADOT ensemble file at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != ENSEMBLE_FORMAT:
-            found = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"{path} is not a PRADOT ensemble file (format {ENSEMBLE_FORMAT!r}; found {found!r})")
-        return cls.from_state(state, device=device)
+        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not an ensemble file)."""
+        return cls.from_state(load_state(path, ENSEMBLE_FORMAT, what="PRADOT ensemble"), device=device)
 
     @classmethod
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "Ensemble":
@@ -329,67 +309,7 @@ class Ensemble(nn.Module):
             if key not in backbones:
                 sd = {k: tensors[r] for k, r in refs.items()}
                 backbones[key] = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=sd)
-            cfg = dict(ms["config"])
-            cfg["stages"] = tuple(cfg["stages"])
-            model = PRADOT(PRADOTConfig(**cfg), backbone=backbones[key], device=device)
-            for s, bank_state in ms["banks"].items():
-                model.banks[str(s)] = PrototypeBank.from_state(bank_state, device=model.device_)
-            model.fitted = bool(ms.get("fitted", True))
-            members.append(model)
+            members.append(PRADOT.from_state(ms, device=device, backbone=backbones[key]))
         ens = cls(members, normalisation=state.get("normalisation", "none"), stats=state.get("stats"),
                   labels=state.get("labels"))
         return ens.eval()
-
-
-# ---------------------------------------------------------------------------------- dispatch
-def file_format(path: str | Path) -> str | None:
-    """The ``"format"`` entry of a saved model file (tensors are memory-mapped, not read)."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # old (non-zip) torch files cannot be memory-mapped
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a PRADOT model or ensemble file (not a torch file: "
-                             f"{type(exc).__name__}: {exc})") from None
-    return state.get("format") if isinstance(state, dict) else None
-
-
-def _resolve_device(device) -> str:
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-def load_scoring_model(path: str | Path, device: str | torch.device | None = "cpu"):
-    """Load a PRADOT model file (``pradot-model-v1``) or an ensemble file (``pradot-ensemble-v1``) as a
-    scorer in eval mode: both have ``score(images) -> (maps, scores)`` and ``config.image_size``.
-
-    ``device``: ``"cpu"``, ``"cuda"``, ... or ``"auto"`` (CUDA when available).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; give the model file itself (a PRADOT .pt or an ensemble .pt)")
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    fmt = file_format(path)
-    dev = _resolve_device(device)
-    if fmt == MODEL_FORMAT:
-        return PRADOT.load(path, device=dev).eval()
-    if fmt == ENSEMBLE_FORMAT:
-        return Ensemble.load(path, device=dev)
-    raise ValueError(f"{path} has format {fmt!r}: neither a PRADOT model file ({MODEL_FORMAT!r}, PRADOT.save) "
-                     f"nor a PRADOT ensemble file ({ENSEMBLE_FORMAT!r}, Ensemble.save)")
-
-
-def _serving_loader(path: Path, device: str):
-    return Ensemble.load(path, device=device)
-
-
-try:  # make pradot.serving.load_scoring_model (hence the MLflow pyfunc) serve ensemble files too
-    from .serving import register_loader as _register_loader
-
-    _register_loader(ENSEMBLE_FORMAT, _serving_loader)
-except ImportError:  # pragma: no cover - serving without its optional dependencies
-    pass

@@ -7,7 +7,7 @@ Anomaly maps are real-valued 2-D TIFF files at ``MAPS/CAT/test/<anomaly_type>/<i
 (``.tif`` accepted too), one per test image, as for the official MVTec evaluation tools. A map
 whose size differs from its ground truth is resized to it (bilinear, half-pixel centres, like
 ``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False)``); the count is
-recorded as ``"resized_maps"`` in the output, with a note, and a warning is printed.
+recorded as ``"resized_maps"`` in the output, with a note, and a warning is logged (printed by the CLI).
 
 Output ``OUT/metrics.json``:
 
@@ -23,25 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from pradot.metrics import (
-    DEFAULT_MAX_FPRS,
-    Saturation,
-    ad_metrics,
-    image_auroc,
-    image_scores_from_maps,
-    loco_metrics,
-)
+from pradot.metrics.dataset import dataset_metrics
 
 __all__ = ["MAP_EXTENSIONS", "MissingMapsError", "find_map", "read_map", "resize_bilinear", "evaluate", "main"]
 
 MAP_EXTENSIONS: tuple[str, ...] = (".tiff", ".tif", ".TIFF", ".TIF")
-AD_DEFAULT_MAX_FPRS: tuple[float, ...] = (0.3,)
+
+log = logging.getLogger(__name__)
 
 
 class MissingMapsError(FileNotFoundError):
@@ -110,45 +105,6 @@ def _missing_message(missing: list[Path], total: int, maps_root: Path) -> str:
     )
 
 
-def dataset_metrics(ds, samples, maps, max_fprs: Sequence[float] | None = None,
-                    gt_size: int | Sequence[int] | None = None) -> tuple[dict, list[str]]:
-    """Metrics of in-memory maps for ``samples`` of a dataset: LOCO-style (official metrics.json shape)
-    when the dataset has saturation thresholds, AD-style (image/pixel AUROC, AU-PRO) otherwise.
-
-    Args:
-        ds: a ``pradot.data`` dataset; samples: its test samples; maps: one 2-D map per sample.
-        gt_size: load the ground truth resized (nearest) to this size (the authors evaluate at 224 px);
-            ``None``: native resolution (maps must match it).
-    Returns:
-        (metrics, notes)
-    """
-    channels, saturations, types, labels = [], [], [], []
-    for s, a in zip(samples, maps):
-        ch = np.asarray(ds.load_channels(s, size=gt_size), dtype=bool)
-        if len(ch) != len(s.defects):
-            raise ValueError(f"{s.image_path}: {len(ch)} ground-truth channels but {len(s.defects)} defects")
-        if len(ch) and ch.shape[1:] != np.shape(a):
-            raise ValueError(f"{s.image_path}: map {np.shape(a)} and ground truth {ch.shape[1:]} differ in size")
-        channels.append(ch)
-        saturations.append([Saturation.coerce(d) for d in s.defects])
-        types.append(s.anomaly_type)
-        labels.append(int(s.label))
-    notes: list[str] = []
-    if ds.has_saturation:
-        limits = tuple(max_fprs) if max_fprs else DEFAULT_MAX_FPRS
-        return loco_metrics(maps, types, channels, saturations, max_fprs=limits), notes
-    limits = tuple(max_fprs) if max_fprs else AD_DEFAULT_MAX_FPRS
-    unannotated = sum(1 for y, ch in zip(labels, channels) if y == 1 and len(ch) == 0)
-    if unannotated:
-        note = (f"pixel metrics skipped: {unannotated} anomalous test images have no ground-truth mask; "
-                f"only image_auroc is reported")
-        print(f"WARNING: {note}", file=sys.stderr)
-        notes.append(note)
-        return {"image_auroc": image_auroc(labels, image_scores_from_maps(maps))}, notes
-    masks = [ch.any(axis=0) if len(ch) else np.zeros(np.shape(a), bool) for ch, a in zip(channels, maps)]
-    return ad_metrics(maps, masks, labels=labels, max_fprs=limits), notes
-
-
 def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
              output_dir: str | Path | None = None, dataset: str = "mvtec_loco",
              max_fprs: Sequence[float] | None = None, progress: bool = True) -> dict:
@@ -198,7 +154,7 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
             f"(e.g. {p0}: {got[0]}x{got[1]} vs {want[0]}x{want[1]}, HxW) and were resized bilinearly to it; "
             f"the official tools expect maps at the original image resolution"
         )
-        print(f"WARNING: {note}", file=sys.stderr)
+        log.warning("%s", note)
         notes.append(note)
     result, more = dataset_metrics(ds, samples, maps, max_fprs=max_fprs)
     notes.extend(more)
@@ -242,6 +198,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         result = evaluate(args.dataset_root, args.category, args.anomaly_maps, args.output_dir,
                           dataset=args.dataset, max_fprs=args.max_fprs, progress=not args.no_progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 from .backbone import Backbone
 
 __all__ = ["extract_features", "files_fingerprint", "FeatureCache"]
+
+log = logging.getLogger(__name__)
 
 
 def files_fingerprint(paths) -> str:
@@ -129,6 +132,7 @@ class FeatureCache:
         if not set(missing) <= set(backbone.stages):
             raise ValueError(f"the cache is asked for stages {stages} but the backbone gives {list(backbone.stages)}")
         self.misses += 1
+        log.info("extracting %s features of %d images (stages %s) into %s", backbone.name, len(dataset), missing, d)
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         feats = extract_features(backbone, dataset, batch_size, num_workers, device, progress)

@@ -1,19 +1,27 @@
-"""The PRADOT model: a frozen backbone and one prototype bank per feature stage (Algorithm 1).
+"""The PRADOT model (Algorithm 1): one prototype bank per feature stage, and a frozen backbone.
 
-``PRADOT.fit`` learns the banks; ``PRADOT.score`` returns anomaly maps and image scores;
-``save``/``load`` write and read one self-describing file (config, banks and, optionally, the backbone's
-weights so the model works offline). The model knows nothing of MLflow or Ray: ``fit`` takes an optional
-per-epoch callback that the pipelines use for logging and for Tune's reports.
+Two layers, as in the paper's algorithm:
+
+* :class:`PrototypeModel` holds the banks and works on backbone **features** only: it trains on
+  precomputed features (``fit_features``) and turns features into anomaly maps (``maps_from_features``).
+  It needs the feature shapes, not the network, so a sweep trial or a feature cache can use it alone.
+* :class:`PRADOT` is a backbone plus a :class:`PrototypeModel`: ``fit(images)``, ``score(images)``, and
+  ``save``/``load`` of one self-describing file (config, banks and, optionally, the backbone's weights so
+  the model works offline).
+
+The model knows nothing of MLflow or Ray: training takes an optional per-epoch callback that the
+pipelines use for logging and for Tune's reports.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -23,14 +31,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, load_backbone
+from .checkpoint import MODEL_FORMAT, load_state, save_state
 from .cost import check_alpha
 from .prototypes import BankConfig, PrototypeBank
 from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
 from .transport import sinkhorn
 
-__all__ = ["PRADOTConfig", "EpochStats", "PRADOT", "FORMAT"]
+__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape", "PrototypeModel", "PRADOT", "FORMAT"]
 
-FORMAT = "pradot-model-v1"
+log = logging.getLogger(__name__)
+
+FORMAT = MODEL_FORMAT
 
 
 @dataclass
@@ -86,26 +97,54 @@ class EpochStats:
     ot_seconds: float
 
 
-class PRADOT(nn.Module):
-    """PRADOT model: ``fit(data)``, ``score(images) -> (maps, scores)``, ``save(path)``, ``load(path)``."""
+@dataclass(frozen=True)
+class FeatureShape:
+    """What a bank needs of a backbone stage: the feature dimension D and the grid (H, W) at the model's
+    input size."""
 
-    def __init__(self, config: PRADOTConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
+    dim: int
+    grid: tuple[int, int]
+
+    @classmethod
+    def of(cls, features) -> "FeatureShape":
+        """From a (N, D, H, W) array or tensor of features."""
+        _, d, h, w = features.shape
+        return cls(int(d), (int(h), int(w)))
+
+
+class PrototypeModel(nn.Module):
+    """The prototype banks of a PRADOT model, one per stage: training and scoring on backbone features.
+
+    Args:
+        config: the hyper-parameters (``config.stages`` names the banks).
+        shapes: ``{stage: FeatureShape}`` of the backbone's features at ``config.image_size``.
+        device: where the banks live.
+    Raises:
+        ValueError: a stage of ``config.stages`` has no shape.
+    """
+
+    def __init__(self, config: PRADOTConfig, shapes: Mapping[int, FeatureShape], device: str | torch.device = "cpu"):
         super().__init__()
+        missing = [s for s in config.stages if int(s) not in {int(k) for k in shapes}]
+        if missing:
+            raise ValueError(f"no feature shape for stages {missing} (have {sorted(shapes)})")
         self.config = config
         self.device_ = torch.device(device)
-        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
-        self.backbone.to(self.device_)
-        if tuple(self.backbone.stages) != tuple(config.stages):
-            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
         self.banks = nn.ModuleDict()
+        shapes = {int(k): v for k, v in shapes.items()}
         for i, s in enumerate(config.stages):
-            grid = self.backbone.grid(s, config.image_size)
-            bc = BankConfig(stage=s, alpha=config.alpha, n=config.n, grid=grid, dim=self.backbone.channels[s],
+            bc = BankConfig(stage=s, alpha=config.alpha, n=config.n, grid=shapes[s].grid, dim=shapes[s].dim,
                             backbone=config.backbone, image_size=config.image_size, eta=config.eta,
                             epsilon=config.epsilon, sinkhorn_iters=config.sinkhorn_iters,
                             learn_coordinates=config.learn_coordinates)
             self.banks[str(s)] = PrototypeBank(bc, seed=config.seed + i, device=self.device_)
         self.fitted = False
+
+    @classmethod
+    def for_features(cls, config: PRADOTConfig, features: Mapping[int, np.ndarray | torch.Tensor],
+                     device: str | torch.device = "cpu") -> "PrototypeModel":
+        """A model whose banks fit ``features`` ``{stage: (N, D, H, W)}`` (e.g. cached ones)."""
+        return cls(config, {int(s): FeatureShape.of(f) for s, f in features.items()}, device=device)
 
     # ------------------------------------------------------------------ training
     def _check_train_size(self, n_images: int) -> int:
@@ -129,9 +168,11 @@ class PRADOT(nn.Module):
             out.append([perm[b * bs:(b + 1) * bs] for b in range(n_batches)])
         return out
 
-    def _train(self, schedule: list[list[torch.Tensor]], batch_features,
-               callback: Callable[[EpochStats], None] | None, progress: bool) -> list[EpochStats]:
-        """Algorithm 1. ``batch_features`` yields {stage: (B, D, H, W)} for the schedule's batches in order."""
+    def train_schedule(self, schedule: list[list[torch.Tensor]], batch_features,
+                       callback: Callable[[EpochStats], None] | None = None,
+                       progress: bool = True) -> list[EpochStats]:
+        """Algorithm 1 over a schedule (:meth:`epoch_batches`). ``batch_features`` yields
+        ``{stage: (B, D, H, W)}`` for the schedule's batches in order; ``callback`` gets each epoch's stats."""
         history = []
         batch_features = iter(batch_features)
         warm = {s: None for s in self.config.stages}
@@ -142,7 +183,7 @@ class PRADOT(nn.Module):
             tf = tot = 0.0
             losses = {s: [] for s in self.config.stages}
             changes = {s: [] for s in self.config.stages}
-            for idx in batches:
+            for _ in batches:
                 t1 = time.perf_counter()
                 feats = next(batch_features)
                 t2 = time.perf_counter()
@@ -167,27 +208,14 @@ class PRADOT(nn.Module):
         self.fitted = True
         return history
 
-    def fit(self, data: Dataset | DataLoader, callback=None, progress: bool = True,
-            num_workers: int | None = None) -> list[EpochStats]:
-        """Learn the prototypes, recomputing backbone features for every batch (the authors' way).
-
-        ``data`` is a Dataset of ``{"image": (3, S, S) float in [0, 1]}`` items or a DataLoader over one
-        (its dataset and num_workers are used). Batches are PRADOT's own: shuffled with the config's
-        seed, ``batch_size`` images, ``drop_last``; so this gives the same prototypes as
-        :meth:`fit_features` on cached features.
-        """
-        if isinstance(data, DataLoader):
-            num_workers = data.num_workers if num_workers is None else num_workers
-            data = data.dataset
-        schedule = self.epoch_batches(len(data))
-        loader = DataLoader(data, batch_sampler=[idx.tolist() for epoch in schedule for idx in epoch],
-                            num_workers=num_workers or 0)
-        feats = (self.backbone(batch["image"].to(self.device_)) for batch in loader)
-        return self._train(schedule, feats, callback, progress)
-
-    def fit_features(self, features: dict[int, np.ndarray | torch.Tensor], callback=None,
+    def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], callback=None,
                      progress: bool = True) -> list[EpochStats]:
-        """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache)."""
+        """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache).
+
+        Raises:
+            ValueError: a stage is missing, the stages have different image counts, or there are fewer
+                images than one batch.
+        """
         missing = [s for s in self.config.stages if s not in features]
         if missing:
             raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
@@ -205,7 +233,129 @@ class PRADOT(nn.Module):
                     yield {s: torch.from_numpy(np.ascontiguousarray(np.asarray(features[s][order])[inv]))
                            for s in self.config.stages}
 
-        return self._train(schedule, batches(), callback, progress)
+        return self.train_schedule(schedule, batches(), callback, progress)
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def stage_maps(self, features: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Eq. 6 per stage at feature resolution: ``{stage: (B, D, H, W)}`` -> ``{stage: (B, H, W)}`` (CPU)."""
+        return {s: stage_maps(self.banks[str(s)], torch.as_tensor(features[s]).to(self.device_)).cpu()
+                for s in self.config.stages}
+
+    def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """Per-stage maps ``{stage: (B, h, w)}`` -> the model's map (B, S, S): each upsampled to the input
+        size, then averaged over stages."""
+        S = int(self.config.image_size)
+        return fuse_maps([upsample_maps(per_stage[s], S) for s in self.config.stages])
+
+    @torch.no_grad()
+    def maps_from_features(self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B, S, S) at the input size and image scores (B,) from backbone features
+        ``{stage: (B, D, H, W)}`` (arrays, memmaps or tensors), ``batch_size`` images at a time."""
+        n = len(features[self.config.stages[0]])
+        out = []
+        for i in range(0, n, batch_size):
+            batch = {s: torch.as_tensor(np.asarray(features[s][i:i + batch_size])) for s in self.config.stages}
+            out.append(self.fuse(self.stage_maps(batch)))
+        if not out:
+            S = int(self.config.image_size)
+            maps = torch.zeros(0, S, S)
+        else:
+            maps = torch.cat(out)
+        return maps, image_scores(maps)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        """``{"config", "banks", "fitted"}``: what a model file stores besides the backbone."""
+        return {"config": asdict(self.config), "banks": {s: self.banks[str(s)].state() for s in self.config.stages},
+                "fitted": self.fitted}
+
+    @classmethod
+    def from_state(cls, state: Mapping, device: str | torch.device = "cpu") -> "PrototypeModel":
+        """Inverse of :meth:`state` (the banks carry their own shapes)."""
+        cfg = dict(state["config"])
+        cfg["stages"] = tuple(cfg["stages"])
+        config = PRADOTConfig(**cfg)
+        banks = {int(s): PrototypeBank.from_state(b, device=device) for s, b in state["banks"].items()}
+        shapes = {s: FeatureShape(int(b.config.dim), tuple(b.config.grid)) for s, b in banks.items()}
+        model = cls(config, shapes, device=device)
+        for s, bank in banks.items():
+            model.banks[str(s)] = bank
+        model.fitted = bool(state.get("fitted", True))
+        return model
+
+
+class PRADOT(nn.Module):
+    """PRADOT model: a frozen backbone and a :class:`PrototypeModel`.
+
+    ``fit(data)``, ``score(images) -> (maps, scores)``, ``save(path)``, ``load(path)``.
+    """
+
+    def __init__(self, config: PRADOTConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu",
+                 prototypes: PrototypeModel | None = None):
+        super().__init__()
+        self.config = config
+        self.device_ = torch.device(device)
+        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
+        self.backbone.to(self.device_)
+        if tuple(self.backbone.stages) != tuple(config.stages):
+            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+        if prototypes is None:
+            shapes = {s: FeatureShape(int(self.backbone.channels[s]), self.backbone.grid(s, config.image_size))
+                      for s in config.stages}
+            prototypes = PrototypeModel(config, shapes, device=self.device_)
+        elif tuple(prototypes.config.stages) != tuple(config.stages):
+            raise ValueError(f"prototype stages {prototypes.config.stages} != config stages {config.stages}")
+        self.prototypes = prototypes.to(self.device_)
+        self.prototypes.device_ = self.device_
+
+    @classmethod
+    def from_prototypes(cls, prototypes: PrototypeModel, backbone: Backbone,
+                        device: str | torch.device = "cpu") -> "PRADOT":
+        """Attach a backbone to banks trained on its features (e.g. in a sweep trial)."""
+        return cls(prototypes.config, backbone=backbone, device=device, prototypes=prototypes)
+
+    @property
+    def banks(self) -> nn.ModuleDict:
+        """``{str(stage): PrototypeBank}`` of the prototype model."""
+        return self.prototypes.banks
+
+    @property
+    def fitted(self) -> bool:
+        return self.prototypes.fitted
+
+    @fitted.setter
+    def fitted(self, value: bool) -> None:
+        self.prototypes.fitted = bool(value)
+
+    # ------------------------------------------------------------------ training
+    def epoch_batches(self, n_images: int) -> list[list[torch.Tensor]]:
+        """The seeded, shuffled, drop_last batches of every epoch (see :meth:`PrototypeModel.epoch_batches`)."""
+        return self.prototypes.epoch_batches(n_images)
+
+    def fit(self, data: Dataset | DataLoader, callback=None, progress: bool = True,
+            num_workers: int | None = None) -> list[EpochStats]:
+        """Learn the prototypes, recomputing backbone features for every batch (the authors' way).
+
+        ``data`` is a Dataset of ``{"image": (3, S, S) float in [0, 1]}`` items or a DataLoader over one
+        (its dataset and num_workers are used). Batches are PRADOT's own: shuffled with the config's
+        seed, ``batch_size`` images, ``drop_last``; so this gives the same prototypes as
+        :meth:`fit_features` on cached features.
+        """
+        if isinstance(data, DataLoader):
+            num_workers = data.num_workers if num_workers is None else num_workers
+            data = data.dataset
+        schedule = self.epoch_batches(len(data))
+        loader = DataLoader(data, batch_sampler=[idx.tolist() for epoch in schedule for idx in epoch],
+                            num_workers=num_workers or 0)
+        feats = (self.backbone(batch["image"].to(self.device_)) for batch in loader)
+        return self.prototypes.train_schedule(schedule, feats, callback, progress)
+
+    def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], callback=None,
+                     progress: bool = True) -> list[EpochStats]:
+        """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache)."""
+        return self.prototypes.fit_features(features, callback=callback, progress=progress)
 
     # ------------------------------------------------------------------ scoring
     def _prepare(self, images) -> torch.Tensor:
@@ -232,25 +382,15 @@ class PRADOT(nn.Module):
         images = self._prepare(images)
         out = {s: [] for s in self.config.stages}
         for i in range(0, len(images), batch_size):
-            feats = self.backbone(images[i:i + batch_size].to(self.device_))
-            for s in self.config.stages:
-                out[s].append(stage_maps(self.banks[str(s)], feats[s]).cpu())
+            for s, m in self.prototypes.stage_maps(self.backbone(images[i:i + batch_size].to(self.device_))).items():
+                out[s].append(m)
         return {s: torch.cat(v) for s, v in out.items()}
 
     @torch.no_grad()
-    def score_features(self, features: dict[int, np.ndarray | torch.Tensor], batch_size: int = 16
+    def score_features(self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like :meth:`score` from precomputed backbone features ``{stage: (B, D, H, W)}`` (e.g. cached
-        validation features in a sweep): maps (B, S, S) and image scores (B,)."""
-        S = int(self.config.image_size)
-        n = len(features[self.config.stages[0]])
-        out = []
-        for i in range(0, n, batch_size):
-            per_stage = [upsample_maps(stage_maps(self.banks[str(s)], torch.as_tensor(
-                np.asarray(features[s][i:i + batch_size])).to(self.device_)).cpu(), S) for s in self.config.stages]
-            out.append(fuse_maps(per_stage))
-        maps = torch.cat(out)
-        return maps, image_scores(maps)
+        """Like :meth:`score` from precomputed backbone features ``{stage: (B, D, H, W)}``."""
+        return self.prototypes.maps_from_features(features, batch_size)
 
     @torch.no_grad()
     def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,47 +398,33 @@ class PRADOT(nn.Module):
 
         ``images``: (B, 3, H, W) float in [0, 1] (or uint8), resized to ``image_size`` if needed.
         """
-        per_stage = self.stage_maps(images, batch_size)
-        S = int(self.config.image_size)
-        maps = fuse_maps([upsample_maps(m, S) for m in per_stage.values()])
+        maps = self.prototypes.fuse(self.stage_maps(images, batch_size))
         return maps, image_scores(maps)
 
     # ------------------------------------------------------------------ persistence
+    def state(self, include_backbone: bool = True) -> dict:
+        """The dict :meth:`save` writes: format, config, banks, backbone name/stages and (by default) its
+        weights."""
+        weights = ({k: v.cpu() for k, v in self.backbone.net.state_dict().items()} if include_backbone else None)
+        return {"format": FORMAT, **self.prototypes.state(),
+                "backbone": {"name": self.backbone.name, "stages": list(self.backbone.stages), "state_dict": weights}}
+
     def save(self, path: str | Path, include_backbone: bool = True) -> Path:
         """One file with the config, each bank (with its own self-describing config) and, by default,
         the backbone's weights (so loading needs neither internet nor weight packages)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "format": FORMAT,
-            "config": asdict(self.config),
-            "banks": {s: self.banks[str(s)].state() for s in self.config.stages},
-            "backbone": {"name": self.backbone.name, "stages": list(self.backbone.stages),
-                         "state_dict": ({k: v.cpu() for k, v in self.backbone.net.state_dict().items()}
-                                        if include_backbone else None)},
-            "fitted": self.fitted,
-        }
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
-        return path
+        return save_state(self.state(include_backbone), path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "PRADOT":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no PRADOT model file at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a PRADOT model file (format {FORMAT})")
-        cfg = dict(state["config"])
-        cfg["stages"] = tuple(cfg["stages"])
-        config = PRADOTConfig(**cfg)
+    def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None
+                   ) -> "PRADOT":
+        """Inverse of :meth:`state`; ``backbone`` replaces the stored one (e.g. a shared network)."""
+        prototypes = PrototypeModel.from_state(state, device=device)
         if backbone is None:
             bb = state["backbone"]
             backbone = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=bb["state_dict"])
-        model = cls(config, backbone=backbone, device=device)
-        for s, bank_state in state["banks"].items():
-            model.banks[str(s)] = PrototypeBank.from_state(bank_state, device=model.device_)
-        model.fitted = bool(state.get("fitted", True))
-        return model
+        return cls.from_prototypes(prototypes, backbone, device=device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "PRADOT":
+        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a PRADOT model file)."""
+        return cls.from_state(load_state(path, FORMAT), device=device, backbone=backbone)

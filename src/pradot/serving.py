@@ -5,7 +5,7 @@ imports neither MLflow nor pandas, so the same contract can be put behind any se
 
 ```python
 from pradot.serving import Calibration, Scorer, load_scoring_model
-model = load_scoring_model("model.pt")                       # a PRADOT file (ensembles: see below)
+model = load_scoring_model("model.pt")                       # a PRADOT or ensemble file (pradot.persistence)
 _, val_scores = model.score(validation_images)                # normal images held out from training
 scorer = Scorer(model, Calibration.calibrate(val_scores, quantile=0.99))
 scorer.predict([b64_png, b64_jpeg], return_map=True)
@@ -34,16 +34,18 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from .calibration import Calibration
+from .data.images import to_rgb_array
+from .persistence import ScoringModel, load_scoring_model, model_file_info, servable_formats
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -55,9 +57,7 @@ __all__ = [
     "decode_image",
     "encode_png",
     "load_scoring_model",
-    "model_file_format",
     "model_file_info",
-    "register_loader",
     "servable_formats",
 ]
 
@@ -136,8 +136,6 @@ def decode_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: in
     base64, not an image (or a format outside :data:`ALLOWED_FORMATS`), zero width/height, more than
     ``max_pixels`` pixels (or a PIL decompression bomb), truncated or corrupt pixel data.
     """
-    from .data.images import _to_rgb_array  # read_image's conversions (grayscale, 16-bit, alpha, ...)
-
     data = _payload_bytes(value, max_bytes)
     if not data:
         raise InvalidRequest("the image is empty (zero bytes); send the base64 encoding of a PNG or JPEG file")
@@ -164,7 +162,7 @@ def decode_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: in
                                  f"downscale it before sending")
         try:
             img.load()
-            rgb = _to_rgb_array(img)
+            rgb = to_rgb_array(img)  # read_image's conversions (grayscale, 16-bit, alpha)
         except Image.DecompressionBombError as exc:
             raise InvalidRequest(f"the image is too large ({exc}); downscale it") from None
         except Exception as exc:  # OSError("image file is truncated"), zlib errors, ...
@@ -185,158 +183,6 @@ def _encode_npy(array: np.ndarray) -> str:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-# ------------------------------------------------------------------------------------ calibration
-@dataclass
-class Calibration:
-    """Maps raw image scores to [0, 1]: 0.5 at ``threshold`` (a quantile of normal validation scores),
-    slope ``1 / (high - low)`` (the normal scores' range), clipped."""
-
-    threshold: float
-    low: float
-    high: float
-    quantile: float
-    n_images: int
-
-    def __post_init__(self):
-        self.threshold, self.low, self.high = float(self.threshold), float(self.low), float(self.high)
-        self.quantile, self.n_images = float(self.quantile), int(self.n_images)
-        if not all(math.isfinite(v) for v in (self.threshold, self.low, self.high)):
-            raise ValueError(f"calibration values must be finite, got {self}")
-        if self.high < self.low:
-            raise ValueError(f"calibration high {self.high} < low {self.low}")
-
-    @classmethod
-    def calibrate(cls, validation_scores, quantile: float = 0.99) -> "Calibration":
-        """From the image scores of normal validation images (not seen in training)."""
-        if isinstance(validation_scores, torch.Tensor):
-            validation_scores = validation_scores.detach().cpu().numpy()
-        s = np.asarray(validation_scores, dtype=np.float64).ravel()
-        if s.size == 0:
-            raise ValueError("calibration needs at least one validation score")
-        if not np.all(np.isfinite(s)):
-            raise ValueError(f"validation scores contain {int((~np.isfinite(s)).sum())} non-finite values")
-        if not 0.0 <= float(quantile) <= 1.0:
-            raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
-        return cls(threshold=float(np.quantile(s, quantile)), low=float(s.min()), high=float(s.max()),
-                   quantile=float(quantile), n_images=int(s.size))
-
-    @property
-    def span(self) -> float:
-        """``high - low``, or a tiny positive number when all validation scores were equal."""
-        return max(self.high - self.low, 1e-9 * max(1.0, abs(self.threshold)))
-
-    def normalise(self, raw):
-        """Raw score(s) -> [0, 1]; 0.5 at the threshold. A float for a scalar, else an array."""
-        out = np.clip(0.5 + (np.asarray(raw, dtype=np.float64) - self.threshold) / self.span, 0.0, 1.0)
-        return float(out) if out.ndim == 0 else out
-
-    def raw_range(self) -> tuple[float, float]:
-        """The raw values that normalise to 0 and 1 (the heat map's colour scale)."""
-        return self.threshold - 0.5 * self.span, self.threshold + 0.5 * self.span
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
-        missing = [k for k in ("threshold", "low", "high", "quantile", "n_images") if k not in d]
-        if missing:
-            raise ValueError(f"calibration is missing {missing} (have {sorted(d)})")
-        return cls(**{k: d[k] for k in ("threshold", "low", "high", "quantile", "n_images")})
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-# ---------------------------------------------------------------------------------- model loading
-class ScoringModel(Protocol):
-    """What :class:`Scorer` needs: PRADOT has it; an ensemble must too."""
-
-    config: Any  # with .image_size (int)
-
-    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-def _load_pradot(path: Path, device: str) -> ScoringModel:
-    from .model import PRADOT
-
-    model = PRADOT.load(path, device=device)
-    model.eval()
-    return model
-
-
-#: model file format (the ``"format"`` entry of the saved dict) -> loader(path, device). This is the
-#: dispatch point for serving other scorers with the same contract: a scorer saved as one torch file
-#: with its own ``"format"`` string registers its loader here (:func:`register_loader`), and
-#: :func:`load_scoring_model` (hence the MLflow wrapper) serves it unchanged. The object returned must
-#: have ``score(images (B,3,S,S) float [0,1]) -> (maps (B,S,S), scores (B,))`` and ``config.image_size``.
-#: ``pradot.ensemble`` registers ``"pradot-ensemble-v1"`` when imported (:func:`servable_formats` does).
-LOADERS: dict[str, Callable[[Path, str], ScoringModel]] = {"pradot-model-v1": _load_pradot}
-
-
-def register_loader(file_format: str, loader: Callable[[Path, str], ScoringModel]) -> None:
-    LOADERS[file_format] = loader
-
-
-def servable_formats() -> list[str]:
-    """The registered formats, after importing the modules that register theirs (ensembles)."""
-    try:
-        from . import ensemble  # noqa: F401  (registers its loader on import)
-    except ImportError:
-        pass
-    return sorted(LOADERS)
-
-
-def model_file_info(path: str | Path) -> dict[str, Any]:
-    """``{"format": ..., "config": ...}`` of a saved model file (memory-mapped: tensors are not read)."""
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # old (non-zip) torch files cannot be memory-mapped
-        try:
-            state = torch.load(Path(path), map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a torch model file: {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, dict):
-        return {"format": None, "config": None}
-    return {"format": state.get("format"), "config": state.get("config")}
-
-
-def model_file_format(path: str | Path) -> str | None:
-    """The ``"format"`` string of a saved model file (the :data:`LOADERS` key)."""
-    return model_file_info(path)["format"]
-
-
-def _resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-def load_scoring_model(path: str | Path, device: str | None = "cpu") -> ScoringModel:
-    """Load whatever scorer ``path`` holds, dispatching on its format (see :data:`LOADERS`).
-
-    ``device``: ``"cpu"``, ``"cuda"``, ... or ``"auto"`` (CUDA when available).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; a scoring model is one file (a PRADOT .pt, or a format "
-                         f"registered with pradot.serving.register_loader: {servable_formats()})")
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    fmt = model_file_format(path)
-    formats = servable_formats()
-    if fmt not in LOADERS:
-        raise ValueError(f"{path} has model format {fmt!r}; servable formats: {formats}")
-    return LOADERS[fmt](path, _resolve_device(device))
 
 
 # ----------------------------------------------------------------------------------------- scoring

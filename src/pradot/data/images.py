@@ -26,7 +26,7 @@ from PIL import Image
 from .base import DatasetError, Sample, normalise_size
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
+def to_rgb_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)
@@ -62,7 +62,7 @@ def read_image(path: str | Path, size: int | Sequence[int] | None = None) -> np.
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = _to_rgb_array(img)
+            rgb = to_rgb_array(img)
     except FileNotFoundError as exc:
         raise DatasetError(f"image file not found: {path}") from exc
     except DatasetError:

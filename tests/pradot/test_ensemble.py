@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from pradot import PRADOT, PRADOTConfig
 from pradot.backbone import load_backbone
-from pradot.ensemble import ENSEMBLE_FORMAT, Ensemble, file_format, load_scoring_model
+from pradot.checkpoint import ENSEMBLE_FORMAT, file_format
+from pradot.ensemble import Ensemble
 
 
 def member(stages, alpha, size=32, seed=0, backbone=None):
@@ -122,33 +123,6 @@ def test_save_load_round_trip_dedupes_backbone_weights(members, images, tmp_path
     # smaller than the four member files together
     sizes = sum(m.save(tmp_path / f"m{i}.pt").stat().st_size for i, m in enumerate(members))
     assert path.stat().st_size < sizes
-
-
-def test_load_scoring_model_dispatches_on_the_format(members, images, tmp_path):
-    single = members[1].save(tmp_path / "single.pt")
-    ens_path = Ensemble(members[:2]).save(tmp_path / "ens.pt")
-    model = load_scoring_model(single)
-    assert isinstance(model, PRADOT) and not model.training
-    torch.testing.assert_close(model.score(images)[0], members[1].score(images)[0], rtol=0, atol=0)
-    ens = load_scoring_model(ens_path)
-    assert isinstance(ens, Ensemble) and len(ens) == 2 and not ens.training
-    # anything else: a clear error naming both formats
-    torch.save({"format": "something-else"}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="neither a PRADOT model file.*pradot-model-v1.*pradot-ensemble-v1"):
-        load_scoring_model(tmp_path / "other.pt")
-    (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(ValueError, match="not a torch file"):
-        load_scoring_model(tmp_path / "notes.txt")
-    with pytest.raises(FileNotFoundError):
-        load_scoring_model(tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match="directory"):
-        load_scoring_model(tmp_path)
-    with pytest.raises(ValueError, match="not a PRADOT ensemble file"):
-        Ensemble.load(single)
-    # the serving dispatch knows the ensemble format too
-    from pradot import serving
-
-    assert isinstance(serving.load_scoring_model(ens_path), Ensemble)
 
 
 def test_served_by_the_scorer_with_the_single_bank_contract(members, tmp_path):

@@ -184,3 +184,34 @@ def test_feature_cache_shares_stages_between_runs(tmp_path):
         cache.get_or_compute({**ident, "size": 96, "stages": [4]}, both, data, progress=False)
     with pytest.raises(ValueError, match="stages"):
         cache.load(ident)
+
+
+def test_prototype_model_trains_and_scores_on_features_alone(effnet, tmp_path):
+    """The banks without a backbone network give the same prototypes and maps as PRADOT on those features;
+    attaching the backbone afterwards (a sweep trial's bank at registration) changes nothing."""
+    from pradot.features import extract_features
+    from pradot.model import FeatureShape, PrototypeModel
+
+    cfg = PRADOTConfig(backbone=effnet.name, stages=(2,), image_size=SIZE, alpha=0.3, n=2, batch_size=8, epochs=2,
+                       eta=0.5)
+    feats = extract_features(effnet, Scenes(16), progress=False)
+    banks = PrototypeModel.for_features(cfg, feats)
+    assert banks.banks["2"].config.grid == FeatureShape.of(feats[2]).grid
+    history = banks.fit_features(feats, progress=False)
+    assert len(history) == 2 and banks.fitted
+    reference = PRADOT(cfg, backbone=effnet)
+    reference.fit_features(feats, progress=False)
+    torch.testing.assert_close(banks.banks["2"].features, reference.banks["2"].features, rtol=0, atol=0)
+    test_images = torch.stack([scene(seed=300), scene(swap=True, seed=301)])
+    test_feats = {2: effnet(test_images)[2]}
+    maps, scores = banks.maps_from_features(test_feats)
+    ref_maps, ref_scores = reference.score(test_images)
+    torch.testing.assert_close(maps, ref_maps, rtol=0, atol=0)
+    attached = PRADOT.from_prototypes(banks, effnet)
+    assert attached.fitted and attached.banks["2"] is banks.banks["2"]
+    back = PRADOT.load(attached.save(tmp_path / "m.pt"))
+    torch.testing.assert_close(back.score(test_images)[1], ref_scores, rtol=0, atol=0)
+    state = PrototypeModel.from_state(banks.state())
+    torch.testing.assert_close(state.maps_from_features(test_feats)[0], maps, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no feature shape for stages \\[3\\]"):
+        PrototypeModel(PRADOTConfig(backbone="x", stages=(2, 3), batch_size=32), {2: FeatureShape(4, (2, 2))})

@@ -1,0 +1,98 @@
+"""Helpers shared by the tests: hand-made image files and the services the slow tests start."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import socket
+import struct
+import urllib.error
+import urllib.request
+import zlib
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def file_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def craft_png(width: int, height: int, idat: bytes | None = None, bit_depth: int = 1, colour: int = 0) -> bytes:
+    """A PNG written by hand: an all-black 1-bit grayscale image (valid, ~12 kB for 10000x10000)."""
+    if idat is None:
+        row = b"\x00" + b"\x00" * ((width * bit_depth + 7) // 8)
+        idat = zlib.compress(row * height, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def rgb_image(h=20, w=30, seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body=None, timeout=60):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@contextlib.contextmanager
+def tracking_uri(uri: str):
+    """Use ``uri`` for MLflow in this process, then restore exactly the previous state (the explicitly set
+    URI, if any, and the MLFLOW_TRACKING_URI variable, which ``mlflow.set_tracking_uri`` also writes)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous_set = getattr(tracking_utils, "_tracking_uri", None)
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous_set)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+class FakeModel:
+    """map = per-pixel mean of the RGB channels (+ ``ramp`` * x-position); score = max of the map."""
+
+    def __init__(self, size=8, ramp=0.0):
+        self.config = SimpleNamespace(image_size=size)
+        self.ramp = ramp
+        self.calls = []
+
+    def score(self, images):
+        self.calls.append((tuple(images.shape), images.dtype, float(images.min()), float(images.max())))
+        S = self.config.image_size
+        maps = images.mean(1) + self.ramp * torch.linspace(0, 1, S)[None, None, :]
+        return maps, maps.amax(dim=(1, 2))
