@@ -1,7 +1,7 @@
 """PRADOT as an MLflow pyfunc model: log, register and serve one trained model with its calibration.
 
 ```python
-from mlflow_model import log_pradot_model            # pipelines/ on sys.path
+from pipelines.mlflow_model import log_pradot_model
 from pradot.serving import Calibration
 info = log_pradot_model("outputs/model.pt", Calibration.calibrate(val_scores), registered_model_name="pradot-screw_bag")
 # mlflow models serve -m models:/pradot-screw_bag/1 --env-manager local -h 127.0.0.1 -p 5001
@@ -24,11 +24,11 @@ calibration JSON. By default the ``pradot`` package source is shipped with the m
 so an environment built from ``requirements.txt`` (``--env-manager virtualenv/uv/conda``) only needs
 PyPI packages; with ``--env-manager local`` the current environment is used.
 
-Ensembles: ``load_context`` loads the ``model`` artifact with :func:`pradot.serving.load_scoring_model`,
-which dispatches on the file's ``"format"`` (:data:`pradot.serving.LOADERS`): ``pradot-model-v1``
-(``PRADOT.save``) and ``pradot-ensemble-v1`` (``pradot.ensemble.Ensemble.save``, registered by that
-module) are served by this same class and contract; another scorer with the same
-``score``/``config.image_size`` interface needs only ``pradot.serving.register_loader``.
+Ensembles: ``load_context`` loads the ``model`` artifact with :func:`pradot.persistence.load_scoring_model`,
+which dispatches on the file's ``"format"``: ``pradot-model-v1`` (``PRADOT.save``) and
+``pradot-ensemble-v1`` (``pradot.ensemble.Ensemble.save``) are served by this same class and contract.
+This file is the model's code (copied into every logged model): it imports only ``pradot`` and MLflow,
+never the rest of ``pipelines``.
 """
 
 from __future__ import annotations

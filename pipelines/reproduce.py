@@ -5,177 +5,125 @@
 
 The paper's final model (section 4, Table 2) is the average of the maps of four banks,
 (stage, alpha) = (2, 0), (2, 0.3), (3, 0), (3, 0.3). This entry point trains them one after the other
-with ``pipelines/train.py``'s ``main`` (in-process; each bank is its own MLflow run, registered as
-``pradot-<dataset>-<category>``), then runs ``pipelines/promote.py`` with exactly those four versions.
-On real data with ``overrides="experiment=paper"`` it is the one command that reproduces the paper's
-model. All runs are children (``mlflow.parentRunId``) of one ``reproduce`` run (tag
-``pradot.entry_point=reproduce``) that records the members, the ensemble version and the promotion.
+(``pipelines.train.run_training``, each its own MLflow run, registered as ``pradot-<dataset>-<category>``),
+then promotes exactly those four versions (``pipelines.promote.run.run_promotion``). Every step is a child
+run (``mlflow.parentRunId``) of one ``reproduce`` run (tag ``pradot.entry_point=reproduce``) that records the
+members, the ensemble version and the promotion; each step returns its run, version and metrics, which
+the next one uses. On real data with ``overrides="experiment=paper"`` it is the one command that
+reproduces the paper's model.
 
-Options (besides Hydra overrides, passed unchanged to every training and to promote):
-``stages=2,3`` and ``alphas=0,0.3`` (the grid; single stages only), ``metric``, ``normalisation``,
-``alias``, ``force`` (promote's). ``backbone.stages`` and ``model.alpha`` are set per member and may not
-be overridden.
+Options (``conf/reproduce.yaml``; every other override goes to each training and to promote):
+``stages=2,3`` and ``alphas=0,0.3`` (the grid; single stages only), and promote's ``metric``,
+``normalisation``, ``alias``, ``force``. ``backbone.stages``, ``model.alpha`` and ``members`` are set per
+member and may not be overridden.
 
 Feature cache: entries are per stage (``pradot.features.FeatureCache``), so the two alpha values of
-one stage read the same features, and each stage is extracted once for the four trainings (a stage-2
-bank's backbone network is cut after stage 2, so stage 3 needs its own, longer pass anyway).
+one stage read the same features, and each stage is extracted once for the four trainings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose, parse_overrides, setup_tracking  # noqa: E402
+if __name__ == "__main__" and not __package__:  # `python pipelines/reproduce.py`: import this checkout's package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-log = logging.getLogger("pradot.reproduce")
+from pipelines import cli, config, tracking  # noqa: E402
+from pipelines.promote.run import PromotionResult, run_promotion  # noqa: E402
+from pipelines.train import run_training  # noqa: E402
 
-PAPER_STAGES = (2, 3)
-PAPER_ALPHAS = (0.0, 0.3)
-PROMOTE_KEYS = ("metric", "normalisation", "alias", "force", "ensemble_name")
+log = logging.getLogger(__name__)
+
+__all__ = ["ReproduceError", "ReproduceResult", "run", "main"]
+
+#: set per member by reproduce; overriding them is an error
 FIXED_KEYS = ("backbone.stages", "model.alpha", "members")
 
 
-class ReproduceError(ValueError):
+class ReproduceError(cli.UsageError):
     pass
 
 
-def _floats(text: str, what: str) -> tuple[float, ...]:
+@dataclass
+class ReproduceResult:
+    run_id: str
+    members: list[str]
+    promotion: PromotionResult
+    exit_code: int = cli.EXIT_OK
+
+    def summary(self) -> str:
+        p = self.promotion
+        return "\n".join([
+            "\n== PRADOT reproduce finished ==",
+            f"run       : {self.run_id} (members and promotion are its child runs)",
+            f"members   : {', '.join(self.members)}",
+            p.table,
+            f"ensemble  : {p.ensemble_name} v{p.version}; {p.decision.reason}",
+            f"serve it  : mlflow models serve -m models:/{p.ensemble_name}@{p.alias} --env-manager local "
+            f"-h 127.0.0.1 -p 5001"])
+
+
+def _check_overrides(overrides: Sequence[str], cfg) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in FIXED_KEYS:
+            raise ReproduceError(f"{key} is set by reproduce for each member (stages {list(cfg.stages)} x alpha "
+                                 f"{list(cfg.alphas)}); use stages=2,3 / alphas=0,0.3 to change the grid")
+    if not cfg.tracking.register:
+        raise ReproduceError("tracking.register=false: reproduce promotes registered members, they must be "
+                             "registered")
+
+
+def _train_member(cfg, stage: int, alpha: float) -> str:
+    """Train one member as a child run; returns its registered ``name/version``."""
+    member = config.training_view(config.with_overrides(cfg, {"backbone.stages": [stage], "model.alpha": alpha}))
+    log.info("training member stage %d alpha %g", stage, alpha)
+    print(f"\n== reproduce: training member stage {stage}, alpha {alpha:g} ==", flush=True)
     try:
-        out = tuple(float(x) for x in text.replace("[", "").replace("]", "").split(",") if x.strip())
-    except ValueError:
-        raise ReproduceError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not out:
-        raise ReproduceError(f"{what} is empty")
-    return out
+        out = run_training(config.train_settings(member), config.flatten(member), config.resolved_yaml(member),
+                           nested=True)
+    except Exception:
+        log.error("training the member (stage %d, alpha %g) failed; its run and log are in the experiment",
+                  stage, alpha)
+        raise
+    return f"{out.model_name}/{out.version}"
 
 
-def split_argv(argv: Sequence[str]):
-    """(stages, alphas, promote options, Hydra overrides)."""
-    items = parse_overrides(argv)
-    stages, alphas, promote_opts, rest = PAPER_STAGES, PAPER_ALPHAS, [], []
-    for it in items:
-        key, value = it.split("=", 1)
-        k = key.lstrip("+~")
-        if k == "stages":
-            stages = tuple(int(x) for x in _floats(value, "stages"))
-        elif k == "alphas":
-            alphas = _floats(value, "alphas")
-        elif k in PROMOTE_KEYS:
-            promote_opts.append(it)
-        elif k in FIXED_KEYS:
-            raise ReproduceError(f"{k} is set by reproduce for each member (stages {list(PAPER_STAGES)} x alpha "
-                                 f"{list(PAPER_ALPHAS)}); use stages=2,3 / alphas=0,0.3 to change the grid")
-        elif k == "tracking.register" and value.lower() in ("false", "0", "no"):
-            raise ReproduceError("tracking.register=false: reproduce promotes registered members, they must be "
-                                 "registered")
-        else:
-            rest.append(it)
-    if len(set(stages)) != len(stages) or len(set(alphas)) != len(alphas):
-        raise ReproduceError(f"stages {stages} / alphas {alphas} contain duplicates")
-    return stages, alphas, promote_opts, rest
-
-
-def _find_version(client, name: str, run_id: str):
-    for v in client.search_model_versions(f"name='{name}'"):
-        if v.run_id == run_id or v.tags.get("run_id") == run_id:
-            return v
-    return None
-
-
-def run(argv: Sequence[str]) -> dict:
-    stages, alphas, promote_opts, overrides = split_argv(argv)
-    cfg = compose(overrides)  # validates the overrides once, before any training
-    setup_tracking()
+def run(argv: Sequence[str]) -> ReproduceResult:
+    """Train every (stage, alpha) member, then promote them, all as children of one run."""
     import mlflow
-    from mlflow import MlflowClient
 
-    import promote
-    import train
-
-    client = MlflowClient()
-    name = promote.base_model_name(cfg)
-    outer_run = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`: the reproduce run itself
-    try:
-        if outer_run:
-            parent_id = outer_run
-            exp_name = client.get_experiment(client.get_run(parent_id).info.experiment_id).name
-        else:
-            exp_name = str(cfg.tracking.experiment_name)
-            exp = client.get_experiment_by_name(exp_name)
-            exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
-            parent_id = client.create_run(exp_id, run_name=f"reproduce-{cfg.data.kind}-{cfg.category}").info.run_id
-        client.set_tag(parent_id, "pradot.entry_point", "reproduce")
-        client.set_tag(parent_id, "pradot.dataset", str(cfg.data.kind))
-        client.set_tag(parent_id, "pradot.category", str(cfg.category))
-        client.log_param(parent_id, "reproduce.grid", f"stages={list(stages)} alphas={list(alphas)}")
-        client.log_param(parent_id, "reproduce.overrides", " ".join(overrides)[:6000])
-        extra = [] if any(o.split("=", 1)[0] == "tracking.experiment_name" for o in overrides) \
-            else [f"tracking.experiment_name={exp_name}"]
-        members, status = [], "FAILED"
-        try:
-            for s in stages:
-                for a in alphas:
-                    log.info("training member stage %d alpha %g", s, a)
-                    print(f"\n== reproduce: training member stage {s}, alpha {a:g} ==", flush=True)
-                    rc = train.main([*overrides, *extra, f"backbone.stages=[{s}]", f"model.alpha={a}"])
-                    last = mlflow.last_active_run()
-                    if rc != 0 or last is None:
-                        raise ReproduceError(f"training the member (stage {s}, alpha {a:g}) failed (exit code {rc}); "
-                                             f"its run and log are in the MLflow experiment {exp_name!r}")
-                    client.set_tag(last.info.run_id, "mlflow.parentRunId", parent_id)
-                    v = _find_version(client, name, last.info.run_id)
-                    if v is None:
-                        raise ReproduceError(f"the member (stage {s}, alpha {a:g}) trained in run "
-                                             f"{last.info.run_id} but no version of {name!r} records it")
-                    members.append(f"{name}/{v.version}")
-            client.set_tag(parent_id, "pradot.members", ",".join(members))
-            print(f"\n== reproduce: promoting {', '.join(members)} ==", flush=True)
-            out = promote.run([*overrides, *extra, *promote_opts, f"members={','.join(members)}"],
-                              parent_run_id=parent_id)
-            client.set_tag(parent_id, "pradot.ensemble", f"{out['ensemble_name']}/{out['version']}")
-            client.set_tag(parent_id, "pradot.promotion", out["reason"])
-            client.log_text(parent_id, out["table"], "comparison/comparison.md")
-            for k, v in out["metrics"].items():
-                client.log_metric(parent_id, k, v)
-            status = "FINISHED"
-        finally:
-            if not outer_run:
-                client.set_terminated(parent_id, status)
-    finally:
-        if outer_run:
-            os.environ["MLFLOW_RUN_ID"] = outer_run
-    out["parent_run_id"] = parent_id
-    return out
+    overrides = config.parse_overrides(argv)
+    cfg = config.compose("reproduce", overrides)
+    grid = config.reproduce_grid(cfg)
+    _check_overrides(overrides, cfg)
+    opts = config.promote_options(cfg)
+    settings = config.train_settings(cfg)
+    with tracking.entry_run(f"reproduce-{settings.data.kind}-{settings.data.category}",
+                            settings.tracking.experiment_name, entry_point="reproduce",
+                            tags={"pradot.dataset": settings.data.kind,
+                                  "pradot.category": settings.data.category}) as run:
+        mlflow.log_params({"reproduce.grid": f"stages={list(grid.stages)} alphas={list(grid.alphas)}",
+                           "reproduce.overrides": " ".join(overrides)[:6000]})
+        members = [_train_member(cfg, s, a) for s, a in grid.members()]
+        mlflow.set_tag("pradot.members", ",".join(members))
+        print(f"\n== reproduce: promoting {', '.join(members)} ==", flush=True)
+        promotion = run_promotion(settings, dataclasses.replace(opts, members=tuple(members)),
+                                  config.flatten(cfg), nested=True)
+        mlflow.set_tags({"pradot.ensemble": f"{promotion.ensemble_name}/{promotion.version}",
+                         "pradot.promotion": promotion.decision.reason})
+        mlflow.log_text(promotion.table, "comparison/comparison.md")
+        mlflow.log_metrics(promotion.metrics)
+    return ReproduceResult(run.run_id, members, promotion)
 
 
-def main(argv=None) -> int:
-    import promote
-
-    from pradot.backbone import BackboneError
-    from pradot.data import DatasetError
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        out = run(argv)
-    except (ReproduceError, promote.PromotionError) as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        return 2
-    except (DatasetError, BackboneError, ValueError, FileNotFoundError) as e:
-        print(f"\nerror: {e}\n(see the failed run's logs/ artifacts)", file=sys.stderr)
-        return 2
-    print("\n== PRADOT reproduce finished ==")
-    print(f"run       : {out['parent_run_id']} (members and promotion are its child runs)")
-    print(f"members   : {', '.join(out['members'])}")
-    print(out["table"])
-    print(f"ensemble  : {out['ensemble_name']} v{out['version']}; {out['reason']}")
-    print(f"serve it  : mlflow models serve -m models:/{out['ensemble_name']}@{out['alias']} --env-manager local "
-          f"-h 127.0.0.1 -p 5001")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run_entry(run, argv, failure_note="see the failed run's logs/ artifacts")
 
 
 if __name__ == "__main__":

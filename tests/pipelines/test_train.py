@@ -1,4 +1,5 @@
-"""The MLflow project end to end: `mlflow run .` on tiny synthetic data, failures, missing data."""
+"""The training entry point (MLproject `main`, pipelines/train.py) end to end: `mlflow run .` on tiny
+synthetic data, failures, missing data; and what a training run logs."""
 
 import os
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -15,6 +16,7 @@ def mlflow_run(tmp_path, *params, env_extra=None, timeout=600):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env_extra or {})}
     env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)  # the experiment is --experiment-name's
     cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name", "e2e"]
     for p in params:
         cmd += ["-P", p]
@@ -44,6 +46,8 @@ def test_mlflow_run_end_to_end(tmp_path):
     params = run.data.params
     assert params["model.alpha"] == "0.3" and params["model.n"] == "1" and params["category"] == "screw_bag"
     assert params["model.batch_size"] == "8" and params["backbone.name"] == "efficientnet_lite0"
+    # a training run logs what training uses: no sweep settings, no promote options
+    assert not [k for k in params if k.startswith("sweep.") or k in ("members", "metric", "alphas")], sorted(params)
     m = run.data.metrics
     for key in ("image_auroc", "image_auroc_logical_anomalies", "image_auroc_structural_anomalies",
                 "au_spro_0.05", "au_spro_0.01", "au_spro_1.0", "time_ot_seconds", "time_feature_seconds",
@@ -62,6 +66,12 @@ def test_mlflow_run_end_to_end(tmp_path):
     (version,) = client.search_model_versions("name='pradot-synthetic-screw_bag'")
     assert version.run_id == run.info.run_id
     assert version.tags["alpha"] == "0.3" and "metric.image_auroc" in version.tags
+    from pipelines.tracking import VersionTags
+
+    tags = VersionTags.from_tags(version.tags)  # the type that wrote them reads them back
+    assert (tags.alpha, tags.stages, tags.n, tags.backbone, tags.run_id) == (0.3, (2,), 1, "efficientnet_lite0",
+                                                                             run.info.run_id)
+    assert tags.metrics["image_auroc"] == pytest.approx(m["image_auroc"], abs=1e-5)
 
 
 @pytest.mark.slow
@@ -89,18 +99,15 @@ def test_missing_data_is_a_clear_error_and_registers_nothing(tmp_path):
 
 
 def test_conf_defaults_are_the_papers_and_match_the_library():
-    sys.path.insert(0, str(REPO / "pipelines"))
-    from common import compose
-    from train import specs_from_config
+    from pipelines import config
 
     from pradot.model import PRADOTConfig
 
-    cfg = compose([])
-    _, model_cfg = specs_from_config(cfg)
+    model_cfg = config.model_config(config.compose("train", []))
     lib = PRADOTConfig()
     for key in ("backbone", "stages", "image_size", "alpha", "n", "eta", "epsilon", "sinkhorn_iters", "batch_size",
                 "epochs", "learn_coordinates", "warm_start"):
         assert getattr(model_cfg, key) == getattr(lib, key), key
     assert (model_cfg.n, model_cfg.batch_size, model_cfg.epochs, model_cfg.epsilon) == (16, 64, 50, 0.01)
-    with pytest.raises(SystemExit, match="bad configuration"):
-        compose(["model.nonexistent_key=3"])
+    with pytest.raises(config.ConfigError, match="bad configuration"):
+        config.compose("train", ["model.nonexistent_key=3"])

@@ -24,8 +24,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "pipelines"))
+from pipelines import config
+from pipelines.sweep import cluster, evalset, plan
+from pipelines.sweep.run import main as sweep_main
+from pipelines.sweep.space import SweepError
+
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL_NAME = "pradot-synthetic-screw_bag"
 CI = ["experiment=ci", "sweep=ci"]
@@ -68,10 +72,8 @@ def _stop(proc: subprocess.Popen, timeout: float = 40) -> None:
 
 def _make_data(data_root: Path) -> None:
     """The CI dataset (generated on first use), made while the services start."""
-    import sweep
-    from common import compose
-
-    sweep.open_data(compose([*CI, f"data.root={data_root}"]), sweep.validate_sweep(compose(CI)))
+    cfg = config.compose("sweep", [*CI, f"data.root={data_root}"])
+    evalset.open_data(cfg, plan.sweep_plan(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +161,7 @@ def _runs(client, experiment_name):
 
 
 def _sweep(args) -> int:
-    import sweep
-
-    return sweep.main(list(args))
+    return sweep_main(list(args))
 
 
 # ------------------------------------------------------------------------------- a full sweep
@@ -304,7 +304,8 @@ def offline(tmp_path, monkeypatch):
     (["sweep.num_samples=0"], "sweep.num_samples must be an integer >= 1"),
     (["sweep.metric=val_aucroc"], "sweep.metric 'val_aucroc' is not reported"),
     (["+sweep.search_space.lr={type:loguniform,low:0.001,high:0.1}"], "unknown parameter(s) ['lr']"),
-    (["sweep.search_space.alpha={type:uniform,low:0,high:2}"], "must be <= 1.0"),
+    (["sweep.search_space.alpha={type:uniform,low:0,high:2}"],
+     "sweep.search_space.model.alpha: 2: alpha must lie in [0, 1]"),
     (["sweep.objective=test", "sweep.metric=val_auroc"], "not reported by the trials (objective=test)"),
     (["sweep.search_space.n.values=[16]"], "training split has only 16 images"),
 ])
@@ -321,15 +322,13 @@ def test_bad_input_is_refused_before_anything_starts(offline, capsys, overrides,
 
 
 def test_local_store_is_refused_on_a_multi_node_cluster():
-    import sweep
-
-    with pytest.raises(sweep.SweepError, match="local file/SQLite store"):
-        sweep.check_tracking_for_cluster("sqlite:////tmp/x/mlflow.db", 2, "10.0.0.1:6379")
-    with pytest.raises(sweep.SweepError, match="local file/SQLite store"):
-        sweep.check_tracking_for_cluster("/tmp/mlruns", 1, "ray://10.0.0.1:10001")
-    sweep.check_tracking_for_cluster("http://10.0.0.2:5000", 3, "10.0.0.1:6379")
-    sweep.check_tracking_for_cluster("sqlite:////tmp/x/mlflow.db", 1, None)
-    assert sweep.absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    with pytest.raises(SweepError, match="local file/SQLite store"):
+        cluster.check_tracking_for_cluster("sqlite:////tmp/x/mlflow.db", 2, "10.0.0.1:6379")
+    with pytest.raises(SweepError, match="local file/SQLite store"):
+        cluster.check_tracking_for_cluster("/tmp/mlruns", 1, "ray://10.0.0.1:10001")
+    cluster.check_tracking_for_cluster("http://10.0.0.2:5000", 3, "10.0.0.1:6379")
+    cluster.check_tracking_for_cluster("sqlite:////tmp/x/mlflow.db", 1, None)
+    assert cluster.absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def test_resume_without_a_sweep_folder_is_a_clear_error(offline, capsys):

@@ -1,13 +1,12 @@
 """notebooks/quickstart.ipynb is executed (nbclient) against a model registered by the training pipeline."""
 
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -18,8 +17,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PRADOT_SYNTHETIC_ROOT", str(data))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
-    sys.path.insert(0, str(REPO / "pipelines"))
-    import train
+    from pipelines import train
 
     assert train.main(["experiment=ci", "data=synthetic", f"cache.dir={tmp_path}/cache",
                        "evaluation.figures=false"]) == 0

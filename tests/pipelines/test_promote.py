@@ -1,4 +1,4 @@
-"""Promotion of an ensemble from registered banks (pipelines/promote.py), end to end on a tmp SQLite store.
+"""Promotion of an ensemble from registered banks (pipelines/promote/), end to end on a tmp SQLite store.
 
 Members are tiny PRADOT banks (EfficientNet-Lite0, 96 px synthetic screw bags, experiment=ci data) fitted
 directly and logged with ``log_pradot_model`` inside runs that record the data params and the version tags
@@ -20,32 +20,31 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "pipelines"))
+from pipelines import config, tracking
+from pipelines.promote import run as promote
+from pipelines.promote.select import PromotionError, select_best
+
+REPO = Path(__file__).resolve().parents[2]
 
 NAME = "pradot-synthetic-screw_bag"
 ENS = NAME + "-ensemble"
 
 
 def _register(ns, model, metric: float, label: str) -> str:
+    """Log and register a bank as pipelines/train.py does (its data params, its VersionTags)."""
     import mlflow
-    from common import flatten
-    from mlflow_model import log_pradot_model
 
     from pradot.serving import Calibration
 
     with mlflow.start_run(run_name=label) as run:
-        mlflow.log_params(flatten(ns.cfg))  # what train.py logs: promote checks the data params against these
+        mlflow.log_params(config.flatten(ns.cfg))  # promote checks the data params against these
         path = model.save(ns.tmp / f"{label}.pt")
         cal = Calibration(threshold=1.0, low=0.0, high=2.0, quantile=0.99, n_images=6)
-        info = log_pradot_model(path, cal, registered_model_name=NAME)
         c = model.config
-        tags = {"alpha": c.alpha, "n": c.n, "stages": ",".join(map(str, c.stages)), "backbone": c.backbone,
-                "image_size": c.image_size, "dataset": "synthetic", "category": "screw_bag",
-                "run_id": run.info.run_id, "threshold": 1.0, "metric.image_auroc": metric}
-        for k, v in tags.items():
-            ns.client.set_model_version_tag(NAME, info.registered_model_version, k, str(v))
-    return str(info.registered_model_version)
+        tags = tracking.VersionTags(dataset="synthetic", category="screw_bag", run_id=run.info.run_id, threshold=1.0,
+                                    backbone=c.backbone, stages=c.stages, image_size=c.image_size, alpha=c.alpha,
+                                    n=c.n, metrics={"image_auroc": metric})
+        return tracking.register(path, cal, NAME, tags)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +61,7 @@ def store(tmp_path_factory):
     mp.setenv("TQDM_DISABLE", "1")
     mp.chdir(tmp)
     import mlflow
-    from common import compose
     from mlflow import MlflowClient
-    from train import specs_from_config
 
     from pradot import PRADOT
     from pradot.backbone import load_backbone
@@ -77,8 +74,8 @@ def store(tmp_path_factory):
     client.create_experiment("pradot", artifact_location=(tmp / "artifacts").as_uri())
     mlflow.set_experiment("pradot")
     overrides = ["experiment=ci", "data=synthetic", f"data.root={tmp}/data", f"cache.dir={tmp}/cache"]
-    cfg = compose(overrides)
-    spec, base = specs_from_config(cfg)
+    cfg = config.compose("promote", overrides)
+    spec, base = config.data_spec(cfg), config.model_config(cfg)
     splits = open_splits(spec)
     ns = SimpleNamespace(tmp=tmp, client=client, cfg=cfg, overrides=overrides, spec=spec, splits=splits,
                          mlflow=mlflow)
@@ -115,7 +112,6 @@ def _runs(ns):
 
 
 def test_promote_default_selection_registers_champion_and_serves(store, capsys):
-    import promote
     import mlflow.pyfunc
     import pandas as pd
 
@@ -140,8 +136,7 @@ def test_promote_default_selection_registers_champion_and_serves(store, capsys):
                                                            artifact_path="comparison/comparison.csv")).read_text()
     assert len(csv_text.strip().splitlines()) == 1 + 3 + 1  # header, three members, the ensemble
 
-    # the champion is served with the single-bank contract (in this process pradot.ensemble is imported,
-    # which registers its loader with pradot.serving)
+    # the champion is served with the single-bank contract
     img = next(s for s in ns.splits.test if s.label == 1)
     pyf = mlflow.pyfunc.load_model(f"models:/{ENS}@champion")
     pred = pyf.predict(pd.DataFrame({"image": [_b64(img.image_path)]}))
@@ -150,7 +145,8 @@ def test_promote_default_selection_registers_champion_and_serves(store, capsys):
     assert pred["threshold"][0] == pytest.approx(float(v.tags["threshold"]))
     # ... and its raw score is the ensemble's: the max of the mean of the members' maps
     from pradot.data import read_image
-    from pradot.ensemble import Ensemble, load_scoring_model
+    from pradot.ensemble import Ensemble
+    from pradot.persistence import load_scoring_model
 
     art = Path(ns.mlflow.artifacts.download_artifacts(f"models:/{ENS}/1", dst_path=str(ns.tmp / "dl")))
     ens_file = next(p for p in art.rglob("*.pt"))
@@ -162,7 +158,6 @@ def test_promote_default_selection_registers_champion_and_serves(store, capsys):
 
 
 def test_promote_worse_members_keeps_the_champion(store, capsys):
-    import promote
 
     ns = store
     bad = f"{NAME}/{ns.versions['bad']}"
@@ -181,7 +176,6 @@ def test_promote_worse_members_keeps_the_champion(store, capsys):
 
 
 def test_promote_without_members_is_a_clear_error(store, capsys):
-    import promote
 
     ns = store
     n_runs = len(_runs(ns))
@@ -190,11 +184,10 @@ def test_promote_without_members_is_a_clear_error(store, capsys):
     assert rc == 2
     assert "pradot-synthetic-no_such_category" in err and "-e reproduce" in err and "nothing was registered" in err
     assert len(_runs(ns)) == n_runs  # no run was started
-    assert not ns.client.search_registered_models(f"name='pradot-synthetic-no_such_category-ensemble'")
+    assert not ns.client.search_registered_models("name='pradot-synthetic-no_such_category-ensemble'")
 
 
 def test_promote_missing_or_bad_explicit_members(store, capsys):
-    import promote
 
     ns = store
     n_versions = len(ns.client.search_model_versions(f"name='{ENS}'"))
@@ -217,7 +210,6 @@ def test_promote_missing_or_bad_explicit_members(store, capsys):
 def test_promote_refuses_other_data_than_the_members(store, capsys):
     """Without experiment=ci the synthetic generator options differ from the members' training: promote
     refuses (instead of regenerating the dataset and evaluating on other images)."""
-    import promote
 
     ns = store
     stamp = next((ns.tmp / "data").rglob(".pradot_synthetic.json")).read_text()
@@ -227,15 +219,21 @@ def test_promote_refuses_other_data_than_the_members(store, capsys):
     assert next((ns.tmp / "data").rglob(".pradot_synthetic.json")).read_text() == stamp
 
 
-def test_reproduce_refuses_overrides_it_sets():
-    import reproduce
+def test_reproduce_refuses_overrides_it_sets(capsys):
+    from pipelines import reproduce
 
-    with pytest.raises(reproduce.ReproduceError, match="set by reproduce"):
-        reproduce.split_argv(["category=x", "model.alpha=0.1"])
-    stages, alphas, promote_opts, rest = reproduce.split_argv(
-        ["category=x", "data=synthetic", "metric=au_spro_0.05", "experiment=ci"])
-    assert stages == (2, 3) and alphas == (0.0, 0.3)
-    assert promote_opts == ["metric=au_spro_0.05"] and rest == ["category=x", "data=synthetic", "experiment=ci"]
+    assert reproduce.main(["category=x", "model.alpha=0.1"]) == 2
+    assert "model.alpha is set by reproduce" in capsys.readouterr().err
+    assert reproduce.main(["category=x", "tracking.register=false"]) == 2
+    assert "must be registered" in capsys.readouterr().err
+    cfg = config.compose("reproduce", config.parse_overrides(["category=x", "data=synthetic", "metric=au_spro_0.05",
+                                                              "experiment=ci", "stages=2", "alphas=0,0.5"]))
+    grid = config.reproduce_grid(cfg)
+    assert grid.members() == [(2, 0.0), (2, 0.5)]
+    assert config.promote_options(cfg).metric == "au_spro_0.05"
+    # the members' training config holds no promote/reproduce option
+    member = config.training_view(cfg)
+    assert "metric" not in member and "stages" not in member and "alphas" not in member and "model" in member
 
 
 def test_champion_served_in_a_fresh_process(store):
@@ -248,13 +246,9 @@ def test_champion_served_in_a_fresh_process(store):
         f"m = mlflow.pyfunc.load_model('models:/{ENS}@champion')\n"
         f"p = m.predict(pd.DataFrame({{'image': [{_b64(img.image_path)!r}]}}))\n"
         "print(json.dumps(p.iloc[0][['score', 'raw_score']].astype(float).to_dict()))\n")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{ns.tmp}/mlflow.db",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "pipelines")])}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{ns.tmp}/mlflow.db"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ns.tmp,
                          timeout=240)
-    if res.returncode != 0 and "pradot-ensemble-v1" in res.stderr and "servable formats" in res.stderr:
-        pytest.xfail("PradotPyfunc.load_context does not load ensemble files yet (see pipelines/promote.py "
-                     "report: call pradot.ensemble.load_scoring_model or register the ensemble loader)")
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert np.isfinite(out["raw_score"])
@@ -263,23 +257,23 @@ def test_champion_served_in_a_fresh_process(store):
 def test_select_by_ranks_sweep_registered_versions(store):
     """Sweep-registered versions carry metric.val_auroc only: the default ranking (image_auroc) skips them
     and says how to use them; select_by=val_auroc ranks by it (best per group), the others are excluded."""
-    import promote
-
     ns = store
-    opts, rest = promote.split_argv(["select_by=val_auroc", "metric=image_auroc", "experiment=ci"])
-    assert opts.select_by == "val_auroc" and opts.metric == "image_auroc" and rest == ["experiment=ci"]
-    assert promote.split_argv(["select_by="])[0].select_by is None  # an unset MLproject parameter
+    opts = config.promote_options(config.compose("promote", config.parse_overrides(
+        ["select_by=val_auroc", "metric=image_auroc", "experiment=ci"])))
+    assert opts.select_by == "val_auroc" and opts.metric == "image_auroc"
+    # an unset MLproject parameter
+    assert config.promote_options(config.compose("promote", config.parse_overrides(["select_by="]))).select_by is None
     sweep_like = {"s2a0": 0.7, "bad": 0.9, "s3a3": 0.6}  # the bad (2, 0) bank wins its group on val_auroc
     try:
         for key, val in sweep_like.items():
             ns.client.set_model_version_tag(NAME, ns.versions[key], "metric.val_auroc", str(val))
-        sel = promote.select_best(ns.client, NAME, "val_auroc", ns.cfg)
+        sel = select_best(ns.client, NAME, "val_auroc", "synthetic", "screw_bag")
         assert [m.ref for m in sel.members] == [f"{NAME}/{ns.versions[k]}" for k in ("bad", "s3a3")]
         assert any(f"{NAME}/{ns.versions['s2a3']}: no metric.val_auroc" in e for e in sel.excluded)
-        default = promote.select_best(ns.client, NAME, "image_auroc", ns.cfg)  # unchanged by the new tags
+        default = select_best(ns.client, NAME, "image_auroc", "synthetic", "screw_bag")  # unchanged by the new tags
         assert [m.ref for m in default.members] == [f"{NAME}/{ns.versions[k]}" for k in ("s2a0", "s2a3", "s3a3")]
-        with pytest.raises(promote.PromotionError, match="select_by=val_auroc"):
-            promote.select_best(ns.client, NAME, "au_spro_0.05", ns.cfg)  # no version has it: the hint
+        with pytest.raises(PromotionError, match="select_by=val_auroc"):
+            select_best(ns.client, NAME, "au_spro_0.05", "synthetic", "screw_bag")  # no version has it: the hint
     finally:
         for key in sweep_like:
             ns.client.delete_model_version_tag(NAME, ns.versions[key], "metric.val_auroc")

@@ -1,0 +1,59 @@
+"""argv -> step -> exit code and the closing summary, written once for every entry point.
+
+Each entry point's ``main(argv)`` is ``run_entry(run, argv, ...)`` where ``run(argv)`` composes its
+config, does the work and returns a result whose ``summary()`` is printed. Exit codes: 0 done, 1 the work
+failed, 2 bad input (the message says what to change; nothing was registered), 3 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Protocol, Sequence
+
+from pradot.backbone import BackboneError
+from pradot.data import DatasetError
+from pradot.device import DeviceError
+
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "UsageError", "Result", "run_entry"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
+
+
+class UsageError(ValueError):
+    """Bad input to an entry point (options, registry contents, sweep settings); the message says what
+    was wrong and how to fix it."""
+
+
+#: errors that mean "the input was wrong": exit 2 with the message, no traceback
+USER_ERRORS = (UsageError, DatasetError, BackboneError, DeviceError, FileNotFoundError, ValueError)
+#: extra hint printed under a dataset error
+DATA_HINT = ("With the MLflow project: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT), or try the "
+             "embedded dataset with -P dataset=synthetic.")
+
+
+class Result(Protocol):
+    """What an entry point returns: the closing summary and its exit code."""
+
+    exit_code: int
+
+    def summary(self) -> str: ...
+
+
+def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = None,
+              failure_note: str = "") -> int:
+    """Run ``run(argv)`` (default ``sys.argv[1:]``), print the summary or the error, return the exit code.
+
+    ``failure_note`` is printed under a bad-input error (e.g. what happened to the MLflow run)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = run(argv)
+    except USER_ERRORS as e:
+        hint = f"\n{DATA_HINT}" if isinstance(e, DatasetError) else ""
+        note = f"\n({failure_note})" if failure_note else ""
+        print(f"\nerror: {e}{hint}{note}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RuntimeError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(result.summary())
+    return result.exit_code

@@ -1,0 +1,348 @@
+"""The one path from the command line to typed objects: argv -> Hydra overrides -> a composed config
+(``conf/<entry point>.yaml``) -> the dataclasses the pipelines and the library take.
+
+    argv   ["data=synthetic", "model.alpha=0.3", "members=a/1,b/2"]
+      -> parse_overrides      Hydra overrides (values Hydra cannot read as one value are quoted)
+      -> compose("train")     the resolved DictConfig of conf/train.yaml + overrides
+      -> train_settings(cfg)  TrainSettings(data=DataSpec, model=PRADOTConfig, evaluation=..., ...)
+
+Nothing below the entry points reads a DictConfig: they receive these objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from pradot.engine import DataSpec, batch_size_for
+from pradot.model import PRADOTConfig
+
+__all__ = ["CONF_DIR", "ConfigError", "parse_overrides", "compose", "flatten", "parse_stages", "data_spec",
+           "model_config", "model_name", "training_view", "with_overrides", "EvaluationSettings", "TrackingSettings",
+           "TrainSettings", "train_settings", "PromoteOptions", "promote_options", "ReproduceGrid",
+           "reproduce_grid"]
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class ConfigError(ValueError):
+    """A bad override or configuration value; the message names the key and how to fix it."""
+
+
+# ------------------------------------------------------------------------------------- overrides
+def _hydra_value(item: str) -> str:
+    """``key=value`` as Hydra reads it: the value quoted when Hydra would not read it as one value
+    (``members=a/1,b/2`` is a sweep to Hydra; ``x=(1)`` a syntax error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    key, value = item.split("=", 1)
+    try:
+        if not OverridesParser.create().parse_override(item).is_sweep_override():
+            return item
+    except HydraException:
+        pass
+    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def parse_overrides(argv: Sequence[str]) -> list[str]:
+    """Hydra overrides from argv: ``key=value`` items (whitespace-separated ones split, as MLflow passes
+    the ``overrides`` parameter as one quoted string), ``--key value`` pairs (MLflow's extra ``-P``
+    parameters), and items with an empty value (``key=``: an MLproject parameter left unset) dropped.
+
+    Raises:
+        ConfigError: an item is not ``key=value`` or an option has no value.
+    """
+    items: list[str] = []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and "=" not in a:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"option {a} needs a value (use key=value overrides)")
+            items.append(f"{a[2:]}={argv[i + 1]}")
+            i += 2
+            continue
+        items.extend(a.split())
+        i += 1
+    out = []
+    for it in items:
+        if it.startswith("~"):  # Hydra's delete syntax: ~key or ~key=value
+            out.append(it)
+            continue
+        if "=" not in it:
+            raise ConfigError(f"{it!r} is not a key=value override (see {CONF_DIR} for the keys)")
+        key, value = it.split("=", 1)
+        if value == "":
+            continue
+        out.append(_hydra_value(f"{key}={value}"))
+    return out
+
+
+def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved config of ``conf/<root>.yaml`` with ``overrides``.
+
+    Raises:
+        ConfigError: a bad key or value (the message names the override and where the keys are).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name=root, overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"bad configuration override: {e}\n(overrides: {' '.join(overrides)}; the config "
+                          f"groups and keys are in {CONF_DIR})") from None
+    return cfg
+
+
+def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"model.alpha": "0.3", ...}`` (lists as strings), e.g. for MLflow params."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, str] = {}
+    for k, v in container.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+#: roots whose own top-level keys are not training settings (promote's options, reproduce's grid)
+_ENTRY_ROOTS = ("promote", "reproduce")
+
+
+def _own_keys(root: str) -> set[str]:
+    return {k for k in OmegaConf.load(CONF_DIR / f"{root}.yaml") if k != "defaults"}
+
+
+def training_view(cfg: DictConfig) -> DictConfig:
+    """The training part of any entry point's config: without the ``sweep`` group and without the
+    top-level options of promote/reproduce (what a training run logs as params)."""
+    drop = {"sweep"}.union(*(_own_keys(r) for r in _ENTRY_ROOTS))
+    return OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in drop})
+
+
+def with_overrides(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with dotted keys set (``{"model.alpha": 0.3, "backbone.stages": [2]}``)."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key, value in values.items():
+        OmegaConf.update(out, key, list(value) if isinstance(value, tuple) else value, merge=False)
+    return out
+
+
+# ------------------------------------------------------------------------------------- typed values
+def parse_stages(value: Any, key: str = "backbone.stages") -> tuple[int, ...]:
+    """``[2, 3]``, ``(2,)``, ``"2,3"``, ``"[2,3]"``, ``"2+3"`` or ``2`` -> ``(2, 3)`` (sorted, unique).
+
+    Raises:
+        ConfigError: not a non-empty list of stage indices in 0..4.
+    """
+    v = value
+    if isinstance(v, str):
+        v = [x for x in v.replace("+", ",").replace("[", "").replace("]", "").split(",") if x.strip()]
+    if isinstance(v, (int, float)):
+        v = [v]
+    try:
+        stages = tuple(sorted({int(s) for s in v}))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a list of stage indices") from None
+    if not stages or any(s < 0 or s > 4 for s in stages):
+        raise ConfigError(f"{key}: stages must be a non-empty list of indices in 0..4, got {value!r}")
+    return stages
+
+
+def data_spec(cfg: DictConfig) -> DataSpec:
+    """The dataset to open: kind, root (``data_root`` over ``data.root``), category, size, validation split."""
+    data_root = cfg.get("data_root") or cfg.data.root
+    return DataSpec(kind=str(cfg.data.kind), root=(str(data_root) if data_root else None),
+                    category=str(cfg.category), image_size=int(cfg.data.image_size),
+                    validation_fraction=float(cfg.data.get("validation_fraction", 0.0)),
+                    augmentation=cfg.data.get("augmentation"),
+                    generator=(dict(cfg.data.generator) if cfg.data.get("generator") else None),
+                    seed=int(cfg.seed))
+
+
+def model_config(cfg: DictConfig) -> PRADOTConfig:
+    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups (PRADOTConfig checks them)."""
+    m = cfg.model
+    return PRADOTConfig(backbone=str(cfg.backbone.name), stages=parse_stages(cfg.backbone.stages),
+                        image_size=int(cfg.data.image_size), alpha=float(m.alpha), n=float(m.n), eta=float(m.eta),
+                        epsilon=float(m.epsilon), sinkhorn_iters=int(m.sinkhorn_iters),
+                        batch_size=batch_size_for(m.n, m.batch_ratio), epochs=int(m.epochs), seed=int(cfg.seed),
+                        learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start))
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The registered model's name: ``tracking.model_name``, else ``pradot-<dataset>-<category>``."""
+    return str(cfg.tracking.get("model_name") or f"pradot-{cfg.data.kind}-{cfg.category}")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    batch_size: int = 16
+    n_overlays: int = 8
+    figures: bool = True
+    umap_max_points: int = 3000
+    write_tiffs: bool = True
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    experiment_name: str = "pradot"
+    register: bool = True
+    model_name: str = ""
+    include_backbone: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training run uses, typed (``train_settings`` builds it from ``conf/train.yaml``)."""
+
+    data: DataSpec
+    model: PRADOTConfig
+    device: str
+    num_workers: int
+    cache_dir: str | None  # None: the feature cache is off
+    weights_path: str | None
+    evaluation: EvaluationSettings
+    calibration_quantile: float
+    tracking: TrackingSettings
+    fail_at_epoch: int | None = None
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.data.kind}-{self.data.category}-a{self.model.alpha}-n{self.model.n}"
+
+
+def _evaluation(cfg: DictConfig) -> EvaluationSettings:
+    e = cfg.evaluation
+    return EvaluationSettings(batch_size=int(e.batch_size), n_overlays=int(e.n_overlays), figures=bool(e.figures),
+                              umap_max_points=int(e.umap_max_points), write_tiffs=bool(e.write_tiffs))
+
+
+def _tracking(cfg: DictConfig) -> TrackingSettings:
+    t = cfg.tracking
+    return TrackingSettings(experiment_name=str(t.experiment_name), register=bool(t.register),
+                            model_name=model_name(cfg), include_backbone=bool(t.include_backbone))
+
+
+def train_settings(cfg: DictConfig) -> TrainSettings:
+    """``conf/train.yaml`` (composed) -> :class:`TrainSettings`."""
+    debug = cfg.get("debug") or {}
+    fail_at = debug.get("fail_at_epoch") if debug else None
+    return TrainSettings(data=data_spec(cfg), model=model_config(cfg), device=str(cfg.device),
+                         num_workers=int(cfg.num_workers),
+                         cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None,
+                         weights_path=cfg.backbone.get("weights_path"), evaluation=_evaluation(cfg),
+                         calibration_quantile=float(cfg.calibration.quantile), tracking=_tracking(cfg),
+                         fail_at_epoch=int(fail_at) if fail_at is not None else None)
+
+
+# ------------------------------------------------------------------------------------- promote
+NORMALISATIONS = ("none", "per_member")
+
+
+@dataclass(frozen=True)
+class PromoteOptions:
+    """promote's own settings (``conf/promote.yaml``)."""
+
+    members: tuple[str, ...] = ()  # () = the best bank per (stage, alpha group)
+    metric: str = "image_auroc"
+    select_by: str | None = None  # the version metric that picks the default members (default: metric)
+    normalisation: str = "none"
+    alias: str = "champion"
+    force: bool = False
+    ensemble_name: str | None = None
+
+    @property
+    def selection_metric(self) -> str:
+        """What ranks the default candidates: ``select_by``, else ``metric``."""
+        return self.select_by or self.metric
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if value in (None, ""):
+        return ()
+    items = value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else str(value).split(",")
+    return tuple(str(m).strip() for m in items if str(m).strip())
+
+
+def promote_options(cfg: DictConfig) -> PromoteOptions:
+    """The promote options of ``conf/promote.yaml`` (top-level keys ``members``, ``metric``, ...)."""
+    normalisation = str(cfg.normalisation)
+    if normalisation not in NORMALISATIONS:
+        raise ConfigError(f"normalisation must be 'none' (the paper: mean of the maps) or 'per_member' "
+                          f"(standardise each member's map on validation normals), got {normalisation!r}")
+    return PromoteOptions(members=_names(cfg.get("members")), metric=str(cfg.metric).strip(),
+                          select_by=(str(cfg.select_by).strip() or None) if cfg.get("select_by") else None,
+                          normalisation=normalisation, alias=str(cfg.alias).strip(),
+                          force=_bool("force", cfg.get("force", False)),
+                          ensemble_name=str(cfg.ensemble_name) if cfg.get("ensemble_name") else None)
+
+
+# ------------------------------------------------------------------------------------- reproduce
+@dataclass(frozen=True)
+class ReproduceGrid:
+    """The members ``reproduce`` trains: every (stage, alpha) pair (the paper: stages 2, 3 x alpha 0, 0.3)."""
+
+    stages: tuple[int, ...] = (2, 3)
+    alphas: tuple[float, ...] = (0.0, 0.3)
+
+    def members(self) -> list[tuple[int, float]]:
+        return [(s, a) for s in self.stages for a in self.alphas]
+
+
+def _floats(key: str, value: Any) -> tuple[float, ...]:
+    items = value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else \
+        [x for x in str(value).replace("[", "").replace("]", "").split(",") if x.strip()]
+    try:
+        out = tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be comma-separated numbers, got {value!r}") from None
+    if not out:
+        raise ConfigError(f"{key} is empty")
+    return out
+
+
+def reproduce_grid(cfg: DictConfig) -> ReproduceGrid:
+    """``stages`` x ``alphas`` of ``conf/reproduce.yaml``.
+
+    Raises:
+        ConfigError: not numbers, empty, or duplicates.
+    """
+    stages = tuple(int(s) for s in _floats("stages", cfg.stages))
+    alphas = _floats("alphas", cfg.alphas)
+    if len(set(stages)) != len(stages) or len(set(alphas)) != len(alphas):
+        raise ConfigError(f"stages {stages} / alphas {alphas} contain duplicates")
+    return ReproduceGrid(stages, alphas)
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (logged with every run)."""
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON of a config value (lists and dicts included), for tags and params."""
+    return json.dumps(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value,
+                      sort_keys=True, default=str)

@@ -1,0 +1,92 @@
+"""A trial without Ray: its evaluation (pradot.metrics on the evaluation set), its config (the training config
+plus the sampled values), and its checkpoint, which the driver turns into a servable PRADOT model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import config
+from pipelines.sweep.evalset import EvalSet, FeatureStore
+from pipelines.sweep.plan import sweep_plan
+from pipelines.sweep.trial import (CHECKPOINT_META, CHECKPOINT_MODEL, CHECKPOINT_SCORES, TrialContext, TrialRun,
+                                   _Trial, trial_setup)
+
+PSEUDO = EvalSet("pseudo", "validation+pseudo", labels=(0, 0, 0, 1, 1, 1, 1),
+                 groups=("good",) * 3 + ("cutpaste", "noise", "shuffle", "moved_patch"),
+                 styles=("good",) * 3 + ("structural", "structural", "logical", "logical"), loco_style=False,
+                 calibration_split="validation+pseudo", calibration_source="validation")
+SCORES = [0.1, 0.2, 0.3, 0.25, 0.9, 0.05, 0.5]
+
+
+def test_pseudo_objective_metrics():
+    out = PSEUDO.evaluate(SCORES)
+    # 3 normals x 4 anomalies: cutpaste beats 2 normals, noise 3, shuffle 0, moved_patch 3
+    assert out == pytest.approx({"val_auroc": 8 / 12, "val_auroc_cutpaste": 2 / 3, "val_auroc_noise": 1.0,
+                                 "val_auroc_shuffle": 0.0, "val_auroc_moved_patch": 1.0,
+                                 "val_auroc_structural": 5 / 6, "val_auroc_logical": 3 / 6})
+    np.testing.assert_array_equal(PSEUDO.normal_scores(SCORES), [0.1, 0.2, 0.3])
+    one_style = EvalSet("pseudo", "validation+pseudo", (0, 1), ("good", "noise"), ("good", "structural"), False,
+                        "validation+pseudo", "validation")
+    assert one_style.evaluate([0.0, 1.0]) == {"val_auroc": 1.0, "val_auroc_noise": 1.0}  # no per-style metric
+
+
+@pytest.mark.parametrize("loco_style, expected", [(True, (1.0 + 0.25) / 2), (False, 5 / 8)])
+def test_test_objective_metrics(loco_style, expected):
+    groups = ("good", "good", "logical_anomalies", "logical_anomalies", "structural_anomalies", "structural_anomalies")
+    ev = EvalSet("test", "test", (0, 0, 1, 1, 1, 1), groups, groups, loco_style, "validation", "validation")
+    out = ev.evaluate([0.2, 0.4, 0.5, 0.6, 0.3, 0.1])
+    # logical: both above both normals (4 of 4 pairs); structural: 0.3 above one normal (1 of 4); all: 5 of 8
+    assert out["test_auroc_logical_anomalies"] == 1.0
+    assert out["test_auroc_structural_anomalies"] == pytest.approx(1 / 4)
+    assert out["test_auroc"] == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    cfg = config.compose("sweep", ["experiment=ci", "sweep=ci", "model.epochs=2"])
+    plan = sweep_plan(cfg)
+    return TrialContext(train_config=config.training_view(cfg), space=plan.space, evalset=PSEUDO,
+                        features=FeatureStore("disk", "/nowhere", {}), metric=plan.metric, milestones=(1, 2),
+                        tracking_uri="sqlite:///unused.db", parent_run_id="p", experiment_id="0", data_params={})
+
+
+def test_a_trial_is_the_training_config_with_the_sampled_values(ctx):
+    setup = trial_setup(ctx, {"model.alpha": 0.25, "model.n": 2, "model.batch_ratio": 4, "model.eta": 0.5,
+                              "model.epsilon": 0.05})
+    m = setup.model
+    assert (m.alpha, m.n, m.eta, m.epsilon, m.batch_size, m.stages, m.backbone) == \
+        (0.25, 2, 0.5, 0.05, 8, (2,), "efficientnet_lite0")
+    params = setup.params()
+    assert params["model.alpha"] == "0.25" and params["backbone.stages"] == "[2]" and params["model.batch_size"] == "8"
+    assert params["model.batch_ratio"] == "4" and not [k for k in params if k.startswith(("sweep.", "data."))]
+    assert setup.hparams() == {"alpha": 0.25, "n": 2, "eta": 0.5, "epsilon": 0.05, "batch_ratio": 4,
+                               "sinkhorn_iters": 100, "stages": [2], "backbone": "efficientnet_lite0", "batch_size": 8}
+    assert ctx.train_config.model.alpha != 0.25  # the training config itself is untouched
+
+
+def test_a_checkpoint_becomes_a_servable_model(ctx, effnet, tmp_path):
+    from pradot.calibration import Calibration
+    from pradot.checkpoint import load_state
+    from pradot.model import PRADOT, PrototypeModel
+
+    images = torch.rand(8, 3, 96, 96)
+    with torch.no_grad():
+        feats = {2: effnet(images)[2].numpy()}
+    setup = trial_setup(ctx, {"model.alpha": 0.5, "model.n": 1, "model.batch_ratio": 4, "model.epsilon": 0.1})
+    model = PrototypeModel.for_features(setup.model, feats)
+    model.fit_features(feats, progress=False)
+    trial = _Trial(ctx, setup, TrialRun(None, "run-1"), "t1", model, {2: feats[2][:7]})
+    scores = trial.scores(trial.eval_features)
+    trial.write_checkpoint(tmp_path, 2, scores, {"val_auroc": 0.5})
+
+    meta = json.loads((tmp_path / CHECKPOINT_META).read_text())
+    assert meta["trial_id"] == "t1" and meta["mlflow_run_id"] == "run-1" and meta["epoch"] == 2
+    assert meta["hparams"]["batch_ratio"] == 4 and meta["calibration_source"] == "validation"
+    np.testing.assert_allclose(np.load(tmp_path / CHECKPOINT_SCORES), scores[:3])  # the normals of PSEUDO
+    Calibration.calibrate(np.load(tmp_path / CHECKPOINT_SCORES), 0.99)
+    # the driver: banks from the checkpoint + the real backbone = the model the trial scored with
+    restored = PRADOT.from_prototypes(PrototypeModel.from_state(load_state(tmp_path / CHECKPOINT_MODEL)), effnet)
+    _, served = restored.score(images[:7])
+    np.testing.assert_allclose(served.numpy(), scores, rtol=1e-5, atol=1e-6)

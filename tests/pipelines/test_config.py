@@ -1,0 +1,73 @@
+"""argv -> overrides -> composed config -> typed settings (pipelines/config.py)."""
+
+import pytest
+
+from pipelines import config
+from pradot.engine import DataSpec
+from pradot.model import PRADOTConfig
+
+
+def test_parse_overrides_quotes_values_hydra_would_split_or_refuse():
+    out = config.parse_overrides(["members=a/1,b/2", "data_root=/x/(1)", "backbone.stages=[2,3]", "seed=",
+                                  "--category", "screw_bag", "tracking.model_name=it's"])
+    assert out == ["members='a/1,b/2'", "data_root='/x/(1)'", "backbone.stages=[2,3]", "category=screw_bag",
+                   "tracking.model_name='it\\'s'"]
+    cfg = config.compose("promote", out)
+    assert cfg.members == "a/1,b/2" and cfg.data_root == "/x/(1)" and list(cfg.backbone.stages) == [2, 3]
+    assert cfg.tracking.model_name == "it's"
+    with pytest.raises(config.ConfigError, match="not a key=value"):
+        config.parse_overrides(["oops"])
+    with pytest.raises(config.ConfigError, match="needs a value"):
+        config.parse_overrides(["--category"])
+
+
+def test_each_entry_point_has_its_root_and_training_logs_only_training():
+    train = config.flatten(config.compose("train", ["experiment=ci"]))
+    assert "model.alpha" in train and not [k for k in train if k.startswith("sweep.")]
+    sweep = config.compose("sweep", ["experiment=ci", "sweep=ci"])
+    assert sweep.sweep.top_k == 2 and sweep.sweep.num_samples == 4 and sweep.model.n == 1
+    # ci inherits from default: what it does not change is default's
+    default = config.compose("sweep", [])
+    assert sweep.sweep.pseudo_anomalies == default.sweep.pseudo_anomalies
+    assert sweep.sweep.search_space.model.alpha == default.sweep.search_space.model.alpha
+    reproduce = config.compose("reproduce", ["experiment=ci"])
+    view = config.flatten(config.training_view(reproduce))
+    assert view == train  # the members' training config is the training config, nothing else
+
+
+def test_typed_settings_from_the_composed_config():
+    cfg = config.compose("train", ["experiment=ci", "model.alpha=0.5", "backbone.stages=[3,2]", "data_root=/d"])
+    s = config.train_settings(cfg)
+    assert isinstance(s.data, DataSpec) and isinstance(s.model, PRADOTConfig)
+    assert s.data.root == "/d" and s.data.kind == "synthetic" and s.model.alpha == 0.5
+    assert s.model.stages == (2, 3) and s.model.batch_size == 8 and s.tracking.model_name == "pradot-synthetic-screw_bag"
+    assert s.evaluation.n_overlays == 2 and s.cache_dir and s.fail_at_epoch is None
+    member = config.with_overrides(cfg, {"backbone.stages": (2,), "model.alpha": 0.0})
+    assert config.model_config(member).stages == (2,) and config.model_config(member).alpha == 0.0
+    assert cfg.model.alpha == 0.5  # the original is untouched
+    with pytest.raises(ValueError, match="alpha"):
+        config.model_config(config.compose("train", ["model.alpha=2"]))
+
+
+@pytest.mark.parametrize("value, stages", [([2, 3], (2, 3)), ("2,3", (2, 3)), ("[3]", (3,)), ("2+3", (2, 3)), (2, (2,))])
+def test_parse_stages_forms(value, stages):
+    assert config.parse_stages(value) == stages
+
+
+@pytest.mark.parametrize("value", ["", "x", [5], []])
+def test_parse_stages_refuses(value):
+    with pytest.raises(config.ConfigError, match="backbone.stages"):
+        config.parse_stages(value)
+
+
+def test_promote_and_reproduce_options():
+    opts = config.promote_options(config.compose("promote", config.parse_overrides(["members=a/1,,b/2", "force=yes"])))
+    assert opts.members == ("a/1", "b/2") and opts.force and opts.selection_metric == "image_auroc"
+    for bad, phrase in (("normalisation=zscore", "per_member"), ("force=maybe", "true or false")):
+        with pytest.raises(config.ConfigError, match=phrase):
+            config.promote_options(config.compose("promote", [bad]))
+    grid = config.reproduce_grid(config.compose("reproduce", config.parse_overrides(["stages=3", "alphas=0,0.3"])))
+    assert grid.members() == [(3, 0.0), (3, 0.3)]
+    for bad, phrase in (("alphas=0,0", "duplicates"), ("stages=x", "numbers")):
+        with pytest.raises(config.ConfigError, match=phrase):
+            config.reproduce_grid(config.compose("reproduce", config.parse_overrides([bad])))

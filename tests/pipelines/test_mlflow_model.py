@@ -1,0 +1,233 @@
+"""The MLflow pyfunc wrapper (pipelines/mlflow_model.py) in-process, and (slow) a registered model served
+by ``mlflow models serve`` over HTTP."""
+
+import base64
+import io
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from pradot.serving import Calibration, Scorer, encode_png
+from tests.helpers import FakeModel, b64, craft_png, file_bytes, free_port, http, tracking_uri
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    return craft_png(10_000, 10_000)
+
+
+@pytest.fixture(scope="module")
+def mlflow_model():
+    from pipelines import mlflow_model
+
+    return mlflow_model
+
+
+# ----------------------------------------------------------------------------------- MLflow pyfunc
+def test_pyfunc_predict_contract_and_errors(mlflow_model):
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    wrapper = mlflow_model.PradotPyfunc()
+    wrapper.scorer = Scorer(FakeModel(), Calibration(0.5, 0.0, 1.0, 0.99, 3))
+    good = b64(file_bytes(Image.fromarray(np.full((12, 9, 3), 200, np.uint8))))
+    out = wrapper.predict(None, pd.DataFrame({"image": [good, good]}))
+    assert list(out.columns) == ["score", "raw_score", "is_anomaly", "threshold"] and len(out) == 2
+    assert out["raw_score"].iloc[0] == pytest.approx(200 / 255, abs=1e-6) and bool(out["is_anomaly"].iloc[0])
+    out = wrapper.predict(None, pd.DataFrame({"image": [good]}), params={"return_map": True})
+    assert list(out.columns)[-1] == "anomaly_map"
+    assert Image.open(io.BytesIO(base64.b64decode(out["anomaly_map"].iloc[0]))).size == (9, 12)
+    with pytest.raises(MlflowException) as e:
+        wrapper.predict(None, pd.DataFrame({"img": [good], "other": [1]}))
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE" and e.value.get_http_status_code() == 400
+    assert "columns received: ['img', 'other']" in e.value.message and '"dataframe_split"' in e.value.message
+    with pytest.raises(MlflowException) as e:
+        wrapper.predict(None, pd.DataFrame({"image": [good, "%%%"]}))
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE" and "row 1: the value is not valid base64" in e.value.message
+    sig = mlflow_model.SIGNATURE
+    assert sig.inputs.input_names() == ["image"]
+    assert sig.outputs.input_names() == ["score", "raw_score", "is_anomaly", "threshold", "anomaly_map"]
+    assert {p.name: p.default for p in sig.params.params} == {"return_map": False, "map_format": "png"}
+    reqs = mlflow_model.default_pip_requirements()
+    assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
+
+
+# --------------------------------------------------------------------------- served model over HTTP
+SIZE = 96  # model input; requests are 144x192 images
+
+
+def scene(seed: int, blotch: bool = False, h: int = 144, w: int = 192) -> np.ndarray:
+    """Grey-beige stripes with noise (resolution-independent); ``blotch``: a big magenta disc."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w] / float(min(h, w))
+    img = 0.5 + 0.15 * np.sin(40 * xx + g.uniform(-0.2, 0.2))[..., None] * np.array([1.0, 0.8, 0.6])
+    img = img + g.normal(0, 0.02, (h, w, 3))
+    if blotch:
+        img[(yy - 0.5) ** 2 + (xx - 0.7) ** 2 < 0.15 ** 2] = [0.9, 0.1, 0.8]
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def blotch_mask(h=144, w=192) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w] / float(min(h, w))
+    return (yy - 0.5) ** 2 + (xx - 0.7) ** 2 < 0.15 ** 2
+
+
+def as_input(rgb: np.ndarray) -> torch.Tensor:
+    """What training sees (and what the server does): PIL bilinear resize to SIZE, float [0, 1]."""
+    small = np.array(Image.fromarray(rgb).resize((SIZE, SIZE), Image.BILINEAR))
+    return torch.from_numpy(small).permute(2, 0, 1).float() / 255.0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, effnet, mlflow_model):
+    """Train a tiny PRADOT, calibrate it, log + register it in a local store, serve models:/<name>/1."""
+    import mlflow
+    from torch.utils.data import Dataset
+
+    from pradot import PRADOT, PRADOTConfig
+
+    tmp = tmp_path_factory.mktemp("serving")
+    train_images = [as_input(scene(i)) for i in range(16)]
+
+    class Images(Dataset):
+        def __len__(self):
+            return len(train_images)
+
+        def __getitem__(self, i):
+            return {"image": train_images[i], "label": 0, "index": i}
+
+    cfg = PRADOTConfig(backbone=effnet.name, stages=tuple(effnet.stages), image_size=SIZE, n=2, batch_size=8,
+                       epochs=2, eta=0.5)
+    model = PRADOT(cfg, backbone=effnet)
+    model.fit(Images(), progress=False)
+    _, val_scores = model.score(torch.stack([as_input(scene(100 + i)) for i in range(8)]))
+    calibration = Calibration.calibrate(val_scores, quantile=0.99)
+    model_path = model.save(tmp / "model.pt")
+
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    with tracking_uri(uri):
+        exp_id = mlflow.create_experiment("serving", artifact_location=(tmp / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=exp_id):
+            info = mlflow_model.log_pradot_model(model_path, calibration, registered_model_name="pradot-serving-test",
+                                                 input_example_image=scene(7), extra_tags={"test": "serving"})
+        version = mlflow.MlflowClient().get_model_version("pradot-serving-test", "1")
+        assert version.tags.get("test") == "serving"
+    assert info.registered_model_version is not None and int(info.registered_model_version) == 1
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    log_path = tmp / "server.log"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/pradot-serving-test/1",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                if http("GET", f"{url}/ping", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"model server did not come up (exit code {proc.poll()}):\n"
+                            f"{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield SimpleNamespace(url=url, model=model, calibration=calibration, info=info, log=log_path)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn child (own session)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def invocations(served, values, **params):
+    body = {"dataframe_split": {"columns": ["image"], "data": [[v] for v in values]}}
+    if params:
+        body["params"] = params
+    return http("POST", f"{served.url}/invocations", body)
+
+
+@pytest.mark.slow
+def test_served_model_scores_normal_below_anomalous(served):
+    normal, anomalous = scene(300), scene(301, blotch=True)
+    status, text = invocations(served, [encode_png(normal), encode_png(anomalous)])
+    assert status == 200, text
+    preds = json.loads(text)["predictions"]
+    assert [sorted(p) for p in preds] == [["is_anomaly", "raw_score", "score", "threshold"]] * 2
+    assert preds[0]["score"] < preds[1]["score"] and preds[0]["raw_score"] < preds[1]["raw_score"]
+    assert preds[1]["is_anomaly"] and preds[1]["score"] == 1.0
+    assert preds[0]["threshold"] == pytest.approx(served.calibration.threshold)
+    # the server scores exactly as the library does on the same (resized) images
+    _, local = served.model.score(torch.stack([as_input(normal), as_input(anomalous)]))
+    np.testing.assert_allclose([p["raw_score"] for p in preds], local.numpy(), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_served_model_returns_maps_at_the_input_size(served):
+    anomalous = scene(302, blotch=True)
+    status, text = invocations(served, [encode_png(anomalous)], return_map=True)
+    assert status == 200, text
+    (pred,) = json.loads(text)["predictions"]
+    png = Image.open(io.BytesIO(base64.b64decode(pred["anomaly_map"])))
+    assert png.format == "PNG" and png.size == (192, 144)
+    status, text = invocations(served, [encode_png(anomalous)], return_map=True, map_format="npy")
+    assert status == 200, text
+    amap = np.load(io.BytesIO(base64.b64decode(json.loads(text)["predictions"][0]["anomaly_map"])))
+    assert amap.shape == (144, 192)
+    mask = blotch_mask()
+    assert amap[mask].mean() > 3 * amap[~mask].mean()  # the map is hot on the defect, cool elsewhere
+    # the hottest pixel lies on the defect or within ~one stride-8 feature cell of it (16 px here: the
+    # 192-px-wide request is scored at 96 px)
+    distance = ndimage.distance_transform_edt(~mask)[np.unravel_index(np.argmax(amap), amap.shape)]
+    assert distance < 24, distance
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["not-base64", "not-an-image", "zero-size", "huge", "truncated", "missing-column",
+                                  "bad-param"])
+def test_served_model_refuses_bad_payloads(served, case, huge_png):
+    png = file_bytes(Image.fromarray(scene(5)))
+    rows = {"not-base64": ("%%% definitely not base64 %%%", "not valid base64"),
+            "not-an-image": (b64(b"hello, I am text"), "not an image"),
+            "zero-size": ("", "empty"),
+            "huge": (b64(huge_png), "10000x10000"),
+            "truncated": (b64(png[: len(png) // 3]), "truncated")}
+    t0 = time.monotonic()
+    if case in rows:
+        value, phrase = rows[case]
+        status, text = invocations(served, [encode_png(scene(6)), value])
+        phrase = f"row 1: .*{phrase}"
+    elif case == "missing-column":
+        body = {"dataframe_split": {"columns": ["img"], "data": [[b64(png)]]}}
+        status, text = http("POST", f"{served.url}/invocations", body)
+        phrase = r"missing inputs \['image'\]"
+    else:
+        status, text = invocations(served, [b64(png)], map_format="gif")
+        phrase = "map_format must be one of"
+    assert 400 <= status < 500, (status, text[:500])
+    message = json.loads(text)["message"]
+    assert re.search(phrase, message), message[-1000:]
+    assert time.monotonic() - t0 < 20
+    assert http("GET", f"{served.url}/ping")[0] == 200
