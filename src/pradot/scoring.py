@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from .cost import _unit, spatial_cost
 from .prototypes import PrototypeBank
 
-__all__ = ["assignment_scores", "assignment_scores_reference", "cell_copies", "release_workspace", "stage_maps",
-           "upsample_maps", "fuse_maps", "image_scores"]
+__all__ = ["SCORING_PATHS", "assignment_scores", "assignment_scores_reference", "cell_copies", "release_workspace",
+           "stage_maps", "upsample_maps", "fuse_maps", "image_scores"]
 
 
 def assignment_scores_reference(bank: PrototypeBank, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +64,13 @@ def _feature_weights(min_cos: torch.Tensor, a: float) -> torch.Tensor:
     return torch.where(mf_max > 0, (1.0 - a) / mf_max.clamp_min(1e-12), torch.full_like(mf_max, 1.0 - a))
 
 
+#: the paths of :func:`assignment_scores` (``path=``)
+SCORING_PATHS = ("auto", "cells", "general")
+
+
 @torch.no_grad()
-def assignment_scores(bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def assignment_scores(bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8,
+                      path: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6 for a batch: ``S_i = min_j M_ij`` with M the Eq. 3 cost normalised per image.
 
     ``M = w (1 - cos) + a Ms / max(Ms)`` with ``w = (1 - a) / max(1 - cos) = (1 - a) / (1 - min cos)``
@@ -83,10 +88,15 @@ def assignment_scores(bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8) 
         bank: the prototypes; feats: (B, D, H, W) features of the bank's stage.
         chunk: images per chunk (bounds memory: chunk * H*W * H*W floats on the fast path,
             chunk * H*W * P on the general path).
+        path: ``"auto"`` (the fast path when :func:`cell_copies` allows it, else the general path),
+            ``"cells"`` (the fast path; ValueError when the bank does not allow it) or ``"general"``
+            (all prototypes, whatever the bank: the same scores, e.g. to compare the two paths' speed).
     Returns:
         scores (B, H*W) and argmin prototype indices (B, H*W) (index ``k * H*W + cell`` on the fast
         path: the copy with the largest cosine at the winning cell).
     """
+    if path not in SCORING_PATHS:
+        raise ValueError(f"path must be one of {SCORING_PATHS}, got {path!r}")
     B, D, H, W = feats.shape
     bank.embeddings(feats[:1])  # shape check with a clear message
     a = float(bank.config.alpha)
@@ -94,7 +104,10 @@ def assignment_scores(bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8) 
     HW = H * W
     pn = _unit(bank.features)  # (P, D)
     dev = pn.device
-    n = cell_copies(bank)
+    n = None if path == "general" else cell_copies(bank)
+    if path == "cells" and n is None:
+        raise ValueError("path='cells' needs prototypes that are n copies of the feature grid "
+                         "(integer n >= 1, fixed coordinates); this bank has learnt coordinates or n < 1")
     rho = bank.grid_coords if n is not None else bank.coords  # the distinct prototype positions
     ms = spatial_cost(bank.grid_coords, rho)  # (HW, HW) on the fast path, else (HW, P); same for every image
     ms_max = float(ms.max())

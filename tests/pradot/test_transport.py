@@ -5,6 +5,8 @@ import ot
 import pytest
 import torch
 
+from pradot import transport
+from pradot.transport import NUMBA_MIN_ELEMENTS, numba_available, sinkhorn_backend, sinkhorn_profile
 from pradot.transport import sinkhorn, sinkhorn_log, transport_cost
 
 
@@ -91,3 +93,50 @@ def test_nan_cost_is_refused():
     M[1, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         sinkhorn(M, 0.1)
+
+
+# ------------------------------------------------------------------ backend choice and profile (public hooks)
+
+
+def test_sinkhorn_backend_resolves_auto_and_checks_explicit_choices(monkeypatch):
+    small = normalised_random_cost(64, 32, seed=8)
+    large = torch.zeros(NUMBA_MIN_ELEMENTS // 512, 512)
+    assert sinkhorn_backend(small) == "torch-blocked"  # small CPU matrix: no numba dispatch overhead
+    assert sinkhorn_backend(small, "torch") == "torch"
+    assert sinkhorn_backend(large) == ("numba" if numba_available() else "torch-blocked")
+    with pytest.raises(ValueError, match="backend"):
+        sinkhorn_backend(small, "cuda-magic")
+    monkeypatch.setitem(transport._numba_state, "kernels", None)  # numba missing or broken
+    assert numba_available() is False
+    assert sinkhorn_backend(large) == "torch-blocked"
+    with pytest.raises(ValueError, match="numba"):
+        sinkhorn_backend(small, "numba")
+    with pytest.raises(ValueError, match="numba"):
+        sinkhorn(small, 0.1, backend="numba")  # the same decision as the solver's
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sinkhorn_backend_on_gpu():
+    M = normalised_random_cost(64, 32, seed=8).cuda()
+    assert sinkhorn_backend(M) == "torch"
+    with pytest.raises(ValueError, match="CPU"):
+        sinkhorn_backend(M, "torch-blocked")
+
+
+PROFILE_PHASES = ("input_check", "initial_column_min", "kernel_build", "kernel_rebuild", "iteration_pass",
+                  "iteration_check", "final_scaling")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "torch-blocked", "numba"])
+def test_sinkhorn_profile_times_every_phase_and_leaves_the_cost_alone(backend):
+    if backend == "numba" and not numba_available():
+        pytest.skip("numba is not installed")
+    M = normalised_random_cost(300, 120, seed=10).float()
+    before = M.clone()
+    prof = sinkhorn_profile(M, 0.01, backend=backend, repeats=2)
+    assert set(prof) == {*PROFILE_PHASES, "backend"}
+    assert prof["backend"] == sinkhorn_backend(M, backend)
+    assert all(isinstance(prof[k], float) and prof[k] > 0 for k in PROFILE_PHASES), prof
+    assert torch.equal(M, before)
+    with pytest.raises(ValueError, match="eps"):
+        sinkhorn_profile(M, 0.0)
