@@ -6,8 +6,6 @@ holds the categories (``None``: the ``PRADOT_DATA_ROOT`` environment variable).
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from .base import (
     list_subdirs,
     read_mask,
 )
+from .text import TextFileError, read_csv_rows, read_json
 
 DATASET_KINDS: tuple[str, ...] = ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic")
 
@@ -131,11 +130,11 @@ def _good_samples(folder: Path, split: str) -> list[Sample]:
 def read_defects_config(path: Path) -> dict[int, dict[str, Any]]:
     """``defects_config.json`` as {pixel_value: entry}; DatasetError naming the file when malformed."""
     try:
-        entries = json.loads(path.read_text())
+        entries = read_json(path)
     except FileNotFoundError as exc:
         raise DatasetError(f"defects config {path} not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"defects config {path} is not valid JSON: {exc}") from exc
+    except TextFileError as exc:
+        raise DatasetError(f"defects config {exc}") from exc
     if not isinstance(entries, list):
         raise DatasetError(f"defects config {path} must be a JSON list of defect entries, got {type(entries).__name__}")
     required = ("defect_name", "pixel_value", "saturation_threshold", "relative_saturation")
@@ -343,13 +342,12 @@ class VisADataset(AnomalyDataset):
                 f"VisA split csv {self.csv_path} not found. Folders found under {self.root}: "
                 f"{', '.join(list_subdirs(self.root)) or '(none)'}.\nExpected layout:\n{self.layout}"
             )
-        with self.csv_path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in ("object", "split", "label", "image", "mask") if c not in columns]
-            if missing:
-                raise DatasetError(f"VisA split csv {self.csv_path} lacks columns {missing}; found {columns}")
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        try:
+            rows = read_csv_rows(self.csv_path, required=("object", "split", "label", "image", "mask"))
+        except TextFileError as exc:
+            raise DatasetError(f"VisA split csv {exc}") from exc
+        for row in rows:  # paths written on Windows: backslash separators
+            row["image"], row["mask"] = row["image"].replace("\\", "/"), row["mask"].replace("\\", "/")
         objects = sorted({r["object"] for r in rows})
         mine = [r for r in rows if r["object"] == self.category]
         if not mine:
@@ -455,7 +453,7 @@ class SyntheticDataset(MVTecLOCODataset):
         if unknown:
             raise TypeError(f"unknown synthetic generator options {unknown}")
         try:
-            stamp = json.loads((folder / STAMP_NAME).read_text())
+            stamp = read_json(folder / STAMP_NAME)
         except (OSError, ValueError):
             stamp = {}
         wanted = {"seed": 0, **DEFAULTS, **{k: v for k, v in options.items() if k != "progress"}}
