@@ -12,6 +12,9 @@ Nothing below the entry points reads a DictConfig: they receive these objects.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,28 +37,63 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------- overrides
+#: the one argv item that holds several overrides (the MLproject parameter ``overrides``)
+OVERRIDES_KEY = "overrides"
+
+
+def _quote_for_hydra(value: str) -> str:
+    """``value`` as a single-quoted Hydra string: a quote is escaped, and so are the backslashes that
+    precede a quote or end the value (Hydra keeps any other backslash as it is, e.g. ``C:\\data``)."""
+    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    out = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, out)
+    return f"'{out}'"
+
+
 def _hydra_value(item: str) -> str:
-    """``key=value`` as Hydra reads it: the value quoted when Hydra would not read it as one value
-    (``members=a/1,b/2`` is a sweep to Hydra; ``x=(1)`` a syntax error)."""
+    """``key=value`` as Hydra reads it, the value one value exactly as given: quoted when Hydra would read
+    it otherwise (``members=a/1,b/2`` is a sweep to Hydra; ``x=(1)``, ``x=it's``, ``x=/data/Bäder`` syntax
+    errors; ``x= a`` loses its space). Values Hydra reads as numbers, booleans, lists, null or
+    interpolations (``${...}``) are kept as typed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     key, value = item.split("=", 1)
+    parser = OverridesParser.create()
     try:
-        if not OverridesParser.create().parse_override(item).is_sweep_override():
+        parsed = parser.parse_override(item)
+        if not parsed.is_sweep_override() and (not isinstance(parsed.value(), str) or parsed.value() == value):
             return item
     except HydraException:
         pass
-    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    quoted = f"{key}={_quote_for_hydra(value)}"
+    try:
+        ok = parser.parse_override(quoted).value() == value
+    except HydraException:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}: the value {value!r} cannot be passed to Hydra as one string")
+    return quoted
+
+
+def _split_overrides(value: str) -> list[str]:
+    """The ``overrides`` parameter's value split like a shell would (quotes group, backslashes escape):
+    ``"experiment=ci data_root='/My Data'"`` -> ``["experiment=ci", "data_root=/My Data"]``."""
+    try:
+        return shlex.split(value)
+    except ValueError as e:  # an unbalanced quote
+        raise ConfigError(f"{OVERRIDES_KEY}={value!r}: {e} (quote values that hold spaces, e.g. "
+                          f"{OVERRIDES_KEY}=\"data_root='/my data' seed=1\")") from None
 
 
 def parse_overrides(argv: Sequence[str]) -> list[str]:
-    """Hydra overrides from argv: ``key=value`` items (whitespace-separated ones split, as MLflow passes
-    the ``overrides`` parameter as one quoted string), ``--key value`` pairs (MLflow's extra ``-P``
-    parameters), and items with an empty value (``key=``: an MLproject parameter left unset) dropped.
+    """Hydra overrides from argv. Each ``key=value`` item is one override whose value is taken as written
+    (spaces, commas, parentheses, quotes and non-ASCII letters included: ``_hydra_value`` quotes it for
+    Hydra); only the item ``overrides=...`` (the MLproject parameter, one string) holds several, split
+    like a shell splits words. ``--key value`` pairs (MLflow's extra ``-P`` parameters) are overrides too;
+    items with an empty value (``key=``: an MLproject parameter left unset) are dropped.
 
     Raises:
-        ConfigError: an item is not ``key=value`` or an option has no value.
+        ConfigError: an item is not ``key=value``, an option has no value, or ``overrides`` has an unbalanced quote.
     """
     items: list[str] = []
     argv = list(argv)
@@ -68,7 +106,10 @@ def parse_overrides(argv: Sequence[str]) -> list[str]:
             items.append(f"{a[2:]}={argv[i + 1]}")
             i += 2
             continue
-        items.extend(a.split())
+        if a.startswith(OVERRIDES_KEY + "="):
+            items.extend(_split_overrides(a[len(OVERRIDES_KEY) + 1:]))
+        else:
+            items.append(a)
         i += 1
     out = []
     for it in items:
@@ -102,7 +143,52 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"bad configuration override: {e}\n(overrides: {' '.join(overrides)}; the config "
                           f"groups and keys are in {CONF_DIR})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(_encoding_error()) from None
+    return resolve_paths(cfg)
+
+
+#: settings that name local files or folders: relative values are resolved against ``workdir``
+PATH_KEYS: tuple[str, ...] = ("data_root", "data.root", "data.csv_path", "data.json_dir", "cache.dir",
+                              "backbone.weights_path", "sweep.storage_path", "sweep.resume_from")
+
+
+def _absolute(value: str, base: str) -> str:
+    """``value`` (``~`` expanded) made absolute against ``base``; URIs (``s3://...``) are left as they are."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value):
+        return value
+    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+
+
+def resolve_paths(cfg: DictConfig) -> DictConfig:
+    """Make the path settings of ``cfg`` (``PATH_KEYS`` that are set) absolute, in place, against ``workdir``:
+    the folder the user ran the command from. Plain runs leave ``workdir`` unset (the current folder);
+    ``mlflow run`` switches to the project folder, so MLproject passes ``workdir`` as an MLflow ``path``
+    parameter (default ``.``), which MLflow makes absolute in the user's folder before switching.
+    ``cfg.workdir`` is set to the folder used, so the logged config says where paths were resolved."""
+    base = _absolute(str(cfg.get("workdir") or ""), os.getcwd()) if cfg.get("workdir") else os.getcwd()
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and str(value) != "":
+            OmegaConf.update(cfg, key, _absolute(str(value), base), merge=False)
+    if "workdir" in cfg:
+        cfg.workdir = base
     return cfg
+
+
+def _encoding_error() -> str:
+    """Which config file is not UTF-8 (Hydra reads only UTF-8) and how to fix it."""
+    from pradot.data.text import decode_text
+
+    bad = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(f"{path} (it looks like {decode_text(data)[1]})")
+    where = "; ".join(bad) or f"a file under {CONF_DIR}"
+    return f"a configuration file is not UTF-8: {where}. Save it as UTF-8 (with or without a byte-order mark)."
 
 
 def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:

@@ -81,7 +81,8 @@ LAYOUTS: dict[str, str] = {
 # ---------------------------------------------------------------------------------------------
 
 def resolve_root(root: str | Path | None, kind: str) -> Path:
-    """``root`` as a Path (``None`` or "": ``$PRADOT_DATA_ROOT``); DatasetError if it does not exist."""
+    """``root`` as an absolute Path (relative: against the current folder; ``None`` or "": ``$PRADOT_DATA_ROOT``);
+    DatasetError, showing the absolute path tried, if it does not exist."""
     hint = (
         f"Pass the folder that holds the {kind} categories as root, or set the {DATA_ROOT_ENV} environment "
         f"variable to it; to try the project without downloading anything use dataset=synthetic "
@@ -92,7 +93,7 @@ def resolve_root(root: str | Path | None, kind: str) -> Path:
         if not env:
             raise DatasetError(f"no data root given for dataset kind {kind!r} and {DATA_ROOT_ENV} is not set. {hint}")
         root = env
-    path = Path(root).expanduser()
+    path = Path(os.path.abspath(Path(root).expanduser()))  # errors show the absolute path tried
     if not path.is_dir():
         raise DatasetError(f"data root {path} does not exist or is not a folder. {hint}")
     return path
