@@ -12,7 +12,6 @@ Nothing below the entry points reads a DictConfig: they receive these objects.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.paths import not_utf8_message, resolve_paths
 from pradot.engine import DataSpec, batch_size_for
 from pradot.model import PRADOTConfig
 
@@ -144,51 +144,8 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"bad configuration override: {e}\n(overrides: {' '.join(overrides)}; the config "
                           f"groups and keys are in {CONF_DIR})") from None
     except UnicodeDecodeError:
-        raise ConfigError(_encoding_error()) from None
+        raise ConfigError(not_utf8_message(CONF_DIR)) from None
     return resolve_paths(cfg)
-
-
-#: settings that name local files or folders: relative values are resolved against ``workdir``
-PATH_KEYS: tuple[str, ...] = ("data_root", "data.root", "data.csv_path", "data.json_dir", "cache.dir",
-                              "backbone.weights_path", "sweep.storage_path", "sweep.resume_from")
-
-
-def _absolute(value: str, base: str) -> str:
-    """``value`` (``~`` expanded) made absolute against ``base``; URIs (``s3://...``) are left as they are."""
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value):
-        return value
-    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
-
-
-def resolve_paths(cfg: DictConfig) -> DictConfig:
-    """Make the path settings of ``cfg`` (``PATH_KEYS`` that are set) absolute, in place, against ``workdir``:
-    the folder the user ran the command from. Plain runs leave ``workdir`` unset (the current folder);
-    ``mlflow run`` switches to the project folder, so MLproject passes ``workdir`` as an MLflow ``path``
-    parameter (default ``.``), which MLflow makes absolute in the user's folder before switching.
-    ``cfg.workdir`` is set to the folder used, so the logged config says where paths were resolved."""
-    base = _absolute(str(cfg.get("workdir") or ""), os.getcwd()) if cfg.get("workdir") else os.getcwd()
-    for key in PATH_KEYS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and str(value) != "":
-            OmegaConf.update(cfg, key, _absolute(str(value), base), merge=False)
-    if "workdir" in cfg:
-        cfg.workdir = base
-    return cfg
-
-
-def _encoding_error() -> str:
-    """Which config file is not UTF-8 (Hydra reads only UTF-8) and how to fix it."""
-    from pradot.data.text import decode_text
-
-    bad = []
-    for path in sorted(CONF_DIR.rglob("*.yaml")):
-        data = path.read_bytes()
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            bad.append(f"{path} (it looks like {decode_text(data)[1]})")
-    where = "; ".join(bad) or f"a file under {CONF_DIR}"
-    return f"a configuration file is not UTF-8: {where}. Save it as UTF-8 (with or without a byte-order mark)."
 
 
 def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
@@ -256,7 +213,9 @@ def data_spec(cfg: DictConfig) -> DataSpec:
                     validation_fraction=float(cfg.data.get("validation_fraction", 0.0)),
                     augmentation=cfg.data.get("augmentation"),
                     generator=(dict(cfg.data.generator) if cfg.data.get("generator") else None),
-                    seed=int(cfg.seed))
+                    seed=int(cfg.seed),
+                    options=({k: v for k, v in OmegaConf.to_container(cfg.data.options).items() if v is not None}
+                             if cfg.data.get("options") else None))
 
 
 def model_config(cfg: DictConfig) -> PRADOTConfig:

@@ -39,6 +39,7 @@ class DataSpec:
     augmentation: str | None = None
     generator: dict | None = None  # synthetic generator options (kind "synthetic")
     seed: int = 0
+    options: dict | None = None  # the loader's options (load_dataset), e.g. Real-IAD's variant and views
 
 
 @dataclass
@@ -55,9 +56,9 @@ def open_splits(spec: DataSpec) -> Splits:
     Datasets without a validation split (MVTec AD, VisA, MPDD, folder) hold out
     ``validation_fraction`` of train/good, deterministically by ``seed``.
     """
-    options = {}
+    options = dict(spec.options or {})
     if spec.kind == "synthetic":
-        options = {"generate": True, **(spec.generator or {})}
+        options.update({"generate": True, **(spec.generator or {})})
     ds = load_dataset(spec.kind, spec.root, spec.category, **options)
     train = ds.samples("train")
     validation = ds.samples("validation")
