@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DemoFailure", "TrainRun", "run_training", "run", "main", "test_metrics_status"]
 
-SHOWN_METRICS = ("image_auroc", "au_spro_0.05", "pixel_auroc", "au_pro_0.3")
+SHOWN_METRICS = ("image_auroc", "au_spro_0.05", "pixel_auroc", "au_pro_0.3", "au_pro_0.05", "sample_auroc")
 #: characters of the notes kept in a tag (the whole notes are the artifact metrics/notes.txt)
 NOTE_CHARS = 1000
 

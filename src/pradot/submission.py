@@ -15,7 +15,8 @@ anomalous when its map value exceeds the calibration's threshold (the threshold 
 score is its map's maximum, so an image is flagged exactly when one of its pixels is). ``--evaluate-public``
 also scores ``test_public`` and writes ``public_metrics.json`` with the benchmark's metrics: AU-PRO up to
 FPR 0.05 and SegF1 at that threshold (plus image AUROC). The model file and ``calibration.json`` are those a
-training run logs (``model_files/``; or ``PRADOT.save`` and ``Calibration.save``).
+training run logs (its registered model's ``artifacts/pradot_model.pt`` and ``artifacts/calibration.json``;
+or any ``PRADOT.save`` / ``Calibration.save`` files).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def write_mvtec_ad2_submission(model, calibration: Calibration, dataset: MVTecAD
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pradot.submission",
                                 description="Write an MVTec AD 2 submission (float16 TIFF maps + thresholded PNGs).")
-    p.add_argument("--model", required=True, help="a PRADOT or ensemble model file (model_files/ of a run)")
+    p.add_argument("--model", required=True, help="a PRADOT or ensemble model file (a registered model's "
+                                                  "artifacts/pradot_model.pt)")
     p.add_argument("--calibration", required=True, help="calibration.json (its threshold thresholds the maps)")
     p.add_argument("--dataset-root", required=True, help="the folder that holds the MVTec AD 2 categories")
     p.add_argument("--category", required=True)

@@ -75,5 +75,10 @@ def test_normal_only_folder_trains_calibrates_registers(tmp_path, test_good, cau
     assert tags.test_metrics == "skipped" and cause in tags.test_metrics_note and tags.metrics == {}
     assert tags.calibration_n_images == 2 and tags.calibration_source == "validation"
     assert tags.threshold is not None
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)  # the logged model carries the calibration, its sample size included
+    meta = mlflow.models.get_model_info("models:/line7/1").metadata["pradot"]["calibration"]
+    assert meta["n_images"] == 2 and meta["threshold"] == pytest.approx(tags.threshold)
     log = Path(client.download_artifacts(run.info.run_id, "logs/run.log", str(tmp_path))).read_text()
     assert "0.99 quantile on 2 normal image(s): it needs at least 100" in log
