@@ -112,3 +112,14 @@ def test_mlflow_run_error_shows_the_absolute_path(tmp_path):
                       env_extra={"PRADOT_DATA_ROOT": ""})
     assert proc.returncode != 0
     assert f"data root {tmp_path / 'no such (dir)'} does not exist" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_config_file_in_another_encoding_is_named(tmp_path):
+    from pipelines.paths import not_utf8_message
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "ok.yaml").write_text("a: 1\n")
+    (tmp_path / "experiment" / "mine.yaml").write_bytes("# café\nmodel:\n  n: 2\n".encode("utf-16"))
+    msg = not_utf8_message(tmp_path)
+    assert str(tmp_path / "experiment" / "mine.yaml") in msg and "utf-16" in msg and "ok.yaml" not in msg
+    assert "Save it as UTF-8" in msg
