@@ -55,12 +55,11 @@ def test_relative_paths_are_resolved_against_workdir_or_the_current_folder(tmp_p
     assert cfg.workdir == str(tmp_path)  # logged with the config: where relative paths were resolved
     user = tmp_path / "user dir"
     cfg = config.compose("sweep", config.parse_overrides(
-        [f"workdir={user}", "data_root=d", "backbone.weights_path=~/w.pth", "sweep.storage_path=s3://bucket/runs",
-         "sweep.resume_from=runs/x", "cache.dir=/abs/cache"]))
+        [f"workdir={user}", "data_root=d", "backbone.weights_path=~/w.pth", "data.root=file:///x/y",
+         "cache.dir=/abs/cache"]))
     assert cfg.workdir == str(user) and cfg.data_root == str(user / "d")
     assert cfg.backbone.weights_path == os.path.expanduser("~/w.pth")
-    assert cfg.sweep.storage_path == "s3://bucket/runs" and cfg.sweep.resume_from == str(user / "runs" / "x")
-    assert cfg.cache.dir == "/abs/cache"
+    assert cfg.data.root == "file:///x/y" and cfg.cache.dir == "/abs/cache"  # URIs and absolute paths stay
     assert config.train_settings(config.compose("train", [f"workdir={user}", "data_root=d"])).data.root == \
         str(user / "d")
 
