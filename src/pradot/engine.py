@@ -18,6 +18,7 @@ import torch
 from .backbone import Backbone, load_backbone
 from .calibration import Calibration
 from .data import AnomalyDataset, Sample, load_dataset, split_validation
+from .data.images import READER
 from .features import FeatureCache, files_fingerprint
 from .metrics.dataset import dataset_metrics
 from .model import PRADOT, EpochStats, PRADOTConfig
@@ -77,10 +78,12 @@ def batch_size_for(n: float, batch_ratio: float) -> int:
 
 def feature_identity(spec: DataSpec, backbone: str, stages: Sequence[int], samples: Sequence[Sample],
                      split: str, weights: str | None = None) -> dict:
-    """What the cached features of a split depend on (any change gives another cache entry)."""
+    """What the cached features of a split depend on (any change gives another cache entry), including how
+    images are read (``pradot.data.images.READER``: features cached before EXIF orientation was applied are
+    not reused)."""
     return {"dataset": spec.kind, "category": spec.category, "backbone": backbone, "weights": weights,
             "stages": sorted(int(s) for s in stages), "image_size": int(spec.image_size), "split": split,
-            "files": files_fingerprint([s.image_path for s in samples]), "n": len(samples)}
+            "files": files_fingerprint([s.image_path for s in samples]), "n": len(samples), "reader": READER}
 
 
 def train_features(backbone: Backbone, spec: DataSpec, samples: Sequence[Sample], cache: FeatureCache | None,

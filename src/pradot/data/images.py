@@ -26,6 +26,9 @@ from PIL import Image
 
 from .base import DatasetError, Sample, normalise_size, upright
 
+#: how ``read_image`` reads pixels; part of the feature cache's key (change it when the pixels change)
+READER = "rgb-upright-1"
+
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
