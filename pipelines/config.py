@@ -12,12 +12,15 @@ Nothing below the entry points reads a DictConfig: they receive these objects.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.paths import not_utf8_message, resolve_paths
 from pradot.engine import DataSpec, batch_size_for
 from pradot.model import PRADOTConfig
 
@@ -34,28 +37,63 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------- overrides
+#: the one argv item that holds several overrides (the MLproject parameter ``overrides``)
+OVERRIDES_KEY = "overrides"
+
+
+def _quote_for_hydra(value: str) -> str:
+    """``value`` as a single-quoted Hydra string: a quote is escaped, and so are the backslashes that
+    precede a quote or end the value (Hydra keeps any other backslash as it is, e.g. ``C:\\data``)."""
+    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    out = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, out)
+    return f"'{out}'"
+
+
 def _hydra_value(item: str) -> str:
-    """``key=value`` as Hydra reads it: the value quoted when Hydra would not read it as one value
-    (``members=a/1,b/2`` is a sweep to Hydra; ``x=(1)`` a syntax error)."""
+    """``key=value`` as Hydra reads it, the value one value exactly as given: quoted when Hydra would read
+    it otherwise (``members=a/1,b/2`` is a sweep to Hydra; ``x=(1)``, ``x=it's``, ``x=/data/Bäder`` syntax
+    errors; ``x= a`` loses its space). Values Hydra reads as numbers, booleans, lists, null or
+    interpolations (``${...}``) are kept as typed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     key, value = item.split("=", 1)
+    parser = OverridesParser.create()
     try:
-        if not OverridesParser.create().parse_override(item).is_sweep_override():
+        parsed = parser.parse_override(item)
+        if not parsed.is_sweep_override() and (not isinstance(parsed.value(), str) or parsed.value() == value):
             return item
     except HydraException:
         pass
-    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    quoted = f"{key}={_quote_for_hydra(value)}"
+    try:
+        ok = parser.parse_override(quoted).value() == value
+    except HydraException:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}: the value {value!r} cannot be passed to Hydra as one string")
+    return quoted
+
+
+def _split_overrides(value: str) -> list[str]:
+    """The ``overrides`` parameter's value split like a shell would (quotes group, backslashes escape):
+    ``"experiment=ci data_root='/My Data'"`` -> ``["experiment=ci", "data_root=/My Data"]``."""
+    try:
+        return shlex.split(value)
+    except ValueError as e:  # an unbalanced quote
+        raise ConfigError(f"{OVERRIDES_KEY}={value!r}: {e} (quote values that hold spaces, e.g. "
+                          f"{OVERRIDES_KEY}=\"data_root='/my data' seed=1\")") from None
 
 
 def parse_overrides(argv: Sequence[str]) -> list[str]:
-    """Hydra overrides from argv: ``key=value`` items (whitespace-separated ones split, as MLflow passes
-    the ``overrides`` parameter as one quoted string), ``--key value`` pairs (MLflow's extra ``-P``
-    parameters), and items with an empty value (``key=``: an MLproject parameter left unset) dropped.
+    """Hydra overrides from argv. Each ``key=value`` item is one override whose value is taken as written
+    (spaces, commas, parentheses, quotes and non-ASCII letters included: ``_hydra_value`` quotes it for
+    Hydra); only the item ``overrides=...`` (the MLproject parameter, one string) holds several, split
+    like a shell splits words. ``--key value`` pairs (MLflow's extra ``-P`` parameters) are overrides too;
+    items with an empty value (``key=``: an MLproject parameter left unset) are dropped.
 
     Raises:
-        ConfigError: an item is not ``key=value`` or an option has no value.
+        ConfigError: an item is not ``key=value``, an option has no value, or ``overrides`` has an unbalanced quote.
     """
     items: list[str] = []
     argv = list(argv)
@@ -68,7 +106,10 @@ def parse_overrides(argv: Sequence[str]) -> list[str]:
             items.append(f"{a[2:]}={argv[i + 1]}")
             i += 2
             continue
-        items.extend(a.split())
+        if a.startswith(OVERRIDES_KEY + "="):
+            items.extend(_split_overrides(a[len(OVERRIDES_KEY) + 1:]))
+        else:
+            items.append(a)
         i += 1
     out = []
     for it in items:
@@ -102,7 +143,9 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"bad configuration override: {e}\n(overrides: {' '.join(overrides)}; the config "
                           f"groups and keys are in {CONF_DIR})") from None
-    return cfg
+    except UnicodeDecodeError:
+        raise ConfigError(not_utf8_message(CONF_DIR)) from None
+    return resolve_paths(cfg)
 
 
 def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
@@ -170,7 +213,9 @@ def data_spec(cfg: DictConfig) -> DataSpec:
                     validation_fraction=float(cfg.data.get("validation_fraction", 0.0)),
                     augmentation=cfg.data.get("augmentation"),
                     generator=(dict(cfg.data.generator) if cfg.data.get("generator") else None),
-                    seed=int(cfg.seed))
+                    seed=int(cfg.seed),
+                    options=({k: v for k, v in OmegaConf.to_container(cfg.data.options).items() if v is not None}
+                             if cfg.data.get("options") else None))
 
 
 def model_config(cfg: DictConfig) -> PRADOTConfig:

@@ -40,13 +40,17 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
     from pradot.data import read_image
     from pradot.metrics import Saturation, spro_curve
 
+    log_figure("training_curves", lambda: viz.training_curves_figure(history))
     pick = _pick(scored.scores, min(n_overlays, len(scored.samples)))
+    if not pick:  # no test images: nothing else to draw
+        return pick
     images = [read_image(scored.samples[i].image_path, size) for i in pick]
     masks = [splits.dataset.load_channels(scored.samples[i], size).any(0) for i in pick]
     titles = [f"{scored.samples[i].relative_id}  {scored.scores[i]:.3f}" for i in pick]
     log_figure("anomaly_overlays", lambda: viz.overlay_figure(images, scored.maps[pick], titles=titles, masks=masks))
-    log_figure("training_curves", lambda: viz.training_curves_figure(history))
     labels = [s.label for s in scored.samples]
+    if len(set(labels)) < 2:  # ROC and (s)PRO curves need good and anomalous images
+        return pick
     types = [s.anomaly_type for s in scored.samples]
     scores = scored.scores.tolist()
     by_type = {t: ([0 if x == "good" else 1 for x in types if x in ("good", t)],

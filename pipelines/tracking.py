@@ -174,6 +174,10 @@ class VersionTags:
     sweep_metric: str | None = None  # the metric the sweep ranked by; with sweep_score -> tag "<sweep_metric>"
     sweep_score: float | None = None
     config: dict[str, Any] | None = None  # a sweep trial's hyper-parameters -> tag "config" (JSON)
+    # the evidence behind the threshold and the metrics
+    calibration_n_images: int | None = None  # normal images the threshold was calibrated on
+    test_metrics: str | None = None  # "complete" | "partial" | "skipped" (pipelines.train.test_metrics_status)
+    test_metrics_note: str | None = None  # why test metrics were skipped (the run's metrics/notes.txt, shortened)
     # an ensemble
     members: tuple[str, ...] = ()
     normalisation: str | None = None
@@ -183,9 +187,10 @@ class VersionTags:
     selection_metric: str | None = None
 
     _TEXT = ("dataset", "category", "run_id", "backbone", "sweep_run_id", "trial_id", "objective",
-             "calibration_source", "sweep_metric", "normalisation", "selection", "selection_metric")
+             "calibration_source", "sweep_metric", "normalisation", "selection", "selection_metric",
+             "test_metrics", "test_metrics_note")
     _NUMBERS = ("threshold", "alpha", "n", "eta", "epsilon", "batch_ratio")
-    _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained")
+    _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained", "calibration_n_images")
 
     def to_tags(self) -> dict[str, str]:
         """``{tag: str}``; fields left unset are not written."""

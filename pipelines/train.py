@@ -27,9 +27,11 @@ from pipelines.figures import log_training_figures  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DemoFailure", "TrainRun", "run_training", "run", "main"]
+__all__ = ["DemoFailure", "TrainRun", "run_training", "run", "main", "test_metrics_status"]
 
-SHOWN_METRICS = ("image_auroc", "au_spro_0.05", "pixel_auroc", "au_pro_0.3")
+SHOWN_METRICS = ("image_auroc", "au_spro_0.05", "pixel_auroc", "au_pro_0.3", "au_pro_0.05", "sample_auroc")
+#: characters of the notes kept in a tag (the whole notes are the artifact metrics/notes.txt)
+NOTE_CHARS = 1000
 
 
 class DemoFailure(RuntimeError):
@@ -49,16 +51,19 @@ class TrainRun:
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     exit_code: int = cli.EXIT_OK
+    notes: list[str] = field(default_factory=list)  # why test metrics were skipped, blank masks, ...
 
     def summary(self) -> str:
         registered = f"  registered as {self.model_name} v{self.version}" if self.model_name else ""
         shown = {k: v for k, v in self.metrics.items() if k in SHOWN_METRICS}
+        notes = [f"note           : {n}" for n in self.notes]
         return "\n".join([
             "\n== PRADOT run finished ==",
             f"tracking store : {self.tracking_uri}",
             f"run            : {self.run_id} (experiment {self.experiment_id})",
             f"model          : {self.model_uri}{registered}",
-            "metrics        : " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
+            "metrics        : " + (", ".join(f"{k}={v:.4f}" for k, v in shown.items()) or "(none: see the notes)"),
+            *notes,
             f"look at it     : mlflow ui --backend-store-uri {self.tracking_uri}   (then open http://127.0.0.1:5000)"])
 
 
@@ -92,8 +97,18 @@ def _train(settings: config.TrainSettings, splits, device):
                        augmentation=build_train_augmentation(aug_name, seed=spec.seed) if aug_name else None)
 
 
+def test_metrics_status(flat: dict[str, float], notes: Sequence[str]) -> str:
+    """``"complete"``, ``"partial"`` (some metrics skipped: a note says ``... skipped: <why>``) or ``"skipped"``
+    (no test metric is defined, e.g. a dataset without anomalies)."""
+    if not flat:
+        return "skipped"
+    return "partial" if any(" skipped: " in n for n in notes) else "complete"
+
+
 def _evaluate(settings: config.TrainSettings, model, splits):
-    """Score the test and validation splits, log the test metrics; returns (test, validation, flat metrics)."""
+    """Score the test and validation splits, log the test metrics that are defined (the others are skipped
+    with a note: tag ``pradot.test_metrics`` and ``metrics/notes.txt``); returns (test, validation, flat
+    metrics, notes)."""
     import mlflow
 
     from pradot.engine import score_samples, split_metrics
@@ -105,12 +120,15 @@ def _evaluate(settings: config.TrainSettings, model, splits):
     val = score_samples(model, splits.validation, size, bs)
     metrics, notes = split_metrics(splits.dataset, test)
     flat = flat_metrics(metrics)
+    status = test_metrics_status(flat, notes)
     mlflow.log_metrics(flat)
     mlflow.log_dict(metrics, "metrics/metrics.json")
+    mlflow.set_tag("pradot.test_metrics", status)
     if notes:
-        mlflow.log_text("\n".join(notes), "metrics/notes.txt")
-    log.info("metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(flat.items())))
-    return test, val, flat
+        mlflow.log_text("\n".join(notes) + "\n", "metrics/notes.txt")
+        mlflow.set_tag("pradot.test_metrics_note", "; ".join(notes)[:NOTE_CHARS])
+    log.info("metrics (%s): %s", status, ", ".join(f"{k}={v:.4f}" for k, v in sorted(flat.items())) or "none")
+    return test, val, flat, notes
 
 
 def _calibrate(settings: config.TrainSettings, model, splits, test, val):
@@ -121,13 +139,15 @@ def _calibrate(settings: config.TrainSettings, model, splits, test, val):
 
     result = calibrate(model, splits, settings.calibration_quantile, settings.data.image_size,
                        settings.evaluation.batch_size, validation=val)
-    mlflow.set_tag("pradot.calibration_source", result.source)
+    mlflow.set_tags({"pradot.calibration_source": result.source,
+                     "pradot.calibration_n_images": str(result.calibration.n_images)})
     mlflow.log_dict(result.calibration.to_dict(), "model_files/calibration.json")
     mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], test.scores, result.calibration.threshold))
-    return result.calibration
+    return result
 
 
-def _log_artifacts_and_register(settings: config.TrainSettings, result, splits, test, calibration, flat, run_id):
+def _log_artifacts_and_register(settings: config.TrainSettings, result, splits, test, calibrated, flat, notes,
+                                run_id):
     """Maps, figures and the model; registration when ``tracking.register``. Returns (model_uri, version)."""
     import mlflow
 
@@ -135,8 +155,9 @@ def _log_artifacts_and_register(settings: config.TrainSettings, result, splits, 
 
     spec = settings.data
     model = result.model
+    calibration = calibrated.calibration
     with tempfile.TemporaryDirectory() as tmp:
-        if settings.evaluation.write_tiffs:
+        if settings.evaluation.write_tiffs and test.samples:
             write_tiff_maps(test, Path(tmp) / "anomaly_maps", spec.category)
             mlflow.log_artifacts(str(Path(tmp) / "anomaly_maps"), "anomaly_maps")
         ev = settings.evaluation
@@ -154,7 +175,10 @@ def _log_artifacts_and_register(settings: config.TrainSettings, result, splits, 
         tags = tracking.VersionTags(dataset=spec.kind, category=spec.category, run_id=run_id,
                                     threshold=calibration.threshold, backbone=m.backbone, stages=m.stages,
                                     image_size=m.image_size, alpha=m.alpha, n=m.n, eta=m.eta, epsilon=m.epsilon,
-                                    batch_size=m.batch_size, epochs=m.epochs, metrics=flat)
+                                    batch_size=m.batch_size, epochs=m.epochs, metrics=flat,
+                                    calibration_source=calibrated.source, calibration_n_images=calibration.n_images,
+                                    test_metrics=test_metrics_status(flat, notes),
+                                    test_metrics_note="; ".join(notes)[:NOTE_CHARS] or None)
         version = tracking.register(model_path, calibration, settings.tracking.model_name, tags, example)
     return f"models:/{settings.tracking.model_name}/{version}", version
 
@@ -185,16 +209,16 @@ def run_training(settings: config.TrainSettings, params: dict[str, str], resolve
         mlflow.log_params({"data.n_train": len(splits.train), "data.n_validation": len(splits.validation),
                            "data.n_test": len(splits.test), "data.resolved_root": str(splits.dataset.root)})
         result = _train(settings, splits, device)
-        test, val, flat = _evaluate(settings, result.model, splits)
+        test, val, flat, notes = _evaluate(settings, result.model, splits)
         timings = {**result.timings, "scoring_seconds": test.seconds,
                    "scoring_seconds_per_image": test.seconds / max(1, len(splits.test)),
                    "total_seconds": time.perf_counter() - t_start}
         mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
-        calibration = _calibrate(settings, result.model, splits, test, val)
-        model_uri, version = _log_artifacts_and_register(settings, result, splits, test, calibration, flat,
+        calibrated = _calibrate(settings, result.model, splits, test, val)
+        model_uri, version = _log_artifacts_and_register(settings, result, splits, test, calibrated, flat, notes,
                                                          run.run_id)
     return TrainRun(run.run_id, run.experiment_id, run.tracking_uri, model_uri,
-                    settings.tracking.model_name if version else None, version, flat, timings)
+                    settings.tracking.model_name if version else None, version, flat, timings, notes=notes)
 
 
 def run(argv: Sequence[str]) -> TrainRun:

@@ -5,11 +5,23 @@ from pradot.calibration import Calibration
 cal = Calibration.calibrate(validation_scores, quantile=0.99)   # image scores of held-out normals
 cal.threshold, cal.normalise(raw_score)                          # raw threshold; score in [0, 1], 0.5 at it
 ```
+
+Sample size. The threshold is the empirical ``quantile`` q of n normal scores (NumPy's linear
+interpolation between order statistics). It estimates the score that a fraction 1 - q of new normals
+exceed only when the sample is expected to hold at least one normal from that tail: n (1 - q) >= 1, i.e.
+``n >= min_normals(q) = ceil(1 / (1 - q))`` (q = 0.99 needs 100 normals, 0.95 needs 20, 0.9 needs 10).
+With fewer, the tail is usually not in the sample at all: the threshold is (an interpolation toward) the
+largest of the n scores, and even the largest is exceeded by a new normal with probability 1 / (n + 1)
+(exchangeable scores) >= 1 - q -- 0.5 for one image -- so the false-positive rate cannot reach 1 - q
+(and with very few images the normalised score saturates at 0 or 1). ``calibrate`` then logs a warning that says how many normals
+the quantile needs; ``n_images`` records the sample size in every saved calibration (and so in the
+logged model's calibration and metadata). q = 1 (the maximum) is exempt from the rule.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +29,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Calibration"]
+__all__ = ["Calibration", "min_normals"]
+
+log = logging.getLogger(__name__)
+
+
+def min_normals(quantile: float) -> int:
+    """Normal images the ``quantile`` threshold needs: ``ceil(1 / (1 - q))`` so that n (1 - q) >= 1 (module
+    docstring); 1 for q = 1 (the maximum). E.g. 0.99 -> 100, 0.95 -> 20, 0.5 -> 2."""
+    q = float(quantile)
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
+    if q >= 1.0:
+        return 1
+    return max(1, math.ceil(1.0 / (1.0 - q) - 1e-9))  # 1e-9: 1 / (1 - 0.99) is 100.00000000000009
 
 
 @dataclass
@@ -51,8 +76,21 @@ class Calibration:
             raise ValueError(f"validation scores contain {int((~np.isfinite(s)).sum())} non-finite values")
         if not 0.0 <= float(quantile) <= 1.0:
             raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
+        needed = min_normals(quantile)
+        if s.size < needed:
+            log.warning("calibrating the %g quantile on %d normal image(s): it needs at least %d (n x (1 - q) >= 1); "
+                        "with fewer the threshold is about the largest of these scores and its false-positive rate "
+                        "on new normals about 1/(n+1) = %.2f rather than %.2g. Give more validation normals "
+                        "(data.validation_fraction, a validation/good folder) or a lower calibration.quantile "
+                        "(at most %.3g for %d images).", quantile, s.size, needed, 1.0 / (s.size + 1),
+                        1.0 - float(quantile), 1.0 - 1.0 / s.size if s.size > 1 else 0.0, s.size)
         return cls(threshold=float(np.quantile(s, quantile)), low=float(s.min()), high=float(s.max()),
                    quantile=float(quantile), n_images=int(s.size))
+
+    @property
+    def sufficient(self) -> bool:
+        """Whether ``n_images`` meets :func:`min_normals` for ``quantile``."""
+        return self.n_images >= min_normals(self.quantile)
 
     @property
     def span(self) -> float:
@@ -86,4 +124,6 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from .data.text import read_json  # a JSON saved by any editor (BOM, UTF-16, CRLF)
+
+        return cls.from_dict(read_json(path))

@@ -18,6 +18,7 @@ import torch
 from .backbone import Backbone, load_backbone
 from .calibration import Calibration
 from .data import AnomalyDataset, Sample, load_dataset, split_validation
+from .data.images import READER
 from .features import FeatureCache, files_fingerprint
 from .metrics.dataset import dataset_metrics
 from .model import PRADOT, EpochStats, PRADOTConfig
@@ -39,6 +40,7 @@ class DataSpec:
     augmentation: str | None = None
     generator: dict | None = None  # synthetic generator options (kind "synthetic")
     seed: int = 0
+    options: dict | None = None  # the loader's options (load_dataset), e.g. Real-IAD's variant and views
 
 
 @dataclass
@@ -55,9 +57,9 @@ def open_splits(spec: DataSpec) -> Splits:
     Datasets without a validation split (MVTec AD, VisA, MPDD, folder) hold out
     ``validation_fraction`` of train/good, deterministically by ``seed``.
     """
-    options = {}
+    options = dict(spec.options or {})
     if spec.kind == "synthetic":
-        options = {"generate": True, **(spec.generator or {})}
+        options.update({"generate": True, **(spec.generator or {})})
     ds = load_dataset(spec.kind, spec.root, spec.category, **options)
     train = ds.samples("train")
     validation = ds.samples("validation")
@@ -76,10 +78,12 @@ def batch_size_for(n: float, batch_ratio: float) -> int:
 
 def feature_identity(spec: DataSpec, backbone: str, stages: Sequence[int], samples: Sequence[Sample],
                      split: str, weights: str | None = None) -> dict:
-    """What the cached features of a split depend on (any change gives another cache entry)."""
+    """What the cached features of a split depend on (any change gives another cache entry), including how
+    images are read (``pradot.data.images.READER``: features cached before EXIF orientation was applied are
+    not reused)."""
     return {"dataset": spec.kind, "category": spec.category, "backbone": backbone, "weights": weights,
             "stages": sorted(int(s) for s in stages), "image_size": int(spec.image_size), "split": split,
-            "files": files_fingerprint([s.image_path for s in samples]), "n": len(samples)}
+            "files": files_fingerprint([s.image_path for s in samples]), "n": len(samples), "reader": READER}
 
 
 def train_features(backbone: Backbone, spec: DataSpec, samples: Sequence[Sample], cache: FeatureCache | None,

@@ -1,7 +1,7 @@
 """Evaluate official-format anomaly maps against a dataset's ground truth.
 
     python -m pradot.evaluate --dataset-root ROOT --category CAT --anomaly-maps MAPS \\
-        --output-dir OUT [--dataset mvtec_loco|mvtec_ad|visa|mpdd|folder|synthetic] [--max-fprs ...]
+        --output-dir OUT [--dataset mvtec_loco|mvtec_ad|...|mvtec_ad2|real_iad] [--max-fprs ...] [--threshold T]
 
 Anomaly maps are real-valued 2-D TIFF files at ``MAPS/CAT/test/<anomaly_type>/<image_id>.tiff``
 (``.tif`` accepted too), one per test image, as for the official MVTec evaluation tools. A map
@@ -13,8 +13,12 @@ Output ``OUT/metrics.json``:
 
 * LOCO-style data (``has_saturation``): the official MVTec LOCO shape
   ``{"classification": {"auc_roc": {...}}, "localization": {"auc_spro": {...}}}``;
-* AD-style data: ``{"image_auroc", "pixel_auroc", "au_pro_0.3"}`` (pixel metrics are skipped,
-  with a note, when some anomalous test image has no ground-truth mask);
+* AD-style data: ``{"image_auroc", "pixel_auroc", "au_pro_0.3"}`` (MVTec AD 2: ``au_pro_0.05``; with
+  ``--threshold``, also ``seg_f1``);
+
+metrics that the test split cannot define are skipped with a note naming the cause and the others are
+still written (image AUROC without anomalous or without good images; pixel metrics when some anomalous
+image has no mask or every mask is blank);
 
 plus ``"resized_maps"``, ``"notes"``, ``"dataset"``, ``"category"`` and ``"num_test_images"``.
 """
@@ -107,12 +111,14 @@ def _missing_message(missing: list[Path], total: int, maps_root: Path) -> str:
 
 def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
              output_dir: str | Path | None = None, dataset: str = "mvtec_loco",
-             max_fprs: Sequence[float] | None = None, progress: bool = True) -> dict:
+             max_fprs: Sequence[float] | None = None, progress: bool = True,
+             threshold: float | None = None) -> dict:
     """Compute the metrics of the maps under ``anomaly_maps`` for the test split of
     ``dataset``/``category``; write ``output_dir/metrics.json`` when ``output_dir`` is given.
 
     ``max_fprs``: AU-sPRO limits (LOCO-style, default 0.01 0.05 0.1 0.3 1.0) or AU-PRO limits
-    (AD-style, default 0.3).  Raises MissingMapsError when map files are missing.
+    (AD-style, default 0.3; MVTec AD 2: 0.05). ``threshold``: map values above it are anomalous
+    (AD-style data then also get ``seg_f1``). Raises MissingMapsError when map files are missing.
     """
     from tqdm import tqdm
 
@@ -156,7 +162,7 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
         )
         log.warning("%s", note)
         notes.append(note)
-    result, more = dataset_metrics(ds, samples, maps, max_fprs=max_fprs)
+    result, more = dataset_metrics(ds, samples, maps, max_fprs=max_fprs, threshold=threshold)
     notes.extend(more)
 
     result.update({
@@ -177,7 +183,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         from pradot.data import DATASET_KINDS
     except ImportError:  # pragma: no cover - the data package is part of the project
-        DATASET_KINDS = ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic")
+        DATASET_KINDS = ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic", "mvtec_ad2", "real_iad")
     p = argparse.ArgumentParser(
         prog="python -m pradot.evaluate",
         description="Evaluate anomaly maps (MAPS/CAT/test/<type>/<id>.tiff) and write OUT/metrics.json.",
@@ -189,6 +195,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default="mvtec_loco", choices=list(DATASET_KINDS))
     p.add_argument("--max-fprs", type=float, nargs="+", default=None,
                    help="integration limits (LOCO default: 0.01 0.05 0.1 0.3 1.0; AD-style default: 0.3)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold on map values: AD-style data also get seg_f1 (MVTec AD 2's SegF1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.max_fprs and not all(0.0 < f <= 1.0 for f in args.max_fprs):
@@ -201,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         result = evaluate(args.dataset_root, args.category, args.anomaly_maps, args.output_dir,
-                          dataset=args.dataset, max_fprs=args.max_fprs, progress=not args.no_progress)
+                          dataset=args.dataset, max_fprs=args.max_fprs, progress=not args.no_progress,
+                          threshold=args.threshold)
     except (FileNotFoundError, ValueError) as exc:  # includes MissingMapsError and DatasetError
         print(f"error: {exc}", file=sys.stderr)
         return 2

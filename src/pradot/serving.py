@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .calibration import Calibration
+from .data.base import upright
 from .data.images import to_rgb_array
 from .persistence import ScoringModel, load_scoring_model, model_file_info, servable_formats
 
@@ -162,7 +163,7 @@ def decode_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: in
                                  f"downscale it before sending")
         try:
             img.load()
-            rgb = to_rgb_array(img)  # read_image's conversions (grayscale, 16-bit, alpha)
+            rgb = to_rgb_array(upright(img))  # read_image's EXIF orientation and conversions (grayscale, 16-bit, alpha)
         except Image.DecompressionBombError as exc:
             raise InvalidRequest(f"the image is too large ({exc}); downscale it") from None
         except Exception as exc:  # OSError("image file is truncated"), zlib errors, ...

@@ -223,9 +223,9 @@ def test_root_from_environment(tmp_path, monkeypatch):
 
 
 def test_unknown_kind():
-    with pytest.raises(DatasetError, match="mvtec_loco, mvtec_ad, visa, mpdd, folder, synthetic"):
+    with pytest.raises(DatasetError, match="mvtec_loco, mvtec_ad, visa, mpdd, folder, synthetic, mvtec_ad2, real_iad"):
         load_dataset("kitti", "/tmp", "x")
-    assert DATASET_KINDS == ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic")
+    assert DATASET_KINDS == ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic", "mvtec_ad2", "real_iad")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Datasets for PRADOT: indexes (MVTec LOCO, MVTec AD, VisA, MPDD, folder, synthetic), image I/O,
+"""Datasets for PRADOT: indexes (MVTec LOCO, MVTec AD, VisA, MPDD, folder, synthetic, MVTec AD 2,
+Real-IAD), text files from other tools (``text``), image I/O,
 augmentation and the synthetic MVTec LOCO-style generator.
 
 ```python
@@ -35,6 +36,8 @@ from .loaders import (
     VisADataset,
     load_dataset,
 )
+from .mvtec_ad2 import PRIVATE_SPLITS, MVTecAD2Dataset
+from .real_iad import RealIADDataset
 
 _LAZY = {
     "read_image": ("images", "read_image"),
@@ -54,7 +57,10 @@ __all__ = [
     "FolderDataset",
     "MPDDDataset",
     "MVTecADDataset",
+    "MVTecAD2Dataset",
     "MVTecLOCODataset",
+    "PRIVATE_SPLITS",
+    "RealIADDataset",
     "Sample",
     "SyntheticDataset",
     "VisADataset",

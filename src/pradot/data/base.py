@@ -9,6 +9,15 @@ anomalous test images, the ground-truth masks ("channels") that the metrics need
   components are the regions (AU-PRO); ``has_saturation`` is False and each image has a single
   channel with ``pixel_value=None`` (pixels ``> 0`` are anomalous), ``saturation_threshold=1.0``
   and ``relative_saturation=True``.
+
+Orientation: every image and mask is read upright, as a person sees it: an EXIF orientation tag
+(phone and camera JPEGs; rarely PNG/TIFF) is applied (``upright``) by ``image_size_of``, ``read_mask``,
+``pradot.data.read_image`` and the serving decoder alike, so maps and masks stay aligned with the image.
+
+Uniqueness: maps are written as ``<anomaly_type>/<stem>.tiff`` and AD-style masks are found by stem
+(``<stem>_mask.png``), so two test images of one anomaly type that share a stem (``000.png`` and
+``000.jpg``) would share a map and a mask. Indexing refuses that with a DatasetError naming both files
+(``check_unique``), as it refuses two anomalous images that resolve to the same mask file.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -98,11 +107,32 @@ def list_subdirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+#: EXIF orientations that swap width and height (rotations by 90 or 270 degrees, transposes)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation tag (1..8; 1 when absent or unreadable)."""
+    try:
+        value = int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a corrupt EXIF block must not make the image unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as a person sees it: its EXIF orientation applied (PIL's ``ImageOps.exif_transpose``);
+    the same object when there is nothing to apply."""
+    return ImageOps.exif_transpose(img) if exif_orientation(img) != 1 else img
+
+
 def image_size_of(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file, reading only its header."""
+    """(H, W) of an image file as a person sees it (EXIF orientation applied), reading only its header."""
     try:
         with Image.open(path) as img:
             w, h = img.size
+            if exif_orientation(img) in _SWAPPING_ORIENTATIONS:
+                w, h = h, w
     except FileNotFoundError as exc:
         raise DatasetError(f"image file not found: {path}") from exc
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
@@ -111,10 +141,12 @@ def image_size_of(path: Path) -> tuple[int, int]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask file as a 2-D integer array (native values; RGB masks collapse to their channel maximum)."""
+    """A mask file as a 2-D integer array (native values; RGB masks collapse to their channel maximum),
+    upright (its EXIF orientation, if any, applied as for images)."""
     try:
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as opened:
+            opened.load()
+            img = upright(opened)
             if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
                 arr = np.asarray(img.convert("RGB")).max(axis=2)
             elif img.mode == "LA":
@@ -179,6 +211,8 @@ class AnomalyDataset:
         self._index()
         for split in SPLITS:
             self._splits[split] = sort_samples(self._splits[split])
+            if split not in self._lazy:
+                check_unique(self._splits[split], split)
         if not self._splits["train"] and "train" not in self._lazy:
             raise DatasetError(
                 f"{self.kind} dataset {self.category!r} under {self.root} has no training images "
@@ -203,7 +237,7 @@ class AnomalyDataset:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if split in self._lazy:
-            self._splits[split] = sort_samples(self._lazy.pop(split)())
+            self._splits[split] = check_unique(sort_samples(self._lazy.pop(split)()), split)
         return list(self._splits[split])
 
     def load_channels(self, sample: Sample, size: int | Sequence[int] | None = None) -> np.ndarray:
@@ -234,6 +268,32 @@ class AnomalyDataset:
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={len(v)}" for s, v in self._splits.items())
         return f"{type(self).__name__}(kind={self.kind!r}, root={str(self.root)!r}, category={self.category!r}, {counts})"
+
+
+def check_unique(samples: Sequence[Sample], split: str) -> list[Sample]:
+    """``samples`` when no two share a map path (``relative_id``) or a mask file; else DatasetError naming
+    both files. Training images are exempt: no map or mask is keyed by their stem."""
+    samples = list(samples)
+    if split == "train":
+        return samples
+    seen: dict[str, Path] = {}
+    masks: dict[Path, Path] = {}
+    for s in samples:
+        other = seen.setdefault(s.relative_id, s.image_path)
+        if other != s.image_path:
+            shared = "anomaly maps" + (" and ground-truth masks (<stem>_mask.png)" if s.label else "")
+            raise DatasetError(
+                f"{split} images {other} and {s.image_path} share the file stem {s.image_id!r} in {s.anomaly_type!r}: "
+                f"their {shared} would be the same file (<category>/test/{s.relative_id}.tiff). Rename one of them "
+                f"(e.g. to {s.image_id}_{s.image_path.suffix.lstrip('.').lower()}{s.image_path.suffix}) or remove "
+                f"the duplicate.")
+        for d in s.defects:
+            owner = masks.setdefault(d.mask_path, s.image_path)
+            if owner != s.image_path:
+                raise DatasetError(
+                    f"{split} images {owner} and {s.image_path} resolve to the same ground-truth mask {d.mask_path}; "
+                    f"give each anomalous image its own mask (<stem>_mask.png next to the others).")
+    return samples
 
 
 def split_validation(samples: Sequence[Sample], fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:

@@ -10,8 +10,9 @@
   ``rgb * alpha / 255``;
 * palette ``P`` and other modes (``CMYK``, ``YCbCr``, ...) -> PIL's RGB conversion.
 
-EXIF orientation is ignored (datasets store pixels as their masks do). With ``size`` the image is
-resized with PIL's bilinear filter, which antialiases when downsampling.
+The image is read upright: its EXIF orientation tag, if any, is applied first (``pradot.data.base.upright``;
+masks and the serving decoder do the same), so a phone photo is scored as a person sees it. With ``size``
+the image is resized with PIL's bilinear filter, which antialiases when downsampling.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import DatasetError, Sample, normalise_size
+from .base import DatasetError, Sample, normalise_size, upright
+
+#: how ``read_image`` reads pixels; part of the feature cache's key (change it when the pixels change)
+READER = "rgb-upright-1"
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -62,7 +66,7 @@ def read_image(path: str | Path, size: int | Sequence[int] | None = None) -> np.
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = to_rgb_array(img)
+            rgb = to_rgb_array(upright(img))
     except FileNotFoundError as exc:
         raise DatasetError(f"image file not found: {path}") from exc
     except DatasetError:

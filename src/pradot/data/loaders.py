@@ -1,4 +1,5 @@
-"""Dataset indexes: MVTec LOCO AD, MVTec AD, MPDD, VisA, generic folders, and the synthetic LOCO scene.
+"""Dataset indexes: MVTec LOCO AD, MVTec AD, MPDD, VisA, generic folders, the synthetic LOCO scene, and
+(in their own modules) MVTec AD 2 and Real-IAD.
 
 ``load_dataset(kind, root, category, **options)`` is the entry point. ``root`` is the folder that
 holds the categories (``None``: the ``PRADOT_DATA_ROOT`` environment variable).
@@ -6,8 +7,6 @@ holds the categories (``None``: the ``PRADOT_DATA_ROOT`` environment variable).
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,103 +25,20 @@ from .base import (
     list_subdirs,
     read_mask,
 )
+from .layout import (
+    LAYOUTS,
+    CategoryFolderDataset,
+    ad_channel,
+    category_error,
+    good_samples,
+    resolve_root,
+)
+from .mvtec_ad2 import MVTecAD2Dataset
+from .real_iad import RealIADDataset
+from .text import TextFileError, read_csv_rows, read_json
 
-DATASET_KINDS: tuple[str, ...] = ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic")
-
-KNOWN_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "mvtec_loco": ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors"),
-    "mvtec_ad": (
-        "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
-        "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-    ),
-    "mpdd": ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
-    "visa": (
-        "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
-        "pcb3", "pcb4", "pipe_fryum",
-    ),
-    "synthetic": ("screw_bag",),
-    "folder": (),
-}
-
-_LOCO_LAYOUT = """\
-  <root>/<category>/train/good/*.png
-  <root>/<category>/validation/good/*.png
-  <root>/<category>/test/{good,logical_anomalies,structural_anomalies}/<id>.png
-  <root>/<category>/ground_truth/{logical_anomalies,structural_anomalies}/<id>/000.png, 001.png, ...
-  <root>/<category>/defects_config.json   (list of {defect_name, pixel_value, saturation_threshold, relative_saturation})"""
-
-_AD_LAYOUT = """\
-  <root>/<category>/train/good/*.png
-  <root>/<category>/test/good/*.png
-  <root>/<category>/test/<defect_type>/<id>.png
-  <root>/<category>/ground_truth/<defect_type>/<id>_mask.png"""
-
-LAYOUTS: dict[str, str] = {
-    "mvtec_loco": _LOCO_LAYOUT,
-    "synthetic": _LOCO_LAYOUT
-    + "\n  (generate it with `python -m pradot.data.synthetic --root <root> --category screw_bag`,"
-    " or load_dataset('synthetic', root, category, generate=True))",
-    "mvtec_ad": _AD_LAYOUT,
-    "mpdd": _AD_LAYOUT,
-    "visa": """\
-  <root>/split_csv/1cls.csv   (columns object,split,label,image,mask; label normal/anomaly; paths relative to <root>)
-  <root>/<category>/Data/Images/{Normal,Anomaly}/*.JPG
-  <root>/<category>/Data/Masks/Anomaly/*.png""",
-    "folder": """\
-  <root>/<category>/train/good/*.png            (required)
-  <root>/<category>/validation/good/*.png       (optional)
-  <root>/<category>/test/good/*.png             (optional)
-  <root>/<category>/test/<anomaly_type>/*.png   (optional)
-  <root>/<category>/ground_truth/<anomaly_type>/<stem>.png or <stem>_mask.png  (optional, mask > 0 = anomalous)""",
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# root / category resolution with helpful errors
-# ---------------------------------------------------------------------------------------------
-
-def resolve_root(root: str | Path | None, kind: str) -> Path:
-    """``root`` as a Path (``None`` or "": ``$PRADOT_DATA_ROOT``); DatasetError if it does not exist."""
-    hint = (
-        f"Pass the folder that holds the {kind} categories as root, or set the {DATA_ROOT_ENV} environment "
-        f"variable to it; to try the project without downloading anything use dataset=synthetic "
-        f"(a generated MVTec LOCO-style screw_bag scene).\nExpected layout for {kind!r}:\n{LAYOUTS.get(kind, '')}"
-    )
-    if root is None or str(root) == "":
-        env = os.environ.get(DATA_ROOT_ENV, "")
-        if not env:
-            raise DatasetError(f"no data root given for dataset kind {kind!r} and {DATA_ROOT_ENV} is not set. {hint}")
-        root = env
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise DatasetError(f"data root {path} does not exist or is not a folder. {hint}")
-    return path
-
-
-def _category_error(kind: str, root: Path, category: str, found: list[str], what: str = "folders") -> DatasetError:
-    found_txt = ", ".join(found) if found else "(none)"
-    known = KNOWN_CATEGORIES.get(kind, ())
-    msg = f"category {category!r} of dataset kind {kind!r} not found under {root}. {what.capitalize()} found: {found_txt}."
-    if known:
-        msg += f" Known {kind} categories: {', '.join(known)}."
-    if (root / "train").is_dir() or (root / "test").is_dir():
-        msg += f" Note: {root} itself looks like a category folder; root must be its parent."
-    msg += f"\nExpected layout:\n{LAYOUTS.get(kind, '')}"
-    return DatasetError(msg)
-
-
-def _category_dir(kind: str, root: Path, category: str) -> Path:
-    if not category or Path(category).name != category:
-        raise DatasetError(f"invalid category name {category!r}: expected a folder name under {root}")
-    path = root / category
-    if not path.is_dir():
-        raise _category_error(kind, root, category, list_subdirs(root))
-    return path
-
-
-def _good_samples(folder: Path, split: str) -> list[Sample]:
-    return [Sample(p, split, GOOD, 0, ()) for p in list_files(folder)]
-
+DATASET_KINDS: tuple[str, ...] = ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic", "mvtec_ad2",
+                                  "real_iad")
 
 # ---------------------------------------------------------------------------------------------
 # MVTec LOCO AD
@@ -131,11 +47,11 @@ def _good_samples(folder: Path, split: str) -> list[Sample]:
 def read_defects_config(path: Path) -> dict[int, dict[str, Any]]:
     """``defects_config.json`` as {pixel_value: entry}; DatasetError naming the file when malformed."""
     try:
-        entries = json.loads(path.read_text())
+        entries = read_json(path)
     except FileNotFoundError as exc:
         raise DatasetError(f"defects config {path} not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"defects config {path} is not valid JSON: {exc}") from exc
+    except TextFileError as exc:
+        raise DatasetError(f"defects config {exc}") from exc
     if not isinstance(entries, list):
         raise DatasetError(f"defects config {path} must be a JSON list of defect entries, got {type(entries).__name__}")
     required = ("defect_name", "pixel_value", "saturation_threshold", "relative_saturation")
@@ -168,34 +84,17 @@ def _mask_pixel_value(path: Path) -> int:
     return int(values[0])
 
 
-class _CategoryFolderDataset(AnomalyDataset):
-    """A dataset whose categories are folders under the root (``<root>/<category>/...``)."""
-
-    def __init__(self, root: str | Path | None, category: str):
-        root_path = resolve_root(root, self.kind)
-        self.category_dir = _category_dir(self.kind, root_path, category)
-        super().__init__(root_path, category)
-
-    def _test_dir(self) -> Path:
-        """``<category>/test``, or a DatasetError that shows the expected layout."""
-        test_dir = self.category_dir / "test"
-        if not test_dir.is_dir():
-            raise DatasetError(f"{self.kind} category {self.category_dir} has no test folder {test_dir}.\n"
-                               f"Expected layout:\n{self.layout}")
-        return test_dir
-
-
-class MVTecLOCODataset(_CategoryFolderDataset):
+class MVTecLOCODataset(CategoryFolderDataset):
     """MVTec LOCO AD layout: one PNG per defect, pixel values mapped through ``defects_config.json``."""
 
     kind = "mvtec_loco"
     has_saturation = True
-    layout = _LOCO_LAYOUT
+    layout = LAYOUTS["mvtec_loco"]
 
     def _index(self) -> None:
         cat = self.category_dir
-        self._splits["train"] = _good_samples(cat / "train" / GOOD, "train")
-        self._splits["validation"] = _good_samples(cat / "validation" / GOOD, "validation")
+        self._splits["train"] = good_samples(cat / "train" / GOOD, "train")
+        self._splits["validation"] = good_samples(cat / "validation" / GOOD, "validation")
         test_dir = self._test_dir()
         pending: list[tuple[Path, str, list[Path]]] = []
         good: list[Sample] = []
@@ -257,12 +156,6 @@ class MVTecLOCODataset(_CategoryFolderDataset):
 # MVTec AD / MPDD
 # ---------------------------------------------------------------------------------------------
 
-def _ad_channel(mask: Path, anomaly_type: str) -> DefectChannel:
-    return DefectChannel(
-        mask_path=mask, defect_name=anomaly_type, pixel_value=None, saturation_threshold=1.0, relative_saturation=True
-    )
-
-
 def _find_mask(folder: Path, stem: str) -> list[Path]:
     """Masks for ``stem`` in ``folder``: ``<stem>.<ext>``, ``<stem>_mask.<ext>`` / ``<stem>_*``, or a ``<stem>/`` folder."""
     sub = folder / stem
@@ -276,7 +169,7 @@ def _find_mask(folder: Path, stem: str) -> list[Path]:
     return prefixed[:1] if len(prefixed) == 1 else []
 
 
-class MVTecADDataset(_CategoryFolderDataset):
+class MVTecADDataset(CategoryFolderDataset):
     """MVTec AD layout (one ``<id>_mask.png`` per anomalous image; regions = connected components).
 
     There is no validation split: ``samples("validation")`` is empty (see ``split_validation``).
@@ -284,11 +177,11 @@ class MVTecADDataset(_CategoryFolderDataset):
 
     kind = "mvtec_ad"
     has_saturation = False
-    layout = _AD_LAYOUT
+    layout = LAYOUTS["mvtec_ad"]
 
     def _index(self) -> None:
         cat = self.category_dir
-        self._splits["train"] = _good_samples(cat / "train" / GOOD, "train")
+        self._splits["train"] = good_samples(cat / "train" / GOOD, "train")
         test_dir = self._test_dir()
         test: list[Sample] = []
         for anomaly_type in list_subdirs(test_dir):
@@ -303,7 +196,7 @@ class MVTecADDataset(_CategoryFolderDataset):
                         f"anomalous test image {image} has no ground-truth mask: expected {gt_dir / (image.stem + '_mask.png')}"
                         f"\nExpected layout:\n{self.layout}"
                     )
-                test.append(Sample(image, "test", anomaly_type, 1, (_ad_channel(masks[0], anomaly_type),)))
+                test.append(Sample(image, "test", anomaly_type, 1, (ad_channel(masks[0], anomaly_type),)))
         self._splits["test"] = test
 
 
@@ -343,17 +236,16 @@ class VisADataset(AnomalyDataset):
                 f"VisA split csv {self.csv_path} not found. Folders found under {self.root}: "
                 f"{', '.join(list_subdirs(self.root)) or '(none)'}.\nExpected layout:\n{self.layout}"
             )
-        with self.csv_path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in ("object", "split", "label", "image", "mask") if c not in columns]
-            if missing:
-                raise DatasetError(f"VisA split csv {self.csv_path} lacks columns {missing}; found {columns}")
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        try:
+            rows = read_csv_rows(self.csv_path, required=("object", "split", "label", "image", "mask"))
+        except TextFileError as exc:
+            raise DatasetError(f"VisA split csv {exc}") from exc
+        for row in rows:  # paths written on Windows: backslash separators
+            row["image"], row["mask"] = row["image"].replace("\\", "/"), row["mask"].replace("\\", "/")
         objects = sorted({r["object"] for r in rows})
         mine = [r for r in rows if r["object"] == self.category]
         if not mine:
-            raise _category_error(self.kind, self.root, self.category, objects, what=f"objects in {self.csv_path.name}")
+            raise category_error(self.kind, self.root, self.category, objects, what=f"objects in {self.csv_path.name}")
         split_names = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
         for line, row in enumerate(mine):
             split = split_names.get(row["split"].lower())
@@ -375,7 +267,7 @@ class VisADataset(AnomalyDataset):
                 if not mask.is_file():
                     raise DatasetError(f"anomalous image {image} has no ground-truth mask: expected {mask} (from {self.csv_path})")
                 self._splits[split].append(
-                    Sample(image, split, self.ANOMALY_TYPE, 1, (_ad_channel(mask, self.ANOMALY_TYPE),))
+                    Sample(image, split, self.ANOMALY_TYPE, 1, (ad_channel(mask, self.ANOMALY_TYPE),))
                 )
             else:
                 raise DatasetError(f"{self.csv_path}: unknown label {row['label']!r} for image {image}; expected normal/anomaly")
@@ -388,7 +280,7 @@ class VisADataset(AnomalyDataset):
 # generic folders
 # ---------------------------------------------------------------------------------------------
 
-class FolderDataset(_CategoryFolderDataset):
+class FolderDataset(CategoryFolderDataset):
     """Generic folder layout; test anomalies may lack masks (``has_masks`` then is False)."""
 
     kind = "folder"
@@ -397,8 +289,8 @@ class FolderDataset(_CategoryFolderDataset):
 
     def _index(self) -> None:
         cat = self.category_dir
-        self._splits["train"] = _good_samples(cat / "train" / GOOD, "train")
-        self._splits["validation"] = _good_samples(cat / "validation" / GOOD, "validation")
+        self._splits["train"] = good_samples(cat / "train" / GOOD, "train")
+        self._splits["validation"] = good_samples(cat / "validation" / GOOD, "validation")
         test: list[Sample] = []
         for anomaly_type in list_subdirs(cat / "test"):
             for image in list_files(cat / "test" / anomaly_type):
@@ -406,7 +298,7 @@ class FolderDataset(_CategoryFolderDataset):
                     test.append(Sample(image, "test", GOOD, 0, ()))
                     continue
                 masks = _find_mask(cat / "ground_truth" / anomaly_type, image.stem)
-                channels = tuple(_ad_channel(m, anomaly_type) for m in masks)
+                channels = tuple(ad_channel(m, anomaly_type) for m in masks)
                 test.append(Sample(image, "test", anomaly_type, 1, channels))
         self._splits["test"] = test
         self.n_unannotated = sum(1 for s in test if s.label == 1 and not s.defects)
@@ -441,7 +333,7 @@ class SyntheticDataset(MVTecLOCODataset):
         else:
             root_path = resolve_root(root, self.kind)
             if not (root_path / category).is_dir():
-                raise _category_error(self.kind, root_path, category, list_subdirs(root_path))
+                raise category_error(self.kind, root_path, category, list_subdirs(root_path))
             if generator_options:
                 self._check_stamp(root_path / category, generator_options)
         super().__init__(root, category)
@@ -455,7 +347,7 @@ class SyntheticDataset(MVTecLOCODataset):
         if unknown:
             raise TypeError(f"unknown synthetic generator options {unknown}")
         try:
-            stamp = json.loads((folder / STAMP_NAME).read_text())
+            stamp = read_json(folder / STAMP_NAME)
         except (OSError, ValueError):
             stamp = {}
         wanted = {"seed": 0, **DEFAULTS, **{k: v for k, v in options.items() if k != "progress"}}
@@ -475,6 +367,8 @@ _LOADERS: dict[str, type[AnomalyDataset]] = {
     "visa": VisADataset,
     "folder": FolderDataset,
     "synthetic": SyntheticDataset,
+    "mvtec_ad2": MVTecAD2Dataset,
+    "real_iad": RealIADDataset,
 }
 
 
@@ -482,10 +376,13 @@ def load_dataset(kind: str, root: str | Path | None, category: str, **options: A
     """Index ``category`` of a dataset of ``kind`` (one of ``DATASET_KINDS``) under ``root``.
 
     Options: ``visa``: ``csv_path`` (default ``split_csv/1cls.csv``); ``synthetic``: ``generate=True``
-    plus the generator's parameters (``seed``, ``image_size``, ``n_train``, ...). Raises DatasetError
-    with the expected layout when the data are missing or malformed.
+    plus the generator's parameters (``seed``, ``image_size``, ``n_train``, ...); ``real_iad``:
+    ``variant`` (``realiad_jsons``), ``resolution`` (``1024``), ``views`` (e.g. ``"C1,C3"``), ``json_dir``.
+    Kinds are also accepted with dashes and in their datasets' own spellings (``mvtec-ad2``, ``mvtec_ad_2``,
+    ``real-iad``, ``realiad``). Raises DatasetError with the expected layout when the data are missing or malformed.
     """
     key = str(kind).lower().replace("-", "_")
+    key = {"mvtec_ad_2": "mvtec_ad2", "realiad": "real_iad"}.get(key, key)
     if key not in _LOADERS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
     return _LOADERS[key](root, category, **options)

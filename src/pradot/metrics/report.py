@@ -13,7 +13,7 @@ import numpy as np
 from .classification import GOOD, image_auroc, image_scores_from_maps, loco_image_auroc, pixel_auroc
 from .pro import DEFAULT_MAX_FPRS, au_pro, au_spro, pro_curve
 
-__all__ = ["fpr_key", "loco_metrics", "ad_metrics"]
+__all__ = ["fpr_key", "loco_metrics", "ad_metrics", "pixel_metrics"]
 
 
 def fpr_key(max_fpr: float) -> str:
@@ -87,7 +87,19 @@ def ad_metrics(maps, masks, labels=None, image_scores=None, max_fprs: Sequence[f
              for m, a in zip(masks, maps)]
     y = np.array([m.any() for m in masks]) if labels is None else np.asarray(labels)
     scores = image_scores_from_maps(maps) if image_scores is None else np.asarray(image_scores, float)
-    out = {"image_auroc": image_auroc(y, scores), "pixel_auroc": pixel_auroc(masks, maps)}
+    return {"image_auroc": float(image_auroc(y, scores)), **pixel_metrics(maps, masks, max_fprs, connectivity)}
+
+
+def pixel_metrics(maps, masks, max_fprs: Sequence[float] = (0.3,), connectivity: int = 8) -> dict[str, float]:
+    """The localisation half of :func:`ad_metrics`: ``{"pixel_auroc", "au_pro_<max_fpr>"...}``.
+
+    Args:
+        maps: N 2-D anomaly maps; masks: N 2-D bool masks of the same shapes (None = good).
+    Raises:
+        ValueError: no anomalous or no normal pixel (the metrics are undefined).
+    """
+    masks = [np.zeros(np.shape(a), bool) if m is None else np.asarray(m, bool) for m, a in zip(masks, maps)]
+    out = {"pixel_auroc": pixel_auroc(masks, maps)}
     if len(max_fprs) == 1:
         out[f"au_pro_{float(max_fprs[0])}"] = au_pro(masks, maps, max_fprs[0], connectivity)
     else:
