@@ -123,12 +123,14 @@ def log_training_figures(model, splits, scored, train_features, history, *, imag
     pick = _evaluation_figures(splits, scored, image_size, n_overlays, history)
     if not paper_figures or not pick:
         return
-    stage = model.config.stages[0]
+    stage = model.prototypes.bank_stages[0]  # the first bank (the stages' concatenation when concat_stages)
     anomalous = [i for i in pick if scored.samples[i].label == 1][:3] or pick[:3]
     with torch.no_grad():
         test_imgs = torch.stack([torch.from_numpy(read_image(scored.samples[i].image_path, image_size))
                                  .permute(2, 0, 1) for i in anomalous]).float() / 255.0
-        feats = model.backbone(test_imgs.to(model.device_))[stage]
+        feats = model.prototypes.transform(model.backbone(test_imgs.to(model.device_)))[stage]
+        if train_features is not None and not model.prototypes.options.identity:  # the banks' features
+            train_features = model.prototypes.transform(train_features)
     bank = model.banks[str(stage)]
     for j, i in enumerate(anomalous):
         log_figure(f"assignments_{j}", lambda i=i, j=j: viz.assignment_figure(
