@@ -26,6 +26,9 @@ detecting a part-sized piece of the region saturates; other defects saturate at 
 (relative 1.0). Same parameters -> byte-identical PNGs. ``metadata.json`` records what was done to
 each test image; ``.pradot_synthetic.json`` is the stamp ``ensure_synthetic`` compares.
 
+A second scene, ``fastener_kit`` (:mod:`pradot.data.synthetic_kit`), is written by the same ``generate``:
+parts at fixed seats on a plain board, whose logical anomalies a memory bank of patches cannot see.
+
 CLI: ``python -m pradot.data.synthetic --root DIR --category screw_bag [--seed S --image-size PX ...]``
 (also installed as ``pradot-synthetic``).
 """
@@ -50,7 +53,7 @@ from scipy import ndimage
 
 GENERATOR_VERSION = 1
 STAMP_NAME = ".pradot_synthetic.json"
-SCENES: tuple[str, ...] = ("screw_bag",)
+SCENES: tuple[str, ...] = ("screw_bag", "fastener_kit")  # fastener_kit: pradot.data.synthetic_kit
 DEFAULTS: dict[str, int] = {
     "image_size": 128,
     "n_train": 60,
@@ -613,8 +616,11 @@ def _structural(kind: str, rng: np.random.Generator, canvas: Canvas) -> tuple[li
 # writing
 # ---------------------------------------------------------------------------------------------
 
-def defects_config(image_size: int) -> list[dict[str, Any]]:
-    """The ``defects_config.json`` entries for ``image_size``."""
+def defects_config(image_size: int, category: str = "screw_bag") -> list[dict[str, Any]]:
+    """The ``defects_config.json`` entries of a scene for ``image_size``."""
+    scene = _scene(category)
+    if scene is not None:
+        return scene.defects_config(image_size)
     areas = part_areas(image_size)
     entries = []
     for name, (value, relative, threshold) in DEFECTS.items():
@@ -658,35 +664,54 @@ def _check_args(category: str, seed: int, image_size: int, counts: dict[str, int
         raise ValueError("n_train must be >= 1")
 
 
-def _write_all(out: Path, seed: int, image_size: int, counts: dict[str, int], progress: bool) -> dict[str, Any]:
+def _scene(category: str):
+    """The module of a scene other than the screw bag (None for the screw bag, which lives here)."""
+    if category == "fastener_kit":
+        from . import synthetic_kit
+
+        return synthetic_kit
+    return None
+
+
+def _render(kind: str, rng: np.random.Generator, canvas: Canvas):
+    """One screw-bag image: ``kind`` "" (normal), a logical or a structural kind -> (uint8, channels, info)."""
+    channels: list[tuple[str, np.ndarray]] = []
+    info: dict[str, Any] = {}
+    if not kind:
+        parts = _normal_parts(rng)
+    elif kind in LOGICAL_KINDS:
+        parts, channels, info = _logical(kind, rng, canvas)
+    else:
+        parts, channels, info = _structural(kind, rng, canvas)
+    scene = Scene(parts, _bag(rng, canvas.size))
+    return _to_uint8(_draw(scene, canvas)), channels, info
+
+
+def _write_all(out: Path, seed: int, image_size: int, counts: dict[str, int], progress: bool,
+               category: str = "screw_bag") -> dict[str, Any]:
     canvas = Canvas(image_size)
+    scene = _scene(category)
+    logical, structural = (scene.LOGICAL_KINDS, scene.STRUCTURAL_KINDS) if scene else (LOGICAL_KINDS, STRUCTURAL_KINDS)
+    render = scene.render if scene else _render
+    defects = scene.DEFECTS if scene else DEFECTS
     jobs: list[tuple[str, str, int, int]] = []  # (folder, anomaly kind, index, stream)
     jobs += [("train/good", "", i, 0) for i in range(counts["n_train"])]
     jobs += [("validation/good", "", i, 1) for i in range(counts["n_validation"])]
     jobs += [("test/good", "", i, 2) for i in range(counts["n_test_good"])]
-    jobs += [(f"test/{LOGICAL}", LOGICAL_KINDS[i % len(LOGICAL_KINDS)], i, 3) for i in range(counts["n_test_logical"])]
-    jobs += [
-        (f"test/{STRUCTURAL}", STRUCTURAL_KINDS[i % len(STRUCTURAL_KINDS)], i, 4) for i in range(counts["n_test_structural"])
-    ]
-    values = {name: spec[0] for name, spec in DEFECTS.items()}
+    jobs += [(f"test/{LOGICAL}", logical[i % len(logical)], i, 3) for i in range(counts["n_test_logical"])]
+    jobs += [(f"test/{STRUCTURAL}", structural[i % len(structural)], i, 4) for i in range(counts["n_test_structural"])]
+    values = {name: spec[0] for name, spec in defects.items()}
     metadata: dict[str, Any] = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc="synthetic screw_bag", unit="img", leave=False)
+        bar = tqdm(total=len(jobs), desc=f"synthetic {category}", unit="img", leave=False)
     for folder, kind, index, stream in jobs:
         rng = np.random.default_rng([int(seed), stream, index])
         image_id = f"{index:03d}"
-        channels: list[tuple[str, np.ndarray]] = []
-        if stream <= 2:
-            parts = _normal_parts(rng)
-        elif stream == 3:
-            parts, channels, info = _logical(kind, rng, canvas)
-        else:
-            parts, channels, info = _structural(kind, rng, canvas)
-        scene = Scene(parts, _bag(rng, image_size))
-        _save_png(_to_uint8(_draw(scene, canvas)), out / folder / f"{image_id}.png")
+        image, channels, info = render(kind, rng, canvas)
+        _save_png(image, out / folder / f"{image_id}.png")
         if channels:
             anomaly_type = folder.split("/")[1]
             for c, (name, mask) in enumerate(channels):
@@ -731,10 +756,12 @@ def generate(
     tmp = root / f".{category}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        metadata = _write_all(tmp, int(seed), int(image_size), counts, progress)
-        (tmp / "defects_config.json").write_text(json.dumps(defects_config(int(image_size)), indent=2) + "\n")
+        metadata = _write_all(tmp, int(seed), int(image_size), counts, progress, category)
+        (tmp / "defects_config.json").write_text(json.dumps(defects_config(int(image_size), category), indent=2) + "\n")
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+        scene = _scene(category)
         (tmp / "README.txt").write_text(
+            scene.describe(seed, image_size) if scene else
             "Synthetic MVTec LOCO-style screw_bag scene generated by pradot.data.synthetic "
             f"(seed={seed}, image_size={image_size}).\n"
         )
@@ -792,7 +819,8 @@ def ensure_synthetic(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pradot-synthetic",
-        description="Generate a synthetic MVTec LOCO-style screw_bag dataset (logical + structural anomalies).",
+        description="Generate a synthetic MVTec LOCO-style dataset (logical + structural anomalies): the screw_bag "
+                    "scene or the fastener_kit scene.",
     )
     parser.add_argument("--root", required=True, help="folder that will hold <category>/")
     parser.add_argument("--category", default="screw_bag", choices=SCENES)
