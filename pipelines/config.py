@@ -24,7 +24,7 @@ from pradot.model import PRADOTConfig
 __all__ = ["CONF_DIR", "ConfigError", "parse_overrides", "compose", "flatten", "parse_stages", "data_spec",
            "model_config", "model_name", "training_view", "with_overrides", "EvaluationSettings", "TrackingSettings",
            "TrainSettings", "train_settings", "PromoteOptions", "promote_options", "ReproduceGrid",
-           "reproduce_grid"]
+           "reproduce_grid", "FUSIONS"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -129,7 +129,7 @@ def _own_keys(root: str) -> set[str]:
 def training_view(cfg: DictConfig) -> DictConfig:
     """The training part of any entry point's config: without the ``sweep`` group and without the
     top-level options of promote/reproduce (what a training run logs as params)."""
-    drop = {"sweep"}.union(*(_own_keys(r) for r in _ENTRY_ROOTS))
+    drop = {"sweep", "memory_bank"}.union(*(_own_keys(r) for r in _ENTRY_ROOTS))
     return OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in drop})
 
 
@@ -180,7 +180,9 @@ def model_config(cfg: DictConfig) -> PRADOTConfig:
                         image_size=int(cfg.data.image_size), alpha=float(m.alpha), n=float(m.n), eta=float(m.eta),
                         epsilon=float(m.epsilon), sinkhorn_iters=int(m.sinkhorn_iters),
                         batch_size=batch_size_for(m.n, m.batch_ratio), epochs=int(m.epochs), seed=int(cfg.seed),
-                        learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start))
+                        learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start),
+                        aggregation=int(m.get("aggregation", 1)), concat_stages=bool(m.get("concat_stages", False)),
+                        smoothing_sigma=float(m.get("smoothing_sigma", 0.0)))
 
 
 def model_name(cfg: DictConfig) -> str:
@@ -251,24 +253,33 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
 
 # ------------------------------------------------------------------------------------- promote
 NORMALISATIONS = ("none", "per_member")
+#: how promote fuses the chosen members: the paper's mean, or weights searched on the validation objective
+FUSIONS = ("mean", "search")
 
 
 @dataclass(frozen=True)
 class PromoteOptions:
-    """promote's own settings (``conf/promote.yaml``)."""
+    """promote's own settings (``conf/promote.yaml``). Members, weights and the alias are chosen on
+    ``objective`` (a validation metric); ``metric`` (a test metric) only orders the report."""
 
-    members: tuple[str, ...] = ()  # () = the best bank per (stage, alpha group)
+    members: tuple[str, ...] = ()  # () = every registered version, the best per group on the objective
     metric: str = "image_auroc"
-    select_by: str | None = None  # the version metric that picks the default members (default: metric)
+    select_by: str | None = None  # a val_* version tag that pre-selects one version per group
     normalisation: str = "none"
     alias: str = "champion"
     force: bool = False
     ensemble_name: str | None = None
+    fusion: str = "mean"
+    objective: str = "val_objective"
+    weight_step: float = 0.25
+    max_members: int | None = None
+    eval_size: int | None = None
+    pseudo: Any = None  # pipelines.objective.PseudoOptions
 
     @property
     def selection_metric(self) -> str:
-        """What ranks the default candidates: ``select_by``, else ``metric``."""
-        return self.select_by or self.metric
+        """What chooses the members: the validation ``objective``."""
+        return self.objective
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -287,17 +298,55 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(str(m).strip() for m in items if str(m).strip())
 
 
+def _validation_key(key: str, value: Any) -> str | None:
+    """A ``val_*`` metric name (or None): test metrics never choose."""
+    text = str(value).strip() if value not in (None, "") else ""
+    if text and not text.startswith("val_"):
+        raise ConfigError(f"{key}={text!r}: promote chooses on validation metrics only (val_objective, val_auroc, "
+                          f"...); test metrics such as {text!r} are reported, never used to choose (set metric= "
+                          f"to order the report by it)")
+    return text or None
+
+
+def _selection(cfg: DictConfig) -> dict:
+    from pipelines.objective import PseudoOptions
+
+    sel = cfg.get("selection") or {}
+    pa = sel.get("pseudo_anomalies") or {}
+    pseudo = PseudoOptions(kinds=tuple(str(k) for k in pa.get("kinds", PseudoOptions.kinds)),
+                           per_image=int(pa.get("per_image", 1)), seed=int(pa.get("seed", 0)),
+                           patch_fraction=tuple(float(x) for x in pa.get("patch_fraction", (0.15, 0.3))))
+    step = float(sel.get("weight_step", 0.25))
+    if not (0 < step <= 1) or abs(1 / step - round(1 / step)) > 1e-9:
+        raise ConfigError(f"selection.weight_step must divide 1 (0.5, 0.25, 0.2, ...), got {step}")
+    max_members = sel.get("max_members")
+    eval_size = sel.get("eval_size")
+    return {"weight_step": step, "max_members": int(max_members) if max_members not in (None, "") else None,
+            "eval_size": int(eval_size) if eval_size not in (None, "") else None, "pseudo": pseudo}
+
+
 def promote_options(cfg: DictConfig) -> PromoteOptions:
-    """The promote options of ``conf/promote.yaml`` (top-level keys ``members``, ``metric``, ...)."""
+    """The promote options of ``conf/promote.yaml`` (top-level keys ``members``, ``fusion``, ...).
+
+    Raises:
+        ConfigError: an unknown normalisation or fusion, a test metric as ``objective``/``select_by``, a bad
+            weight step.
+    """
     normalisation = str(cfg.normalisation)
     if normalisation not in NORMALISATIONS:
         raise ConfigError(f"normalisation must be 'none' (the paper: mean of the maps) or 'per_member' "
                           f"(standardise each member's map on validation normals), got {normalisation!r}")
+    fusion = str(cfg.get("fusion", "mean"))
+    if fusion not in FUSIONS:
+        raise ConfigError(f"fusion must be 'mean' (the paper: the members' maps averaged) or 'search' (members and "
+                          f"weights chosen on the validation objective), got {fusion!r}")
     return PromoteOptions(members=_names(cfg.get("members")), metric=str(cfg.metric).strip(),
-                          select_by=(str(cfg.select_by).strip() or None) if cfg.get("select_by") else None,
+                          select_by=_validation_key("select_by", cfg.get("select_by")),
                           normalisation=normalisation, alias=str(cfg.alias).strip(),
                           force=_bool("force", cfg.get("force", False)),
-                          ensemble_name=str(cfg.ensemble_name) if cfg.get("ensemble_name") else None)
+                          ensemble_name=str(cfg.ensemble_name) if cfg.get("ensemble_name") else None,
+                          fusion=fusion, objective=_validation_key("objective", cfg.get("objective", "val_objective"))
+                          or "val_objective", **_selection(cfg))
 
 
 # ------------------------------------------------------------------------------------- reproduce

@@ -12,7 +12,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["log_figure", "log_training_figures"]
+__all__ = ["log_figure", "log_training_figures", "log_evaluation_figures"]
 
 
 def log_figure(name: str, build: Callable) -> None:
@@ -45,7 +45,8 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
     masks = [splits.dataset.load_channels(scored.samples[i], size).any(0) for i in pick]
     titles = [f"{scored.samples[i].relative_id}  {scored.scores[i]:.3f}" for i in pick]
     log_figure("anomaly_overlays", lambda: viz.overlay_figure(images, scored.maps[pick], titles=titles, masks=masks))
-    log_figure("training_curves", lambda: viz.training_curves_figure(history))
+    if history is not None:
+        log_figure("training_curves", lambda: viz.training_curves_figure(history))
     labels = [s.label for s in scored.samples]
     types = [s.anomaly_type for s in scored.samples]
     scores = scored.scores.tolist()
@@ -65,6 +66,11 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
             return viz.pro_figure(curves, max_fpr=0.3, title="sPRO" if splits.dataset.has_saturation else "PRO")
         log_figure("spro_curves", pro)
     return pick
+
+
+def log_evaluation_figures(splits, scored, size: int, n_overlays: int) -> list[int]:
+    """The figures of a scored test split without training (a memory bank): overlays, ROC and (s)PRO curves."""
+    return _evaluation_figures(splits, scored, size, n_overlays, history=None)
 
 
 def _prototype_figures(model, splits, scored, size: int, stage: int, anomalous: list[int], feats, train_feats):

@@ -35,7 +35,7 @@ def test_loco_layout_masks_and_defects_config(small):
     assert ds.has_saturation and len(ds.samples("train")) == 3 and len(ds.samples("validation")) == 1
     entries = {e["defect_name"]: e for e in json.loads((small / CAT / "defects_config.json").read_text())}
     assert set(entries) == set(kit.DEFECTS)
-    areas = syn.part_areas(128)
+    areas = kit.part_areas(128)
     meta = json.loads((small / CAT / "metadata.json").read_text())
     kinds = set()
     for s in ds.samples("test"):

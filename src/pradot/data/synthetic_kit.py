@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from . import synthetic as sb
+from . import synthetic_parts as sb
 
 __all__ = ["CATEGORY", "LOGICAL_KINDS", "STRUCTURAL_KINDS", "DEFECTS", "LAYOUT", "seat_center", "seat_type",
-           "render", "defects_config", "describe"]
+           "render", "part_areas", "defects_config", "describe"]
 
 CATEGORY = "fastener_kit"
 LOGICAL_KINDS: tuple[str, ...] = ("missing_part", "extra_part", "shifted_part", "swapped_parts")
@@ -213,9 +213,23 @@ def render(kind: str, rng: np.random.Generator, canvas: sb.Canvas):
     return sb._to_uint8(_draw(parts, _light(rng, canvas.size), canvas)), channels, info
 
 
+def part_areas(image_size: int) -> dict[str, int]:
+    """Area in pixels of each part type at its first seat, upright (the missing-part saturation thresholds)."""
+    canvas = sb.Canvas(image_size)
+    areas = {}
+    for seat in (0, 1, 2):
+        ptype = seat_type(seat)
+        cx, cy = seat_center(seat)
+        part = sb.Part(ptype, cx, cy, 90.0 if ptype.endswith("screw") else 0.0, seat)
+        ys, xs = canvas.box(cx, cy, sb._part_radius(ptype))
+        sdf, _ = sb._part_field(part, canvas.X[ys, xs], canvas.Y[ys, xs], canvas.k, shade=False)
+        areas[ptype] = int(round(float(sb._coverage(sdf).sum())))
+    return areas
+
+
 def defects_config(image_size: int) -> list[dict[str, Any]]:
     """The ``defects_config.json`` entries for ``image_size``."""
-    areas = sb.part_areas(image_size)
+    areas = part_areas(image_size)
     out = []
     for name, (value, relative, threshold) in DEFECTS.items():
         if threshold is None:
