@@ -44,7 +44,7 @@ from .aggregation import FeatureOptions, check_aggregation
 from .backbone import Backbone, load_backbone
 from .checkpoint import MEMORY_BANK_FORMAT, load_state, save_state
 from .coreset import greedy_coreset
-from .model import prepare_images
+from .model import as_tensor, prepare_images
 from .postprocess import check_sigma, gaussian_smooth
 from .scoring import fuse_maps, image_scores, upsample_maps
 
@@ -119,8 +119,7 @@ class MemoryBankModel(nn.Module):
     # ------------------------------------------------------------------ features
     def transform(self, features: Mapping[int, np.ndarray | torch.Tensor]) -> dict[int, torch.Tensor]:
         """Backbone features ``{stage: (B, D, H, W)}`` -> bank features ``{bank stage: (B, D', H', W')}``."""
-        feats = {s: torch.as_tensor(np.asarray(features[s]) if not isinstance(features[s], torch.Tensor)
-                                    else features[s]).float() for s in self.config.stages}
+        feats = {s: as_tensor(features[s]).float() for s in self.config.stages}
         return self.options.apply(feats, self.config.stages)
 
     def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], chunk: int = 32,
@@ -142,7 +141,7 @@ class MemoryBankModel(nn.Module):
             raise ValueError("the training set is empty: a memory bank needs at least one normal image")
         parts: dict[int, list[torch.Tensor]] = {s: [] for s in self.bank_stages}
         for i in range(0, n, chunk):
-            batch = self.transform({s: np.asarray(features[s][i:i + chunk]) for s in self.config.stages})
+            batch = self.transform({s: features[s][i:i + chunk] for s in self.config.stages})
             for s, f in batch.items():
                 parts[s].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).contiguous())
         self.memory, self._index = {}, {}
@@ -210,8 +209,8 @@ class MemoryBankModel(nn.Module):
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps (B, S, S) and image scores (B,) from precomputed backbone features (e.g. the cache)."""
         n = len(features[self.config.stages[0]])
-        out = [self.maps_from_backbone({s: torch.as_tensor(np.asarray(features[s][i:i + batch_size]))
-                                        for s in self.config.stages}) for i in range(0, n, batch_size)]
+        out = [self.maps_from_backbone({s: as_tensor(features[s][i:i + batch_size]) for s in self.config.stages})
+               for i in range(0, n, batch_size)]
         S = int(self.config.image_size)
         maps = torch.cat(out) if out else torch.zeros(0, S, S)
         return maps, image_scores(maps)

@@ -39,7 +39,7 @@ from .prototypes import BankConfig, PrototypeBank
 from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
 from .transport import sinkhorn
 
-__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape", "PrototypeModel", "PRADOT", "FORMAT", "prepare_images"]
+__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape", "PrototypeModel", "PRADOT", "FORMAT", "prepare_images", "as_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ class PrototypeModel(nn.Module):
     def transform(self, features: Mapping[int, np.ndarray | torch.Tensor]) -> dict[int, torch.Tensor]:
         """Backbone features ``{stage: (B, D, H, W)}`` -> the banks' features ``{bank stage: (B, D', H', W')}``
         (the feature options, on the model's device)."""
-        feats = {s: torch.as_tensor(np.asarray(features[s]) if not isinstance(features[s], torch.Tensor)
-                                    else features[s]).to(self.device_) for s in self.config.stages}
+        feats = {s: as_tensor(features[s]).to(self.device_) for s in self.config.stages}
         return feats if self.options.identity else self.options.apply(feats, self.config.stages)
 
     # ------------------------------------------------------------------ training
@@ -290,7 +289,7 @@ class PrototypeModel(nn.Module):
         n = len(features[self.config.stages[0]])
         out = []
         for i in range(0, n, batch_size):
-            batch = {s: torch.as_tensor(np.asarray(features[s][i:i + batch_size])) for s in self.config.stages}
+            batch = {s: as_tensor(features[s][i:i + batch_size]) for s in self.config.stages}
             out.append(self.fuse(self.stage_maps(batch)))
         if not out:
             S = int(self.config.image_size)
@@ -319,6 +318,15 @@ class PrototypeModel(nn.Module):
             model.banks[str(s)] = bank
         model.fitted = bool(state.get("fitted", True))
         return model
+
+
+def as_tensor(x) -> torch.Tensor:
+    """A tensor of ``x`` (tensor, array or memmap slice); read-only arrays (cached features) are copied first,
+    so torch never wraps memory it may not write."""
+    if isinstance(x, torch.Tensor):
+        return x
+    a = np.asarray(x)
+    return torch.from_numpy(a if a.flags.writeable else np.array(a))
 
 
 def prepare_images(images, size: int) -> torch.Tensor:
