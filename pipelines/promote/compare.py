@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
