@@ -2,7 +2,7 @@
 (``conf/<entry point>.yaml``) -> the dataclasses the pipelines and the library take.
 
     argv   ["data=synthetic", "model.alpha=0.3", "members=a/1,b/2"]
-      -> parse_overrides      Hydra overrides (values Hydra cannot read as one value are quoted)
+      -> parse_overrides      Hydra overrides (pipelines/argv.py: one argv item is one value)
       -> compose("train")     the resolved DictConfig of conf/train.yaml + overrides
       -> train_settings(cfg)  TrainSettings(data=DataSpec, model=PRADOTConfig, evaluation=..., ...)
 
@@ -11,15 +11,12 @@ Nothing below the entry points reads a DictConfig: they receive these objects.
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.argv import CONF_DIR, ConfigError, parse_overrides
 from pipelines.paths import not_utf8_message, resolve_paths
 from pradot.engine import DataSpec, batch_size_for
 from pradot.model import PRADOTConfig
@@ -27,102 +24,8 @@ from pradot.model import PRADOTConfig
 __all__ = ["CONF_DIR", "ConfigError", "parse_overrides", "compose", "flatten", "parse_stages", "data_spec",
            "model_config", "model_name", "training_view", "with_overrides", "EvaluationSettings", "TrackingSettings",
            "TrainSettings", "train_settings", "PromoteOptions", "promote_options", "ReproduceGrid",
-           "reproduce_grid"]
+           "reproduce_grid", "FUSIONS"]
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-class ConfigError(ValueError):
-    """A bad override or configuration value; the message names the key and how to fix it."""
-
-
-# ------------------------------------------------------------------------------------- overrides
-#: the one argv item that holds several overrides (the MLproject parameter ``overrides``)
-OVERRIDES_KEY = "overrides"
-
-
-def _quote_for_hydra(value: str) -> str:
-    """``value`` as a single-quoted Hydra string: a quote is escaped, and so are the backslashes that
-    precede a quote or end the value (Hydra keeps any other backslash as it is, e.g. ``C:\\data``)."""
-    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    out = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, out)
-    return f"'{out}'"
-
-
-def _hydra_value(item: str) -> str:
-    """``key=value`` as Hydra reads it, the value one value exactly as given: quoted when Hydra would read
-    it otherwise (``members=a/1,b/2`` is a sweep to Hydra; ``x=(1)``, ``x=it's``, ``x=/data/Bäder`` syntax
-    errors; ``x= a`` loses its space). Values Hydra reads as numbers, booleans, lists, null or
-    interpolations (``${...}``) are kept as typed."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    key, value = item.split("=", 1)
-    parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_override(item)
-        if not parsed.is_sweep_override() and (not isinstance(parsed.value(), str) or parsed.value() == value):
-            return item
-    except HydraException:
-        pass
-    quoted = f"{key}={_quote_for_hydra(value)}"
-    try:
-        ok = parser.parse_override(quoted).value() == value
-    except HydraException:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{key}: the value {value!r} cannot be passed to Hydra as one string")
-    return quoted
-
-
-def _split_overrides(value: str) -> list[str]:
-    """The ``overrides`` parameter's value split like a shell would (quotes group, backslashes escape):
-    ``"experiment=ci data_root='/My Data'"`` -> ``["experiment=ci", "data_root=/My Data"]``."""
-    try:
-        return shlex.split(value)
-    except ValueError as e:  # an unbalanced quote
-        raise ConfigError(f"{OVERRIDES_KEY}={value!r}: {e} (quote values that hold spaces, e.g. "
-                          f"{OVERRIDES_KEY}=\"data_root='/my data' seed=1\")") from None
-
-
-def parse_overrides(argv: Sequence[str]) -> list[str]:
-    """Hydra overrides from argv. Each ``key=value`` item is one override whose value is taken as written
-    (spaces, commas, parentheses, quotes and non-ASCII letters included: ``_hydra_value`` quotes it for
-    Hydra); only the item ``overrides=...`` (the MLproject parameter, one string) holds several, split
-    like a shell splits words. ``--key value`` pairs (MLflow's extra ``-P`` parameters) are overrides too;
-    items with an empty value (``key=``: an MLproject parameter left unset) are dropped.
-
-    Raises:
-        ConfigError: an item is not ``key=value``, an option has no value, or ``overrides`` has an unbalanced quote.
-    """
-    items: list[str] = []
-    argv = list(argv)
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--") and "=" not in a:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"option {a} needs a value (use key=value overrides)")
-            items.append(f"{a[2:]}={argv[i + 1]}")
-            i += 2
-            continue
-        if a.startswith(OVERRIDES_KEY + "="):
-            items.extend(_split_overrides(a[len(OVERRIDES_KEY) + 1:]))
-        else:
-            items.append(a)
-        i += 1
-    out = []
-    for it in items:
-        if it.startswith("~"):  # Hydra's delete syntax: ~key or ~key=value
-            out.append(it)
-            continue
-        if "=" not in it:
-            raise ConfigError(f"{it!r} is not a key=value override (see {CONF_DIR} for the keys)")
-        key, value = it.split("=", 1)
-        if value == "":
-            continue
-        out.append(_hydra_value(f"{key}={value}"))
-    return out
 
 
 def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -172,7 +75,7 @@ def _own_keys(root: str) -> set[str]:
 def training_view(cfg: DictConfig) -> DictConfig:
     """The training part of any entry point's config: without the ``sweep`` group and without the
     top-level options of promote/reproduce (what a training run logs as params)."""
-    drop = {"sweep"}.union(*(_own_keys(r) for r in _ENTRY_ROOTS))
+    drop = {"sweep", "memory_bank"}.union(*(_own_keys(r) for r in _ENTRY_ROOTS))
     return OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in drop})
 
 
@@ -225,7 +128,9 @@ def model_config(cfg: DictConfig) -> PRADOTConfig:
                         image_size=int(cfg.data.image_size), alpha=float(m.alpha), n=float(m.n), eta=float(m.eta),
                         epsilon=float(m.epsilon), sinkhorn_iters=int(m.sinkhorn_iters),
                         batch_size=batch_size_for(m.n, m.batch_ratio), epochs=int(m.epochs), seed=int(cfg.seed),
-                        learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start))
+                        learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start),
+                        aggregation=int(m.get("aggregation", 1)), concat_stages=bool(m.get("concat_stages", False)),
+                        smoothing_sigma=float(m.get("smoothing_sigma", 0.0)))
 
 
 def model_name(cfg: DictConfig) -> str:
@@ -296,24 +201,33 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
 
 # ------------------------------------------------------------------------------------- promote
 NORMALISATIONS = ("none", "per_member")
+#: how promote fuses the chosen members: the paper's mean, or weights searched on the validation objective
+FUSIONS = ("mean", "search")
 
 
 @dataclass(frozen=True)
 class PromoteOptions:
-    """promote's own settings (``conf/promote.yaml``)."""
+    """promote's own settings (``conf/promote.yaml``). Members, weights and the alias are chosen on
+    ``objective`` (a validation metric); ``metric`` (a test metric) only orders the report."""
 
-    members: tuple[str, ...] = ()  # () = the best bank per (stage, alpha group)
+    members: tuple[str, ...] = ()  # () = every registered version, the best per group on the objective
     metric: str = "image_auroc"
-    select_by: str | None = None  # the version metric that picks the default members (default: metric)
+    select_by: str | None = None  # a val_* version tag that pre-selects one version per group
     normalisation: str = "none"
     alias: str = "champion"
     force: bool = False
     ensemble_name: str | None = None
+    fusion: str = "mean"
+    objective: str = "val_objective"
+    weight_step: float = 0.25
+    max_members: int | None = None
+    eval_size: int | None = None
+    pseudo: Any = None  # pipelines.objective.PseudoOptions
 
     @property
     def selection_metric(self) -> str:
-        """What ranks the default candidates: ``select_by``, else ``metric``."""
-        return self.select_by or self.metric
+        """What chooses the members: the validation ``objective``."""
+        return self.objective
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -332,17 +246,55 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(str(m).strip() for m in items if str(m).strip())
 
 
+def _validation_key(key: str, value: Any) -> str | None:
+    """A ``val_*`` metric name (or None): test metrics never choose."""
+    text = str(value).strip() if value not in (None, "") else ""
+    if text and not text.startswith("val_"):
+        raise ConfigError(f"{key}={text!r}: promote chooses on validation metrics only (val_objective, val_auroc, "
+                          f"...); test metrics such as {text!r} are reported, never used to choose (set metric= "
+                          f"to order the report by it)")
+    return text or None
+
+
+def _selection(cfg: DictConfig) -> dict:
+    from pipelines.objective import PseudoOptions
+
+    sel = cfg.get("selection") or {}
+    pa = sel.get("pseudo_anomalies") or {}
+    pseudo = PseudoOptions(kinds=tuple(str(k) for k in pa.get("kinds", PseudoOptions.kinds)),
+                           per_image=int(pa.get("per_image", 1)), seed=int(pa.get("seed", 0)),
+                           patch_fraction=tuple(float(x) for x in pa.get("patch_fraction", (0.15, 0.3))))
+    step = float(sel.get("weight_step", 0.25))
+    if not (0 < step <= 1) or abs(1 / step - round(1 / step)) > 1e-9:
+        raise ConfigError(f"selection.weight_step must divide 1 (0.5, 0.25, 0.2, ...), got {step}")
+    max_members = sel.get("max_members")
+    eval_size = sel.get("eval_size")
+    return {"weight_step": step, "max_members": int(max_members) if max_members not in (None, "") else None,
+            "eval_size": int(eval_size) if eval_size not in (None, "") else None, "pseudo": pseudo}
+
+
 def promote_options(cfg: DictConfig) -> PromoteOptions:
-    """The promote options of ``conf/promote.yaml`` (top-level keys ``members``, ``metric``, ...)."""
+    """The promote options of ``conf/promote.yaml`` (top-level keys ``members``, ``fusion``, ...).
+
+    Raises:
+        ConfigError: an unknown normalisation or fusion, a test metric as ``objective``/``select_by``, a bad
+            weight step.
+    """
     normalisation = str(cfg.normalisation)
     if normalisation not in NORMALISATIONS:
         raise ConfigError(f"normalisation must be 'none' (the paper: mean of the maps) or 'per_member' "
                           f"(standardise each member's map on validation normals), got {normalisation!r}")
+    fusion = str(cfg.get("fusion", "mean"))
+    if fusion not in FUSIONS:
+        raise ConfigError(f"fusion must be 'mean' (the paper: the members' maps averaged) or 'search' (members and "
+                          f"weights chosen on the validation objective), got {fusion!r}")
     return PromoteOptions(members=_names(cfg.get("members")), metric=str(cfg.metric).strip(),
-                          select_by=(str(cfg.select_by).strip() or None) if cfg.get("select_by") else None,
+                          select_by=_validation_key("select_by", cfg.get("select_by")),
                           normalisation=normalisation, alias=str(cfg.alias).strip(),
                           force=_bool("force", cfg.get("force", False)),
-                          ensemble_name=str(cfg.ensemble_name) if cfg.get("ensemble_name") else None)
+                          ensemble_name=str(cfg.ensemble_name) if cfg.get("ensemble_name") else None,
+                          fusion=fusion, objective=_validation_key("objective", cfg.get("objective", "val_objective"))
+                          or "val_objective", **_selection(cfg))
 
 
 # ------------------------------------------------------------------------------------- reproduce
@@ -385,9 +337,3 @@ def reproduce_grid(cfg: DictConfig) -> ReproduceGrid:
 def resolved_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML (logged with every run)."""
     return OmegaConf.to_yaml(cfg)
-
-
-def to_json(value: Any) -> str:
-    """Compact JSON of a config value (lists and dicts included), for tags and params."""
-    return json.dumps(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value,
-                      sort_keys=True, default=str)

@@ -12,7 +12,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["log_figure", "log_training_figures"]
+__all__ = ["log_figure", "log_training_figures", "log_evaluation_figures"]
 
 
 def log_figure(name: str, build: Callable) -> None:
@@ -40,7 +40,8 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
     from pradot.data import read_image
     from pradot.metrics import Saturation, spro_curve
 
-    log_figure("training_curves", lambda: viz.training_curves_figure(history))
+    if history is not None:
+        log_figure("training_curves", lambda: viz.training_curves_figure(history))
     pick = _pick(scored.scores, min(n_overlays, len(scored.samples)))
     if not pick:  # no test images: nothing else to draw
         return pick
@@ -69,6 +70,11 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
             return viz.pro_figure(curves, max_fpr=0.3, title="sPRO" if splits.dataset.has_saturation else "PRO")
         log_figure("spro_curves", pro)
     return pick
+
+
+def log_evaluation_figures(splits, scored, size: int, n_overlays: int) -> list[int]:
+    """The figures of a scored test split without training (a memory bank): overlays, ROC and (s)PRO curves."""
+    return _evaluation_figures(splits, scored, size, n_overlays, history=None)
 
 
 def _prototype_figures(model, splits, scored, size: int, stage: int, anomalous: list[int], feats, train_feats):
@@ -127,12 +133,14 @@ def log_training_figures(model, splits, scored, train_features, history, *, imag
     pick = _evaluation_figures(splits, scored, image_size, n_overlays, history)
     if not paper_figures or not pick:
         return
-    stage = model.config.stages[0]
+    stage = model.prototypes.bank_stages[0]  # the first bank (the stages' concatenation when concat_stages)
     anomalous = [i for i in pick if scored.samples[i].label == 1][:3] or pick[:3]
     with torch.no_grad():
         test_imgs = torch.stack([torch.from_numpy(read_image(scored.samples[i].image_path, image_size))
                                  .permute(2, 0, 1) for i in anomalous]).float() / 255.0
-        feats = model.backbone(test_imgs.to(model.device_))[stage]
+        feats = model.prototypes.transform(model.backbone(test_imgs.to(model.device_)))[stage]
+        if train_features is not None and not model.prototypes.options.identity:  # the banks' features
+            train_features = model.prototypes.transform(train_features)
     bank = model.banks[str(stage)]
     for j, i in enumerate(anomalous):
         log_figure(f"assignments_{j}", lambda i=i, j=j: viz.assignment_figure(

@@ -26,7 +26,8 @@ PyPI packages; with ``--env-manager local`` the current environment is used.
 
 Ensembles: ``load_context`` loads the ``model`` artifact with :func:`pradot.persistence.load_scoring_model`,
 which dispatches on the file's ``"format"``: ``pradot-model-v1`` (``PRADOT.save``) and
-``pradot-ensemble-v1`` (``pradot.ensemble.Ensemble.save``) are served by this same class and contract.
+``pradot-ensemble-v1``/``-v2`` (``pradot.ensemble.Ensemble.save``) and ``pradot-memory-bank-v1``
+(``pradot.memory_bank.MemoryBankModel.save``) are served by this same class and contract.
 This file is the model's code (copied into every logged model): it imports only ``pradot`` and MLflow,
 never the rest of ``pipelines``.
 """
@@ -83,7 +84,8 @@ SIGNATURE = ModelSignature(
 )
 
 #: distributions the served model imports (pinned to this environment's versions when logging)
-SERVING_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pandas", "matplotlib", "tqdm")
+SERVING_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pandas", "matplotlib", "tqdm",
+                         "scikit-learn")  # scikit-learn: the memory bank's nearest-neighbour search
 
 
 class PradotPyfunc(mlflow.pyfunc.PythonModel):

@@ -1,4 +1,5 @@
-"""MLflow entry point `reproduce`: train the paper's four banks and promote their ensemble.
+"""MLflow entry point `reproduce`: train the paper's four banks and the memory-bank baseline, and promote their
+ensemble.
 
     python pipelines/reproduce.py category=screw_bag data=mvtec_loco [data_root=...] [hydra overrides...]
     mlflow run . -e reproduce -P category=screw_bag -P overrides="experiment=paper"
@@ -6,7 +7,9 @@
 The paper's final model (section 4, Table 2) is the average of the maps of four banks,
 (stage, alpha) = (2, 0), (2, 0.3), (3, 0), (3, 0.3). This entry point trains them one after the other
 (``pipelines.train.run_training``, each its own MLflow run, registered as ``pradot-<dataset>-<category>``),
-then promotes exactly those four versions (``pipelines.promote.run.run_promotion``). Every step is a child
+then the memory-bank baseline (``pipelines.baseline.run_baseline``, registered as ``<model name>-baseline``:
+a row of the comparison table), then promotes exactly those four versions (``pipelines.promote.run.run_promotion``;
+with ``fusion=search``, e.g. ``experiment=best``, the baseline is a candidate too). Every step is a child
 run (``mlflow.parentRunId``) of one ``reproduce`` run (tag ``pradot.entry_point=reproduce``) that records the
 members, the ensemble version and the promotion; each step returns its run, version and metrics, which
 the next one uses. On real data with ``overrides="experiment=paper"`` it is the one command that
@@ -34,6 +37,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/reproduce.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import cli, config, tracking  # noqa: E402
+from pipelines.baseline import memory_bank_config, run_baseline  # noqa: E402
 from pipelines.promote.run import PromotionResult, run_promotion  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
 
@@ -112,9 +116,13 @@ def run(argv: Sequence[str]) -> ReproduceResult:
                            "reproduce.overrides": " ".join(overrides)[:6000]})
         members = [_train_member(cfg, s, a) for s, a in grid.members()]
         mlflow.set_tag("pradot.members", ",".join(members))
+        print("\n== reproduce: the memory-bank baseline ==", flush=True)
+        view = {k: v for k, v in config.flatten(config.training_view(cfg)).items() if not k.startswith("model.")}
+        baseline = run_baseline(settings, memory_bank_config(cfg), view, nested=True)
+        mlflow.set_tag("pradot.baseline", f"{baseline.model_name}/{baseline.version}")
         print(f"\n== reproduce: promoting {', '.join(members)} ==", flush=True)
         promotion = run_promotion(settings, dataclasses.replace(opts, members=tuple(members)),
-                                  config.flatten(cfg), nested=True)
+                                  config.flatten(cfg), nested=True, mb_config=memory_bank_config(cfg))
         mlflow.set_tags({"pradot.ensemble": f"{promotion.ensemble_name}/{promotion.version}",
                          "pradot.promotion": promotion.decision.reason})
         mlflow.log_text(promotion.table, "comparison/comparison.md")

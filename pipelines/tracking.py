@@ -143,7 +143,8 @@ def _number(text: str | None) -> float | None:
 class VersionTags:
     """The tags of a registered model version: what it is, how it was trained and chosen, its metrics.
 
-    One schema for the banks ``main`` and ``sweep`` register and the ensembles ``promote`` registers;
+    One schema for the banks ``main`` and ``sweep`` register, the memory banks ``baseline`` registers
+    (``kind="memory_bank"``) and the ensembles ``promote`` registers;
     :meth:`to_tags` writes it, :meth:`from_tags` reads it back (also from versions registered by earlier
     releases, which used the same keys).
     """
@@ -152,7 +153,7 @@ class VersionTags:
     category: str = ""
     run_id: str = ""
     threshold: float | None = None
-    kind: str = "bank"  # "bank" | "ensemble"
+    kind: str = "bank"  # "bank" | "ensemble" | "memory_bank"
     backbone: str = ""
     stages: tuple[int, ...] = ()
     image_size: int | None = None
@@ -185,12 +186,22 @@ class VersionTags:
     member_alphas: tuple[float, ...] = ()
     selection: str | None = None
     selection_metric: str | None = None
+    selection_split: str | None = None  # the split the choice was made on (validation+pseudo: no test label)
+    fusion: str | None = None  # mean | search
+    member_weights: tuple[float, ...] = ()
+    member_kinds: tuple[str, ...] = ()
+    # feature options and post-processing (banks and memory banks)
+    aggregation: int | None = None
+    smoothing_sigma: float | None = None
+    coreset_ratio: float | None = None
 
     _TEXT = ("dataset", "category", "run_id", "backbone", "sweep_run_id", "trial_id", "objective",
              "calibration_source", "sweep_metric", "normalisation", "selection", "selection_metric",
-             "test_metrics", "test_metrics_note")
-    _NUMBERS = ("threshold", "alpha", "n", "eta", "epsilon", "batch_ratio")
-    _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained", "calibration_n_images")
+             "test_metrics", "test_metrics_note", "selection_split", "fusion")
+    _NUMBERS = ("threshold", "alpha", "n", "eta", "epsilon", "batch_ratio", "smoothing_sigma", "coreset_ratio")
+    _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained", "calibration_n_images",
+                 "aggregation")
+    _KINDS = ("ensemble", "memory_bank")
 
     def to_tags(self) -> dict[str, str]:
         """``{tag: str}``; fields left unset are not written."""
@@ -207,6 +218,12 @@ class VersionTags:
             tags["n_members"] = str(len(self.members))
             tags["member_stages"] = ";".join(_stages_text(s) for s in self.member_stages)
             tags["member_alphas"] = ";".join(f"{a:g}" for a in self.member_alphas)
+            if self.member_weights:
+                tags["member_weights"] = ";".join(f"{w:g}" for w in self.member_weights)
+            if self.member_kinds:
+                tags["member_kinds"] = ";".join(self.member_kinds)
+        if self.kind == "memory_bank":
+            tags["pradot.kind"] = "memory_bank"
         if self.sweep_metric and self.sweep_score is not None:
             tags[self.sweep_metric] = str(round(float(self.sweep_score), 6))
         if self.config:
@@ -217,7 +234,7 @@ class VersionTags:
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> "VersionTags":
         """Read :meth:`to_tags`' output; unknown tags are ignored, unreadable values left unset."""
-        out = cls(kind="ensemble" if tags.get("pradot.kind") == "ensemble" else "bank")
+        out = cls(kind=tags["pradot.kind"] if tags.get("pradot.kind") in cls._KINDS else "bank")
         for name in cls._TEXT:
             if tags.get(name):
                 setattr(out, name, str(tags[name]))
@@ -234,6 +251,10 @@ class VersionTags:
                        if k.startswith("metric.") and (x := _number(v)) is not None}
         if tags.get("members"):
             out.members = tuple(m for m in str(tags["members"]).split(",") if m)
+        weights = [_number(w) for w in str(tags.get("member_weights", "")).split(";") if w]
+        if weights and all(w is not None for w in weights):
+            out.member_weights = tuple(weights)
+        out.member_kinds = tuple(k for k in str(tags.get("member_kinds", "")).split(";") if k)
         if out.sweep_metric:
             out.sweep_score = _number(tags.get(out.sweep_metric))
         with contextlib.suppress(ValueError, TypeError):
@@ -276,9 +297,11 @@ class AliasDecision:
 
 
 def decide_alias(client, name: str, version: str, alias: str, metric: str, value: float,
-                 force: bool = False) -> AliasDecision:
+                 force: bool = False, holder_value: Any = None) -> AliasDecision:
     """Move ``alias`` to ``version`` when it beats the current holder on ``metric`` (strictly; the holder's
-    ``metric.<metric>`` tag), or when ``force``; else keep it. The reason says which and why."""
+    ``metric.<metric>`` tag, or ``holder_value(version)`` when given: the holder's value measured now, e.g.
+    re-scored on the same validation set; ``None`` from it falls back to the tag), or when ``force``; else keep
+    it. The reason says which and why."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -292,7 +315,10 @@ def decide_alias(client, name: str, version: str, alias: str, metric: str, value
     previous = str(champ.version)
     if previous == str(version):
         return AliasDecision(True, f"promoted: v{version} already holds {alias}", previous)
-    old = VersionTags.from_tags(champ.tags).metrics.get(metric)
+    old = holder_value(champ) if holder_value is not None else None
+    old = round(float(old), 5) if old is not None else None
+    if old is None:
+        old = VersionTags.from_tags(champ.tags).metrics.get(metric)
     if force:
         client.set_registered_model_alias(name, alias, version)
         return AliasDecision(True, f"promoted (force=true): v{version} {metric}={new:.5f} replaces v{previous} "

@@ -224,7 +224,9 @@ def run_training(settings: config.TrainSettings, params: dict[str, str], resolve
 def run(argv: Sequence[str]) -> TrainRun:
     """Compose ``conf/train.yaml`` with the overrides in ``argv`` and train."""
     cfg = config.compose("train", config.parse_overrides(argv))
-    return run_training(config.train_settings(cfg), config.flatten(cfg), config.resolved_yaml(cfg))
+    # training params only: an experiment recipe may also set promote's options (experiment=best)
+    return run_training(config.train_settings(cfg), config.flatten(config.training_view(cfg)),
+                        config.resolved_yaml(cfg))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,42 +1,58 @@
-"""MLflow entry point `promote`: build the paper's ensemble from registered banks, compare it with its
-members, register it and move the ``champion`` alias to it when it beats the current champion.
+"""MLflow entry point `promote`: build an ensemble from registered banks (and the memory-bank baseline), chosen
+without test labels, compare it with its candidates, register it and move the ``champion`` alias to it when it
+beats the current champion on the validation objective.
 
-Modules: ``select`` (which versions), ``compare`` (members vs ensemble on the test split), ``run`` (the
-entry point: select -> compare -> calibrate -> register -> alias).
+Modules: ``select`` (which versions are candidates), ``choose`` (the label-free choice on the validation
+objective), ``compare`` (candidates vs ensemble on the test split, after the choice), ``run`` (the entry point:
+select -> choose -> compare -> calibrate -> register -> alias).
 
-    python pipelines/promote.py category=screw_bag data=mvtec_loco [members=...] [metric=image_auroc]
-        [select_by=val_auroc] [normalisation=none|per_member] [alias=champion] [force=false] [hydra overrides...]
-    mlflow run . -e promote -P category=screw_bag [-P members=pradot-mvtec_loco-screw_bag/1,...]
+    python pipelines/promote.py category=screw_bag data=mvtec_loco [members=...] [fusion=mean|search]
+        [normalisation=none|per_member] [select_by=val_auroc] [alias=champion] [force=false] [hydra overrides...]
+    mlflow run . -e promote -P category=screw_bag [-P fusion=search] [-P members=pradot-mvtec_loco-screw_bag/1,...]
 
-Members:
-* default: among the versions of ``pradot-<dataset>-<category>`` (``tracking.model_name``), the best one
-  (by the version tag ``metric.<metric>``, else the training run's metric; ties: the newest) of each
-  (stage, alpha group) with alpha group "alpha=0" (global prototypes) vs "alpha>0" (local): at most four
-  members, the paper's (2, 0), (2, 0.3), (3, 0), (3, 0.3). Only **single-stage** banks (version tag
-  ``stages`` with one stage) form these groups. Multi-stage banks (``stages=2,3``) are left out of the
-  default selection: such a bank already averages its stages' maps, so adding it next to single-stage
-  banks would count those stages twice; they are listed in the run (``pradot.excluded``) and can be used
-  explicitly.
-* ``select_by=<metric>``: rank the default candidates by another version metric than ``metric``, e.g.
-  ``select_by=val_auroc`` for sweep-registered versions, which carry ``metric.val_auroc`` (the sweep's
-  validation objective) and no test metrics. The ensemble is still compared and promoted on ``metric``.
-* ``members=name/version,name/version,...`` (also ``models:/name/version`` or ``name@alias``): exactly
-  these versions (a missing one is an error naming the versions that exist).
+**Nothing is chosen on the test split.** Every choice is made on the validation objective
+(``pipelines.objective``): the validation normals plus pseudo-anomalies of both styles made from them
+(``pradot.data.pseudo_anomalies``: cut-paste, noise, blotch = structural; shuffled tiles, moved patches =
+logical), scored by image AUROC and AU-PRO@0.05 on the pseudo-anomaly masks per style, combined into
+``val_objective`` (the mean over styles of their average; ``pradot.metrics.pseudo``). Data without a validation
+split use the training images as normals (said in the tags). Test metrics are computed after the choice, for the
+comparison table only; shuffling the test labels changes the table, not the choice (a test checks it).
 
-Then, in one MLflow run (tag ``pradot.entry_point=promote``): download each member's ``.pt`` from the
-registry, score the validation and test splits once per member (members sharing backbone weights share
-the backbone pass), fuse the maps (``pradot.ensemble``: the mean, optionally after per-member
-standardisation on validation normals), compute every model's metrics on the test split with the
-engine's official definitions, log the comparison (``comparison/comparison.csv`` / ``.md``), a bar chart
-and overlays (members vs ensemble), calibrate the ensemble's threshold on the validation normals,
-register the ensemble (one ``pradot-ensemble-v1`` file served by the same pyfunc and contract as a
-single bank) as ``<model name>-ensemble`` with tags (members, metrics, ...) and move the alias when the
-new version's ``metric.<metric>`` is strictly higher than the champion's (``force=true``: always). The
-decision is printed and recorded as the tag ``pradot.promotion`` on the run and the new version.
+Candidates:
+* default: every registered version of ``pradot-<dataset>-<category>`` (``tracking.model_name``; ensembles
+  excluded) and the newest registered memory-bank baseline ``<model name>-baseline`` (``-e baseline``). When no
+  baseline is registered, promote fits one on the training features (``conf/memory_bank``; seconds, no
+  training) so that the comparison table always has the baseline's row; it is said in the row's label and in
+  the run's ``promote.baseline`` param. Promote scores every candidate on the evaluation set and keeps the best
+  per group (PRADOT banks by stage(s) and alpha = 0 vs alpha > 0; memory banks by stages).
+* ``select_by=<val_* tag>``: per group, only the version with the best such tag (e.g. ``val_auroc`` of
+  sweep-registered versions) is scored. Test metrics are refused here.
+* ``members=name/version,...`` (also ``models:/name/version`` or ``name@alias``): exactly these candidates (a
+  missing one is an error naming the versions that exist); the baseline stays a row (and a candidate under
+  ``fusion=search``).
+
+Fusion:
+* ``fusion=mean`` (the default, the paper's rule): the group winners that are single-stage PRADOT banks (at most
+  the paper's four: (2, 0), (2, 0.3), (3, 0), (3, 0.3)) or the given members, averaged; optionally standardised
+  per member on the validation normals (``normalisation=per_member``).
+* ``fusion=search`` (``experiment=best``): the members and their weights chosen among the group winners and the
+  baseline on a weight grid (``selection.weight_step``) by ``val_objective`` (``pradot.fusion.choose_fusion``); a
+  single model is a valid answer.
+
+Then, in one MLflow run (tag ``pradot.entry_point=promote``): ``comparison/choice.json`` (every candidate's
+validation metrics, the winners, the members, weights and normalisation statistics), the test-split comparison
+(``comparison/comparison.csv`` / ``.md``: the validation objective, then the test metrics of every group winner,
+the baseline and the ensemble), a bar chart and overlays; the threshold calibrated on the validation normals'
+fused scores; the ensemble registered (one ``pradot-ensemble-v2`` file: members, weights, statistics, served by
+the same pyfunc and contract as a single bank) as ``<model name>-ensemble`` with tags (members, weights,
+member kinds, ``fusion``, ``selection_split``, ``selection_metric``, validation and test metrics); and the alias
+moved when the new version's ``val_objective`` is strictly higher than the champion's, **re-scored now on the
+same evaluation set** (its tag when it cannot be loaded; ``force=true``: always). Test numbers are reported for
+information. The decision is printed and recorded as the tag ``pradot.promotion`` on the run and the new version.
 
 The data options must be those the members were trained with (pass the same ``overrides``, e.g.
 ``experiment=ci``): promote checks the members' training-run parameters (dataset kind, category,
 synthetic generator, validation fraction / seed) and refuses a mismatch rather than evaluating on
-other data (or regenerating a synthetic dataset). Members with different image sizes are accepted: the
-ensemble works at the first member's size and the other members' maps are resized (a note is logged).
+other data (or regenerating a synthetic dataset). Candidates at another image size than ``data.image_size``
+are left out (named members: refused), since fused maps must share one grid.
 """

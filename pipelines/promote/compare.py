@@ -1,17 +1,17 @@
-"""Members and ensemble side by side: score every member once per split, fuse the maps, compute each
-model's metrics with the engine's official definitions, and write the comparison table and figures."""
+"""Candidates, the baseline and the chosen ensemble side by side on the test split (after the choice, for the
+report): score every model once, compute each model's metrics with the engine's official definitions, and write
+the comparison table and figures."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SHOWN_METRICS", "score_members", "fuse_scored", "Comparison", "compare", "to_csv", "to_markdown",
+__all__ = ["SHOWN_METRICS", "score_members", "Comparison", "compare", "to_csv", "to_markdown",
            "log_comparison_figures"]
 
 #: metrics shown in the markdown table / bar chart when present (the CSV has all of them)
@@ -43,18 +43,6 @@ def score_members(ensemble, samples, image_size: int, batch_size: int):
         return [Scored([], empty, np.zeros(0), 0.0) for _ in range(K)]
     st = score_samples(_StackedMembers(ensemble), samples, image_size, batch_size)
     return [Scored(st.samples, np.ascontiguousarray(st.maps[:, k]), st.scores[:, k], st.seconds) for k in range(K)]
-
-
-def fuse_scored(ensemble, members):
-    """The ensemble's ``Scored`` from its members' (after ``fit_normalisation`` when per_member)."""
-    import torch
-
-    from pradot.engine import Scored
-
-    t0 = time.perf_counter()
-    fmaps, fscores = ensemble.fuse([torch.from_numpy(m.maps) for m in members])
-    return Scored(members[0].samples, fmaps.numpy().astype(np.float32), fscores.numpy(),
-                  members[0].seconds + time.perf_counter() - t0)
 
 
 @dataclass
@@ -97,8 +85,9 @@ def to_csv(keys, rows) -> str:
     return buf.getvalue()
 
 
-def to_markdown(keys, rows, metric: str) -> str:
-    shown = [k for k in dict.fromkeys([metric, *SHOWN_METRICS]) if k in keys]
+def to_markdown(keys, rows, metric: str, first: str | None = None) -> str:
+    """The table of ``rows`` with ``first`` (e.g. the validation objective), ``metric`` and :data:`SHOWN_METRICS`."""
+    shown = [k for k in dict.fromkeys([*([first] if first else []), metric, *SHOWN_METRICS]) if k in keys]
     lines = ["| model | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join("" if math.isnan(r[k]) else f"{r[k]:.4f}" for k in shown) + " |")
@@ -125,7 +114,7 @@ def log_comparison_figures(dataset, comparison: Comparison, scored_models, short
 
     keys, rows = comparison.rows()
     shown = [k for k in dict.fromkeys([metric, *SHOWN_METRICS]) if k in keys][:6]
-    log_figure("metrics_bar", lambda: viz.metrics_bar_figure(rows, shown, title="members vs ensemble (test split)"))
+    log_figure("metrics_bar", lambda: viz.metrics_bar_figure(rows, shown, title="candidates vs ensemble (test split)"))
     if not scored_models[-1].samples:
         return
     pick = _pick_rows(scored_models[-1], max(2, min(6, n_overlays)))

@@ -1,5 +1,6 @@
-"""MLflow entry point `promote`: select members -> compare them with their ensemble -> calibrate -> register
-the ensemble -> move the alias when it is better. See :mod:`pipelines.promote` for the rules."""
+"""MLflow entry point `promote`: select candidates -> score them on the validation objective -> choose members and
+weights -> (then only) compare on the test split -> calibrate -> register the ensemble -> move the alias when it
+beats the champion on the validation objective. See :mod:`pipelines.promote` for the rules."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from pipelines import cli, config, tracking
-from pipelines.promote.compare import (SHOWN_METRICS, compare, fuse_scored, log_comparison_figures, score_members,
-                                       to_csv, to_markdown)
-from pipelines.promote.select import PromotionError, Selection, download_member, select_members
+from pipelines import cli, config, objective, tracking
+from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
+from pipelines.promote.choose import Candidate, Choice, choose, load_candidates, score_on_set, set_objective
+from pipelines.promote.compare import (SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv,
+                                       to_markdown)
+from pipelines.promote.select import PromotionError, Selection, select_members
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,8 @@ __all__ = ["PromotionResult", "run_promotion", "run", "main"]
 
 @dataclass
 class PromotionResult:
-    """What a promotion produced."""
+    """What a promotion produced. ``metrics``: the ensemble's test metrics (for information) and its
+    validation metrics (``val_*``: what chose it)."""
 
     run_id: str
     experiment_id: str
@@ -37,6 +41,7 @@ class PromotionResult:
     members: list[str]
     table: str
     member_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    weights: list[float] | None = None
     exit_code: int = cli.EXIT_OK
 
     @property
@@ -45,10 +50,11 @@ class PromotionResult:
 
     def summary(self) -> str:
         holder = self.version if self.decision.moved else self.decision.previous
+        weights = "" if self.weights is None else f" (weights {', '.join(f'{w:g}' for w in self.weights)})"
         return "\n".join([
             "\n== PRADOT promotion finished ==",
             f"run       : {self.run_id} (experiment {self.experiment_id})",
-            f"members   : {', '.join(self.members)}",
+            f"members   : {', '.join(self.members)}{weights}  (chosen on the validation objective)",
             self.table,
             f"ensemble  : registered as {self.ensemble_name} v{self.version}",
             f"alias     : {self.alias} {'moved to' if self.decision.moved else 'kept on'} v{holder} "
@@ -58,96 +64,143 @@ class PromotionResult:
             f"look at it: mlflow ui --backend-store-uri {self.tracking_uri}"])
 
 
-def _load_ensemble(sel: Selection, normalisation: str, device):
-    """Download and load every member, and build the (not yet normalised) ensemble."""
+def _same_size(cands: list[Candidate], size: int, explicit: bool) -> list[Candidate]:
+    """Candidates at the data's image size (fused maps must be on one grid); others are left out with a note,
+    or refused when the user named them."""
+    other = [c for c in cands if int(c.model.config.image_size) != size]
+    if other and explicit:
+        raise PromotionError(f"members {[c.label for c in other]} work at another image size than data.image_size="
+                             f"{size}; pass the data.image_size they were trained with (or other members)")
+    for c in other:
+        log.warning("left out %s: image size %s != data.image_size %s", c.label, c.model.config.image_size, size)
+    return [c for c in cands if c not in other]
+
+
+def _candidates(settings, opts, sel: Selection, splits, pset, device, mb_config) -> list[Candidate]:
+    """Every candidate loaded and scored on the evaluation set."""
+    size, bs = settings.data.image_size, settings.evaluation.batch_size
+    fit = (lambda: fit_baseline(settings, mb_config, splits.train, device, progress=False)) if mb_config else None
+    cands = load_candidates(sel, device, fit_baseline=fit)
+    cands = _same_size(cands, size, bool(opts.members))
+    for c in cands:
+        c.maps = score_on_set(c.model, pset, size, bs)
+        c.metrics = set_objective(c.maps, pset, opts.eval_size)
+        log.info("%s: %s", c.label, ", ".join(f"{k}={v:.4f}" for k, v in sorted(c.metrics.items())))
+    return cands
+
+
+def _ensemble(cands: list[Candidate], choice: Choice, opts):
     from pradot.ensemble import Ensemble
-    from pradot.model import PRADOT
 
-    models = []
-    with tempfile.TemporaryDirectory(prefix="pradot-promote-") as tmp:
-        for i, m in enumerate(sel.members):
-            path = download_member(m, Path(tmp) / f"member{i}")
-            model = PRADOT.load(path, device=device).eval()
-            models.append(model)
-            path.unlink()
-    ens = Ensemble(models, normalisation=normalisation, labels=[m.ref for m in sel.members])
-    sizes = sorted({int(x.config.image_size) for x in models})
-    if len(sizes) > 1:
-        import mlflow
-
-        note = (f"members have image sizes {sizes}: the ensemble works at {ens.image_size} px (the first "
-                f"member's); each member scores its input resized to its own size and its map is resized")
-        log.warning("%s", note)
-        mlflow.set_tag("pradot.image_sizes", note)
-    return ens
+    return Ensemble([cands[i].model for i in choice.members], normalisation=opts.normalisation,
+                    stats=choice.stats, labels=[cands[i].name for i in choice.members],
+                    weights=choice.weights).eval()
 
 
-def _score(settings: config.TrainSettings, ens, opts: config.PromoteOptions):
-    """Validation (normalisation, calibration) and test scores of members and ensemble."""
-    import mlflow
+def _fused(ens, maps: list) -> tuple:
     import torch
 
-    from pradot.engine import open_splits
-
-    splits = open_splits(dataclasses.replace(settings.data, image_size=ens.image_size))
-    bs = settings.evaluation.batch_size
-    log.info("scoring %d validation and %d test images with %d members", len(splits.validation),
-             len(splits.test), len(ens))
-    calib_split, calib_source = (splits.validation, "validation") if splits.validation else \
-        (splits.train, "train (no validation images)")
-    val_members = score_members(ens, calib_split, ens.image_size, bs)
-    if opts.normalisation == "per_member":
-        ens.fit_normalisation(member_maps=[torch.from_numpy(v.maps) for v in val_members])
-        mlflow.log_dict({"source": calib_source, "stats": ens.stats, "members": list(ens.labels)},
-                        "comparison/normalisation_stats.json")
-    val_scores = fuse_scored(ens, val_members).scores
-    test_members = score_members(ens, splits.test, ens.image_size, bs)
-    return splits, (val_scores, calib_source), [*test_members, fuse_scored(ens, test_members)]
+    fmaps, fscores = ens.fuse([torch.from_numpy(m) for m in maps])
+    return fmaps.numpy().astype("float32"), fscores.numpy()
 
 
-def _log_comparison(sel: Selection, opts: config.PromoteOptions, splits, scored, settings, ens):
+def _log_choice(cands: list[Candidate], choice: Choice, val_metrics: dict, opts, pset) -> None:
     import mlflow
 
-    refs = [m.ref for m in sel.members]
-    comparison = compare(splits.dataset, scored, [m.describe() for m in sel.members] +
-                         [f"ensemble ({opts.normalisation})"], [*refs, "ensemble"])
-    if opts.metric not in comparison.ensemble:
-        raise PromotionError(f"metric {opts.metric!r} is not computed for {settings.data.kind}; available: "
-                             f"{sorted(comparison.ensemble)}")
-    keys, rows = comparison.rows()
-    table = to_markdown(keys, rows, opts.metric)
-    mlflow.log_text(to_csv(keys, rows), "comparison/comparison.csv")
+    doc = {"split": pset.split, "objective": opts.objective, "fusion": opts.fusion,
+           "normalisation": opts.normalisation, "mode": choice.mode, "evaluation_set": pset.identity,
+           "candidates": [{"label": c.label, "ref": c.ref, "group": list(map(str, c.group)), "kind": c.kind,
+                           "baseline": c.is_baseline, "validation": c.metrics} for c in cands],
+           "winners": [cands[i].label for i in choice.winners],
+           "members": [cands[i].label for i in choice.members], "weights": choice.weights,
+           "stats": choice.stats, "ensemble_validation": val_metrics, "notes": choice.notes}
+    mlflow.log_dict(doc, "comparison/choice.json")
+    mlflow.log_metrics({k: v for k, v in val_metrics.items()})
+    mlflow.set_tags({"pradot.selection_split": pset.split, "pradot.objective": opts.objective})
+    for n in choice.notes:
+        log.info("%s", n)
+
+
+def _compare(cands: list[Candidate], choice: Choice, ens, splits, settings, opts, val_metrics: dict):
+    """After the choice: every group winner and the baseline, then the ensemble, on the test split."""
+    import mlflow
+
+    from pradot.ensemble import Ensemble
+
+    rows = sorted(set(choice.winners) | {i for i, c in enumerate(cands) if c.is_baseline})
+    size, bs = settings.data.image_size, settings.evaluation.batch_size
+    scored = score_members(Ensemble([cands[i].model for i in rows]), splits.test, size, bs)
+    by_cand = dict(zip(rows, scored))
+    fmaps, fscores = _fused(ens, [by_cand[i].maps for i in choice.members])
+    ens_scored = dataclasses.replace(scored[0], maps=fmaps, scores=fscores)
+    labels = [cands[i].label + (" [baseline]" if cands[i].is_baseline else "") for i in rows]
+    weights = "" if choice.weights is None else " w=" + "/".join(f"{w:g}" for w in choice.weights)
+    comparison = compare(splits.dataset, [*scored, ens_scored],
+                         [*labels, f"ensemble ({opts.fusion}, {opts.normalisation}{weights})"],
+                         [cands[i].name for i in rows] + ["ensemble"])
+    keys, table_rows = comparison.rows()
+    for r, i in zip(table_rows, rows):
+        r[opts.objective] = cands[i].metrics[opts.objective]
+    table_rows[-1][opts.objective] = val_metrics[opts.objective]
+    table = to_markdown([*keys, opts.objective], table_rows, opts.metric, first=opts.objective)
+    mlflow.log_text(to_csv([opts.objective, *keys], table_rows), "comparison/comparison.csv")
     mlflow.log_text(table, "comparison/comparison.md")
     mlflow.log_dict(comparison.documents, "comparison/metrics.json")
     mlflow.log_metrics(comparison.ensemble)
-    for k, f in enumerate(comparison.flats[:-1]):
-        mlflow.log_metrics({f"member{k}_{key}": v for key, v in f.items() if key in SHOWN_METRICS})
-    log.info("comparison on the test split:\n%s", table)
-    log_comparison_figures(splits.dataset, comparison, scored, [m.short() for m in sel.members] + ["ensemble"],
-                           opts.metric, ens.image_size, settings.evaluation.n_overlays)
-    return comparison, table
+    for k, i in enumerate(rows):
+        mlflow.log_metrics({f"candidate{k}_{key}": v for key, v in comparison.flats[k].items() if key in SHOWN_METRICS})
+    log.info("comparison on the test split (after the choice):\n%s", table)
+    log_comparison_figures(splits.dataset, comparison, [*scored, ens_scored], [cands[i].short for i in rows] +
+                           ["ensemble"], opts.metric, size, settings.evaluation.n_overlays)
+    return comparison, table, ens_scored
 
 
-def _register(settings, opts, sel: Selection, ens, splits, calibration, calib_source, metrics, run_id):
-    """Register the ensemble with its tags and decide the alias."""
+def _champion_value(opts, pset, size: int, batch_size: int):
+    """``holder_value`` for the alias decision: the champion re-scored on the same evaluation set."""
+    def value(champ):
+        import mlflow
+
+        from pradot.persistence import load_scoring_model, servable_formats
+        from pradot.checkpoint import file_format
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="pradot-champion-") as tmp:
+                local = Path(mlflow.artifacts.download_artifacts(f"models:/{champ.name}/{champ.version}",
+                                                                 dst_path=tmp))
+                path = next(p for p in sorted(local.rglob("*.pt")) if file_format(p) in servable_formats())
+                maps = score_on_set(load_scoring_model(path), pset, size, batch_size)
+            return set_objective(maps, pset, opts.eval_size)[opts.objective]
+        except Exception as e:  # noqa: BLE001 - an unreadable champion: compare with its tag
+            log.warning("could not re-score the champion v%s (%s: %s); comparing with its tag", champ.version,
+                        type(e).__name__, e)
+            return None
+    return value
+
+
+def _register(settings, opts, choice: Choice, cands, ens, splits, calibration, calib_source, metrics, pset,
+              run_id):
+    """Register the ensemble with its tags and decide the alias on the validation objective."""
     import mlflow
     from mlflow import MlflowClient
 
     name = opts.ensemble_name or f"{settings.tracking.model_name}-ensemble"
-    members = [m.ref for m in sel.members]
+    members = [cands[i].name for i in choice.members]
     tags = tracking.VersionTags(
         kind="ensemble", dataset=settings.data.kind, category=settings.data.category, run_id=run_id,
         threshold=calibration.threshold, backbone=ens.config.backbone, stages=ens.config.stages,
         image_size=ens.image_size, members=tuple(members), normalisation=opts.normalisation,
         member_stages=tuple(tuple(x.config.stages) for x in ens.members),
-        member_alphas=tuple(float(x.config.alpha) for x in ens.members), selection=sel.mode,
-        selection_metric=opts.selection_metric, calibration_source=calib_source, metrics=metrics)
+        member_alphas=tuple(float(getattr(x.config, "alpha", float("nan"))) for x in ens.members),
+        member_kinds=tuple(cands[i].kind for i in choice.members), member_weights=tuple(choice.weights or ()),
+        selection=choice.mode, selection_metric=opts.objective, selection_split=pset.split, objective="pseudo",
+        fusion=opts.fusion, calibration_source=calib_source, metrics=metrics)
     with tempfile.TemporaryDirectory(prefix="pradot-ensemble-") as tmp:
         path = ens.save(Path(tmp) / "pradot_ensemble.pt")
         version = tracking.register(path, calibration, name, tags, tracking.example_image(splits))
     client = MlflowClient()
-    decision = tracking.decide_alias(client, name, version, opts.alias, opts.metric, metrics[opts.metric],
-                                     opts.force)
+    decision = tracking.decide_alias(client, name, version, opts.alias, opts.objective, metrics[opts.objective],
+                                     opts.force, holder_value=_champion_value(opts, pset, ens.image_size,
+                                                                              settings.evaluation.batch_size))
     client.set_model_version_tag(name, version, "pradot.promotion", decision.reason)
     mlflow.set_tags({"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"})
     log.info("%s", decision.reason)
@@ -159,10 +212,13 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
 
     refs = [m.ref for m in sel.members]
     mlflow.set_tags({"pradot.dataset": settings.data.kind, "pradot.category": settings.data.category,
-                     "pradot.members": ",".join(refs), "pradot.selection": sel.mode})
-    mlflow.log_params({"promote.members": ",".join(refs), "promote.metric": opts.metric,
-                       "promote.select_by": opts.selection_metric, "promote.normalisation": opts.normalisation,
-                       "promote.alias": opts.alias, "promote.force": opts.force, "promote.selection": sel.mode})
+                     "pradot.members": ",".join(refs)[:4900], "pradot.selection": sel.mode})
+    mlflow.log_params({"promote.members": ",".join(refs)[:6000], "promote.metric": opts.metric,
+                       "promote.objective": opts.objective, "promote.fusion": opts.fusion,
+                       "promote.select_by": opts.select_by or "", "promote.normalisation": opts.normalisation,
+                       "promote.weight_step": opts.weight_step, "promote.max_members": opts.max_members,
+                       "promote.alias": opts.alias, "promote.force": opts.force, "promote.selection": sel.mode,
+                       "promote.baseline": sel.baseline.ref if sel.baseline else "fitted by promote"})
     if sel.excluded:
         mlflow.set_tag("pradot.excluded", "; ".join(sel.excluded)[:4900])
     for n in sel.notes:
@@ -171,42 +227,69 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         mlflow.log_text("\n".join(sel.notes) + "\n", "comparison/notes.txt")
 
 
+def _evaluation_set(settings, splits, opts) -> objective.PseudoSet:
+    if splits.validation:
+        return objective.build_pseudo_set(splits.validation, settings.data.image_size, opts.pseudo)
+    log.warning("no validation images: the validation objective uses the training images as normals")
+    return objective.build_pseudo_set(splits.train, settings.data.image_size, opts.pseudo,
+                                      normals_source="train (no validation images)")
+
+
+def _calibrate(settings, ens, cands, choice, pset, splits):
+    """The threshold on the validation normals' fused scores (else the training images', as ``main`` does)."""
+    from pradot.calibration import Calibration
+    from pradot.engine import score_samples
+
+    if pset.normals_source == "validation":
+        _, scores = _fused(ens, [cands[i].maps[pset.normal] for i in choice.members])
+        return Calibration.calibrate(scores, settings.calibration_quantile), "validation"
+    scored = score_samples(ens, splits.train, ens.image_size, settings.evaluation.batch_size)
+    return Calibration.calibrate(scored.scores, settings.calibration_quantile), pset.normals_source
+
+
 def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, data_params: dict[str, str],
-                  nested: bool = False) -> PromotionResult:
-    """Select the members (errors before any run), then promote in one MLflow run."""
+                  nested: bool = False, mb_config=None) -> PromotionResult:
+    """Select the candidates (errors before any run), then choose and promote in one MLflow run."""
     import mlflow
 
-    from pradot.calibration import Calibration
     from pradot.device import resolve_device
-    from pradot.engine import threshold_metrics
+    from pradot.engine import open_splits, threshold_metrics
 
     tracking.setup_tracking()
-    sel = select_members(mlflow.MlflowClient(), opts, settings.tracking.model_name, data_params)
+    name = settings.tracking.model_name
+    sel = select_members(mlflow.MlflowClient(), opts, name, data_params, baseline_name(name))
     device = resolve_device(settings.device)
     t0 = time.perf_counter()
     with tracking.entry_run(f"promote-{settings.data.kind}-{settings.data.category}",
                             settings.tracking.experiment_name, entry_point="promote", nested=nested) as run:
         _log_selection(sel, opts, settings)
-        ens = _load_ensemble(sel, opts.normalisation, device)
-        splits, (val_scores, calib_source), scored = _score(settings, ens, opts)
-        comparison, table = _log_comparison(sel, opts, splits, scored, settings, ens)
-        calibration = Calibration.calibrate(val_scores, settings.calibration_quantile)
+        splits = open_splits(settings.data)
+        pset = _evaluation_set(settings, splits, opts)
+        cands = _candidates(settings, opts, sel, splits, pset, device, mb_config)
+        choice = choose(cands, opts, pset, explicit=bool(opts.members))  # the choice: no test image, no label
+        ens = _ensemble(cands, choice, opts)
+        val_metrics = set_objective(_fused(ens, [cands[i].maps for i in choice.members])[0], pset, opts.eval_size)
+        _log_choice(cands, choice, val_metrics, opts, pset)
+        comparison, table, ens_test = _compare(cands, choice, ens, splits, settings, opts, val_metrics)  # report
+        calibration, calib_source = _calibrate(settings, ens, cands, choice, pset, splits)
         mlflow.set_tag("pradot.calibration_source", calib_source)
         mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
-        mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], scored[-1].scores,
-                                             calibration.threshold))
-        name, version, decision = _register(settings, opts, sel, ens, splits, calibration, calib_source,
-                                            comparison.ensemble, run.run_id)
+        mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], ens_test.scores, calibration.threshold))
+        metrics = {**comparison.ensemble, **val_metrics}
+        name, version, decision = _register(settings, opts, choice, cands, ens, splits, calibration, calib_source,
+                                            metrics, pset, run.run_id)
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
-    members = [m.ref for m in sel.members]
+    members = [cands[i].name for i in choice.members]
+    member_metrics = {cands[i].name: cands[i].metrics for i in choice.members}
     return PromotionResult(run.run_id, run.experiment_id, run.tracking_uri, name, version, decision, opts.alias,
-                           comparison.ensemble, members, table, dict(zip(members, comparison.flats[:-1])))
+                           metrics, members, table, member_metrics, choice.weights)
 
 
 def run(argv: Sequence[str]) -> PromotionResult:
     """Compose ``conf/promote.yaml`` with the overrides in ``argv`` and promote."""
     cfg = config.compose("promote", config.parse_overrides(argv))
-    return run_promotion(config.train_settings(cfg), config.promote_options(cfg), config.flatten(cfg))
+    return run_promotion(config.train_settings(cfg), config.promote_options(cfg), config.flatten(cfg),
+                         mb_config=memory_bank_config(cfg))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

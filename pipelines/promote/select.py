@@ -1,5 +1,7 @@
-"""Which registered banks enter the ensemble: the best single-stage version per (stage, alpha group), or the
-versions the user names; and the checks that they were trained on the data promote evaluates on.
+"""Which registered versions are promote's candidates: every version of the model (or the ones the user
+names), the newest registered memory-bank baseline, and the checks that they were trained on the data promote
+evaluates on. Nothing here ranks by a test metric: :mod:`pipelines.promote.choose` scores the candidates on
+the validation objective.
 
 A version's hyper-parameters and metrics are read from its tags with :class:`pipelines.tracking.VersionTags`
 (the same type that wrote them).
@@ -17,7 +19,7 @@ from pipelines.config import PromoteOptions
 from pipelines.tracking import VersionTags
 
 __all__ = ["PromotionError", "Member", "Selection", "select_members", "select_best", "resolve_explicit",
-           "check_members", "download_member"]
+           "check_members", "download_member", "group_key", "newest_baseline"]
 
 #: training-run params that define the evaluation data; a member trained on other data is refused
 DATA_PARAMS = ("data.kind", "category", "data.validation_fraction")
@@ -42,11 +44,15 @@ class Member:
 
     def describe(self) -> str:
         st = ",".join(map(str, self.tags.stages)) or "?"
+        if self.tags.kind == "memory_bank":
+            return f"{self.ref} (memory bank, stage {st})"
         a = "?" if self.tags.alpha is None else f"{self.tags.alpha:g}"
         return f"{self.ref} (stage {st}, alpha {a})"
 
     def short(self) -> str:
         """``s2 a0.3`` (figure columns)."""
+        if self.tags.kind == "memory_bank":
+            return f"MB s{','.join(map(str, self.tags.stages))}"
         if self.tags.alpha is None:
             return self.ref
         return f"s{','.join(map(str, self.tags.stages))} a{self.tags.alpha:g}"
@@ -54,23 +60,29 @@ class Member:
 
 @dataclass
 class Selection:
-    members: list[Member]
-    mode: str  # "explicit" | "best per (stage, alpha group)"
+    members: list[Member]  # the candidates
+    mode: str  # "explicit" | "every registered version"
     notes: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    baseline: Member | None = None  # the newest registered memory-bank baseline (None: promote fits one)
 
 
-def _member(client, version, metric: str) -> Member:
+def _member(client, version, metric: str | None = None) -> Member:
     tags = VersionTags.from_tags(version.tags)
     if not tags.run_id and version.run_id:
         tags.run_id = version.run_id
-    value = tags.metrics.get(metric)
-    if value is None and tags.run_id:
-        try:
-            value = client.get_run(tags.run_id).data.metrics.get(metric)
-        except Exception:  # noqa: BLE001 - a deleted run: no metric
-            value = None
+    value = tags.metrics.get(metric) if metric else None
     return Member(version.name, str(version.version), tags, value)
+
+
+def group_key(member: Member) -> tuple:
+    """The candidates' groups: memory banks by stages; PRADOT banks by stages and alpha = 0 (global prototypes)
+    vs alpha > 0 (local); the best of each group on the validation objective goes on."""
+    stages = tuple(member.tags.stages)
+    if member.tags.kind == "memory_bank":
+        return ("memory_bank", stages)
+    alpha = member.tags.alpha
+    return ("bank", stages, "alpha=?" if alpha is None else "alpha=0" if alpha == 0 else "alpha>0")
 
 
 def _training_hint(dataset: str, category: str) -> str:
@@ -81,50 +93,54 @@ def _training_hint(dataset: str, category: str) -> str:
             f"-P stages=[2] -P alpha=0   (and stages=[3], alpha=0.3)")
 
 
-def select_best(client, name: str, metric: str, dataset: str, category: str) -> Selection:
-    """The best single-stage version per (stage, alpha group) of ``name`` by ``metric`` (ties: the newest).
-    Multi-stage banks are left out (they already average their stages): listed in ``excluded``."""
+def _versions(client, name: str) -> list:
     from mlflow.exceptions import MlflowException
 
     try:
-        versions = list(client.search_model_versions(f"name='{name}'"))
+        return list(client.search_model_versions(f"name='{name}'"))
     except MlflowException:
-        versions = []
+        return []
+
+
+def select_best(client, name: str, select_by: str | None, dataset: str, category: str) -> Selection:
+    """Every registered version of ``name`` that can be a member (ensembles are left out); with ``select_by``
+    (a ``val_*`` version tag, e.g. the sweep's ``val_auroc``), only the best version per group by that tag
+    (versions without the tag are left out, listed in ``excluded``)."""
+    versions = _versions(client, name)
     if not versions:
         raise PromotionError(f"no registered versions of the model {name!r} to build an ensemble from; "
                              + _training_hint(dataset, category))
-    groups: dict[tuple[int, str], Member] = {}
-    sel = Selection([], "best per (stage, alpha group)")
+    sel = Selection([], "every registered version")
+    groups: dict[tuple, list[Member]] = {}
     for v in versions:
-        m = _member(client, v, metric)
-        stages, alpha = m.tags.stages, m.tags.alpha
-        if len(stages) != 1 or alpha is None:
-            why = (f"multi-stage bank (stages {','.join(map(str, stages))})" if len(stages) > 1
-                   else "no 'stages'/'alpha' version tags")
-            sel.excluded.append(f"{m.ref}: {why}")
+        m = _member(client, v, select_by)
+        if m.tags.kind == "ensemble":
+            sel.excluded.append(f"{m.ref}: an ensemble")
             continue
-        if m.metric_value is None or not math.isfinite(m.metric_value):
-            sel.excluded.append(f"{m.ref}: no metric.{metric} tag nor run metric {metric!r}")
+        if select_by and (m.metric_value is None or not math.isfinite(m.metric_value)):
+            sel.excluded.append(f"{m.ref}: no metric.{select_by} tag (select_by={select_by})")
             continue
-        key = (stages[0], "alpha=0" if alpha == 0 else "alpha>0")
-        best = groups.get(key)
-        if best is None or (m.metric_value, int(m.version)) > (best.metric_value, int(best.version)):
-            groups[key] = m
-    if not groups:
+        groups.setdefault(group_key(m), []).append(m)
+    for key in sorted(groups, key=str):
+        ms = sorted(groups[key], key=lambda m: int(m.version))
+        if select_by:
+            best = max(ms, key=lambda m: (m.metric_value, int(m.version)))
+            sel.notes.append(f"group {key}: {best.ref} ({select_by}={best.metric_value:.4f}, select_by)")
+            ms = [best]
+        sel.members.extend(ms)
+    if not sel.members:
         raise PromotionError(
-            f"the model {name!r} has {len(versions)} version(s) but none is a single-stage bank with a "
-            f"{metric!r} metric ({'; '.join(sel.excluded)}). The paper's ensemble averages single-stage banks "
-            f"(stages 2 and 3, alpha 0 and > 0); pass members=name/version,... to use these versions anyway"
-            + (", or select_by=val_auroc to rank sweep-registered versions by their validation objective"
-               if metric != "val_auroc" and any("metric.val_auroc" in v.tags for v in versions) else "")
-            + ", or " + _training_hint(dataset, category))
-    sel.members = [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1] != "alpha=0"))]
-    for k, m in sorted(groups.items()):
-        sel.notes.append(f"group stage {k[0]} {k[1]}: {m.ref} ({metric}={m.metric_value:.4f})")
-    missing = [f"stage {s} {g}" for s in (2, 3) for g in ("alpha=0", "alpha>0") if (s, g) not in groups]
-    if missing:
-        sel.notes.append(f"no registered bank for: {', '.join(missing)} (the paper's ensemble has all four)")
+            f"the model {name!r} has {len(versions)} version(s) but none can be a member ({'; '.join(sel.excluded)}); "
+            f"pass members=name/version,... or " + _training_hint(dataset, category))
     return sel
+
+
+def newest_baseline(client, name: str) -> Member | None:
+    """The newest registered version of the memory-bank baseline ``name`` (None when there is none)."""
+    versions = [v for v in _versions(client, name)]
+    if not versions:
+        return None
+    return _member(client, max(versions, key=lambda v: int(v.version)))
 
 
 def _version(client, raw: str):
@@ -155,11 +171,11 @@ def _version(client, raw: str):
         raise PromotionError(f"member {raw!r} does not exist: {what}") from None
 
 
-def resolve_explicit(client, refs: Sequence[str], metric: str) -> Selection:
+def resolve_explicit(client, refs: Sequence[str]) -> Selection:
     """The versions named by ``refs`` (or an error naming what exists)."""
     members: list[Member] = []
     for raw in refs:
-        m = _member(client, _version(client, raw), metric)
+        m = _member(client, _version(client, raw))
         if any(x.ref == m.ref for x in members):
             raise PromotionError(f"member {m.ref} is listed twice")
         members.append(m)
@@ -191,8 +207,8 @@ def check_members(client, members: Sequence[Member], data_params: dict[str, str]
                 raise PromotionError(f"member {m.ref} was trained on {key} {have!r}, but promote evaluates on "
                                      f"{want!r}; pass dataset/category of the members (or other members)")
         if m.tags.kind == "ensemble":
-            raise PromotionError(f"member {m.ref} is an ensemble, not a single PRADOT bank; ensembles cannot be "
-                                 f"members (list its members instead: its 'members' tag)")
+            raise PromotionError(f"member {m.ref} is an ensemble, not a single PRADOT bank or memory bank; ensembles "
+                                 f"cannot be members (list its members instead: its 'members' tag)")
         if not m.tags.run_id:
             notes.append(f"{m.ref}: no training run recorded; its data settings were not checked")
             continue
@@ -213,24 +229,29 @@ def check_members(client, members: Sequence[Member], data_params: dict[str, str]
     return notes
 
 
-def select_members(client, opts: PromoteOptions, name: str, data_params: dict[str, str]) -> Selection:
-    """The members (explicit or best per group), checked against promote's data."""
+def select_members(client, opts: PromoteOptions, name: str, data_params: dict[str, str],
+                   baseline_name: str | None = None) -> Selection:
+    """The candidates (explicit or every registered version) and the newest registered baseline, checked against
+    promote's data."""
     if opts.members:
-        sel = resolve_explicit(client, opts.members, opts.metric)
+        sel = resolve_explicit(client, opts.members)
     else:
-        sel = select_best(client, name, opts.selection_metric, data_params.get("data.kind", ""),
+        sel = select_best(client, name, opts.select_by, data_params.get("data.kind", ""),
                           data_params.get("category", ""))
-    sel.notes.extend(check_members(client, sel.members, data_params))
-    if len(sel.members) == 1:
-        sel.notes.append("an ensemble of one member scores exactly as that member")
+    if baseline_name:
+        sel.baseline = newest_baseline(client, baseline_name)
+        if sel.baseline is not None and any(m.ref == sel.baseline.ref for m in sel.members):
+            sel.baseline = next(m for m in sel.members if m.ref == sel.baseline.ref)
+    checked = sel.members + ([sel.baseline] if sel.baseline is not None and sel.baseline not in sel.members else [])
+    sel.notes.extend(check_members(client, checked, data_params))
     return sel
 
 
 def download_member(member: Member, dst: Path) -> Path:
-    """The member's PRADOT ``.pt`` file, downloaded from the registry."""
+    """The member's model file (a PRADOT bank or a memory bank), downloaded from the registry."""
     import mlflow
 
-    from pradot.checkpoint import MODEL_FORMAT, file_format
+    from pradot.checkpoint import MEMORY_BANK_FORMAT, MODEL_FORMAT, file_format
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{member.name}/{member.version}",
                                                      dst_path=str(dst)))
@@ -240,8 +261,9 @@ def download_member(member: Member, dst: Path) -> Path:
             fmt = file_format(p)
         except ValueError:
             continue
-        if fmt == MODEL_FORMAT:
+        if fmt in (MODEL_FORMAT, MEMORY_BANK_FORMAT):
             return p
         found.append(f"{p.name} ({fmt})")
-    raise PromotionError(f"member {member.ref}: no PRADOT model file (format {MODEL_FORMAT}) in its artifacts "
-                         f"({', '.join(found) or 'no .pt files'}); ensembles cannot be members")
+    raise PromotionError(f"member {member.ref}: no PRADOT model or memory-bank file ({MODEL_FORMAT}, "
+                         f"{MEMORY_BANK_FORMAT}) in its artifacts ({', '.join(found) or 'no .pt files'}); "
+                         f"ensembles cannot be members")

@@ -1,9 +1,9 @@
 """What the trials are scored on and the features they read, prepared once by the driver.
 
 * :func:`evaluation_set`: the objective's images with their labels, known before any image is made:
-  ``pseudo`` = the validation normals + pseudo-anomalies made from them (split ``validation+pseudo``);
-  ``test`` = the test split. :meth:`EvalSet.evaluate` turns a trial's image scores into its metrics with
-  ``pradot.metrics``.
+  ``pseudo`` = the validation normals + pseudo-anomalies made from them (split ``validation+pseudo``, built by
+  ``pipelines.objective``, which promote uses too); ``test`` = the test split. :meth:`EvalSet.evaluate` turns a
+  trial's image scores into its metrics (``pipelines.objective.evaluate`` for ``pseudo``).
 * :func:`extract_features`: the backbone features of the training split and of the evaluation (and
   calibration) splits, for every backbone a trial may use and the union of the stages, extracted into
   the ``FeatureCache`` unless cached already; on several nodes also put into Ray's object store. The
@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from pipelines import config
+from pipelines import config, objective
 from pipelines.sweep.plan import SweepPlan, check_against_data
 
 __all__ = ["PSEUDO_SPLIT", "EvalSet", "SplitSource", "evaluation_set", "open_data", "FeatureStore",
@@ -30,8 +30,8 @@ __all__ = ["PSEUDO_SPLIT", "EvalSet", "SplitSource", "evaluation_set", "open_dat
 
 log = logging.getLogger(__name__)
 
-PSEUDO_SPLIT = "validation+pseudo"
-GOOD = "good"
+PSEUDO_SPLIT = objective.SPLIT
+GOOD = objective.GOOD
 
 
 def open_data(cfg: DictConfig, plan: SweepPlan):
@@ -65,18 +65,12 @@ class EvalSet:
         from pradot.metrics import image_auroc, loco_image_auroc
 
         scores = np.asarray(scores, dtype=np.float64)
+        if self.objective != "test":  # the validation objective promote uses too (pipelines.objective)
+            return objective.evaluate(self.groups, self.styles, scores)
         per_group = loco_image_auroc(self.groups, scores, good=GOOD)
         mean = per_group.pop("mean")
-        if self.objective == "test":
-            out = {"test_auroc": mean if self.loco_style else image_auroc(self.labels, scores)}
-            out.update({f"test_auroc_{g}": v for g, v in per_group.items()})
-            return out
-        out = {"val_auroc": image_auroc(self.labels, scores)}
-        out.update({f"val_auroc_{g}": v for g, v in per_group.items()})
-        if len(set(self.styles) - {GOOD}) > 1:
-            per_style = loco_image_auroc(self.styles, scores, good=GOOD)
-            per_style.pop("mean")
-            out.update({f"val_auroc_{s}": v for s, v in per_style.items()})
+        out = {"test_auroc": mean if self.loco_style else image_auroc(self.labels, scores)}
+        out.update({f"test_auroc_{g}": v for g, v in per_group.items()})
         return out
 
     def normal_scores(self, scores) -> np.ndarray:
@@ -113,23 +107,16 @@ class _Lazy:
 
 
 def _pseudo_set(plan: SweepPlan, splits, size: int) -> tuple[EvalSet, SplitSource]:
-    from pradot.data import read_image
-    from pradot.data.pseudo_anomalies import KIND_STYLE, ArrayImageDataset, make_pseudo_anomalies
+    from pradot.data.pseudo_anomalies import ArrayImageDataset
 
     pa, normals = plan.pseudo, splits.validation
-    made = pa.made(len(normals))
-    labels = [0] * len(normals) + [1] * len(made)
-    groups = [GOOD] * len(normals) + made
+    groups, styles = objective.pseudo_groups(len(normals), pa)
+    labels = [int(g != GOOD) for g in groups]
 
     def build():
-        images = [read_image(s.image_path, size) for s in normals]
-        anomalies = make_pseudo_anomalies(images, kinds=pa.kinds, per_image=pa.per_image, seed=pa.seed,
-                                          patch_fraction=pa.patch_fraction)
-        assert anomalies.kinds == made
-        return ArrayImageDataset(np.concatenate([np.stack(images), anomalies.images]), labels)
+        return ArrayImageDataset(objective.build_pseudo_set(normals, size, pa).images, labels)
 
-    evalset = EvalSet("pseudo", PSEUDO_SPLIT, tuple(labels), tuple(groups),
-                      tuple([GOOD] * len(normals) + [KIND_STYLE[k] for k in made]), False,
+    evalset = EvalSet("pseudo", PSEUDO_SPLIT, tuple(labels), tuple(groups), tuple(styles), False,
                       PSEUDO_SPLIT, "validation")
     return evalset, SplitSource(_Lazy(build), normals, {"pseudo": pa.identity()})
 

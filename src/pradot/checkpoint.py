@@ -13,14 +13,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["MODEL_FORMAT", "ENSEMBLE_FORMAT", "save_state", "load_state", "file_info", "file_format"]
+__all__ = ["MODEL_FORMAT", "ENSEMBLE_FORMAT", "ENSEMBLE_FORMATS", "MEMORY_BANK_FORMAT", "save_state", "load_state", "file_info", "file_format"]
 
 log = logging.getLogger(__name__)
 
 #: a single PRADOT model (``PRADOT.save``)
 MODEL_FORMAT = "pradot-model-v1"
-#: an ensemble of PRADOT models (``Ensemble.save``)
-ENSEMBLE_FORMAT = "pradot-ensemble-v1"
+#: an ensemble of scoring models (``Ensemble.save``): v2 adds fusion weights and memory-bank members
+ENSEMBLE_FORMAT = "pradot-ensemble-v2"
+#: every ensemble format ``Ensemble.load`` reads (v1: PRADOT members, plain or standardised mean)
+ENSEMBLE_FORMATS = ("pradot-ensemble-v1", ENSEMBLE_FORMAT)
+#: a PatchCore-style memory bank (``pradot.memory_bank.MemoryBankModel.save``)
+MEMORY_BANK_FORMAT = "pradot-memory-bank-v1"
 
 
 def save_state(state: dict, path: str | Path) -> Path:

@@ -1,5 +1,6 @@
-"""Ensembles of PRADOT models: the paper's final model is the average of the maps of four banks,
-(stage, alpha) = (2, 0), (2, 0.3), (3, 0), (3, 0.3).
+"""Ensembles of scoring models: the paper's final model is the average of the maps of four PRADOT banks,
+(stage, alpha) = (2, 0), (2, 0.3), (3, 0), (3, 0.3). Members may also be memory banks
+(:class:`pradot.memory_bank.MemoryBankModel`), and the fusion may weight them.
 
 ```python
 from pradot.ensemble import Ensemble
@@ -16,25 +17,36 @@ Fusion rule (:meth:`Ensemble.fuse`):
   does) and its map is resized to the ensemble's size ``S`` (the first member's ``image_size``;
   bilinear, ``align_corners=False``, antialiased when shrinking). Members of different image sizes are
   therefore accepted; with equal sizes (the paper) no resizing happens;
-* ``normalisation="none"`` (the paper's rule): the fused map is the plain mean of the members' maps;
+* ``normalisation="none"`` (the paper's rule): the fused map is the plain mean of the members' maps
+  (with ``weights``: their weighted mean, :func:`pradot.postprocess.weighted_fusion`);
 * ``normalisation="per_member"``: each member's map is first standardised, ``(map - mean_k) / std_k``,
   with ``mean_k`` / ``std_k`` the mean and standard deviation of **all pixels** of member k's maps on
   normal validation images (:meth:`Ensemble.fit_normalisation`). Pixel statistics are used rather than
   image-score statistics because the quantity being averaged is the map: a member whose maps live on a
   larger scale (e.g. another alpha, another stage's smoother maps) would otherwise dominate every pixel.
   The statistics are fitted on normal images only, so no anomaly label is used;
+* ``weights`` (optional, one per member, >= 0, not all 0): the fused map is ``sum_k w_k z_k / sum_k w_k`` of
+  the (normalised) maps ``z_k``; ``None`` is the plain mean (the paper). A member with weight 0 is kept in
+  the file but does not count (promotion chooses members and weights this way);
+* every member post-processes its own map first (e.g. ``smoothing_sigma``), as it does alone;
 * the image score is the max of the fused map (as for a single model).
+
+Members: any scoring model with the member interface of :class:`pradot.model.PRADOT` and
+:class:`pradot.memory_bank.MemoryBankModel` (``backbone``, ``config.image_size``, ``prepare``,
+``maps_from_backbone``, ``describe``, ``state(include_backbone=False)`` with its ``"format"``).
 
 Members that share identical backbone weights, stages and image size run the backbone once per batch
 (the paper's four members need two backbone passes, not four), and the saved file stores each distinct
 weight tensor once (a stage-2 network's weights are a prefix of the stage-3 network's).
 
-File format (``torch.save`` of a dict): ``{"format": "pradot-ensemble-v1", "config": {...image_size,
-normalisation, backbone, stages, members...}, "stats": [...] | None, "labels": [...], "members": [member
-states as ``PRADOT.save`` writes them, with backbone weights replaced by tensor references],
-"tensors": {digest: tensor}}``. :func:`pradot.persistence.load_scoring_model` dispatches on the
-``"format"`` key and serves both PRADOT files and ensemble files with the same ``score`` /
-``config.image_size`` interface.
+File format (``torch.save`` of a dict): ``{"format": "pradot-ensemble-v2", "config": {...image_size,
+normalisation, weights, backbone, stages, members...}, "stats": [...] | None, "weights": [...] | None,
+"labels": [...], "members": [member states as their ``save`` writes them (each with its own ``"format"``),
+with backbone weights replaced by tensor references], "tensors": {digest: tensor}}``. Files of format
+``pradot-ensemble-v1`` (PRADOT members, no weights) load and score as before. v2 is a new format name so
+that a reader of v1 refuses a file it would misread (weights, memory-bank members).
+:func:`pradot.persistence.load_scoring_model` dispatches on the ``"format"`` key and serves model, memory-bank
+and ensemble files with the same ``score`` / ``config.image_size`` interface.
 """
 
 from __future__ import annotations
@@ -51,13 +63,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import Backbone, load_backbone
-from .checkpoint import ENSEMBLE_FORMAT, load_state, save_state
+from .checkpoint import ENSEMBLE_FORMAT, ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, MODEL_FORMAT, load_state, save_state
+from .memory_bank import MemoryBankModel
 from .model import PRADOT
+from .postprocess import check_weights, standardise, weighted_fusion
 from .scoring import fuse_maps, image_scores
 
-__all__ = ["ENSEMBLE_FORMAT", "NORMALISATIONS", "EnsembleConfig", "Ensemble"]
+__all__ = ["ENSEMBLE_FORMAT", "MEMBER_CLASSES", "NORMALISATIONS", "EnsembleConfig", "Ensemble"]
 NORMALISATIONS = ("none", "per_member")
-_STD_FLOOR = 1e-12
+#: member state format -> the class that reads it
+MEMBER_CLASSES = {MODEL_FORMAT: PRADOT, MEMORY_BANK_FORMAT: MemoryBankModel}
 
 
 @dataclass
@@ -68,7 +83,8 @@ class EnsembleConfig:
     normalisation: str = "none"
     backbone: str = ""  # the members' backbones, "+"-joined when they differ (for model metadata)
     stages: tuple[int, ...] = ()  # the union of the members' stages
-    members: list[dict] = field(default_factory=list)  # per member: backbone, stages, alpha, n, image_size, label
+    members: list[dict] = field(default_factory=list)  # per member: its describe() and label
+    weights: list[float] | None = None  # fusion weights (None: the plain mean)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,7 +109,7 @@ def _digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _backbone_key(member: PRADOT) -> tuple:
+def _backbone_key(member) -> tuple:
     """Members with the same key compute identical features: one backbone pass serves them all."""
     bb = member.backbone
     h = hashlib.sha1()
@@ -112,26 +128,32 @@ def _as_images(images) -> torch.Tensor:
 
 
 class Ensemble(nn.Module):
-    """Average of the anomaly maps of several PRADOT models (see the module docstring).
+    """Fusion of the anomaly maps of several scoring models (see the module docstring).
 
     Args:
-        members: fitted :class:`~pradot.model.PRADOT` models (at least one).
+        members: fitted :class:`~pradot.model.PRADOT` or :class:`~pradot.memory_bank.MemoryBankModel`
+            models (at least one).
         normalisation: ``"none"`` (the paper: plain mean) or ``"per_member"`` (standardise each member's
             map by its validation statistics first; needs ``stats`` or :meth:`fit_normalisation`).
         stats: per member ``{"mean": float, "std": float, "n_images": int}`` (pixel statistics of its
             maps on normal validation images).
         labels: optional names of the members (e.g. ``"pradot-mvtec_loco-screw_bag/3"``), saved with it.
+        weights: optional fusion weights, one per member (>= 0, not all 0); ``None``: the plain mean.
+    Raises:
+        TypeError: a member is not a scoring model of a known kind. ValueError: bad options.
     """
 
-    def __init__(self, members: Sequence[PRADOT], normalisation: str = "none", stats: Sequence[dict] | None = None,
-                 labels: Sequence[str] | None = None):
+    def __init__(self, members: Sequence, normalisation: str = "none", stats: Sequence[dict] | None = None,
+                 labels: Sequence[str] | None = None, weights: Sequence[float] | None = None):
         super().__init__()
         members = list(members)
         if not members:
-            raise ValueError("an ensemble needs at least one member (PRADOT models)")
-        bad = [i for i, m in enumerate(members) if not isinstance(m, PRADOT)]
+            raise ValueError("an ensemble needs at least one member (PRADOT models or memory banks)")
+        kinds = tuple(MEMBER_CLASSES.values())
+        bad = [i for i, m in enumerate(members) if not isinstance(m, kinds)]
         if bad:
-            raise TypeError(f"ensemble members must be PRADOT models; members {bad} are "
+            raise TypeError(f"ensemble members must be PRADOT models or memory banks "
+                            f"({', '.join(c.__name__ for c in kinds)}); members {bad} are "
                             f"{[type(members[i]).__name__ for i in bad]}")
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
@@ -140,6 +162,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.normalisation = normalisation
         self.labels = [str(x) for x in labels] if labels is not None else [f"member{i}" for i in range(len(members))]
+        self.weights: list[float] | None = check_weights(weights, len(members)) if weights is not None else None
         self.stats: list[dict] | None = None
         if stats is not None:
             self.set_stats(stats)
@@ -148,9 +171,8 @@ class Ensemble(nn.Module):
         self.config = EnsembleConfig(
             image_size=S, normalisation=normalisation, backbone="+".join(backbones),
             stages=tuple(sorted({s for m in members for s in m.config.stages})),
-            members=[{"label": lab, "backbone": m.config.backbone, "stages": list(m.config.stages),
-                      "alpha": float(m.config.alpha), "n": m.config.n, "image_size": int(m.config.image_size)}
-                     for lab, m in zip(self.labels, members)])
+            members=[{"label": lab, **m.describe()} for lab, m in zip(self.labels, members)],
+            weights=list(self.weights) if self.weights is not None else None)
         # groups of members sharing one backbone pass: [(index of the member whose backbone runs, [members])]
         groups: dict[tuple, list[int]] = {}
         for i, m in enumerate(members):
@@ -195,14 +217,13 @@ class Ensemble(nn.Module):
         out: list[torch.Tensor | None] = [None] * len(self.members)
         for runner, idx in self._groups:
             lead = self.members[runner]
-            prepared = lead._prepare(images)  # resized to this group's image_size (PRADOT's rule)
+            prepared = lead.prepare(images)  # resized to this group's image_size (every member's rule)
             Sm = int(lead.config.image_size)
             per = {i: [] for i in idx}
             for b in range(0, len(prepared), batch_size):
                 feats = lead.backbone(prepared[b:b + batch_size].to(lead.device_))
                 for i in idx:
-                    m = self.members[i]
-                    per[i].append(m.prototypes.fuse(m.prototypes.stage_maps(feats)))
+                    per[i].append(self.members[i].maps_from_backbone(feats))
             for i in idx:
                 out[i] = _resize_maps(torch.cat(per[i]) if per[i] else torch.zeros(0, Sm, Sm), S)
         return out  # type: ignore[return-value]
@@ -214,18 +235,19 @@ class Ensemble(nn.Module):
             raise RuntimeError("normalisation='per_member' needs the members' statistics on validation normals: "
                                "call fit_normalisation(validation_images) (or pass stats=) first")
         s = self.stats[k]
-        return (maps - s["mean"]) / max(s["std"], _STD_FLOOR)
+        return standardise(maps, s["mean"], s["std"])
 
     def fuse(self, member_maps: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused maps and image scores from the members' maps (list of (B, S_k, S_k) tensors or arrays):
-        resize to the ensemble's size, normalise (``per_member``), average; image score = max."""
+        resize to the ensemble's size, normalise (``per_member``), average (weighted with ``weights``);
+        image score = max."""
         if len(member_maps) != len(self.members):
             raise ValueError(f"{len(member_maps)} member maps for {len(self.members)} members")
         S = self.image_size
         maps = [self._normalise(k, _resize_maps(torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor)
                                                                 else m).float(), S))
                 for k, m in enumerate(member_maps)]
-        fused = fuse_maps(maps)
+        fused = fuse_maps(maps) if self.weights is None else weighted_fusion(maps, self.weights)
         return fused, image_scores(fused)
 
     @torch.no_grad()
@@ -285,20 +307,27 @@ class Ensemble(nn.Module):
             ms["backbone"] = {"name": m.backbone.name, "stages": list(m.backbone.stages), "state_refs": refs}
             members.append(ms)
         return {"format": ENSEMBLE_FORMAT, "config": self.config.to_dict(), "normalisation": self.normalisation,
-                "stats": self.stats, "labels": list(self.labels), "members": members, "tensors": tensors}
+                "stats": self.stats, "weights": self.weights, "labels": list(self.labels), "members": members,
+                "tensors": tensors}
 
     def save(self, path: str | Path) -> Path:
-        """One file (format ``pradot-ensemble-v1``) with every member (banks, config, backbone weights
-        stored once per distinct tensor) and the normalisation statistics."""
+        """One file (format ``pradot-ensemble-v2``) with every member (banks, config, backbone weights
+        stored once per distinct tensor), the normalisation statistics and the fusion weights."""
         return save_state(self.state(), path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Ensemble":
-        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not an ensemble file)."""
-        return cls.from_state(load_state(path, ENSEMBLE_FORMAT, what="PRADOT ensemble"), device=device)
+        """Read a :meth:`save` file (or a ``pradot-ensemble-v1`` one). Raises FileNotFoundError / ValueError
+        (not an ensemble file)."""
+        state = load_state(path, what="PRADOT ensemble")
+        if state.get("format") not in ENSEMBLE_FORMATS:
+            raise ValueError(f"{path} is not a PRADOT ensemble file (formats {list(ENSEMBLE_FORMATS)}; found "
+                             f"{state.get('format')!r})")
+        return cls.from_state(state, device=device)
 
     @classmethod
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "Ensemble":
+        """Inverse of :meth:`state`; also reads ``pradot-ensemble-v1`` dicts (PRADOT members, no weights)."""
         tensors = state["tensors"]
         backbones: dict[tuple, Backbone] = {}  # identical weights -> one Backbone object in memory
         members = []
@@ -309,7 +338,10 @@ class Ensemble(nn.Module):
             if key not in backbones:
                 sd = {k: tensors[r] for k, r in refs.items()}
                 backbones[key] = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=sd)
-            members.append(PRADOT.from_state(ms, device=device, backbone=backbones[key]))
+            fmt = ms.get("format", MODEL_FORMAT)
+            if fmt not in MEMBER_CLASSES:
+                raise ValueError(f"ensemble member of unknown format {fmt!r} (known: {sorted(MEMBER_CLASSES)})")
+            members.append(MEMBER_CLASSES[fmt].from_state(ms, device=device, backbone=backbones[key]))
         ens = cls(members, normalisation=state.get("normalisation", "none"), stats=state.get("stats"),
-                  labels=state.get("labels"))
+                  labels=state.get("labels"), weights=state.get("weights"))
         return ens.eval()

@@ -30,14 +30,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .aggregation import FeatureOptions, check_aggregation
 from .backbone import Backbone, load_backbone
 from .checkpoint import MODEL_FORMAT, load_state, save_state
 from .cost import check_alpha
+from .postprocess import check_sigma, gaussian_smooth
 from .prototypes import BankConfig, PrototypeBank
 from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
 from .transport import sinkhorn
 
-__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape", "PrototypeModel", "PRADOT", "FORMAT"]
+__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape", "PrototypeModel", "PRADOT", "FORMAT", "prepare_images", "as_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,17 @@ class PRADOTConfig:
     seed: int = 0
     learn_coordinates: bool = False
     warm_start: bool = False  # reuse Sinkhorn potentials across batches (the paper: no)
+    # feature options (pradot.aggregation) and post-processing (pradot.postprocess); the defaults are the paper's
+    aggregation: int = 1  # k x k local averaging of the backbone features before the banks (1: none)
+    concat_stages: bool = False  # one bank of the stages concatenated at the finest grid (False: a bank per stage)
+    smoothing_sigma: float = 0.0  # Gaussian smoothing of the map, in pixels at image_size (0: none)
 
     def __post_init__(self):
         self.stages = tuple(int(s) for s in self.stages)
         check_alpha(self.alpha)
+        self.aggregation = check_aggregation(self.aggregation)
+        self.concat_stages = bool(self.concat_stages)
+        self.smoothing_sigma = check_sigma(self.smoothing_sigma)
         if isinstance(self.n, float) and self.n.is_integer():
             self.n = int(self.n)
         if not (self.n > 0):
@@ -113,27 +122,43 @@ class FeatureShape:
 
 
 class PrototypeModel(nn.Module):
-    """The prototype banks of a PRADOT model, one per stage: training and scoring on backbone features.
+    """The prototype banks of a PRADOT model: training and scoring on backbone features.
+
+    Backbone features go through the config's feature options first (:class:`pradot.aggregation.FeatureOptions`:
+    ``aggregation``, ``concat_stages``); the banks are keyed by :attr:`bank_stages` (``config.stages``, or the
+    finest stage alone when the stages are concatenated). Maps are post-processed by ``smoothing_sigma``.
 
     Args:
-        config: the hyper-parameters (``config.stages`` names the banks).
+        config: the hyper-parameters (``config.stages`` names the backbone stages used).
         shapes: ``{stage: FeatureShape}`` of the backbone's features at ``config.image_size``.
         device: where the banks live.
+        bank_shapes: ``{bank stage: FeatureShape}`` of the banks themselves instead of ``shapes`` (a saved
+            model's banks carry them).
     Raises:
         ValueError: a stage of ``config.stages`` has no shape.
     """
 
-    def __init__(self, config: PRADOTConfig, shapes: Mapping[int, FeatureShape], device: str | torch.device = "cpu"):
+    def __init__(self, config: PRADOTConfig, shapes: Mapping[int, FeatureShape] | None,
+                 device: str | torch.device = "cpu", *, bank_shapes: Mapping[int, FeatureShape] | None = None):
         super().__init__()
-        missing = [s for s in config.stages if int(s) not in {int(k) for k in shapes}]
-        if missing:
-            raise ValueError(f"no feature shape for stages {missing} (have {sorted(shapes)})")
+        self.options = FeatureOptions(config.aggregation, config.concat_stages)
+        self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
+        if bank_shapes is None:
+            shapes = {int(k): v for k, v in (shapes or {}).items()}
+            missing = [s for s in config.stages if int(s) not in shapes]
+            if missing:
+                raise ValueError(f"no feature shape for stages {missing} (have {sorted(shapes)})")
+            raw = {s: (shapes[s].dim, shapes[s].grid) for s in config.stages}
+            bank_shapes = {s: FeatureShape(d, g) for s, (d, g) in self.options.bank_shapes(raw, config.stages).items()}
+        bank_shapes = {int(k): v for k, v in bank_shapes.items()}
+        if sorted(bank_shapes) != sorted(self.bank_stages):
+            raise ValueError(f"bank shapes for stages {sorted(bank_shapes)}, the config's banks are {self.bank_stages}")
         self.config = config
         self.device_ = torch.device(device)
         self.banks = nn.ModuleDict()
-        shapes = {int(k): v for k, v in shapes.items()}
-        for i, s in enumerate(config.stages):
-            bc = BankConfig(stage=s, alpha=config.alpha, n=config.n, grid=shapes[s].grid, dim=shapes[s].dim,
+        for i, s in enumerate(self.bank_stages):
+            sh = bank_shapes[s]
+            bc = BankConfig(stage=s, alpha=config.alpha, n=config.n, grid=sh.grid, dim=sh.dim,
                             backbone=config.backbone, image_size=config.image_size, eta=config.eta,
                             epsilon=config.epsilon, sinkhorn_iters=config.sinkhorn_iters,
                             learn_coordinates=config.learn_coordinates)
@@ -145,6 +170,12 @@ class PrototypeModel(nn.Module):
                      device: str | torch.device = "cpu") -> "PrototypeModel":
         """A model whose banks fit ``features`` ``{stage: (N, D, H, W)}`` (e.g. cached ones)."""
         return cls(config, {int(s): FeatureShape.of(f) for s, f in features.items()}, device=device)
+
+    def transform(self, features: Mapping[int, np.ndarray | torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Backbone features ``{stage: (B, D, H, W)}`` -> the banks' features ``{bank stage: (B, D', H', W')}``
+        (the feature options, on the model's device)."""
+        feats = {s: as_tensor(features[s]).to(self.device_) for s in self.config.stages}
+        return feats if self.options.identity else self.options.apply(feats, self.config.stages)
 
     # ------------------------------------------------------------------ training
     def _check_train_size(self, n_images: int) -> int:
@@ -175,20 +206,20 @@ class PrototypeModel(nn.Module):
         ``{stage: (B, D, H, W)}`` for the schedule's batches in order; ``callback`` gets each epoch's stats."""
         history = []
         batch_features = iter(batch_features)
-        warm = {s: None for s in self.config.stages}
+        warm = {s: None for s in self.bank_stages}
         bar = tqdm(total=len(schedule) * len(schedule[0]) if schedule else 0, desc="PRADOT training",
                    disable=not progress, leave=False)
         for epoch, batches in enumerate(schedule):
             t0 = time.perf_counter()
             tf = tot = 0.0
-            losses = {s: [] for s in self.config.stages}
-            changes = {s: [] for s in self.config.stages}
+            losses = {s: [] for s in self.bank_stages}
+            changes = {s: [] for s in self.bank_stages}
             for _ in batches:
                 t1 = time.perf_counter()
-                feats = next(batch_features)
+                feats = self.transform(next(batch_features))
                 t2 = time.perf_counter()
-                for s in self.config.stages:
-                    st = self.banks[str(s)].step(feats[s].to(self.device_), warm=warm[s],
+                for s in self.bank_stages:
+                    st = self.banks[str(s)].step(feats[s], warm=warm[s],
                                                  warm_start=self.config.warm_start, solver=sinkhorn)
                     warm[s] = st.warm if self.config.warm_start else None
                     losses[s].append(st.ot_loss)
@@ -238,15 +269,17 @@ class PrototypeModel(nn.Module):
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def stage_maps(self, features: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Eq. 6 per stage at feature resolution: ``{stage: (B, D, H, W)}`` -> ``{stage: (B, H, W)}`` (CPU)."""
-        return {s: stage_maps(self.banks[str(s)], torch.as_tensor(features[s]).to(self.device_)).cpu()
-                for s in self.config.stages}
+        """Eq. 6 per bank at feature resolution: backbone features ``{stage: (B, D, H, W)}`` -> ``{bank stage:
+        (B, H, W)}`` (CPU), after the feature options (:meth:`transform`)."""
+        feats = self.transform(features)
+        return {s: stage_maps(self.banks[str(s)], feats[s]).cpu() for s in self.bank_stages}
 
     def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """Per-stage maps ``{stage: (B, h, w)}`` -> the model's map (B, S, S): each upsampled to the input
-        size, then averaged over stages."""
+        """Per-bank maps ``{stage: (B, h, w)}`` -> the model's map (B, S, S): each upsampled to the input
+        size, averaged over the banks, then smoothed (``config.smoothing_sigma`` pixels; 0: not at all)."""
         S = int(self.config.image_size)
-        return fuse_maps([upsample_maps(per_stage[s], S) for s in self.config.stages])
+        return gaussian_smooth(fuse_maps([upsample_maps(per_stage[s], S) for s in self.bank_stages]),
+                               self.config.smoothing_sigma)
 
     @torch.no_grad()
     def maps_from_features(self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
@@ -256,7 +289,7 @@ class PrototypeModel(nn.Module):
         n = len(features[self.config.stages[0]])
         out = []
         for i in range(0, n, batch_size):
-            batch = {s: torch.as_tensor(np.asarray(features[s][i:i + batch_size])) for s in self.config.stages}
+            batch = {s: as_tensor(features[s][i:i + batch_size]) for s in self.config.stages}
             out.append(self.fuse(self.stage_maps(batch)))
         if not out:
             S = int(self.config.image_size)
@@ -268,22 +301,57 @@ class PrototypeModel(nn.Module):
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
         """``{"config", "banks", "fitted"}``: what a model file stores besides the backbone."""
-        return {"config": asdict(self.config), "banks": {s: self.banks[str(s)].state() for s in self.config.stages},
+        return {"config": asdict(self.config), "banks": {s: self.banks[str(s)].state() for s in self.bank_stages},
                 "fitted": self.fitted}
 
     @classmethod
     def from_state(cls, state: Mapping, device: str | torch.device = "cpu") -> "PrototypeModel":
-        """Inverse of :meth:`state` (the banks carry their own shapes)."""
+        """Inverse of :meth:`state` (the banks carry their own shapes). Files written before the feature and
+        post-processing options existed load with their defaults (the paper's), so they score as before."""
         cfg = dict(state["config"])
         cfg["stages"] = tuple(cfg["stages"])
         config = PRADOTConfig(**cfg)
         banks = {int(s): PrototypeBank.from_state(b, device=device) for s, b in state["banks"].items()}
         shapes = {s: FeatureShape(int(b.config.dim), tuple(b.config.grid)) for s, b in banks.items()}
-        model = cls(config, shapes, device=device)
+        model = cls(config, None, device=device, bank_shapes=shapes)
         for s, bank in banks.items():
             model.banks[str(s)] = bank
         model.fitted = bool(state.get("fitted", True))
         return model
+
+
+def as_tensor(x) -> torch.Tensor:
+    """A tensor of ``x`` (tensor, array or memmap slice); read-only arrays (cached features) are copied first,
+    so torch never wraps memory it may not write."""
+    if isinstance(x, torch.Tensor):
+        return x
+    a = np.asarray(x)
+    return torch.from_numpy(a if a.flags.writeable else np.array(a))
+
+
+def prepare_images(images, size: int) -> torch.Tensor:
+    """(B, 3, H, W) (or (3, H, W)) float in [0, 1] or uint8, tensor or array -> float (B, 3, size, size):
+    resized (bilinear, antialiased) when needed. The one input rule of every scoring model.
+
+    Raises:
+        TypeError: not a tensor or array. ValueError: not RGB images of shape (B, 3, H, W).
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}; "
+                         f"convert grayscale/RGBA images to RGB first (pradot.data.read_image does)")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    images = images.float()
+    S = int(size)
+    if images.shape[-2:] != (S, S):
+        images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+    return images
 
 
 class PRADOT(nn.Module):
@@ -358,29 +426,30 @@ class PRADOT(nn.Module):
         return self.prototypes.fit_features(features, callback=callback, progress=progress)
 
     # ------------------------------------------------------------------ scoring
-    def _prepare(self, images) -> torch.Tensor:
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(images)
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}; "
-                             f"convert grayscale/RGBA images to RGB first (pradot.data.read_image does)")
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
-        images = images.float()
-        S = int(self.config.image_size)
-        if images.shape[-2:] != (S, S):
-            images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
-        return images
+    def prepare(self, images) -> torch.Tensor:
+        """Images as the backbone takes them (:func:`prepare_images` at ``config.image_size``)."""
+        return prepare_images(images, int(self.config.image_size))
+
+    _prepare = prepare  # the name of earlier releases
+
+    @torch.no_grad()
+    def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """The model's maps (B, S, S) from its backbone's features ``{stage: (B, D, H, W)}`` (what an ensemble
+        calls once per shared backbone pass)."""
+        return self.prototypes.fuse(self.prototypes.stage_maps(features))
+
+    def describe(self) -> dict:
+        """What an ensemble records of this member: kind, backbone, stages, image size and hyper-parameters."""
+        c = self.config
+        return {"kind": "pradot", "backbone": c.backbone, "stages": list(c.stages), "alpha": float(c.alpha),
+                "n": c.n, "image_size": int(c.image_size), "aggregation": int(c.aggregation),
+                "concat_stages": bool(c.concat_stages), "smoothing_sigma": float(c.smoothing_sigma)}
 
     @torch.no_grad()
     def stage_maps(self, images, batch_size: int = 16) -> dict[int, torch.Tensor]:
-        """Per-stage Eq. 6 maps at feature resolution: {stage: (B, H, W)}."""
-        images = self._prepare(images)
-        out = {s: [] for s in self.config.stages}
+        """Per-bank Eq. 6 maps at feature resolution: {bank stage: (B, H, W)}."""
+        images = self.prepare(images)
+        out = {s: [] for s in self.prototypes.bank_stages}
         for i in range(0, len(images), batch_size):
             for s, m in self.prototypes.stage_maps(self.backbone(images[i:i + batch_size].to(self.device_))).items():
                 out[s].append(m)

@@ -1,8 +1,8 @@
-"""Load any scoring model file the project writes: a PRADOT model or an ensemble.
+"""Load any scoring model file the project writes: a PRADOT model, a memory bank or an ensemble.
 
 ```python
 from pradot.persistence import load_scoring_model
-model = load_scoring_model("model.pt", device="auto")   # PRADOT or Ensemble, in eval mode
+model = load_scoring_model("model.pt", device="auto")   # PRADOT, MemoryBankModel or Ensemble, in eval mode
 maps, scores = model.score(images)                      # (B, S, S), (B,) at model.config.image_size
 ```
 
@@ -17,9 +17,11 @@ from typing import Any, Protocol
 
 import torch
 
-from .checkpoint import ENSEMBLE_FORMAT, MODEL_FORMAT, file_format, file_info, load_state
+from .checkpoint import (ENSEMBLE_FORMAT, ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, MODEL_FORMAT, file_format, file_info,
+                         load_state)
 from .device import resolve_device
 from .ensemble import Ensemble
+from .memory_bank import MemoryBankModel
 from .model import PRADOT
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
@@ -35,6 +37,8 @@ class ScoringModel(Protocol):
 
 #: file format -> the class that reads it (``from_state``)
 SCORING_FORMATS: dict[str, Any] = {MODEL_FORMAT: PRADOT, ENSEMBLE_FORMAT: Ensemble}
+SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier ensemble files
+SCORING_FORMATS[MEMORY_BANK_FORMAT] = MemoryBankModel  # the memory-bank baseline (pradot.memory_bank)
 
 
 def servable_formats() -> list[str]:
@@ -52,8 +56,9 @@ def model_file_info(path: str | Path) -> dict[str, Any]:
 
 
 def load_scoring_model(path: str | Path, device: str | torch.device | None = "cpu") -> ScoringModel:
-    """Load a PRADOT model file (``pradot-model-v1``) or an ensemble file (``pradot-ensemble-v1``) as a
-    scorer in eval mode: both have ``score(images) -> (maps, scores)`` and ``config.image_size``.
+    """Load a PRADOT model file (``pradot-model-v1``), a memory bank (``pradot-memory-bank-v1``) or an ensemble
+    file (``pradot-ensemble-v1``/``-v2``) as a scorer in eval mode: each has ``score(images) -> (maps, scores)``
+    and ``config.image_size``.
 
     Args:
         path: the model file.
@@ -72,6 +77,6 @@ def load_scoring_model(path: str | Path, device: str | torch.device | None = "cp
     cls = SCORING_FORMATS.get(fmt)
     if cls is None:
         raise ValueError(f"{path} has format {fmt!r}: neither a PRADOT model file ({MODEL_FORMAT!r}, PRADOT.save) "
-                         f"nor a PRADOT ensemble file ({ENSEMBLE_FORMAT!r}, Ensemble.save); servable formats: "
-                         f"{servable_formats()}")
+                         f"nor a PRADOT ensemble file ({ENSEMBLE_FORMAT!r}, Ensemble.save) nor a memory bank "
+                         f"({MEMORY_BANK_FORMAT!r}, MemoryBankModel.save); servable formats: {servable_formats()}")
     return cls.from_state(load_state(path, fmt), device=resolve_device(device)).eval()

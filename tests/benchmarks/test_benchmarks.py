@@ -213,3 +213,23 @@ def test_module_size_and_public_pradot_names_only(path):
 
 def test_the_old_pipeline_script_is_gone():
     assert not (REPO / "pipelines" / "benchmark.py").exists()
+
+
+def test_quality_comparison_at_a_tiny_size(tmp_path):
+    """benchmarks/quality.py through its CLI: every category has the three models' numbers per anomaly type,
+    the selected model's members and weights (summing to 1) and every candidate's validation objective."""
+    from benchmarks import quality
+
+    out = tmp_path / "quality.json"
+    assert quality.main(["--categories", "fastener_kit", "--image-size", "64", "--epochs", "1", "--n", "1",
+                         "--batch-ratio", "4", "--n-train", "8", "--n-validation", "4", "--n-test", "3",
+                         "--weight-step", "0.5", "--data-root", str(tmp_path / "data"), "--output", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["command"].startswith("python -m benchmarks.quality") and "machine" in r
+    sec = r["categories"]["fastener_kit"]
+    for model in (sec["paper_ensemble"], sec["selected"]["metrics"], sec["baseline"]):
+        assert set(quality.SHOWN) <= set(model) and all(0.0 <= v <= 1.0 for v in model.values())
+    assert len(sec["selected"]["members"]) == len(sec["selected"]["weights"]) >= 1
+    assert abs(sum(sec["selected"]["weights"]) - 1) < 1e-9
+    assert set(sec["candidates_validation"]) >= {"memory bank"} and len(sec["models"]) == 9
+    assert sec["n_images"] == {"train": 8, "validation": 4, "test": 9, "pseudo_anomalies": 4}

@@ -62,8 +62,16 @@ def test_parse_stages_refuses(value):
 
 def test_promote_and_reproduce_options():
     opts = config.promote_options(config.compose("promote", config.parse_overrides(["members=a/1,,b/2", "force=yes"])))
-    assert opts.members == ("a/1", "b/2") and opts.force and opts.selection_metric == "image_auroc"
-    for bad, phrase in (("normalisation=zscore", "per_member"), ("force=maybe", "true or false")):
+    assert opts.members == ("a/1", "b/2") and opts.force and opts.selection_metric == "val_objective"
+    assert (opts.fusion, opts.normalisation, opts.metric) == ("mean", "none", "image_auroc")  # the paper's rule
+    best = config.promote_options(config.compose("promote", ["experiment=best"]))  # the recipe sets promote's keys
+    assert (best.fusion, best.normalisation, best.pseudo.kinds[0]) == ("search", "per_member", "cutpaste")
+    assert config.model_config(config.compose("train", ["experiment=best"])).aggregation == 3
+    paper = config.model_config(config.compose("train", ["experiment=paper"]))
+    assert (paper.aggregation, paper.concat_stages, paper.smoothing_sigma) == (1, False, 0.0)
+    for bad, phrase in (("normalisation=zscore", "per_member"), ("force=maybe", "true or false"),
+                        ("fusion=vote", "search"), ("selection.weight_step=0.3", "divide 1"),
+                        ("select_by=image_auroc", "validation metrics only")):
         with pytest.raises(config.ConfigError, match=phrase):
             config.promote_options(config.compose("promote", [bad]))
     grid = config.reproduce_grid(config.compose("reproduce", config.parse_overrides(["stages=3", "alphas=0,0.3"])))

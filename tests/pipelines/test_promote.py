@@ -2,8 +2,9 @@
 
 Members are tiny PRADOT banks (EfficientNet-Lite0, 96 px synthetic screw bags, experiment=ci data) fitted
 directly and logged with ``log_pradot_model`` inside runs that record the data params and the version tags
-``pipelines/train.py`` writes. Their ``metric.image_auroc`` tags are set by hand: only the selection
-reads them (promote recomputes every metric on the test split).
+``pipelines/train.py`` writes. Their ``metric.image_auroc`` tags are set by hand and misleading on purpose
+(the broken bank's is not the lowest of its group... the multi-stage bank's is the best): promote must not read
+them; it chooses on the validation objective and computes every test metric itself, after the choice.
 """
 
 from __future__ import annotations
@@ -126,15 +127,28 @@ def test_promote_default_selection_registers_champion_and_serves(store, capsys):
     assert members == [f"{NAME}/{ns.versions[k]}" for k in ("s2a0", "s2a3", "s3a3")]
     assert v.tags["pradot.promotion"].startswith("promoted:")
     assert float(v.tags["metric.image_auroc"]) > 0.5
+    # chosen on the validation objective, on validation + pseudo-anomalies; the registry says so
+    tags = tracking.VersionTags.from_tags(v.tags)
+    assert (tags.selection_split, tags.selection_metric, tags.fusion) == ("validation+pseudo", "val_objective", "mean")
+    assert 0.0 <= tags.metrics["val_objective"] <= 1.0 and "val_aupro_logical" in tags.metrics
     run = ns.client.get_run(v.tags["run_id"])
     assert run.data.tags["pradot.entry_point"] == "promote"
-    assert "multi-stage" in run.data.tags["pradot.excluded"]
+    assert run.data.tags["pradot.selection_split"] == "validation+pseudo"
     arts = {a.path for d in ("comparison", "figures") for a in ns.client.list_artifacts(run.info.run_id, d)}
-    assert {"comparison/comparison.csv", "comparison/comparison.md", "figures/metrics_bar.png",
-            "figures/overlays_members_vs_ensemble.png"} <= arts
+    assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/choice.json",
+            "figures/metrics_bar.png", "figures/overlays_members_vs_ensemble.png"} <= arts
+    choice = json.loads(Path(ns.mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="comparison/choice.json")).read_text())
+    by_ref = {c["ref"]: c for c in choice["candidates"]}
+    # the broken (2, 0) bank loses its group on the validation objective
+    assert by_ref[f"{NAME}/{ns.versions['bad']}"]["validation"]["val_objective"] < \
+        by_ref[f"{NAME}/{ns.versions['s2a0']}"]["validation"]["val_objective"]
     csv_text = Path(ns.mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                            artifact_path="comparison/comparison.csv")).read_text()
-    assert len(csv_text.strip().splitlines()) == 1 + 3 + 1  # header, three members, the ensemble
+    # header, the four group winners (three single-stage banks, the multi-stage bank), the baseline (none is
+    # registered: fitted by promote), the ensemble
+    lines = csv_text.strip().splitlines()
+    assert len(lines) == 1 + 4 + 1 + 1 and "[baseline]" in csv_text and lines[0].startswith("model,val_objective")
 
     # the champion is served with the single-bank contract
     img = next(s for s in ns.splits.test if s.label == 1)
@@ -255,14 +269,17 @@ def test_champion_served_in_a_fresh_process(store):
 
 
 def test_select_by_ranks_sweep_registered_versions(store):
-    """Sweep-registered versions carry metric.val_auroc only: the default ranking (image_auroc) skips them
-    and says how to use them; select_by=val_auroc ranks by it (best per group), the others are excluded."""
+    """Sweep-registered versions carry metric.val_auroc: select_by=val_auroc keeps the best of each group by it
+    (versions without the tag are excluded) before promote scores them; test metrics cannot choose."""
     ns = store
     opts = config.promote_options(config.compose("promote", config.parse_overrides(
         ["select_by=val_auroc", "metric=image_auroc", "experiment=ci"])))
-    assert opts.select_by == "val_auroc" and opts.metric == "image_auroc"
+    assert opts.select_by == "val_auroc" and opts.metric == "image_auroc" and opts.selection_metric == "val_objective"
     # an unset MLproject parameter
     assert config.promote_options(config.compose("promote", config.parse_overrides(["select_by="]))).select_by is None
+    for bad in ("select_by=image_auroc", "objective=au_spro_0.05"):
+        with pytest.raises(config.ConfigError, match="validation metrics only"):
+            config.promote_options(config.compose("promote", [bad]))
     sweep_like = {"s2a0": 0.7, "bad": 0.9, "s3a3": 0.6}  # the bad (2, 0) bank wins its group on val_auroc
     try:
         for key, val in sweep_like.items():
@@ -270,10 +287,119 @@ def test_select_by_ranks_sweep_registered_versions(store):
         sel = select_best(ns.client, NAME, "val_auroc", "synthetic", "screw_bag")
         assert [m.ref for m in sel.members] == [f"{NAME}/{ns.versions[k]}" for k in ("bad", "s3a3")]
         assert any(f"{NAME}/{ns.versions['s2a3']}: no metric.val_auroc" in e for e in sel.excluded)
-        default = select_best(ns.client, NAME, "image_auroc", "synthetic", "screw_bag")  # unchanged by the new tags
-        assert [m.ref for m in default.members] == [f"{NAME}/{ns.versions[k]}" for k in ("s2a0", "s2a3", "s3a3")]
-        with pytest.raises(PromotionError, match="select_by=val_auroc"):
-            select_best(ns.client, NAME, "au_spro_0.05", "synthetic", "screw_bag")  # no version has it: the hint
+        every = select_best(ns.client, NAME, None, "synthetic", "screw_bag")  # the default: every version
+        assert sorted(m.ref for m in every.members) == sorted(f"{NAME}/{v}" for v in ns.versions.values())
+        with pytest.raises(PromotionError, match="none can be a member"):
+            select_best(ns.client, NAME, "val_nothing", "synthetic", "screw_bag")
     finally:
         for key in sweep_like:
             ns.client.delete_model_version_tag(NAME, ns.versions[key], "metric.val_auroc")
+
+
+def _shuffled_test_labels(monkeypatch, seed: int):
+    """open_splits as promote calls it, with the test split's labels and anomaly types permuted."""
+    import dataclasses
+
+    from pradot import engine
+
+    real = engine.open_splits
+
+    def shuffled(spec):
+        splits = real(spec)
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(len(splits.test))
+        test = [dataclasses.replace(s, label=splits.test[j].label, anomaly_type=splits.test[j].anomaly_type,
+                                    defects=splits.test[j].defects) for s, j in zip(splits.test, perm)]
+        assert [s.label for s in test] != [s.label for s in splits.test]
+        return dataclasses.replace(splits, test=test)
+
+    monkeypatch.setattr(engine, "open_splits", shuffled)
+
+
+def _latest(ns):
+    return max(ns.client.search_model_versions(f"name='{ENS}'"), key=lambda v: int(v.version))
+
+
+def test_search_chooses_members_and_weights_without_reading_test_labels(store, capsys, monkeypatch):
+    """fusion=search over every group winner and the baseline: the members and weights are the same when the test
+    split's labels are shuffled (the choice never reads them); the test metrics (the report) change."""
+    ns = store
+    args = [*ns.overrides, "fusion=search", "normalisation=per_member", "selection.weight_step=0.5"]
+    assert promote.main(args) == 0, capsys.readouterr().err
+    first = _latest(ns)
+    _shuffled_test_labels(monkeypatch, seed=3)
+    assert promote.main(args) == 0, capsys.readouterr().err
+    second = _latest(ns)
+    assert int(second.version) == int(first.version) + 1
+    for key in ("members", "member_weights", "member_kinds", "metric.val_objective", "fusion", "selection_split"):
+        assert second.tags[key] == first.tags[key], key
+    assert second.tags["metric.image_auroc"] != first.tags["metric.image_auroc"]  # the report did see the shuffle
+    tags = tracking.VersionTags.from_tags(first.tags)
+    assert tags.fusion == "search" and abs(sum(tags.member_weights) - 1) < 1e-9 and len(tags.member_weights) >= 1
+    assert len(tags.member_kinds) == len(tags.members)
+    # the alias is decided on the validation objective (the champion re-scored on the same set), not on tests
+    assert "val_objective" in second.tags["pradot.promotion"]
+
+
+def test_served_maps_equal_offline_maps(store, capsys):
+    """The promoted ensemble through the pyfunc in-process (predict, return_map) equals model.score on the same
+    image at the model's size."""
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from pradot.data import read_image
+    from pradot.persistence import load_scoring_model
+
+    ns = store
+    if not ns.client.search_model_versions(f"name='{ENS}'"):
+        assert promote.main([*ns.overrides, "fusion=search", "normalisation=per_member"]) == 0, \
+            capsys.readouterr().err
+    v = _latest(ns)
+    img = next(s for s in ns.splits.test if s.label == 1)
+    assert read_image(img.image_path).shape[:2] == (96, 96)  # the model's size: no resizing anywhere
+    pyf = mlflow.pyfunc.load_model(f"models:/{ENS}/{v.version}")
+    pred = pyf.predict(pd.DataFrame({"image": [_b64(img.image_path)]}), params={"return_map": True,
+                                                                               "map_format": "npy"})
+    served = np.load(io.BytesIO(base64.b64decode(pred["anomaly_map"][0])))
+    art = Path(ns.mlflow.artifacts.download_artifacts(f"models:/{ENS}/{v.version}", dst_path=str(ns.tmp / "dl2")))
+    model = load_scoring_model(next(p for p in art.rglob("*.pt")))
+    x = torch.from_numpy(read_image(img.image_path, 96)).permute(2, 0, 1)[None].float() / 255
+    maps, scores = model.score(x)
+    np.testing.assert_allclose(served, maps[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert pred["raw_score"][0] == pytest.approx(float(scores[0]), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_mlflow_run_reproduce_end_to_end_serves_the_promoted_ensemble(tmp_path):
+    """`mlflow run . -e reproduce` on the default CPU recipe (experiment=ci, two members to stay fast): members,
+    the memory-bank baseline and the promotion are child runs; the champion is served with the single-bank
+    contract."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from tests.helpers import tracking_uri
+    from tests.pipelines.test_train import client_for, mlflow_run
+
+    proc = mlflow_run(tmp_path, "dataset=synthetic", f"data_root={tmp_path}/data",
+                      f"overrides=experiment=ci cache.dir={tmp_path}/cache stages=2 alphas=0,0.3 "
+                      f"evaluation.figures=false", entry="reproduce")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "== PRADOT reproduce finished ==" in proc.stdout and "[baseline]" in proc.stdout
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    entry = sorted(r.data.tags.get("pradot.entry_point") for r in runs)
+    assert entry == ["baseline", "main", "main", "promote", "reproduce"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    champion = client.get_model_version_by_alias(ENS, "champion")
+    tags = tracking.VersionTags.from_tags(champion.tags)
+    assert tags.selection_split == "validation+pseudo" and tags.fusion == "mean" and len(tags.members) == 2
+    assert len(client.search_model_versions(f"name='{NAME}-baseline'")) == 1
+    img = next(s for s in sorted((tmp_path / "data" / "screw_bag" / "test" / "logical_anomalies").glob("*.png")))
+    with tracking_uri(f"sqlite:///{tmp_path}/mlflow.db"):
+        pyf = mlflow.pyfunc.load_model(f"models:/{ENS}@champion")
+        pred = pyf.predict(pd.DataFrame({"image": [_b64(img)]}))
+    assert list(pred.columns[:4]) == ["score", "raw_score", "is_anomaly", "threshold"]
+    assert np.isfinite(pred["raw_score"][0]) and pred["threshold"][0] == pytest.approx(float(champion.tags["threshold"]))
+

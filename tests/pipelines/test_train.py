@@ -12,12 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
-def mlflow_run(tmp_path, *params, env_extra=None, timeout=600):
+def mlflow_run(tmp_path, *params, env_extra=None, timeout=600, entry="main"):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env_extra or {})}
     env.pop("MLFLOW_RUN_ID", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)  # the experiment is --experiment-name's
-    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name", "e2e"]
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name", "e2e",
+           "-e", entry]
     for p in params:
         cmd += ["-P", p]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)

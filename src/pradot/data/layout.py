@@ -24,7 +24,7 @@ KNOWN_CATEGORIES: dict[str, tuple[str, ...]] = {
         "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
         "pcb3", "pcb4", "pipe_fryum",
     ),
-    "synthetic": ("screw_bag",),
+    "synthetic": ("screw_bag", "fastener_kit"),
     "folder": (),
     "mvtec_ad2": ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"),
     "real_iad": (
@@ -51,7 +51,7 @@ _AD_LAYOUT = """\
 LAYOUTS: dict[str, str] = {
     "mvtec_loco": _LOCO_LAYOUT,
     "synthetic": _LOCO_LAYOUT
-    + "\n  (generate it with `python -m pradot.data.synthetic --root <root> --category screw_bag`,"
+    + "\n  (generate it with `python -m pradot.data.synthetic --root <root> --category screw_bag` (or fastener_kit),"
     " or load_dataset('synthetic', root, category, generate=True))",
     "mvtec_ad": _AD_LAYOUT,
     "mpdd": _AD_LAYOUT,

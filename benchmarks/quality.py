@@ -1,0 +1,216 @@
+"""Quality comparison (issue 11): the paper's ensemble, the recommended recipe's selected model and the
+memory-bank baseline, side by side on every embedded synthetic category, same data, same backbone features.
+
+    python -m benchmarks.quality --output benchmarks/results/quality-cpu.json          # minutes on 2 cores
+    python -m benchmarks.quality --categories fastener_kit --epochs 4                   # quicker
+
+For each category (``pradot.data.synthetic``: ``screw_bag``, ``fastener_kit``):
+
+* backbone features (``efficientnet_lite0``, offline weights) of the train, validation and test splits and of the
+  pseudo-anomaly set, extracted once;
+* **paper ensemble**: the four banks (stage, alpha) = (2, 0), (2, 0.3), (3, 0), (3, 0.3) on the raw features,
+  maps averaged (``experiment=paper``, ``fusion=mean``, ``normalisation=none``);
+* **baseline**: the PatchCore-style memory bank (``pradot.memory_bank``: stages 2+3 concatenated, 3x3 aggregation,
+  full bank, sigma 4; ``conf/memory_bank/patchcore.yaml``);
+* **selected** (``experiment=best``): the same four banks on 3x3-aggregated features with smoothed maps, and the
+  baseline, as candidates; members and weights chosen by ``pradot.fusion.choose_fusion`` on the validation
+  objective (validation normals + pseudo-anomalies of both styles, ``pradot.metrics.pseudo``; per-member
+  standardisation, weight step 0.25): what ``promote fusion=search`` does. The test split is scored after the
+  choice; no test label is read before.
+
+Every model is scored on the test split with the official LOCO definitions (image AUROC and AU-sPRO@0.05 per
+anomaly type). The JSON keeps each model's numbers, the choice (members, weights, validation objective of every
+candidate), the settings, the machine and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the package from the repo
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.harness import REPO, log, machine_info, write_json  # noqa: E402
+
+PAPER_MEMBERS = ((2, 0.0), (2, 0.3), (3, 0.0), (3, 0.3))
+SHOWN = ("image_auroc_logical_anomalies", "au_spro_0.05_logical_anomalies", "image_auroc_structural_anomalies",
+         "au_spro_0.05_structural_anomalies", "image_auroc", "au_spro_0.05")
+PSEUDO_KINDS = ("cutpaste", "noise", "blotch", "shuffle", "moved_patch")
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--categories", default="screw_bag,fastener_kit")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--n", type=int, default=4, help="prototypes per cell")
+    p.add_argument("--batch-ratio", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--eta", type=float, default=0.8)
+    p.add_argument("--aggregation", type=int, default=3, help="the recipe's k (experiment=best)")
+    p.add_argument("--sigma", type=float, default=4.0, help="the recipe's smoothing sigma, px (experiment=best)")
+    p.add_argument("--weight-step", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=60, help="synthetic images per split (the generator's defaults)")
+    p.add_argument("--n-validation", type=int, default=20)
+    p.add_argument("--n-test", type=int, default=20, help="test images per type (good, logical, structural)")
+    p.add_argument("--data-root", default=None, help="default: a folder under the system's temp dir")
+    p.add_argument("--output", default=None, help="JSON file (default benchmarks/results/quality-cpu.json)")
+    return p.parse_args(argv)
+
+
+def _features(backbone, samples_or_images, size: int) -> dict:
+    from pradot.data import ImageDataset
+    from pradot.data.pseudo_anomalies import ArrayImageDataset
+    from pradot.features import extract_features
+
+    ds = ArrayImageDataset(samples_or_images) if isinstance(samples_or_images, np.ndarray) else \
+        ImageDataset(list(samples_or_images), size)
+    return extract_features(backbone, ds, progress=False)
+
+
+def _pseudo_set(splits, size: int, seed: int):
+    """Validation normals + pseudo-anomalies (as pipelines.objective builds promote's evaluation set)."""
+    from pradot.data import read_image
+    from pradot.data.pseudo_anomalies import KIND_STYLE, make_pseudo_anomalies
+
+    normals = [read_image(s.image_path, size) for s in splits.validation]
+    pa = make_pseudo_anomalies(normals, kinds=PSEUDO_KINDS, per_image=1, seed=seed)
+    groups = ["good"] * len(normals) + pa.kinds
+    styles = ["good"] * len(normals) + [KIND_STYLE[k] for k in pa.kinds]
+    masks = np.concatenate([np.zeros((len(normals), size, size), bool), pa.masks])
+    return np.concatenate([np.stack(normals), pa.images]), groups, styles, masks
+
+
+def _metrics(splits, maps, size: int) -> dict:
+    from pradot.metrics.dataset import dataset_metrics, flat_metrics
+
+    flat = flat_metrics(dataset_metrics(splits.dataset, splits.test, list(np.asarray(maps)), gt_size=size)[0])
+    return {k: round(float(flat[k]), 4) for k in SHOWN if k in flat}
+
+
+def _banks(args, feats, aggregation: int, sigma: float) -> list:
+    from pradot import PRADOT, PRADOTConfig
+    from pradot.backbone import load_backbone
+
+    out = []
+    for stage, alpha in PAPER_MEMBERS:
+        cfg = PRADOTConfig(backbone=args.backbone, stages=(stage,), image_size=args.image_size, alpha=alpha, n=args.n,
+                           batch_size=args.batch_ratio * args.n, epochs=args.epochs, eta=args.eta, seed=args.seed,
+                           aggregation=aggregation, smoothing_sigma=sigma)
+        m = PRADOT(cfg, backbone=load_backbone(args.backbone, (stage,)))
+        m.fit_features({stage: feats["train"][stage]}, progress=False)
+        out.append((f"s{stage} a{alpha:g}" + (f" k{aggregation} sigma{sigma:g}" if aggregation > 1 or sigma else ""),
+                    m.eval()))
+    return out
+
+
+def _maps(model, feats: dict) -> np.ndarray:
+    stages = model.config.stages
+    if hasattr(model, "score_features"):
+        return model.score_features({s: feats[s] for s in stages})[0].numpy()
+    return model.maps_from_features({s: feats[s] for s in stages})[0].numpy()
+
+
+def _objective(maps: np.ndarray, groups, styles, masks) -> float:
+    from pradot.metrics.pseudo import OBJECTIVE, pseudo_metrics
+
+    return pseudo_metrics(groups, styles, maps.reshape(len(maps), -1).max(1), maps=maps, masks=masks)[OBJECTIVE]
+
+
+def _fuse(models, maps, weights=None, stats=None, normalisation="none") -> np.ndarray:
+    """The test maps of an Ensemble of ``models`` (its fusion rule) from the members' maps."""
+    from pradot.ensemble import Ensemble
+
+    ens = Ensemble(models, normalisation=normalisation, stats=stats, weights=weights)
+    return ens.fuse([torch.from_numpy(m) for m in maps])[0].numpy()
+
+
+def category_section(args, category: str, root: Path) -> dict:
+    from pradot.backbone import load_backbone
+    from pradot.engine import DataSpec, open_splits
+    from pradot.fusion import choose_fusion
+    from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
+
+    S, t0 = args.image_size, time.perf_counter()
+    gen = {"image_size": S, "n_train": args.n_train, "n_validation": args.n_validation, "n_test_good": args.n_test,
+           "n_test_logical": args.n_test, "n_test_structural": args.n_test}
+    splits = open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
+    bb = load_backbone(args.backbone, (2, 3))
+    images, groups, styles, masks = _pseudo_set(splits, S, args.seed)
+    feats = {"train": _features(bb, splits.train, S), "test": _features(bb, splits.test, S),
+             "pseudo": _features(bb, images, S)}
+    log(f"{category}: features in {time.perf_counter() - t0:.0f}s")
+    paper = _banks(args, feats, 1, 0.0)
+    recipe = _banks(args, feats, args.aggregation, args.sigma)
+    mb = MemoryBankModel(MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed),
+                         backbone=bb).fit_features(feats["train"])
+    log(f"{category}: models fitted at {time.perf_counter() - t0:.0f}s")
+    test = {lab: _maps(m, feats["test"]) for lab, m in [*paper, *recipe, ("memory bank", mb)]}
+    cands = [*recipe, ("memory bank", mb)]
+    cand_maps = [_maps(m, feats["pseudo"]) for _, m in cands]  # the choice: validation + pseudo only
+    choice = choose_fusion(cand_maps, groups, styles, masks, normalisation="per_member", step=args.weight_step)
+    chosen = choice.members
+    selected = _fuse([cands[i][1] for i in chosen], [test[cands[i][0]] for i in chosen],
+                     weights=[choice.weights[i] for i in chosen], stats=[choice.stats[i] for i in chosen],
+                     normalisation="per_member")
+    out = {
+        "paper_ensemble": _metrics(splits, _fuse([m for _, m in paper], [test[lab] for lab, _ in paper]), S),
+        "selected": {"members": [cands[i][0] for i in chosen], "weights": [choice.weights[i] for i in chosen],
+                     "validation": {k: round(v, 4) for k, v in choice.metrics.items()},
+                     "metrics": _metrics(splits, selected, S)},
+        "baseline": _metrics(splits, test["memory bank"], S),
+        "models": {lab: _metrics(splits, m, S) for lab, m in test.items()},
+        "candidates_validation": {lab: round(float(_objective(m, groups, styles, masks)), 4)
+                                  for (lab, _), m in zip(cands, cand_maps)},
+        "n_images": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test),
+                     "pseudo_anomalies": len(images) - len(splits.validation)},
+        "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"{category}: done in {out['seconds']:.0f}s; selected {out['selected']['members']} "
+        f"w={out['selected']['weights']}")
+    return out
+
+
+def table(result: dict) -> str:
+    """Markdown: per category, the three models' image AUROC / AU-sPRO@0.05 per anomaly type."""
+    lines = []
+    for cat, sec in result["categories"].items():
+        lines += [f"\n{cat}", "| model | logical: image AUROC | logical: AU-sPRO@0.05 | structural: image AUROC | "
+                  "structural: AU-sPRO@0.05 |", "|---|---|---|---|---|"]
+        for name, m in (("paper ensemble", sec["paper_ensemble"]), ("selected", sec["selected"]["metrics"]),
+                        ("memory-bank baseline", sec["baseline"])):
+            lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in SHOWN[:4]) + " |")
+        lines.append(f"selected: {sec['selected']['members']} weights {sec['selected']['weights']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import tempfile
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    root = Path(args.data_root) if args.data_root else Path(tempfile.gettempdir()) / "pradot-quality-data"
+    t0 = time.perf_counter()
+    result = {"command": "python -m benchmarks.quality " + " ".join(argv), "date": _dt.datetime.now().isoformat(),
+              "machine": machine_info(torch.device("cpu")), "settings": vars(args) | {"data_root": str(root)},
+              "categories": {c: category_section(args, c, root) for c in args.categories.split(",") if c}}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path(args.output) if args.output else REPO / "benchmarks" / "results" / "quality-cpu.json"
+    write_json(result, out)
+    print(table(result))
+    print(f"\nwritten: {out} ({result['seconds']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

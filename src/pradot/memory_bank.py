@@ -1,0 +1,275 @@
+"""A PatchCore-style memory bank (Roth et al., "Towards total recall in industrial anomaly detection",
+CVPR 2022) on the same frozen backbone features as PRADOT: the baseline PRADOT is compared with, and a
+possible ensemble member.
+
+Method (PatchCore section 3):
+
+* **memory bank**: every patch feature of every training image, after local neighbourhood aggregation
+  (``aggregation``, PatchCore: 3) and, by default, with the stages concatenated at the finest grid
+  (:class:`pradot.aggregation.FeatureOptions`), optionally reduced to a greedy min-max coreset
+  (``coreset_ratio`` < 1, :func:`pradot.coreset.greedy_coreset`, with a random projection to
+  ``projection_dim`` dimensions for the selection);
+* **patch score**: the Euclidean distance of a test patch feature to its nearest neighbour in the bank
+  (``scikit-learn``'s :class:`~sklearn.neighbors.NearestNeighbors`; ``torch.cdist`` is the test oracle);
+* **map**: the (H, W) patch scores upsampled bilinearly (``align_corners=True``, as PRADOT's maps) to the
+  input size, averaged over banks when the stages are not concatenated, then smoothed by a Gaussian of
+  ``smoothing_sigma`` pixels (PatchCore: 4 at 224 px); the image score is the map's maximum.
+
+PatchCore's image-score reweighting by the neighbourhood density is left out: the image score is the max of
+the map, as for PRADOT, so the two are compared on the same rule.
+
+```python
+from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
+mb = MemoryBankModel(MemoryBankConfig(backbone="efficientnet_lite0", stages=(2, 3), image_size=128))
+mb.fit_features(cached_features)          # {stage: (N, D, H, W)}, e.g. the training features' cache entry
+maps, scores = mb.score(images)           # (B, S, S), (B,)
+mb.save("memory_bank.pt"); MemoryBankModel.load("memory_bank.pt")   # format pradot-memory-bank-v1
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from .aggregation import FeatureOptions, check_aggregation
+from .backbone import Backbone, load_backbone
+from .checkpoint import MEMORY_BANK_FORMAT, load_state, save_state
+from .coreset import greedy_coreset
+from .model import as_tensor, prepare_images
+from .postprocess import check_sigma, gaussian_smooth
+from .scoring import fuse_maps, image_scores, upsample_maps
+
+__all__ = ["MEMORY_BANK_FORMAT", "MemoryBankConfig", "MemoryBankModel", "nearest_distances"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MemoryBankConfig:
+    """Settings of a memory bank; the defaults are PatchCore's (stages 2+3, 3x3 aggregation, one concatenated
+    bank, sigma 4) with the full bank (``coreset_ratio`` = 1) and the project's offline backbone."""
+
+    backbone: str = "efficientnet_lite0"
+    stages: tuple[int, ...] = (2, 3)
+    image_size: int = 224
+    aggregation: int = 3
+    concat_stages: bool = True
+    coreset_ratio: float = 1.0  # share of the patch features kept (greedy coreset); 1: every feature
+    projection_dim: int | None = 128  # random projection used by the coreset selection (None: none)
+    smoothing_sigma: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.stages = tuple(sorted({int(s) for s in self.stages}))
+        if not self.stages:
+            raise ValueError("a memory bank needs at least one backbone stage (PatchCore: 2 and 3)")
+        self.aggregation = check_aggregation(self.aggregation)
+        self.concat_stages = bool(self.concat_stages)
+        self.smoothing_sigma = check_sigma(self.smoothing_sigma)
+        r = float(self.coreset_ratio)
+        if not (math.isfinite(r) and 0.0 < r <= 1.0):
+            raise ValueError(f"coreset_ratio must lie in (0, 1] (1 = the full bank), got {self.coreset_ratio!r}")
+        self.coreset_ratio = r
+        if self.projection_dim is not None and int(self.projection_dim) < 1:
+            raise ValueError(f"projection_dim must be >= 1 or None, got {self.projection_dim!r}")
+        if int(self.image_size) < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+
+
+def nearest_distances(index, queries: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each (Q, D) query to its nearest neighbour in a fitted
+    :class:`sklearn.neighbors.NearestNeighbors` ``index``: (Q,) float32."""
+    dist, _ = index.kneighbors(np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32),
+                               n_neighbors=1, return_distance=True)
+    return torch.from_numpy(np.asarray(dist[:, 0], dtype=np.float32))
+
+
+class MemoryBankModel(nn.Module):
+    """A frozen backbone and one memory bank per bank stage (see the module docstring).
+
+    Same scoring interface as :class:`pradot.model.PRADOT`: ``score(images) -> (maps, scores)``,
+    ``config.image_size``, ``prepare``, ``maps_from_backbone`` (ensemble member), ``state``/``from_state``,
+    ``save``/``load``.
+    """
+
+    def __init__(self, config: MemoryBankConfig, backbone: Backbone | None = None,
+                 device: str | torch.device = "cpu"):
+        super().__init__()
+        self.config = config
+        self.device_ = torch.device(device)
+        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
+        if tuple(self.backbone.stages) != tuple(config.stages):
+            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+        self.backbone.to(self.device_)
+        self.options = FeatureOptions(config.aggregation, config.concat_stages)
+        self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
+        self.memory: dict[int, torch.Tensor] = {}  # bank stage -> (M, D) float32 on the CPU
+        self._index: dict[int, object] = {}  # bank stage -> fitted NearestNeighbors (rebuilt after loading)
+        self.fitted = False
+
+    # ------------------------------------------------------------------ features
+    def transform(self, features: Mapping[int, np.ndarray | torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Backbone features ``{stage: (B, D, H, W)}`` -> bank features ``{bank stage: (B, D', H', W')}``."""
+        feats = {s: as_tensor(features[s]).float() for s in self.config.stages}
+        return self.options.apply(feats, self.config.stages)
+
+    def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], chunk: int = 32,
+                     progress: bool = True) -> "MemoryBankModel":
+        """Fill the banks from backbone features ``{stage: (N, D, H, W)}`` (arrays, memmaps or tensors) of the
+        training images, ``chunk`` images at a time; then the coreset when ``coreset_ratio`` < 1.
+
+        Raises:
+            ValueError: a stage is missing, the stages have different image counts, or there is no image.
+        """
+        missing = [s for s in self.config.stages if s not in features]
+        if missing:
+            raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
+        counts = {s: len(features[s]) for s in self.config.stages}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"stages have different numbers of images: {counts}")
+        n = next(iter(counts.values()))
+        if n == 0:
+            raise ValueError("the training set is empty: a memory bank needs at least one normal image")
+        parts: dict[int, list[torch.Tensor]] = {s: [] for s in self.bank_stages}
+        for i in range(0, n, chunk):
+            batch = self.transform({s: features[s][i:i + chunk] for s in self.config.stages})
+            for s, f in batch.items():
+                parts[s].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).contiguous())
+        self.memory, self._index = {}, {}
+        for s in self.bank_stages:
+            mem = torch.cat(parts[s])
+            if self.config.coreset_ratio < 1.0:
+                k = max(1, int(round(self.config.coreset_ratio * len(mem))))
+                idx = greedy_coreset(mem, k, projection_dim=self.config.projection_dim, seed=self.config.seed)
+                log.info("memory bank stage %s: coreset of %d of %d patch features", s, k, len(mem))
+                mem = mem[idx].contiguous()
+            self.memory[s] = mem
+        self.fitted = True
+        return self
+
+    @torch.no_grad()
+    def fit(self, data: Dataset | DataLoader, batch_size: int = 32, num_workers: int = 0,
+            progress: bool = True) -> "MemoryBankModel":
+        """Extract the training images' features with the backbone and fill the banks (:meth:`fit_features`)."""
+        from .features import extract_features
+
+        if isinstance(data, DataLoader):
+            data = data.dataset
+        feats = extract_features(self.backbone, data, batch_size=batch_size, num_workers=num_workers,
+                                 device=self.device_, progress=progress)
+        return self.fit_features(feats, progress=progress)
+
+    def _nn(self, stage: int):
+        """The nearest-neighbour index of a bank (built on first use)."""
+        if stage not in self._index:
+            from sklearn.neighbors import NearestNeighbors
+
+            self._index[stage] = NearestNeighbors(n_neighbors=1).fit(self.memory[stage].numpy())
+        return self._index[stage]
+
+    # ------------------------------------------------------------------ scoring
+    def _check_fitted(self) -> None:
+        if not self.fitted or not self.memory:
+            raise RuntimeError("the memory bank is empty: call fit(...) or fit_features(...) first")
+
+    @torch.no_grad()
+    def stage_maps(self, features: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Patch scores per bank at feature resolution: backbone features ``{stage: (B, D, H, W)}`` ->
+        ``{bank stage: (B, H, W)}`` (distance to the nearest bank feature, CPU)."""
+        self._check_fitted()
+        out = {}
+        for s, f in self.transform(features).items():
+            B, D, H, W = f.shape
+            q = f.permute(0, 2, 3, 1).reshape(-1, D)
+            out[s] = nearest_distances(self._nn(s), q).reshape(B, H, W)
+        return out
+
+    def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """Per-bank maps -> (B, S, S): upsampled (bilinear, align_corners=True), averaged, then smoothed."""
+        S = int(self.config.image_size)
+        return gaussian_smooth(fuse_maps([upsample_maps(per_stage[s], S) for s in self.bank_stages]),
+                               self.config.smoothing_sigma)
+
+    @torch.no_grad()
+    def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """The maps (B, S, S) from this model's backbone features (an ensemble's shared backbone pass)."""
+        return self.fuse(self.stage_maps(features))
+
+    @torch.no_grad()
+    def maps_from_features(self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps (B, S, S) and image scores (B,) from precomputed backbone features (e.g. the cache)."""
+        n = len(features[self.config.stages[0]])
+        out = [self.maps_from_backbone({s: as_tensor(features[s][i:i + batch_size]) for s in self.config.stages})
+               for i in range(0, n, batch_size)]
+        S = int(self.config.image_size)
+        maps = torch.cat(out) if out else torch.zeros(0, S, S)
+        return maps, image_scores(maps)
+
+    def prepare(self, images) -> torch.Tensor:
+        """Images as the backbone takes them (:func:`pradot.model.prepare_images`)."""
+        return prepare_images(images, int(self.config.image_size))
+
+    @torch.no_grad()
+    def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B, S, S) at ``image_size`` and image scores (B,) (max of the map)."""
+        images = self.prepare(images)
+        S = int(self.config.image_size)
+        out = [self.maps_from_backbone(self.backbone(images[i:i + batch_size].to(self.device_)))
+               for i in range(0, len(images), batch_size)]
+        maps = torch.cat(out) if out else torch.zeros(0, S, S)
+        return maps, image_scores(maps)
+
+    def describe(self) -> dict:
+        """What an ensemble records of this member."""
+        c = self.config
+        return {"kind": "memory_bank", "backbone": c.backbone, "stages": list(c.stages), "alpha": None, "n": None,
+                "image_size": int(c.image_size), "aggregation": int(c.aggregation),
+                "concat_stages": bool(c.concat_stages), "smoothing_sigma": float(c.smoothing_sigma),
+                "coreset_ratio": float(c.coreset_ratio),
+                "bank_size": {int(s): int(len(m)) for s, m in self.memory.items()}}
+
+    # ------------------------------------------------------------------ persistence
+    def state(self, include_backbone: bool = True) -> dict:
+        """The dict :meth:`save` writes: format, config, the banks and (by default) the backbone's weights."""
+        weights = ({k: v.cpu() for k, v in self.backbone.net.state_dict().items()} if include_backbone else None)
+        cfg = asdict(self.config)
+        cfg["stages"] = list(self.config.stages)
+        return {"format": MEMORY_BANK_FORMAT, "config": cfg, "fitted": self.fitted,
+                "memory": {int(s): m.contiguous() for s, m in self.memory.items()},
+                "backbone": {"name": self.backbone.name, "stages": list(self.backbone.stages), "state_dict": weights}}
+
+    def save(self, path: str | Path, include_backbone: bool = True) -> Path:
+        """One self-describing file (format ``pradot-memory-bank-v1``)."""
+        return save_state(self.state(include_backbone), path)
+
+    @classmethod
+    def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None
+                   ) -> "MemoryBankModel":
+        """Inverse of :meth:`state`; ``backbone`` replaces the stored one (e.g. a shared network)."""
+        cfg = dict(state["config"])
+        cfg["stages"] = tuple(cfg["stages"])
+        config = MemoryBankConfig(**cfg)
+        if backbone is None:
+            bb = state["backbone"]
+            backbone = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=bb["state_dict"])
+        model = cls(config, backbone=backbone, device=device)
+        model.memory = {int(s): torch.as_tensor(m).float().contiguous() for s, m in state["memory"].items()}
+        model.fitted = bool(state.get("fitted", True)) and bool(model.memory)
+        return model.eval()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None
+             ) -> "MemoryBankModel":
+        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a memory-bank file)."""
+        return cls.from_state(load_state(path, MEMORY_BANK_FORMAT, what="memory bank"), device=device,
+                              backbone=backbone)
