@@ -7,6 +7,7 @@ MLflow and Ray.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +71,16 @@ def open_splits(spec: DataSpec) -> Splits:
 
 
 def batch_size_for(n: float, batch_ratio: float) -> int:
-    """Batch size = batch_ratio x n (the paper's Fig. 3a knob); for n < 1, batch_ratio images."""
-    return max(1, int(round(float(batch_ratio) * max(float(n), 1.0))))
+    """Batch size = batch_ratio x n (the paper's Fig. 3a knob); for n < 1, batch_ratio images.
+
+    Raises:
+        ValueError: ``batch_ratio`` or ``n`` is not a positive finite number.
+    """
+    ratio, n = float(batch_ratio), float(n)
+    if not (math.isfinite(ratio) and ratio > 0) or not (math.isfinite(n) and n > 0):
+        raise ValueError(f"batch_ratio={batch_ratio!r} and n={n!r} must be > 0 (batch size = batch_ratio x n "
+                         f"images; at least 1)")
+    return max(1, int(round(ratio * max(n, 1.0))))
 
 
 def feature_identity(spec: DataSpec, backbone: str, stages: Sequence[int], samples: Sequence[Sample],

@@ -1,0 +1,17 @@
+"""pradot.engine's typed steps: the batch size rule refuses what would silently train with batch 1."""
+
+import math
+
+import pytest
+
+from pradot.engine import batch_size_for
+
+
+def test_batch_size_is_batch_ratio_times_n():
+    assert batch_size_for(16, 4) == 64 and batch_size_for(0.25, 3) == 3 and batch_size_for(1, 0.4) == 1
+
+
+@pytest.mark.parametrize("n, ratio", [(4, 0), (4, -3), (4, math.nan), (0, 4), (-1, 4), (math.inf, 4)])
+def test_batch_size_refuses_non_positive_values(n, ratio):
+    with pytest.raises(ValueError, match="must be > 0"):
+        batch_size_for(n, ratio)
