@@ -203,7 +203,8 @@ def log_pradot_model(model_path, calibration, artifact_name: str = "model", regi
         model_path: the model file (any format :func:`pradot.serving.load_scoring_model` serves).
         calibration: a :class:`~pradot.serving.Calibration`, its dict, or a JSON file.
         artifact_name: the logged model's name (``name=`` of ``mlflow.pyfunc.log_model``).
-        registered_model_name: register the model under this name (version in ``info.registered_model_version``).
+        registered_model_name: register the model under this name (version in ``info.registered_model_version``),
+            after logging it, with all ``extra_tags`` in the same call.
         input_example_image: the input example (image path, (H, W, 3) uint8 array, PIL image, bytes or
             base64); a generated gradient when None. Stored as a base64 PNG.
         pip_requirements: default :func:`default_pip_requirements` (this environment's versions).
@@ -248,16 +249,13 @@ def log_pradot_model(model_path, calibration, artifact_name: str = "model", regi
             signature=SIGNATURE,
             input_example=example,
             pip_requirements=pip_requirements if pip_requirements is not None else default_pip_requirements(),
-            registered_model_name=registered_model_name,
             model_config=dict(model_config) if model_config is not None else {"device": "auto"},
             metadata=metadata,
             tags=tags,
         )
-    if registered_model_name and model_info.registered_model_version is not None and extra_tags:
-        client = mlflow.MlflowClient()
-        version = str(model_info.registered_model_version)
-        for k, v in extra_tags.items():
-            client.set_model_version_tag(registered_model_name, version, str(k), str(v))
+    if registered_model_name:  # one call with every tag: never a version without its tags
+        version = mlflow.register_model(model_info.model_uri, registered_model_name, tags=tags)
+        model_info.registered_model_version = int(version.version)
     return model_info
 
 

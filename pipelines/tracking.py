@@ -1,12 +1,17 @@
 """MLflow, in one place: the tracking store, an entry point's run (experiment, nesting, run log, FAILED on
-error), resolved params, registry version tags (one type, written and read here), registration and the
-alias decision.
+error, KILLED on Ctrl+C or SIGTERM, owner host/PID tags, orphans of killed processes closed), resolved params,
+registry version tags (one type, written and read here), registration and the alias decision.
 
 ```python
 with entry_run("synthetic-screw_bag", "pradot", entry_point="main") as run:   # run.run_id, run.log_path
     log_resolved_params(flatten(cfg))
-    version = register(model_file, calibration, "pradot-synthetic-screw_bag", VersionTags(...), example)
+    model_uri = log_model(model_file, calibration, tags, example)              # in the run, not registered
+version = register(model_uri, "pradot-synthetic-screw_bag", tags)              # after the run, one call
 ```
+
+Registration is atomic: a version is created only after its run has FINISHED, in one call that carries
+every tag (:func:`register`), so a crash leaves either no version or a complete one; :func:`incomplete`
+says why a version (e.g. one registered by an earlier release and cut short) must not be used.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TRACKING_URI", "setup_tracking", "run_log", "EntryRun", "entry_run", "log_resolved_params",
-           "VersionTags", "register", "AliasDecision", "decide_alias", "example_image"]
+__all__ = ["DEFAULT_TRACKING_URI", "setup_tracking", "run_log", "EntryRun", "entry_run", "started_runs",
+           "log_resolved_params", "VersionTags", "log_model", "prepare_registration", "register", "incomplete", "AliasDecision",
+           "decide_alias", "example_image"]
 
 #: tracking store used when MLFLOW_TRACKING_URI is not set: a SQLite file in the working directory
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -79,6 +85,14 @@ class EntryRun:
     log_path: Path
 
 
+_STARTED: list[str] = []  # runs entry_run started in this process
+
+
+def started_runs() -> list[str]:
+    """The ids of the runs :func:`entry_run` started (or reopened) in this process, oldest first."""
+    return list(_STARTED)
+
+
 @contextlib.contextmanager
 def entry_run(run_name: str, experiment_name: str, *, entry_point: str, nested: bool = False,
               log_name: str = "run.log", tags: Mapping[str, str] | None = None,
@@ -86,26 +100,42 @@ def entry_run(run_name: str, experiment_name: str, *, entry_point: str, nested: 
     """Start (or, under ``mlflow run``, resume) the entry point's run; ``nested``: a child of the active run;
     ``run_id``: reopen that run (e.g. a resumed sweep's parent).
 
-    The experiment is set unless the run exists already (``MLFLOW_RUN_ID`` under ``mlflow run``, or
-    ``run_id``). The block's log is captured and logged as ``logs/<log_name>``; an exception ends the run
-    FAILED with the error in the log, then propagates.
+    First, runs of this machine left RUNNING by a killed process are marked FAILED
+    (:func:`pipelines.liveness.close_orphans`). The experiment is set unless the run exists already
+    (``MLFLOW_RUN_ID`` under ``mlflow run``, or ``run_id``). The run is tagged with its owner (host, PID).
+    The block's log is captured and logged as ``logs/<log_name>``; an exception ends the run FAILED with the
+    error in the log, Ctrl+C or SIGTERM end it KILLED; the exception then propagates.
     """
     import mlflow
 
+    from pipelines import liveness
+
     uri = setup_tracking()
+    if not nested:
+        liveness.close_orphans(mlflow.MlflowClient())
     if not nested and not run_id and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment_name)
     start = {"run_id": run_id} if run_id else {"run_name": run_name, "nested": nested}
-    with run_log(log_name) as logfile, mlflow.start_run(**start) as run:
-        mlflow.set_tags({"pradot.entry_point": entry_point, **(tags or {})})
+    interrupted = False
+    with run_log(log_name) as logfile, liveness.sigterm_as_interrupt(), mlflow.start_run(**start) as run:
+        _STARTED.append(run.info.run_id)
+        if liveness.ORPHAN_TAG in run.data.tags:  # reopened after it was closed as an orphan
+            mlflow.MlflowClient().delete_tag(run.info.run_id, liveness.ORPHAN_TAG)
+        mlflow.set_tags({"pradot.entry_point": entry_point, **liveness.owner_tags(), **(tags or {})})
         try:
             yield EntryRun(run.info.run_id, run.info.experiment_id, uri, logfile)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.error("run interrupted (Ctrl+C or SIGTERM): it is ended KILLED")
+            raise
         except BaseException as e:
             user_error = isinstance(e, (ValueError, FileNotFoundError))
             log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not user_error)
             raise
         finally:
             mlflow.log_artifact(str(logfile), "logs")
+            if interrupted:
+                mlflow.end_run("KILLED")
 
 
 def log_resolved_params(params: Mapping[str, Any]) -> None:
@@ -239,21 +269,65 @@ class VersionTags:
         return dataclasses.replace(self, **changes)
 
 
-def register(model_path: str | Path, calibration, name: str, tags: VersionTags, example_image=None) -> str:
-    """Log the model file with its calibration as the active run's pyfunc model, register it as a
-    version of ``name`` and tag the version; returns the version."""
-    from mlflow import MlflowClient
-
+def log_model(model_path: str | Path, calibration, tags: VersionTags | None = None, example_image=None) -> str:
+    """Log the model file with its calibration as the active run's pyfunc model (not registered; the
+    logged model carries ``tags``); returns its URI for :func:`register`."""
     from pipelines.mlflow_model import log_pradot_model
 
-    info = log_pradot_model(model_path, calibration, registered_model_name=name, input_example_image=example_image,
-                            extra_tags=tags.to_tags())
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in tags.to_tags().items():
-        client.set_model_version_tag(name, version, key, value)
+    info = log_pradot_model(model_path, calibration, input_example_image=example_image,
+                            extra_tags=tags.to_tags() if tags is not None else None)
+    return info.model_uri
+
+
+def prepare_registration(name: str) -> None:
+    """Create the registered model ``name`` unless it exists, before any work: the registry judges the name
+    now, not after training, and :func:`register` is then the one call that creates the version.
+
+    Raises:
+        ValueError: the registry refuses the name (the message says why).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    setup_tracking()
+    try:
+        MlflowClient().create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise ValueError(f"the model registry refuses the registered model name {name!r}: {e.message}") from None
+
+
+def register(model_uri: str, name: str, tags: VersionTags) -> str:
+    """Register a logged model as a new version of ``name`` with all its tags in one call; returns the
+    version. Call it after the model's run has ended (FINISHED), so that no version of an unfinished run
+    exists, even for a moment."""
+    import mlflow
+
+    logged = {}  # the logged model's own tags (e.g. pradot.format), under the version tags
+    if model_uri.startswith("models:/m-"):
+        logged = {k: v for k, v in mlflow.MlflowClient().get_logged_model(model_uri[len("models:/"):]).tags.items()
+                  if not k.startswith("mlflow.")}
+    version = str(mlflow.register_model(model_uri, name, tags={**logged, **tags.to_tags()}).version)
     log.info("registered model %s version %s", name, version)
+    if tags.run_id:  # the run (ended) points to its version
+        mlflow.MlflowClient().set_tag(tags.run_id, "pradot.registered", f"{name}/{version}")
     return version
+
+
+def incomplete(client, version) -> str | None:
+    """Why a registered version must not be used (promote skips it), or None: it is not READY, or its
+    training run did not finish (a version registered before its run ended and cut short by a crash, as
+    earlier releases could leave; a version :func:`register` makes always has a FINISHED run)."""
+    if getattr(version, "status", "READY") != "READY":
+        return f"registration status {version.status}"
+    run_id = version.run_id or version.tags.get("run_id")
+    if not run_id:
+        return None
+    try:
+        status = client.get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - a deleted run: nothing to check against
+        return None
+    return None if status == "FINISHED" else f"its run {run_id} is {status}, not FINISHED (registration cut short)"
 
 
 def example_image(splits) -> Path:

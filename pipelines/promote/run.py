@@ -128,12 +128,8 @@ def _log_comparison(sel: Selection, opts: config.PromoteOptions, splits, scored,
     return comparison, table
 
 
-def _register(settings, opts, sel: Selection, ens, splits, calibration, calib_source, metrics, run_id):
-    """Register the ensemble with its tags and decide the alias."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    name = opts.ensemble_name or f"{settings.tracking.model_name}-ensemble"
+def _log_ensemble(settings, opts, sel: Selection, ens, splits, calibration, calib_source, metrics, run_id):
+    """Log the ensemble as the run's model (not registered yet); returns (model URI, version tags)."""
     members = [m.ref for m in sel.members]
     tags = tracking.VersionTags(
         kind="ensemble", dataset=settings.data.kind, category=settings.data.category, run_id=run_id,
@@ -144,14 +140,23 @@ def _register(settings, opts, sel: Selection, ens, splits, calibration, calib_so
         selection_metric=opts.selection_metric, calibration_source=calib_source, metrics=metrics)
     with tempfile.TemporaryDirectory(prefix="pradot-ensemble-") as tmp:
         path = ens.save(Path(tmp) / "pradot_ensemble.pt")
-        version = tracking.register(path, calibration, name, tags, tracking.example_image(splits))
+        model_uri = tracking.log_model(path, calibration, tags, tracking.example_image(splits))
+    return model_uri, tags
+
+
+def _register(name: str, model_uri: str, tags, opts: config.PromoteOptions, metrics, run_id: str):
+    """After the promote run has ended: register the ensemble (one call, every tag) and decide the alias."""
+    from mlflow import MlflowClient
+
+    version = tracking.register(model_uri, name, tags)
     client = MlflowClient()
     decision = tracking.decide_alias(client, name, version, opts.alias, opts.metric, metrics[opts.metric],
                                      opts.force)
     client.set_model_version_tag(name, version, "pradot.promotion", decision.reason)
-    mlflow.set_tags({"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"})
+    for key, value in {"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"}.items():
+        client.set_tag(run_id, key, value)
     log.info("%s", decision.reason)
-    return name, version, decision
+    return version, decision
 
 
 def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config.TrainSettings) -> None:
@@ -183,6 +188,8 @@ def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, d
     tracking.setup_tracking()
     sel = select_members(mlflow.MlflowClient(), opts, settings.tracking.model_name, data_params)
     device = resolve_device(settings.device)
+    name = opts.ensemble_name or f"{settings.tracking.model_name}-ensemble"
+    tracking.prepare_registration(name)
     t0 = time.perf_counter()
     with tracking.entry_run(f"promote-{settings.data.kind}-{settings.data.category}",
                             settings.tracking.experiment_name, entry_point="promote", nested=nested) as run:
@@ -195,9 +202,10 @@ def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, d
         mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
         mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], scored[-1].scores,
                                              calibration.threshold))
-        name, version, decision = _register(settings, opts, sel, ens, splits, calibration, calib_source,
-                                            comparison.ensemble, run.run_id)
+        model_uri, tags = _log_ensemble(settings, opts, sel, ens, splits, calibration, calib_source,
+                                        comparison.ensemble, run.run_id)
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
+    version, decision = _register(name, model_uri, tags, opts, comparison.ensemble, run.run_id)
     members = [m.ref for m in sel.members]
     return PromotionResult(run.run_id, run.experiment_id, run.tracking_uri, name, version, decision, opts.alias,
                            comparison.ensemble, members, table, dict(zip(members, comparison.flats[:-1])))

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from pipelines.cli import UsageError
 from pipelines.config import PromoteOptions
-from pipelines.tracking import VersionTags
+from pipelines.tracking import VersionTags, incomplete
 
 __all__ = ["PromotionError", "Member", "Selection", "select_members", "select_best", "resolve_explicit",
            "check_members", "download_member"]
@@ -96,6 +96,9 @@ def select_best(client, name: str, metric: str, dataset: str, category: str) -> 
     groups: dict[tuple[int, str], Member] = {}
     sel = Selection([], "best per (stage, alpha group)")
     for v in versions:
+        if why := incomplete(client, v):  # half-registered (e.g. a crash during registration): never a member
+            sel.excluded.append(f"{v.name}/{v.version}: incomplete, {why}")
+            continue
         m = _member(client, v, metric)
         stages, alpha = m.tags.stages, m.tags.alpha
         if len(stages) != 1 or alpha is None:
@@ -159,7 +162,11 @@ def resolve_explicit(client, refs: Sequence[str], metric: str) -> Selection:
     """The versions named by ``refs`` (or an error naming what exists)."""
     members: list[Member] = []
     for raw in refs:
-        m = _member(client, _version(client, raw), metric)
+        version = _version(client, raw)
+        if why := incomplete(client, version):
+            raise PromotionError(f"member {raw!r} is an incomplete registration ({why}); register it again or "
+                                 f"choose another version")
+        m = _member(client, version, metric)
         if any(x.ref == m.ref for x in members):
             raise PromotionError(f"member {m.ref} is listed twice")
         members.append(m)

@@ -44,7 +44,8 @@ def _register(ns, model, metric: float, label: str) -> str:
         tags = tracking.VersionTags(dataset="synthetic", category="screw_bag", run_id=run.info.run_id, threshold=1.0,
                                     backbone=c.backbone, stages=c.stages, image_size=c.image_size, alpha=c.alpha,
                                     n=c.n, metrics={"image_auroc": metric})
-        return tracking.register(path, cal, NAME, tags)
+        uri = tracking.log_model(path, cal, tags)
+    return tracking.register(uri, NAME, tags)  # after the run ended, as train does
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +278,27 @@ def test_select_by_ranks_sweep_registered_versions(store):
     finally:
         for key in sweep_like:
             ns.client.delete_model_version_tag(NAME, ns.versions[key], "metric.val_auroc")
+
+
+def test_promote_skips_a_half_registered_version(store):
+    """A version left by a crash during registration (earlier releases: created, then tagged one call at a
+    time, its run never finished) is never a member, even with the best metric tag."""
+    from pipelines.promote.select import resolve_explicit
+
+    ns, name = store, "half-registered"
+    client = ns.client
+    exp = client.get_experiment_by_name("pradot").experiment_id
+    client.create_registered_model(name)
+    tags = {"stages": "2", "alpha": "0", "dataset": "synthetic", "category": "screw_bag"}
+    done = client.create_run(exp)
+    client.set_terminated(done.info.run_id, "FINISHED")
+    client.create_model_version(name, "file:///x", run_id=done.info.run_id, tags={**tags, "metric.image_auroc": "0.8"})
+    cut = client.create_run(exp)  # still RUNNING: the process was killed after "Created version"
+    client.create_model_version(name, "file:///x", run_id=cut.info.run_id, tags={**tags, "metric.image_auroc": "0.99"})
+    sel = select_best(client, name, "image_auroc", "synthetic", "screw_bag")
+    assert [m.version for m in sel.members] == ["1"]
+    assert any(e.startswith(f"{name}/2: incomplete") and "RUNNING" in e for e in sel.excluded), sel.excluded
+    client.set_terminated(cut.info.run_id, "FAILED")  # as the next entry run's orphan sweep leaves it
+    assert [m.version for m in select_best(client, name, "image_auroc", "synthetic", "screw_bag").members] == ["1"]
+    with pytest.raises(PromotionError, match="incomplete registration"):
+        resolve_explicit(client, [f"{name}/2"], "image_auroc")

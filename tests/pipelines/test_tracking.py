@@ -99,3 +99,51 @@ def test_decide_alias_moves_only_on_a_strictly_better_metric(store):
     forced = tracking.decide_alias(store, "m", "4", "champion", "image_auroc", 0.9, force=True)
     assert forced.moved and "force=true" in forced.reason
     assert str(store.get_model_version_by_alias("m", "champion").version) == "4"
+
+
+def test_registration_is_one_call_after_the_run_with_every_tag(store, tmp_path, tiny_backbone, monkeypatch):
+    """The version is created after its run FINISHED, with every VersionTags tag in the creating call: no
+    tag is set afterwards (a crash can leave no half-tagged version, nor a version of an unfinished run)."""
+    from mlflow import MlflowClient
+
+    from pradot import PRADOT, PRADOTConfig
+    from pradot.serving import Calibration
+
+    cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
+    path = PRADOT(cfg, backbone=tiny_backbone).save(tmp_path / "m.pt")
+    tracking.prepare_registration("atomic")
+    assert store.get_registered_model("atomic").name == "atomic"
+    with tracking.entry_run("r", "e", entry_point="main") as run:
+        tags = VersionTags(dataset="d", category="c", run_id=run.run_id, threshold=0.5, stages=(2,), alpha=0.3,
+                           metrics={"image_auroc": 0.9})
+        uri = tracking.log_model(path, Calibration(0.5, 0.0, 1.0, 0.99, 3), tags)
+    assert store.search_model_versions("name='atomic'") == []  # nothing registered while the run ran
+
+    def no_later_tags(*args, **kwargs):
+        raise AssertionError("a version tag was set after the version was created")
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", no_later_tags)
+    version = tracking.register(uri, "atomic", tags)
+    v = store.get_model_version("atomic", version)
+    assert v.status == "READY" and v.run_id == run.run_id
+    assert {k: v.tags[k] for k in tags.to_tags()} == tags.to_tags() and v.tags["pradot.format"] == "pradot-model-v1"
+    r = store.get_run(run.run_id)
+    assert r.info.status == "FINISHED" and r.info.end_time <= v.creation_timestamp
+    assert r.data.tags["pradot.registered"] == f"atomic/{version}"
+    assert tracking.incomplete(store, v) is None
+
+
+def test_a_version_of_an_unfinished_run_is_incomplete(store):
+    store.create_registered_model("half")
+    run = store.create_run(store.get_experiment_by_name("e").experiment_id)
+    v = store.create_model_version("half", "file:///x", run_id=run.info.run_id, tags={"dataset": "d"})
+    assert "is RUNNING, not FINISHED" in tracking.incomplete(store, v)
+    store.set_terminated(run.info.run_id, "FAILED")  # what the orphan sweep makes of a killed run
+    assert "is FAILED" in tracking.incomplete(store, store.get_model_version("half", v.version))
+
+
+def test_prepare_registration_is_idempotent_and_names_a_refusal(store):
+    tracking.prepare_registration("m")
+    tracking.prepare_registration("m")
+    with pytest.raises(ValueError, match="registry refuses the registered model name 'a/b'"):
+        tracking.prepare_registration("a/b")
