@@ -183,17 +183,22 @@ def data_spec(cfg: DictConfig) -> DataSpec:
 
 
 def model_config(cfg: DictConfig) -> PRADOTConfig:
-    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups.
-
-    Raises:
-        ConfigError: a value out of its range (named with the range and how to change it).
-    """
+    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups (PRADOTConfig checks them;
+    :func:`train_settings` checks their ranges first, naming the keys)."""
     m = cfg.model
-    values = checks.model_values(m, cfg.seed)
+    return PRADOTConfig(backbone=str(cfg.backbone.name), stages=parse_stages(cfg.backbone.stages),
+                        image_size=int(cfg.data.image_size), alpha=float(m.alpha), n=float(m.n), eta=float(m.eta),
+                        epsilon=float(m.epsilon), sinkhorn_iters=int(m.sinkhorn_iters),
+                        batch_size=batch_size_for(m.n, m.batch_ratio), epochs=int(m.epochs), seed=int(cfg.seed),
+                        learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start))
+
+
+def _checked_model(cfg: DictConfig) -> PRADOTConfig:
+    """:func:`model_config` with every value's range checked first (ConfigError naming the key)."""
+    checks.model_values(cfg.model, cfg.seed)
+    _image_size(cfg)
     try:
-        return PRADOTConfig(backbone=str(cfg.backbone.name), stages=parse_stages(cfg.backbone.stages),
-                            image_size=_image_size(cfg), batch_size=batch_size_for(values["n"], m.batch_ratio),
-                            learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start), **values)
+        return model_config(cfg)
     except ConfigError:
         raise
     except ValueError as e:
@@ -274,7 +279,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     resolve_device(str(cfg.device))
     quantile = checks.number("calibration.quantile", cfg.calibration.quantile, lo=0, lo_open=True, hi=1,
                              why="the decision threshold is this quantile of the validation normals' scores")
-    return TrainSettings(data=data_spec(cfg), model=model_config(cfg), device=str(cfg.device),
+    return TrainSettings(data=data_spec(cfg), model=_checked_model(cfg), device=str(cfg.device),
                          num_workers=checks.number("num_workers", cfg.num_workers, integer=True, lo=0),
                          cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None,
                          weights_path=cfg.backbone.get("weights_path"), evaluation=_evaluation(cfg),

@@ -83,8 +83,8 @@ def _register(folder: Path, value: float, rank: int, plan: SweepPlan, cfg: DictC
         model_uri = tracking.log_model(path, calibration, tags, example)
     version = tracking.register(model_uri, name, tags)  # the trial's run has ended: one call, every tag
     client = mlflow.MlflowClient()
-    for key, value in {"pradot.registered_model": name, "pradot.registered_version": version}.items():
-        client.set_tag(meta["mlflow_run_id"], key, value)
+    for key, text in {"pradot.registered_model": name, "pradot.registered_version": version}.items():
+        client.set_tag(meta["mlflow_run_id"], key, text)
     log.info("registered %s v%s (trial %s, %s=%.4f)", name, version, meta["trial_id"], plan.metric, value)
     return {"rank": rank, "trial_id": meta["trial_id"], "run_id": meta["mlflow_run_id"], "name": name,
             "version": version, plan.metric: value}
