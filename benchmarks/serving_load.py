@@ -224,7 +224,8 @@ def load(url: str, requests: int, concurrency: int, proc_pid: int) -> dict:
     return {"requests": requests, "concurrency": concurrency, "wall_s": wall, "throughput_rps": requests / wall,
             "p50_s": percentile(lat, 50), "p95_s": percentile(lat, 95), "per_kind": per_kind,
             "rss_idle_mb": idle / 2**20, "rss_peak_mb": sampler.peak / 2**20, "rss_after_mb": after / 2**20,
-            "peak_over_idle": sampler.peak / idle, "server_up_after": post(f"{url}/invocations", data["normal"])[0] == 200}
+            "peak_over_idle": sampler.peak / idle,
+            "server_up_after": post(f"{url}/invocations", data["normal"])[0] == 200}
 
 
 def main(argv=None) -> int:

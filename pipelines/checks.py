@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 __all__ = ["ConfigError", "IMAGE_SIZE_RANGE", "MAX_N", "how_to_set", "number", "model_values", "counts",
-           "registry_name", "experiment_name", "alias_name", "folder_name", "batch_fits_data"]
+           "registry_name", "experiment_name", "alias_name", "folder_name", "path_component", "batch_fits_data"]
 
 
 class ConfigError(ValueError):
@@ -33,7 +33,7 @@ MAX_N = 1024
 #: keys that MLproject entry points take as their own parameter (-P name=value)
 _MLPROJECT = {"model.epochs": "epochs", "model.batch_ratio": "batch_ratio", "model.n": "n", "model.alpha": "alpha",
               "model.eta": "eta", "model.epsilon": "epsilon", "data.image_size": "image_size", "seed": "seed",
-              "sweep.name": "name", "alias": "alias", "members": "members"}
+              "sweep.name": "name", "alias": "alias", "members": "members", "category": "category"}
 
 
 def how_to_set(key: str) -> str:
@@ -145,6 +145,16 @@ def folder_name(key: str, value: Any) -> str:
     if not _FOLDER.match(name) or _leaves_folder(name):
         raise ConfigError(f"{key}={value!r} cannot be a folder name: use letters, digits and . _ + = - only, "
                           f"starting with a letter or digit (no '/', no '..'); {how_to_set(key)}")
+    return name
+
+
+def path_component(key: str, value: Any) -> str:
+    """A name that becomes one component of a path (e.g. ``category``: ``<data root>/<category>/...`` and
+    ``anomaly_maps/<category>/...``): not empty, not ``.`` or ``..``, no ``/`` or ``\\``."""
+    name = _text(key, value, 255)
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError(f"{key}={value!r} must be one folder name (no '/', '\\', '.' or '..'), so that the paths "
+                          f"made from it stay in their folder; {how_to_set(key)}")
     return name
 
 

@@ -175,7 +175,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     fraction = checks.number("data.validation_fraction", cfg.data.get("validation_fraction", 0.0), lo=0, hi=1,
                              hi_open=True, why="share of train/good held out for calibration")
     return DataSpec(kind=str(cfg.data.kind), root=(str(data_root) if data_root else None),
-                    category=str(cfg.category), image_size=_image_size(cfg),
+                    category=checks.path_component("category", str(cfg.category)), image_size=_image_size(cfg),
                     validation_fraction=fraction,
                     augmentation=cfg.data.get("augmentation"),
                     generator=(dict(cfg.data.generator) if cfg.data.get("generator") else None),

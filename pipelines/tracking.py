@@ -31,8 +31,8 @@ from typing import Any, Iterator, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TRACKING_URI", "setup_tracking", "run_log", "EntryRun", "entry_run", "started_runs",
-           "log_resolved_params", "VersionTags", "log_model", "prepare_registration", "register", "incomplete", "AliasDecision",
-           "decide_alias", "example_image"]
+           "log_resolved_params", "VersionTags", "log_model", "prepare_registration", "register", "incomplete",
+           "AliasDecision", "decide_alias", "example_image"]
 
 #: tracking store used when MLFLOW_TRACKING_URI is not set: a SQLite file in the working directory
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -293,8 +293,10 @@ def prepare_registration(name: str) -> None:
     try:
         MlflowClient().create_registered_model(name)
     except MlflowException as e:
-        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+        if e.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
             raise ValueError(f"the model registry refuses the registered model name {name!r}: {e.message}") from None
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
 
 
 def register(model_uri: str, name: str, tags: VersionTags) -> str:

@@ -82,7 +82,8 @@ def _refusal(path: Path, what: str, exc: Exception) -> ValueError:
     was not loaded); anything else is "not a torch file"."""
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     if found or isinstance(exc, pickle.UnpicklingError) and zipfile.is_zipfile(path):
-        held = f"a pickled Python object ({found.group(1)})" if found else "Python objects other than plain data and tensors"
+        held = (f"a pickled Python object ({found.group(1)})" if found
+                else "Python objects other than plain data and tensors")
         return ValueError(f"{path} is not a {what} file: it holds {held}; PRADOT model files hold only plain data "
                           f"and tensors, and this file was not loaded because unpickling it could run code")
     detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""

@@ -36,7 +36,9 @@ def _settings(*overrides):
     ("model.n=16", r"model settings: batch size 8 < n=16"),  # B >= n (the paper), named
     ("tracking.model_name=../../x", r"tracking\.model_name='\.\./\.\./x' cannot be a registered model name"),
     ("tracking.model_name=a:b", r"cannot be a registered model name"),
-    ("category=a/b", r"tracking\.model_name='pradot-synthetic-a/b' cannot be"),  # the default name from it
+    ("category=a/b", r"category='a/b' must be one folder name .*-P category=<value>"),
+    ("category=..", r"category='\.\.' must be one folder name"),
+    ("category=a:b", r"tracking\.model_name='pradot-synthetic-a:b' cannot be"),  # the default name made from it
 ])
 def test_bad_training_values_are_refused_naming_the_key(override, phrase):
     if override == "model.n=16":
