@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TRACKING_URI", "setup_tracking", "run_log", "EntryRun", "entry_run", "started_runs",
-           "log_resolved_params", "VersionTags", "log_model", "prepare_registration", "register", "incomplete",
+           "log_resolved_params", "VersionTags", "log_model", "registration", "register", "incomplete",
            "AliasDecision", "decide_alias", "example_image"]
 
 #: tracking store used when MLFLOW_TRACKING_URI is not set: a SQLite file in the working directory
@@ -279,9 +279,12 @@ def log_model(model_path: str | Path, calibration, tags: VersionTags | None = No
     return info.model_uri
 
 
-def prepare_registration(name: str) -> None:
-    """Create the registered model ``name`` unless it exists, before any work: the registry judges the name
-    now, not after training, and :func:`register` is then the one call that creates the version.
+@contextlib.contextmanager
+def registration(name: str | None) -> Iterator[None]:
+    """Create the registered model ``name`` (unless it exists) before the block's work: the registry judges
+    the name now, not after training, and :func:`register` is then the one call that creates the version.
+    If the block fails and this call created the model, which still has no version, it is removed again:
+    a failed run leaves nothing in the registry. ``name=None``: nothing to register, the block just runs.
 
     Raises:
         ValueError: the registry refuses the name (the message says why).
@@ -289,14 +292,27 @@ def prepare_registration(name: str) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    if name is None:
+        yield
+        return
     setup_tracking()
+    client, created = MlflowClient(), False
     try:
-        MlflowClient().create_registered_model(name)
+        client.create_registered_model(name)
+        created = True
     except MlflowException as e:
         if e.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
             raise ValueError(f"the model registry refuses the registered model name {name!r}: {e.message}") from None
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(MlflowException):
+                if not client.search_model_versions(f"name='{name}'"):
+                    client.delete_registered_model(name)
+        raise
 
 
 def register(model_uri: str, name: str, tags: VersionTags) -> str:

@@ -154,21 +154,16 @@ def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, tes
     return model_uri, (tags if settings.tracking.register else None)
 
 
-def run_training(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str,
-                 nested: bool = False) -> TrainRun:
-    """Train, evaluate and log in one MLflow run (a child of the active run when ``nested``), then, once the run
-    has FINISHED, register the model (one call with every tag: no version of an unfinished run exists)."""
+def _tracked_run(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str, nested: bool, device):
+    """The MLflow run: train, evaluate, log (the model unregistered). Returns (run, model URI, version tags or
+    None, metrics, timings)."""
     import mlflow
     import torch
 
-    from pradot.device import resolve_device
     from pradot.engine import open_splits
 
     t_start = time.perf_counter()
     spec, m = settings.data, settings.model
-    device = resolve_device(settings.device)
-    if settings.tracking.register:
-        tracking.prepare_registration(settings.tracking.model_name)
     with tracking.entry_run(settings.run_name, settings.tracking.experiment_name, entry_point="main",
                             nested=nested) as run:
         torch.manual_seed(spec.seed)
@@ -191,12 +186,25 @@ def run_training(settings: config.TrainSettings, params: dict[str, str], resolve
         mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
         calibration = _calibrate(settings, result.model, splits, test, val)
         model_uri, tags = _log_artifacts_and_model(settings, result, splits, test, calibration, flat, run.run_id)
-    version = None
-    if tags is not None:
-        version = tracking.register(model_uri, settings.tracking.model_name, tags)
-        model_uri = f"models:/{settings.tracking.model_name}/{version}"
-    return TrainRun(run.run_id, run.experiment_id, run.tracking_uri, model_uri,
-                    settings.tracking.model_name if version else None, version, flat, timings)
+    return run, model_uri, tags, flat, timings
+
+
+def run_training(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str,
+                 nested: bool = False) -> TrainRun:
+    """Train, evaluate and log in one MLflow run (a child of the active run when ``nested``), then, once the run
+    has FINISHED, register the model (one call with every tag: no version of an unfinished run exists). The
+    registered model's name is claimed before the run (:func:`pipelines.tracking.registration`)."""
+    from pradot.device import resolve_device
+
+    device = resolve_device(settings.device)
+    name = settings.tracking.model_name if settings.tracking.register else None
+    with tracking.registration(name):
+        run, model_uri, tags, flat, timings = _tracked_run(settings, params, resolved_yaml, nested, device)
+        version = tracking.register(model_uri, name, tags) if name else None
+    if version:
+        model_uri = f"models:/{name}/{version}"
+    return TrainRun(run.run_id, run.experiment_id, run.tracking_uri, model_uri, name if version else None, version,
+                    flat, timings)
 
 
 def run(argv: Sequence[str]) -> TrainRun:

@@ -176,20 +176,15 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         mlflow.log_text("\n".join(sel.notes) + "\n", "comparison/notes.txt")
 
 
-def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, data_params: dict[str, str],
-                  nested: bool = False) -> PromotionResult:
-    """Select the members (errors before any run), then promote in one MLflow run."""
+def _tracked_run(settings: config.TrainSettings, opts: config.PromoteOptions, sel: Selection, device,
+                 nested: bool):
+    """The promote run: load, compare, calibrate, log the ensemble (unregistered). Returns (run, model URI,
+    version tags, comparison, table)."""
     import mlflow
 
     from pradot.calibration import Calibration
-    from pradot.device import resolve_device
     from pradot.engine import threshold_metrics
 
-    tracking.setup_tracking()
-    sel = select_members(mlflow.MlflowClient(), opts, settings.tracking.model_name, data_params)
-    device = resolve_device(settings.device)
-    name = opts.ensemble_name or f"{settings.tracking.model_name}-ensemble"
-    tracking.prepare_registration(name)
     t0 = time.perf_counter()
     with tracking.entry_run(f"promote-{settings.data.kind}-{settings.data.category}",
                             settings.tracking.experiment_name, entry_point="promote", nested=nested) as run:
@@ -205,7 +200,24 @@ def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, d
         model_uri, tags = _log_ensemble(settings, opts, sel, ens, splits, calibration, calib_source,
                                         comparison.ensemble, run.run_id)
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
-    version, decision = _register(name, model_uri, tags, opts, comparison.ensemble, run.run_id)
+    return run, model_uri, tags, comparison, table
+
+
+def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, data_params: dict[str, str],
+                  nested: bool = False) -> PromotionResult:
+    """Select the members (errors before any run), promote in one MLflow run, then register the ensemble
+    (after the run ended, one call with every tag) and decide the alias."""
+    import mlflow
+
+    from pradot.device import resolve_device
+
+    tracking.setup_tracking()
+    sel = select_members(mlflow.MlflowClient(), opts, settings.tracking.model_name, data_params)
+    device = resolve_device(settings.device)
+    name = opts.ensemble_name or f"{settings.tracking.model_name}-ensemble"
+    with tracking.registration(name):
+        run, model_uri, tags, comparison, table = _tracked_run(settings, opts, sel, device, nested)
+        version, decision = _register(name, model_uri, tags, opts, comparison.ensemble, run.run_id)
     members = [m.ref for m in sel.members]
     return PromotionResult(run.run_id, run.experiment_id, run.tracking_uri, name, version, decision, opts.alias,
                            comparison.ensemble, members, table, dict(zip(members, comparison.flats[:-1])))

@@ -117,23 +117,24 @@ def test_sweep_checks_the_training_settings_and_names():
 
 
 def test_every_entry_point_refuses_before_any_run(tmp_path, monkeypatch, capsys):
-    import mlflow
-
     from pipelines import train
     from pipelines.promote import run as promote
+    from tests.helpers import tracking_uri
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("PRADOT_SYNTHETIC_ROOT", str(tmp_path / "synthetic"))
     monkeypatch.chdir(tmp_path)
-    for main, bad in ((train.main, "model.epochs=0"), (train.main, "data.image_size=100000"),
-                      (promote.main, "alias=v2"), (promote.main, "evaluation.batch_size=0")):
-        assert main(["data=synthetic", "experiment=ci", bad]) == 2
-        err = capsys.readouterr().err
-        line = err.strip().splitlines()[0]
-        assert line.startswith(f"error: {bad.split('=')[0]}=") and "Traceback" not in err, err
-        assert "refused before any MLflow run started" in err
-    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
-    assert not (tmp_path / "synthetic").exists()  # no dataset was even generated
+    with tracking_uri(uri):
+        for main, bad in ((train.main, "model.epochs=0"), (train.main, "data.image_size=100000"),
+                          (promote.main, "alias=v2"), (promote.main, "evaluation.batch_size=0")):
+            assert main(["data=synthetic", "experiment=ci", bad]) == 2
+            err = capsys.readouterr().err
+            line = err.strip().splitlines()[0]
+            assert line.startswith(f"error: {bad.split('=')[0]}=") and "Traceback" not in err, err
+            assert "refused before any MLflow run started" in err
+    assert not (tmp_path / "mlflow.db").exists()  # the tracking store was not even opened
+    assert not (tmp_path / "synthetic").exists()  # no dataset was generated
 
 
 def test_device_cuda_without_a_gpu_is_the_one_line_error(tmp_path, monkeypatch, capsys):

@@ -111,19 +111,18 @@ def test_registration_is_one_call_after_the_run_with_every_tag(store, tmp_path, 
 
     cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
     path = PRADOT(cfg, backbone=tiny_backbone).save(tmp_path / "m.pt")
-    tracking.prepare_registration("atomic")
-    assert store.get_registered_model("atomic").name == "atomic"
-    with tracking.entry_run("r", "e", entry_point="main") as run:
-        tags = VersionTags(dataset="d", category="c", run_id=run.run_id, threshold=0.5, stages=(2,), alpha=0.3,
-                           metrics={"image_auroc": 0.9})
-        uri = tracking.log_model(path, Calibration(0.5, 0.0, 1.0, 0.99, 3), tags)
-    assert store.search_model_versions("name='atomic'") == []  # nothing registered while the run ran
-
     def no_later_tags(*args, **kwargs):
         raise AssertionError("a version tag was set after the version was created")
 
     monkeypatch.setattr(MlflowClient, "set_model_version_tag", no_later_tags)
-    version = tracking.register(uri, "atomic", tags)
+    with tracking.registration("atomic"):
+        assert store.get_registered_model("atomic").name == "atomic"  # claimed before the work
+        with tracking.entry_run("r", "e", entry_point="main") as run:
+            tags = VersionTags(dataset="d", category="c", run_id=run.run_id, threshold=0.5, stages=(2,), alpha=0.3,
+                               metrics={"image_auroc": 0.9})
+            uri = tracking.log_model(path, Calibration(0.5, 0.0, 1.0, 0.99, 3), tags)
+        assert store.search_model_versions("name='atomic'") == []  # nothing registered while the run ran
+        version = tracking.register(uri, "atomic", tags)
     v = store.get_model_version("atomic", version)
     assert v.status == "READY" and v.run_id == run.run_id
     assert {k: v.tags[k] for k in tags.to_tags()} == tags.to_tags() and v.tags["pradot.format"] == "pradot-model-v1"
@@ -142,8 +141,19 @@ def test_a_version_of_an_unfinished_run_is_incomplete(store):
     assert "is FAILED" in tracking.incomplete(store, store.get_model_version("half", v.version))
 
 
-def test_prepare_registration_is_idempotent_and_names_a_refusal(store):
-    tracking.prepare_registration("m")
-    tracking.prepare_registration("m")
+def test_a_failed_run_leaves_nothing_in_the_registry(store):
+    with pytest.raises(ZeroDivisionError):
+        with tracking.registration("new"):
+            assert store.get_registered_model("new")
+            1 / 0
+    assert store.search_registered_models() == []  # created for the run, removed with it
+    store.create_registered_model("old")
+    with pytest.raises(ZeroDivisionError):
+        with tracking.registration("old"):
+            1 / 0
+    assert [m.name for m in store.search_registered_models()] == ["old"]  # not ours: kept
+    with tracking.registration("old"), tracking.registration(None):
+        pass
     with pytest.raises(ValueError, match="registry refuses the registered model name 'a/b'"):
-        tracking.prepare_registration("a/b")
+        with tracking.registration("a/b"):
+            pass
