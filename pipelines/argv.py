@@ -12,13 +12,11 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.checks import ConfigError
+
 __all__ = ["CONF_DIR", "ConfigError", "OVERRIDES_KEY", "parse_overrides"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-class ConfigError(ValueError):
-    """A bad override or configuration value; the message names the key and how to fix it."""
 
 
 #: the one argv item that holds several overrides (the MLproject parameter ``overrides``)

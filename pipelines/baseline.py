@@ -27,7 +27,7 @@ from typing import Sequence
 if __name__ == "__main__" and not __package__:  # `python pipelines/baseline.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import cli, config, tracking  # noqa: E402
+from pipelines import cli, config, registry, tracking# noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +133,15 @@ def _evaluate_and_log(settings: config.TrainSettings, model, splits, tmp: Path):
     return flat, result.calibration
 
 
-def run_baseline(settings: config.TrainSettings, mb_config, params: dict[str, str], nested: bool = False
-                 ) -> BaselineRun:
-    """Fit, evaluate, log and register the memory bank in one MLflow run (a child of the active run when
-    ``nested``)."""
+def _tracked_run(settings: config.TrainSettings, mb_config, params: dict[str, str], nested: bool, device):
+    """The baseline's MLflow run: fit, evaluate, log the model (unregistered). Returns (run, model URI, version
+    tags or None, metrics)."""
     import mlflow
 
-    from pradot.device import resolve_device
     from pradot.engine import open_splits
 
     t0 = time.perf_counter()
     spec = settings.data
-    device = resolve_device(settings.device)
-    name = baseline_name(settings.tracking.model_name)
     with tracking.entry_run(f"baseline-{spec.kind}-{spec.category}", settings.tracking.experiment_name,
                             entry_point="baseline", nested=nested,
                             tags={"pradot.dataset": spec.kind, "pradot.category": spec.category,
@@ -160,19 +156,27 @@ def run_baseline(settings: config.TrainSettings, mb_config, params: dict[str, st
         with tempfile.TemporaryDirectory(prefix="pradot-baseline-") as tmp:
             flat, calibration = _evaluate_and_log(settings, model, splits, Path(tmp))
             path = model.save(Path(tmp) / "memory_bank.pt", include_backbone=settings.tracking.include_backbone)
-            version = None
-            if settings.tracking.register:
-                tags = tracking.VersionTags(
-                    kind="memory_bank", dataset=spec.kind, category=spec.category, run_id=run.run_id,
-                    threshold=calibration.threshold, backbone=mb_config.backbone, stages=mb_config.stages,
-                    image_size=mb_config.image_size, aggregation=mb_config.aggregation,
-                    smoothing_sigma=mb_config.smoothing_sigma, coreset_ratio=mb_config.coreset_ratio, metrics=flat)
-                version = tracking.register(path, calibration, name, tags, tracking.example_image(splits))
-            else:
-                from pipelines.mlflow_model import log_pradot_model
-
-                log_pradot_model(path, calibration, input_example_image=tracking.example_image(splits))
+            tags = registry.VersionTags(
+                kind="memory_bank", dataset=spec.kind, category=spec.category, run_id=run.run_id,
+                threshold=calibration.threshold, backbone=mb_config.backbone, stages=mb_config.stages,
+                image_size=mb_config.image_size, aggregation=mb_config.aggregation,
+                smoothing_sigma=mb_config.smoothing_sigma, coreset_ratio=mb_config.coreset_ratio, metrics=flat)
+            model_uri = registry.log_model(path, calibration, tags, tracking.example_image(splits))
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
+    return run, model_uri, (tags if settings.tracking.register else None), flat
+
+
+def run_baseline(settings: config.TrainSettings, mb_config, params: dict[str, str], nested: bool = False
+                 ) -> BaselineRun:
+    """Fit, evaluate and log the memory bank in one MLflow run (a child of the active run when ``nested``),
+    then, once the run has FINISHED, register it (one call with every tag)."""
+    from pradot.device import resolve_device
+
+    device = resolve_device(settings.device)
+    name = baseline_name(settings.tracking.model_name) if settings.tracking.register else None
+    with registry.registration(name):
+        run, model_uri, tags, flat = _tracked_run(settings, mb_config, params, nested, device)
+        version = registry.register(model_uri, name, tags) if name else None
     return BaselineRun(run.run_id, run.experiment_id, run.tracking_uri, name if version else None, version, flat)
 
 

@@ -2,7 +2,8 @@
 
 Each entry point's ``main(argv)`` is ``run_entry(run, argv, ...)`` where ``run(argv)`` composes its
 config, does the work and returns a result whose ``summary()`` is printed. Exit codes: 0 done, 1 the work
-failed, 2 bad input (the message says what to change; nothing was registered), 3 interrupted (resumable).
+failed, 2 bad input (the message says what to change; nothing was registered), 3 interrupted (Ctrl+C or
+SIGTERM; the run ends KILLED; a sweep is resumable).
 """
 
 from __future__ import annotations
@@ -44,12 +45,22 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
     """Run ``run(argv)`` (default ``sys.argv[1:]``), print the summary or the error, return the exit code.
 
     ``failure_note`` is printed under a bad-input error (e.g. what happened to the MLflow run)."""
+    from pipelines.tracking import started_runs
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    runs_before = len(started_runs())
     try:
         result = run(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl+C or SIGTERM): the MLflow run was ended KILLED with its log; nothing was "
+              "registered after the interruption", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except USER_ERRORS as e:
         hint = f"\n{DATA_HINT}" if isinstance(e, DatasetError) else ""
-        note = f"\n({failure_note})" if failure_note else ""
+        if len(started_runs()) > runs_before:
+            note = f"\n({failure_note})" if failure_note else ""
+        else:
+            note = "\n(nothing was registered nor recorded: refused before any MLflow run started)"
         print(f"\nerror: {e}{hint}{note}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RuntimeError as e:

@@ -16,7 +16,9 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.argv import CONF_DIR, ConfigError, parse_overrides
+from pipelines import checks
+from pipelines.argv import CONF_DIR, parse_overrides
+from pipelines.checks import ConfigError
 from pipelines.paths import not_utf8_message, resolve_paths
 from pradot.engine import DataSpec, batch_size_for
 from pradot.model import PRADOTConfig
@@ -108,12 +110,23 @@ def parse_stages(value: Any, key: str = "backbone.stages") -> tuple[int, ...]:
     return stages
 
 
+def _image_size(cfg: DictConfig) -> int:
+    lo, hi = checks.IMAGE_SIZE_RANGE
+    return checks.number("data.image_size", cfg.data.image_size, integer=True, lo=lo, hi=hi, why=checks.WHY_SIZE)
+
+
 def data_spec(cfg: DictConfig) -> DataSpec:
-    """The dataset to open: kind, root (``data_root`` over ``data.root``), category, size, validation split."""
+    """The dataset to open: kind, root (``data_root`` over ``data.root``), category, size, validation split.
+
+    Raises:
+        ConfigError: ``data.image_size`` or ``data.validation_fraction`` out of range.
+    """
     data_root = cfg.get("data_root") or cfg.data.root
+    fraction = checks.number("data.validation_fraction", cfg.data.get("validation_fraction", 0.0), lo=0, hi=1,
+                             hi_open=True, why="share of train/good held out for calibration")
     return DataSpec(kind=str(cfg.data.kind), root=(str(data_root) if data_root else None),
-                    category=str(cfg.category), image_size=int(cfg.data.image_size),
-                    validation_fraction=float(cfg.data.get("validation_fraction", 0.0)),
+                    category=checks.path_component("category", str(cfg.category)), image_size=_image_size(cfg),
+                    validation_fraction=fraction,
                     augmentation=cfg.data.get("augmentation"),
                     generator=(dict(cfg.data.generator) if cfg.data.get("generator") else None),
                     seed=int(cfg.seed),
@@ -122,7 +135,8 @@ def data_spec(cfg: DictConfig) -> DataSpec:
 
 
 def model_config(cfg: DictConfig) -> PRADOTConfig:
-    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups (PRADOTConfig checks them)."""
+    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups (PRADOTConfig checks them;
+    :func:`train_settings` checks their ranges first, naming the keys)."""
     m = cfg.model
     return PRADOTConfig(backbone=str(cfg.backbone.name), stages=parse_stages(cfg.backbone.stages),
                         image_size=int(cfg.data.image_size), alpha=float(m.alpha), n=float(m.n), eta=float(m.eta),
@@ -133,9 +147,26 @@ def model_config(cfg: DictConfig) -> PRADOTConfig:
                         smoothing_sigma=float(m.get("smoothing_sigma", 0.0)))
 
 
+def _checked_model(cfg: DictConfig) -> PRADOTConfig:
+    """:func:`model_config` with every value's range checked first (ConfigError naming the key)."""
+    checks.model_values(cfg.model, cfg.seed)
+    _image_size(cfg)
+    try:
+        return model_config(cfg)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"model settings: {e} ({checks.how_to_set('model.batch_ratio')})") from None
+
+
 def model_name(cfg: DictConfig) -> str:
-    """The registered model's name: ``tracking.model_name``, else ``pradot-<dataset>-<category>``."""
-    return str(cfg.tracking.get("model_name") or f"pradot-{cfg.data.kind}-{cfg.category}")
+    """The registered model's name: ``tracking.model_name``, else ``pradot-<dataset>-<category>``.
+
+    Raises:
+        ConfigError: not a name the registry accepts, or one that would leave its folder (``../x``).
+    """
+    return checks.registry_name("tracking.model_name",
+                                str(cfg.tracking.get("model_name") or f"pradot-{cfg.data.kind}-{cfg.category}"))
 
 
 @dataclass(frozen=True)
@@ -177,25 +208,36 @@ class TrainSettings:
 
 def _evaluation(cfg: DictConfig) -> EvaluationSettings:
     e = cfg.evaluation
-    return EvaluationSettings(batch_size=int(e.batch_size), n_overlays=int(e.n_overlays), figures=bool(e.figures),
-                              umap_max_points=int(e.umap_max_points), write_tiffs=bool(e.write_tiffs))
+    return EvaluationSettings(figures=bool(e.figures), write_tiffs=bool(e.write_tiffs),
+                              **checks.counts("evaluation", e, batch_size=1, n_overlays=0, umap_max_points=0))
 
 
 def _tracking(cfg: DictConfig) -> TrackingSettings:
     t = cfg.tracking
-    return TrackingSettings(experiment_name=str(t.experiment_name), register=bool(t.register),
+    return TrackingSettings(experiment_name=checks.experiment_name("tracking.experiment_name", str(t.experiment_name)),
+                            register=bool(t.register),
                             model_name=model_name(cfg), include_backbone=bool(t.include_backbone))
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
-    """``conf/train.yaml`` (composed) -> :class:`TrainSettings`."""
+    """``conf/train.yaml`` (composed) -> :class:`TrainSettings`: every value checked before any work.
+
+    Raises:
+        ConfigError: a value out of range or a name the registry refuses (the message names the key).
+        pradot.device.DeviceError: ``device`` names a device this machine does not have.
+    """
+    from pradot.device import resolve_device
+
     debug = cfg.get("debug") or {}
     fail_at = debug.get("fail_at_epoch") if debug else None
-    return TrainSettings(data=data_spec(cfg), model=model_config(cfg), device=str(cfg.device),
-                         num_workers=int(cfg.num_workers),
+    resolve_device(str(cfg.device))
+    quantile = checks.number("calibration.quantile", cfg.calibration.quantile, lo=0, lo_open=True, hi=1,
+                             why="the decision threshold is this quantile of the validation normals' scores")
+    return TrainSettings(data=data_spec(cfg), model=_checked_model(cfg), device=str(cfg.device),
+                         num_workers=checks.number("num_workers", cfg.num_workers, integer=True, lo=0),
                          cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None,
                          weights_path=cfg.backbone.get("weights_path"), evaluation=_evaluation(cfg),
-                         calibration_quantile=float(cfg.calibration.quantile), tracking=_tracking(cfg),
+                         calibration_quantile=quantile, tracking=_tracking(cfg),
                          fail_at_epoch=int(fail_at) if fail_at is not None else None)
 
 
@@ -290,9 +332,10 @@ def promote_options(cfg: DictConfig) -> PromoteOptions:
                           f"weights chosen on the validation objective), got {fusion!r}")
     return PromoteOptions(members=_names(cfg.get("members")), metric=str(cfg.metric).strip(),
                           select_by=_validation_key("select_by", cfg.get("select_by")),
-                          normalisation=normalisation, alias=str(cfg.alias).strip(),
+                          normalisation=normalisation, alias=checks.alias_name("alias", str(cfg.alias).strip()),
                           force=_bool("force", cfg.get("force", False)),
-                          ensemble_name=str(cfg.ensemble_name) if cfg.get("ensemble_name") else None,
+                          ensemble_name=checks.registry_name("ensemble_name", str(cfg.ensemble_name))
+                          if cfg.get("ensemble_name") else None,
                           fusion=fusion, objective=_validation_key("objective", cfg.get("objective", "val_objective"))
                           or "val_objective", **_selection(cfg))
 

@@ -12,7 +12,9 @@ MLflow errors): POST ``/invocations`` with
 ``{"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG/JPEG>"], ...]}}`` (optionally
 ``"params": {"return_map": true, "map_format": "png"}``) and get
 ``{"predictions": [{"score", "raw_score", "is_anomaly", "threshold"[, "anomaly_map"]}, ...]}``. A bad
-image answers HTTP 400 with the reason and the row's index. A request without the ``image`` column is
+image answers HTTP 400 with the reason and the row's index; a request over its budgets (rows, decoded
+pixels, bytes of returned maps) HTTP 413 naming the limit; a request that waited too long for its turn
+(``max_in_flight``) HTTP 503. A request without the ``image`` column is
 refused (400) by MLflow's schema enforcement before this class sees it ("Model is missing inputs
 ['image']. Note that there were extra inputs: [...]"); called in-process without a signature check,
 :meth:`PradotPyfunc.predict` raises its own message with the columns received and the expected payload.
@@ -49,21 +51,26 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from pradot.serving import (
+    DEFAULT_MMAP_THRESHOLD,
     EXPECTED_PAYLOAD,
     Calibration,
     InvalidRequest,
+    RequestTooLarge,
     Scorer,
+    ServerBusy,
     encode_png,
     load_scoring_model,
     model_file_info,
+    return_large_blocks,
     servable_formats,
 )
 
-__all__ = ["PradotPyfunc", "SIGNATURE", "default_pip_requirements", "log_pradot_model"]
+__all__ = ["PradotPyfunc", "PayloadTooLarge", "SCORER_CONFIG", "SIGNATURE", "default_pip_requirements",
+           "log_pradot_model"]
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("score", "raw_score", "is_anomaly", "threshold")
@@ -88,19 +95,40 @@ SERVING_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pil
                          "scikit-learn")  # scikit-learn: the memory bank's nearest-neighbour search
 
 
+#: ``model_config`` keys passed to :class:`pradot.serving.Scorer` (its defaults apply to those not given)
+SCORER_CONFIG = ("batch_size", "max_pixels", "max_rows", "max_request_pixels", "max_map_side", "max_response_bytes",
+                 "max_in_flight", "wait_s")
+
+
+class PayloadTooLarge(MlflowException):
+    """A request over its budgets: HTTP 413 (MLflow's error codes have no 413; its scoring server answers
+    with the exception's ``get_http_status_code()``)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    def get_http_status_code(self) -> int:
+        return 413
+
+
 class PradotPyfunc(mlflow.pyfunc.PythonModel):
     """Serves a scoring model (artifact ``model``) with its calibration (artifact ``calibration``).
 
-    ``model_config`` (optional, at logging): ``device`` ("auto" = CUDA if available, "cpu", ...),
-    ``batch_size``, ``max_pixels``, ``max_rows``.
+    ``model_config`` (optional, at logging, or ``mlflow.pyfunc.load_model(..., model_config=...)``):
+    ``device`` ("auto" = CUDA if available, "cpu", ...), the request budgets of
+    :class:`pradot.serving.Scorer` (:data:`SCORER_CONFIG`): ``batch_size``, ``max_pixels``, ``max_rows``,
+    ``max_request_pixels``, ``max_map_side``, ``max_response_bytes``, ``max_in_flight``, ``wait_s``, and
+    ``mmap_threshold`` (bytes, default 4 MiB, 0 = the C library's default; see
+    :func:`pradot.serving.return_large_blocks`).
     """
 
     def load_context(self, context):
         cfg = dict(context.model_config or {})
+        if int(cfg.get("mmap_threshold", DEFAULT_MMAP_THRESHOLD)) > 0:
+            return_large_blocks(int(cfg.get("mmap_threshold", DEFAULT_MMAP_THRESHOLD)))
         model = load_scoring_model(context.artifacts["model"], device=cfg.get("device", "auto"))
         calibration = Calibration.load(context.artifacts["calibration"])
-        kwargs = {k: cfg[k] for k in ("batch_size", "max_pixels", "max_rows") if k in cfg}
-        self.scorer = Scorer(model, calibration, **kwargs)
+        self.scorer = Scorer(model, calibration, **{k: cfg[k] for k in SCORER_CONFIG if k in cfg})
 
     @staticmethod
     def _images(model_input) -> list:
@@ -126,8 +154,12 @@ class PradotPyfunc(mlflow.pyfunc.PythonModel):
         try:
             rows = self.scorer.predict(images, return_map=params.get("return_map", False),
                                        map_format=params.get("map_format", "png"))
+        except RequestTooLarge as exc:
+            raise PayloadTooLarge(str(exc)) from None
         except InvalidRequest as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        except ServerBusy as exc:
+            raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
         except Exception as exc:  # a server-side failure, not the client's: HTTP 500
             raise MlflowException(f"scoring failed: {type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from exc
         columns = list(OUTPUT_COLUMNS) + (["anomaly_map"] if params.get("return_map", False) else [])
@@ -205,7 +237,8 @@ def log_pradot_model(model_path, calibration, artifact_name: str = "model", regi
         model_path: the model file (any format :func:`pradot.serving.load_scoring_model` serves).
         calibration: a :class:`~pradot.serving.Calibration`, its dict, or a JSON file.
         artifact_name: the logged model's name (``name=`` of ``mlflow.pyfunc.log_model``).
-        registered_model_name: register the model under this name (version in ``info.registered_model_version``).
+        registered_model_name: register the model under this name (version in ``info.registered_model_version``),
+            after logging it, with all ``extra_tags`` in the same call.
         input_example_image: the input example (image path, (H, W, 3) uint8 array, PIL image, bytes or
             base64); a generated gradient when None. Stored as a base64 PNG.
         pip_requirements: default :func:`default_pip_requirements` (this environment's versions).
@@ -250,16 +283,13 @@ def log_pradot_model(model_path, calibration, artifact_name: str = "model", regi
             signature=SIGNATURE,
             input_example=example,
             pip_requirements=pip_requirements if pip_requirements is not None else default_pip_requirements(),
-            registered_model_name=registered_model_name,
             model_config=dict(model_config) if model_config is not None else {"device": "auto"},
             metadata=metadata,
             tags=tags,
         )
-    if registered_model_name and model_info.registered_model_version is not None and extra_tags:
-        client = mlflow.MlflowClient()
-        version = str(model_info.registered_model_version)
-        for k, v in extra_tags.items():
-            client.set_model_version_tag(registered_model_name, version, str(k), str(v))
+    if registered_model_name:  # one call with every tag: never a version without its tags
+        version = mlflow.register_model(model_info.model_uri, registered_model_name, tags=tags)
+        model_info.registered_model_version = int(version.version)
     return model_info
 
 

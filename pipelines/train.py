@@ -22,7 +22,7 @@ from typing import Sequence
 if __name__ == "__main__" and not __package__:  # `python pipelines/train.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import cli, config, tracking  # noqa: E402
+from pipelines import checks, cli, config, registry, tracking# noqa: E402
 from pipelines.figures import log_training_figures  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,10 @@ def _calibrate(settings: config.TrainSettings, model, splits, test, val):
     return result
 
 
-def _log_artifacts_and_register(settings: config.TrainSettings, result, splits, test, calibrated, flat, notes,
-                                run_id):
-    """Maps, figures and the model; registration when ``tracking.register``. Returns (model_uri, version)."""
+def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, test, calibrated, flat, notes,
+                             run_id):
+    """Maps, figures and the (unregistered) model. Returns (model_uri, the version tags to register with, or
+    None when ``tracking.register`` is off)."""
     import mlflow
 
     from pradot.engine import write_tiff_maps
@@ -165,36 +166,28 @@ def _log_artifacts_and_register(settings: config.TrainSettings, result, splits, 
                              n_overlays=ev.n_overlays, paper_figures=ev.figures,
                              umap_max_points=ev.umap_max_points, seed=spec.seed)
         model_path = model.save(Path(tmp) / "pradot_model.pt", include_backbone=settings.tracking.include_backbone)
-        example = tracking.example_image(splits)
-        if not settings.tracking.register:
-            from pipelines.mlflow_model import log_pradot_model
-
-            info = log_pradot_model(model_path, calibration, input_example_image=example)
-            return info.model_uri, None
         m = settings.model
-        tags = tracking.VersionTags(dataset=spec.kind, category=spec.category, run_id=run_id,
+        tags = registry.VersionTags(dataset=spec.kind, category=spec.category, run_id=run_id,
                                     threshold=calibration.threshold, backbone=m.backbone, stages=m.stages,
                                     image_size=m.image_size, alpha=m.alpha, n=m.n, eta=m.eta, epsilon=m.epsilon,
                                     batch_size=m.batch_size, epochs=m.epochs, metrics=flat,
                                     calibration_source=calibrated.source, calibration_n_images=calibration.n_images,
                                     test_metrics=test_metrics_status(flat, notes),
                                     test_metrics_note="; ".join(notes)[:NOTE_CHARS] or None)
-        version = tracking.register(model_path, calibration, settings.tracking.model_name, tags, example)
-    return f"models:/{settings.tracking.model_name}/{version}", version
+        model_uri = registry.log_model(model_path, calibration, tags, tracking.example_image(splits))
+    return model_uri, (tags if settings.tracking.register else None)
 
 
-def run_training(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str,
-                 nested: bool = False) -> TrainRun:
-    """Train, evaluate, log and register in one MLflow run (a child of the active run when ``nested``)."""
+def _tracked_run(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str, nested: bool, device):
+    """The MLflow run: train, evaluate, log (the model unregistered). Returns (run, model URI, version tags or
+    None, metrics, timings, notes)."""
     import mlflow
     import torch
 
-    from pradot.device import resolve_device
     from pradot.engine import open_splits
 
     t_start = time.perf_counter()
     spec, m = settings.data, settings.model
-    device = resolve_device(settings.device)
     with tracking.entry_run(settings.run_name, settings.tracking.experiment_name, entry_point="main",
                             nested=nested) as run:
         torch.manual_seed(spec.seed)
@@ -206,6 +199,7 @@ def run_training(settings: config.TrainSettings, params: dict[str, str], resolve
         splits = open_splits(spec)
         log.info("train %d, validation %d, test %d images", len(splits.train), len(splits.validation),
                  len(splits.test))
+        checks.batch_fits_data(m.batch_size, m.n, None, len(splits.train))  # before any feature is extracted
         mlflow.log_params({"data.n_train": len(splits.train), "data.n_validation": len(splits.validation),
                            "data.n_test": len(splits.test), "data.resolved_root": str(splits.dataset.root)})
         result = _train(settings, splits, device)
@@ -215,10 +209,27 @@ def run_training(settings: config.TrainSettings, params: dict[str, str], resolve
                    "total_seconds": time.perf_counter() - t_start}
         mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
         calibrated = _calibrate(settings, result.model, splits, test, val)
-        model_uri, version = _log_artifacts_and_register(settings, result, splits, test, calibrated, flat, notes,
-                                                         run.run_id)
-    return TrainRun(run.run_id, run.experiment_id, run.tracking_uri, model_uri,
-                    settings.tracking.model_name if version else None, version, flat, timings, notes=notes)
+        model_uri, tags = _log_artifacts_and_model(settings, result, splits, test, calibrated, flat, notes,
+                                                   run.run_id)
+    return run, model_uri, tags, flat, timings, notes
+
+
+def run_training(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str,
+                 nested: bool = False) -> TrainRun:
+    """Train, evaluate and log in one MLflow run (a child of the active run when ``nested``), then, once the run
+    has FINISHED, register the model (one call with every tag: no version of an unfinished run exists). The
+    registered model's name is claimed before the run (:func:`pipelines.registry.registration`)."""
+    from pradot.device import resolve_device
+
+    device = resolve_device(settings.device)
+    name = settings.tracking.model_name if settings.tracking.register else None
+    with registry.registration(name):
+        run, model_uri, tags, flat, timings, notes = _tracked_run(settings, params, resolved_yaml, nested, device)
+        version = registry.register(model_uri, name, tags) if name else None
+    if version:
+        model_uri = f"models:/{name}/{version}"
+    return TrainRun(run.run_id, run.experiment_id, run.tracking_uri, model_uri, name if version else None, version,
+                    flat, timings, notes=notes)
 
 
 def run(argv: Sequence[str]) -> TrainRun:

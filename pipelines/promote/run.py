@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from pipelines import cli, config, objective, tracking
+from pipelines import cli, config, objective, registry, tracking
 from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
 from pipelines.promote.choose import Candidate, Choice, choose, load_candidates, score_on_set, set_objective
 from pipelines.promote.compare import (SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv,
@@ -35,7 +35,7 @@ class PromotionResult:
     tracking_uri: str
     ensemble_name: str
     version: str
-    decision: tracking.AliasDecision
+    decision: registry.AliasDecision
     alias: str
     metrics: dict[str, float]
     members: list[str]
@@ -177,15 +177,11 @@ def _champion_value(opts, pset, size: int, batch_size: int):
     return value
 
 
-def _register(settings, opts, choice: Choice, cands, ens, splits, calibration, calib_source, metrics, pset,
-              run_id):
-    """Register the ensemble with its tags and decide the alias on the validation objective."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    name = opts.ensemble_name or f"{settings.tracking.model_name}-ensemble"
+def _log_ensemble(settings, opts, choice: Choice, cands, ens, splits, calibration, calib_source, metrics, pset,
+                  run_id):
+    """In the promote run: log the ensemble (not yet registered) with its version tags. Returns (model URI, tags)."""
     members = [cands[i].name for i in choice.members]
-    tags = tracking.VersionTags(
+    tags = registry.VersionTags(
         kind="ensemble", dataset=settings.data.kind, category=settings.data.category, run_id=run_id,
         threshold=calibration.threshold, backbone=ens.config.backbone, stages=ens.config.stages,
         image_size=ens.image_size, members=tuple(members), normalisation=opts.normalisation,
@@ -196,15 +192,24 @@ def _register(settings, opts, choice: Choice, cands, ens, splits, calibration, c
         fusion=opts.fusion, calibration_source=calib_source, metrics=metrics)
     with tempfile.TemporaryDirectory(prefix="pradot-ensemble-") as tmp:
         path = ens.save(Path(tmp) / "pradot_ensemble.pt")
-        version = tracking.register(path, calibration, name, tags, tracking.example_image(splits))
+        model_uri = registry.log_model(path, calibration, tags, tracking.example_image(splits))
+    return model_uri, tags
+
+
+def _register(name: str, model_uri: str, tags, opts, metrics, holder_value, run_id: str):
+    """After the promote run has ended: register the ensemble (one call, every tag) and decide the alias on
+    the validation objective."""
+    from mlflow import MlflowClient
+
+    version = registry.register(model_uri, name, tags)
     client = MlflowClient()
-    decision = tracking.decide_alias(client, name, version, opts.alias, opts.objective, metrics[opts.objective],
-                                     opts.force, holder_value=_champion_value(opts, pset, ens.image_size,
-                                                                              settings.evaluation.batch_size))
+    decision = registry.decide_alias(client, name, version, opts.alias, opts.objective, metrics[opts.objective],
+                                     opts.force, holder_value=holder_value)
     client.set_model_version_tag(name, version, "pradot.promotion", decision.reason)
-    mlflow.set_tags({"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"})
+    for key, value in {"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"}.items():
+        client.set_tag(run_id, key, value)
     log.info("%s", decision.reason)
-    return name, version, decision
+    return version, decision
 
 
 def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config.TrainSettings) -> None:
@@ -247,18 +252,28 @@ def _calibrate(settings, ens, cands, choice, pset, splits):
     return Calibration.calibrate(scored.scores, settings.calibration_quantile), pset.normals_source
 
 
-def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, data_params: dict[str, str],
-                  nested: bool = False, mb_config=None) -> PromotionResult:
-    """Select the candidates (errors before any run), then choose and promote in one MLflow run."""
+@dataclass
+class _Promoted:
+    """What the promote run logged: the ensemble to register and what the alias decision needs."""
+
+    run: tracking.EntryRun
+    model_uri: str
+    tags: registry.VersionTags
+    metrics: dict[str, float]
+    table: str
+    members: list[str]
+    member_metrics: dict[str, dict[str, float]]
+    weights: list[float] | None
+    holder_value: object
+
+
+def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config) -> _Promoted:
+    """The promote run: candidates scored on the validation objective, the choice, the test comparison (after
+    the choice), calibration, the ensemble logged (unregistered)."""
     import mlflow
 
-    from pradot.device import resolve_device
     from pradot.engine import open_splits, threshold_metrics
 
-    tracking.setup_tracking()
-    name = settings.tracking.model_name
-    sel = select_members(mlflow.MlflowClient(), opts, name, data_params, baseline_name(name))
-    device = resolve_device(settings.device)
     t0 = time.perf_counter()
     with tracking.entry_run(f"promote-{settings.data.kind}-{settings.data.category}",
                             settings.tracking.experiment_name, entry_point="promote", nested=nested) as run:
@@ -276,13 +291,32 @@ def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, d
         mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
         mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], ens_test.scores, calibration.threshold))
         metrics = {**comparison.ensemble, **val_metrics}
-        name, version, decision = _register(settings, opts, choice, cands, ens, splits, calibration, calib_source,
-                                            metrics, pset, run.run_id)
+        model_uri, tags = _log_ensemble(settings, opts, choice, cands, ens, splits, calibration, calib_source,
+                                        metrics, pset, run.run_id)
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
-    members = [cands[i].name for i in choice.members]
-    member_metrics = {cands[i].name: cands[i].metrics for i in choice.members}
-    return PromotionResult(run.run_id, run.experiment_id, run.tracking_uri, name, version, decision, opts.alias,
-                           metrics, members, table, member_metrics, choice.weights)
+    return _Promoted(run, model_uri, tags, metrics, table, [cands[i].name for i in choice.members],
+                     {cands[i].name: cands[i].metrics for i in choice.members}, choice.weights,
+                     _champion_value(opts, pset, ens.image_size, settings.evaluation.batch_size))
+
+
+def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, data_params: dict[str, str],
+                  nested: bool = False, mb_config=None) -> PromotionResult:
+    """Select the candidates (errors before any run), choose and log the ensemble in one MLflow run, then
+    register it (after the run ended, one call with every tag) and decide the alias."""
+    import mlflow
+
+    from pradot.device import resolve_device
+
+    tracking.setup_tracking()
+    base = settings.tracking.model_name
+    sel = select_members(mlflow.MlflowClient(), opts, base, data_params, baseline_name(base))
+    device = resolve_device(settings.device)
+    name = opts.ensemble_name or f"{base}-ensemble"
+    with registry.registration(name):
+        p = _tracked_run(settings, opts, sel, device, nested, mb_config)
+        version, decision = _register(name, p.model_uri, p.tags, opts, p.metrics, p.holder_value, p.run.run_id)
+    return PromotionResult(p.run.run_id, p.run.experiment_id, p.run.tracking_uri, name, version, decision,
+                           opts.alias, p.metrics, p.members, p.table, p.member_metrics, p.weights)
 
 
 def run(argv: Sequence[str]) -> PromotionResult:

@@ -3,7 +3,7 @@ names), the newest registered memory-bank baseline, and the checks that they wer
 evaluates on. Nothing here ranks by a test metric: :mod:`pipelines.promote.choose` scores the candidates on
 the validation objective.
 
-A version's hyper-parameters and metrics are read from its tags with :class:`pipelines.tracking.VersionTags`
+A version's hyper-parameters and metrics are read from its tags with :class:`pipelines.registry.VersionTags`
 (the same type that wrote them).
 """
 
@@ -16,7 +16,7 @@ from typing import Sequence
 
 from pipelines.cli import UsageError
 from pipelines.config import PromoteOptions
-from pipelines.tracking import VersionTags
+from pipelines.registry import VersionTags, incomplete
 
 __all__ = ["PromotionError", "Member", "Selection", "select_members", "select_best", "resolve_explicit",
            "check_members", "download_member", "group_key", "newest_baseline"]
@@ -113,6 +113,9 @@ def select_best(client, name: str, select_by: str | None, dataset: str, category
     sel = Selection([], "every registered version")
     groups: dict[tuple, list[Member]] = {}
     for v in versions:
+        if why := incomplete(client, v):  # half-registered (e.g. a crash during registration): never a member
+            sel.excluded.append(f"{v.name}/{v.version}: incomplete, {why}")
+            continue
         m = _member(client, v, select_by)
         if m.tags.kind == "ensemble":
             sel.excluded.append(f"{m.ref}: an ensemble")
@@ -175,7 +178,11 @@ def resolve_explicit(client, refs: Sequence[str]) -> Selection:
     """The versions named by ``refs`` (or an error naming what exists)."""
     members: list[Member] = []
     for raw in refs:
-        m = _member(client, _version(client, raw))
+        version = _version(client, raw)
+        if why := incomplete(client, version):
+            raise PromotionError(f"member {raw!r} is an incomplete registration ({why}); register it again or "
+                                 f"choose another version")
+        m = _member(client, version)
         if any(x.ref == m.ref for x in members):
             raise PromotionError(f"member {m.ref} is listed twice")
         members.append(m)

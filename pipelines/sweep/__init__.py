@@ -31,7 +31,7 @@ One module per step, in the order the driver runs them:
   runs of stopped trials, the sweep folder's state file.
 * ``register``: after the sweep, the ``top_k`` banks as versions of ``pradot-<dataset>-<category>``
   (``PRADOT.from_prototypes`` attaches the real backbone; threshold calibrated on the validation normals;
-  logged in each trial's run, tags :class:`pipelines.tracking.VersionTags`).
+  logged in each trial's run, tags :class:`pipelines.registry.VersionTags`).
 * ``run``: the entry point (``run(argv) -> SweepResult``, ``main``): the parent MLflow run, the trial
   table (``sweep/trials.csv``), interruption and resume. A sweep interrupted by Ctrl+C / SIGUSR1 (or
   ``sweep.stop_after_trials``) keeps its Tune folder under ``sweep.storage_path``; ``sweep.resume=true``

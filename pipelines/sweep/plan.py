@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import config
+from pipelines import checks, config
 from pipelines.sweep.space import SearchSpace, SweepError, as_number, parse_space
 
 __all__ = ["OBJECTIVES", "COMMON_METRICS", "FEATURE_STORES", "metric_keys", "PseudoAnomalySettings",
@@ -239,7 +239,7 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
 
     Raises:
         SweepError: a bad sweep setting or search space (before anything is started or logged).
-        ValueError: the training config's own values (``PRADOTConfig``'s checks).
+        ValueError: the training config's own values (``config.train_settings``' checks, e.g. ConfigError).
     """
     sw = OmegaConf.to_container(cfg.sweep, resolve=True)
     num_samples = _integer("num_samples", sw.get("num_samples"), 1)
@@ -251,13 +251,13 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
     mode = str(sw.get("mode", "max")).lower()
     if mode not in ("max", "min"):
         raise SweepError(f"sweep.mode must be max or min, got {sw.get('mode')!r}")
-    config.model_config(cfg)  # the training config's fixed values (PRADOTConfig checks them)
-    space = parse_space(sw.get("search_space"), cfg)
-    pseudo = _pseudo(sw)
-    metric = _metric(sw, objective, pseudo.kinds)
     epochs = int(cfg.model.epochs)
     if epochs < 1:
         raise SweepError(f"model.epochs must be >= 1 for a sweep (trials report once per epoch), got {epochs}")
+    config.train_settings(config.training_view(cfg))  # the training config's values, names and device
+    space = parse_space(sw.get("search_space"), cfg)
+    pseudo = _pseudo(sw)
+    metric = _metric(sw, objective, pseudo.kinds)
     store = str(sw.get("feature_store", "auto")).lower()
     if store not in FEATURE_STORES:
         raise SweepError(f"sweep.feature_store must be auto, disk or object_store, got {store!r}")
@@ -267,7 +267,8 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
         resources=_resources(sw), pseudo=pseudo, feature_store=store, top_k=top_k, epochs=epochs,
         backbones=tuple(str(b) for b in space.spanned("backbone.name", str(cfg.backbone.name))),
         stage_sets=tuple(space.stage_sets(list(cfg.backbone.stages))), ray=_ray(sw),
-        storage_path=str(sw.get("storage_path") or ".ray_results"), name=_optional(sw.get("name"), str),
+        storage_path=str(sw.get("storage_path") or ".ray_results"),
+        name=_optional(sw.get("name"), lambda v: checks.folder_name("sweep.name", str(v))),
         resume=bool(sw.get("resume")), resume_from=_optional(sw.get("resume_from"), str),
         stop_after_trials=_optional(sw.get("stop_after_trials"), lambda v: _integer("stop_after_trials", v, 1), 0),
         time_budget_s=_optional(sw.get("time_budget_s"), lambda v: _positive("time_budget_s", v)),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from pipelines import config, tracking
+from pipelines import config, registry, tracking
 from pipelines.sweep.plan import SweepPlan
 from pipelines.sweep.trial import CHECKPOINT_META, CHECKPOINT_MODEL, CHECKPOINT_SCORES
 
@@ -48,9 +48,9 @@ class _Backbones:
 
 
 def _version_tags(model_config, meta: dict, plan: SweepPlan, value: float, rank: int, parent_id: str,
-                  data_spec, threshold: float) -> tracking.VersionTags:
+                  data_spec, threshold: float) -> registry.VersionTags:
     m, hp = model_config, meta["hparams"]
-    return tracking.VersionTags(
+    return registry.VersionTags(
         dataset=data_spec.kind, category=data_spec.category, run_id=meta["mlflow_run_id"], threshold=threshold,
         backbone=m.backbone, stages=tuple(m.stages), image_size=m.image_size, alpha=m.alpha, n=m.n, eta=m.eta,
         epsilon=m.epsilon, batch_size=m.batch_size, sweep_run_id=parent_id, sweep_rank=rank,
@@ -80,8 +80,11 @@ def _register(folder: Path, value: float, rank: int, plan: SweepPlan, cfg: DictC
     with tempfile.TemporaryDirectory(prefix="pradot-reg-") as tmp, \
             mlflow.start_run(run_id=meta["mlflow_run_id"], nested=True):
         path = model.save(Path(tmp) / "pradot_model.pt", include_backbone=bool(cfg.tracking.include_backbone))
-        version = tracking.register(path, calibration, name, tags, example)
-        mlflow.set_tags({"pradot.registered_model": name, "pradot.registered_version": version})
+        model_uri = registry.log_model(path, calibration, tags, example)
+    version = registry.register(model_uri, name, tags)  # the trial's run has ended: one call, every tag
+    client = mlflow.MlflowClient()
+    for key, text in {"pradot.registered_model": name, "pradot.registered_version": version}.items():
+        client.set_tag(meta["mlflow_run_id"], key, text)
     log.info("registered %s v%s (trial %s, %s=%.4f)", name, version, meta["trial_id"], plan.metric, value)
     return {"rank": rank, "trial_id": meta["trial_id"], "run_id": meta["mlflow_run_id"], "name": name,
             "version": version, plan.metric: value}

@@ -3,17 +3,26 @@
 Every file the project writes is such a dict (model, ensemble); this module owns writing and reading
 them, and probing a file's format without reading its tensors. :mod:`pradot.persistence` builds the
 right scorer from a file; the model classes build themselves from the dict (``from_state``).
+
+Files are read with ``torch.load(..., weights_only=True)``: only dicts, lists, tuples, strings, numbers
+and tensors are rebuilt, never arbitrary objects, so a crafted file in a registry or given on the
+command line cannot run code when it is inspected or loaded (it is refused as "not a PRADOT model
+file"). :func:`save_state` refuses to write a state that would not load that way.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["MODEL_FORMAT", "ENSEMBLE_FORMAT", "ENSEMBLE_FORMATS", "MEMORY_BANK_FORMAT", "save_state", "load_state", "file_info", "file_format"]
+__all__ = ["MODEL_FORMAT", "ENSEMBLE_FORMAT", "ENSEMBLE_FORMATS", "MEMORY_BANK_FORMAT", "save_state", "load_state",
+           "file_info", "file_format", "check_plain_state"]
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +36,38 @@ ENSEMBLE_FORMATS = ("pradot-ensemble-v1", ENSEMBLE_FORMAT)
 MEMORY_BANK_FORMAT = "pradot-memory-bank-v1"
 
 
+#: leaf types a state may hold besides tensors (what ``weights_only=True`` rebuilds)
+_PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.Size)
+
+
+def check_plain_state(state: Any, where: str = "state") -> None:
+    """Raise ``TypeError`` naming the first value of ``state`` that ``torch.load(weights_only=True)``
+    would refuse: only dicts (string or integer keys), lists, tuples, strings, numbers, booleans, None
+    and tensors are allowed."""
+    if isinstance(state, torch.Tensor) or isinstance(state, _PLAIN):
+        return
+    if isinstance(state, dict):
+        for k, v in state.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}, not a string or an integer")
+            check_plain_state(v, f"{where}[{k!r}]")
+        return
+    if isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            check_plain_state(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(state).__module__}.{type(state).__name__}: model files hold only dicts, "
+                    f"lists, strings, numbers and tensors (so that they load with weights_only=True)")
+
+
 def save_state(state: dict, path: str | Path) -> Path:
     """Write ``state`` to ``path`` under a temporary name, then rename it into place (atomic on one
-    filesystem: a reader never sees half a file). Creates the parent folder. Returns the path."""
+    filesystem: a reader never sees half a file). Creates the parent folder. Returns the path.
+
+    Raises:
+        TypeError: ``state`` holds a value other than plain data and tensors (see :func:`check_plain_state`).
+    """
+    check_plain_state(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -39,7 +77,23 @@ def save_state(state: dict, path: str | Path) -> Path:
 
 
 def _read(path: Path, mmap: bool) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    # weights_only: plain data and tensors only; a pickled object (code) is refused, never run
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _refusal(path: Path, what: str, exc: Exception) -> ValueError:
+    """The error for a file ``torch.load(weights_only=True)`` cannot read: a pickled object is named (and
+    was not loaded); anything else is "not a torch file"."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if found or isinstance(exc, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        held = (f"a pickled Python object ({found.group(1)})" if found
+                else "Python objects other than plain data and tensors")
+        return ValueError(f"{path} is not a {what} file: it holds {held}; PRADOT model files hold only plain data "
+                          f"and tensors, and this file was not loaded because unpickling it could run code")
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    if "WeightsUnpickler" in str(exc):
+        detail = "not a torch.save archive"
+    return ValueError(f"{path} is not a {what} file (not a torch file: {type(exc).__name__}: {detail})")
 
 
 def load_state(path: str | Path, expected_format: str | None = None, what: str = "PRADOT model") -> dict:
@@ -58,7 +112,7 @@ def load_state(path: str | Path, expected_format: str | None = None, what: str =
     try:
         state = _read(path, mmap=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is "not a model file"
-        raise ValueError(f"{path} is not a {what} file (not a torch file: {type(exc).__name__}: {exc})") from None
+        raise _refusal(path, what, exc) from None
     found = state.get("format") if isinstance(state, dict) else type(state).__name__
     if not isinstance(state, dict) or (expected_format is not None and found != expected_format):
         raise ValueError(f"{path} is not a {what} file (format {expected_format!r}; found {found!r})")
@@ -78,8 +132,7 @@ def file_info(path: str | Path) -> dict[str, Any]:
         try:
             state = _read(path, mmap=False)
         except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path} is not a PRADOT model or ensemble file (not a torch file: "
-                             f"{type(exc).__name__}: {exc})") from None
+            raise _refusal(path, "PRADOT model or ensemble", exc) from None
     if not isinstance(state, dict):
         return {"format": None, "config": None}
     return {"format": state.get("format"), "config": state.get("config")}

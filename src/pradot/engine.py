@@ -7,6 +7,7 @@ MLflow and Ray.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,18 @@ def open_splits(spec: DataSpec) -> Splits:
 
 
 def batch_size_for(n: float, batch_ratio: float) -> int:
-    """Batch size = batch_ratio x n (the paper's Fig. 3a knob); for n < 1, batch_ratio images."""
-    return max(1, int(round(float(batch_ratio) * max(float(n), 1.0))))
+    """Batch size = batch_ratio x n (the paper's Fig. 3a knob); for n < 1, batch_ratio images.
+
+    Raises:
+        ValueError: ``batch_ratio`` is not a positive finite number, or ``n`` is not finite (``n <= 0`` is
+            :class:`pradot.model.PRADOTConfig`'s to refuse).
+    """
+    ratio, n = float(batch_ratio), float(n)
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"batch_ratio must be > 0 (batch size = batch_ratio x n images), got {batch_ratio!r}")
+    if not math.isfinite(n):
+        raise ValueError(f"n must be a finite number of prototypes per cell, got {n!r}")
+    return max(1, int(round(ratio * max(n, 1.0))))
 
 
 def feature_identity(spec: DataSpec, backbone: str, stages: Sequence[int], samples: Sequence[Sample],

@@ -214,24 +214,40 @@ def heatmap_rgb(amap: Any, vmin: float, vmax: float, image: Any = None, alpha: f
         cmap: a matplotlib colour-map name.
     Returns:
         (H, W, 3) uint8.
+
+    Works in float32 with the colour map's lookup table (no float64 full-size temporaries): about 40 bytes
+    per pixel at the peak, so the model server can draw large maps.
     """
-    a = _numpy(amap).astype(np.float64)
+    a = np.asarray(_numpy(amap), dtype=np.float32)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2:
         raise ValueError(f"anomaly map must be (H, W), got {a.shape}")
     lo, hi = float(vmin), float(vmax)
     span = hi - lo
-    a = np.where(np.isfinite(a), a, lo)
-    t = np.clip((a - lo) / span, 0.0, 1.0) if span > 0 else np.zeros_like(a)
-    rgb = colormaps[cmap](t)[..., :3]  # float (H, W, 3)
-    if image is not None:
-        img = to_rgb_uint8(image).astype(np.float64) / 255.0
-        if img.shape[:2] != a.shape:
-            raise ValueError(f"image {img.shape[:2]} and map {a.shape} sizes differ; resize one first")
-        al = float(np.clip(alpha, 0.0, 1.0))
-        rgb = al * rgb + (1.0 - al) * img
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    colours = colormaps[cmap]
+    lut = colours(np.arange(colours.N))[:, :3]  # the map's N colours, as matplotlib draws them
+    if span > 0:  # index = floor(clip((a - lo) / span, 0, 1) * N), the top value on the last colour
+        t = np.where(np.isfinite(a), a, np.float32(lo))
+        t -= np.float32(lo)
+        t *= np.float32(colours.N / span)
+        np.clip(t, 0, colours.N - 1, out=t)
+        index = t.astype(np.int32)
+    else:
+        index = np.zeros(a.shape, np.int32)
+    if image is None:
+        return (np.clip(lut.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[index]
+    img = to_rgb_uint8(image)
+    if img.shape[:2] != a.shape:
+        raise ValueError(f"image {img.shape[:2]} and map {a.shape} sizes differ; resize one first")
+    al = float(np.clip(alpha, 0.0, 1.0))
+    rgb = lut.astype(np.float32)[index]  # float32 (H, W, 3)
+    rgb *= np.float32(al)
+    rgb += img * np.float32((1.0 - al) / 255.0)
+    np.clip(rgb, 0.0, 1.0, out=rgb)
+    rgb *= np.float32(255.0)
+    rgb += np.float32(0.5)
+    return rgb.astype(np.uint8)
 
 
 def overlay_figure(images: Any, maps: Any, titles: Sequence[str] | None = None, vmin: float | None = None,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import baseline, tracking
+from pipelines import baseline, registry
 
 NAME = "pradot-synthetic-screw_bag-baseline"
 
@@ -38,7 +38,7 @@ def test_baseline_run_registers_a_servable_memory_bank(tmp_path, monkeypatch, ca
     assert baseline.main(common) == 0, capsys.readouterr().err
     assert "registered as " + NAME + " v1" in capsys.readouterr().out
     (v,) = client.search_model_versions(f"name='{NAME}'")
-    tags = tracking.VersionTags.from_tags(v.tags)
+    tags = registry.VersionTags.from_tags(v.tags)
     assert (tags.kind, tags.aggregation, tags.smoothing_sigma, tags.coreset_ratio, tags.stages) == \
         ("memory_bank", 3, 4.0, 1.0, (2,))
     run = client.get_run(v.run_id)

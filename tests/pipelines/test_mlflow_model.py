@@ -231,3 +231,70 @@ def test_served_model_refuses_bad_payloads(served, case, huge_png):
     assert re.search(phrase, message), message[-1000:]
     assert time.monotonic() - t0 < 20
     assert http("GET", f"{served.url}/ping")[0] == 200
+
+
+def _flat_png_b64(w: int, h: int) -> str:
+    from tests.pradot.test_serving import _flat_png
+
+    return _flat_png(w, h)
+
+
+def test_pyfunc_answers_413_over_budget_and_503_when_busy(mlflow_model):
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    wrapper = mlflow_model.PradotPyfunc()
+    wrapper.scorer = Scorer(FakeModel(), Calibration(0.5, 0.0, 1.0, 0.99, 3), max_request_pixels=100,
+                            max_in_flight=1, wait_s=0.05)
+    good = b64(file_bytes(Image.fromarray(np.full((8, 8, 3), 200, np.uint8))))
+    with pytest.raises(MlflowException) as e:
+        wrapper.predict(None, pd.DataFrame({"image": [good, good]}))  # 128 decoded pixels > 100
+    assert e.value.get_http_status_code() == 413 and "max_request_pixels" in e.value.message
+    assert len(wrapper.predict(None, pd.DataFrame({"image": [good]}))) == 1
+    wrapper.scorer._slots.acquire()  # another request is being scored
+    try:
+        with pytest.raises(MlflowException) as e:
+            wrapper.predict(None, pd.DataFrame({"image": [good]}))
+        assert e.value.get_http_status_code() == 503 and "max_in_flight" in e.value.message
+    finally:
+        wrapper.scorer._slots.release()
+
+
+def test_model_config_sets_the_budgets(mlflow_model, tiny_backbone, tmp_path):
+    from pradot import PRADOT, PRADOTConfig
+
+    cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
+    model = PRADOT(cfg, backbone=tiny_backbone).save(tmp_path / "m.pt")
+    cal = Calibration(0.5, 0.0, 1.0, 0.99, 3).save(tmp_path / "c.json")
+    budgets = {"max_request_pixels": 7, "max_map_side": 64, "max_response_bytes": 5, "max_in_flight": 3,
+               "wait_s": 2.5, "max_rows": 9}
+    wrapper = mlflow_model.PradotPyfunc()
+    wrapper.load_context(SimpleNamespace(model_config={"device": "cpu", **budgets},
+                                         artifacts={"model": str(model), "calibration": str(cal)}))
+    assert {k: getattr(wrapper.scorer, k) for k in budgets} == budgets
+    wrapper.load_context(SimpleNamespace(model_config={}, artifacts={"model": str(model), "calibration": str(cal)}))
+    assert (wrapper.scorer.max_request_pixels, wrapper.scorer.max_map_side, wrapper.scorer.max_in_flight) == \
+        (100_000_000, 1024, 1)  # the safe defaults
+
+
+@pytest.mark.slow
+def test_served_model_refuses_over_budget_requests_with_413_and_stays_up(served):
+    t0 = time.monotonic()
+    big = _flat_png_b64(5000, 5000)  # 25 MP, ~110 KB: the per-image limit
+    status, text = invocations(served, [big] * 5)  # 125 MP > the 100 MP request budget
+    assert status == 413, (status, text[:500])
+    message = json.loads(text)["message"]
+    assert "row 4: " in message and "max_request_pixels" in message and "send fewer or smaller images" in message
+    two_mp = _flat_png_b64(2000, 1000)  # npy maps: 1024 x 512, 2.7 MB base64 each; 32 MiB fit 12
+    status, text = invocations(served, [two_mp] * 13, return_map=True, map_format="npy")
+    assert status == 413 and "max_response_bytes" in json.loads(text)["message"], (status, text[:500])
+    # the one big image with a map: answered, the map capped at 1024 px a side
+    status, text = invocations(served, [big], return_map=True, map_format="npy")
+    assert status == 200, text[:500]
+    amap = np.load(io.BytesIO(base64.b64decode(json.loads(text)["predictions"][0]["anomaly_map"])))
+    assert amap.shape == (1024, 1024) and amap.dtype == np.float32
+    # and a normal request still succeeds
+    status, text = invocations(served, [encode_png(scene(310))])
+    assert status == 200 and len(json.loads(text)["predictions"]) == 1, text[:500]
+    assert http("GET", f"{served.url}/ping")[0] == 200
+    assert time.monotonic() - t0 < 60

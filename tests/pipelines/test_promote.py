@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import config, tracking
+from pipelines import config, registry
 from pipelines.promote import run as promote
 from pipelines.promote.select import PromotionError, select_best
 
@@ -42,10 +42,11 @@ def _register(ns, model, metric: float, label: str) -> str:
         path = model.save(ns.tmp / f"{label}.pt")
         cal = Calibration(threshold=1.0, low=0.0, high=2.0, quantile=0.99, n_images=6)
         c = model.config
-        tags = tracking.VersionTags(dataset="synthetic", category="screw_bag", run_id=run.info.run_id, threshold=1.0,
+        tags = registry.VersionTags(dataset="synthetic", category="screw_bag", run_id=run.info.run_id, threshold=1.0,
                                     backbone=c.backbone, stages=c.stages, image_size=c.image_size, alpha=c.alpha,
                                     n=c.n, metrics={"image_auroc": metric})
-        return tracking.register(path, cal, NAME, tags)
+        uri = registry.log_model(path, cal, tags)
+    return registry.register(uri, NAME, tags)  # after the run ended, as train does
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_promote_default_selection_registers_champion_and_serves(store, capsys):
     assert v.tags["pradot.promotion"].startswith("promoted:")
     assert float(v.tags["metric.image_auroc"]) > 0.5
     # chosen on the validation objective, on validation + pseudo-anomalies; the registry says so
-    tags = tracking.VersionTags.from_tags(v.tags)
+    tags = registry.VersionTags.from_tags(v.tags)
     assert (tags.selection_split, tags.selection_metric, tags.fusion) == ("validation+pseudo", "val_objective", "mean")
     assert 0.0 <= tags.metrics["val_objective"] <= 1.0 and "val_aupro_logical" in tags.metrics
     run = ns.client.get_run(v.tags["run_id"])
@@ -334,7 +335,7 @@ def test_search_chooses_members_and_weights_without_reading_test_labels(store, c
     for key in ("members", "member_weights", "member_kinds", "metric.val_objective", "fusion", "selection_split"):
         assert second.tags[key] == first.tags[key], key
     assert second.tags["metric.image_auroc"] != first.tags["metric.image_auroc"]  # the report did see the shuffle
-    tags = tracking.VersionTags.from_tags(first.tags)
+    tags = registry.VersionTags.from_tags(first.tags)
     assert tags.fusion == "search" and abs(sum(tags.member_weights) - 1) < 1e-9 and len(tags.member_weights) >= 1
     assert len(tags.member_kinds) == len(tags.members)
     # the alias is decided on the validation objective (the champion re-scored on the same set), not on tests
@@ -393,7 +394,7 @@ def test_mlflow_run_reproduce_end_to_end_serves_the_promoted_ensemble(tmp_path):
     assert entry == ["baseline", "main", "main", "promote", "reproduce"]
     assert all(r.info.status == "FINISHED" for r in runs)
     champion = client.get_model_version_by_alias(ENS, "champion")
-    tags = tracking.VersionTags.from_tags(champion.tags)
+    tags = registry.VersionTags.from_tags(champion.tags)
     assert tags.selection_split == "validation+pseudo" and tags.fusion == "mean" and len(tags.members) == 2
     assert len(client.search_model_versions(f"name='{NAME}-baseline'")) == 1
     img = next(s for s in sorted((tmp_path / "data" / "screw_bag" / "test" / "logical_anomalies").glob("*.png")))
@@ -403,3 +404,27 @@ def test_mlflow_run_reproduce_end_to_end_serves_the_promoted_ensemble(tmp_path):
     assert list(pred.columns[:4]) == ["score", "raw_score", "is_anomaly", "threshold"]
     assert np.isfinite(pred["raw_score"][0]) and pred["threshold"][0] == pytest.approx(float(champion.tags["threshold"]))
 
+
+
+def test_promote_skips_a_half_registered_version(store):
+    """A version left by a crash during registration (earlier releases: created, then tagged one call at a
+    time, its run never finished) is never a member, even with the best metric tag."""
+    from pipelines.promote.select import resolve_explicit
+
+    ns, name = store, "half-registered"
+    client = ns.client
+    exp = client.get_experiment_by_name("pradot").experiment_id
+    client.create_registered_model(name)
+    tags = {"stages": "2", "alpha": "0", "dataset": "synthetic", "category": "screw_bag"}
+    done = client.create_run(exp)
+    client.set_terminated(done.info.run_id, "FINISHED")
+    client.create_model_version(name, "file:///x", run_id=done.info.run_id, tags={**tags, "metric.image_auroc": "0.8"})
+    cut = client.create_run(exp)  # still RUNNING: the process was killed after "Created version"
+    client.create_model_version(name, "file:///x", run_id=cut.info.run_id, tags={**tags, "metric.image_auroc": "0.99"})
+    sel = select_best(client, name, None, "synthetic", "screw_bag")  # every complete version
+    assert [m.version for m in sel.members] == ["1"]
+    assert any(e.startswith(f"{name}/2: incomplete") and "RUNNING" in e for e in sel.excluded), sel.excluded
+    client.set_terminated(cut.info.run_id, "FAILED")  # as the next entry run's orphan sweep leaves it
+    assert [m.version for m in select_best(client, name, "image_auroc", "synthetic", "screw_bag").members] == ["1"]
+    with pytest.raises(PromotionError, match="incomplete registration"):
+        resolve_explicit(client, [f"{name}/2"])

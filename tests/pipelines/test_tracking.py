@@ -1,52 +1,9 @@
-"""MLflow in one place (pipelines/tracking.py): entry runs, resolved params, version tags, the alias rule.
-On a tmp SQLite store, in this process."""
+"""MLflow runs in one place (pipelines/tracking.py): entry runs, resolved params. On a tmp SQLite store
+(the ``store`` fixture of tests/pipelines/conftest.py), in this process."""
 
 import pytest
 
 from pipelines import tracking
-from pipelines.tracking import VersionTags
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment writes it; restored after
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield client
-    while mlflow.active_run():
-        mlflow.end_run()
-
-
-def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
-    bank = VersionTags(dataset="d", category="c", run_id="r", threshold=0.5, backbone="b", stages=(2, 3),
-                       image_size=96, alpha=0.3, n=4, eta=0.9, epsilon=0.01, batch_size=16, epochs=2,
-                       metrics={"image_auroc": 0.912345678})
-    tags = bank.to_tags()
-    assert tags["stages"] == "2,3" and tags["alpha"] == "0.3" and tags["metric.image_auroc"] == "0.91235"
-    assert "members" not in tags and "sweep_rank" not in tags  # unset fields are not written
-    back = VersionTags.from_tags(tags)
-    assert back == VersionTags(**{**bank.__dict__, "metrics": {"image_auroc": 0.91235}})
-    sweep = bank.with_updates(sweep_run_id="p", sweep_rank=1, trial_id="t1", objective="pseudo", batch_ratio=4.0,
-                              epochs_trained=2, calibration_source="validation")
-    assert VersionTags.from_tags(sweep.to_tags()).sweep_rank == 1
-    ens = VersionTags(kind="ensemble", members=("m/1", "m/2"), member_stages=((2,), (3,)), member_alphas=(0.0, 0.3),
-                      normalisation="none", selection="explicit", stages=(2, 3))
-    t = ens.to_tags()
-    assert t["pradot.kind"] == "ensemble" and t["n_members"] == "2" and t["member_stages"] == "2;3"
-    back = VersionTags.from_tags(t)
-    assert back.kind == "ensemble" and back.members == ("m/1", "m/2")
-
-
-def test_version_tags_read_versions_of_earlier_releases():
-    old = {"alpha": "0", "n": "16", "stages": "[2]", "backbone": "resnet50", "metric.image_auroc": "0.8",
-           "metric.bad": "n/a", "threshold": "nan", "pradot.format": "pradot-model-v1", "val_auroc": "0.7"}
-    t = VersionTags.from_tags(old)
-    assert (t.alpha, t.n, t.stages, t.backbone) == (0.0, 16.0, (2,), "resnet50")
-    assert t.metrics == {"image_auroc": 0.8} and t.threshold is None and t.kind == "bank"
 
 
 def test_entry_run_logs_and_fails_with_its_log(store, tmp_path):
@@ -80,22 +37,3 @@ def test_resolved_params_keep_what_mlflow_run_logged(store, monkeypatch):
         tracking.log_resolved_params({"seed": 0, "model.n": 4})
     params = store.get_run(run.info.run_id).data.params
     assert params == {"seed": "", "resolved.seed": "0", "model.n": "4"}
-
-
-def test_decide_alias_moves_only_on_a_strictly_better_metric(store):
-    store.create_registered_model("m")
-    run = store.create_run(store.get_experiment_by_name("e").experiment_id)
-    for metric in (0.8, 0.7, 0.9, 0.9):
-        v = store.create_model_version("m", "file:///x", run_id=run.info.run_id)
-        store.set_model_version_tag("m", v.version, "metric.image_auroc", str(metric))
-    first = tracking.decide_alias(store, "m", "1", "champion", "image_auroc", 0.8)
-    assert first.moved and first.previous is None and "first champion" in first.reason
-    worse = tracking.decide_alias(store, "m", "2", "champion", "image_auroc", 0.7)
-    assert not worse.moved and worse.previous == "1" and worse.reason.startswith("kept:")
-    better = tracking.decide_alias(store, "m", "3", "champion", "image_auroc", 0.9)
-    assert better.moved and str(store.get_model_version_by_alias("m", "champion").version) == "3"
-    tie = tracking.decide_alias(store, "m", "4", "champion", "image_auroc", 0.9)
-    assert not tie.moved
-    forced = tracking.decide_alias(store, "m", "4", "champion", "image_auroc", 0.9, force=True)
-    assert forced.moved and "force=true" in forced.reason
-    assert str(store.get_model_version_by_alias("m", "champion").version) == "4"

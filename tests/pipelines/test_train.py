@@ -67,7 +67,7 @@ def test_mlflow_run_end_to_end(tmp_path):
     (version,) = client.search_model_versions("name='pradot-synthetic-screw_bag'")
     assert version.run_id == run.info.run_id
     assert version.tags["alpha"] == "0.3" and "metric.image_auroc" in version.tags
-    from pipelines.tracking import VersionTags
+    from pipelines.registry import VersionTags
 
     tags = VersionTags.from_tags(version.tags)  # the type that wrote them reads them back
     assert (tags.alpha, tags.stages, tags.n, tags.backbone, tags.run_id) == (0.3, (2,), 1, "efficientnet_lite0",

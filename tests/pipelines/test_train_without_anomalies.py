@@ -59,7 +59,7 @@ def test_normal_only_folder_trains_calibrates_registers(tmp_path, test_good, cau
 
     from mlflow import MlflowClient
 
-    from pipelines.tracking import VersionTags
+    from pipelines.registry import VersionTags
 
     client = MlflowClient(tracking_uri=uri)
     (version,) = client.search_model_versions("name='line7'")

@@ -115,7 +115,7 @@ def test_save_load_round_trip_dedupes_backbone_weights(members, images, tmp_path
         for s in a.config.stages:
             torch.testing.assert_close(a.banks[str(s)].features, b.banks[str(s)].features, rtol=0, atol=0)
     # weights stored once: the stage-1 net's tensors are a prefix of the stage-2 net's
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)  # every file the project writes loads this way
     n_refs = sum(len(m["backbone"]["state_refs"]) for m in state["members"])
     assert len(state["tensors"]) == len(members[2].backbone.net.state_dict()) < n_refs
     # one Backbone object per distinct network after loading (two here)

@@ -187,3 +187,122 @@ def test_scorer_validates_every_row_before_scoring():
         scorer.predict([])
     with pytest.raises(InvalidRequest, match="more than the 4 allowed"):
         scorer.predict([good] * 5)
+
+
+# ---------------------------------------------------------------------------------- request budgets
+def _flat_png(w: int, h: int, fill: int = 90) -> str:
+    """A flat RGB PNG written row by row (small on the wire, w x h pixels when decoded), base64."""
+    from tests.helpers import png_chunk
+    import struct
+
+    row = b"\x00" + bytes([fill]) * (3 * w)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
+    return b64(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+               + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def big_flat() -> str:
+    return _flat_png(5000, 5000)  # 25 MP, the per-image limit; ~110 KB as base64
+
+
+def test_maps_are_capped_in_size_and_float32(big_flat):
+    from pradot.serving import map_size
+
+    assert map_size(5000, 5000, 1024) == (1024, 1024) and map_size(1000, 3000, 1024) == (341, 1024)
+    assert map_size(144, 192, 1024) == (144, 192)  # smaller inputs: the input's size, as before
+    scorer = Scorer(FakeModel(size=8), Calibration(0.5, 0.0, 1.0, 0.99, 3))
+    (rec,) = scorer.predict([big_flat], return_map=True, map_format="npy")
+    amap = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
+    assert amap.shape == (1024, 1024) and amap.dtype == np.float32
+    assert len(rec["anomaly_map"]) < 6 * 2**20  # was 133 MB at the input's size
+    np.testing.assert_allclose(amap, 90 / 255, atol=1e-6)  # a flat image's map, resized
+    (rec,) = scorer.predict([_flat_png(3000, 1000)], return_map=True)
+    assert Image.open(io.BytesIO(base64.b64decode(rec["anomaly_map"]))).size == (1024, 341)
+
+
+def test_a_request_over_its_pixel_budget_is_refused_before_decoding_more(big_flat):
+    from pradot.serving import RequestTooLarge
+
+    model = FakeModel(size=8)
+    scorer = Scorer(model, Calibration(0.5, 0.0, 1.0, 0.99, 3), max_request_pixels=60_000_000)
+    assert len(scorer.validate([big_flat, big_flat])) == 2  # 50 MP: within the budget
+    truncated = big_flat[: len(big_flat) // 2]  # the third row's header says 25 MP: refused before its pixels
+    with pytest.raises(RequestTooLarge, match=r"row 2: .*more than the 60000000 decoded pixels allowed per request "
+                                              r"\(max_request_pixels; this row brings the total to 75000000\)"):
+        scorer.predict([big_flat, big_flat, truncated])
+    assert model.calls == []
+    assert isinstance(RequestTooLarge("x"), InvalidRequest)  # a client error (HTTP 413 when served)
+    with pytest.raises(RequestTooLarge, match=r"more than the 4 allowed per request \(max_rows\)"):
+        Scorer(model, Calibration(0.5, 0.0, 1.0, 0.99, 3), max_rows=4).predict([big_flat] * 5)
+
+
+def test_returned_bytes_are_budgeted_from_the_headers():
+    from pradot.serving import RequestTooLarge
+
+    model = FakeModel(size=8)
+    scorer = Scorer(model, Calibration(0.5, 0.0, 1.0, 0.99, 3), max_response_bytes=13 * 2**20)
+    row = _flat_png(1024, 1024)  # a 1024 x 1024 npy map: 4 MiB, 5.3 MiB as base64
+    assert len(scorer.predict([row, row], return_map=True, map_format="npy")) == 2
+    calls = len(model.calls)
+    with pytest.raises(RequestTooLarge, match=r"row 2: the maps asked for would exceed the 13631488 bytes of maps "
+                                              r"allowed per answer \(max_response_bytes"):
+        scorer.predict([row, row, row], return_map=True, map_format="npy")
+    assert len(model.calls) == calls  # refused before scoring
+    assert len(scorer.predict([row, row, row], return_map=True)) == 3  # PNG maps: 3 bytes a pixel fit
+    assert len(scorer.predict([row] * 8)) == 8  # no maps: nothing returned to budget
+
+
+def test_work_in_flight_is_bounded_per_process():
+    import threading
+
+    from pradot.serving import ServerBusy
+
+    class Slow(FakeModel):
+        active = peak = 0
+
+        def score(self, images):
+            Slow.active += 1
+            Slow.peak = max(Slow.peak, Slow.active)
+            time.sleep(0.3)
+            Slow.active -= 1
+            return super().score(images)
+
+    row = b64(file_bytes(Image.fromarray(rgb_image())))
+    cal = Calibration(0.5, 0.0, 1.0, 0.99, 3)
+    waiting = Scorer(Slow(), cal, max_in_flight=1, wait_s=30)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(waiting.predict([row]))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and Slow.peak == 1  # the four requests were scored one after the other
+    impatient = Scorer(Slow(), cal, max_in_flight=1, wait_s=0.05)
+    busy = threading.Thread(target=impatient.predict, args=([row],))
+    busy.start()
+    time.sleep(0.1)
+    with pytest.raises(ServerBusy, match=r"scoring 1 request\(s\) already \(max_in_flight\) and this one waited "
+                                         r"0.05 s \(wait_s\)"):
+        impatient.predict([row])
+    busy.join()
+    assert len(impatient.predict([row])) == 1  # free again
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Scorer(Slow(), cal, max_in_flight=0)
+
+
+def test_a_large_request_allocates_no_full_size_temporaries(big_flat):
+    """numpy memory (tracemalloc sees it) of a 25 MP request with a PNG map and one with an npy map: before,
+    the full-size RGB (75 MB) and float64 heat-map temporaries (~3 GB) were allocated."""
+    import tracemalloc
+
+    scorer = Scorer(FakeModel(size=8), Calibration(0.5, 0.0, 1.0, 0.99, 3))
+    for fmt in ("png", "npy"):
+        tracemalloc.start()
+        try:
+            scorer.predict([big_flat], return_map=True, map_format=fmt)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 2**20, (fmt, peak)

@@ -1,12 +1,12 @@
 """What a sweep-registered version is tagged with (pipelines/sweep/register.py), written and read by the one
-tag type (pipelines.tracking.VersionTags)."""
+tag type (pipelines.registry.VersionTags)."""
 
 from types import SimpleNamespace
 
 from pipelines import config
 from pipelines.sweep.plan import sweep_plan
 from pipelines.sweep.register import _version_tags, ranked
-from pipelines.tracking import VersionTags
+from pipelines.registry import VersionTags
 from pradot.model import PRADOTConfig
 
 META = {"trial_id": "t1", "mlflow_run_id": "run-1", "epoch": 2, "calibration_source": "validation",

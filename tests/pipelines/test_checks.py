@@ -1,0 +1,165 @@
+"""Validation before work (pipelines/checks.py through config's builders): a bad value stops every entry point
+before any MLflow run, dataset or training, with a one-line error naming the key, the value, the valid range
+and the override / MLproject parameter to change it."""
+
+import pytest
+
+from pipelines import checks, config
+from pipelines.checks import ConfigError
+
+
+def _settings(*overrides):
+    return config.train_settings(config.compose("train", config.parse_overrides(["experiment=ci", *overrides])))
+
+
+@pytest.mark.parametrize("override, phrase", [
+    ("model.epochs=0", r"model\.epochs=0 is out of range: it must be an integer >= 1 .*-P epochs=<value>"),
+    ("model.epochs=1.5", r"model\.epochs=1\.5 is not an integer"),
+    ("model.batch_ratio=0", r"model\.batch_ratio=0 is out of range: it must be a number in \(0, 1024\]"),
+    ("model.batch_ratio=-3", r"model\.batch_ratio=-3 is out of range"),
+    ("model.n=1e9", r"model\.n=1000000000\.0 is out of range: it must be a number in \(0, 1024\].*-P n=<value>"),
+    ("model.n=0", r"model\.n=0 is out of range"),
+    ("model.alpha=2", r"model\.alpha=2 is out of range: it must be a number in \[0, 1\]"),
+    ("model.epsilon=0", r"model\.epsilon=0 is out of range: it must be a number > 0"),
+    ("model.sinkhorn_iters=0", r"model\.sinkhorn_iters=0 is out of range"),
+    ("model.eta=nan", r"model\.eta=nan is out of range"),
+    ("calibration.quantile=2", r"calibration\.quantile=2 is out of range: it must be a number in \(0, 1\] .*"
+                               r'-P overrides="calibration\.quantile=<value>"'),
+    ("calibration.quantile=0", r"calibration\.quantile=0 is out of range"),
+    ("evaluation.batch_size=0", r"evaluation\.batch_size=0 is out of range: it must be an integer >= 1"),
+    ("evaluation.n_overlays=-1", r"evaluation\.n_overlays=-1 is out of range"),
+    ("data.image_size=100000", r"data\.image_size=100000 is out of range: it must be an integer in \[16, 4096\] "
+                               r"\(pixels a side.*-P image_size=<value>"),
+    ("data.image_size=8", r"data\.image_size=8 is out of range"),
+    ("data.validation_fraction=1", r"data\.validation_fraction=1 is out of range"),
+    ("num_workers=-1", r"num_workers=-1 is out of range"),
+    ("model.n=16", r"model settings: batch size 8 < n=16"),  # B >= n (the paper), named
+    ("tracking.model_name=../../x", r"tracking\.model_name='\.\./\.\./x' cannot be a registered model name"),
+    ("tracking.model_name=a:b", r"cannot be a registered model name"),
+    ("category=a/b", r"category='a/b' must be one folder name .*-P category=<value>"),
+    ("category=..", r"category='\.\.' must be one folder name"),
+    ("category=a:b", r"tracking\.model_name='pradot-synthetic-a:b' cannot be"),  # the default name made from it
+])
+def test_bad_training_values_are_refused_naming_the_key(override, phrase):
+    if override == "model.n=16":
+        override = "model.n=16 model.batch_ratio=0.5"
+    with pytest.raises(ConfigError, match=phrase):
+        _settings(*override.split())
+
+
+def test_good_values_pass():
+    s = _settings("model.batch_ratio=0.5", "calibration.quantile=1", "data.image_size=16", "model.n=0.25")
+    assert (s.model.batch_size, s.calibration_quantile, s.model.image_size, s.model.n) == (1, 1.0, 16, 0.25)
+
+
+def test_names_are_refused_where_mlflow_would_refuse_them():
+    """MLflow's own validators are the oracle: every name they refuse, ours refuse before any work."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved, \
+        _validate_model_name
+
+    for name in ["../x", "a/b", "a:b", ".", "..", " ", "", "ok-name", "pradot-mvtec_loco-screw_bag", "x/..", "a b"]:
+        try:
+            _validate_model_name(name)
+            mlflow_ok = True
+        except MlflowException:
+            mlflow_ok = False
+        try:
+            checks.registry_name("tracking.model_name", name)
+            ours = True
+        except ConfigError:
+            ours = False
+        assert ours <= mlflow_ok, name
+        assert ours == (name in ("ok-name", "pradot-mvtec_loco-screw_bag", "a b")), name
+    for alias in ["champion", "latest", "v3", "a b", "x/y", "prod-1", ""]:
+        try:
+            _validate_model_alias_name(alias)
+            _validate_model_alias_name_reserved(alias)
+            mlflow_ok = True
+        except MlflowException:
+            mlflow_ok = False
+        try:
+            checks.alias_name("alias", alias)
+            ours = True
+        except ConfigError:
+            ours = False
+        assert ours == mlflow_ok, alias
+
+
+@pytest.mark.parametrize("override, phrase", [
+    ("alias=latest", r"alias='latest' cannot be a model alias.*-P alias=<value>"),
+    ("ensemble_name=../up", r"ensemble_name='\.\./up' cannot be a registered model name"),
+    ("calibration.quantile=5", r"calibration\.quantile=5 is out of range"),
+])
+def test_promote_options_and_settings_are_checked(override, phrase):
+    cfg = config.compose("promote", config.parse_overrides(["experiment=ci", override]))
+    with pytest.raises(ConfigError, match=phrase):
+        config.train_settings(cfg)
+        config.promote_options(cfg)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "-dash", "x;y"])
+def test_sweep_name_cannot_leave_its_folder(name):
+    from pipelines.sweep.plan import sweep_plan
+
+    cfg = config.compose("sweep", config.parse_overrides(["experiment=ci", "sweep=ci", f"sweep.name={name}"]))
+    with pytest.raises(ConfigError, match=r"sweep\.name=.* cannot be a folder name.*-P name=<value>"):
+        sweep_plan(cfg)
+
+
+def test_sweep_checks_the_training_settings_and_names():
+    from pipelines.sweep.plan import sweep_plan
+
+    for bad in ("calibration.quantile=2", "tracking.model_name=../x", "evaluation.batch_size=0"):
+        cfg = config.compose("sweep", config.parse_overrides(["experiment=ci", "sweep=ci", bad]))
+        with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
+            sweep_plan(cfg)
+
+
+def test_every_entry_point_refuses_before_any_run(tmp_path, monkeypatch, capsys):
+    from pipelines import train
+    from pipelines.promote import run as promote
+    from tests.helpers import tracking_uri
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PRADOT_SYNTHETIC_ROOT", str(tmp_path / "synthetic"))
+    monkeypatch.chdir(tmp_path)
+    with tracking_uri(uri):
+        for main, bad in ((train.main, "model.epochs=0"), (train.main, "data.image_size=100000"),
+                          (promote.main, "alias=v2"), (promote.main, "evaluation.batch_size=0")):
+            assert main(["data=synthetic", "experiment=ci", bad]) == 2
+            err = capsys.readouterr().err
+            line = err.strip().splitlines()[0]
+            assert line.startswith(f"error: {bad.split('=')[0]}=") and "Traceback" not in err, err
+            assert "refused before any MLflow run started" in err
+    assert not (tmp_path / "mlflow.db").exists()  # the tracking store was not even opened
+    assert not (tmp_path / "synthetic").exists()  # no dataset was generated
+
+
+def test_device_cuda_without_a_gpu_is_the_one_line_error(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from pipelines import train
+    from pradot.device import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="device='cuda' requested but CUDA is not available"):
+        _settings("device=cuda")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert train.main(["data=synthetic", "experiment=ci", "device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "error: device='cuda' requested" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_batch_larger_than_the_training_set_is_refused_before_features(tmp_path, monkeypatch, capsys):
+    from pipelines import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    rc = train.main(["data=synthetic", "experiment=ci", f"data.root={tmp_path}/synthetic", f"cache.dir={tmp_path}/c",
+                     "model.n=4", "model.batch_ratio=8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: the batch size 32 (model.n=4) is larger than the 16 training images" in err, err
+    assert not list((tmp_path / "c").glob("*/stage*.npy"))  # no feature was extracted

@@ -1,0 +1,112 @@
+"""The registry in one place (pipelines/registry.py): version tags written and read by one type, atomic
+registration, incomplete versions, the alias rule. On a tmp SQLite store, in this process."""
+
+import pytest
+
+from pipelines import registry, tracking
+from pipelines.registry import VersionTags
+
+
+def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
+    bank = VersionTags(dataset="d", category="c", run_id="r", threshold=0.5, backbone="b", stages=(2, 3),
+                       image_size=96, alpha=0.3, n=4, eta=0.9, epsilon=0.01, batch_size=16, epochs=2,
+                       metrics={"image_auroc": 0.912345678})
+    tags = bank.to_tags()
+    assert tags["stages"] == "2,3" and tags["alpha"] == "0.3" and tags["metric.image_auroc"] == "0.91235"
+    assert "members" not in tags and "sweep_rank" not in tags  # unset fields are not written
+    back = VersionTags.from_tags(tags)
+    assert back == VersionTags(**{**bank.__dict__, "metrics": {"image_auroc": 0.91235}})
+    sweep = bank.with_updates(sweep_run_id="p", sweep_rank=1, trial_id="t1", objective="pseudo", batch_ratio=4.0,
+                              epochs_trained=2, calibration_source="validation")
+    assert VersionTags.from_tags(sweep.to_tags()).sweep_rank == 1
+    ens = VersionTags(kind="ensemble", members=("m/1", "m/2"), member_stages=((2,), (3,)), member_alphas=(0.0, 0.3),
+                      normalisation="none", selection="explicit", stages=(2, 3))
+    t = ens.to_tags()
+    assert t["pradot.kind"] == "ensemble" and t["n_members"] == "2" and t["member_stages"] == "2;3"
+    back = VersionTags.from_tags(t)
+    assert back.kind == "ensemble" and back.members == ("m/1", "m/2")
+
+
+def test_version_tags_read_versions_of_earlier_releases():
+    old = {"alpha": "0", "n": "16", "stages": "[2]", "backbone": "resnet50", "metric.image_auroc": "0.8",
+           "metric.bad": "n/a", "threshold": "nan", "pradot.format": "pradot-model-v1", "val_auroc": "0.7"}
+    t = VersionTags.from_tags(old)
+    assert (t.alpha, t.n, t.stages, t.backbone) == (0.0, 16.0, (2,), "resnet50")
+    assert t.metrics == {"image_auroc": 0.8} and t.threshold is None and t.kind == "bank"
+
+
+def test_decide_alias_moves_only_on_a_strictly_better_metric(store):
+    store.create_registered_model("m")
+    run = store.create_run(store.get_experiment_by_name("e").experiment_id)
+    for metric in (0.8, 0.7, 0.9, 0.9):
+        v = store.create_model_version("m", "file:///x", run_id=run.info.run_id)
+        store.set_model_version_tag("m", v.version, "metric.image_auroc", str(metric))
+    first = registry.decide_alias(store, "m", "1", "champion", "image_auroc", 0.8)
+    assert first.moved and first.previous is None and "first champion" in first.reason
+    worse = registry.decide_alias(store, "m", "2", "champion", "image_auroc", 0.7)
+    assert not worse.moved and worse.previous == "1" and worse.reason.startswith("kept:")
+    better = registry.decide_alias(store, "m", "3", "champion", "image_auroc", 0.9)
+    assert better.moved and str(store.get_model_version_by_alias("m", "champion").version) == "3"
+    tie = registry.decide_alias(store, "m", "4", "champion", "image_auroc", 0.9)
+    assert not tie.moved
+    forced = registry.decide_alias(store, "m", "4", "champion", "image_auroc", 0.9, force=True)
+    assert forced.moved and "force=true" in forced.reason
+    assert str(store.get_model_version_by_alias("m", "champion").version) == "4"
+
+
+def test_registration_is_one_call_after_the_run_with_every_tag(store, tmp_path, tiny_backbone, monkeypatch):
+    """The version is created after its run FINISHED, with every VersionTags tag in the creating call: no
+    tag is set afterwards (a crash can leave no half-tagged version, nor a version of an unfinished run)."""
+    from mlflow import MlflowClient
+
+    from pradot import PRADOT, PRADOTConfig
+    from pradot.serving import Calibration
+
+    cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
+    path = PRADOT(cfg, backbone=tiny_backbone).save(tmp_path / "m.pt")
+    def no_later_tags(*args, **kwargs):
+        raise AssertionError("a version tag was set after the version was created")
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", no_later_tags)
+    with registry.registration("atomic"):
+        assert store.get_registered_model("atomic").name == "atomic"  # claimed before the work
+        with tracking.entry_run("r", "e", entry_point="main") as run:
+            tags = VersionTags(dataset="d", category="c", run_id=run.run_id, threshold=0.5, stages=(2,), alpha=0.3,
+                               metrics={"image_auroc": 0.9})
+            uri = registry.log_model(path, Calibration(0.5, 0.0, 1.0, 0.99, 3), tags)
+        assert store.search_model_versions("name='atomic'") == []  # nothing registered while the run ran
+        version = registry.register(uri, "atomic", tags)
+    v = store.get_model_version("atomic", version)
+    assert v.status == "READY" and v.run_id == run.run_id
+    assert {k: v.tags[k] for k in tags.to_tags()} == tags.to_tags() and v.tags["pradot.format"] == "pradot-model-v1"
+    r = store.get_run(run.run_id)
+    assert r.info.status == "FINISHED" and r.info.end_time <= v.creation_timestamp
+    assert r.data.tags["pradot.registered"] == f"atomic/{version}"
+    assert registry.incomplete(store, v) is None
+
+
+def test_a_version_of_an_unfinished_run_is_incomplete(store):
+    store.create_registered_model("half")
+    run = store.create_run(store.get_experiment_by_name("e").experiment_id)
+    v = store.create_model_version("half", "file:///x", run_id=run.info.run_id, tags={"dataset": "d"})
+    assert "is RUNNING, not FINISHED" in registry.incomplete(store, v)
+    store.set_terminated(run.info.run_id, "FAILED")  # what the orphan sweep makes of a killed run
+    assert "is FAILED" in registry.incomplete(store, store.get_model_version("half", v.version))
+
+
+def test_a_failed_run_leaves_nothing_in_the_registry(store):
+    with pytest.raises(ZeroDivisionError):
+        with registry.registration("new"):
+            assert store.get_registered_model("new")
+            1 / 0
+    assert store.search_registered_models() == []  # created for the run, removed with it
+    store.create_registered_model("old")
+    with pytest.raises(ZeroDivisionError):
+        with registry.registration("old"):
+            1 / 0
+    assert [m.name for m in store.search_registered_models()] == ["old"]  # not ours: kept
+    with registry.registration("old"), registry.registration(None):
+        pass
+    with pytest.raises(ValueError, match="registry refuses the registered model name 'a/b'"):
+        with registry.registration("a/b"):
+            pass
