@@ -88,10 +88,15 @@ def is_loopback(uri: str) -> bool:
 
 
 def _this_host() -> str:
-    try:
-        return socket.getfqdn() or socket.gethostname()
-    except OSError:
-        return "<this-host>"
+    """This machine's name for the fix in a message (a placeholder when it only knows itself as localhost)."""
+    for name in (socket.gethostname, socket.getfqdn):
+        try:
+            host = name()
+        except OSError:
+            continue
+        if host and not _is_loopback_host(host) and not host.startswith("localhost"):
+            return host
+    return "<this-machine's-address>"
 
 
 def check_tracking_for_cluster(uri: str, n_nodes: int, address: str | None,
@@ -109,8 +114,8 @@ def check_tracking_for_cluster(uri: str, n_nodes: int, address: str | None,
     where = f"Ray cluster at {address}" if address else f"{n_nodes}-node Ray cluster"
     server_fix = (f"Start a tracking server every node reaches and point the driver at it: `mlflow server "
                   f"--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts --host 0.0.0.0 "
-                  f"--port 5000`, then `export MLFLOW_TRACKING_URI=http://{_this_host()}:5000` (an address of "
-                  f"this machine the nodes can reach, not 127.0.0.1/localhost).")
+                  f"--port 5000`, then `export MLFLOW_TRACKING_URI=http://{_this_host()}:5000` (a name or address of "
+                  f"this machine that the nodes reach, not 127.0.0.1 or localhost).")
     kind = store_kind(uri)
     if kind == "local":
         raise SweepError(

@@ -81,8 +81,9 @@ def trial_records(grid, runs: Mapping[str, Any], budget: int, interrupted: bool)
         else:
             label = "interrupted" if interrupted else "pending"
         where = {k: run.data.tags.get(k, "") for k in _WHERE} if run is not None else {}
-        out.append(TrialRecord(t.trial_id, t.status, label, epochs, 1 + int(t.num_failures), dict(t.config), last,
-                               run, failure, error, where))
+        attempts = int(t.num_failures) + (0 if t.status == "ERROR" else 1)  # an errored trial's last one failed
+        out.append(TrialRecord(t.trial_id, t.status, label, epochs, max(attempts, 1), dict(t.config), last, run,
+                               failure, error, where))
     return out
 
 
@@ -127,7 +128,7 @@ def lost_notice(lost: list[TrialRecord], allowed: bool, resume_hint: str) -> str
     for r in lost:
         where = r.where.get("pradot.hostname") or "?"
         lines.append(f"  trial {r.trial_id} (last on {where}, {r.attempts} attempt(s), {r.epochs} epoch(s)): "
-                     f"{r.error[:300]}")
+                     f"{' '.join(r.error.split())[:300]}")
     if allowed:
         lines.append("sweep.allow_lost_trials=true: the sweep finished with the other trials; its best banks may "
                      "not be the search's best.")

@@ -284,7 +284,7 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
         return result
     if lost:
         result.notice = lost_notice(lost, plan.allow_lost_trials, result.resume_hint())
-        log.warning("%s", result.notice)
+        log.warning("%d trial(s) lost to infrastructure: %s", len(lost), ", ".join(r.trial_id for r in lost))
         mlflow.set_tags({"pradot.lost_trials": ",".join(r.trial_id for r in lost)})
         if not plan.allow_lost_trials:
             mlflow.set_tag("pradot.sweep_state", "incomplete")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Callable
 
 from ray import tune
@@ -27,11 +28,22 @@ STOP_ENV = "PRADOT_SWEEP_STOP_AFTER_TRIALS"
 
 def tune_error(trial) -> BaseException | str | None:
     """A Tune trial's last error: the exception (``RayTaskError`` / ``RayActorError``) when Tune kept it,
-    else its text."""
+    else its text. Read from the driver's copy (the storage's copy is synced later)."""
+    import cloudpickle
+
+    for path in (trial.pickled_error_file, trial.error_file):
+        try:
+            if path and Path(path).is_file():
+                if path == trial.pickled_error_file:
+                    with open(path, "rb") as f:
+                        return cloudpickle.load(f)
+                return Path(path).read_text().rsplit("Failure # ", 1)[-1]
+        except Exception as e:  # noqa: BLE001 - an unreadable pickle still leaves the text
+            log.debug("could not read %s: %s", path, e)
     try:
         return trial.get_pickled_error() or trial.get_error()
-    except Exception:  # noqa: BLE001 - an unreadable pickle still leaves the text
-        return trial.get_error()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def error_tags(error: BaseException | str | None) -> dict[str, str]:
@@ -62,8 +74,9 @@ class SweepCallback(tune.Callback):
         return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent_run_id, "budget": self.budget}
 
-    def __setstate__(self, state):
-        self.__init__(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], state["budget"])
+    def __setstate__(self, state):  # a sweep saved by an earlier release has no run ids: its runs stay untagged
+        self.__init__(state["tracking_uri"], state.get("experiment_id", ""), state.get("parent_run_id", ""),
+                      state.get("budget", state.get("epochs", 0)))
 
     @property
     def client(self):
