@@ -24,15 +24,16 @@ One module per step, in the order the driver runs them:
   ``test_auroc``, paper reproduction only, tagged ``pradot.objective=test``), and the backbone features
   extracted **once**, in the driver, into the memory-mapped ``pradot.features.FeatureCache`` (``cache.dir``)
   before ``Tuner.fit``. Trials read them from the cache folder (``sweep.feature_store=disk``; on several
-  nodes it must be shared storage) or from Ray's object store (``object_store``); ``auto``: disk on one
-  node, object store on several.
+  nodes it must be shared storage, checked from every node) or from Ray's object store (``object_store``);
+  ``auto``: disk on a private local Ray, the object store on an existing cluster.
 * ``trial``: one Tune function trainable per trial (``reuse_actors`` runs one trial after another in the
   same worker): the training config plus the sampled values gives the trial's ``PRADOTConfig``; a
   ``pradot.model.PrototypeModel`` (banks only, no backbone network) trains on the cached features and,
   after every epoch, scores the evaluation features and ``tune.report``s the metrics (ASHA stops the weak
   ones). It logs to its own nested MLflow run (tag ``mlflow.parentRunId``) through the tracking URI the
-  driver hands it, and saves its banks in a Tune checkpoint every epoch: a trial Tune restarts (a retry,
-  ``sweep.max_failures``, or a resumed sweep) continues from its last one.
+  driver hands it, and saves its banks in a Tune checkpoint every epoch (``sweep.checkpoint_every``) and at
+  ASHA's milestones: a trial Tune restarts (a retry, ``sweep.max_failures``, or a resumed sweep) continues
+  from its last one.
 * ``runs``: a trial's MLflow run (created, or reopened by a new attempt) and the one set of tags that
   says where it ran and why it ended, written by the trial and, for trials whose node died, by the driver.
 * ``tuner``: Tune's ``Tuner`` (built, or restored to resume; trial retries), the driver-side callback that

@@ -129,6 +129,7 @@ class SweepPlan:
     time_budget_s: float | None = None
     reuse_actors: bool = True
     max_failures: int = 2  # retries of a failed trial (from its last checkpoint)
+    checkpoint_every: int = 1  # epochs between a trial's checkpoints (ASHA's milestones always get one)
     allow_lost_trials: bool = False  # finish (and register) although trials were lost to infrastructure
 
     @property
@@ -286,6 +287,7 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
         time_budget_s=_optional(sw.get("time_budget_s"), lambda v: _positive("time_budget_s", v)),
         reuse_actors=bool(sw.get("reuse_actors", True)),
         max_failures=_integer("max_failures", sw.get("max_failures", 2), 0),
+        checkpoint_every=_integer("checkpoint_every", sw.get("checkpoint_every", 1), 1),
         allow_lost_trials=_flag("allow_lost_trials", sw.get("allow_lost_trials", False)))
 
 

@@ -220,7 +220,8 @@ def _trial_context(s: _Sweep, run: tracking.EntryRun, store: str, resources: dic
     return TrialContext(train_config=config.training_view(s.cfg), space=s.plan.space, evalset=evalset,
                         features=features, metric=s.plan.metric, milestones=s.plan.milestones, tracking_uri=s.uri,
                         parent_run_id=run.run_id, experiment_id=run.experiment_id, data_params=s.data_params(),
-                        cpu=resources["cpu"], gpu=resources["gpu"], sweep_folder=s.folder.location)
+                        cpu=resources["cpu"], gpu=resources["gpu"], sweep_folder=s.folder.location,
+                        checkpoint_every=s.plan.checkpoint_every)
 
 
 def _fit(s: _Sweep, run: tracking.EntryRun, ctx: TrialContext, resources: dict):

@@ -1,6 +1,6 @@
 """One Tune trial (a function trainable, run on a Ray worker): the training config plus the sampled values
 -> the trial's ``PRADOTConfig`` -> a ``PrototypeModel`` trained on the cached features, scored on the
-evaluation features after every epoch, reported to Tune with a checkpoint and logged to the trial's nested
+evaluation features after every epoch, reported to Tune (with a checkpoint, by default) and logged to the trial's nested
 MLflow run (:mod:`pipelines.sweep.runs`). A trial that Tune restarts (a retry after its worker or node
 died, or a resumed sweep) continues from its last checkpoint with the rest of the same seeded schedule, so
 it ends with the banks an uninterrupted trial would have.
@@ -57,6 +57,7 @@ class TrialContext:
     cpu: float = 1.0
     gpu: float = 0.0
     sweep_folder: str = ""  # the Tune folder (a path or URI); a trial checks it reaches it before it trains
+    checkpoint_every: int = 1  # epochs between checkpoints (the milestones always get one)
 
     @property
     def objective(self) -> str:
@@ -168,25 +169,30 @@ class _Trial:
              "metrics": metrics}, indent=1))
 
     def on_epoch(self, stats) -> None:
-        """Score, checkpoint (every epoch: a retried or resumed trial continues from its last one), report
-        to Tune (which may stop the trial here), then log to MLflow (an epoch is logged only once it is
-        reported with its checkpoint, so a restarted attempt never logs an epoch twice)."""
+        """Score, checkpoint (every ``checkpoint_every`` epochs and at the milestones: a retried or resumed
+        trial continues from its last one), report to Tune (which may stop the trial here), then log to
+        MLflow (an epoch is logged once it is reported, and only once: a restarted attempt recomputes the
+        epochs after its checkpoint without logging them again)."""
         from ray import tune
 
         t0 = time.perf_counter()
         scores = self.scores(self.eval_features)
         metrics = {**self.ctx.evalset.evaluate(scores), **_training_metrics(stats),
                    "eval_seconds": time.perf_counter() - t0}
-        folder = Path(tempfile.mkdtemp(prefix="pradot-ckpt-"))
+        folder = None
+        if stats.epoch % max(1, int(self.ctx.checkpoint_every)) == 0 or stats.epoch in self.ctx.milestones:
+            folder = Path(tempfile.mkdtemp(prefix="pradot-ckpt-"))
         try:
-            self.write_checkpoint(folder, stats.epoch, scores, metrics)
+            if folder is not None:
+                self.write_checkpoint(folder, stats.epoch, scores, metrics)
             tune.report({**metrics, "mlflow_run_id": self.run.run_id},
-                        checkpoint=tune.Checkpoint.from_directory(str(folder)))
+                        checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder is not None else None)
         except SystemExit:  # Tune stopped the trial; this epoch was reported
             self._reported(stats.epoch, metrics)
             raise
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         self._reported(stats.epoch, metrics)
         if stats.epoch >= self.budget and self.budget < self.setup.model.epochs:
             raise _Done()  # ASHA's max_t: the scheduler stops the trial here anyway
@@ -252,7 +258,7 @@ def trial_main(sampled: dict, ctx: TrialContext) -> None:
     from ray import tune
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only cached features
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a checkpoint every epoch
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
     torch.set_num_threads(max(1, int(ctx.cpu)))
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()

@@ -200,7 +200,10 @@ def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # one value per epoch
         assert 1 <= len(history) <= 2
         assert {"model.alpha", "model.n", "model.eta", "model.epsilon", "model.batch_ratio"} <= set(c.data.params)
-        assert c.data.tags["pradot.trial_status"] in ("completed", "stopped_early")
+        # why it ended, truthfully: all of model.epochs (2, ASHA's max_t) is completed, fewer is stopped early
+        assert c.data.tags["pradot.trial_status"] == ("completed" if len(history) == 2 else "stopped_early")
+        assert c.data.tags["pradot.epochs_trained"] == str(len(history))
+        assert c.data.tags["pradot.hostname"] and c.data.tags["pradot.node_id"] and int(c.data.tags["pradot.pid"])
     # the trial table and the search space are artifacts of the parent
     import pandas as pd
 

@@ -1,8 +1,9 @@
 """A simulated Ray cluster on this machine for the sweep's cluster tests: a head and worker nodes built as
-Ray's cluster utilities build them, on 127.0.0.1, each in its own process group (killing the group is a machine
-dying; ``ray_node.py``), optionally in a private mount namespace with empty tmpfs over given folders (a machine without the
-shared storage); an ``mlflow server`` behind a small proxy that demands HTTP basic authentication (a
-tracking server with credentials). Everything is started on 127.0.0.1 and stopped by the fixture.
+Ray's cluster utilities build them, on 127.0.0.1, each in its own process group (killing the group is a
+machine dying; ``ray_node.py``), optionally in a private mount namespace with empty tmpfs over given
+folders (a machine without the shared storage); an ``mlflow server`` behind a small proxy that demands
+HTTP basic authentication (a tracking server with credentials). Everything is started on 127.0.0.1 and
+stopped by the fixture.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Service:
 
     def __init__(self, cmd: list[str], log: Path, env: dict, cwd=None):
         self.cmd, self.log = cmd, Path(log)
-        self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=cwd,
+        self._out = open(log, "w")  # noqa: SIM115 - the process writes it until stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                      start_new_session=True)
 
     @property
@@ -64,6 +66,7 @@ class Service:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait(30)
+        self._out.close()
 
     def stop(self, timeout: float = 40) -> None:
         """SIGTERM (``ray start --block`` then stops its node), then SIGKILL to what is left of the group."""

@@ -84,12 +84,11 @@ def _args(sim, name: str, *extra: str) -> list[str]:
 
 def _sweep(sim, name: str, *extra: str, env=None, background: bool = False):
     """``python pipelines/sweep.py ...`` as a user runs it on the cluster; its output in ``<root>/<name>.log``."""
-    log = open(sim.root / f"{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "sweep.py"), *_args(sim, name, *extra)],
-                            env=env or sim.driver, cwd=sim.root, stdout=log, stderr=subprocess.STDOUT, text=True)
-    if background:
-        return proc
-    proc.wait(600)
+    with open(sim.root / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "sweep.py"), *_args(sim, name, *extra)],
+                                env=env or sim.driver, cwd=sim.root, stdout=log, stderr=subprocess.STDOUT, text=True)
+    if not background:
+        proc.wait(600)
     return proc
 
 

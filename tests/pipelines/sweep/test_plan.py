@@ -43,7 +43,11 @@ def test_plan_options():
         (2, 60.0, True, "/x", "s1")
     assert plan.stage_sets == ((2,), (2, 3)) and plan.union_stages() == (2, 3)
     plan, _ = _plan("model.epochs=9", "sweep.scheduler.grace_period=1", "sweep.scheduler.reduction_factor=3")
-    assert plan.milestones == (1, 3, 9)
+    assert plan.milestones == (1, 3, 9) and plan.budget == 9
+    assert (plan.max_failures, plan.allow_lost_trials, plan.checkpoint_every) == (2, False, 1)  # the defaults
+    plan, _ = _plan("model.epochs=9", "sweep.scheduler.max_t=4", "sweep.max_failures=0",
+                    "sweep.allow_lost_trials=true", "sweep.checkpoint_every=3")
+    assert (plan.budget, plan.max_failures, plan.allow_lost_trials, plan.checkpoint_every) == (4, 0, True, 3)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -63,6 +67,9 @@ def test_plan_options():
     (["sweep.resources.gpu=-1"], "sweep.resources.gpu: -1.0 must be >= 0"),
     (["sweep.feature_store=s3"], "sweep.feature_store must be auto, disk or object_store"),
     (["sweep.stop_after_trials=-2"], "sweep.stop_after_trials must be an integer >= 1"),
+    (["sweep.max_failures=-1"], "sweep.max_failures must be an integer >= 0"),
+    (["sweep.checkpoint_every=0"], "sweep.checkpoint_every must be an integer >= 1"),
+    (["sweep.allow_lost_trials=maybe"], "sweep.allow_lost_trials must be true or false"),
 ])
 def test_bad_settings_are_refused(overrides, message):
     with pytest.raises(SweepError) as e:

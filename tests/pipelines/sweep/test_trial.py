@@ -123,8 +123,8 @@ class _Tune:
     def report(self, metrics, checkpoint=None):
         import shutil
 
-        saved = self.store / f"epoch_{metrics['epoch']}"
-        shutil.copytree(checkpoint.path, saved)
+        if checkpoint is not None:
+            shutil.copytree(checkpoint.path, self.store / f"epoch_{metrics['epoch']}")
         self.reports.append(metrics)
         if metrics["epoch"] == self.die_after:
             raise self.Died("the node died")
@@ -140,11 +140,14 @@ class _Tune:
                                                                           get_trial_name=lambda: "trial_main_t1"))
 
 
-def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_once(ctx, tmp_path, monkeypatch):
+@pytest.mark.parametrize("every, restart", [(1, 3), (2, 2)])
+def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_once(ctx, tmp_path, monkeypatch, every,
+                                                                                   restart):
     """The essence of case fault-06 (a resumed or retried trial): killed right after reporting epoch 3 of
-    6, then restarted with that checkpoint, the trial trains epochs 4-6 only, its MLflow run holds every
-    epoch exactly once (epoch 3, reported but not logged before the kill, from the checkpoint), it is
-    tagged completed with 2 attempts, and its bank equals an uninterrupted trial's."""
+    6, then restarted with its last checkpoint (epoch 3, or 2 with sweep.checkpoint_every=2), the trial
+    trains the epochs after it only, its MLflow run holds every epoch exactly once (epoch 3 was reported
+    but not logged before the kill), it is tagged completed with 2 attempts, and its bank equals an
+    uninterrupted trial's."""
     import dataclasses
 
     from mlflow import MlflowClient
@@ -161,7 +164,8 @@ def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_onc
     def attempt(parent, tune_side):
         tune_side.install(monkeypatch)
         c = dataclasses.replace(ctx, train_config=six, features=_Features(), milestones=(6,),
-                                tracking_uri=client.tracking_uri, parent_run_id=parent, experiment_id=exp)
+                                tracking_uri=client.tracking_uri, parent_run_id=parent, experiment_id=exp,
+                                checkpoint_every=every)
         trial.trial_main(sampled, c)
 
     exp = client.create_experiment("restart", artifact_location=str(tmp_path / "artifacts"))
@@ -169,23 +173,26 @@ def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_onc
     first = _Tune(tmp_path / "a", die_after=3)
     with pytest.raises(_Tune.Died):
         attempt("killed", first)
-    second = _Tune(tmp_path / "b", restore_from=tmp_path / "a" / "epoch_3")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"epoch_{e}" for e in range(every, 4, every)]
+    second = _Tune(tmp_path / "b", restore_from=tmp_path / "a" / f"epoch_{restart}")
     attempt("killed", second)
     attempt("reference", _Tune(tmp_path / "c"))
 
-    assert [r["epoch"] for r in first.reports] == [1, 2, 3] and [r["epoch"] for r in second.reports] == [4, 5, 6]
+    assert [r["epoch"] for r in first.reports] == [1, 2, 3]
+    assert [r["epoch"] for r in second.reports] == list(range(restart + 1, 7))
     run = runs.find_trial_runs(client, exp, "killed")["t1"]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc"))
     assert steps == [1, 2, 3, 4, 5, 6]
     tags = run.data.tags
-    assert (run.info.status, tags["pradot.trial_status"], tags["pradot.epochs_trained"]) == ("FINISHED", "completed", "6")
-    assert tags["pradot.attempts"] == "2" and tags["pradot.restored_from_epoch"] == "3"
+    assert (run.info.status, tags["pradot.trial_status"], tags["pradot.epochs_trained"]) == ("FINISHED", "completed",
+                                                                                            "6")
+    assert tags["pradot.attempts"] == "2" and tags["pradot.restored_from_epoch"] == str(restart)
     assert "pradot.error" not in tags and tags["pradot.hostname"] == "h"  # the failed attempt's tags are gone
     restarted = load_state(tmp_path / "b" / "epoch_6" / CHECKPOINT_MODEL)["banks"]
     reference = load_state(tmp_path / "c" / "epoch_6" / CHECKPOINT_MODEL)["banks"]
     for s in reference:
         torch.testing.assert_close(restarted[s]["features"], reference[s]["features"], rtol=0, atol=0)
-    halfway = load_state(tmp_path / "a" / "epoch_3" / CHECKPOINT_MODEL)["banks"]
+    halfway = load_state(tmp_path / "a" / f"epoch_{restart}" / CHECKPOINT_MODEL)["banks"]
     assert not torch.equal(halfway[2]["features"], reference[2]["features"])
 
 
@@ -203,8 +210,10 @@ def test_a_failed_trial_is_tagged_with_where_and_why(ctx, tmp_path, monkeypatch)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("fail", artifact_location=str(tmp_path / "artifacts"))
     _Tune(tmp_path).install(monkeypatch)
-    c = dataclasses.replace(ctx, features=FeatureStore("disk", str(tmp_path / "no-cache"), {"efficientnet_lite0/train": {
-        "split": "train", "stages": [2]}}), tracking_uri=client.tracking_uri, parent_run_id="p", experiment_id=exp)
+    missing = FeatureStore("disk", str(tmp_path / "no-cache"), {"efficientnet_lite0/train": {"split": "train",
+                                                                                             "stages": [2]}})
+    c = dataclasses.replace(ctx, features=missing, tracking_uri=client.tracking_uri, parent_run_id="p",
+                            experiment_id=exp)
     with pytest.raises(OSError, match="are not in"):
         trial.trial_main({"model.alpha": 0.4, "model.n": 1, "model.batch_ratio": 4}, c)
     tags = runs.find_trial_runs(client, exp, "p")["t1"].data.tags
