@@ -186,7 +186,7 @@ def test_a_node_lost_mid_trial_is_retried_from_its_checkpoint_with_the_same_bank
         if on_b:
             sim.cluster.nodes["b"].kill()  # the machine dies: raylet, object store and the trial's worker
             killed = on_b[0]
-        time.sleep(0.3)
+        time.sleep(0.1)
     proc.wait(600)
     out = _output(sim, "lost")
     assert killed is not None, "no trial was caught mid-way on node b"
@@ -221,7 +221,7 @@ def test_a_trial_lost_after_its_retries_stops_the_sweep_until_resumed(sim, calm)
         if mid:
             os.kill(int(mid[0].data.tags["pradot.pid"]), signal.SIGKILL)  # the trial's worker process dies
             killed = mid[0]
-        time.sleep(0.3)
+        time.sleep(0.1)
     proc.wait(600)
     out = _output(sim, "lost0")
     assert killed is not None, "the trial was not caught mid-way"
