@@ -72,7 +72,7 @@ class SchedulerSettings:
     """``sweep.scheduler``: ASHA (stops weak trials at ``milestones``) or FIFO (every trial runs out)."""
 
     type: str
-    milestones: tuple[int, ...]  # epochs at which a trial may stop (checkpoints are written there)
+    milestones: tuple[int, ...]  # epochs at which a trial may stop (ASHA's rungs and max_t)
     grace_period: int = 1
     reduction_factor: int = 3
     max_t: int = 1
@@ -128,10 +128,18 @@ class SweepPlan:
     stop_after_trials: int | None = None
     time_budget_s: float | None = None
     reuse_actors: bool = True
+    max_failures: int = 2  # retries of a failed trial (from its last checkpoint)
+    checkpoint_every: int = 1  # epochs between a trial's checkpoints (ASHA's milestones always get one)
+    allow_lost_trials: bool = False  # finish (and register) although trials were lost to infrastructure
 
     @property
     def milestones(self) -> tuple[int, ...]:
         return self.scheduler.milestones
+
+    @property
+    def budget(self) -> int:
+        """The epochs a trial trains unless ASHA stops it: ASHA's max_t, or model.epochs."""
+        return min(max(self.milestones), self.epochs)
 
     def union_stages(self) -> tuple[int, ...]:
         """Every stage some trial may use (features are extracted once for all of them)."""
@@ -163,6 +171,12 @@ def _positive(key: str, value: Any) -> float:
     if x <= 0:
         raise SweepError(f"sweep.{key}: {value!r} must be > 0")
     return x
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SweepError(f"sweep.{key} must be true or false, got {value!r}")
+    return value
 
 
 def _optional(value: Any, parse, *empty) -> Any:
@@ -272,7 +286,10 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
         resume=bool(sw.get("resume")), resume_from=_optional(sw.get("resume_from"), str),
         stop_after_trials=_optional(sw.get("stop_after_trials"), lambda v: _integer("stop_after_trials", v, 1), 0),
         time_budget_s=_optional(sw.get("time_budget_s"), lambda v: _positive("time_budget_s", v)),
-        reuse_actors=bool(sw.get("reuse_actors", True)))
+        reuse_actors=bool(sw.get("reuse_actors", True)),
+        max_failures=_integer("max_failures", sw.get("max_failures", 2), 0),
+        checkpoint_every=_integer("checkpoint_every", sw.get("checkpoint_every", 1), 1),
+        allow_lost_trials=_flag("allow_lost_trials", sw.get("allow_lost_trials", False)))
 
 
 def check_against_data(plan: SweepPlan, cfg: DictConfig, n_train: int, n_validation: int,

@@ -1,17 +1,18 @@
-"""The sweep entry point: argv -> the checked plan -> Ray -> the parent MLflow run -> features once ->
-``Tuner.fit`` -> the trial table -> the ``top_k`` banks registered -> :class:`SweepResult`.
+"""The sweep entry point: argv -> the checked plan -> Ray -> checks from every node -> the parent MLflow
+run -> features once -> ``Tuner.fit`` -> every trial's outcome and the trial table -> the ``top_k`` banks
+registered -> :class:`SweepResult`.
 
-Everything that can fail on bad input (config, search space, data, resume folder, tracking store) is
-checked before a cluster is started or joined and before anything is logged. An interrupted sweep
-(Ctrl+C, SIGUSR1, ``sweep.stop_after_trials``) ends its parent run KILLED and exits 3; ``sweep.resume=true``
-restores it with its saved configuration into the same parent run.
+Everything that can fail on bad input (config, search space, data, resume folder, tracking store and
+whether the cluster's nodes can reach it, storage) is checked before a cluster is started or joined, or
+before any trial starts, and before anything is logged. An interrupted sweep (Ctrl+C, SIGUSR1,
+``sweep.stop_after_trials``) ends its parent run KILLED and exits 3; one that lost trials to infrastructure
+(unless ``sweep.allow_lost_trials``) registers nothing, ends FAILED and exits 1; ``sweep.resume=true``
+restores either with its saved configuration into the same parent run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -22,29 +23,31 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import cli, config, tracking
-from pipelines.sweep.cluster import Cluster, absolute_tracking_uri, check_tracking_for_cluster, connect
+from pipelines.sweep.cluster import (Cluster, absolute_tracking_uri, check_tracking_for_cluster, cluster_address,
+                                     connect)
 from pipelines.sweep.evalset import evaluation_set, extract_features, open_data
 from pipelines.sweep.plan import SweepPlan, sweep_plan
+from pipelines.sweep.resume import Resume, reopen_parent, resume_config, write_state
 from pipelines.sweep.space import SweepError, alias_overrides
+from pipelines.sweep.storage import STATE_FILE, SweepFolder, check_nodes, describe_problems, storage_location
 from pipelines.sweep.trial import TrialContext
 
-__all__ = ["STATE_FILE", "SweepResult", "Resume", "find_resume_path", "run_sweep", "run", "main"]
+__all__ = ["STATE_FILE", "SweepResult", "Resume", "run_sweep", "run", "main"]
 
 log = logging.getLogger(__name__)
 
-#: in the sweep's Tune folder: its MLflow parent run, tracking store and configuration (for resume)
-STATE_FILE = "pradot_sweep.json"
 _T0 = time.perf_counter()  # phase timings in the log are seconds since the start
 _STARTED = time.strftime("%Y%m%d-%H%M%S")
 
 
 @dataclass
 class SweepResult:
-    """What a sweep did: ``state`` finished | interrupted, its runs, trials and registered versions."""
+    """What a sweep did: ``state`` finished | interrupted | incomplete (lost trials), its runs, trials and
+    registered versions."""
 
     state: str
     parent_run_id: str
-    path: str  # the Tune folder
+    path: str  # the Tune folder (a path or a URI)
     tracking_uri: str
     metric: str
     dataset: str
@@ -53,91 +56,43 @@ class SweepResult:
     trials: int
     terminated: int
     errored: int = 0
+    lost: int = 0
     registered: list[dict] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     best_config: dict[str, Any] = field(default_factory=dict)
+    notice: str = ""  # what it says about lost trials
 
     @property
     def exit_code(self) -> int:
-        return cli.EXIT_INTERRUPTED if self.state == "interrupted" else cli.EXIT_OK
+        return {"interrupted": cli.EXIT_INTERRUPTED, "incomplete": cli.EXIT_FAILED}.get(self.state, cli.EXIT_OK)
+
+    def resume_hint(self) -> str:
+        return (f"  python pipelines/sweep.py sweep.resume=true sweep.resume_from={self.path}\n"
+                f"  (mlflow run . -e sweep --env-manager local -P resume=true -P resume_from={self.path})")
 
     def resume_notice(self) -> str:
         return (f"\nsweep interrupted after {self.terminated} of {self.num_samples} trials; resume with:\n"
-                f"  python pipelines/sweep.py sweep.resume=true sweep.resume_from={self.path}\n"
-                f"  (mlflow run . -e sweep --env-manager local -P resume=true -P resume_from={self.path})")
+                f"{self.resume_hint()}")
 
     def summary(self) -> str:
         """The closing summary (an interrupted sweep printed its resume notice on stderr already)."""
         if self.state == "interrupted":
             return ""
+        head = [f"tracking store : {self.tracking_uri}", f"parent run     : {self.parent_run_id}",
+                f"trials         : {self.trials} ({self.terminated} finished, {self.errored} failed, {self.lost} "
+                f"lost to infrastructure); Tune folder {self.path}"]
+        if self.state == "incomplete":
+            return "\n".join(["\n== PRADOT sweep INCOMPLETE ==", *head, self.notice])
         m = self.metric
-        lines = ["\n== PRADOT sweep finished ==", f"tracking store : {self.tracking_uri}",
-                 f"parent run     : {self.parent_run_id}",
-                 f"trials         : {self.trials} ({self.terminated} finished, {self.errored} failed); "
-                 f"Tune folder {self.path}",
-                 f"best           : {m}={self.best[m]:.4f}  {self.best_config}"]
+        lines = ["\n== PRADOT sweep finished ==", *head, f"best           : {m}={self.best[m]:.4f}  {self.best_config}"]
         lines += [f"registered     : models:/{r['name']}/{r['version']}  (trial {r['trial_id']}, {m}={r[m]:.4f})"
                   for r in self.registered]
         if self.registered:
             lines.append(f"next           : mlflow run . --env-manager local -e promote -P category={self.category} "
                          f"-P dataset={self.dataset} -P select_by={m}   (plus the sweep's data overrides)")
+        if self.notice:
+            lines.append(self.notice)
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------- resume
-@dataclass(frozen=True)
-class Resume:
-    """An interrupted sweep's folder and its state file."""
-
-    path: Path
-    parent_run_id: str
-    tracking_uri: str
-    config: dict
-
-
-def find_resume_path(storage: Path, resume_from: str | None, name: str | None) -> Path:
-    """``resume_from``, else ``<storage>/<name>``, else the latest sweep folder under ``storage``.
-
-    Raises:
-        SweepError: no such sweep folder.
-    """
-    if resume_from:
-        path = Path(resume_from).expanduser().resolve()
-    elif name:
-        path = storage / name
-    else:
-        found = sorted((p.parent for p in storage.glob(f"*/{STATE_FILE}")), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise SweepError(f"sweep.resume=true: no sweep to resume under {storage} (give sweep.resume_from=PATH)")
-        path = found[-1]
-    if not (path / STATE_FILE).is_file():
-        raise SweepError(f"{path} is not a PRADOT sweep folder (no {STATE_FILE}); give sweep.resume_from=PATH of "
-                         f"a folder under sweep.storage_path")
-    return path
-
-
-def _resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None]:
-    """With ``sweep.resume`` / ``sweep.resume_from``: the interrupted sweep's own configuration (other
-    overrides are ignored) and its state; else ``cfg`` as it is."""
-    sw = cfg.sweep
-    if not (sw.get("resume") or sw.get("resume_from")):
-        return cfg, None
-    storage = Path(str(sw.storage_path)).expanduser().resolve()
-    path = find_resume_path(storage, sw.get("resume_from"), sw.get("name"))
-    state = json.loads((path / STATE_FILE).read_text())
-    saved = config.with_overrides(OmegaConf.create(state["config"]),
-                                  {"sweep.storage_path": str(path.parent), "sweep.stop_after_trials": None})
-    log.info("resuming the sweep in %s (its saved configuration; other overrides are ignored)", path)
-    return saved, Resume(path, state["parent_run_id"], state["tracking_uri"], state["config"])
-
-
-def _write_state(path: Path, run: tracking.EntryRun, uri: str, cfg: DictConfig) -> None:
-    """The state file of a new sweep folder (``uri``: the tracking store, absolute)."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / STATE_FILE).write_text(json.dumps(
-        {"parent_run_id": run.run_id, "experiment_id": run.experiment_id, "tracking_uri": uri,
-         "name": path.name, "created": time.time(), "config": OmegaConf.to_container(cfg, resolve=True)},
-        indent=1, default=str))
 
 
 # ------------------------------------------------------------------------------------- the driver
@@ -148,7 +103,7 @@ class _Sweep:
     cfg: DictConfig  # the sweep's config, paths absolute
     plan: SweepPlan
     splits: Any  # pradot.engine.Splits
-    path: Path  # the Tune folder
+    folder: SweepFolder  # the Tune folder
     uri: str  # the tracking store, absolute
     resume: Resume | None
     device: Any
@@ -170,36 +125,62 @@ def _absolute_paths(cfg: DictConfig) -> DictConfig:
     return config.with_overrides(cfg, values)
 
 
+def _new_folder(cfg: DictConfig, plan: SweepPlan) -> SweepFolder:
+    """A new sweep's Tune folder (``sweep.storage_path`` as Tune gets it: a URI unchanged)."""
+    folder = SweepFolder(storage_location(plan.storage_path),
+                         str(plan.name or f"sweep-{cfg.data.kind}-{cfg.category}-{_STARTED}"))
+    try:
+        exists = folder.exists()
+    except OSError as e:
+        raise SweepError(f"sweep.storage_path {folder.storage!r} is not reachable from this machine: {e}") from None
+    if exists:
+        raise SweepError(f"{folder} exists already: choose another sweep.name, or resume it with sweep.resume=true "
+                         f"sweep.resume_from={folder}")
+    return folder
+
+
 def _checked(cfg: DictConfig, plan: SweepPlan, resume: Resume | None) -> _Sweep:
     """Everything that can fail on bad input, before any cluster work or tracking."""
     from pradot.device import resolve_device
 
-    storage = Path(plan.storage_path).expanduser().resolve()
     device = resolve_device(str(cfg.device))
     cfg = _absolute_paths(cfg)
     splits = open_data(cfg, plan)
-    path = resume.path if resume else storage / str(plan.name or f"sweep-{cfg.data.kind}-{cfg.category}-{_STARTED}")
-    if not resume and path.exists():
-        raise SweepError(f"{path} exists already: choose another sweep.name, or resume it with sweep.resume=true "
-                         f"sweep.resume_from={path}")
+    folder = resume.folder if resume else _new_folder(cfg, plan)
     uri = absolute_tracking_uri(tracking.setup_tracking())  # $MLFLOW_TRACKING_URI, else ./mlflow.db
     if resume and resume.tracking_uri != uri:
         raise SweepError(f"this sweep was tracked in {resume.tracking_uri!r}; resume it with the same store "
                          f"(MLFLOW_TRACKING_URI), not {uri!r}")
-    return _Sweep(cfg, plan, splits, path, uri, resume, device)
+    check_tracking_for_cluster(uri, 1, cluster_address(plan.ray))  # an existing cluster: before joining it
+    return _Sweep(cfg, plan, splits, folder, uri, resume, device)
 
 
-def _reopen_parent(s: _Sweep) -> None:
-    """A resumed sweep's parent must be unfinished; a run started by `mlflow run` points to it."""
-    from mlflow import MlflowClient
+def _check_nodes(s: _Sweep, cluster: Cluster, store: str) -> None:
+    """Before any trial starts: every node reaches the sweep folder (and ``cache.dir`` for the disk store).
 
-    client = MlflowClient(tracking_uri=s.uri)
-    parent_id = s.resume.parent_run_id
-    if client.get_run(parent_id).data.tags.get("pradot.sweep_state") == "finished":
-        raise SweepError(f"the sweep in {s.path} has finished already (MLflow run {parent_id}); nothing to resume")
-    env_run = os.environ.get("MLFLOW_RUN_ID")
-    if env_run and env_run != parent_id:
-        client.set_tag(env_run, "pradot.resumed_sweep_run_id", parent_id)
+    Raises:
+        SweepError: naming the nodes and what they cannot reach.
+    """
+    cache = str(s.cfg.cache.dir) if store == "disk" and cluster.several_machines else None
+    if not (cluster.several_machines or not s.folder.is_local or cache):
+        return  # a private local Ray and a local folder: one filesystem
+    created = not s.folder.exists()
+    try:
+        problems = check_nodes(s.folder, cache)
+    except OSError as e:
+        raise SweepError(f"sweep.storage_path {s.folder.storage!r}: this machine cannot write the sweep folder "
+                         f"{s.folder}: {e}") from None
+    finally:
+        if created:
+            s.folder.delete_if_empty()
+    if problems:
+        raise SweepError(
+            f"{len(problems)} node(s) of the Ray cluster cannot reach what the trials need; refused before any "
+            f"trial started:\n{describe_problems(problems, s.folder, cache)}\nsweep.storage_path must be storage "
+            f"every node reaches at the same path (a shared mount such as NFS) or a URI such as s3://bucket/sweeps "
+            f"with the nodes' credentials"
+            + ("; for the features use sweep.feature_store=object_store (or auto), or a cache.dir on shared "
+               "storage." if cache else "."))
 
 
 def _describe_parent(s: _Sweep, run: tracking.EntryRun, cluster: Cluster, store: str, resources: dict) -> None:
@@ -208,14 +189,14 @@ def _describe_parent(s: _Sweep, run: tracking.EntryRun, cluster: Cluster, store:
 
     if s.resume:
         previous = mlflow.get_run(run.run_id).data.tags.get("pradot.resumed", "0")
-        mlflow.set_tag("pradot.resumed", str(int(previous) + 1))
+        mlflow.set_tags({"pradot.resumed": str(int(previous) + 1), "pradot.sweep_state": "running"})
         return
     cfg, plan = s.cfg, s.plan
     mlflow.set_tags({"pradot.sweep": "true", "pradot.objective": plan.objective, "pradot.metric": plan.metric,
                      "pradot.dataset": str(cfg.data.kind), "pradot.category": str(cfg.category),
-                     "pradot.backbone": ",".join(plan.backbones), "pradot.sweep_name": s.path.name,
-                     "pradot.sweep_path": str(s.path), "pradot.ray_nodes": str(cluster.n_nodes),
-                     "pradot.feature_store": store})
+                     "pradot.backbone": ",".join(plan.backbones), "pradot.sweep_name": s.folder.name,
+                     "pradot.sweep_path": s.folder.location, "pradot.ray_nodes": str(cluster.n_nodes),
+                     "pradot.ray_address": cluster.address or "local", "pradot.feature_store": store})
     if plan.objective == "test":
         mlflow.set_tag("pradot.note", "objective=test: hyper-parameters chosen on the TEST labels "
                                       "(paper reproduction only, not a fair estimate)")
@@ -239,7 +220,8 @@ def _trial_context(s: _Sweep, run: tracking.EntryRun, store: str, resources: dic
     return TrialContext(train_config=config.training_view(s.cfg), space=s.plan.space, evalset=evalset,
                         features=features, metric=s.plan.metric, milestones=s.plan.milestones, tracking_uri=s.uri,
                         parent_run_id=run.run_id, experiment_id=run.experiment_id, data_params=s.data_params(),
-                        cpu=resources["cpu"], gpu=resources["gpu"])
+                        cpu=resources["cpu"], gpu=resources["gpu"], sweep_folder=s.folder.location,
+                        checkpoint_every=s.plan.checkpoint_every)
 
 
 def _fit(s: _Sweep, run: tracking.EntryRun, ctx: TrialContext, resources: dict):
@@ -251,10 +233,11 @@ def _fit(s: _Sweep, run: tracking.EntryRun, ctx: TrialContext, resources: dict):
 
     trainable = tune.with_resources(tune.with_parameters(trial_main, ctx=ctx), resources)
     if s.resume:
-        t = tuner.restore_tuner(s.path, trainable)
+        t = tuner.restore_tuner(s.folder.location, trainable)
     else:
-        _write_state(s.path, run, s.uri, s.cfg)
-        t = tuner.build_tuner(s.plan, trainable, s.path, s.uri)
+        write_state(s.folder, run.run_id, run.experiment_id, s.uri, s.cfg)
+        callback = tuner.SweepCallback(s.uri, run.experiment_id, run.run_id, s.plan.budget)
+        t = tuner.build_tuner(s.plan, trainable, s.folder.storage, s.folder.name, callback)
     t0 = time.time()
     grid = tuner.fit(t, s.plan.stop_after_trials)
     elapsed = time.time() - t0
@@ -262,36 +245,54 @@ def _fit(s: _Sweep, run: tracking.EntryRun, ctx: TrialContext, resources: dict):
     return grid, elapsed
 
 
-def _log_trials(grid) -> None:
+def _trials(s: _Sweep, run: tracking.EntryRun, grid, interrupted: bool, client) -> list:
+    """Every trial's record; their runs closed as Tune ended them; the trial table and counts logged."""
     import mlflow
 
+    from pipelines.sweep.outcome import close_runs, table, trial_records
+    from pipelines.sweep.runs import find_trial_runs
+
+    records = trial_records(grid, find_trial_runs(client, run.experiment_id, run.run_id), s.plan.budget, interrupted)
+    close_runs(records, client)
     with tempfile.TemporaryDirectory() as tmp:
-        grid.get_dataframe().to_csv(Path(tmp) / "trials.csv", index=False)
+        table(records).to_csv(Path(tmp) / "trials.csv", index=False)
         mlflow.log_artifact(str(Path(tmp) / "trials.csv"), "sweep")
-    mlflow.log_metrics({"trials": len(grid), "trials_terminated": grid.num_terminated,
-                        "trials_errored": grid.num_errors})
+    counts = {"trials": len(records), "trials_terminated": sum(r.tune_status == "TERMINATED" for r in records),
+              "trials_errored": sum(r.tune_status == "ERROR" for r in records),
+              "trials_lost": sum(r.lost for r in records), "trials_retried": sum(r.attempts > 1 for r in records)}
+    mlflow.log_metrics(counts)
+    return records
 
 
 def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepResult:
-    """Log the trial table; an interrupted sweep stops here, a finished one tags its best and registers."""
+    """Close the trials' runs and log the table; an interrupted sweep, or one that lost trials (unless
+    allowed), stops here; a finished one tags its best and registers."""
     import mlflow
 
+    from pipelines.sweep.outcome import lost_notice
     from pipelines.sweep.register import register_top_k
-    from pipelines.sweep.tuner import close_open_children
 
     plan, client = s.plan, mlflow.MlflowClient(tracking_uri=s.uri, registry_uri=s.uri)
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    terminated, errored = grid.num_terminated, grid.num_errors
     budget_hit = plan.time_budget_s is not None and elapsed >= plan.time_budget_s
-    _log_trials(grid)
-    result = SweepResult("interrupted", run.run_id, str(s.path), s.uri, plan.metric, str(s.cfg.data.kind),
-                         str(s.cfg.category), plan.num_samples, len(grid), grid.num_terminated, grid.num_errors)
-    if unfinished > 0 or (len(grid) < plan.num_samples and not budget_hit):
-        close_open_children(client, run.experiment_id, run.run_id, "KILLED")
+    interrupted = len(grid) - terminated - errored > 0 or (len(grid) < plan.num_samples and not budget_hit)
+    records = _trials(s, run, grid, interrupted, client)
+    lost = [r for r in records if r.lost]
+    result = SweepResult("interrupted", run.run_id, s.folder.location, s.uri, plan.metric, str(s.cfg.data.kind),
+                         str(s.cfg.category), plan.num_samples, len(grid), terminated, errored, len(lost))
+    if interrupted:
         mlflow.set_tag("pradot.sweep_state", "interrupted")
         return result
-    close_open_children(client, run.experiment_id, run.run_id, "FINISHED")
-    if grid.num_terminated == 0:
-        raise RuntimeError(f"all {len(grid)} trials failed; see the trials' runs (tag pradot.error) and {s.path}")
+    if lost:
+        result.notice = lost_notice(lost, plan.allow_lost_trials, result.resume_hint())
+        log.warning("%d trial(s) lost to infrastructure: %s", len(lost), ", ".join(r.trial_id for r in lost))
+        mlflow.set_tags({"pradot.lost_trials": ",".join(r.trial_id for r in lost)})
+        if not plan.allow_lost_trials:
+            mlflow.set_tag("pradot.sweep_state", "incomplete")
+            result.state = "incomplete"
+            return result
+    if terminated == 0:
+        raise RuntimeError(f"all {len(grid)} trials failed; see the trials' runs (tag pradot.error) and {s.folder}")
     best = grid.get_best_result(metric=plan.metric, mode=plan.mode, scope="last")
     mlflow.log_metric(f"best_{plan.metric}", float(best.metrics[plan.metric]))
     mlflow.set_tags({"pradot.best_trial_id": best.metrics.get("trial_id", ""),
@@ -306,18 +307,19 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
 
 
 def _on_cluster(s: _Sweep, cluster: Cluster) -> SweepResult:
-    """The sweep in its parent MLflow run (ended KILLED when interrupted)."""
+    """The checks that need the cluster, then the sweep in its parent MLflow run (ended KILLED when
+    interrupted, FAILED when it lost trials)."""
     from mlflow import MlflowClient
 
-    check_tracking_for_cluster(s.uri, cluster.n_nodes, cluster.address)
+    check_tracking_for_cluster(s.uri, cluster.n_nodes, cluster.address, cluster.node_addresses)
     resources = cluster.trial_resources(s.plan.resources)
     store = cluster.feature_store(s.plan.feature_store)
-    if cluster.n_nodes > 1:
-        log.warning("a %d-node cluster: sweep.storage_path=%s must be on storage every node mounts at the same "
-                    "path (NFS, ...): trials write their checkpoints there and the driver reads them",
-                    cluster.n_nodes, s.path.parent)
+    if store != s.plan.feature_store:
+        log.info("sweep.feature_store=auto: %s (%s)", store, "an existing Ray cluster: a node may lack this "
+                 "machine's cache.dir" if store == "object_store" else "a private local Ray")
+    _check_nodes(s, cluster, store)
     if s.resume:
-        _reopen_parent(s)
+        reopen_parent(s.resume, s.uri)
     cfg = s.cfg
     name = f"sweep-{cfg.data.kind}-{cfg.category}{'-TEST-OBJECTIVE' if s.plan.objective == 'test' else ''}"
     with tracking.entry_run(name, str(cfg.tracking.experiment_name), entry_point="sweep", log_name="sweep.log",
@@ -326,8 +328,10 @@ def _on_cluster(s: _Sweep, cluster: Cluster) -> SweepResult:
         log.info("parent run %s ready at %.1fs", run.run_id, time.perf_counter() - _T0)
         ctx = _trial_context(s, run, store, resources)
         result = _outcome(s, run, *_fit(s, run, ctx, resources))
+    if result.state in ("interrupted", "incomplete"):
+        MlflowClient(tracking_uri=s.uri).set_terminated(run.run_id, "KILLED" if result.state == "interrupted"
+                                                        else "FAILED")
     if result.state == "interrupted":
-        MlflowClient(tracking_uri=s.uri).set_terminated(run.run_id, "KILLED")
         print(result.resume_notice(), file=sys.stderr)
     return result
 
@@ -338,15 +342,15 @@ def run_sweep(cfg: DictConfig, resume: Resume | None = None) -> SweepResult:
     s = _checked(cfg, plan, resume)
     log.info("configuration and data checked in %.1fs", time.perf_counter() - _T0)
     with connect(plan.ray) as cluster:
-        log.info("connected to Ray (%d node%s) at %.1fs", cluster.n_nodes, "s" if cluster.n_nodes > 1 else "",
-                 time.perf_counter() - _T0)
+        log.info("connected to Ray (%d node%s%s) at %.1fs", cluster.n_nodes, "s" if cluster.n_nodes > 1 else "",
+                 f", existing cluster {cluster.address}" if cluster.address else ", private", time.perf_counter() - _T0)
         return _on_cluster(s, cluster)
 
 
 def run(argv: Sequence[str]) -> SweepResult:
     """Compose ``conf/sweep.yaml`` with the overrides in ``argv`` (short search-space names allowed) and sweep."""
     cfg = config.compose("sweep", alias_overrides(config.parse_overrides(argv)))
-    cfg, resume = _resume(cfg)
+    cfg, resume = resume_config(cfg)
     return run_sweep(cfg, resume)
 
 

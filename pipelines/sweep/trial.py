@@ -1,6 +1,9 @@
 """One Tune trial (a function trainable, run on a Ray worker): the training config plus the sampled values
 -> the trial's ``PRADOTConfig`` -> a ``PrototypeModel`` trained on the cached features, scored on the
-evaluation features after every epoch, reported to Tune and logged to the trial's nested MLflow run.
+evaluation features after every epoch, reported to Tune (with a checkpoint, by default) and logged to the trial's nested
+MLflow run (:mod:`pipelines.sweep.runs`). A trial that Tune restarts (a retry after its worker or node
+died, or a resumed sweep) continues from its last checkpoint with the rest of the same seeded schedule, so
+it ends with the banks an uninterrupted trial would have.
 
 Workers import this module as ``pipelines.sweep.trial``; the driver hands every trial the same
 :class:`TrialContext` (``tune.with_parameters``).
@@ -16,22 +19,23 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from omegaconf import DictConfig
 
 from pipelines import config
 from pipelines.sweep.evalset import EvalSet, FeatureStore
+from pipelines.sweep.runs import EPOCHS_TAG, PARENT_TAG, STATUS_TAG, TrialRun, end_label, failure_tags
 from pipelines.sweep.space import SearchSpace
+from pipelines.sweep.storage import NodeSetupError, check_from_this_node
 from pradot.model import PRADOTConfig
 
-__all__ = ["PARENT_TAG", "TrialContext", "TrialSetup", "trial_setup", "TrialRun", "trial_main",
+__all__ = ["PARENT_TAG", "TrialContext", "TrialSetup", "trial_setup", "open_run", "trial_main",
            "CHECKPOINT_MODEL", "CHECKPOINT_SCORES", "CHECKPOINT_META"]
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"
 #: the files of a trial's checkpoint: its banks (PrototypeModel.state), calibration scores, metadata
 CHECKPOINT_MODEL, CHECKPOINT_SCORES, CHECKPOINT_META = "model.pt", "calibration_scores.npy", "trial.json"
 
@@ -45,13 +49,15 @@ class TrialContext:
     evalset: EvalSet
     features: FeatureStore
     metric: str
-    milestones: tuple[int, ...]  # epochs with a checkpoint (ASHA's rungs and the last epoch)
+    milestones: tuple[int, ...]  # epochs at which ASHA may stop a trial (its rungs and max_t, the last)
     tracking_uri: str
     parent_run_id: str
     experiment_id: str
     data_params: Mapping[str, str]  # the data a bank is trained and scored on, as `main` logs it
     cpu: float = 1.0
     gpu: float = 0.0
+    sweep_folder: str = ""  # the Tune folder (a path or URI); a trial checks it reaches it before it trains
+    checkpoint_every: int = 1  # epochs between checkpoints (the milestones always get one)
 
     @property
     def objective(self) -> str:
@@ -90,68 +96,28 @@ def trial_setup(ctx: TrialContext, sampled: Mapping[str, Any]) -> TrialSetup:
 
 
 # ------------------------------------------------------------------------------------- tracking
-def _retry(fn: Callable, *args, attempts: int = 5, **kwargs):
-    """MLflow calls from trials: retried (SQLite 'database is locked', a busy server)."""
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception:  # noqa: BLE001
-            if i == attempts - 1:
-                raise
-            time.sleep(0.5 * (2 ** i))
+def open_run(ctx: TrialContext, trial_id: str, trial_name: str, setup: TrialSetup) -> TrialRun:
+    """The trial's run: created on its first attempt, reopened by a retry or a resumed sweep."""
+    from mlflow import MlflowClient
 
-
-class TrialRun:
-    """The trial's nested MLflow run, written through a client (a worker has no active run)."""
-
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
-
-    @classmethod
-    def open(cls, ctx: TrialContext, trial_id: str, trial_name: str, setup: TrialSetup) -> "TrialRun":
-        """Create the run, or reopen it when a resumed sweep restarts the trial."""
-        from mlflow import MlflowClient
-        from mlflow.entities import Param
-
-        client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
-        parent = ctx.parent_run_id
-        found = _retry(client.search_runs, [ctx.experiment_id], max_results=1,
-                       filter_string=f"tags.`{PARENT_TAG}` = '{parent}' and tags.`pradot.trial_id` = '{trial_id}'")
-        if found:
-            run = cls(client, found[0].info.run_id)
-            attempts = int(found[0].data.tags.get("pradot.attempts", "1")) + 1
-            _retry(client.update_run, run.run_id, status="RUNNING")
-            run.tag("pradot.attempts", str(attempts))
-            return run
-        tags = {PARENT_TAG: parent, "pradot.sweep_run_id": parent, "pradot.trial_id": trial_id,
-                "pradot.trial_name": trial_name, "pradot.objective": ctx.objective, "pradot.entry_point": "sweep-trial",
-                "pradot.attempts": "1", "pradot.features": ",".join(ctx.features.cache_keys),
-                "pradot.dataset": str(ctx.train_config.data.kind), "pradot.category": str(ctx.train_config.category),
-                "pradot.backbone": setup.model.backbone}
-        if ctx.objective == "test":
-            tags["pradot.note"] = "objective=test: hyper-parameters chosen on the test labels (paper reproduction only)"
-        run = cls(client, _retry(client.create_run, ctx.experiment_id, run_name=f"trial-{trial_id}", tags=tags)
-                  .info.run_id)
-        params = {**setup.params(), "trial_id": trial_id, "sweep.objective": ctx.objective,
-                  "sweep.metric": ctx.metric, **ctx.data_params}
-        _retry(client.log_batch, run.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run
-
-    def tag(self, key: str, value: str) -> None:
-        _retry(self.client.set_tag, self.run_id, key, value)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        _retry(self.client.log_batch, self.run_id,
-               metrics=[Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
-
-    def close(self, status: str) -> None:
-        _retry(self.client.set_terminated, self.run_id, status)
+    client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+    tags = {"pradot.sweep_run_id": ctx.parent_run_id, "pradot.trial_name": trial_name,
+            "pradot.objective": ctx.objective, "pradot.entry_point": "sweep-trial",
+            "pradot.features": ",".join(ctx.features.cache_keys), "pradot.dataset": str(ctx.train_config.data.kind),
+            "pradot.category": str(ctx.train_config.category), "pradot.backbone": setup.model.backbone}
+    if ctx.objective == "test":
+        tags["pradot.note"] = "objective=test: hyper-parameters chosen on the test labels (paper reproduction only)"
+    params = {**setup.params(), "trial_id": trial_id, "sweep.objective": ctx.objective, "sweep.metric": ctx.metric,
+              **ctx.data_params}
+    return TrialRun.open(client, ctx.experiment_id, ctx.parent_run_id, trial_id, tags, params)
 
 
 # ------------------------------------------------------------------------------------- training
+def _budget(ctx: TrialContext, setup: TrialSetup) -> int:
+    """The epochs a trial trains unless ASHA stops it: ASHA's max_t (the last milestone) or model.epochs."""
+    return min(max(ctx.milestones), int(setup.model.epochs))
+
+
 class _Done(Exception):
     """Training ended at ASHA's max_t (< model.epochs)."""
 
@@ -168,7 +134,7 @@ def _training_metrics(stats) -> dict[str, float]:
 
 @dataclass
 class _Trial:
-    """A running trial: what the per-epoch callback needs."""
+    """A running trial: what the per-epoch callback needs; ``epoch``: the last epoch it reported."""
 
     ctx: TrialContext
     setup: TrialSetup
@@ -176,6 +142,11 @@ class _Trial:
     trial_id: str
     model: Any  # pradot.model.PrototypeModel
     eval_features: dict
+    epoch: int = 0
+
+    @property
+    def budget(self) -> int:
+        return _budget(self.ctx, self.setup)
 
     def scores(self, features) -> np.ndarray:
         return self.model.maps_from_features(features)[1].cpu().numpy()
@@ -185,7 +156,7 @@ class _Trial:
         if ev.calibration_split == ev.split:
             return ev.normal_scores(eval_scores)
         m = self.setup.model
-        return self.scores(self.ctx.features.load(m.backbone, ev.calibration_split, m.stages))
+        return self.scores(_load(self.ctx, m.backbone, ev.calibration_split, m.stages))
 
     def write_checkpoint(self, folder: Path, epoch: int, eval_scores: np.ndarray, metrics: dict) -> None:
         from pradot.checkpoint import save_state
@@ -198,69 +169,110 @@ class _Trial:
              "metrics": metrics}, indent=1))
 
     def on_epoch(self, stats) -> None:
-        """Score, log, checkpoint at a milestone, report to Tune (which may stop the trial here)."""
+        """Score, checkpoint (every ``checkpoint_every`` epochs and at the milestones: a retried or resumed
+        trial continues from its last one), report to Tune (which may stop the trial here), then log to
+        MLflow (an epoch is logged once it is reported, and only once: a restarted attempt recomputes the
+        epochs after its checkpoint without logging them again)."""
         from ray import tune
 
         t0 = time.perf_counter()
         scores = self.scores(self.eval_features)
         metrics = {**self.ctx.evalset.evaluate(scores), **_training_metrics(stats),
                    "eval_seconds": time.perf_counter() - t0}
-        self.run.log_metrics(metrics, stats.epoch)
-        folder = checkpoint = None
-        if stats.epoch in self.ctx.milestones:
+        folder = None
+        if stats.epoch % max(1, int(self.ctx.checkpoint_every)) == 0 or stats.epoch in self.ctx.milestones:
             folder = Path(tempfile.mkdtemp(prefix="pradot-ckpt-"))
-            self.write_checkpoint(folder, stats.epoch, scores, metrics)
-            checkpoint = tune.Checkpoint.from_directory(str(folder))
         try:
-            tune.report({**metrics, "mlflow_run_id": self.run.run_id}, checkpoint=checkpoint)
+            if folder is not None:
+                self.write_checkpoint(folder, stats.epoch, scores, metrics)
+            tune.report({**metrics, "mlflow_run_id": self.run.run_id},
+                        checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder is not None else None)
+        except SystemExit:  # Tune stopped the trial; this epoch was reported
+            self._reported(stats.epoch, metrics)
+            raise
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-        last = max(self.ctx.milestones)
-        if stats.epoch >= last and last < self.setup.model.epochs:
+        self._reported(stats.epoch, metrics)
+        if stats.epoch >= self.budget and self.budget < self.setup.model.epochs:
             raise _Done()  # ASHA's max_t: the scheduler stops the trial here anyway
 
+    def _reported(self, epoch: int, metrics: dict) -> None:
+        self.epoch = int(epoch)
+        self.run.log_epoch(metrics, epoch)
 
-def _fit(ctx: TrialContext, setup: TrialSetup, run: TrialRun, trial_id: str) -> None:
+
+def _load(ctx: TrialContext, backbone: str, split: str, stages) -> dict:
+    """A split's cached features; a node without the driver's ``cache.dir`` is an infrastructure failure."""
+    try:
+        return ctx.features.load(backbone, split, stages)
+    except FileNotFoundError as e:
+        raise NodeSetupError(str(e)) from e
+
+
+def _restored(ctx: TrialContext, run: TrialRun, device) -> tuple[Any, int]:
+    """The trial's last checkpoint (a retry, or a resumed sweep): its banks and epoch; else ``(None, 0)``."""
+    from ray import tune
+
+    from pradot.checkpoint import load_state
+    from pradot.model import PrototypeModel
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, 0
+    with checkpoint.as_directory() as folder:
+        meta = json.loads((Path(folder) / CHECKPOINT_META).read_text())
+        model = PrototypeModel.from_state(load_state(Path(folder) / CHECKPOINT_MODEL), device=device)
+    epoch = int(meta["epoch"])
+    run.tags({"pradot.restored_from_epoch": str(epoch)})
+    run.log_epoch(meta["metrics"], epoch)  # reported with its checkpoint, but not logged before the worker died
+    log.info("trial %s continues from its checkpoint of epoch %d", meta["trial_id"], epoch)
+    return model, epoch
+
+
+def _fit(trial_id: str, ctx: TrialContext, setup: TrialSetup, run: TrialRun) -> _Trial:
     import torch
 
     from pradot.model import PrototypeModel
 
     device = torch.device("cuda" if ctx.gpu > 0 and torch.cuda.is_available() else "cpu")
     m = setup.model
-    train = ctx.features.load(m.backbone, "train", m.stages)
-    model = PrototypeModel.for_features(m, train, device=device)
-    run.tag("pradot.device", str(device))
-    trial = _Trial(ctx, setup, run, trial_id, model, ctx.features.load(m.backbone, ctx.evalset.split, m.stages))
+    train = _load(ctx, m.backbone, "train", m.stages)
+    model, start = _restored(ctx, run, device)
+    model = model if model is not None else PrototypeModel.for_features(m, train, device=device)
+    run.tags({"pradot.device": str(device)})
+    trial = _Trial(ctx, setup, run, trial_id, model, _load(ctx, m.backbone, ctx.evalset.split, m.stages), start)
+    if start >= trial.budget:
+        return trial  # it had trained its budget when its worker stopped
     try:
-        model.fit_features(train, callback=trial.on_epoch, progress=False)
+        model.fit_features(train, callback=trial.on_epoch, progress=False, start_epoch=start)
     except _Done:
         pass
+    return trial
 
 
 def trial_main(sampled: dict, ctx: TrialContext) -> None:
     """The Tune function trainable (its name makes Tune's trial names, ``trial_main_<id>``): train one bank on
-    the cached features, report the objective every epoch."""
+    the cached features (from its last checkpoint when Tune restarts it), report the objective every epoch."""
     import torch
     from ray import tune
 
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only cached features
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
     torch.set_num_threads(max(1, int(ctx.cpu)))
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
     setup = trial_setup(ctx, sampled)
-    run = TrialRun.open(ctx, trial_id, tctx.get_trial_name(), setup)
-    status = "FAILED"
+    run = open_run(ctx, trial_id, tctx.get_trial_name(), setup)
     try:
-        _fit(ctx, setup, run, trial_id)
-        status = "FINISHED"
-        run.tag("pradot.trial_status", "completed")
-    except SystemExit:  # Tune stopped the trial in tune.report (ASHA early stopping)
-        status = "FINISHED"
-        run.tag("pradot.trial_status", "stopped_early")
+        if ctx.sweep_folder:
+            check_from_this_node(ctx.sweep_folder, ctx.parent_run_id)  # a node that joined after the driver's check
+        trial = _fit(trial_id, ctx, setup, run)
+        run.end("FINISHED", {STATUS_TAG: end_label(trial.epoch, trial.budget), EPOCHS_TAG: str(trial.epoch)})
+    except SystemExit:  # Tune stopped the trial in tune.report (ASHA, or the sweep was interrupted)
+        run.end("FINISHED", {STATUS_TAG: end_label(run.logged_upto, _budget(ctx, setup)),
+                             EPOCHS_TAG: str(run.logged_upto)})
         raise
     except BaseException as e:
-        run.tag("pradot.error", f"{type(e).__name__}: {e}"[:5000])
+        run.end("FAILED", {**failure_tags(e), EPOCHS_TAG: str(run.logged_upto)})
         raise
-    finally:
-        run.close(status)

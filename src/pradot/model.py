@@ -201,9 +201,10 @@ class PrototypeModel(nn.Module):
 
     def train_schedule(self, schedule: list[list[torch.Tensor]], batch_features,
                        callback: Callable[[EpochStats], None] | None = None,
-                       progress: bool = True) -> list[EpochStats]:
+                       progress: bool = True, first_epoch: int = 1) -> list[EpochStats]:
         """Algorithm 1 over a schedule (:meth:`epoch_batches`). ``batch_features`` yields
-        ``{stage: (B, D, H, W)}`` for the schedule's batches in order; ``callback`` gets each epoch's stats."""
+        ``{stage: (B, D, H, W)}`` for the schedule's batches in order; ``callback`` gets each epoch's stats,
+        numbered from ``first_epoch`` (> 1 when the schedule is the rest of an interrupted training)."""
         history = []
         batch_features = iter(batch_features)
         warm = {s: None for s in self.bank_stages}
@@ -228,11 +229,11 @@ class PrototypeModel(nn.Module):
                 tf += t2 - t1
                 tot += t3 - t2
                 bar.update(1)
-            stats = EpochStats(epoch + 1, {s: float(np.mean(v)) for s, v in losses.items()},
+            stats = EpochStats(first_epoch + epoch, {s: float(np.mean(v)) for s, v in losses.items()},
                                {s: float(np.mean(v)) for s, v in changes.items()},
                                time.perf_counter() - t0, tf, tot)
             history.append(stats)
-            bar.set_postfix(epoch=epoch + 1, ot_loss=f"{np.mean(list(stats.ot_loss.values())):.4f}")
+            bar.set_postfix(epoch=stats.epoch, ot_loss=f"{np.mean(list(stats.ot_loss.values())):.4f}")
             if callback is not None:
                 callback(stats)
         bar.close()
@@ -240,13 +241,20 @@ class PrototypeModel(nn.Module):
         return history
 
     def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], callback=None,
-                     progress: bool = True) -> list[EpochStats]:
+                     progress: bool = True, start_epoch: int = 0) -> list[EpochStats]:
         """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache).
 
+        ``start_epoch``: continue a training that stopped after that many epochs, on a model restored
+        from the state it had then (:meth:`state` / :meth:`from_state`): only the remaining epochs of the
+        same seeded schedule run, so the prototypes equal an uninterrupted fit's (with ``warm_start``
+        off; with it on, the first batch after the restart solves from cold potentials).
+
         Raises:
-            ValueError: a stage is missing, the stages have different image counts, or there are fewer
-                images than one batch.
+            ValueError: a stage is missing, the stages have different image counts, there are fewer
+                images than one batch, or ``start_epoch`` is not in ``[0, epochs]``.
         """
+        if not 0 <= int(start_epoch) <= int(self.config.epochs):
+            raise ValueError(f"start_epoch must lie in [0, epochs={self.config.epochs}], got {start_epoch}")
         missing = [s for s in self.config.stages if s not in features]
         if missing:
             raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
@@ -254,7 +262,7 @@ class PrototypeModel(nn.Module):
         if len(set(n.values())) != 1:
             raise ValueError(f"stages have different numbers of images: {n}")
 
-        schedule = self.epoch_batches(next(iter(n.values())))
+        schedule = self.epoch_batches(next(iter(n.values())))[int(start_epoch):]
 
         def batches():
             for epoch in schedule:
@@ -264,7 +272,7 @@ class PrototypeModel(nn.Module):
                     yield {s: torch.from_numpy(np.ascontiguousarray(np.asarray(features[s][order])[inv]))
                            for s in self.config.stages}
 
-        return self.train_schedule(schedule, batches(), callback, progress)
+        return self.train_schedule(schedule, batches(), callback, progress, first_epoch=int(start_epoch) + 1)
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

@@ -56,8 +56,11 @@ def test_relative_paths_are_resolved_against_workdir_or_the_current_folder(tmp_p
     user = tmp_path / "user dir"
     cfg = config.compose("sweep", config.parse_overrides(
         [f"workdir={user}", "data_root=d", "backbone.weights_path=~/w.pth", "data.root=file:///x/y",
-         "cache.dir=/abs/cache"]))
+         "cache.dir=/abs/cache", "sweep.resume_from=runs/s1"]))
     assert cfg.workdir == str(user) and cfg.data_root == str(user / "d")
+    # the sweep's folders too; a cloud URI stays a URI (Tune reads it)
+    assert cfg.sweep.storage_path == str(user / ".ray_results") and cfg.sweep.resume_from == str(user / "runs/s1")
+    assert config.compose("sweep", ["sweep.storage_path=s3://bucket/sweeps"]).sweep.storage_path == "s3://bucket/sweeps"
     assert cfg.backbone.weights_path == os.path.expanduser("~/w.pth")
     assert cfg.data.root == "file:///x/y" and cfg.cache.dir == "/abs/cache"  # URIs and absolute paths stay
     assert config.train_settings(config.compose("train", [f"workdir={user}", "data_root=d"])).data.root == \

@@ -200,7 +200,10 @@ def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # one value per epoch
         assert 1 <= len(history) <= 2
         assert {"model.alpha", "model.n", "model.eta", "model.epsilon", "model.batch_ratio"} <= set(c.data.params)
-        assert c.data.tags["pradot.trial_status"] in ("completed", "stopped_early")
+        # why it ended, truthfully: all of model.epochs (2, ASHA's max_t) is completed, fewer is stopped early
+        assert c.data.tags["pradot.trial_status"] == ("completed" if len(history) == 2 else "stopped_early")
+        assert c.data.tags["pradot.epochs_trained"] == str(len(history))
+        assert c.data.tags["pradot.hostname"] and c.data.tags["pradot.node_id"] and int(c.data.tags["pradot.pid"])
     # the trial table and the search space are artifacts of the parent
     import pandas as pd
 
@@ -319,6 +322,39 @@ def test_bad_input_is_refused_before_anything_starts(offline, capsys, overrides,
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()  # no cluster started or joined
     assert not (offline["tmp"] / ".ray_results").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    # a tracking server on this machine's loopback address, trials on other machines: the fix is in the message
+    ({"RAY_ADDRESS": "10.255.255.1:6379", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"},
+     "is on a loopback address: trials on the other nodes"),
+    # a SQLite store and an existing cluster, even one whose only node is this machine's (nodes may join later)
+    ({"RAY_ADDRESS": "127.0.0.1:6379"}, "is a local file/SQLite store, but the Ray cluster at 127.0.0.1:6379"),
+    ({"RAY_ADDRESS": "FREE_PORT", "MLFLOW_TRACKING_URI": "http://10.255.255.2:5000"}, "cannot reach the Ray cluster"),
+])
+def test_cluster_settings_are_refused_before_any_trial(offline, capsys, env, message, tmp_path_factory, monkeypatch):
+    data = tmp_path_factory.getbasetemp() / "bad-input-data"
+    for k, v in env.items():
+        monkeypatch.setenv(k, f"127.0.0.1:{_free_port()}" if v == "FREE_PORT" else v)
+    t0 = time.time()
+    rc = _sweep([*CI, f"data.root={data}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert "--host 0.0.0.0" in err or "ray start --head" in err  # how to fix it
+    assert time.time() - t0 < 60  # no minutes-long wait for an unreachable cluster
+    assert not offline["db"].exists()
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+    assert not (offline["tmp"] / ".ray_results").exists()
+
+
+def test_a_storage_uri_goes_to_tune_unchanged_and_is_checked_first(offline, capsys, tmp_path_factory):
+    """s3://... is not a local folder named 's3:'; unreachable from this machine, it is refused before anything."""
+    data = tmp_path_factory.getbasetemp() / "bad-input-data"
+    rc = _sweep([*CI, f"data.root={data}", "sweep.storage_path=s3://pradot-no-such-bucket-0/sweeps"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "sweep.storage_path 's3://pradot-no-such-bucket-0/sweeps' is not reachable" in err, err
+    assert not list(offline["tmp"].glob("s3*")) and not offline["db"].exists()
 
 
 def test_local_store_is_refused_on_a_multi_node_cluster():

@@ -215,3 +215,38 @@ def test_prototype_model_trains_and_scores_on_features_alone(effnet, tmp_path):
     torch.testing.assert_close(state.maps_from_features(test_feats)[0], maps, rtol=0, atol=0)
     with pytest.raises(ValueError, match="no feature shape for stages \\[3\\]"):
         PrototypeModel(PRADOTConfig(backbone="x", stages=(2, 3), batch_size=32), {2: FeatureShape(4, (2, 2))})
+
+
+
+def test_training_continued_from_a_saved_state_equals_an_uninterrupted_one(tmp_path):
+    """A fit killed after epoch 2, its state saved in the checkpoint format and continued with
+    start_epoch=2, runs only epochs 3-4 of the same seeded schedule and ends with the uninterrupted fit's banks."""
+    from pradot.checkpoint import load_state, save_state
+    from pradot.model import PrototypeModel
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(stats):
+        if stats.epoch == 2:
+            raise Killed
+
+    g = torch.Generator().manual_seed(3)
+    feats = {2: torch.rand(12, 6, 4, 4, generator=g).numpy(), 3: torch.rand(12, 5, 2, 2, generator=g).numpy()}
+    cfg = PRADOTConfig(backbone="x", stages=(2, 3), image_size=32, alpha=0.4, n=1, batch_size=4, epochs=4, eta=0.7,
+                       epsilon=0.05, sinkhorn_iters=30)
+    full = PrototypeModel.for_features(cfg, feats)
+    assert [s.epoch for s in full.fit_features(feats, progress=False)] == [1, 2, 3, 4]
+    first = PrototypeModel.for_features(cfg, feats)
+    with pytest.raises(Killed):
+        first.fit_features(feats, progress=False, callback=kill_after_epoch_2)
+    assert not torch.equal(first.banks["2"].features, full.banks["2"].features)  # two epochs are not four
+    restored = PrototypeModel.from_state(load_state(save_state(first.state(), tmp_path / "m.pt")))
+    seen = []
+    restored.fit_features(feats, progress=False, start_epoch=2, callback=lambda s: seen.append(s.epoch))
+    assert seen == [3, 4]
+    for s in ("2", "3"):
+        torch.testing.assert_close(restored.banks[s].features, full.banks[s].features, rtol=0, atol=0)
+        torch.testing.assert_close(restored.banks[s].coords, full.banks[s].coords, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="start_epoch must lie in"):
+        restored.fit_features(feats, progress=False, start_epoch=5)

@@ -1,5 +1,7 @@
 """The sweep's settings as a typed plan (pipelines/sweep/plan.py), and the checks that need the data."""
 
+from pathlib import Path
+
 import pytest
 
 from pipelines import config
@@ -25,7 +27,8 @@ def test_the_ci_plan():
     assert plan.ray == RaySettings(None, 2, None)
     assert plan.pseudo.kinds == ("cutpaste", "noise", "blotch", "shuffle", "moved_patch")
     assert plan.backbones == ("efficientnet_lite0",) and plan.stage_sets == ((2,),) and plan.union_stages() == (2,)
-    assert (plan.feature_store, plan.storage_path, plan.name, plan.resume) == ("auto", ".ray_results", None, False)
+    assert (plan.feature_store, plan.name, plan.resume) == ("auto", None, False)
+    assert plan.storage_path == str(Path.cwd() / ".ray_results")  # resolved where the user stands (pipelines.paths)
     assert plan.stop_after_trials is None and plan.time_budget_s is None and plan.reuse_actors
     record = plan.record({"cpu": 1.0, "gpu": 0.0})
     assert set(record["space"]) == {"model.alpha", "model.n", "model.eta", "model.epsilon", "model.batch_ratio"}
@@ -43,7 +46,11 @@ def test_plan_options():
         (2, 60.0, True, "/x", "s1")
     assert plan.stage_sets == ((2,), (2, 3)) and plan.union_stages() == (2, 3)
     plan, _ = _plan("model.epochs=9", "sweep.scheduler.grace_period=1", "sweep.scheduler.reduction_factor=3")
-    assert plan.milestones == (1, 3, 9)
+    assert plan.milestones == (1, 3, 9) and plan.budget == 9
+    assert (plan.max_failures, plan.allow_lost_trials, plan.checkpoint_every) == (2, False, 1)  # the defaults
+    plan, _ = _plan("model.epochs=9", "sweep.scheduler.max_t=4", "sweep.max_failures=0",
+                    "sweep.allow_lost_trials=true", "sweep.checkpoint_every=3")
+    assert (plan.budget, plan.max_failures, plan.allow_lost_trials, plan.checkpoint_every) == (4, 0, True, 3)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -63,6 +70,9 @@ def test_plan_options():
     (["sweep.resources.gpu=-1"], "sweep.resources.gpu: -1.0 must be >= 0"),
     (["sweep.feature_store=s3"], "sweep.feature_store must be auto, disk or object_store"),
     (["sweep.stop_after_trials=-2"], "sweep.stop_after_trials must be an integer >= 1"),
+    (["sweep.max_failures=-1"], "sweep.max_failures must be an integer >= 0"),
+    (["sweep.checkpoint_every=0"], "sweep.checkpoint_every must be an integer >= 1"),
+    (["sweep.allow_lost_trials=maybe"], "sweep.allow_lost_trials must be true or false"),
 ])
 def test_bad_settings_are_refused(overrides, message):
     with pytest.raises(SweepError) as e:

@@ -90,3 +90,133 @@ def test_a_checkpoint_becomes_a_servable_model(ctx, effnet, tmp_path):
     restored = PRADOT.from_prototypes(PrototypeModel.from_state(load_state(tmp_path / CHECKPOINT_MODEL)), effnet)
     _, served = restored.score(images[:7])
     np.testing.assert_allclose(served.numpy(), scores, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ a trial Tune restarts
+class _Features:
+    """Cached features of a tiny dataset (what ``FeatureStore.load`` returns), without a cache folder."""
+
+    cache_keys = ("k",)
+
+    def __init__(self):
+        g = np.random.default_rng(0)
+        self.arrays = {"train": g.random((16, 8, 6, 6), dtype=np.float32),
+                       PSEUDO.split: g.random((7, 8, 6, 6), dtype=np.float32)}
+
+    def load(self, backbone, split, stages):
+        return {int(s): self.arrays[split] for s in stages}
+
+
+class _Tune:
+    """Tune's side of one attempt of trial ``t1``: reports are recorded, checkpoints persisted (copied) as
+    Tune does; ``die_after``: the worker dies right after Tune has that epoch's report and checkpoint."""
+
+    class Died(Exception):
+        pass
+
+    def __init__(self, store, restore_from=None, die_after=None):
+        from ray import tune
+
+        self.store, self.die_after, self.reports = store, die_after, []
+        self.restore = tune.Checkpoint.from_directory(str(restore_from)) if restore_from else None
+
+    def report(self, metrics, checkpoint=None):
+        import shutil
+
+        if checkpoint is not None:
+            shutil.copytree(checkpoint.path, self.store / f"epoch_{metrics['epoch']}")
+        self.reports.append(metrics)
+        if metrics["epoch"] == self.die_after:
+            raise self.Died("the node died")
+
+    def install(self, monkeypatch):
+        from types import SimpleNamespace
+
+        from ray import tune
+
+        monkeypatch.setattr(tune, "report", self.report)
+        monkeypatch.setattr(tune, "get_checkpoint", lambda: self.restore)
+        monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1",
+                                                                          get_trial_name=lambda: "trial_main_t1"))
+
+
+@pytest.mark.parametrize("every, restart", [(1, 3), (2, 2)])
+def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_once(ctx, tmp_path, monkeypatch, every,
+                                                                                   restart):
+    """The essence of case fault-06 (a resumed or retried trial): killed right after reporting epoch 3 of
+    6, then restarted with its last checkpoint (epoch 3, or 2 with sweep.checkpoint_every=2), the trial
+    trains the epochs after it only, its MLflow run holds every epoch exactly once (epoch 3 was reported
+    but not logged before the kill), it is tagged completed with 2 attempts, and its bank equals an
+    uninterrupted trial's."""
+    import dataclasses
+
+    from mlflow import MlflowClient
+
+    from pipelines.sweep import runs, trial
+    from pradot.checkpoint import load_state
+
+    monkeypatch.setattr(runs, "where_tags", lambda: {"pradot.node_id": "n1", "pradot.hostname": "h",
+                                                     "pradot.pid": "1", "pradot.node_ip": "127.0.0.1"})
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sampled = {"model.alpha": 0.4, "model.n": 1, "model.batch_ratio": 4, "model.eta": 0.6, "model.epsilon": 0.05}
+    six = config.with_overrides(ctx.train_config, {"model.epochs": 6})
+
+    def attempt(parent, tune_side):
+        tune_side.install(monkeypatch)
+        c = dataclasses.replace(ctx, train_config=six, features=_Features(), milestones=(6,),
+                                tracking_uri=client.tracking_uri, parent_run_id=parent, experiment_id=exp,
+                                checkpoint_every=every)
+        trial.trial_main(sampled, c)
+
+    exp = client.create_experiment("restart", artifact_location=str(tmp_path / "artifacts"))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    first = _Tune(tmp_path / "a", die_after=3)
+    with pytest.raises(_Tune.Died):
+        attempt("killed", first)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"epoch_{e}" for e in range(every, 4, every)]
+    second = _Tune(tmp_path / "b", restore_from=tmp_path / "a" / f"epoch_{restart}")
+    attempt("killed", second)
+    attempt("reference", _Tune(tmp_path / "c"))
+
+    assert [r["epoch"] for r in first.reports] == [1, 2, 3]
+    assert [r["epoch"] for r in second.reports] == list(range(restart + 1, 7))
+    run = runs.find_trial_runs(client, exp, "killed")["t1"]
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc"))
+    assert steps == [1, 2, 3, 4, 5, 6]
+    tags = run.data.tags
+    assert (run.info.status, tags["pradot.trial_status"], tags["pradot.epochs_trained"]) == ("FINISHED", "completed",
+                                                                                            "6")
+    assert tags["pradot.attempts"] == "2" and tags["pradot.restored_from_epoch"] == str(restart)
+    assert "pradot.error" not in tags and tags["pradot.hostname"] == "h"  # the failed attempt's tags are gone
+    restarted = load_state(tmp_path / "b" / "epoch_6" / CHECKPOINT_MODEL)["banks"]
+    reference = load_state(tmp_path / "c" / "epoch_6" / CHECKPOINT_MODEL)["banks"]
+    for s in reference:
+        torch.testing.assert_close(restarted[s]["features"], reference[s]["features"], rtol=0, atol=0)
+    halfway = load_state(tmp_path / "a" / f"epoch_{restart}" / CHECKPOINT_MODEL)["banks"]
+    assert not torch.equal(halfway[2]["features"], reference[2]["features"])
+
+
+def test_a_failed_trial_is_tagged_with_where_and_why(ctx, tmp_path, monkeypatch):
+    """One set of failure tags: the trial's own error is ``error``; a node that lacks the cache is
+    ``infrastructure`` (the same tags the driver writes for a node that died)."""
+    import dataclasses
+
+    from mlflow import MlflowClient
+
+    from pipelines.sweep import runs, trial
+
+    monkeypatch.setattr(runs, "where_tags", lambda: {"pradot.node_id": "n1", "pradot.hostname": "h",
+                                                     "pradot.pid": "7", "pradot.node_ip": "127.0.0.1"})
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("fail", artifact_location=str(tmp_path / "artifacts"))
+    _Tune(tmp_path).install(monkeypatch)
+    missing = FeatureStore("disk", str(tmp_path / "no-cache"), {"efficientnet_lite0/train": {"split": "train",
+                                                                                             "stages": [2]}})
+    c = dataclasses.replace(ctx, features=missing, tracking_uri=client.tracking_uri, parent_run_id="p",
+                            experiment_id=exp)
+    with pytest.raises(OSError, match="are not in"):
+        trial.trial_main({"model.alpha": 0.4, "model.n": 1, "model.batch_ratio": 4}, c)
+    tags = runs.find_trial_runs(client, exp, "p")["t1"].data.tags
+    assert (tags["pradot.trial_status"], tags["pradot.failure"]) == ("failed", "infrastructure")
+    assert tags["pradot.error"].startswith("NodeSetupError: the cached features") and tags["pradot.pid"] == "7"
+    assert runs.failure_tags(ValueError("bad value"))["pradot.failure"] == "error"
