@@ -152,7 +152,7 @@ class VersionTags:
     category: str = ""
     run_id: str = ""
     threshold: float | None = None
-    kind: str = "bank"  # "bank" | "ensemble"
+    kind: str = "bank"  # "bank" | "ensemble" | "fewshot"
     backbone: str = ""
     stages: tuple[int, ...] = ()
     image_size: int | None = None
@@ -181,11 +181,15 @@ class VersionTags:
     member_alphas: tuple[float, ...] = ()
     selection: str | None = None
     selection_metric: str | None = None
+    # a few-shot model (FOCT): its support
+    shots: int | None = None
+    support_split: int | None = None
+    support: tuple[str, ...] = ()
 
     _TEXT = ("dataset", "category", "run_id", "backbone", "sweep_run_id", "trial_id", "objective",
              "calibration_source", "sweep_metric", "normalisation", "selection", "selection_metric")
     _NUMBERS = ("threshold", "alpha", "n", "eta", "epsilon", "batch_ratio")
-    _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained")
+    _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained", "shots", "support_split")
 
     def to_tags(self) -> dict[str, str]:
         """``{tag: str}``; fields left unset are not written."""
@@ -202,6 +206,9 @@ class VersionTags:
             tags["n_members"] = str(len(self.members))
             tags["member_stages"] = ";".join(_stages_text(s) for s in self.member_stages)
             tags["member_alphas"] = ";".join(f"{a:g}" for a in self.member_alphas)
+        if self.kind == "fewshot":
+            tags["pradot.kind"] = "fewshot"
+            tags["support"] = ",".join(self.support)
         if self.sweep_metric and self.sweep_score is not None:
             tags[self.sweep_metric] = str(round(float(self.sweep_score), 6))
         if self.config:
@@ -212,7 +219,7 @@ class VersionTags:
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> "VersionTags":
         """Read :meth:`to_tags`' output; unknown tags are ignored, unreadable values left unset."""
-        out = cls(kind="ensemble" if tags.get("pradot.kind") == "ensemble" else "bank")
+        out = cls(kind=tags["pradot.kind"] if tags.get("pradot.kind") in ("ensemble", "fewshot") else "bank")
         for name in cls._TEXT:
             if tags.get(name):
                 setattr(out, name, str(tags[name]))
@@ -229,6 +236,8 @@ class VersionTags:
                        if k.startswith("metric.") and (x := _number(v)) is not None}
         if tags.get("members"):
             out.members = tuple(m for m in str(tags["members"]).split(",") if m)
+        if tags.get("support"):
+            out.support = tuple(m for m in str(tags["support"]).split(",") if m)
         if out.sweep_metric:
             out.sweep_score = _number(tags.get(out.sweep_metric))
         with contextlib.suppress(ValueError, TypeError):

@@ -20,6 +20,7 @@ import torch
 from .checkpoint import ENSEMBLE_FORMAT, MODEL_FORMAT, file_format, file_info, load_state
 from .device import resolve_device
 from .ensemble import Ensemble
+from .fewshot import FOCT, FOCT_FORMAT
 from .model import PRADOT
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
@@ -34,7 +35,7 @@ class ScoringModel(Protocol):
 
 
 #: file format -> the class that reads it (``from_state``)
-SCORING_FORMATS: dict[str, Any] = {MODEL_FORMAT: PRADOT, ENSEMBLE_FORMAT: Ensemble}
+SCORING_FORMATS: dict[str, Any] = {MODEL_FORMAT: PRADOT, ENSEMBLE_FORMAT: Ensemble, FOCT_FORMAT: FOCT}
 
 
 def servable_formats() -> list[str]:

@@ -6,6 +6,7 @@ import torch
 from pradot import PRADOT, PRADOTConfig
 from pradot.checkpoint import ENSEMBLE_FORMAT, MODEL_FORMAT, file_format, load_state, save_state
 from pradot.ensemble import Ensemble
+from pradot.fewshot import FOCT_FORMAT
 from pradot.persistence import load_scoring_model, servable_formats
 
 
@@ -34,7 +35,7 @@ def test_load_scoring_model_dispatches_on_the_file_format(model, tmp_path):
     assert file_format(ens_path) == ENSEMBLE_FORMAT
     ens = load_scoring_model(ens_path)
     assert isinstance(ens, Ensemble) and len(ens) == 2 and not ens.training
-    assert servable_formats() == sorted([MODEL_FORMAT, ENSEMBLE_FORMAT])
+    assert servable_formats() == sorted([MODEL_FORMAT, ENSEMBLE_FORMAT, FOCT_FORMAT])
     # anything else: a clear error naming both formats
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="'something-else'.*neither a PRADOT model file.*pradot-model-v1.*"
