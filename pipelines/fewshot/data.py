@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from pipelines.fewshot.plan import FewShotPlan
-from pradot.fewshot.protocol import support_indices
 
 __all__ = ["FeatureSet", "support_pool", "split_features", "load_features", "images_of"]
 
@@ -38,7 +37,7 @@ def support_pool(plan: FewShotPlan, n_train: int) -> list[int]:
     pool = set()
     for shots in plan.shots:
         for split in range(plan.splits):
-            pool.update(int(i) for i in support_indices(n_train, shots, split, plan.seed))
+            pool.update(int(i) for i in plan.support(n_train, shots, split))
     return sorted(pool)
 
 

@@ -18,7 +18,7 @@ from pipelines import config
 from pipelines.config import ConfigError
 from pradot.engine import DataSpec
 from pradot.fewshot import FOCTConfig
-from pradot.fewshot.protocol import Variant, ablation_variants
+from pradot.fewshot.protocol import Variant, ablation_variants, support_indices
 
 __all__ = ["QUERY_ORDERS", "FewShotPlan", "fewshot_plan", "foct_config", "check_against_data"]
 
@@ -51,6 +51,11 @@ class FewShotPlan:
     def run_name(self) -> str:
         shots = "-".join(str(s) for s in self.shots)
         return f"fewshot-{self.data.kind}-{self.data.category}-{shots}shot"
+
+    def support(self, n_train: int, shots: int, split: int):
+        """The sorted train indices of the (shots, split) support (nested across shots, disjoint across splits
+        when train/good is large enough: :func:`pradot.fewshot.protocol.support_indices`)."""
+        return support_indices(n_train, shots, split, self.seed, max_shots=max(self.shots), splits=self.splits)
 
     def variants(self) -> list[Variant]:
         """The rows to run: the configured variant, or Table 3's four (``ablation``); the last is registered."""

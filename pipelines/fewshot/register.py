@@ -14,7 +14,7 @@ from typing import Sequence
 from pipelines import tracking
 from pipelines.fewshot.data import FeatureSet, images_of, load_features
 from pipelines.fewshot.plan import FewShotPlan
-from pradot.fewshot.protocol import Variant, support_indices
+from pradot.fewshot.protocol import Variant
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def register_fewshot(plan: FewShotPlan, variant: Variant, splits, backbone, pool
     from pradot.fewshot import FOCT
 
     shots = max(plan.shots)
-    support = support_indices(len(splits.train), shots, 0, plan.seed)
+    support = plan.support(len(splits.train), shots, 0)
     cal_samples, source = calibration_samples(plan, splits, support)
     if not cal_samples:
         note = (f"not registered: all {len(splits.train)} training images are in the {shots}-shot support, so no "

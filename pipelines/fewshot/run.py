@@ -69,10 +69,10 @@ def _child(ctx: _Context, variant, shots: int, split: int) -> dict:
     from mlflow.entities import Metric
 
     from pradot.fewshot.foreground import mask_source
-    from pradot.fewshot.protocol import fewshot_metrics, query_order, run_split, support_indices
+    from pradot.fewshot.protocol import fewshot_metrics, query_order, run_split
 
     plan, splits = ctx.plan, ctx.splits
-    support = support_indices(len(splits.train), shots, split, plan.seed)
+    support = plan.support(len(splits.train), shots, split)
     order = query_order(len(splits.test), split, plan.seed, plan.shuffle)
     cfg = variant.apply(plan.foct)
     masks = mask_source(cfg.foreground, sam_checkpoint=cfg.sam_checkpoint, sam_model_type=cfg.sam_model_type,

@@ -2,8 +2,9 @@
 queries, the ablation variants of Table 3, one split run on (cached) backbone features, its metrics and
 the summary over splits. No tracking framework: ``pipelines/fewshot`` logs what these return.
 
-* support split ``s`` of ``k`` shots: the first ``k`` images of a seeded permutation of ``train/good``
-  (``support_indices``), so the 1-shot support of a split is inside its 2- and 4-shot supports;
+* support split ``s`` of ``k`` shots: the first ``k`` images of split ``s``'s block of a seeded permutation
+  of ``train/good`` (``support_indices``), so the 1-shot support of a split is inside its 2- and 4-shot
+  supports and different splits share no image (when ``train/good`` has enough images);
 * the test split is fixed; its images are streamed in a seeded order per split (``query_order``), the same
   for every shot count and variant, so the online memory of every row sees the same stream;
 * metrics: image and pixel AUROC and F1-max, plus AU-sPRO (LOCO-style data: per-type image AUROC and
@@ -72,15 +73,27 @@ def ablation_variants(config: FOCTConfig, ablation: bool) -> list[Variant]:
             Variant("oct", True, "none", "learned"), Variant(variant_name(True, fg, "learned"), True, fg, "learned")]
 
 
-def support_indices(n_train: int, shots: int, split: int, seed: int = 0) -> np.ndarray:
-    """Indices (sorted) of the ``shots`` support images of ``split``: the first ``shots`` of a permutation of
-    ``range(n_train)`` seeded by ``(seed, split)``.
+def support_indices(n_train: int, shots: int, split: int, seed: int = 0, max_shots: int | None = None,
+                    splits: int | None = None) -> np.ndarray:
+    """Indices (sorted) of the ``shots`` support images of ``split``.
+
+    With ``max_shots`` and ``splits`` (the protocol's largest shot count and number of splits) and enough
+    images (``splits x max_shots <= n_train``), split ``s`` owns the block ``perm[s*max_shots:(s+1)*max_shots]``
+    of one permutation seeded by ``seed``, and its k-shot support is the block's first k images: supports are
+    nested across shot counts and disjoint across splits (no two splits repeat an image). Otherwise each
+    split takes the first ``shots`` images of its own permutation seeded by ``(seed, split)`` (nested, but
+    splits may share images).
 
     Raises:
-        ValueError: shots < 1 or more shots than training images.
+        ValueError: shots < 1, more shots than training images, or shots > max_shots.
     """
     if not 1 <= int(shots) <= int(n_train):
         raise ValueError(f"{shots}-shot supports need 1 <= shots <= {n_train} (the train/good images)")
+    if max_shots is not None and splits is not None and int(splits) * int(max_shots) <= int(n_train):
+        if int(shots) > int(max_shots):
+            raise ValueError(f"shots={shots} exceeds max_shots={max_shots}")
+        perm = np.random.default_rng(int(seed)).permutation(int(n_train))
+        return np.sort(perm[int(split) * int(max_shots):][:int(shots)])
     perm = np.random.default_rng([int(seed), int(split)]).permutation(int(n_train))
     return np.sort(perm[:int(shots)])
 

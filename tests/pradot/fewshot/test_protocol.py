@@ -19,6 +19,17 @@ def test_supports_are_seeded_nested_and_differ_between_splits():
         support_indices(3, 4, 0)
 
 
+def test_protocol_supports_are_disjoint_across_splits_when_train_is_large_enough():
+    blocks = {k: [support_indices(40, k, s, seed=0, max_shots=4, splits=10) for s in range(10)] for k in (1, 2, 4)}
+    for s in range(10):
+        assert set(blocks[1][s]) <= set(blocks[2][s]) <= set(blocks[4][s])
+    used = [int(i) for b in blocks[4] for i in b]
+    assert len(used) == len(set(used)) == 40  # no image in two splits
+    assert len({int(b[0]) for b in blocks[1]}) == 10
+    # too few images for disjoint blocks: independent per-split draws
+    assert np.array_equal(support_indices(30, 4, 3, seed=0, max_shots=4, splits=10), support_indices(30, 4, 3, seed=0))
+
+
 def test_query_order_is_fixed_per_split():
     o = query_order(20, 1, seed=0)
     assert sorted(o.tolist()) == list(range(20)) and np.array_equal(o, query_order(20, 1, seed=0))
