@@ -46,6 +46,7 @@ class FewShotPlan:
     weights_path: str | None
     experiment_name: str
     include_backbone: bool
+    threads: int | None = None  # torch CPU threads (None: torch's default)
 
     @property
     def run_name(self) -> str:
@@ -119,6 +120,9 @@ def fewshot_plan(cfg: DictConfig) -> FewShotPlan:
         raise ConfigError(f"fewshot.query_order must be one of {list(QUERY_ORDERS)}, got {order!r}")
     if int(f.calibration_images) < 1:
         raise ConfigError(f"fewshot.calibration_images must be >= 1, got {f.calibration_images!r}")
+    threads = f.get("threads")
+    if threads is not None and int(threads) < 1:
+        raise ConfigError(f"fewshot.threads must be >= 1 or null, got {threads!r}")
     quantile = float(cfg.calibration.quantile)
     if not 0.0 < quantile <= 1.0:
         raise ConfigError(f"calibration.quantile must lie in (0, 1], got {quantile}")
@@ -131,7 +135,8 @@ def fewshot_plan(cfg: DictConfig) -> FewShotPlan:
         device=str(cfg.device), num_workers=int(cfg.num_workers),
         cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None, weights_path=cfg.backbone.get("weights_path"),
         experiment_name=str(cfg.tracking.experiment_name),
-        include_backbone=bool(cfg.tracking.include_backbone))
+        include_backbone=bool(cfg.tracking.include_backbone),
+        threads=int(threads) if threads is not None else None)
     _check_mask_sources(plan)
     return plan
 

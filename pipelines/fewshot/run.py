@@ -150,7 +150,10 @@ def _open(plan: FewShotPlan):
 def run_fewshot(plan: FewShotPlan, params: dict[str, str], resolved_yaml: str) -> FewShotRun:
     """The protocol in one parent run (children per (variant, shots, split)); registers when asked."""
     import mlflow
+    import torch
 
+    if plan.threads is not None:
+        torch.set_num_threads(plan.threads)
     with tracking.entry_run(plan.run_name, plan.experiment_name, entry_point="fewshot") as run:
         mlflow.set_tags({"pradot.dataset": plan.data.kind, "pradot.category": plan.data.category,
                          "pradot.backbone": plan.foct.backbone, "pradot.method": "foct"})

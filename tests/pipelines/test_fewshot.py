@@ -31,7 +31,7 @@ def test_the_ci_recipe_is_the_tiny_protocol():
     plan = plan_of()
     assert plan.shots == (1, 2) and plan.splits == 2 and plan.data.kind == "synthetic"
     assert plan.foct.backbone == "efficientnet_lite0" and plan.foct.stages == (2, 3) and plan.foct.image_size == 96
-    assert [v.name for v in plan.variants()] == ["foct"]
+    assert [v.name for v in plan.variants()] == ["foct"] and plan.threads == 1
     assert [v.name for v in plan_of("fewshot.ablation=true").variants()] == ["vanilla", "ct", "oct", "foct"]
     paper = fewshot_plan(config.compose("fewshot", []))
     assert paper.foct.backbone == "wide_resnet50_2" and paper.foct.image_size == 336 and paper.splits == 10
