@@ -167,3 +167,98 @@ def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path):
     noise = b64(file_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8))))
     out = served.predict(pd.DataFrame({"image": [noise]}), params={"online_update": True})
     assert bool(out["is_anomaly"].iloc[0]) and len(foct.episodic) == size and foct.queries_seen == below
+
+
+# ------------------------------------------------------------------ a registered few-shot model over HTTP
+def _scene(seed: int, blotch: bool = False, size: int = 96) -> np.ndarray:
+    """A grey-beige striped sheet with noise; ``blotch``: a big magenta disc."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / float(size)
+    img = 0.5 + 0.15 * np.sin(40 * xx + g.uniform(-0.2, 0.2))[..., None] * np.array([1.0, 0.8, 0.6])
+    img = img + g.normal(0, 0.02, (size, size, 3))
+    if blotch:
+        img[(yy - 0.5) ** 2 + (xx - 0.6) ** 2 < 0.15 ** 2] = [0.9, 0.1, 0.8]
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_served_fewshot_model_keeps_its_online_state_per_process(tmp_path, effnet_fewshot, mlflow_model):
+    """`mlflow models serve` of a registered FOCT model: online_update=false never changes what the server
+    answers; anomalous images sent with online_update=true change nothing either; normal ones do."""
+    import json
+    import signal
+    import time
+
+    import mlflow
+    import torch
+
+    from pradot.fewshot import FOCT, FOCTConfig
+    from tests.helpers import free_port, http
+
+    def tensor(rgb):
+        return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
+
+    cfg = FOCTConfig(backbone="efficientnet_lite0", image_size=96, top_foreground=2, top_background=4, capacity=12,
+                     hidden=16, steps=3, lr=1e-3)
+    model = FOCT(cfg, backbone=effnet_fewshot).fit(torch.stack([tensor(_scene(i)) for i in range(2)]))
+    _, val = model.score(torch.stack([tensor(_scene(10 + i)) for i in range(6)]))
+    path = model.save(tmp_path / "foct.pt")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracking_uri(uri):
+        exp = mlflow.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=exp):
+            mlflow_model.log_pradot_model(path, Calibration.calibrate(val.numpy(), 1.0), registered_model_name="foct-serve",
+                                          input_example_image=_scene(7))
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/foct-serve/1",
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def ask(images, **params):
+        body = {"dataframe_split": {"columns": ["image"], "data": [[b64(file_bytes(Image.fromarray(i)))] for i in images]}}
+        if params:
+            body["params"] = params
+        status, text = http("POST", f"{url}/invocations", body)
+        assert status == 200, text
+        return json.loads(text)["predictions"]
+
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                if http("GET", f"{url}/ping", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"model server did not come up:\n{(tmp_path / 'server.log').read_text()[-4000:]}")
+            time.sleep(0.5)
+        probes = [_scene(100), _scene(101, blotch=True)]
+        first = [p["raw_score"] for p in ask(probes)]
+        assert first[0] < first[1]
+        assert [p["raw_score"] for p in ask(probes)] == first  # default: no state change
+        anomalous = ask([_scene(200 + i, blotch=True) for i in range(3)], online_update=True)
+        assert all(p["is_anomaly"] for p in anomalous)
+        assert [p["raw_score"] for p in ask(probes)] == first  # anomalies were kept out of the memory
+        normal = ask([_scene(300 + i) for i in range(4)], online_update=True)
+        assert not all(p["is_anomaly"] for p in normal)
+        after = [p["raw_score"] for p in ask(probes)]
+        assert after != first and after[0] <= first[0] + 1e-6  # normal features entered: the normal probe is no worse
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def effnet_fewshot():
+    from pradot.backbone import load_backbone
+
+    return load_backbone("efficientnet_lite0", (2, 3))
