@@ -316,6 +316,7 @@ class FOCT(nn.Module):
             update: online calibration of the episodic memory with these queries, in order (off by default).
             update_below: with ``update``, only images scoring at most this much update the memory.
         """
+        self._check_fitted()
         prepared = self.prepare(images)
         feats = self.features(prepared, batch_size)
         return self.score_features(feats, prepared if self.mask_source.needs_images else None, update, update_below)

@@ -172,3 +172,11 @@ def test_the_served_gate_keeps_anomalous_images_out_of_the_memory(effnet_23, sup
     assert torch.equal(model.score(probe)[1], before)
     model.score(torch.stack([scene(500 + i) for i in range(3)]), update=True, update_below=threshold)
     assert model.queries_seen == 3 and len(model.episodic) == 18
+
+
+def test_an_unfitted_model_says_to_fit_it(tiny_backbone):
+    model = FOCT(config(backbone="tiny_random", stages=(2,)), backbone=tiny_backbone)
+    with pytest.raises(RuntimeError, match="call fit"):
+        model.score(torch.rand(1, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="at least one support image"):
+        model.fit_features({2: torch.zeros(0, 8, 24, 24)})
