@@ -37,6 +37,9 @@ def test_the_ci_recipe_is_the_tiny_protocol():
     assert paper.foct.backbone == "wide_resnet50_2" and paper.foct.image_size == 336 and paper.splits == 10
     assert (paper.foct.top_foreground, paper.foct.top_background, paper.foct.capacity) == (10, 40, 100)
     assert paper.model_name == "foct-mvtec_loco-screw_bag"
+    ad = fewshot_plan(config.compose("fewshot", ["fewshot=cpu_ad"]))
+    assert (ad.data.kind, ad.data.root, ad.data.image_size) == ("mvtec_ad", "data/synthetic_ad", 256)
+    assert (ad.foct.top_foreground, ad.foct.top_background, ad.foct.capacity) == (6, 23, 58)
 
 
 @pytest.mark.parametrize("override,phrase", [

@@ -7,8 +7,13 @@ copied; each structural anomaly goes to ``test/<kind>/`` (``scratch``, ``broken_
 logical anomalies are left out (they need the LOCO protocol). The copy is written under a temporary name and
 renamed into place, and reused when its stamp matches the source.
 
-    python -m pradot.fewshot.synthetic_ad --source data/synthetic --out data/synthetic_ad     # then:
-    python pipelines/fewshot.py fewshot=cpu data=mvtec_ad data_root=data/synthetic_ad category=screw_bag
+    python -m pradot.fewshot.synthetic_ad --source data/synthetic --out data/synthetic_ad
+    python -m pradot.fewshot.synthetic_ad --generate 256 --source data/synthetic256 --out data/synthetic_ad
+    python pipelines/fewshot.py fewshot=cpu_ad                 # reads data/synthetic_ad (256 px scene)
+
+``--generate S`` first makes the source scene at S px (60 train, 10 validation, 20 good and 30 structural
+test images; the structural defects are a few pixels wide at 128 px, too small for stride-8 features, so
+the few-shot AD set is generated at 256 px).
 """
 
 from __future__ import annotations
@@ -74,12 +79,22 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
+#: the source scene ``--generate`` makes (split sizes)
+GENERATED = {"n_train": 60, "n_validation": 10, "n_test_good": 20, "n_test_logical": 0, "n_test_structural": 30}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="MVTec-AD-layout copy of the synthetic scene's structural anomalies.")
     p.add_argument("--source", required=True, help="root of a generated synthetic scene (holds <category>/)")
     p.add_argument("--out", required=True, help="root of the AD-layout copy")
     p.add_argument("--category", default="screw_bag")
+    p.add_argument("--generate", type=int, default=None, metavar="SIZE",
+                   help="first generate the source scene at SIZE px (reused when it exists with the same parameters)")
     a = p.parse_args(argv)
+    if a.generate is not None:
+        from pradot.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(a.source, a.category, image_size=a.generate, **GENERATED)
     print(structural_ad_copy(a.source, a.out, a.category))
     return 0
 

@@ -27,3 +27,12 @@ def test_structural_ad_copy(tmp_path):
     assert (target / ".pradot_synthetic_ad.json").stat().st_mtime_ns == stamp
     with pytest.raises(FileNotFoundError, match="generate it first"):
         structural_ad_copy(tmp_path / "nothing", tmp_path / "ad2")
+
+
+def test_the_cli_generates_the_source_scene_first(tmp_path):
+    from pradot.fewshot.synthetic_ad import GENERATED, main
+
+    assert main(["--generate", "64", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "ad")]) == 0
+    ad = load_dataset("mvtec_ad", tmp_path / "ad", "screw_bag")
+    assert len(ad.samples("train")) == GENERATED["n_train"]
+    assert sum(s.label for s in ad.samples("test")) == GENERATED["n_test_structural"]
