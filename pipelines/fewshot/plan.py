@@ -10,7 +10,7 @@ plan.foct, plan.shots, plan.splits, plan.variants()          # FOCTConfig, (1, 2
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -153,8 +153,10 @@ def _check_mask_sources(plan: FewShotPlan) -> None:
             raise ConfigError(f"fewshot.foct: {e}") from None
 
 
-def check_against_data(plan: FewShotPlan, n_train: int, n_test: int) -> None:
-    """Refuse shot counts larger than train/good and an empty test split, before any run is started.
+def check_against_data(plan: FewShotPlan, n_train: int, n_test: int,
+                       test_labels: Sequence[int] | None = None) -> None:
+    """Refuse shot counts larger than train/good, and a test split without both normal and anomalous images
+    (nothing to measure), before any run is started.
 
     Raises:
         ConfigError: with the numbers and what to change.
@@ -165,3 +167,7 @@ def check_against_data(plan: FewShotPlan, n_train: int, n_test: int) -> None:
     if n_test == 0:
         raise ConfigError(f"{plan.data.kind}/{plan.data.category} has no test images: the few-shot protocol "
                           f"scores the test split")
+    if test_labels is not None and len(set(int(y) for y in test_labels)) < 2:
+        only = "anomalous" if int(test_labels[0]) else "normal"
+        raise ConfigError(f"{plan.data.kind}/{plan.data.category}: all {n_test} test images are {only}; the "
+                          f"few-shot protocol's AUROC and F1-max need normal and anomalous test images")

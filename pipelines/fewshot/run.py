@@ -136,7 +136,7 @@ def _open(plan: FewShotPlan):
     from pradot.engine import open_splits
 
     splits = open_splits(plan.data)
-    check_against_data(plan, len(splits.train), len(splits.test))
+    check_against_data(plan, len(splits.train), len(splits.test), [s.label for s in splits.test])
     mlflow.log_params({"data.n_train": len(splits.train), "data.n_validation": len(splits.validation),
                        "data.n_test": len(splits.test), "data.resolved_root": str(splits.dataset.root)})
     device = resolve_device(plan.device)

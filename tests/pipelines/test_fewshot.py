@@ -58,10 +58,13 @@ def test_bad_settings_are_refused_before_any_run(override, phrase):
         plan_of(override)
 
 
-def test_more_shots_than_training_images_are_refused():
+def test_more_shots_than_training_images_and_a_one_class_test_split_are_refused():
     plan = plan_of("fewshot.shots=[1,4]")
     with pytest.raises(ConfigError, match="has 3 training images"):
         check_against_data(plan, n_train=3, n_test=10)
+    with pytest.raises(ConfigError, match="all 3 test images are normal"):
+        check_against_data(plan, n_train=10, n_test=3, test_labels=[0, 0, 0])
+    check_against_data(plan, n_train=10, n_test=3, test_labels=[0, 1, 0])
 
 
 def test_online_update_is_refused_for_a_model_without_online_memory(mlflow_model):

@@ -158,7 +158,8 @@ def fewshot_metrics(dataset, samples, maps: np.ndarray, scores: np.ndarray) -> t
     """Image/pixel AUROC and F1-max of a scored test split (image score = the model's, max of Eq. 8); on
     LOCO-style data also the official per-type image AUROC and AU-sPRO at FPR 0.05 (flat names:
     ``image_auroc_<type>``, ``au_spro_0.05``, ``au_spro_0.05_<type>``). Ground truth is resized (nearest)
-    to the maps' size. Pixel metrics are skipped, with a note, when an anomalous image has no mask.
+    to the maps' size. Pixel metrics are skipped, with a note, when an anomalous image has no mask or every
+    mask is blank.
 
     Returns:
         ``(metrics, notes)``.
@@ -172,6 +173,9 @@ def fewshot_metrics(dataset, samples, maps: np.ndarray, scores: np.ndarray) -> t
         notes.append("pixel metrics skipped: some anomalous test images have no ground-truth mask")
         return out, notes
     masks = [ch.any(axis=0) if len(ch) else np.zeros((size, size), bool) for ch in channels]
+    if not any(m.any() for m in masks):
+        notes.append("pixel metrics skipped: the anomalous test images' ground-truth masks are all blank")
+        return out, notes
     out["pixel_auroc"] = pixel_auroc(masks, maps)
     out["pixel_f1_max"] = pixel_f1_max(masks, maps)
     if dataset.has_saturation:

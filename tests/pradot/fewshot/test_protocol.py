@@ -78,3 +78,22 @@ def test_metrics_of_a_scored_split(tmp_path):
     assert m["pixel_auroc"] == 1.0 and m["pixel_f1_max"] == 1.0
     assert {"au_spro_0.05", "image_auroc_logical_anomalies", "au_spro_0.05_structural_anomalies"} <= set(m)
     assert m["au_spro_0.05"] == pytest.approx(1.0)
+
+
+def test_blank_or_missing_masks_skip_the_pixel_metrics_with_a_note():
+    from types import SimpleNamespace
+
+    class Blank:
+        has_saturation = False
+
+        def load_channels(self, sample, size=None):
+            return np.zeros((len(sample.defects), size, size), bool)
+
+    samples = [SimpleNamespace(label=0, defects=(), anomaly_type="good"),
+               SimpleNamespace(label=1, defects=("d",), anomaly_type="bad")]
+    maps = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    m, notes = fewshot_metrics(Blank(), samples, maps, np.array([0.1, 0.9]))
+    assert m == {"image_auroc": 1.0, "image_f1_max": 1.0} and "all blank" in notes[0]
+    samples[1] = SimpleNamespace(label=1, defects=(), anomaly_type="bad")
+    m, notes = fewshot_metrics(Blank(), samples, maps, np.array([0.1, 0.9]))
+    assert set(m) == {"image_auroc", "image_f1_max"} and "no ground-truth mask" in notes[0]
