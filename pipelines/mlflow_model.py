@@ -32,6 +32,10 @@ which dispatches on the file's ``"format"``: ``pradot-model-v1`` (``PRADOT.save`
 (``pradot.memory_bank.MemoryBankModel.save``) are served by this same class and contract.
 This file is the model's code (copied into every logged model): it imports only ``pradot`` and MLflow,
 never the rest of ``pipelines``.
+
+Few-shot models (``pradot-foct-v1``, :mod:`pradot.fewshot`) are served by the same class; the request
+parameter ``online_update`` (default false) lets normal-looking request images calibrate the model's online
+episodic memory. That memory lives in the serving process (one per worker, reset when it restarts).
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ SIGNATURE = ModelSignature(
     params=ParamSchema([
         ParamSpec("return_map", "boolean", False),
         ParamSpec("map_format", "string", "png"),
+        ParamSpec("online_update", "boolean", False),  # few-shot (FOCT) models: calibrate the online memory
     ]),
 )
 
@@ -153,7 +158,8 @@ class PradotPyfunc(mlflow.pyfunc.PythonModel):
         images = self._images(model_input)
         try:
             rows = self.scorer.predict(images, return_map=params.get("return_map", False),
-                                       map_format=params.get("map_format", "png"))
+                                       map_format=params.get("map_format", "png"),
+                                       online_update=params.get("online_update", False))
         except RequestTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         except InvalidRequest as exc:

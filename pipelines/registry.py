@@ -51,7 +51,7 @@ class VersionTags:
     category: str = ""
     run_id: str = ""
     threshold: float | None = None
-    kind: str = "bank"  # "bank" | "ensemble" | "memory_bank"
+    kind: str = "bank"  # "bank" | "ensemble" | "memory_bank" | "fewshot"
     backbone: str = ""
     stages: tuple[int, ...] = ()
     image_size: int | None = None
@@ -92,14 +92,18 @@ class VersionTags:
     aggregation: int | None = None
     smoothing_sigma: float | None = None
     coreset_ratio: float | None = None
+    # a few-shot model (FOCT): its support
+    shots: int | None = None
+    support_split: int | None = None
+    support: tuple[str, ...] = ()
 
     _TEXT = ("dataset", "category", "run_id", "backbone", "sweep_run_id", "trial_id", "objective",
              "calibration_source", "sweep_metric", "normalisation", "selection", "selection_metric",
              "test_metrics", "test_metrics_note", "selection_split", "fusion")
     _NUMBERS = ("threshold", "alpha", "n", "eta", "epsilon", "batch_ratio", "smoothing_sigma", "coreset_ratio")
     _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained", "calibration_n_images",
-                 "aggregation")
-    _KINDS = ("ensemble", "memory_bank")
+                 "aggregation", "shots", "support_split")
+    _KINDS = ("ensemble", "memory_bank", "fewshot")
 
     def to_tags(self) -> dict[str, str]:
         """``{tag: str}``; fields left unset are not written."""
@@ -122,6 +126,9 @@ class VersionTags:
                 tags["member_kinds"] = ";".join(self.member_kinds)
         if self.kind == "memory_bank":
             tags["pradot.kind"] = "memory_bank"
+        if self.kind == "fewshot":
+            tags["pradot.kind"] = "fewshot"
+            tags["support"] = ",".join(self.support)
         if self.sweep_metric and self.sweep_score is not None:
             tags[self.sweep_metric] = str(round(float(self.sweep_score), 6))
         if self.config:
@@ -153,6 +160,8 @@ class VersionTags:
         if weights and all(w is not None for w in weights):
             out.member_weights = tuple(weights)
         out.member_kinds = tuple(k for k in str(tags.get("member_kinds", "")).split(";") if k)
+        if tags.get("support"):
+            out.support = tuple(m for m in str(tags["support"]).split(",") if m)
         if out.sweep_metric:
             out.sweep_score = _number(tags.get(out.sweep_metric))
         with contextlib.suppress(ValueError, TypeError):

@@ -21,6 +21,7 @@ from .checkpoint import (ENSEMBLE_FORMAT, ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, 
                          load_state)
 from .device import resolve_device
 from .ensemble import Ensemble
+from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
 
@@ -39,6 +40,7 @@ class ScoringModel(Protocol):
 SCORING_FORMATS: dict[str, Any] = {MODEL_FORMAT: PRADOT, ENSEMBLE_FORMAT: Ensemble}
 SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier ensemble files
 SCORING_FORMATS[MEMORY_BANK_FORMAT] = MemoryBankModel  # the memory-bank baseline (pradot.memory_bank)
+SCORING_FORMATS[FOCT_FORMAT] = FOCT  # a few-shot model (pradot.fewshot)
 
 
 def servable_formats() -> list[str]:

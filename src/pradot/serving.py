@@ -28,6 +28,10 @@ Contract of one request row (``Scorer.predict``):
   ``map_format="npy"`` a base64 ``.npy`` of the raw float32 map at the input's size. A map is at most
   ``max_map_side`` pixels on its longer side (default 1024): a larger input gets its map scaled down,
   aspect ratio kept.
+* ``online_update`` (few-shot FOCT models only; off by default): after scoring, each image of the request
+  whose raw score is at most the calibrated threshold calibrates the model's online episodic memory with
+  its most normal-looking features (FOCT Eq. 6/7); images above the threshold change nothing. The memory is
+  state of this process's model (see README "Few-shot inspection"); other models refuse the parameter.
 * errors: :class:`InvalidRequest` (a ``ValueError``) naming each bad row and saying how to fix it.
 
 Budgets (each a :class:`Scorer` argument, the served model's ``model_config``): one image at most
@@ -409,7 +413,8 @@ class Scorer:
         vmin, vmax = self.calibration.raw_range()
         return encode_png(heatmap_rgb(m, vmin, vmax, image=row.rgb, alpha=self.map_alpha))
 
-    def predict(self, images: Sequence[Any], return_map: bool = False, map_format: str = "png") -> list[dict]:
+    def predict(self, images: Sequence[Any], return_map: bool = False, map_format: str = "png",
+                online_update: bool = False) -> list[dict]:
         """Score request rows -> one dict per row (see the module docstring). Validates all rows first.
 
         Raises:
@@ -418,6 +423,11 @@ class Scorer:
         """
         if not isinstance(return_map, (bool, np.bool_)):
             raise InvalidRequest(f"return_map must be true or false, got {return_map!r}")
+        if not isinstance(online_update, (bool, np.bool_)):
+            raise InvalidRequest(f"online_update must be true or false, got {online_update!r}")
+        if online_update and not getattr(self.model, "online_memory", False):
+            raise InvalidRequest("online_update=true needs a few-shot (FOCT) model with an online memory; this "
+                                 f"model ({type(self.model).__name__}) has none: send online_update=false")
         map_format = str(map_format).lower()
         if map_format not in MAP_FORMATS:
             raise InvalidRequest(f"map_format must be one of {list(MAP_FORMATS)}, got {map_format!r}")
@@ -425,11 +435,11 @@ class Scorer:
             raise ServerBusy(f"the server is scoring {self.max_in_flight} request(s) already (max_in_flight) and "
                              f"this one waited {self.wait_s:g} s (wait_s) for its turn; retry later")
         try:
-            return self._predict(images, bool(return_map), map_format)
+            return self._predict(images, bool(return_map), map_format, bool(online_update))
         finally:
             self._slots.release()
 
-    def _predict(self, images: Sequence[Any], return_map: bool, map_format: str) -> list[dict]:
+    def _predict(self, images: Sequence[Any], return_map: bool, map_format: str, online_update: bool) -> list[dict]:
         rows = self.validate(images, keep_images=return_map and map_format == "png",
                              map_format=map_format if return_map else None)
         cal = self.calibration
@@ -437,7 +447,9 @@ class Scorer:
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
             with torch.no_grad():
-                maps, scores = self.model.score(torch.stack([r.tensor for r in batch]))
+                x = torch.stack([r.tensor for r in batch])
+                maps, scores = (self.model.score(x, update=True, update_below=cal.threshold) if online_update
+                                else self.model.score(x))
             scores = torch.as_tensor(scores).detach().float().cpu().numpy().reshape(-1)
             for j, row in enumerate(batch):
                 raw = float(scores[j])

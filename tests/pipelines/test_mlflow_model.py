@@ -62,7 +62,8 @@ def test_pyfunc_predict_contract_and_errors(mlflow_model):
     sig = mlflow_model.SIGNATURE
     assert sig.inputs.input_names() == ["image"]
     assert sig.outputs.input_names() == ["score", "raw_score", "is_anomaly", "threshold", "anomaly_map"]
-    assert {p.name: p.default for p in sig.params.params} == {"return_map": False, "map_format": "png"}
+    assert {p.name: p.default for p in sig.params.params} == {"return_map": False, "map_format": "png",
+                                                              "online_update": False}
     reqs = mlflow_model.default_pip_requirements()
     assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
 

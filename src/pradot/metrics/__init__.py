@@ -3,10 +3,12 @@ following the official definitions (see ``pradot.metrics.pro`` for the exact con
 
 from .classification import (
     GOOD,
+    f1_max,
     image_auroc,
     image_scores_from_maps,
     loco_image_auroc,
     pixel_auroc,
+    pixel_f1_max,
     pixel_roc_curve,
     roc_curve_points,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "pixel_auroc",
     "pixel_roc_curve",
     "roc_curve_points",
+    "f1_max",
+    "pixel_f1_max",
     "area_under_curve",
     "au_pro",
     "au_spro",

@@ -6,6 +6,8 @@
   (good images vs. the images of that type) and their mean.
 * :func:`pixel_auroc` -- AUROC over all pixels of all images.
 * :func:`roc_curve_points` / :func:`pixel_roc_curve` -- ROC points for plotting.
+* :func:`f1_max` / :func:`pixel_f1_max` -- the F1 score at the best threshold (image / pixel level), as
+  reported by the few-shot literature (WinCLIP, FOCT).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 __all__ = [
     "GOOD",
@@ -23,6 +25,8 @@ __all__ = [
     "pixel_auroc",
     "roc_curve_points",
     "pixel_roc_curve",
+    "f1_max",
+    "pixel_f1_max",
 ]
 
 #: Anomaly type of defect-free images (MVTec AD / LOCO sub-directory name).
@@ -133,3 +137,23 @@ def pixel_roc_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel-level ROC curve ``(fpr, tpr, thresholds)`` (for plotting)."""
     y, s = _flatten_pixels(masks, maps)
     return roc_curve_points(y, s)
+
+
+def f1_max(labels, scores) -> float:
+    """F1-max: the largest F1 score ``2 P R / (P + R)`` over all thresholds (``score >= t`` is anomalous),
+    from ``sklearn.metrics.precision_recall_curve``; labels 1 = anomalous.
+
+    Raises:
+        ValueError: if only one class is present, lengths differ or scores are not finite.
+    """
+    y, s = _binary_labels_and_scores(labels, scores)
+    precision, recall, _ = precision_recall_curve(y, s)
+    denom = precision + recall
+    f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(f1.max())
+
+
+def pixel_f1_max(masks, maps) -> float:
+    """F1-max over all pixels of all images (masks: ground truth, maps: anomaly maps of the same shapes)."""
+    y, s = _flatten_pixels(masks, maps)
+    return f1_max(y, s)
