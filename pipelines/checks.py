@@ -13,12 +13,27 @@ import posixpath
 import re
 from typing import Any
 
-__all__ = ["ConfigError", "IMAGE_SIZE_RANGE", "MAX_N", "how_to_set", "number", "model_values", "counts",
+__all__ = ["ConfigError", "IMAGE_SIZE_RANGE", "MAX_N", "how_to_set", "boolean", "number", "model_values", "counts",
            "registry_name", "experiment_name", "alias_name", "folder_name", "path_component", "batch_fits_data"]
 
 
 class ConfigError(ValueError):
     """A bad override or configuration value; the message names the key and how to fix it."""
+
+
+def boolean(key: str, value: Any) -> bool:
+    """A true/false setting: a bool, or ``true``/``false``/``1``/``0``/``yes``/``no`` as text (an MLproject
+    parameter arrives as a string).
+
+    Raises:
+        ConfigError: anything else, naming ``key``.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
 
 
 #: input side in pixels: below 16 the deepest stages have no feature cell left (stride 32); above 4096 one

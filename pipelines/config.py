@@ -272,15 +272,6 @@ class PromoteOptions:
         return self.objective
 
 
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return text in ("true", "1", "yes")
-
-
 def _names(value: Any) -> tuple[str, ...]:
     if value in (None, ""):
         return ()
@@ -333,7 +324,7 @@ def promote_options(cfg: DictConfig) -> PromoteOptions:
     return PromoteOptions(members=_names(cfg.get("members")), metric=str(cfg.metric).strip(),
                           select_by=_validation_key("select_by", cfg.get("select_by")),
                           normalisation=normalisation, alias=checks.alias_name("alias", str(cfg.alias).strip()),
-                          force=_bool("force", cfg.get("force", False)),
+                          force=checks.boolean("force", cfg.get("force", False)),
                           ensemble_name=checks.registry_name("ensemble_name", str(cfg.ensemble_name))
                           if cfg.get("ensemble_name") else None,
                           fusion=fusion, objective=_validation_key("objective", cfg.get("objective", "val_objective"))

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import config
+from pipelines import checks, config
 from pipelines.config import ConfigError
 from pradot.engine import DataSpec
 from pradot.fewshot import FOCTConfig
@@ -75,15 +75,6 @@ def _positive_ints(key: str, value: Any) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _flag(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return text in ("true", "1", "yes")
-
-
 def foct_config(cfg: DictConfig) -> FOCTConfig:
     """FOCT's hyper-parameters: ``fewshot.foct`` with the backbone, stages, image size and seed of the run.
 
@@ -98,7 +89,7 @@ def foct_config(cfg: DictConfig) -> FOCTConfig:
     values.update(backbone=str(cfg.backbone.name), stages=config.parse_stages(cfg.backbone.stages),
                   image_size=int(cfg.data.image_size), seed=int(cfg.seed))
     for key in ("online",):
-        values[key] = _flag(f"fewshot.foct.{key}", values[key])
+        values[key] = checks.boolean(f"fewshot.foct.{key}", values[key])
     try:
         return FOCTConfig(**values)
     except (TypeError, ValueError) as e:
@@ -130,7 +121,7 @@ def fewshot_plan(cfg: DictConfig) -> FewShotPlan:
     plan = FewShotPlan(
         data=config.data_spec(cfg), foct=foct_config(cfg), shots=_positive_ints("fewshot.shots", f.shots),
         splits=splits, seed=int(f.seed), shuffle=order == "shuffled",
-        ablation=_flag("fewshot.ablation", f.ablation), register=_flag("fewshot.register", f.register),
+        ablation=checks.boolean("fewshot.ablation", f.ablation), register=checks.boolean("fewshot.register", f.register),
         model_name=name, calibration_images=int(f.calibration_images), calibration_quantile=quantile,
         device=str(cfg.device), num_workers=int(cfg.num_workers),
         cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None, weights_path=cfg.backbone.get("weights_path"),

@@ -173,12 +173,6 @@ def _positive(key: str, value: Any) -> float:
     return x
 
 
-def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise SweepError(f"sweep.{key} must be true or false, got {value!r}")
-    return value
-
-
 def _optional(value: Any, parse, *empty) -> Any:
     return None if value in (None, "", *empty) else parse(value)
 
@@ -289,7 +283,7 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
         reuse_actors=bool(sw.get("reuse_actors", True)),
         max_failures=_integer("max_failures", sw.get("max_failures", 2), 0),
         checkpoint_every=_integer("checkpoint_every", sw.get("checkpoint_every", 1), 1),
-        allow_lost_trials=_flag("allow_lost_trials", sw.get("allow_lost_trials", False)))
+        allow_lost_trials=checks.boolean("sweep.allow_lost_trials", sw.get("allow_lost_trials", False)))
 
 
 def check_against_data(plan: SweepPlan, cfg: DictConfig, n_train: int, n_validation: int,

@@ -37,10 +37,10 @@ from typing import Mapping
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..backbone import Backbone, load_backbone
 from ..checkpoint import load_state, save_state
+from ..model import prepare_images
 from .ct import anomaly_scores, euclidean_cost, forward_transport
 from .distance import DISTANCES, NavigatorDistance, fit_distance
 from .foreground import FOREGROUNDS, MaskSource, mask_source
@@ -179,24 +179,13 @@ class FOCT(nn.Module):
         return patch_features(feats, self.config.stages, self.config.patch_size, self.config.feature_dim)
 
     def prepare(self, images) -> torch.Tensor:
-        """(B, 3, H, W) (or (3, H, W)) float in [0, 1] or uint8 -> float (B, 3, S, S) at ``image_size``.
+        """(B, 3, H, W) (or (3, H, W)) float in [0, 1] or uint8 -> float (B, 3, S, S) at ``image_size``
+        (:func:`pradot.model.prepare_images`, the input rule of every scoring model).
 
         Raises:
             TypeError / ValueError: not an RGB image tensor.
         """
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(images)
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
-        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        S = int(self.config.image_size)
-        if images.shape[-2:] != (S, S):
-            images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
-        return images
+        return prepare_images(images, int(self.config.image_size))
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 16) -> dict[int, torch.Tensor]:
