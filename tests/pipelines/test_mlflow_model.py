@@ -61,8 +61,11 @@ def test_pyfunc_predict_contract_and_errors(mlflow_model):
     assert e.value.error_code == "INVALID_PARAMETER_VALUE" and "row 1: the value is not valid base64" in e.value.message
     sig = mlflow_model.SIGNATURE
     assert sig.inputs.input_names() == ["image"]
-    assert sig.outputs.input_names() == ["score", "raw_score", "is_anomaly", "threshold", "anomaly_map"]
-    assert {p.name: p.default for p in sig.params.params} == {"return_map": False, "map_format": "png"}
+    assert sig.outputs.input_names() == ["score", "raw_score", "is_anomaly", "threshold", "anomaly_map", "mask",
+                                         "mask_threshold"]
+    assert {p.name: p.default for p in sig.params.params} == {"return_map": False, "map_format": "png",
+                                                              "return_mask": False, "quantile": None,
+                                                              "threshold": None}
     reqs = mlflow_model.default_pip_requirements()
     assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
 
