@@ -20,7 +20,7 @@ __all__ = ["PATH_KEYS", "resolve_paths", "not_utf8_message"]
 #: settings that name local files or folders: relative values are resolved against ``workdir``. The sweep's
 #: own folders (``sweep.storage_path``, ``sweep.resume_from``) are resolved by the sweep package itself.
 PATH_KEYS: tuple[str, ...] = ("data_root", "data.root", "data.options.csv_path", "data.options.json_dir",
-                              "cache.dir", "backbone.weights_path")
+                              "cache.dir", "backbone.weights_path", "input", "output")  # input/output: predict, export
 
 
 def _absolute(value: str, base: str) -> str:
