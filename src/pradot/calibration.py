@@ -20,8 +20,8 @@ logged model's calibration and metadata). q = 1 (the maximum) is exempt from the
 Pixel threshold and operating points. Given the normals' anomaly maps (``pixel_maps``), ``calibrate`` also
 sets ``pixel_threshold``: the ``pixel_quantile`` (default: ``quantile``) of all their pixel values pooled, so
 that a fraction 1 - q of normal pixels lie above it; masks are ``map > pixel_threshold``. Without maps (a
-sweep's checkpoints, files of earlier releases) it is None and masks use the image threshold (a mask is then
-non-empty exactly when the image is anomalous, the image score being the map's maximum).
+sweep's checkpoints, files of earlier releases) it is None and masks use the image threshold (the pixels at
+the level that makes an image anomalous, the image score being the map's maximum).
 
 The normals' image-score and pixel-score quantiles are kept in a table (``levels``, ``image_quantiles``,
 ``pixel_quantiles``) so that another operating point can be chosen without the normals
@@ -217,9 +217,9 @@ class Calibration:
     def operating_point(self, quantile=None, threshold=None) -> OperatingPoint:
         """The thresholds of a request: neither given, the calibrated ones (``threshold``, ``mask_threshold``);
         ``quantile`` q, the image and pixel tables at q (the pixel table only when the calibration has one,
-        else the image value: a mask then marks the pixels that make the image anomalous); ``threshold`` t (a
-        raw score), t for both (the image score is the map's maximum, so the mask is non-empty exactly when
-        the image is anomalous).
+        else the image value); ``threshold`` t (a raw score), t for both (the image score is the map's maximum:
+        the mask marks the pixels at or above the level that makes the image anomalous; at the returned size a
+        peak narrower than a returned pixel may be smoothed below it).
 
         Raises:
             ValueError: both given, not a finite number, a quantile outside the table's levels, or no table.

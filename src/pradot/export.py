@@ -56,7 +56,7 @@ from .model import PRADOT
 from .postprocess import gaussian_smooth, standardise
 from .scoring import cell_copies, fuse_maps
 
-__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAMES", "SUPPORTED", "PILBilinearResize", "assignment_map",
+__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAMES", "SUPPORTED", "PILBilinearResize", "assignment_map", "bank_constants",
            "nearest_distance", "ExportScorer", "export_onnx", "onnx_metadata", "read_metadata", "OnnxScorer"]
 
 OPSET = 18
@@ -167,6 +167,20 @@ def assignment_map(feats: torch.Tensor, prototypes_t: torch.Tensor, spatial: tor
     return (m.amin(dim=2) + w[:, None]).reshape(-1, H, W)
 
 
+def bank_constants(bank) -> tuple[torch.Tensor, torch.Tensor | None, float, int | None]:
+    """What :func:`assignment_map` needs of a :class:`pradot.prototypes.PrototypeBank`: ``(prototypes_t,
+    spatial, alpha, copies)`` as :func:`pradot.scoring.assignment_scores` computes them (unit prototypes, the
+    scaled spatial cost to the distinct prototype positions, :func:`pradot.scoring.cell_copies`)."""
+    pn = bank.features.detach().float()
+    pn = pn / pn.norm(dim=-1, keepdim=True).clamp_min(FEATURE_NORM_EPS)
+    a = float(bank.config.alpha)
+    n = cell_copies(bank)
+    ms = spatial_cost(bank.grid_coords, bank.grid_coords if n is not None else bank.coords)
+    ms_max = float(ms.max())
+    spatial = (ms * (a / ms_max)).float().contiguous() if (a > 0 and ms_max > 0) else None
+    return pn.transpose(0, 1).contiguous(), spatial, a, n
+
+
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
                      chunk: int = BANK_CHUNK) -> torch.Tensor:
     """Euclidean distance of each (N, D) query to its nearest row of the (M, D) ``bank``: (N,). The nearest row
@@ -221,17 +235,10 @@ class _MemberHead(nn.Module):
                 self._pradot_bank(s, model.banks[str(s)])
 
     def _pradot_bank(self, s: int, bank) -> None:
-        pn = bank.features.detach().float()
-        pn = pn / pn.norm(dim=-1, keepdim=True).clamp_min(FEATURE_NORM_EPS)
-        self.register_buffer(f"proto{s}", pn.transpose(0, 1).contiguous())
-        a = float(bank.config.alpha)
-        n = cell_copies(bank)
-        rho = bank.grid_coords if n is not None else bank.coords
-        ms = spatial_cost(bank.grid_coords, rho)
-        ms_max = float(ms.max())
-        spatial = ms * (a / ms_max) if (a > 0 and ms_max > 0) else None
+        prototypes_t, spatial, a, n = bank_constants(bank)
+        self.register_buffer(f"proto{s}", prototypes_t)
         if spatial is not None:
-            self.register_buffer(f"spatial{s}", spatial.float().contiguous())
+            self.register_buffer(f"spatial{s}", spatial)
         self.meta[s] = (a, n, spatial is not None)
 
     def stage_map(self, s: int, f: torch.Tensor) -> torch.Tensor:
