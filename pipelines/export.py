@@ -241,7 +241,8 @@ def run_export(settings: ExportSettings) -> ExportResult:
     import mlflow
 
     with tracking.entry_run(f"export-{source.slug}", settings.experiment_name, entry_point="export") as run:
-        mlflow.log_params({"model_uri": settings.model_uri, "opset": settings.opset, "tolerance": settings.tolerance})
+        tracking.log_resolved_params({"model_uri": settings.model_uri, "opset": settings.opset,
+                                      "tolerance": settings.tolerance})
         result = _export(settings, source)
         mlflow.log_metrics({f"parity_{k}": v for k, v in result.parity.items()})
         result.artifact_uri = _publish(result.path, source, result.parity)

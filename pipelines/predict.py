@@ -308,9 +308,11 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
     import mlflow
 
     with tracking.entry_run(f"predict-{settings.output.name}", settings.experiment_name, entry_point="predict") as run:
-        mlflow.log_params({"model_uri": settings.model_uri, "input": settings.input, "output": str(settings.output),
-                           "batch_size": settings.batch_size, "quantile": settings.quantile,
-                           "threshold": settings.threshold, "max_map_side": settings.max_map_side})
+        tracking.log_resolved_params({"model_uri": settings.model_uri, "input": settings.input,
+                                      "output": str(settings.output), "batch_size": settings.batch_size,
+                                      "quantile": settings.quantile if settings.quantile is not None else "",
+                                      "threshold": settings.threshold if settings.threshold is not None else "",
+                                      "max_map_side": settings.max_map_side})
         result = _score_all(settings, model, scorer.calibration, jobs, clashes, root)
         mlflow.log_metrics(result.metrics)
         mlflow.log_artifact(str(settings.output / "scores.csv"), "predict")
