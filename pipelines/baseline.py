@@ -126,7 +126,8 @@ def _evaluate_and_log(settings: config.TrainSettings, model, splits, tmp: Path):
     if settings.evaluation.write_tiffs:
         write_tiff_maps(test, tmp / "anomaly_maps", settings.data.category)
         mlflow.log_artifacts(str(tmp / "anomaly_maps"), "anomaly_maps")
-    result = calibrate(model, splits, settings.calibration_quantile, size, bs, validation=val)
+    result = calibrate(model, splits, settings.calibration_quantile, size, bs, validation=val,
+                       pixel_quantile=settings.calibration_pixel_quantile)
     mlflow.set_tag("pradot.calibration_source", result.source)
     mlflow.log_dict(result.calibration.to_dict(), "model_files/calibration.json")
     mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], test.scores, result.calibration.threshold))

@@ -48,7 +48,8 @@ MAX_N = 1024
 #: keys that MLproject entry points take as their own parameter (-P name=value)
 _MLPROJECT = {"model.epochs": "epochs", "model.batch_ratio": "batch_ratio", "model.n": "n", "model.alpha": "alpha",
               "model.eta": "eta", "model.epsilon": "epsilon", "data.image_size": "image_size", "seed": "seed",
-              "sweep.name": "name", "alias": "alias", "members": "members", "category": "category"}
+              "sweep.name": "name", "alias": "alias", "members": "members", "category": "category",
+              "quantile": "quantile", "threshold": "threshold", "model_uri": "model_uri", "overwrite": "overwrite"}
 
 
 def how_to_set(key: str) -> str:

@@ -200,6 +200,7 @@ class TrainSettings:
     calibration_quantile: float
     tracking: TrackingSettings
     fail_at_epoch: int | None = None
+    calibration_pixel_quantile: float | None = None  # None: calibration_quantile (masks: map > pixel threshold)
 
     @property
     def run_name(self) -> str:
@@ -233,12 +234,17 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     resolve_device(str(cfg.device))
     quantile = checks.number("calibration.quantile", cfg.calibration.quantile, lo=0, lo_open=True, hi=1,
                              why="the decision threshold is this quantile of the validation normals' scores")
+    pixel_q = cfg.calibration.get("pixel_quantile")
+    if pixel_q is not None:
+        pixel_q = checks.number("calibration.pixel_quantile", pixel_q, lo=0, lo_open=True, hi=1,
+                                why="the pixel threshold is this quantile of the validation normals' map pixels")
     return TrainSettings(data=data_spec(cfg), model=_checked_model(cfg), device=str(cfg.device),
                          num_workers=checks.number("num_workers", cfg.num_workers, integer=True, lo=0),
                          cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None,
                          weights_path=cfg.backbone.get("weights_path"), evaluation=_evaluation(cfg),
                          calibration_quantile=quantile, tracking=_tracking(cfg),
-                         fail_at_epoch=int(fail_at) if fail_at is not None else None)
+                         fail_at_epoch=int(fail_at) if fail_at is not None else None,
+                         calibration_pixel_quantile=pixel_q)
 
 
 # ------------------------------------------------------------------------------------- promote

@@ -10,8 +10,11 @@ info = log_pradot_model("outputs/model.pt", Calibration.calibrate(val_scores), r
 The request/response contract is :mod:`pradot.serving`'s (this class only adapts it to pandas and
 MLflow errors): POST ``/invocations`` with
 ``{"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG/JPEG>"], ...]}}`` (optionally
-``"params": {"return_map": true, "map_format": "png"}``) and get
-``{"predictions": [{"score", "raw_score", "is_anomaly", "threshold"[, "anomaly_map"]}, ...]}``. A bad
+``"params": {"return_map": true, "map_format": "png", "return_mask": true, "quantile": 0.995}`` or
+``"threshold": <raw score>`` instead of ``quantile``) and get
+``{"predictions": [{"score", "raw_score", "is_anomaly", "threshold"[, "anomaly_map"][, "mask",
+"mask_threshold"]}, ...]}``. A bad operating point (a quantile outside the stored table's [0.5, 1], NaN, a
+string, both ``quantile`` and ``threshold``) answers HTTP 400 like a bad image. A bad
 image answers HTTP 400 with the reason and the row's index; a request over its budgets (rows, decoded
 pixels, bytes of returned maps) HTTP 413 naming the limit; a request that waited too long for its turn
 (``max_in_flight``) HTTP 503. A request without the ``image`` column is
@@ -87,10 +90,15 @@ SIGNATURE = ModelSignature(
         ColSpec("boolean", "is_anomaly"),
         ColSpec("double", "threshold"),
         ColSpec("string", "anomaly_map", required=False),
+        ColSpec("string", "mask", required=False),
+        ColSpec("double", "mask_threshold", required=False),
     ]),
     params=ParamSchema([
         ParamSpec("return_map", "boolean", False),
         ParamSpec("map_format", "string", "png"),
+        ParamSpec("return_mask", "boolean", False),
+        ParamSpec("quantile", "double", None),  # an operating point from the normals' quantile table
+        ParamSpec("threshold", "double", None),  # or a raw score threshold (not both)
         ParamSpec("online_update", "boolean", False),  # few-shot (FOCT) models: calibrate the online memory
     ]),
 )
@@ -159,6 +167,8 @@ class PradotPyfunc(mlflow.pyfunc.PythonModel):
         try:
             rows = self.scorer.predict(images, return_map=params.get("return_map", False),
                                        map_format=params.get("map_format", "png"),
+                                       return_mask=params.get("return_mask", False),
+                                       quantile=params.get("quantile"), threshold=params.get("threshold"),
                                        online_update=params.get("online_update", False))
         except RequestTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
@@ -168,7 +178,8 @@ class PradotPyfunc(mlflow.pyfunc.PythonModel):
             raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
         except Exception as exc:  # a server-side failure, not the client's: HTTP 500
             raise MlflowException(f"scoring failed: {type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from exc
-        columns = list(OUTPUT_COLUMNS) + (["anomaly_map"] if params.get("return_map", False) else [])
+        columns = list(OUTPUT_COLUMNS) + (["anomaly_map"] if params.get("return_map", False) else []) + \
+            (["mask", "mask_threshold"] if params.get("return_mask", False) else [])
         return pd.DataFrame(rows, columns=columns)
 
 

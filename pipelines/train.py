@@ -138,11 +138,14 @@ def _calibrate(settings: config.TrainSettings, model, splits, test, val):
     from pradot.engine import calibrate, threshold_metrics
 
     result = calibrate(model, splits, settings.calibration_quantile, settings.data.image_size,
-                       settings.evaluation.batch_size, validation=val)
-    mlflow.set_tags({"pradot.calibration_source": result.source,
-                     "pradot.calibration_n_images": str(result.calibration.n_images)})
-    mlflow.log_dict(result.calibration.to_dict(), "model_files/calibration.json")
-    mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], test.scores, result.calibration.threshold))
+                       settings.evaluation.batch_size, validation=val,
+                       pixel_quantile=settings.calibration_pixel_quantile)
+    cal = result.calibration
+    mlflow.set_tags({"pradot.calibration_source": result.source, "pradot.calibration_n_images": str(cal.n_images)})
+    mlflow.log_dict(cal.to_dict(), "model_files/calibration.json")
+    mlflow.log_metrics({"image_threshold": cal.threshold, "pixel_threshold": cal.mask_threshold,
+                        **threshold_metrics([s.label for s in splits.test], test.scores, cal.threshold),
+                        **threshold_metrics([s.label for s in val.samples], val.scores, cal.threshold, "val")})
     return result
 
 

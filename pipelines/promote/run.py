@@ -245,11 +245,12 @@ def _calibrate(settings, ens, cands, choice, pset, splits):
     from pradot.calibration import Calibration
     from pradot.engine import score_samples
 
+    q, q_pix = settings.calibration_quantile, settings.calibration_pixel_quantile
     if pset.normals_source == "validation":
-        _, scores = _fused(ens, [cands[i].maps[pset.normal] for i in choice.members])
-        return Calibration.calibrate(scores, settings.calibration_quantile), "validation"
+        maps, scores = _fused(ens, [cands[i].maps[pset.normal] for i in choice.members])
+        return Calibration.calibrate(scores, q, pixel_maps=maps, pixel_quantile=q_pix), "validation"
     scored = score_samples(ens, splits.train, ens.image_size, settings.evaluation.batch_size)
-    return Calibration.calibrate(scored.scores, settings.calibration_quantile), pset.normals_source
+    return Calibration.calibrate(scored.scores, q, pixel_maps=scored.maps, pixel_quantile=q_pix), pset.normals_source
 
 
 @dataclass

@@ -197,9 +197,12 @@ class CalibrationResult:
 
 
 def calibrate(model, splits: Splits, quantile: float, image_size: int, batch_size: int = 16,
-              validation: Scored | None = None) -> CalibrationResult:
-    """The decision threshold at ``quantile`` of the image scores of the validation normals (images not
-    seen in training), or, without any, of the training images (said in ``source``).
+              validation: Scored | None = None, pixel_quantile: float | None = None) -> CalibrationResult:
+    """The decision thresholds at ``quantile`` of the validation normals (images not seen in training), or,
+    without any, of the training images (said in ``source``): the image threshold on their image scores and
+    the pixel threshold at ``pixel_quantile`` (default ``quantile``) of their maps' pixels, with the quantile
+    table of both (:class:`pradot.calibration.Calibration`). Labelled anomalies in the validation split are
+    left out: the thresholds are quantiles of normals.
 
     ``validation``: the validation split already scored by ``model`` (not scored again).
     """
@@ -210,18 +213,30 @@ def calibrate(model, splits: Splits, quantile: float, image_size: int, batch_siz
     else:
         scored = score_samples(model, splits.train, image_size, batch_size)
         source = "train (no validation images)"
-    return CalibrationResult(Calibration.calibrate(scored.scores, quantile), source, scored)
+    normal = np.array([s.label == 0 for s in scored.samples], dtype=bool)
+    if not normal.any():
+        raise ValueError(f"calibration needs normal images: the {source} split has none")
+    cal = Calibration.calibrate(scored.scores[normal], quantile, pixel_maps=scored.maps[normal],
+                                pixel_quantile=pixel_quantile)
+    return CalibrationResult(cal, source, scored)
 
 
-def threshold_metrics(labels: Sequence[int], scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Recall (anomalies above the threshold) and false-positive rate (normals above it) of a labelled
-    split: ``{"test_recall_at_threshold", "test_fpr_at_threshold"}``; empty when one class is missing."""
+def threshold_metrics(labels: Sequence[int], scores: np.ndarray, threshold: float,
+                      prefix: str = "test") -> dict[str, float]:
+    """Metrics of the decision ``score > threshold`` on a labelled split, named ``<prefix>_<metric>``: recall
+    (anomalies above the threshold), false-positive rate (normals above it), F1 and precision at the
+    threshold, the F1-optimal threshold and F1-max, and AUPR (:func:`pradot.metrics.threshold.threshold_report`,
+    scikit-learn's precision-recall curve); empty when one class is missing."""
+    from .metrics.threshold import threshold_report
+
     labels = np.asarray(labels)
     if len(set(labels.tolist())) < 2:
         return {}
     pred = np.asarray(scores) > threshold
-    return {"test_recall_at_threshold": float(np.mean(pred[labels == 1])),
-            "test_fpr_at_threshold": float(np.mean(pred[labels == 0]))}
+    report = threshold_report(labels, scores, threshold)
+    return {f"{prefix}_recall_at_threshold": float(np.mean(pred[labels == 1])),
+            f"{prefix}_fpr_at_threshold": float(np.mean(pred[labels == 0])),
+            **{f"{prefix}_{k}": v for k, v in report.items() if k != "recall_at_threshold"}}
 
 
 def write_tiff_maps(scored: Scored, out_dir: str | Path, category: str) -> Path:

@@ -20,7 +20,9 @@ metrics that the test split cannot define are skipped with a note naming the cau
 still written (image AUROC without anomalous or without good images; pixel metrics when some anomalous
 image has no mask or every mask is blank);
 
-plus ``"resized_maps"``, ``"notes"``, ``"dataset"``, ``"category"`` and ``"num_test_images"``.
+plus ``"image_threshold_metrics"`` (AUPR, F1-max and the F1-optimal threshold of the image scores, max of each
+map; with ``--threshold`` also F1, precision and recall at it), ``"resized_maps"``, ``"notes"``, ``"dataset"``,
+``"category"`` and ``"num_test_images"``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import numpy as np
 
 from pradot.metrics.dataset import dataset_metrics
 
-__all__ = ["MAP_EXTENSIONS", "MissingMapsError", "find_map", "read_map", "resize_bilinear", "evaluate", "main"]
+__all__ = ["MAP_EXTENSIONS", "MissingMapsError", "find_map", "read_map", "resize_bilinear", "evaluate",
+           "image_threshold_metrics", "main"]
 
 MAP_EXTENSIONS: tuple[str, ...] = (".tiff", ".tif", ".TIFF", ".TIF")
 
@@ -164,6 +167,7 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
         notes.append(note)
     result, more = dataset_metrics(ds, samples, maps, max_fprs=max_fprs, threshold=threshold)
     notes.extend(more)
+    result.update(image_threshold_metrics([s.label for s in samples], maps, threshold, notes))
 
     result.update({
         "resized_maps": len(resized),
@@ -177,6 +181,28 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def image_threshold_metrics(labels: Sequence[int], maps: Sequence[np.ndarray], threshold: float | None,
+                            notes: list[str]) -> dict:
+    """``{"image_threshold_metrics": {"aupr", "f1_max", "f1_optimal_threshold"[, "f1_at_threshold",
+    "precision_at_threshold", "recall_at_threshold"]}}`` of the image scores (max of each map) against the
+    labels (:mod:`pradot.metrics.threshold`, scikit-learn's precision-recall curve); the ``*_at_threshold``
+    values need ``threshold``. Empty, with a note, when the split lacks normal or anomalous images."""
+    from pradot.metrics.classification import image_scores_from_maps
+    from pradot.metrics.threshold import average_precision, best_f1, threshold_report
+
+    if len(set(int(x) for x in labels)) < 2:
+        note = "image_threshold_metrics skipped: the test split needs normal and anomalous images"
+        log.warning("%s", note)
+        notes.append(note)
+        return {}
+    scores = image_scores_from_maps(maps)
+    if threshold is not None:
+        return {"image_threshold_metrics": threshold_report(labels, scores, float(threshold))}
+    f1_max, best = best_f1(labels, scores)
+    return {"image_threshold_metrics": {"aupr": average_precision(labels, scores), "f1_max": f1_max,
+                                        "f1_optimal_threshold": best}}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -196,7 +222,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-fprs", type=float, nargs="+", default=None,
                    help="integration limits (LOCO default: 0.01 0.05 0.1 0.3 1.0; AD-style default: 0.3)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="decision threshold on map values: AD-style data also get seg_f1 (MVTec AD 2's SegF1)")
+                   help="decision threshold on map values: AD-style data also get seg_f1 (MVTec AD 2's SegF1), and "
+                        "every dataset F1/precision/recall of the image decisions max(map) > threshold")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.max_fprs and not all(0.0 < f <= 1.0 for f in args.max_fprs):

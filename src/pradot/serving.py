@@ -27,11 +27,19 @@ Contract of one request row (``Scorer.predict``):
   scale: the calibrated score range, so the map's middle colour is the threshold), or with
   ``map_format="npy"`` a base64 ``.npy`` of the raw float32 map at the input's size. A map is at most
   ``max_map_side`` pixels on its longer side (default 1024): a larger input gets its map scaled down,
-  aspect ratio kept.
+  aspect ratio kept. With ``return_mask``: ``mask``, a base64 PNG (8-bit grayscale, 255 = defect) of
+  ``map > mask_threshold`` at the returned map's size (the same float32 map ``map_format="npy"`` returns),
+  and ``mask_threshold``, the pixel threshold that made it.
+* operating point (:meth:`pradot.calibration.Calibration.operating_point`): by default the calibrated
+  thresholds (image: ``threshold``; masks: the calibration's pixel threshold); ``quantile`` q picks the
+  q-quantile of the normals' image scores and of their pixel scores from the stored table (q in
+  [0.5, 1]); ``threshold`` t (a raw score) is used for images and masks alike. ``threshold`` in the answer
+  is the one used, and ``score`` is 0.5 at it.
 * ``online_update`` (few-shot FOCT models only; off by default): after scoring, each image of the request
-  whose raw score is at most the calibrated threshold calibrates the model's online episodic memory with
-  its most normal-looking features (FOCT Eq. 6/7); images above the threshold change nothing. The memory is
-  state of this process's model (see README "Few-shot inspection"); other models refuse the parameter.
+  whose raw score is at most the calibrated threshold (not the request's operating point) calibrates the
+  model's online episodic memory with its most normal-looking features (FOCT Eq. 6/7); images above it change
+  nothing. The memory is state of this process's model (see README "Few-shot inspection"); other models
+  refuse the parameter.
 * errors: :class:`InvalidRequest` (a ``ValueError``) naming each bad row and saying how to fix it.
 
 Budgets (each a :class:`Scorer` argument, the served model's ``model_config``): one image at most
@@ -61,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .calibration import Calibration
+from .calibration import Calibration, OperatingPoint
 from .data.base import upright
 from .data.images import to_rgb_array
 from .persistence import ScoringModel, load_scoring_model, model_file_info, servable_formats
@@ -76,9 +84,11 @@ __all__ = [
     "ServerBusy",
     "ScoringModel",
     "decode_image",
+    "encode_mask",
     "encode_png",
     "load_scoring_model",
     "map_size",
+    "resize_map",
     "model_file_info",
     "return_large_blocks",
     "servable_formats",
@@ -258,6 +268,25 @@ def encode_png(rgb: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def encode_mask(mask: np.ndarray) -> str:
+    """(H, W) bool -> base64 of an 8-bit grayscale PNG, 255 where True."""
+    buf = io.BytesIO()
+    Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(
+        buf, format="PNG", compress_level=3)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def resize_map(amap, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) anomaly map at ``size`` = (H, W) as float32: bilinear (``align_corners=False``), antialiased
+    when shrinking (the maps and masks a served model returns)."""
+    h, w = int(size[0]), int(size[1])
+    m = torch.as_tensor(amap).float()[None, None]
+    if (h, w) != tuple(m.shape[-2:]):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False,
+                          antialias=h < m.shape[-2] or w < m.shape[-1])
+    return m[0, 0].cpu().numpy()
+
+
 def _encode_npy(array: np.ndarray) -> str:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
@@ -303,11 +332,16 @@ def _map_bytes(h: int, w: int, map_format: str) -> int:
     return 4 * ((raw + 2) // 3)
 
 
+def _mask_bytes(h: int, w: int) -> int:
+    """Upper bound of one returned mask's base64 size: an uncompressed 8-bit grayscale PNG."""
+    return 4 * ((h * w + h + 1024 + 2) // 3)
+
+
 class _Budget:
     """A request's budgets, charged as each row's header is read (before its pixels are decoded)."""
 
-    def __init__(self, scorer: "Scorer", map_format: str | None):
-        self.scorer, self.map_format = scorer, map_format
+    def __init__(self, scorer: "Scorer", map_format: str | None, masks: bool = False):
+        self.scorer, self.map_format, self.masks = scorer, map_format, masks
         self.pixels = self.bytes = 0
 
     def charge(self, w: int, h: int) -> None:
@@ -317,8 +351,10 @@ class _Budget:
             raise RequestTooLarge(f"the request's images hold more than the {sc.max_request_pixels} decoded pixels "
                                   f"allowed per request (max_request_pixels; this row brings the total to "
                                   f"{self.pixels}); send fewer or smaller images per request")
-        if self.map_format is not None:
-            self.bytes += _map_bytes(*map_size(h, w, sc.max_map_side), self.map_format)
+        if self.map_format is not None or self.masks:
+            mh, mw = map_size(h, w, sc.max_map_side)
+            self.bytes += _map_bytes(mh, mw, self.map_format) if self.map_format is not None else 0
+            self.bytes += _mask_bytes(mh, mw) if self.masks else 0
             if self.bytes > sc.max_response_bytes:
                 other = " or PNG maps (3 bytes a pixel, not 4)" if self.map_format == "npy" else ""
                 raise RequestTooLarge(
@@ -365,24 +401,26 @@ class Scorer:
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
 
     def _row(self, img: Image.Image, keep_image: bool) -> _Row:
+        img = upright(img)  # EXIF orientation (a transposed copy only when the image has one)
         S, (w, h) = self.image_size, img.size
         tensor = torch.from_numpy(_resized(img, (S, S)).copy()).permute(2, 0, 1).float().div_(255.0)
         mh, mw = map_size(h, w, self.max_map_side)
         return _Row((h, w), tensor, _resized(img, (mw, mh)) if keep_image else None)
 
-    def validate(self, images: Iterable[Any], keep_images: bool = False, map_format: str | None = None) -> list[_Row]:
+    def validate(self, images: Iterable[Any], keep_images: bool = False, map_format: str | None = None,
+                 masks: bool = False) -> list[_Row]:
         """Decode every row (one at a time) within the request's budgets; one :class:`InvalidRequest` listing
         all bad rows (by index), or :class:`RequestTooLarge` as soon as a budget is exceeded.
 
         ``keep_images``: keep each image at its map's size (for PNG overlays); ``map_format``: the maps asked
-        for (charged to ``max_response_bytes``), None for none."""
+        for (charged to ``max_response_bytes``), None for none; ``masks``: masks asked for (charged too)."""
         values = list(images)
         if not values:
             raise InvalidRequest(f"the request has no images; expected payload: {EXPECTED_PAYLOAD}")
         if len(values) > self.max_rows:
             raise RequestTooLarge(f"the request has {len(values)} images, more than the {self.max_rows} allowed "
                                   f"per request (max_rows); split it into several requests")
-        budget = _Budget(self, map_format)
+        budget = _Budget(self, map_format, masks)
         rows: list[_Row] = []
         errors: list[str] = []
         for i, v in enumerate(values):
@@ -398,50 +436,59 @@ class Scorer:
             raise InvalidRequest(f"{len(errors)} of {len(values)} images are invalid: " + "; ".join(errors[:10]) + more)
         return rows
 
-    def _anomaly_map(self, amap: torch.Tensor, row: _Row, map_format: str) -> str:
-        """The row's map at its map size (float32, bilinear; antialiased when shrinking), encoded."""
-        h, w = map_size(*row.size, self.max_map_side)
-        m = amap.float()[None, None]
-        if (h, w) != tuple(m.shape[-2:]):
-            m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False,
-                              antialias=h < m.shape[-2] or w < m.shape[-1])
-        m = m[0, 0].cpu().numpy()
+    def _map_at_size(self, amap: torch.Tensor, row: _Row) -> np.ndarray:
+        """The row's map at its map size (:func:`resize_map`)."""
+        return resize_map(amap, map_size(*row.size, self.max_map_side))
+
+    def _anomaly_map(self, m: np.ndarray, row: _Row, map_format: str, threshold: float) -> str:
+        """A map at its returned size, encoded: ``.npy``, or a PNG heat map over the image (colour scale centred
+        on ``threshold``)."""
         if map_format == "npy":
             return _encode_npy(m)
         from .viz import heatmap_rgb  # matplotlib; imported on the first map request
 
-        vmin, vmax = self.calibration.raw_range()
+        vmin, vmax = self.calibration.raw_range(threshold)
         return encode_png(heatmap_rgb(m, vmin, vmax, image=row.rgb, alpha=self.map_alpha))
 
+    def operating_point(self, quantile=None, threshold=None) -> OperatingPoint:
+        """The request's thresholds (:meth:`Calibration.operating_point`); InvalidRequest when they are bad."""
+        try:
+            return self.calibration.operating_point(quantile=quantile, threshold=threshold)
+        except ValueError as exc:
+            raise InvalidRequest(f"bad operating point: {exc}") from None
+
     def predict(self, images: Sequence[Any], return_map: bool = False, map_format: str = "png",
-                online_update: bool = False) -> list[dict]:
-        """Score request rows -> one dict per row (see the module docstring). Validates all rows first.
+                return_mask: bool = False, quantile: float | None = None,
+                threshold: float | None = None, online_update: bool = False) -> list[dict]:
+        """Score request rows -> one dict per row (see the module docstring). Validates the parameters and all
+        rows first.
 
         Raises:
             InvalidRequest: a bad row or parameter; RequestTooLarge: over a request budget.
             ServerBusy: ``max_in_flight`` requests are being scored and this one waited ``wait_s`` seconds.
         """
-        if not isinstance(return_map, (bool, np.bool_)):
-            raise InvalidRequest(f"return_map must be true or false, got {return_map!r}")
-        if not isinstance(online_update, (bool, np.bool_)):
-            raise InvalidRequest(f"online_update must be true or false, got {online_update!r}")
+        for name, flag in (("return_map", return_map), ("return_mask", return_mask), ("online_update", online_update)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise InvalidRequest(f"{name} must be true or false, got {flag!r}")
         if online_update and not getattr(self.model, "online_memory", False):
             raise InvalidRequest("online_update=true needs a few-shot (FOCT) model with an online memory; this "
                                  f"model ({type(self.model).__name__}) has none: send online_update=false")
         map_format = str(map_format).lower()
         if map_format not in MAP_FORMATS:
             raise InvalidRequest(f"map_format must be one of {list(MAP_FORMATS)}, got {map_format!r}")
+        op = self.operating_point(quantile, threshold)
         if not self._slots.acquire(timeout=self.wait_s):
             raise ServerBusy(f"the server is scoring {self.max_in_flight} request(s) already (max_in_flight) and "
                              f"this one waited {self.wait_s:g} s (wait_s) for its turn; retry later")
         try:
-            return self._predict(images, bool(return_map), map_format, bool(online_update))
+            return self._predict(images, bool(return_map), map_format, bool(return_mask), op, bool(online_update))
         finally:
             self._slots.release()
 
-    def _predict(self, images: Sequence[Any], return_map: bool, map_format: str, online_update: bool) -> list[dict]:
+    def _predict(self, images: Sequence[Any], return_map: bool, map_format: str, return_mask: bool,
+                 op: OperatingPoint, online_update: bool = False) -> list[dict]:
         rows = self.validate(images, keep_images=return_map and map_format == "png",
-                             map_format=map_format if return_map else None)
+                             map_format=map_format if return_map else None, masks=return_mask)
         cal = self.calibration
         out: list[dict] = []
         for start in range(0, len(rows), self.batch_size):
@@ -453,10 +500,15 @@ class Scorer:
             scores = torch.as_tensor(scores).detach().float().cpu().numpy().reshape(-1)
             for j, row in enumerate(batch):
                 raw = float(scores[j])
-                rec = {"score": float(cal.normalise(raw)), "raw_score": raw, "is_anomaly": bool(raw > cal.threshold),
-                       "threshold": cal.threshold}
-                if return_map:
-                    rec["anomaly_map"] = self._anomaly_map(torch.as_tensor(maps[j]).detach(), row, map_format)
-                    row.rgb = None  # drawn: the overlay image is not needed any more
+                rec = {"score": float(cal.normalise(raw, op.threshold)), "raw_score": raw,
+                       "is_anomaly": bool(raw > op.threshold), "threshold": op.threshold}
+                if return_map or return_mask:
+                    m = self._map_at_size(torch.as_tensor(maps[j]).detach(), row)
+                    if return_map:
+                        rec["anomaly_map"] = self._anomaly_map(m, row, map_format, op.threshold)
+                        row.rgb = None  # drawn: the overlay image is not needed any more
+                    if return_mask:
+                        rec["mask"] = encode_mask(m > op.mask_threshold)
+                        rec["mask_threshold"] = op.mask_threshold
                 out.append(rec)
         return out

@@ -61,9 +61,11 @@ def test_pyfunc_predict_contract_and_errors(mlflow_model):
     assert e.value.error_code == "INVALID_PARAMETER_VALUE" and "row 1: the value is not valid base64" in e.value.message
     sig = mlflow_model.SIGNATURE
     assert sig.inputs.input_names() == ["image"]
-    assert sig.outputs.input_names() == ["score", "raw_score", "is_anomaly", "threshold", "anomaly_map"]
+    assert sig.outputs.input_names() == ["score", "raw_score", "is_anomaly", "threshold", "anomaly_map", "mask",
+                                         "mask_threshold"]
     assert {p.name: p.default for p in sig.params.params} == {"return_map": False, "map_format": "png",
-                                                              "online_update": False}
+                                                              "return_mask": False, "quantile": None,
+                                                              "threshold": None, "online_update": False}
     reqs = mlflow_model.default_pip_requirements()
     assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
 
@@ -116,8 +118,8 @@ def served(tmp_path_factory, effnet, mlflow_model):
                        epochs=2, eta=0.5)
     model = PRADOT(cfg, backbone=effnet)
     model.fit(Images(), progress=False)
-    _, val_scores = model.score(torch.stack([as_input(scene(100 + i)) for i in range(8)]))
-    calibration = Calibration.calibrate(val_scores, quantile=0.99)
+    val_maps, val_scores = model.score(torch.stack([as_input(scene(100 + i)) for i in range(8)]))
+    calibration = Calibration.calibrate(val_scores, quantile=0.99, pixel_maps=val_maps)
     model_path = model.save(tmp / "model.pt")
 
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -151,7 +153,7 @@ def served(tmp_path_factory, effnet, mlflow_model):
                 pytest.fail(f"model server did not come up (exit code {proc.poll()}):\n"
                             f"{log_path.read_text()[-4000:]}")
             time.sleep(0.5)
-        yield SimpleNamespace(url=url, model=model, calibration=calibration, info=info, log=log_path)
+        yield SimpleNamespace(url=url, model=model, calibration=calibration, info=info, log=log_path, uri=uri, tmp=tmp)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn child (own session)
@@ -299,3 +301,169 @@ def test_served_model_refuses_over_budget_requests_with_413_and_stays_up(served)
     assert status == 200 and len(json.loads(text)["predictions"]) == 1, text[:500]
     assert http("GET", f"{served.url}/ping")[0] == 200
     assert time.monotonic() - t0 < 60
+
+
+# ------------------------------------------------------------ operating points, masks, predict, export (served)
+def npy(value: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(value)))
+
+
+def png(value: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(value))))
+
+
+@pytest.mark.slow
+def test_served_mask_is_the_map_above_the_pixel_threshold(served):
+    anomalous = scene(303, blotch=True)
+    status, text = invocations(served, [encode_png(anomalous)], return_map=True, map_format="npy", return_mask=True)
+    assert status == 200, text[:500]
+    (pred,) = json.loads(text)["predictions"]
+    amap, mask = npy(pred["anomaly_map"]), png(pred["mask"])
+    assert mask.shape == amap.shape == (144, 192) and set(np.unique(mask)) == {0, 255}
+    assert pred["mask_threshold"] == pytest.approx(served.calibration.pixel_threshold)
+    np.testing.assert_array_equal(mask == 255, amap > served.calibration.pixel_threshold)
+    assert (mask[blotch_mask()] == 255).mean() > (mask[~blotch_mask()] == 255).mean()  # it marks the defect
+
+
+@pytest.mark.slow
+def test_served_quantile_moves_is_anomaly_as_the_stored_quantiles_say(served):
+    """The validation normals themselves: at q the stored table's image quantile is the threshold, and an image
+    is anomalous exactly when its raw score exceeds it (q = 0.5: about half; q = 1: none)."""
+    cal = served.calibration
+    normals = [encode_png(scene(100 + i)) for i in range(8)]
+    counts = []
+    for q in (0.5, 0.8, 1.0):
+        status, text = invocations(served, normals, quantile=q)
+        assert status == 200, text[:500]
+        preds = json.loads(text)["predictions"]
+        t = float(np.interp(q, cal.levels, cal.image_quantiles))
+        assert all(p["threshold"] == pytest.approx(t) for p in preds)
+        assert all(p["is_anomaly"] == (p["raw_score"] > t) for p in preds if abs(p["raw_score"] - t) > 1e-6)
+        counts.append(sum(p["is_anomaly"] for p in preds))
+    assert counts[0] >= 3 and counts[-1] == 0 and counts == sorted(counts, reverse=True)
+    status, text = invocations(served, normals[:1], threshold=-1.0)
+    assert status == 200 and json.loads(text)["predictions"][0]["is_anomaly"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params, phrase", [
+    ({"quantile": 1.5}, r"quantile must lie in \[0.5, 1\]"),
+    ({"quantile": 0.2}, r"quantile must lie in \[0.5, 1\]"),
+    ({"quantile": float("nan")}, "finite"),
+    ({"quantile": "high"}, "quantile"),
+    ({"threshold": "x"}, "threshold"),
+    ({"quantile": 0.9, "threshold": 0.5}, "not both"),
+    ({"return_mask": "yes"}, "return_mask"),
+])
+def test_served_model_refuses_bad_operating_points_with_400_and_stays_up(served, params, phrase):
+    status, text = invocations(served, [encode_png(scene(8))], **params)
+    assert status == 400, (status, text[:500])
+    assert re.search(phrase, json.loads(text)["message"]), text[:800]
+    assert http("GET", f"{served.url}/ping")[0] == 200
+    status, text = invocations(served, [encode_png(scene(8))], quantile=0.95)
+    assert status == 200, text[:500]
+
+
+def _predict_folder(root: Path) -> None:
+    """Nested folders, a JPEG of another size, a grayscale PNG, a corrupt file and a file that is no image."""
+    (root / "line1" / "cam2").mkdir(parents=True)
+    Image.fromarray(scene(400)).save(root / "a.png")
+    Image.fromarray(scene(401, blotch=True)).save(root / "line1" / "b.png")
+    Image.fromarray(scene(402, h=120, w=100)).save(root / "line1" / "cam2" / "c.jpg", quality=95)
+    Image.fromarray(scene(403)).convert("L").save(root / "line1" / "gray.png")
+    (root / "line1" / "cam2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "notes.txt").write_text("not an image")
+
+
+@pytest.mark.slow
+def test_predict_folder_writes_the_served_models_scores(served, tmp_path, monkeypatch):
+    import csv
+
+    import tifffile
+
+    from pipelines import predict
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
+    images, out = tmp_path / "images", tmp_path / "out"
+    _predict_folder(images)
+    argv = ["model_uri=models:/pradot-serving-test/1", f"input={images}", f"output={out}", "batch_size=2"]
+    assert predict.main(argv) == 0
+    rows = {r["path"]: r for r in csv.DictReader(open(out / "scores.csv"))}
+    assert sorted(rows) == ["a.png", "line1/b.png", "line1/cam2/c.jpg", "line1/gray.png"]
+    errors = list(csv.DictReader(open(out / "errors.csv")))
+    assert [e["path"] for e in errors] == ["line1/cam2/broken.png"] and "not an image" in errors[0]["error"]
+    for rel, row in rows.items():
+        stem = Path(rel).with_suffix("").as_posix()
+        assert (row["map"], row["mask"], row["overlay"]) == (f"maps/{stem}.tiff", f"masks/{stem}.png",
+                                                             f"overlays/{stem}.png")
+        status, text = invocations(served, [b64((images / rel).read_bytes())], return_map=True, map_format="npy",
+                                   return_mask=True)
+        assert status == 200, text[:300]
+        pred = json.loads(text)["predictions"][0]
+        assert float(row["raw_score"]) == pytest.approx(pred["raw_score"], rel=1e-6, abs=1e-7)
+        assert float(row["score"]) == pytest.approx(pred["score"], abs=1e-6)
+        assert (row["is_anomaly"] == "True") == pred["is_anomaly"]
+        assert float(row["threshold"]) == pytest.approx(served.calibration.threshold)
+        tiff = tifffile.imread(out / row["map"])
+        assert tiff.dtype == np.float32 and tiff.shape == Image.open(images / rel).size[::-1]
+        np.testing.assert_allclose(tiff, npy(pred["anomaly_map"]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / row["mask"])), png(pred["mask"]))
+        assert Image.open(out / row["overlay"]).size == Image.open(images / rel).size
+    assert rows["line1/b.png"]["is_anomaly"] == "True" and rows["a.png"]["is_anomaly"] == "False"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(served.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pradot-predict").experiment_id])
+    assert run.data.metrics["n_scored"] == 4 and run.data.metrics["n_errors"] == 1
+    # never overwritten silently: a second run into the same folder is refused and leaves it as it was
+    before = (out / "scores.csv").read_text()
+    assert predict.main(argv) == 2
+    assert (out / "scores.csv").read_text() == before
+    assert predict.main([*argv, "overwrite=true", "quantile=0.5", "tracking.enabled=false"]) == 0
+    again = {r["path"]: r for r in csv.DictReader(open(out / "scores.csv"))}
+    t = float(np.interp(0.5, served.calibration.levels, served.calibration.image_quantiles))
+    assert all(float(r["threshold"]) == pytest.approx(t) for r in again.values())
+
+
+@pytest.mark.slow
+def test_export_logs_an_onnx_file_equal_to_the_served_model(served, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipelines import export
+    from pradot.export import OnnxScorer
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
+    out = tmp_path / "model.onnx"
+    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={out}"]) == 0
+    onnx_model = OnnxScorer(out)
+    assert onnx_model.calibration == served.calibration
+    assert float(onnx_model.metadata["pixel_threshold"]) == served.calibration.pixel_threshold
+    client = MlflowClient(served.uri)
+    version = client.get_model_version("pradot-serving-test", "1")
+    assert version.tags["pradot.onnx"] == f"runs:/{version.run_id}/onnx/model.onnx"
+    assert [a.path for a in client.list_artifacts(version.run_id, "onnx")] == ["onnx/model.onnx"]
+    img = scene(404, blotch=True)
+    status, text = invocations(served, [encode_png(img)])
+    maps, scores = onnx_model.score(img)
+    assert abs(float(scores[0]) - json.loads(text)["predictions"][0]["raw_score"]) < 1e-4
+    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={out}"]) == 2  # exists: refused
+
+
+@pytest.mark.slow
+def test_mlflow_run_predict_resolves_paths_where_it_was_started(served, tmp_path):
+    """`mlflow run . -e predict` runs in the project folder: relative input/output are the user's folder's."""
+    import csv
+
+    _predict_folder(tmp_path / "images")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served.uri,
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "predict",
+           "-P", "model_uri=models:/pradot-serving-test/1", "-P", "input=images", "-P", "output=results",
+           "-P", "quantile=0.9"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "results" / "scores.csv")))
+    t = float(np.interp(0.9, served.calibration.levels, served.calibration.image_quantiles))
+    assert len(rows) == 4 and all(float(r["threshold"]) == pytest.approx(t) for r in rows)
+    assert "4 of 5 scored" in proc.stdout

@@ -25,6 +25,7 @@ __all__ = [
     "pixel_auroc",
     "roc_curve_points",
     "pixel_roc_curve",
+    "f1_curve",
     "f1_max",
     "pixel_f1_max",
 ]
@@ -139,18 +140,30 @@ def pixel_roc_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return roc_curve_points(y, s)
 
 
-def f1_max(labels, scores) -> float:
-    """F1-max: the largest F1 score ``2 P R / (P + R)`` over all thresholds (``score >= t`` is anomalous),
-    from ``sklearn.metrics.precision_recall_curve``; labels 1 = anomalous.
+def f1_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """``(f1, cuts)``: the F1 score ``2 P R / (P + R)`` of the decisions ``score >= cuts[i]`` for every cut of
+    the scores (``sklearn.metrics.precision_recall_curve``; the recall-0 end point, which has no cut, dropped);
+    labels 1 = anomalous.
 
     Raises:
         ValueError: if only one class is present, lengths differ or scores are not finite.
     """
     y, s = _binary_labels_and_scores(labels, scores)
-    precision, recall, _ = precision_recall_curve(y, s)
-    denom = precision + recall
-    f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
-    return float(f1.max())
+    precision, recall, cuts = precision_recall_curve(y, s)
+    p, r = precision[:-1], recall[:-1]
+    denom = p + r
+    f1 = np.divide(2.0 * p * r, denom, out=np.zeros_like(denom), where=denom > 0)
+    return f1, cuts
+
+
+def f1_max(labels, scores) -> float:
+    """F1-max: the largest F1 score ``2 P R / (P + R)`` over all thresholds (``score >= t`` is anomalous),
+    from :func:`f1_curve`; labels 1 = anomalous.
+
+    Raises:
+        ValueError: if only one class is present, lengths differ or scores are not finite.
+    """
+    return float(f1_curve(labels, scores)[0].max())
 
 
 def pixel_f1_max(masks, maps) -> float:

@@ -1,0 +1,64 @@
+"""`mlflow run .` without conda: the project's conda.yaml through MLflow's uv environment manager (MLflow reads
+python and the pip list from conda.yaml, `uv venv --python=3.11` + `uv pip install` into ~/.mlflow/envs,
+cached by conda.yaml's contents), and the literal `mlflow run .` on a machine without conda."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "PYTHONPATH")}
+    env.update({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+    return env
+
+
+def test_conda_yaml_gives_uv_the_python_and_the_pip_list():
+    """What MLflow 3's project runner builds for --env-manager uv/virtualenv from conda.yaml."""
+    from mlflow.utils.environment import _PythonEnv
+
+    env = _PythonEnv.from_conda_yaml(str(REPO / "conda.yaml"))
+    assert env.python == "3.11" and env.build_dependencies == ["pip"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0] for d in env.dependencies}
+    assert {"torch", "mlflow", "onnxruntime", "onnx", "opencv-python-headless", "hydra-core"} <= names
+    assert "scikit-image" not in names
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_uv_trains_the_ci_recipe(tmp_path):
+    """The literal command a user without conda runs, with uv (a dev dependency). The first run on a machine
+    downloads the environment's packages from PyPI (about 2.5 GB, a minute here); later runs reuse it."""
+    assert shutil.which("uv", path=str(VENV_BIN)), "uv is a dev dependency: make setup installs it"
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "uv", "--experiment-name", "uv",
+           "-P", "dataset=synthetic", "-P", f"data_root={tmp_path}/synthetic",
+           "-P", f"overrides=experiment=ci cache.dir={tmp_path}/cache evaluation.figures=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("uv").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.env"] == "uv"
+    assert "image_auroc" in run.data.metrics and "test_f1_max" in run.data.metrics
+    envs = str(Path.home() / ".mlflow" / "envs")  # the command ran in the environment uv built there
+    assert f"Running command 'source {envs}/mlflow-" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("conda") is not None, reason="conda is installed: the literal command would use it")
+def test_literal_mlflow_run_without_conda_names_conda(tmp_path):
+    """Without --env-manager MLflow takes the environment from MLproject's conda_env and needs conda; on a machine
+    without it MLflow stops before the project's code runs, with its own message (the README says to add
+    --env-manager uv or local)."""
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "-P", "category=screw_bag"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Could not find Conda executable" in proc.stderr, proc.stderr[-2000:]
+    readme = (REPO / "README.md").read_text()
+    assert "--env-manager uv" in readme and "Could not find Conda executable" in readme
