@@ -211,11 +211,15 @@ def _export(settings: ExportSettings, source: Source) -> ExportResult:
     import mlflow.pyfunc
     from mlflow.artifacts import download_artifacts
 
-    from pradot.export import export_onnx
+    from pradot.export import SUPPORTED, exportable, export_onnx
 
     path = _output(settings, source)
     model_dir = settings.model_uri if Path(settings.model_uri).is_dir() else download_artifacts(settings.model_uri)
     scorer = mlflow.pyfunc.load_model(model_dir, model_config={"device": "cpu"}).unwrap_python_model().scorer
+    if not exportable(scorer.model):
+        raise cli.UsageError(f"{settings.model_uri} is a {type(scorer.model).__name__} model; ONNX export supports "
+                             f"{SUPPORTED}. Serve it with `mlflow models serve` or score folders with the predict "
+                             "entry point instead")
     export_onnx(scorer.model, path, calibration=scorer.calibration, opset=settings.opset,
                 metadata={"source_model": settings.model_uri, "source_run": source.run_id or "",
                           "registered_version": f"{source.name}/{source.version}" if source.name else ""})
@@ -232,7 +236,8 @@ def run_export(settings: ExportSettings) -> ExportResult:
     """Export, check and (with tracking) publish; see the module docstring.
 
     Raises:
-        UsageError: a bad URI or output. TypeError: an unsupported model kind. RuntimeError: parity failed.
+        UsageError: a bad URI or output, or a model kind ONNX export does not support. RuntimeError: parity
+            failed.
     """
     tracking.setup_tracking()
     source = source_of(settings.model_uri)

@@ -57,7 +57,7 @@ from .postprocess import gaussian_smooth, standardise
 from .scoring import cell_copies, fuse_maps
 
 __all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAMES", "SUPPORTED", "PILBilinearResize", "assignment_map", "bank_constants",
-           "nearest_distance", "ExportScorer", "export_onnx", "onnx_metadata", "read_metadata", "OnnxScorer"]
+           "nearest_distance", "ExportScorer", "exportable", "export_onnx", "onnx_metadata", "read_metadata", "OnnxScorer"]
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -257,6 +257,14 @@ class _MemberHead(nn.Module):
         maps = [F.interpolate(self.stage_map(s, bank_feats[s])[:, None], size=(S, S), mode="bilinear",
                               align_corners=True)[:, 0] for s in self.bank_stages]
         return gaussian_smooth(fuse_maps(maps), self.sigma)
+
+
+def exportable(model) -> bool:
+    """Whether :func:`export_onnx` supports ``model`` (see :data:`SUPPORTED`): a PRADOT model, a memory bank,
+    or an ensemble whose members are all one of those."""
+    if isinstance(model, Ensemble):
+        return all(isinstance(m, (PRADOT, MemoryBankModel)) for m in model.members)
+    return isinstance(model, (PRADOT, MemoryBankModel))
 
 
 def _members(model) -> tuple[list, Ensemble | None]:

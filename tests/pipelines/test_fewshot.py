@@ -3,6 +3,7 @@ the protocol end to end on the embedded data (tiny recipe) with its runs, tables
 the registered model served in-process with the online-update parameter."""
 
 import base64
+import csv
 import io
 import os
 import subprocess
@@ -117,7 +118,7 @@ def png_b64(path) -> str:
 
 
 @pytest.mark.slow
-def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path):
+def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path, capsys):
     import mlflow
     from mlflow import MlflowClient
 
@@ -174,6 +175,25 @@ def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path):
     noise = b64(file_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8))))
     out = served.predict(pd.DataFrame({"image": [noise]}), params={"online_update": True})
     assert bool(out["is_anomaly"].iloc[0]) and len(foct.episodic) == size and foct.queries_seen == below
+
+    # the folder entry point scores with the registered few-shot model; ONNX export refuses it by name
+    from pipelines import export, predict
+
+    with tracking_uri(uri):
+        argv = ["model_uri=models:/foct-synthetic-screw_bag/1", f"input={root / 'validation' / 'good'}",
+                f"output={tmp_path / 'predicted'}", "tracking.enabled=false", "write.overlays=false"]
+        assert predict.main(argv) == 0
+        rows = list(csv.DictReader(open(tmp_path / "predicted" / "scores.csv")))
+        assert len(rows) == len(normals) and all(float(r["threshold"]) == version_threshold(served) for r in rows)
+        onnx = tmp_path / "foct.onnx"
+        assert export.main(["model_uri=models:/foct-synthetic-screw_bag/1", f"output={onnx}",
+                            "tracking.enabled=false"]) == 2
+    assert not onnx.exists()
+    assert "FOCT model; ONNX export supports PRADOT models" in capsys.readouterr().err
+
+
+def version_threshold(served) -> float:
+    return float(served.unwrap_python_model().scorer.calibration.threshold)
 
 
 # ------------------------------------------------------------------ a registered few-shot model over HTTP

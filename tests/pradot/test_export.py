@@ -15,7 +15,7 @@ from pradot import PRADOT, PRADOTConfig
 from pradot.calibration import Calibration
 from pradot.ensemble import Ensemble
 from pradot.export import (ExportScorer, OnnxScorer, PILBilinearResize, assignment_map, bank_constants, export_onnx,
-                           nearest_distance, read_metadata)
+                           exportable, nearest_distance, read_metadata)
 from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 from pradot.scoring import assignment_scores
 from pradot.serving import Scorer, encode_png, map_size, resize_map
@@ -122,7 +122,9 @@ def test_export_module_scores_as_the_served_scorer(models, kind):
         assert np.abs(mine - served).max() / span < 1e-5 and abs(float(scores[0]) - raw) / span < 1e-5
 
 
-def test_unsupported_models_are_refused_with_the_supported_kinds():
+def test_unsupported_models_are_refused_with_the_supported_kinds(models):
+    assert all(exportable(m) for m in vars(models).values())
+    assert not exportable(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="PRADOT models, memory banks"):
         ExportScorer(torch.nn.Linear(2, 2))
 
