@@ -20,7 +20,8 @@ One module per step, in the order the driver runs them:
   unchanged) and the check, from every node before trials start, that it (and ``cache.dir`` for the disk
   store) is the storage the driver writes.
 * ``evalset``: the evaluation set of the objective (``pseudo``: validation normals plus synthetic
-  anomalies made from them, ``val_auroc``, no test labels; ``test``: the test split's labels,
+  anomalies made from them, ``val_objective`` (image AUROC and AU-PRO per style, as promote chooses) or
+  ``val_auroc`` (``pseudo_anomalies.localisation=false``), no test labels; ``test``: the test split's labels,
   ``test_auroc``, paper reproduction only, tagged ``pradot.objective=test``), and the backbone features
   extracted **once**, in the driver, into the memory-mapped ``pradot.features.FeatureCache`` (``cache.dir``)
   before ``Tuner.fit``. Trials read them from the cache folder (``sweep.feature_store=disk``; on several

@@ -58,15 +58,26 @@ class EvalSet:
     loco_style: bool  # test_auroc is the mean over anomaly types (as `main` reports image_auroc)
     calibration_split: str
     calibration_source: str
+    #: (N, S, S) bool pseudo-anomaly masks when the trials report the localisation (None: image scores only)
+    masks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    eval_size: int | None = None  # the localisation's size (None: the maps')
 
-    def evaluate(self, scores) -> dict[str, float]:
-        """The trial's metrics from its image scores: ``val_auroc`` (all pseudo-anomalies), one per kind
-        and, when there are several, one per style; or ``test_auroc`` and one per anomaly type."""
+    @property
+    def localisation(self) -> bool:
+        return self.masks is not None
+
+    def evaluate(self, scores, maps=None) -> dict[str, float]:
+        """The trial's metrics from its image scores (and, with :attr:`localisation`, its (N, S, S) maps):
+        ``val_auroc`` (all pseudo-anomalies), one per kind and, when there are several, one per style, with
+        maps ``val_aupro_<style>`` and ``val_objective``; or ``test_auroc`` and one per anomaly type."""
         from pradot.metrics import image_auroc, loco_image_auroc
 
         scores = np.asarray(scores, dtype=np.float64)
         if self.objective != "test":  # the validation objective promote uses too (pipelines.objective)
-            return objective.evaluate(self.groups, self.styles, scores)
+            if not self.localisation or maps is None:
+                return objective.evaluate(self.groups, self.styles, scores)
+            return objective.evaluate(self.groups, self.styles, scores, maps=np.asarray(maps, dtype=np.float32),
+                                      masks=self.masks, size=self.eval_size)
         per_group = loco_image_auroc(self.groups, scores, good=GOOD)
         mean = per_group.pop("mean")
         out = {"test_auroc": mean if self.loco_style else image_auroc(self.labels, scores)}
@@ -116,9 +127,13 @@ def _pseudo_set(plan: SweepPlan, splits, size: int) -> tuple[EvalSet, SplitSourc
     def build():
         return ArrayImageDataset(objective.build_pseudo_set(normals, size, pa).images, labels)
 
+    masks, dataset = None, _Lazy(build)
+    if pa.localisation:  # the masks are made with the images: build them now (features may still be cached)
+        pset = objective.build_pseudo_set(normals, size, pa)
+        masks, dataset = pset.masks, ArrayImageDataset(pset.images, labels)
     evalset = EvalSet("pseudo", PSEUDO_SPLIT, tuple(labels), tuple(groups), tuple(styles), False,
-                      PSEUDO_SPLIT, "validation")
-    return evalset, SplitSource(_Lazy(build), normals, {"pseudo": pa.identity()})
+                      PSEUDO_SPLIT, "validation", masks, pa.eval_size)
+    return evalset, SplitSource(dataset, normals, {"pseudo": pa.identity()})
 
 
 def evaluation_set(plan: SweepPlan, splits, image_size: int) -> tuple[EvalSet, dict[str, SplitSource]]:

@@ -22,14 +22,14 @@ from pipelines.sweep.space import SearchSpace, SweepError, as_number, parse_spac
 __all__ = ["OBJECTIVES", "COMMON_METRICS", "FEATURE_STORES", "metric_keys", "PseudoAnomalySettings",
            "SchedulerSettings", "TrialResources", "RaySettings", "SweepPlan", "sweep_plan", "check_against_data"]
 
-#: objective -> the metric its trials report by default
-OBJECTIVES = {"pseudo": "val_auroc", "test": "test_auroc"}
+#: objective -> the metric its trials report by default (``pseudo`` without localisation: ``val_auroc``)
+OBJECTIVES = {"pseudo": "val_objective", "test": "test_auroc"}
 #: metrics every trial reports each epoch besides the objective's
 COMMON_METRICS = ("ot_loss", "prototype_change", "epoch_seconds", "eval_seconds", "epoch")
 FEATURE_STORES = ("auto", "disk", "object_store")
 
 
-def metric_keys(objective: str, kinds=None, test_types=None) -> list[str]:
+def metric_keys(objective: str, kinds=None, test_types=None, localisation: bool = False) -> list[str]:
     """The metric names every trial reports each epoch (what ``sweep.metric`` may name)."""
     from pradot.data.pseudo_anomalies import KIND_STYLE
 
@@ -40,6 +40,8 @@ def metric_keys(objective: str, kinds=None, test_types=None) -> list[str]:
         styles = sorted({KIND_STYLE[k] for k in kinds if k in KIND_STYLE})
         if len(styles) > 1:
             keys += [f"val_auroc_{s}" for s in styles]
+        if localisation:
+            keys += [f"val_aupro_{s}" for s in styles] + ["val_objective"]
     else:
         keys += ["test_auroc"] + [f"test_auroc_{t}" for t in (test_types or [])]
     return keys
@@ -53,6 +55,8 @@ class PseudoAnomalySettings:
     per_image: int = 1
     seed: int = 0
     patch_fraction: tuple[float, float] = (0.15, 0.3)
+    localisation: bool = True  # trials also score maps on the masks: val_aupro_<style>, val_objective (as promote)
+    eval_size: int | None = None  # the localisation's size (promote's selection.eval_size; None: the image size)
 
     def made(self, n_normals: int) -> list[str]:
         """The kind of every anomaly made from ``n_normals`` images, in order."""
@@ -188,13 +192,18 @@ def _pseudo(sw: Mapping) -> PseudoAnomalySettings:
     pf = pa.get("patch_fraction", [0.15, 0.3])
     if not (isinstance(pf, (list, tuple)) and len(pf) == 2 and 0 < float(pf[0]) <= float(pf[1]) < 1):
         raise SweepError(f"sweep.pseudo_anomalies.patch_fraction must be [min, max] with 0 < min <= max < 1, got {pf}")
+    from pipelines.checks import boolean
+
+    size = _optional(pa.get("eval_size"), lambda v: _integer("pseudo_anomalies.eval_size", v, 8))
     return PseudoAnomalySettings(tuple(kinds), _integer("pseudo_anomalies.per_image", pa.get("per_image", 1), 1),
-                                 int(pa.get("seed", 0)), (float(pf[0]), float(pf[1])))
+                                 int(pa.get("seed", 0)), (float(pf[0]), float(pf[1])),
+                                 boolean("sweep.pseudo_anomalies.localisation", pa.get("localisation", True)), size)
 
 
-def _metric(sw: Mapping, objective: str, kinds) -> str:
-    keys = metric_keys(objective, kinds)
-    metric = str(sw.get("metric") or OBJECTIVES[objective])
+def _metric(sw: Mapping, objective: str, pseudo: PseudoAnomalySettings) -> str:
+    keys = metric_keys(objective, pseudo.kinds, localisation=pseudo.localisation)
+    default = "val_auroc" if objective == "pseudo" and not pseudo.localisation else OBJECTIVES[objective]
+    metric = str(sw.get("metric") or default)
     if objective == "pseudo" and metric not in keys:
         raise SweepError(f"sweep.metric {metric!r} is not reported by the trials (objective={objective}); "
                          f"reported metrics: {keys}")
@@ -265,7 +274,7 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
     config.train_settings(config.training_view(cfg))  # the training config's values, names and device
     space = parse_space(sw.get("search_space"), cfg)
     pseudo = _pseudo(sw)
-    metric = _metric(sw, objective, pseudo.kinds)
+    metric = _metric(sw, objective, pseudo)
     store = str(sw.get("feature_store", "auto")).lower()
     if store not in FEATURE_STORES:
         raise SweepError(f"sweep.feature_store must be auto, disk or object_store, got {store!r}")
@@ -306,7 +315,7 @@ def check_against_data(plan: SweepPlan, cfg: DictConfig, n_train: int, n_validat
             raise SweepError("objective=pseudo needs validation images (normals to make pseudo-anomalies from); "
                              "this dataset has none: set data.validation_fraction (e.g. 0.1) or use objective=test")
         made = plan.pseudo.made(n_validation)
-        keys = metric_keys("pseudo", list(dict.fromkeys(made)))
+        keys = metric_keys("pseudo", list(dict.fromkeys(made)), localisation=plan.pseudo.localisation)
         if plan.metric not in keys:
             raise SweepError(f"sweep.metric {plan.metric!r} is not reported: {n_validation} validation images make "
                              f"only the pseudo-anomaly kinds {sorted(set(made))}; reported metrics: {keys}")

@@ -57,8 +57,9 @@ def _version_tags(model_config, meta: dict, plan: SweepPlan, value: float, rank:
         trial_id=meta["trial_id"], objective=plan.objective, batch_ratio=hp["batch_ratio"],
         epochs_trained=meta["epoch"], calibration_source=meta["calibration_source"], sweep_metric=plan.metric,
         sweep_score=value, config={k: hp[k] for k in sorted(hp)},
-        # what pipelines/promote ranks banks by (promote select_by=val_auroc for a pseudo sweep)
-        metrics={k: v for k, v in meta["metrics"].items() if k.startswith(("val_auroc", "test_auroc"))})
+        # what pipelines/promote ranks banks by (promote select_by=val_objective or val_auroc for a pseudo sweep)
+        metrics={k: v for k, v in meta["metrics"].items() if k.startswith(("val_auroc", "val_aupro", "val_objective",
+                                                                             "test_auroc"))})
 
 
 def _register(folder: Path, value: float, rank: int, plan: SweepPlan, cfg: DictConfig, backbones: _Backbones,

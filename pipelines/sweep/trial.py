@@ -151,6 +151,14 @@ class _Trial:
     def scores(self, features) -> np.ndarray:
         return self.model.maps_from_features(features)[1].cpu().numpy()
 
+    def evaluate(self) -> tuple[np.ndarray, dict[str, float]]:
+        """The evaluation set's image scores and the objective's metrics (with its maps when the objective
+        includes the localisation)."""
+        maps, scores = self.model.maps_from_features(self.eval_features)
+        scores = scores.cpu().numpy()
+        ev = self.ctx.evalset
+        return scores, ev.evaluate(scores, maps.cpu().numpy() if ev.localisation else None)
+
     def calibration_scores(self, eval_scores: np.ndarray) -> np.ndarray:
         ev = self.ctx.evalset
         if ev.calibration_split == ev.split:
@@ -176,8 +184,8 @@ class _Trial:
         from ray import tune
 
         t0 = time.perf_counter()
-        scores = self.scores(self.eval_features)
-        metrics = {**self.ctx.evalset.evaluate(scores), **_training_metrics(stats),
+        scores, objective = self.evaluate()
+        metrics = {**objective, **_training_metrics(stats),
                    "eval_seconds": time.perf_counter() - t0}
         folder = None
         if stats.epoch % max(1, int(self.ctx.checkpoint_every)) == 0 or stats.epoch in self.ctx.milestones:

@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines import config
@@ -196,7 +197,12 @@ def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
         assert c.info.status == "FINISHED"
         assert c.data.tags["pradot.objective"] == "pseudo"
         assert 0.0 <= c.data.metrics["val_auroc"] <= 1.0
-        history = client.get_metric_history(c.info.run_id, "val_auroc")
+        # the objective promote chooses by: detection and localisation of both pseudo-anomaly styles
+        assert {"val_aupro_structural", "val_aupro_logical"} <= set(c.data.metrics)
+        expected = np.mean([(c.data.metrics[f"val_auroc_{s}"] + c.data.metrics[f"val_aupro_{s}"]) / 2
+                            for s in ("structural", "logical")])
+        assert c.data.metrics["val_objective"] == pytest.approx(expected, abs=1e-6)
+        history = client.get_metric_history(c.info.run_id, "val_objective")
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # one value per epoch
         assert 1 <= len(history) <= 2
         assert {"model.alpha", "model.n", "model.eta", "model.epsilon", "model.batch_ratio"} <= set(c.data.params)
@@ -209,7 +215,7 @@ def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
 
     local = client.download_artifacts(parent.info.run_id, "sweep", str(full_sweep["path"].parent / "dl"))
     table = pd.read_csv(Path(local) / "trials.csv")
-    assert len(table) == 4 and "val_auroc" in table.columns
+    assert len(table) == 4 and {"val_objective", "val_auroc"} <= set(table.columns)
     assert set(table["mlflow_run_id"]) == {c.info.run_id for c in children}
     assert (Path(local) / "search_space.yaml").is_file()
     assert parent.data.metrics["trials_terminated"] == 4
@@ -221,14 +227,16 @@ def test_sweep_registers_the_top_k_trials(full_sweep):
     versions = [v for v in client.search_model_versions(f"name='{MODEL_NAME}'")
                 if v.tags.get("sweep_run_id") == parent.info.run_id]
     assert len(versions) == 2  # sweep=ci: top_k=2
-    finals = {c.info.run_id: c.data.metrics["val_auroc"] for c in full_sweep["children"]}
+    finals = {c.info.run_id: c.data.metrics["val_objective"] for c in full_sweep["children"]}
     best_two = sorted(finals.values(), reverse=True)[:2]
-    assert sorted((float(v.tags["val_auroc"]) for v in versions), reverse=True) == pytest.approx(best_two, abs=1e-5)
+    assert sorted((float(v.tags["val_objective"]) for v in versions), reverse=True) == pytest.approx(best_two,
+                                                                                                       abs=1e-5)
     for v in versions:
         assert v.run_id in finals  # logged in the trial's own run
         assert {"alpha", "n", "stages", "config", "trial_id"} <= set(v.tags)
         assert v.tags["objective"] == "pseudo"
-        assert float(v.tags["metric.val_auroc"]) == pytest.approx(float(v.tags["val_auroc"]), abs=1e-4)  # promote's key
+        assert float(v.tags["metric.val_objective"]) == pytest.approx(float(v.tags["val_objective"]), abs=1e-4)
+        assert "metric.val_auroc" in v.tags  # promote's select_by keys
         assert client.get_run(v.run_id).data.params["data.kind"] == "synthetic"  # promote checks the data
         assert client.get_run(v.run_id).data.tags["pradot.registered_version"] == v.version
 

@@ -21,7 +21,8 @@ def _plan(*overrides):
 def test_the_ci_plan():
     plan, _ = _plan()
     assert (plan.num_samples, plan.max_concurrent_trials, plan.top_k, plan.epochs) == (4, 2, 2, 2)
-    assert (plan.objective, plan.metric, plan.mode) == ("pseudo", "val_auroc", "max")
+    assert (plan.objective, plan.metric, plan.mode) == ("pseudo", "val_objective", "max")
+    assert plan.pseudo.localisation and plan.pseudo.eval_size is None
     assert plan.scheduler == SchedulerSettings("asha", (1, 2), grace_period=1, reduction_factor=2, max_t=2)
     assert plan.milestones == (1, 2)
     assert plan.resources == TrialResources(cpu=1.0, gpu=None)  # gpu auto
@@ -92,6 +93,21 @@ def test_metric_keys():
             "val_auroc_structural", "ot_loss", "epoch"} <= set(keys)
     assert "val_auroc_structural" not in metric_keys("pseudo", ["cutpaste", "noise"])  # one style only
     assert {"test_auroc", "test_auroc_logical_anomalies"} <= set(metric_keys("test", test_types=["logical_anomalies"]))
+    assert "val_objective" not in keys
+    assert {"val_aupro_logical", "val_aupro_structural", "val_objective"} <= \
+        set(metric_keys("pseudo", ["cutpaste", "shuffle"], localisation=True))
+
+
+def test_localisation_setting():
+    plan, _ = _plan("sweep.pseudo_anomalies.localisation=false")
+    assert not plan.pseudo.localisation and plan.metric == "val_auroc"
+    with pytest.raises(SweepError, match="'val_objective' is not reported"):
+        _plan("sweep.pseudo_anomalies.localisation=false", "sweep.metric=val_objective")
+    assert _plan("sweep.pseudo_anomalies.eval_size=64")[0].pseudo.eval_size == 64
+    with pytest.raises(ValueError, match="localisation must be true or false"):
+        _plan("sweep.pseudo_anomalies.localisation=maybe")
+    with pytest.raises(SweepError, match="eval_size must be an integer >= 8"):
+        _plan("sweep.pseudo_anomalies.eval_size=2")
 
 
 def test_checks_against_the_data():

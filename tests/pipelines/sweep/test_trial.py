@@ -32,6 +32,29 @@ def test_pseudo_objective_metrics():
     assert one_style.evaluate([0.0, 1.0]) == {"val_auroc": 1.0, "val_auroc_noise": 1.0}  # no per-style metric
 
 
+def test_pseudo_objective_with_localisation_is_promotes_objective():
+    """With masks the trials report what promote chooses by: per style, (image AUROC + AU-PRO@0.05 of the maps
+    on the normals and that style's masks) / 2, averaged over the styles (checked against pradot.metrics)."""
+    import dataclasses
+
+    from pradot.metrics import au_pro
+
+    g = np.random.default_rng(3)
+    masks = np.zeros((7, 16, 16), bool)
+    masks[3:, 4:9, 5:11] = True
+    maps = g.random((7, 16, 16)).astype(np.float32) + 0.8 * masks * g.random((7, 1, 1))
+    ev = dataclasses.replace(PSEUDO, masks=masks)
+    out = ev.evaluate(SCORES, maps)
+    for style, rows in (("structural", [0, 1, 2, 3, 4]), ("logical", [0, 1, 2, 5, 6])):
+        assert out[f"val_aupro_{style}"] == pytest.approx(au_pro(list(masks[rows]), list(maps[rows]), max_fpr=0.05))
+    expected = np.mean([(5 / 6 + out["val_aupro_structural"]) / 2, (3 / 6 + out["val_aupro_logical"]) / 2])
+    assert out["val_objective"] == pytest.approx(expected)
+    assert {k: out[k] for k in PSEUDO.evaluate(SCORES)} == PSEUDO.evaluate(SCORES)  # image metrics unchanged
+    assert "val_objective" not in ev.evaluate(SCORES)  # no maps: image scores only
+    half = dataclasses.replace(ev, eval_size=8).evaluate(SCORES, maps)  # the localisation at 8 x 8
+    assert half["val_aupro_logical"] != out["val_aupro_logical"]
+
+
 @pytest.mark.parametrize("loco_style, expected", [(True, (1.0 + 0.25) / 2), (False, 5 / 8)])
 def test_test_objective_metrics(loco_style, expected):
     groups = ("good", "good", "logical_anomalies", "logical_anomalies", "structural_anomalies", "structural_anomalies")
