@@ -107,6 +107,7 @@ def test_mlflow_run_with_a_relative_data_root_that_has_a_space(tmp_path):
     params = run.data.params  # workdir: MLflow made "." absolute where `mlflow run` was started (tmp_path)
     assert params.get("resolved.workdir", params.get("workdir")) == str(tmp_path)
     assert (tmp_path / "my cache" / "features").is_dir()  # the relative cache.dir, where the user stands
+    assert 0.0 <= run.data.metrics["seg_f1"] <= 1.0  # AD-style data with masks: SegF1 at the pixel threshold
 
 
 def test_mlflow_run_error_shows_the_absolute_path(tmp_path):

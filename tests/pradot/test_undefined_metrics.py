@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -134,3 +135,27 @@ def test_evaluator_writes_metrics_json_with_notes(tmp_path, bad_masks, expected_
     numbers = {k for k, v in result.items() if isinstance(v, float) and k != "resized_maps"}
     assert numbers == expected_keys
     assert any(phrase in n for n in result["notes"])
+
+
+def test_segmentation_f1_of_a_split_is_the_pooled_pixel_f1_at_the_threshold(tmp_path):
+    """engine.segmentation_f1 (what training logs as seg_f1 at the calibrated pixel threshold) against
+    2 TP / (2 TP + FP + FN) counted directly; undefined cases give None."""
+    from pradot.engine import Scored, segmentation_f1
+
+    root, maps = make_ad(tmp_path)
+    ds = load_dataset("mvtec_ad", root, "part")
+    samples = ds.samples("test")
+    stack = np.stack([maps[(s.anomaly_type, s.image_id)] for s in samples])
+    scored = Scored(samples, stack, stack.reshape(len(stack), -1).max(1), 0.0)
+    gt = np.stack([ds.load_channels(s).any(axis=0) if s.label else np.zeros((H, W), bool) for s in samples])
+    for t in (0.5, 0.9, 1.2):
+        pred = stack > t
+        tp, fp, fn = (pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt).sum()
+        assert segmentation_f1(ds, scored, t) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    loco = SimpleNamespace(has_saturation=True)
+    assert segmentation_f1(loco, scored, 0.5) is None
+    root2, maps2 = make_ad(tmp_path / "blank", bad_masks=("blank", "blank", "blank"))
+    ds2 = load_dataset("mvtec_ad", root2, "part")
+    s2 = ds2.samples("test")
+    st2 = np.stack([maps2[(s.anomaly_type, s.image_id)] for s in s2])
+    assert segmentation_f1(ds2, Scored(s2, st2, st2.max((1, 2)), 0.0), 0.5) is None
