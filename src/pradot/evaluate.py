@@ -32,7 +32,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -115,19 +115,25 @@ def _missing_message(missing: list[Path], total: int, maps_root: Path) -> str:
 def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
              output_dir: str | Path | None = None, dataset: str = "mvtec_loco",
              max_fprs: Sequence[float] | None = None, progress: bool = True,
-             threshold: float | None = None) -> dict:
+             threshold: float | None = None, options: Mapping[str, Any] | None = None) -> dict:
     """Compute the metrics of the maps under ``anomaly_maps`` for the test split of
     ``dataset``/``category``; write ``output_dir/metrics.json`` when ``output_dir`` is given.
 
     ``max_fprs``: AU-sPRO limits (LOCO-style, default 0.01 0.05 0.1 0.3 1.0) or AU-PRO limits
     (AD-style, default 0.3; MVTec AD 2: 0.05). ``threshold``: map values above it are anomalous
-    (AD-style data then also get ``seg_f1``). Raises MissingMapsError when map files are missing.
+    (AD-style data then also get ``seg_f1``). ``options``: the loader's options
+    (:func:`pradot.data.load_dataset`, e.g. Real-IAD ``resolution``, ``views``, ``variant``; VisA ``csv_path``).
+    Raises MissingMapsError when map files are missing.
     """
     from tqdm import tqdm
 
     from pradot.data import load_dataset
 
-    ds = load_dataset(dataset, dataset_root, category)
+    try:
+        ds = load_dataset(dataset, dataset_root, category, **dict(options or {}))
+    except TypeError as exc:  # an option the loader does not take
+        raise ValueError(f"dataset {dataset!r} does not take the loader option(s) {sorted(options or {})} ({exc}); "
+                         "see pradot.data.load_dataset for each dataset's options") from None
     samples = ds.samples("test")
     if not samples:
         raise ValueError(f"dataset {dataset!r} category {category!r} under {dataset_root} has no test images")
@@ -224,8 +230,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=None,
                    help="decision threshold on map values: AD-style data also get seg_f1 (MVTec AD 2's SegF1), and "
                         "every dataset F1/precision/recall of the image decisions max(map) > threshold")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset loader option, repeatable: Real-IAD resolution=256, views=C1,C3, "
+                        "variant=realiad_jsons_sv, json_dir=...; VisA csv_path=...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
+    args.options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            p.error(f"--option takes KEY=VALUE (e.g. --option resolution=256), got {item!r}")
+        args.options[key.strip()] = value
     if args.max_fprs and not all(0.0 < f <= 1.0 for f in args.max_fprs):
         p.error(f"--max-fprs values must lie in (0, 1], got {args.max_fprs}")
     return args
@@ -237,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = evaluate(args.dataset_root, args.category, args.anomaly_maps, args.output_dir,
                           dataset=args.dataset, max_fprs=args.max_fprs, progress=not args.no_progress,
-                          threshold=args.threshold)
+                          threshold=args.threshold, options=args.options)
     except (FileNotFoundError, ValueError) as exc:  # includes MissingMapsError and DatasetError
         print(f"error: {exc}", file=sys.stderr)
         return 2
