@@ -8,6 +8,7 @@ SIGTERM; the run ends KILLED; a sweep is resumable).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Protocol, Sequence
 
@@ -59,6 +60,9 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
         hint = f"\n{DATA_HINT}" if isinstance(e, DatasetError) else ""
         if len(started_runs()) > runs_before:
             note = f"\n({failure_note})" if failure_note else ""
+        elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run exists already
+            note = ("\n(nothing was registered: refused before any work; `mlflow run` marks the run it started "
+                    "FAILED and exits with 1)")
         else:
             note = "\n(nothing was registered nor recorded: refused before any MLflow run started)"
         print(f"\nerror: {e}{hint}{note}", file=sys.stderr)

@@ -48,9 +48,9 @@ def input_files(pattern: str) -> tuple[Path, list[Path]]:
     return root, files
 
 
-def check_output(output: Path, overwrite: bool, input_root: Path) -> None:
-    """Refuse an output folder inside the input folder, or a non-empty one without ``overwrite``; with it,
-    remove predict's earlier outputs there (:data:`OUTPUTS`), leaving other files alone.
+def check_output(output: Path, overwrite: bool, input_root: Path) -> bool:
+    """Refuse an output folder inside the input folder, or a non-empty one without ``overwrite``. Changes
+    nothing (:func:`prepare_output` does, once the model has loaded). Returns whether the folder has entries.
 
     Raises:
         UsageError: what is wrong and how to fix it (nothing is written).
@@ -66,7 +66,14 @@ def check_output(output: Path, overwrite: bool, input_root: Path) -> None:
         raise cli.UsageError(f"output folder {output} is not empty ({len(entries)} entries, e.g. {entries[:3]}); "
                              f"choose a new or empty folder, or pass overwrite=true to replace predict's files there "
                              f"({', '.join(OUTPUTS)})")
-    for name in OUTPUTS if entries else ():
+    return bool(entries)
+
+
+def prepare_output(output: Path) -> None:
+    """Make the (checked) output folder, removing predict's earlier outputs there (:data:`OUTPUTS`) and leaving
+    other files alone."""
+    out = output.resolve()
+    for name in OUTPUTS if out.is_dir() else ():
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)

@@ -38,7 +38,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/predict.py`:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import checks, cli, config, tracking  # noqa: E402
-from pipelines.folders import check_output, input_files, output_stems, relative_name  # noqa: E402
+from pipelines.folders import check_output, input_files, output_stems, prepare_output, relative_name  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def load_model(settings: PredictSettings):
     except (MlflowException, OSError) as e:
         raise cli.UsageError(f"cannot load the model {settings.model_uri}: {getattr(e, 'message', e)} (give "
                              f"models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model or a model "
-                             f"folder)") from None
+                             f"folder){tracking.store_hint(settings.model_uri)}") from None
     scorer = model.unwrap_python_model().scorer
     # predict's budgets (a logged model_config only lets MLflow override the keys it was logged with)
     scorer.max_map_side, scorer.max_rows = side, max(scorer.max_rows, bs)
@@ -162,6 +162,12 @@ def load_model(settings: PredictSettings):
     return model, scorer
 
 
+def file_wording(reason: str) -> str:
+    """The server's reason for a bad request row, told about a file: its advice on what to send (e.g. a
+    base64-encoded PNG or JPEG) becomes what to do with the file."""
+    return re.sub(r"; send [^;]*$", "; re-save the file as PNG or JPEG, or remove it from the input", reason)
+
+
 def _predict(model, payloads: list[str], params: dict) -> list[dict | str]:
     """One record per payload, or the reason it failed: a batch with bad rows is scored again row by row."""
     import pandas as pd
@@ -173,7 +179,7 @@ def _predict(model, payloads: list[str], params: dict) -> list[dict | str]:
         if exc.get_http_status_code() not in (400, 413):
             raise
         if len(payloads) == 1:
-            return [re.sub(r"^1 of 1 images are invalid: row 0: ", "", exc.message)]
+            return [file_wording(re.sub(r"^1 of 1 images are invalid: row 0: ", "", exc.message))]
     return [r for p in payloads for r in _predict(model, [p], params)]
 
 
@@ -300,8 +306,10 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
     root, files = input_files(settings.input)
     check_output(settings.output, settings.overwrite, root)
     jobs, clashes = output_stems(files, root)
+    tracking.require_store(settings.model_uri)
     tracking.setup_tracking()
     model, scorer = load_model(settings)
+    prepare_output(settings.output)  # only now: a model that does not load leaves the output folder as it was
     log.info("scoring %d images under %s with %s", len(files), root, settings.model_uri)
     if not settings.tracking:
         return _score_all(settings, model, scorer.calibration, jobs, clashes, root)

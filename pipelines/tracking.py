@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TRACKING_URI", "setup_tracking", "run_log", "EntryRun", "entry_run", "started_runs",
-           "log_resolved_params", "example_image"]
+           "log_resolved_params", "example_image", "require_store", "store_hint"]
 
 #: tracking store used when MLFLOW_TRACKING_URI is not set: a SQLite file in the working directory
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -40,6 +40,36 @@ def setup_tracking() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _registry_uri(model_uri: str) -> bool:
+    return str(model_uri).startswith(("models:/", "runs:/"))
+
+
+def require_store(model_uri: str) -> None:
+    """Before a ``models:/`` or ``runs:/`` URI is looked up in the default store (no ``MLFLOW_TRACKING_URI``):
+    refuse when ``./mlflow.db`` does not exist, rather than create an empty store and answer "not found".
+
+    Raises:
+        UsageError: no tracking store here; says where models are looked up and how to point elsewhere.
+    """
+    from pipelines.cli import UsageError
+
+    if _registry_uri(model_uri) and not os.environ.get("MLFLOW_TRACKING_URI") and not Path("mlflow.db").exists():
+        raise UsageError(f"{model_uri} is looked up in the tracking store, and there is none here: {Path.cwd()} has "
+                         f"no mlflow.db and MLFLOW_TRACKING_URI is not set. Run from the folder that holds the "
+                         f"mlflow.db you trained with, or export MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
+                         f"(or http://<server>:5000)")
+
+
+def store_hint(model_uri: str) -> str:
+    """`` (looked up in the tracking store <uri> ...)`` for registry and run URIs, else ``""``."""
+    if not _registry_uri(model_uri):
+        return ""
+    import mlflow
+
+    return (f" (looked up in the tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI for "
+            f"another)")
 
 
 @contextlib.contextmanager

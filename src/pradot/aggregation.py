@@ -67,7 +67,7 @@ def concat_stages(features: Mapping[int, torch.Tensor], stages: Sequence[int]) -
     if missing:
         raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
     maps = [features[s] for s in stages]
-    if len({int(m.shape[0]) for m in maps}) != 1:
+    if any(m.shape[0] != maps[0].shape[0] for m in maps[1:]):  # no int(): a traced batch size stays symbolic
         raise ValueError(f"stages have different batch sizes: {[tuple(m.shape) for m in maps]}")
     grid = max((tuple(m.shape[-2:]) for m in maps), key=lambda g: g[0] * g[1])
     out = [m if tuple(m.shape[-2:]) == grid else

@@ -40,6 +40,7 @@ exporter is ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript),
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -371,11 +372,16 @@ def export_onnx(model, path: str | Path, calibration: Calibration | None = None,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     S = scorer.size
-    example = torch.zeros(1, S + 7, S + 13, 3, dtype=torch.uint8)  # not square, not the model size
+    # batch 2, not square, not the model size: torch.export specialises a dimension whose example size is 1
+    example = torch.zeros(2, S + 7, S + 13, 3, dtype=torch.uint8)
     dims = {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("height", min=2, max=65536),
             2: torch.export.Dim("width", min=2, max=65536)}
     tmp = path.with_name(path.name + ".partial")
+    chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
+    levels = [lg.level for lg in chatty]
     try:
+        for lg in chatty:  # their INFO lines (one per deduplicated initializer, ...) would flood a run's log
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(scorer, (example,), dynamo=True, opset_version=opset, verbose=False,
@@ -388,6 +394,8 @@ def export_onnx(model, path: str | Path, calibration: Calibration | None = None,
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+        for lg, level in zip(chatty, levels):
+            lg.setLevel(level)
     return path
 
 

@@ -135,6 +135,11 @@ def test_every_entry_point_refuses_before_any_run(tmp_path, monkeypatch, capsys)
             assert "refused before any MLflow run started" in err
     assert not (tmp_path / "mlflow.db").exists()  # the tracking store was not even opened
     assert not (tmp_path / "synthetic").exists()  # no dataset was generated
+    # under `mlflow run` its run exists before the entry point starts: the note says what happens to it
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef")
+    assert train.main(["data=synthetic", "experiment=ci", "model.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "`mlflow run` marks the run it started FAILED" in err and "before any MLflow run" not in err
 
 
 def test_device_cuda_without_a_gpu_is_the_one_line_error(tmp_path, monkeypatch, capsys):

@@ -162,3 +162,12 @@ def test_onnxruntime_equals_the_pyfunc_on_images_of_several_sizes(models, tmp_pa
             assert np.abs(mine - served).max() / span < 1e-4, (kind, h, w)
             assert abs(float(oscores[0]) - rec["raw_score"]) / span < 1e-4, (kind, h, w)
             assert bool(onnx_model.is_anomaly(oscores)[0]) == bool(rec["is_anomaly"])
+        # the batch dimension is dynamic: three images in one call score as each alone
+        assert isinstance(onnx_model.session.get_inputs()[0].shape[0], str)
+        batch = rng.integers(0, 256, (3, 50, 70, 3), dtype=np.uint8)
+        bmaps, bscores = onnx_model.score(batch)
+        assert bmaps.shape[0] == bscores.shape[0] == 3
+        for i in range(3):
+            one_map, one_score = onnx_model.score(batch[i])
+            np.testing.assert_allclose(bmaps[i], one_map[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(bscores[i], one_score[0], rtol=1e-5, atol=1e-6)
