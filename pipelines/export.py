@@ -1,6 +1,6 @@
 """MLflow entry point `export`: a logged model's scorer as one ONNX file, checked against the served pyfunc.
 
-    python pipelines/export.py model_uri=models:/pradot-synthetic-screw_bag@champion
+    python pipelines/export.py model_uri=models:/pradot-synthetic-screw_bag/1
     mlflow run . --env-manager local -e export -P model_uri=models:/pradot-synthetic-screw_bag/1
     pradot-export model_uri=runs:/<run id>/model output=screw_bag.onnx
 

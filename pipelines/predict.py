@@ -1,6 +1,6 @@
 """MLflow entry point `predict`: score a folder of images with a logged model and write the results.
 
-    python pipelines/predict.py model_uri=models:/pradot-synthetic-screw_bag@champion input=new_parts output=out
+    python pipelines/predict.py model_uri=models:/pradot-synthetic-screw_bag/1 input=new_parts output=out
     mlflow run . --env-manager local -e predict -P model_uri=models:/pradot-synthetic-screw_bag/1 \\
         -P input=new_parts -P output=out
     pradot-predict model_uri=runs:/<run id>/model input="parts/**/*.jpg" output=out

@@ -149,6 +149,18 @@ def test_load_dataset_synthetic_generate(tmp_path):
         load_dataset("synthetic", tmp_path, "screw_bag", seed=4, image_size=64, **TINY)
 
 
+def test_generate_creates_its_root_only_where_that_is_plausibly_meant(tmp_path, monkeypatch):
+    """A mistyped data_root must not become a chain of new folders somewhere on disk: the root and its parent
+    may be new (the project default data/synthetic in a fresh checkout), not more."""
+    monkeypatch.chdir(tmp_path)
+    far = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(DatasetError, match=r"nor its parents .*no/such and .*/no exist: a mistyped data_root"):
+        load_dataset("synthetic", far, "screw_bag", generate=True, image_size=64, **TINY)
+    assert not (tmp_path / "no").exists()
+    assert load_dataset("synthetic", "data/synthetic", "screw_bag", generate=True, image_size=64, **TINY).kind
+    assert (tmp_path / "data" / "synthetic" / "screw_bag").is_dir()
+
+
 def test_generate_refuses_foreign_folder_and_bad_args(tmp_path):
     (tmp_path / "screw_bag").mkdir()
     (tmp_path / "screw_bag" / "mine.txt").write_text("user data")

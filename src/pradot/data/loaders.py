@@ -306,6 +306,22 @@ class FolderDataset(CategoryFolderDataset):
 
 # ---------------------------------------------------------------------------------------------
 # synthetic LOCO scene
+def _check_writable_root(root: Path) -> None:
+    """A folder the generator may create: at most it and its parent are new (the project's default
+    ``data/synthetic`` in a fresh checkout). A longer chain of missing folders is more likely a mistyped path
+    than a wish to create folders elsewhere on disk.
+
+    Raises:
+        DatasetError: naming the folder and what to do.
+    """
+    full = root.resolve()
+    if full.exists() or full.parent.exists() or full.parent.parent.exists():
+        return
+    raise DatasetError(f"the synthetic dataset is generated into its root folder, and neither {full} nor its parents "
+                       f"{full.parent} and {full.parent.parent} exist: a mistyped data_root? Create "
+                       f"{full.parent.parent} first if it is meant, or give an existing folder")
+
+
 # ---------------------------------------------------------------------------------------------
 
 class SyntheticDataset(MVTecLOCODataset):
@@ -329,6 +345,7 @@ class SyntheticDataset(MVTecLOCODataset):
                         f"dataset kind 'synthetic' with generate=True needs a root folder to write to: pass root=... "
                         f"or set {DATA_ROOT_ENV}"
                     )
+            _check_writable_root(Path(root).expanduser())
             ensure_synthetic(root, category, **generator_options)
         else:
             root_path = resolve_root(root, self.kind)
