@@ -9,10 +9,12 @@ import json
 import os
 import socket
 import struct
+import time
 import urllib.error
 import urllib.request
 import zlib
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -96,3 +98,26 @@ class FakeModel:
         S = self.config.image_size
         maps = images.mean(1) + self.ramp * torch.linspace(0, 1, S)[None, None, :]
         return maps, maps.amax(dim=(1, 2))
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None, log=None, every: float = 0.3) -> None:
+    """Poll ``predicate`` until it is true; RuntimeError with the log's tail when ``timeout`` passes or ``proc``
+    (a process we started) exits first."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(every)
+    tail = Path(log).read_text()[-4000:] if log and Path(log).exists() else ""
+    code = f" (exit code {proc.poll()})" if proc is not None and proc.poll() is not None else ""
+    raise RuntimeError(f"{what} did not come up in {timeout}s{code}\n{tail}")
+
+
+def pinged(url: str) -> bool:
+    """Whether a model server at ``url`` answers ``/ping`` with 200."""
+    try:
+        return http("GET", f"{url}/ping", timeout=2)[0] == 200
+    except OSError:
+        return False

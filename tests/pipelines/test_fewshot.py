@@ -214,13 +214,12 @@ def test_served_fewshot_model_keeps_its_online_state_per_process(tmp_path, effne
     answers; anomalous images sent with online_update=true change nothing either; normal ones do."""
     import json
     import signal
-    import time
 
     import mlflow
     import torch
 
     from pradot.fewshot import FOCT, FOCTConfig
-    from tests.helpers import free_port, http
+    from tests.helpers import free_port, http, pinged, wait_for
 
     def tensor(rgb):
         return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
@@ -254,16 +253,7 @@ def test_served_fewshot_model_keeps_its_online_state_per_process(tmp_path, effne
         return json.loads(text)["predictions"]
 
     try:
-        deadline = time.monotonic() + 150
-        while True:
-            try:
-                if http("GET", f"{url}/ping", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"model server did not come up:\n{(tmp_path / 'server.log').read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_for(lambda: pinged(url), 150, "model server", proc, tmp_path / "server.log", every=0.5)
         probes = [_scene(100), _scene(101, blotch=True)]
         first = [p["raw_score"] for p in ask(probes)]
         assert first[0] < first[1]

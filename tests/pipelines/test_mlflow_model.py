@@ -20,7 +20,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pradot.serving import Calibration, Scorer, encode_png
-from tests.helpers import FakeModel, b64, craft_png, file_bytes, free_port, http, tracking_uri
+from tests.helpers import FakeModel, b64, craft_png, file_bytes, free_port, http, pinged, tracking_uri, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -142,17 +142,7 @@ def served(tmp_path_factory, effnet, mlflow_model):
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 150
-        while True:
-            try:
-                if http("GET", f"{url}/ping", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"model server did not come up (exit code {proc.poll()}):\n"
-                            f"{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_for(lambda: pinged(url), 150, "model server", proc, log_path, every=0.5)
         yield SimpleNamespace(url=url, model=model, calibration=calibration, info=info, log=log_path, uri=uri, tmp=tmp)
     finally:
         try:

@@ -29,6 +29,7 @@ from pipelines import config
 from pipelines.sweep import cluster, evalset, plan
 from pipelines.sweep.run import main as sweep_main
 from pipelines.sweep.space import SweepError
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -41,18 +42,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, proc=None, log=None):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    tail = Path(log).read_text()[-3000:] if log and Path(log).exists() else ""
-    raise RuntimeError(f"{what} did not come up in {timeout}s\n{tail}")
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 40) -> None:
@@ -124,8 +113,8 @@ def services(tmp_path_factory):
                 return False
 
         _make_data(root / "data")
-        _wait(lambda: "block forever" in ray_log.read_text(), 120, "ray head", ray_proc, ray_log)
-        _wait(mlflow_up, 120, "mlflow server", mlflow_proc, mlflow_log)
+        wait_for(lambda: "block forever" in ray_log.read_text(), 120, "ray head", ray_proc, ray_log)
+        wait_for(mlflow_up, 120, "mlflow server", mlflow_proc, mlflow_log)
         yield {"root": root, "ray_address": f"127.0.0.1:{port}", "tracking_uri": uri, "data": root / "data",
                "env": {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{port}", "MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"}}
     finally:

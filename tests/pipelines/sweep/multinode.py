@@ -15,35 +15,17 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.helpers import free_port, wait_for  # noqa: F401 - re-exported to the multi-node tests
+
 BIN = Path(sys.executable).parent
 NODE_SCRIPT = Path(__file__).with_name("ray_node.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None, log=None) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    tail = Path(log).read_text()[-3000:] if log and Path(log).exists() else ""
-    raise RuntimeError(f"{what} did not come up in {timeout}s\n{tail}")
 
 
 class Service:

@@ -70,6 +70,8 @@ def sim(tmp_path_factory):
                   "MLFLOW_TRACKING_PASSWORD": password, "TQDM_DISABLE": "1"}
         for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
             driver.pop(k, None)
+        for shared in ("results", "cache"):  # the shared storage: a test may mount over it before any sweep ran
+            (root / shared).mkdir(exist_ok=True)
         yield SimpleNamespace(root=root, cluster=cluster, proxy=proxy, upstream=upstream, ids=ids, driver=driver,
                               results=root / "results", cache=root / "cache")
     finally:
