@@ -20,11 +20,12 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import torch.nn as nn
 
-__all__ = ["BackboneError", "Backbone", "BACKBONES", "load_backbone"]
+__all__ = ["BackboneError", "Backbone", "BACKBONES", "load_backbone", "backbone_state", "restore_backbone"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -222,3 +223,22 @@ def load_backbone(name: str, stages=(2, 3), weights_path: str | os.PathLike | No
                 f"(a timm or torchvision state dict). Options: {_options_text()}") from e
     info = net.feature_info
     return Backbone(name, stages, net, info.channels(), info.reduction()).to(device)
+
+
+def backbone_state(backbone: "Backbone", include_weights: bool = True) -> dict:
+    """How a model file stores its backbone: ``{"name", "stages", "state_dict"}`` (CPU tensors, or None without
+    the weights). :func:`restore_backbone` reads it back."""
+    weights = {k: v.cpu() for k, v in backbone.net.state_dict().items()} if include_weights else None
+    return {"name": backbone.name, "stages": list(backbone.stages), "state_dict": weights}
+
+
+def restore_backbone(stored: Mapping, backbone: "Backbone | None" = None) -> "Backbone":
+    """``backbone`` when given (a shared network), else the one :func:`backbone_state` stored (its weights, or
+    the named network's own when the file holds none).
+
+    Raises:
+        BackboneError: an unknown name or stages, or weights that do not fit.
+    """
+    if backbone is not None:
+        return backbone
+    return load_backbone(stored["name"], tuple(stored["stages"]), state_dict=stored["state_dict"])

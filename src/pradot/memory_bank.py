@@ -41,7 +41,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from .aggregation import FeatureOptions, check_aggregation
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from .checkpoint import MEMORY_BANK_FORMAT, load_state, save_state
 from .coreset import greedy_coreset
 from .model import as_tensor, prepare_images
@@ -241,12 +241,11 @@ class MemoryBankModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def state(self, include_backbone: bool = True) -> dict:
         """The dict :meth:`save` writes: format, config, the banks and (by default) the backbone's weights."""
-        weights = ({k: v.cpu() for k, v in self.backbone.net.state_dict().items()} if include_backbone else None)
         cfg = asdict(self.config)
         cfg["stages"] = list(self.config.stages)
         return {"format": MEMORY_BANK_FORMAT, "config": cfg, "fitted": self.fitted,
                 "memory": {int(s): m.contiguous() for s, m in self.memory.items()},
-                "backbone": {"name": self.backbone.name, "stages": list(self.backbone.stages), "state_dict": weights}}
+                "backbone": backbone_state(self.backbone, include_backbone)}
 
     def save(self, path: str | Path, include_backbone: bool = True) -> Path:
         """One self-describing file (format ``pradot-memory-bank-v1``)."""
@@ -259,9 +258,7 @@ class MemoryBankModel(nn.Module):
         cfg = dict(state["config"])
         cfg["stages"] = tuple(cfg["stages"])
         config = MemoryBankConfig(**cfg)
-        if backbone is None:
-            bb = state["backbone"]
-            backbone = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=bb["state_dict"])
+        backbone = restore_backbone(state["backbone"], backbone)
         model = cls(config, backbone=backbone, device=device)
         model.memory = {int(s): torch.as_tensor(m).float().contiguous() for s, m in state["memory"].items()}
         model.fitted = bool(state.get("fitted", True)) and bool(model.memory)

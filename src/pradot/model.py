@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .aggregation import FeatureOptions, check_aggregation
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from .checkpoint import MODEL_FORMAT, load_state, save_state
 from .cost import check_alpha
 from .postprocess import check_sigma, gaussian_smooth
@@ -482,9 +482,8 @@ class PRADOT(nn.Module):
     def state(self, include_backbone: bool = True) -> dict:
         """The dict :meth:`save` writes: format, config, banks, backbone name/stages and (by default) its
         weights."""
-        weights = ({k: v.cpu() for k, v in self.backbone.net.state_dict().items()} if include_backbone else None)
         return {"format": FORMAT, **self.prototypes.state(),
-                "backbone": {"name": self.backbone.name, "stages": list(self.backbone.stages), "state_dict": weights}}
+                "backbone": backbone_state(self.backbone, include_backbone)}
 
     def save(self, path: str | Path, include_backbone: bool = True) -> Path:
         """One file with the config, each bank (with its own self-describing config) and, by default,
@@ -496,9 +495,7 @@ class PRADOT(nn.Module):
                    ) -> "PRADOT":
         """Inverse of :meth:`state`; ``backbone`` replaces the stored one (e.g. a shared network)."""
         prototypes = PrototypeModel.from_state(state, device=device)
-        if backbone is None:
-            bb = state["backbone"]
-            backbone = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=bb["state_dict"])
+        backbone = restore_backbone(state["backbone"], backbone)
         return cls.from_prototypes(prototypes, backbone, device=device)
 
     @classmethod

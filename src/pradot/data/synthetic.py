@@ -50,6 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from . import synthetic_parts as _parts
 from .synthetic_parts import (  # the parts and their damages, shared with the fastener kit scene
     Canvas,
     LIGHT,
@@ -379,14 +380,7 @@ def _scene(category: str):
 
 def _render(kind: str, rng: np.random.Generator, canvas: Canvas):
     """One screw-bag image: ``kind`` "" (normal), a logical or a structural kind -> (uint8, channels, info)."""
-    channels: list[tuple[str, np.ndarray]] = []
-    info: dict[str, Any] = {}
-    if not kind:
-        parts = _normal_parts(rng)
-    elif kind in LOGICAL_KINDS:
-        parts, channels, info = _logical(kind, rng, canvas)
-    else:
-        parts, channels, info = _structural(kind, rng, canvas)
+    parts, channels, info = _parts.scene_parts(kind, rng, canvas, _normal_parts, _logical, _structural, LOGICAL_KINDS)
     scene = Scene(parts, _bag(rng, canvas.size))
     return _to_uint8(_draw(scene, canvas)), channels, info
 

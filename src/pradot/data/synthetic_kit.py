@@ -202,14 +202,7 @@ def _light(rng: np.random.Generator, size: int) -> dict[str, Any]:
 
 def render(kind: str, rng: np.random.Generator, canvas: sb.Canvas):
     """One image: ``kind`` "" (normal), a logical or a structural kind. Returns (uint8 image, channels, info)."""
-    channels: list[tuple[str, np.ndarray]] = []
-    info: dict = {}
-    if not kind:
-        parts = _normal_parts(rng)
-    elif kind in LOGICAL_KINDS:
-        parts, channels, info = _logical(kind, rng, canvas)
-    else:
-        parts, channels, info = _structural(kind, rng, canvas)
+    parts, channels, info = sb.scene_parts(kind, rng, canvas, _normal_parts, _logical, _structural, LOGICAL_KINDS)
     return sb._to_uint8(_draw(parts, _light(rng, canvas.size), canvas)), channels, info
 
 

@@ -330,3 +330,14 @@ def _damage_mask(part: Part, canvas: Canvas) -> np.ndarray:
     if dmg.get("kind") == "scratch":  # scratches are thin: one pixel of margin
         out = ndimage.binary_dilation(out, iterations=1) & _footprint(part, canvas, grow=0.5)
     return out
+
+
+def scene_parts(kind: str, rng: np.random.Generator, canvas: Canvas, normal, logical, structural,
+                logical_kinds) -> tuple[list, list[tuple[str, np.ndarray]], dict[str, Any]]:
+    """A scene's parts with their ground truth: ``kind`` "" (``normal(rng)``, no channel), a logical kind
+    (``logical(kind, rng, canvas)``) or a structural one (``structural(...)``) -> (parts, channels, info)."""
+    if not kind:
+        return normal(rng), [], {}
+    if kind in logical_kinds:
+        return logical(kind, rng, canvas)
+    return structural(kind, rng, canvas)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..backbone import Backbone, load_backbone
+from ..backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from ..checkpoint import load_state, save_state
 from ..model import prepare_images
 from .ct import anomaly_scores, euclidean_cost, forward_transport
@@ -315,7 +315,6 @@ class FOCT(nn.Module):
         """A plain dict (tensors, numbers, strings; ``torch.load(weights_only=True)`` reads it): format, config,
         memories, the fitted distance, the mask source and (by default) the backbone's weights."""
         self._check_fitted()
-        weights = ({k: v.cpu() for k, v in self.backbone.net.state_dict().items()} if include_backbone else None)
         return {
             "format": FOCT_FORMAT,
             "config": asdict(self.config),
@@ -325,7 +324,7 @@ class FOCT(nn.Module):
                          "state_dict": {k: v.cpu() for k, v in self.distance.state_dict().items()}},
             "masks": self.mask_source.spec(),
             "queries_seen": int(self.queries_seen),
-            "backbone": {"name": self.backbone.name, "stages": list(self.backbone.stages), "state_dict": weights},
+            "backbone": backbone_state(self.backbone, include_backbone),
         }
 
     def save(self, path: str | Path, include_backbone: bool = True) -> Path:
@@ -337,9 +336,7 @@ class FOCT(nn.Module):
         cfg = dict(state["config"])
         cfg["stages"] = tuple(cfg["stages"])
         config = FOCTConfig(**cfg)
-        if backbone is None:
-            bb = state["backbone"]
-            backbone = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=bb["state_dict"])
+        backbone = restore_backbone(state["backbone"], backbone)
         model = cls(config, backbone=backbone, device=device)
         dev = model.device_
         model.semantic = SemanticMemory(state["semantic"]["features"].float().to(dev),
