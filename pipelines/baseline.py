@@ -83,7 +83,7 @@ class BaselineRun:
             f"run     : {self.run_id} (experiment {self.experiment_id})",
             f"model   : {registered}",
             "metrics : " + ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if k in shown),
-            f"look at it: mlflow ui --backend-store-uri {self.tracking_uri}"])
+            f"look at it: {tracking.ui_hint(self.tracking_uri)}"])
 
 
 def fit_baseline(settings: config.TrainSettings, mb_config, train_samples, device, progress: bool = True):

@@ -204,7 +204,8 @@ class TrainSettings:
 
     @property
     def run_name(self) -> str:
-        return f"{self.data.kind}-{self.data.category}-a{self.model.alpha}-n{self.model.n}"
+        stages = "+".join(str(s) for s in self.model.stages)
+        return f"{self.data.kind}-{self.data.category}-s{stages}-a{self.model.alpha}-n{self.model.n}"
 
 
 def _evaluation(cfg: DictConfig) -> EvaluationSettings:

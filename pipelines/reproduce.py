@@ -68,8 +68,8 @@ class ReproduceResult:
             f"members   : {', '.join(self.members)}",
             p.table,
             f"ensemble  : {p.ensemble_name} v{p.version}; {p.decision.reason}",
-            f"serve it  : mlflow models serve -m models:/{p.ensemble_name}@{p.alias} --env-manager local "
-            f"-h 127.0.0.1 -p 5001"])
+            f"serve it  : mlflow models serve -m {p.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
+            + ("" if p.decision.moved else f"   (this ensemble; @{p.alias} still serves v{p.decision.previous})")])
 
 
 def _check_overrides(overrides: Sequence[str], cfg) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TRACKING_URI", "setup_tracking", "run_log", "EntryRun", "entry_run", "started_runs",
-           "log_resolved_params", "example_image", "require_store", "store_hint"]
+           "log_resolved_params", "example_image", "require_store", "store_hint", "ui_hint"]
 
 #: tracking store used when MLFLOW_TRACKING_URI is not set: a SQLite file in the working directory
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -42,6 +42,13 @@ def setup_tracking() -> str:
     return uri
 
 
+def ui_hint(tracking_uri: str) -> str:
+    """Where to look at the runs: a tracking server serves its own UI; a local store needs ``mlflow ui``."""
+    if str(tracking_uri).startswith(("http://", "https://")):
+        return f"open {tracking_uri} (the tracking server's UI)"
+    return f"mlflow ui --backend-store-uri {tracking_uri}   (then open http://127.0.0.1:5000)"
+
+
 def _registry_uri(model_uri: str) -> bool:
     return str(model_uri).startswith(("models:/", "runs:/"))
 
@@ -51,12 +58,12 @@ def require_store(model_uri: str) -> None:
     refuse when ``./mlflow.db`` does not exist, rather than create an empty store and answer "not found".
 
     Raises:
-        UsageError: no tracking store here; says where models are looked up and how to point elsewhere.
+        ConfigError: no tracking store here; says where models are looked up and how to point elsewhere.
     """
-    from pipelines.cli import UsageError
+    from pipelines.checks import ConfigError
 
     if _registry_uri(model_uri) and not os.environ.get("MLFLOW_TRACKING_URI") and not Path("mlflow.db").exists():
-        raise UsageError(f"{model_uri} is looked up in the tracking store, and there is none here: {Path.cwd()} has "
+        raise ConfigError(f"{model_uri} is looked up in the tracking store, and there is none here: {Path.cwd()} has "
                          f"no mlflow.db and MLFLOW_TRACKING_URI is not set. Run from the folder that holds the "
                          f"mlflow.db you trained with, or export MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
                          f"(or http://<server>:5000)")

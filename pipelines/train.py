@@ -64,7 +64,7 @@ class TrainRun:
             f"model          : {self.model_uri}{registered}",
             "metrics        : " + (", ".join(f"{k}={v:.4f}" for k, v in shown.items()) or "(none: see the notes)"),
             *notes,
-            f"look at it     : mlflow ui --backend-store-uri {self.tracking_uri}   (then open http://127.0.0.1:5000)"])
+            f"look at it     : {tracking.ui_hint(self.tracking_uri)}"])
 
 
 def _epoch_logger(settings: config.TrainSettings):

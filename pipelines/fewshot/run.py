@@ -48,7 +48,7 @@ class FewShotRun:
                  f"run            : {self.run_id} (experiment {self.experiment_id})", "", self.table]
         if self.registered is not None:
             lines.append(f"model          : {self.registered.note}")
-        lines.append(f"look at it     : mlflow ui --backend-store-uri {self.tracking_uri}")
+        lines.append(f"look at it     : {tracking.ui_hint(self.tracking_uri)}")
         return "\n".join(lines)
 
 

@@ -48,6 +48,13 @@ class PromotionResult:
     def model_uri(self) -> str:
         return f"models:/{self.ensemble_name}/{self.version}"
 
+    @property
+    def serve_uri(self) -> str:
+        """The new ensemble: by its alias when the alias moved to it, else by its version."""
+        if self.decision.moved:
+            return f"models:/{self.ensemble_name}@{self.alias}"
+        return f"models:/{self.ensemble_name}/{self.version}"
+
     def summary(self) -> str:
         holder = self.version if self.decision.moved else self.decision.previous
         weights = "" if self.weights is None else f" (weights {', '.join(f'{w:g}' for w in self.weights)})"
@@ -59,9 +66,9 @@ class PromotionResult:
             f"ensemble  : registered as {self.ensemble_name} v{self.version}",
             f"alias     : {self.alias} {'moved to' if self.decision.moved else 'kept on'} v{holder} "
             f"({self.decision.reason})",
-            f"serve it  : mlflow models serve -m models:/{self.ensemble_name}@{self.alias} --env-manager local "
-            f"-h 127.0.0.1 -p 5001",
-            f"look at it: mlflow ui --backend-store-uri {self.tracking_uri}"])
+            f"serve it  : mlflow models serve -m {self.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
+            + ("" if self.decision.moved else f"   (this ensemble; @{self.alias} still serves v{holder})"),
+            f"look at it: {tracking.ui_hint(self.tracking_uri)}"])
 
 
 def _same_size(cands: list[Candidate], size: int, explicit: bool) -> list[Candidate]:
@@ -226,6 +233,8 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
                        "promote.baseline": sel.baseline.ref if sel.baseline else "fitted by promote"})
     if sel.excluded:
         mlflow.set_tag("pradot.excluded", "; ".join(sel.excluded)[:4900])
+        for e in sel.excluded:  # on the console too: a version left out silently looks like a bug
+            log.warning("left out %s", e)
     for n in sel.notes:
         log.info("%s", n)
     if sel.notes:

@@ -2,7 +2,8 @@
 each trial's MLflow run closed as Tune ended it, the trial table, and the trials lost to infrastructure.
 
 ```python
-records = trial_records(grid, runs, plan.budget, interrupted=False)   # one per Tune trial
+saved = saved_statuses(grid)               # the statuses Tune saved (what a resume continues)
+records = trial_records(grid, runs, plan.budget, interrupted=False, saved=saved)   # one per Tune trial
 close_runs(records, client)                # FINISHED / FAILED / KILLED with the tags of pipelines.sweep.runs
 table(records)                             # sweep/trials.csv
 lost = [r for r in records if r.lost]      # ERROR after their retries, infrastructure failures
@@ -19,7 +20,8 @@ from pipelines.sweep.runs import (EPOCHS_TAG, ERROR_TAG, FAILURE_TAG, INFRASTRUC
                                   end_label)
 from pipelines.sweep.tuner import error_tags, tune_error
 
-__all__ = ["TrialRecord", "tune_trials", "trial_records", "close_runs", "table", "lost_notice"]
+__all__ = ["TrialRecord", "tune_trials", "saved_statuses", "unfinished", "trial_records", "close_runs", "table",
+           "lost_notice"]
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +67,50 @@ def tune_trials(grid) -> list:
     return list(grid._experiment_analysis.trials)
 
 
-def trial_records(grid, runs: Mapping[str, Any], budget: int, interrupted: bool) -> list[TrialRecord]:
-    """One record per Tune trial; ``runs``: ``{trial_id: MLflow run}``; ``interrupted``: the sweep was."""
+def saved_statuses(grid) -> dict[str, str]:
+    """Each trial's status as Tune saved it in the experiment state (``ray.tune.ExperimentAnalysis`` of the
+    grid's folder), which is what ``Tuner.restore`` resumes. After an interrupt (Ctrl+C, SIGUSR1) Tune stops
+    the running trials and the in-memory grid calls them TERMINATED, while the state saved first has them
+    RUNNING or PENDING: unfinished."""
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "Failed to fetch metrics" for trials that never reported
+    try:
+        analysis = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem)
+    finally:
+        quiet.setLevel(level)
+    return {t.trial_id: t.status for t in analysis.trials}
+
+
+def unfinished(statuses: Mapping[str, str]) -> list[str]:
+    """The trials a resume continues: neither TERMINATED nor ERROR in the saved state."""
+    return [tid for tid, status in statuses.items() if status not in ("TERMINATED", "ERROR")]
+
+
+def trial_records(grid, runs: Mapping[str, Any], budget: int, interrupted: bool,
+                  saved: Mapping[str, str] | None = None) -> list[TrialRecord]:
+    """One record per Tune trial; ``runs``: ``{trial_id: MLflow run}``; ``interrupted``: the sweep was;
+    ``saved``: :func:`saved_statuses` (a trial's saved status wins over the in-memory one)."""
     out = []
+    saved = saved or {}
     for t in tune_trials(grid):
         last = dict(t.last_result or {})
         epochs = int(last.get("epoch", 0) or 0)
         run = runs.get(t.trial_id)
         failure = error = ""
-        if t.status == "TERMINATED":
+        status = saved.get(t.trial_id, t.status)
+        if status == "TERMINATED":
             label = end_label(epochs, budget)
-        elif t.status == "ERROR":
+        elif status == "ERROR":
             tags = error_tags(tune_error(t))
             label, failure, error = "failed", tags[FAILURE_TAG], tags[ERROR_TAG]
         else:
             label = "interrupted" if interrupted else "pending"
         where = {k: run.data.tags.get(k, "") for k in _WHERE} if run is not None else {}
-        attempts = int(t.num_failures) + (0 if t.status == "ERROR" else 1)  # an errored trial's last one failed
-        out.append(TrialRecord(t.trial_id, t.status, label, epochs, max(attempts, 1), dict(t.config), last, run,
+        attempts = int(t.num_failures) + (0 if status == "ERROR" else 1)  # an errored trial's last one failed
+        out.append(TrialRecord(t.trial_id, status, label, epochs, max(attempts, 1), dict(t.config), last, run,
                                failure, error, where))
     return out
 

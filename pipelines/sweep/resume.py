@@ -72,5 +72,8 @@ def reopen_parent(resume: Resume, uri: str) -> None:
         raise SweepError(f"the sweep in {resume.folder} has finished already (MLflow run {parent_id}); nothing to "
                          f"resume")
     env_run = os.environ.get("MLFLOW_RUN_ID")
-    if env_run and env_run != parent_id:
+    if env_run and env_run != parent_id:  # `mlflow run` made a run of its own: it only points to the sweep's
         client.set_tag(env_run, "pradot.resumed_sweep_run_id", parent_id)
+        client.set_tag(env_run, "mlflow.runName", f"resume-of-{client.get_run(parent_id).info.run_name}")
+        client.set_tag(env_run, "mlflow.note.content", f"This `mlflow run` resumed the sweep of run {parent_id}: the "
+                       "trials, metrics and registered versions are in that run, not in this one.")

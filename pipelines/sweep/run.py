@@ -61,6 +61,8 @@ class SweepResult:
     best: dict[str, Any] = field(default_factory=dict)
     best_config: dict[str, Any] = field(default_factory=dict)
     notice: str = ""  # what it says about lost trials
+    #: the sweep's own overrides of data and training (promote needs the same); None: unknown (a resumed sweep)
+    overrides: list[str] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -88,8 +90,10 @@ class SweepResult:
         lines += [f"registered     : models:/{r['name']}/{r['version']}  (trial {r['trial_id']}, {m}={r[m]:.4f})"
                   for r in self.registered]
         if self.registered:
+            same = ("   (plus the sweep's data and training overrides)" if self.overrides is None else
+                    f" -P overrides=\"{' '.join(self.overrides)}\"" if self.overrides else "")
             lines.append(f"next           : mlflow run . --env-manager local -e promote -P category={self.category} "
-                         f"-P dataset={self.dataset} -P select_by={m}   (plus the sweep's data overrides)")
+                         f"-P dataset={self.dataset} -P select_by={m}{same}")
         if self.notice:
             lines.append(self.notice)
         return "\n".join(lines)
@@ -245,14 +249,15 @@ def _fit(s: _Sweep, run: tracking.EntryRun, ctx: TrialContext, resources: dict):
     return grid, elapsed
 
 
-def _trials(s: _Sweep, run: tracking.EntryRun, grid, interrupted: bool, client) -> list:
+def _trials(s: _Sweep, run: tracking.EntryRun, grid, interrupted: bool, client, saved: dict) -> list:
     """Every trial's record; their runs closed as Tune ended them; the trial table and counts logged."""
     import mlflow
 
     from pipelines.sweep.outcome import close_runs, table, trial_records
     from pipelines.sweep.runs import find_trial_runs
 
-    records = trial_records(grid, find_trial_runs(client, run.experiment_id, run.run_id), s.plan.budget, interrupted)
+    records = trial_records(grid, find_trial_runs(client, run.experiment_id, run.run_id), s.plan.budget, interrupted,
+                            saved)
     close_runs(records, client)
     with tempfile.TemporaryDirectory() as tmp:
         table(records).to_csv(Path(tmp) / "trials.csv", index=False)
@@ -269,14 +274,16 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
     allowed), stops here; a finished one tags its best and registers."""
     import mlflow
 
-    from pipelines.sweep.outcome import lost_notice
+    from pipelines.sweep.outcome import lost_notice, saved_statuses, unfinished
     from pipelines.sweep.register import register_top_k
 
     plan, client = s.plan, mlflow.MlflowClient(tracking_uri=s.uri, registry_uri=s.uri)
-    terminated, errored = grid.num_terminated, grid.num_errors
+    saved = saved_statuses(grid)  # not the in-memory grid: an interrupt makes its running trials TERMINATED
+    terminated = sum(status == "TERMINATED" for status in saved.values())
+    errored = sum(status == "ERROR" for status in saved.values())
     budget_hit = plan.time_budget_s is not None and elapsed >= plan.time_budget_s
-    interrupted = len(grid) - terminated - errored > 0 or (len(grid) < plan.num_samples and not budget_hit)
-    records = _trials(s, run, grid, interrupted, client)
+    interrupted = bool(unfinished(saved)) or (len(grid) < plan.num_samples and not budget_hit)
+    records = _trials(s, run, grid, interrupted, client, saved)
     lost = [r for r in records if r.lost]
     result = SweepResult("interrupted", run.run_id, s.folder.location, s.uri, plan.metric, str(s.cfg.data.kind),
                          str(s.cfg.category), plan.num_samples, len(grid), terminated, errored, len(lost))
@@ -347,11 +354,19 @@ def run_sweep(cfg: DictConfig, resume: Resume | None = None) -> SweepResult:
         return _on_cluster(s, cluster)
 
 
+#: overrides that are the sweep's own (or shown apart in the promote hint): not passed on to promote
+_SWEEP_ONLY = ("sweep.", "sweep=", "category=", "data=", "workdir=")
+
+
 def run(argv: Sequence[str]) -> SweepResult:
     """Compose ``conf/sweep.yaml`` with the overrides in ``argv`` (short search-space names allowed) and sweep."""
-    cfg = config.compose("sweep", alias_overrides(config.parse_overrides(argv)))
+    overrides = alias_overrides(config.parse_overrides(argv))
+    cfg = config.compose("sweep", overrides)
     cfg, resume = resume_config(cfg)
-    return run_sweep(cfg, resume)
+    result = run_sweep(cfg, resume)
+    if resume is None:
+        result.overrides = [o for o in overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -266,6 +266,9 @@ def test_interrupted_sweep_resumes_and_finishes_the_remaining_trials(services):
     assert parent.info.status == "KILLED" and parent.data.tags["pradot.sweep_state"] == "interrupted"
     done_before = {c.data.tags["pradot.trial_id"]: c for c in children if c.info.status == "FINISHED"}
     assert 1 <= len(done_before) < 3
+    # the counts come from the state Tune saved (what the resume continues), not from the in-memory grid
+    assert parent.data.metrics["trials_terminated"] == len(done_before)
+    assert f"sweep interrupted after {len(done_before)} of 3 trials" in proc.stderr
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
 
     proc = _run_sweep(services, ["sweep.resume=true", f"sweep.resume_from={path}"])

@@ -37,3 +37,10 @@ def test_resolved_params_keep_what_mlflow_run_logged(store, monkeypatch):
         tracking.log_resolved_params({"seed": 0, "model.n": 4})
     params = store.get_run(run.info.run_id).data.params
     assert params == {"seed": "", "resolved.seed": "0", "model.n": "4"}
+
+
+def test_the_closing_summary_points_to_the_ui_that_exists():
+    from pipelines.tracking import ui_hint
+
+    assert ui_hint("http://127.0.0.1:36973") == "open http://127.0.0.1:36973 (the tracking server's UI)"
+    assert ui_hint("sqlite:////tmp/x/mlflow.db").startswith("mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db")

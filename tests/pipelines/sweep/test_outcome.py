@@ -82,6 +82,25 @@ def test_every_trial_is_recorded_and_its_run_closed_as_tune_ended_it(tmp_path):
     assert "nothing was registered" not in outcome.lost_notice([records["dead"]], allowed=True, resume_hint="")
 
 
+def test_a_trial_stopped_by_the_interrupt_is_unfinished_whatever_the_grid_says(tmp_path):
+    """Ctrl+C: Tune saves its state (running trials RUNNING / PENDING), then stops them, and the in-memory grid
+    calls them TERMINATED. The saved status decides: the trial is interrupted (its run KILLED), and a resume
+    continues it; a trial that ended before the interrupt keeps its label."""
+    trials = [_trial(tmp_path, "asha", "TERMINATED", 2), _trial(tmp_path, "cut", "TERMINATED", 3)]
+    grid = SimpleNamespace(_experiment_analysis=SimpleNamespace(trials=trials))
+    saved = {"asha": "TERMINATED", "cut": "RUNNING"}
+    assert outcome.unfinished(saved) == ["cut"] and outcome.unfinished({"a": "TERMINATED", "b": "ERROR"}) == []
+    found = {t: _run(t, "FINISHED", {"pradot.trial_status": "stopped_early"}) for t in ("asha", "cut")}
+    records = {r.trial_id: r for r in outcome.trial_records(grid, found, budget=8, interrupted=True, saved=saved)}
+    assert {k: (r.tune_status, r.label, r.run_status) for k, r in records.items()} == {
+        "asha": ("TERMINATED", "stopped_early", "FINISHED"), "cut": ("RUNNING", "interrupted", "KILLED")}
+    client = _Client()
+    outcome.close_runs(list(records.values()), client)
+    assert client.ended["cut"] == {"pradot.trial_status": "interrupted", "pradot.epochs_trained": "3",
+                                   "status": "KILLED"}
+    assert client.ended["asha"]["pradot.trial_status"] == "stopped_early" and client.ended["asha"]["status"] == "FINISHED"
+
+
 @pytest.mark.parametrize("error, kind", [
     (OSError("storage unreachable"), "infrastructure"), (ValueError("x"), "error"),
     (RayTaskError("f", "tb", FileNotFoundError("cache")), "infrastructure"),
@@ -98,3 +117,18 @@ def test_a_sweep_that_lost_trials_exits_non_zero():
 
     assert result("incomplete").exit_code == cli.EXIT_FAILED and "1 trial(s) lost" in result("incomplete").summary()
     assert result("interrupted").exit_code == cli.EXIT_INTERRUPTED and result("finished").exit_code == cli.EXIT_OK
+
+
+def test_the_promote_hint_carries_the_sweeps_own_overrides():
+    """The `next` line is a command to run as it is: promote must score on the data and recipe the sweep used."""
+    reg = [{"name": "pradot-synthetic-screw_bag", "version": "2", "trial_id": "t", "val_objective": 0.8}]
+
+    def hint(overrides):
+        r = SweepResult("finished", "p", "/f", "u", "val_objective", "synthetic", "screw_bag", 4, 4, 4,
+                        registered=reg, best={"val_objective": 0.8}, overrides=overrides)
+        return next(line for line in r.summary().splitlines() if line.startswith("next"))
+
+    assert hint(["experiment=cpu_demo", "data_root=/d"]).endswith(
+        '-P select_by=val_objective -P overrides="experiment=cpu_demo data_root=/d"')
+    assert hint([]).endswith("-P select_by=val_objective")
+    assert "(plus the sweep's data and training overrides)" in hint(None)  # a resumed sweep: not known here
