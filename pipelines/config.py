@@ -11,6 +11,8 @@ Nothing below the entry points reads a DictConfig: they receive these objects.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -46,11 +48,29 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
             cfg = hydra_compose(config_name=root, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"bad configuration override: {e}\n(overrides: {' '.join(overrides)}; the config "
-                          f"groups and keys are in {CONF_DIR})") from None
+        raise ConfigError(f"bad configuration override: {e}{_did_you_mean(root, str(e))}\n(overrides: "
+                          f"{' '.join(overrides)}; the config groups and keys are in {CONF_DIR})") from None
     except UnicodeDecodeError:
         raise ConfigError(not_utf8_message(CONF_DIR)) from None
     return resolve_paths(cfg)
+
+
+def _did_you_mean(root: str, message: str) -> str:
+    """For Hydra's "Could not override 'key'" (a key the config does not have): the existing keys closest to it,
+    so that a typo is not "fixed" by appending it with ``+key`` as Hydra suggests."""
+    import difflib
+
+    m = re.search(r"Could not override '([^']+)'", message)
+    if not m:
+        return ""
+    try:
+        leaves = list(flatten(compose(root)))
+    except ConfigError:
+        return ""
+    parts = [k.split(".") for k in leaves]
+    keys = sorted({".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)})  # groups and leaves
+    close = difflib.get_close_matches(m.group(1), keys, n=3, cutoff=0.8)
+    return f"\ndid you mean {' or '.join(close)}? (a new key needs +; a misspelt one does not)" if close else ""
 
 
 def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:

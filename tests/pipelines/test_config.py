@@ -79,3 +79,17 @@ def test_promote_and_reproduce_options():
     for bad, phrase in (("alphas=0,0", "duplicates"), ("stages=x", "numbers")):
         with pytest.raises(config.ConfigError, match=phrase):
             config.reproduce_grid(config.compose("reproduce", config.parse_overrides([bad])))
+
+
+@pytest.mark.parametrize("root, override, suggestion", [
+    ("train", "model.alpah=0.3", "did you mean model.alpha?"),
+    ("sweep", "sweep.search_space.model.alpah={type:uniform,low:0,high:1}", "did you mean sweep.search_space.model.alpha"),
+])
+def test_a_misspelt_key_gets_the_closest_existing_ones(root, override, suggestion):
+    """Hydra's own hint for an unknown key is to append it with +; for a typo the existing key is the fix."""
+    with pytest.raises(config.ConfigError) as e:
+        config.compose(root, [override])
+    assert suggestion in str(e.value)
+    with pytest.raises(config.ConfigError) as e:
+        config.compose("train", ["model.zzzzz=1"])
+    assert "did you mean" not in str(e.value)
