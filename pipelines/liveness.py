@@ -27,7 +27,7 @@ from typing import Iterator
 log = logging.getLogger(__name__)
 
 __all__ = ["HOST_TAG", "PID_TAG", "PROCESS_TAG", "ORPHAN_TAG", "owner_tags", "process_alive", "is_orphan",
-           "close_orphans", "sigterm_as_interrupt"]
+           "close_orphans", "sigterm_as_interrupt", "sigterm_stops_tune"]
 
 HOST_TAG, PID_TAG, PROCESS_TAG, ORPHAN_TAG = "pradot.host", "pradot.pid", "pradot.process", "pradot.orphaned"
 
@@ -138,6 +138,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
             handler(signal.SIGINT, frame)
         else:
             raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def sigterm_stops_tune() -> Iterator[None]:
+    """Around ``Tuner.fit`` and the sweep's bookkeeping after it: SIGTERM (what ``mlflow run`` sends its
+    command when Ctrl+C reaches it) asks Ray Tune to stop as Ctrl+C does, through Tune's own SIGUSR1 handler,
+    every time it comes. Tune restores Python's SIGINT handler after the first interrupt, so a SIGTERM that
+    followed it would otherwise raise ``KeyboardInterrupt`` while Tune saves its state or while the sweep
+    labels its trials and ends its run. Once Tune has ended, its handler only sets a flag nobody reads: the
+    bookkeeping (seconds) finishes. Before Tune has installed its handler, SIGTERM interrupts as
+    :func:`sigterm_as_interrupt` does. Main thread only; the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if callable(tune_stop) and tune_stop not in (signal.default_int_handler, on_sigterm):
+            log.warning("SIGTERM received: stopping the sweep as on Ctrl+C (resumable; its bookkeeping finishes)")
+            tune_stop(signal.SIGUSR1, frame)
+            return
+        raise KeyboardInterrupt("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:

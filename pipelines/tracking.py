@@ -105,7 +105,7 @@ def run_log(name: str = "run.log") -> Iterator[Path]:
         logging.captureWarnings(False)
 
 
-@dataclass(frozen=True)
+@dataclass
 class EntryRun:
     """The MLflow run of an entry point (or of a step nested in one)."""
 
@@ -113,6 +113,9 @@ class EntryRun:
     experiment_id: str
     tracking_uri: str
     log_path: Path
+    #: the status the run ends with when the block ends normally (None: FINISHED), e.g. KILLED for a sweep
+    #: that was interrupted and saved its state: set inside the block, applied after the log is logged
+    end_status: str | None = None
 
 
 _STARTED: list[str] = []  # runs entry_run started in this process
@@ -126,7 +129,7 @@ def started_runs() -> list[str]:
 @contextlib.contextmanager
 def entry_run(run_name: str, experiment_name: str, *, entry_point: str, nested: bool = False,
               log_name: str = "run.log", tags: Mapping[str, str] | None = None,
-              run_id: str | None = None) -> Iterator[EntryRun]:
+              run_id: str | None = None, sigterm=None) -> Iterator[EntryRun]:
     """Start (or, under ``mlflow run``, resume) the entry point's run; ``nested``: a child of the active run;
     ``run_id``: reopen that run (e.g. a resumed sweep's parent).
 
@@ -134,7 +137,10 @@ def entry_run(run_name: str, experiment_name: str, *, entry_point: str, nested: 
     (:func:`pipelines.liveness.close_orphans`). The experiment is set unless the run exists already
     (``MLFLOW_RUN_ID`` under ``mlflow run``, or ``run_id``). The run is tagged with its owner (host, PID).
     The block's log is captured and logged as ``logs/<log_name>``; an exception ends the run FAILED with the
-    error in the log, Ctrl+C or SIGTERM end it KILLED; the exception then propagates.
+    error in the log, Ctrl+C or SIGTERM end it KILLED; the exception then propagates. ``sigterm``: the
+    context manager that handles SIGTERM in the block (default :func:`pipelines.liveness.sigterm_as_interrupt`;
+    a sweep passes :func:`~pipelines.liveness.sigterm_stops_tune`). ``EntryRun.end_status`` set in the block
+    ends the run with that status instead of FINISHED.
     """
     import mlflow
 
@@ -147,13 +153,15 @@ def entry_run(run_name: str, experiment_name: str, *, entry_point: str, nested: 
         mlflow.set_experiment(experiment_name)
     start = {"run_id": run_id} if run_id else {"run_name": run_name, "nested": nested}
     interrupted = False
-    with run_log(log_name) as logfile, liveness.sigterm_as_interrupt(), mlflow.start_run(**start) as run:
+    on_sigterm = sigterm or liveness.sigterm_as_interrupt
+    with run_log(log_name) as logfile, on_sigterm(), mlflow.start_run(**start) as run:
         _STARTED.append(run.info.run_id)
         if liveness.ORPHAN_TAG in run.data.tags:  # reopened after it was closed as an orphan
             mlflow.MlflowClient().delete_tag(run.info.run_id, liveness.ORPHAN_TAG)
         mlflow.set_tags({"pradot.entry_point": entry_point, **liveness.owner_tags(), **(tags or {})})
+        entry = EntryRun(run.info.run_id, run.info.experiment_id, uri, logfile)
         try:
-            yield EntryRun(run.info.run_id, run.info.experiment_id, uri, logfile)
+            yield entry
         except KeyboardInterrupt:
             interrupted = True
             log.error("run interrupted (Ctrl+C or SIGTERM): it is ended KILLED")
@@ -166,6 +174,8 @@ def entry_run(run_name: str, experiment_name: str, *, entry_point: str, nested: 
             mlflow.log_artifact(str(logfile), "logs")
             if interrupted:
                 mlflow.end_run("KILLED")
+            elif entry.end_status:
+                mlflow.end_run(entry.end_status)
 
 
 def log_resolved_params(params: Mapping[str, Any]) -> None:

@@ -20,8 +20,8 @@ from pipelines.sweep.runs import (EPOCHS_TAG, ERROR_TAG, FAILURE_TAG, INFRASTRUC
                                   end_label)
 from pipelines.sweep.tuner import error_tags, tune_error
 
-__all__ = ["TrialRecord", "tune_trials", "saved_statuses", "unfinished", "trial_records", "close_runs", "table",
-           "lost_notice"]
+__all__ = ["TrialRecord", "tune_trials", "saved_statuses", "unfinished", "trial_status", "statuses", "trial_records",
+           "close_runs", "table", "lost_notice"]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,27 @@ def saved_statuses(grid) -> dict[str, str]:
 
 
 def unfinished(statuses: Mapping[str, str]) -> list[str]:
-    """The trials a resume continues: neither TERMINATED nor ERROR in the saved state."""
+    """The trials a resume continues: neither TERMINATED nor ERROR."""
     return [tid for tid, status in statuses.items() if status not in ("TERMINATED", "ERROR")]
+
+
+def trial_status(in_memory: str, saved: str | None) -> str:
+    """A trial's status after the sweep: the grid's, except that a trial the grid calls TERMINATED but Tune saved
+    as RUNNING / PENDING was stopped by the interrupt (unfinished). An ERROR is final either way."""
+    if in_memory == "TERMINATED" and saved not in (None, "TERMINATED", "ERROR"):
+        return saved
+    return in_memory
+
+
+def statuses(grid, saved: Mapping[str, str]) -> dict[str, str]:
+    """``{trial_id: status}`` of every trial (:func:`trial_status`)."""
+    return {t.trial_id: trial_status(t.status, saved.get(t.trial_id)) for t in tune_trials(grid)}
 
 
 def trial_records(grid, runs: Mapping[str, Any], budget: int, interrupted: bool,
                   saved: Mapping[str, str] | None = None) -> list[TrialRecord]:
     """One record per Tune trial; ``runs``: ``{trial_id: MLflow run}``; ``interrupted``: the sweep was;
-    ``saved``: :func:`saved_statuses` (a trial's saved status wins over the in-memory one)."""
+    ``saved``: :func:`saved_statuses` (see :func:`trial_status`)."""
     out = []
     saved = saved or {}
     for t in tune_trials(grid):
@@ -100,7 +113,7 @@ def trial_records(grid, runs: Mapping[str, Any], budget: int, interrupted: bool,
         epochs = int(last.get("epoch", 0) or 0)
         run = runs.get(t.trial_id)
         failure = error = ""
-        status = saved.get(t.trial_id, t.status)
+        status = trial_status(t.status, saved.get(t.trial_id))
         if status == "TERMINATED":
             label = end_label(epochs, budget)
         elif status == "ERROR":

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +30,7 @@ class Resume:
     parent_run_id: str
     tracking_uri: str
     config: dict
+    overrides: list[str] | None = None  # the overrides it was started with (None: saved by an earlier release)
 
 
 def resume_config(cfg: DictConfig) -> tuple[DictConfig, Resume | None]:
@@ -48,14 +50,17 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, Resume | None]:
                                   {"sweep.storage_path": folder.storage, "sweep.name": folder.name,
                                    "sweep.stop_after_trials": None, "sweep.allow_lost_trials": allow})
     log.info("resuming the sweep in %s (its saved configuration; other overrides are ignored)", folder)
-    return saved, Resume(folder, state["parent_run_id"], state["tracking_uri"], state["config"])
+    return saved, Resume(folder, state["parent_run_id"], state["tracking_uri"], state["config"],
+                         state.get("overrides"))
 
 
-def write_state(folder: SweepFolder, parent_run_id: str, experiment_id: str, uri: str, cfg: DictConfig) -> None:
-    """The state file of a new sweep folder (``uri``: the tracking store, absolute)."""
+def write_state(folder: SweepFolder, parent_run_id: str, experiment_id: str, uri: str, cfg: DictConfig,
+                overrides: Sequence[str] = ()) -> None:
+    """The state file of a new sweep folder (``uri``: the tracking store, absolute; ``overrides``: the user's)."""
     folder.write_text(STATE_FILE, json.dumps(
         {"parent_run_id": parent_run_id, "experiment_id": experiment_id, "tracking_uri": uri, "name": folder.name,
-         "created": time.time(), "config": OmegaConf.to_container(cfg, resolve=True)}, indent=1, default=str))
+         "created": time.time(), "config": OmegaConf.to_container(cfg, resolve=True),
+         "overrides": list(overrides)}, indent=1, default=str))
 
 
 def reopen_parent(resume: Resume, uri: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import cli, config, tracking
+from pipelines import cli, config, liveness, tracking
 from pipelines.sweep.cluster import (Cluster, absolute_tracking_uri, check_tracking_for_cluster, cluster_address,
                                      connect)
 from pipelines.sweep.evalset import evaluation_set, extract_features, open_data
@@ -111,6 +111,7 @@ class _Sweep:
     uri: str  # the tracking store, absolute
     resume: Resume | None
     device: Any
+    overrides: list[str] = field(default_factory=list)  # the user's, saved with the sweep (promote's hint)
 
     def data_params(self) -> dict[str, str]:
         """The data a bank is trained and scored on, as `main` logs it (promote checks them)."""
@@ -143,7 +144,7 @@ def _new_folder(cfg: DictConfig, plan: SweepPlan) -> SweepFolder:
     return folder
 
 
-def _checked(cfg: DictConfig, plan: SweepPlan, resume: Resume | None) -> _Sweep:
+def _checked(cfg: DictConfig, plan: SweepPlan, resume: Resume | None, overrides: Sequence[str] = ()) -> _Sweep:
     """Everything that can fail on bad input, before any cluster work or tracking."""
     from pradot.device import resolve_device
 
@@ -156,7 +157,7 @@ def _checked(cfg: DictConfig, plan: SweepPlan, resume: Resume | None) -> _Sweep:
         raise SweepError(f"this sweep was tracked in {resume.tracking_uri!r}; resume it with the same store "
                          f"(MLFLOW_TRACKING_URI), not {uri!r}")
     check_tracking_for_cluster(uri, 1, cluster_address(plan.ray))  # an existing cluster: before joining it
-    return _Sweep(cfg, plan, splits, folder, uri, resume, device)
+    return _Sweep(cfg, plan, splits, folder, uri, resume, device, list(overrides))
 
 
 def _check_nodes(s: _Sweep, cluster: Cluster, store: str) -> None:
@@ -239,7 +240,7 @@ def _fit(s: _Sweep, run: tracking.EntryRun, ctx: TrialContext, resources: dict):
     if s.resume:
         t = tuner.restore_tuner(s.folder.location, trainable)
     else:
-        write_state(s.folder, run.run_id, run.experiment_id, s.uri, s.cfg)
+        write_state(s.folder, run.run_id, run.experiment_id, s.uri, s.cfg, s.overrides)
         callback = tuner.SweepCallback(s.uri, run.experiment_id, run.run_id, s.plan.budget)
         t = tuner.build_tuner(s.plan, trainable, s.folder.storage, s.folder.name, callback)
     t0 = time.time()
@@ -274,15 +275,16 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
     allowed), stops here; a finished one tags its best and registers."""
     import mlflow
 
-    from pipelines.sweep.outcome import lost_notice, saved_statuses, unfinished
+    from pipelines.sweep.outcome import lost_notice, saved_statuses, statuses, unfinished
     from pipelines.sweep.register import register_top_k
 
     plan, client = s.plan, mlflow.MlflowClient(tracking_uri=s.uri, registry_uri=s.uri)
-    saved = saved_statuses(grid)  # not the in-memory grid: an interrupt makes its running trials TERMINATED
-    terminated = sum(status == "TERMINATED" for status in saved.values())
-    errored = sum(status == "ERROR" for status in saved.values())
+    saved = saved_statuses(grid)  # an interrupt makes the running trials TERMINATED in the grid, not in here
+    final = statuses(grid, saved)
+    terminated = sum(status == "TERMINATED" for status in final.values())
+    errored = sum(status == "ERROR" for status in final.values())
     budget_hit = plan.time_budget_s is not None and elapsed >= plan.time_budget_s
-    interrupted = bool(unfinished(saved)) or (len(grid) < plan.num_samples and not budget_hit)
+    interrupted = bool(unfinished(final)) or (len(grid) < plan.num_samples and not budget_hit)
     records = _trials(s, run, grid, interrupted, client, saved)
     lost = [r for r in records if r.lost]
     result = SweepResult("interrupted", run.run_id, s.folder.location, s.uri, plan.metric, str(s.cfg.data.kind),
@@ -316,8 +318,6 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
 def _on_cluster(s: _Sweep, cluster: Cluster) -> SweepResult:
     """The checks that need the cluster, then the sweep in its parent MLflow run (ended KILLED when
     interrupted, FAILED when it lost trials)."""
-    from mlflow import MlflowClient
-
     check_tracking_for_cluster(s.uri, cluster.n_nodes, cluster.address, cluster.node_addresses)
     resources = cluster.trial_resources(s.plan.resources)
     store = cluster.feature_store(s.plan.feature_store)
@@ -329,24 +329,26 @@ def _on_cluster(s: _Sweep, cluster: Cluster) -> SweepResult:
         reopen_parent(s.resume, s.uri)
     cfg = s.cfg
     name = f"sweep-{cfg.data.kind}-{cfg.category}{'-TEST-OBJECTIVE' if s.plan.objective == 'test' else ''}"
+    # `mlflow run` answers Ctrl+C with SIGTERM: in this block it stops Tune as Ctrl+C does, and the bookkeeping
+    # after it (trial labels, the run's end status) finishes
     with tracking.entry_run(name, str(cfg.tracking.experiment_name), entry_point="sweep", log_name="sweep.log",
-                            run_id=s.resume.parent_run_id if s.resume else None) as run:
+                            run_id=s.resume.parent_run_id if s.resume else None,
+                            sigterm=liveness.sigterm_stops_tune) as run:
         _describe_parent(s, run, cluster, store, resources)
         log.info("parent run %s ready at %.1fs", run.run_id, time.perf_counter() - _T0)
         ctx = _trial_context(s, run, store, resources)
         result = _outcome(s, run, *_fit(s, run, ctx, resources))
-    if result.state in ("interrupted", "incomplete"):
-        MlflowClient(tracking_uri=s.uri).set_terminated(run.run_id, "KILLED" if result.state == "interrupted"
-                                                        else "FAILED")
-    if result.state == "interrupted":
-        print(result.resume_notice(), file=sys.stderr)
+        run.end_status = {"interrupted": "KILLED", "incomplete": "FAILED"}.get(result.state)
+        if result.state == "interrupted":
+            print(result.resume_notice(), file=sys.stderr)
     return result
 
 
-def run_sweep(cfg: DictConfig, resume: Resume | None = None) -> SweepResult:
-    """The sweep of a composed ``conf/sweep.yaml`` (``resume``: continue that interrupted sweep)."""
+def run_sweep(cfg: DictConfig, resume: Resume | None = None, overrides: Sequence[str] = ()) -> SweepResult:
+    """The sweep of a composed ``conf/sweep.yaml`` (``resume``: continue that interrupted sweep; ``overrides``:
+    the user's, kept with the sweep for the promote command it suggests)."""
     plan = sweep_plan(cfg)
-    s = _checked(cfg, plan, resume)
+    s = _checked(cfg, plan, resume, overrides)
     log.info("configuration and data checked in %.1fs", time.perf_counter() - _T0)
     with connect(plan.ray) as cluster:
         log.info("connected to Ray (%d node%s%s) at %.1fs", cluster.n_nodes, "s" if cluster.n_nodes > 1 else "",
@@ -363,9 +365,10 @@ def run(argv: Sequence[str]) -> SweepResult:
     overrides = alias_overrides(config.parse_overrides(argv))
     cfg = config.compose("sweep", overrides)
     cfg, resume = resume_config(cfg)
-    result = run_sweep(cfg, resume)
-    if resume is None:
-        result.overrides = [o for o in overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+    result = run_sweep(cfg, resume, overrides)
+    given = resume.overrides if resume is not None else overrides  # None: a sweep saved by an earlier release
+    if given is not None:
+        result.overrides = [o for o in given if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
     return result
 
 

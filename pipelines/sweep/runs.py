@@ -155,7 +155,17 @@ class TrialRun:
               metrics=[Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()])
         self.logged_upto = int(epoch)
 
-    def end(self, status: str, tags: Mapping[str, str]) -> None:
-        """Tag why it ended and set the run's status (FINISHED, FAILED, KILLED)."""
-        self.tags(tags)
+    def end(self, status: str, tags: Mapping[str, str], *, unless_ended: bool = False) -> None:
+        """Tag why it ended and set the run's status (FINISHED, FAILED, KILLED).
+
+        ``unless_ended``: the trial's own last word, which the driver's overrides: nothing is written when the
+        run has ended already (the driver closed it: an interrupted sweep). The driver writes the status
+        first and the tags second, so a trial that looks after that sees the run ended and leaves it."""
+        if unless_ended:
+            if retry(self.client.get_run, self.run_id).info.status != "RUNNING":
+                return
+            self.tags(tags)
+            retry(self.client.set_terminated, self.run_id, status)
+            return
         retry(self.client.set_terminated, self.run_id, status)
+        self.tags(tags)

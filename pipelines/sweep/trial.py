@@ -276,11 +276,12 @@ def trial_main(sampled: dict, ctx: TrialContext) -> None:
         if ctx.sweep_folder:
             check_from_this_node(ctx.sweep_folder, ctx.parent_run_id)  # a node that joined after the driver's check
         trial = _fit(trial_id, ctx, setup, run)
-        run.end("FINISHED", {STATUS_TAG: end_label(trial.epoch, trial.budget), EPOCHS_TAG: str(trial.epoch)})
+        run.end("FINISHED", {STATUS_TAG: end_label(trial.epoch, trial.budget), EPOCHS_TAG: str(trial.epoch)},
+                unless_ended=True)
     except SystemExit:  # Tune stopped the trial in tune.report (ASHA, or the sweep was interrupted)
         run.end("FINISHED", {STATUS_TAG: end_label(run.logged_upto, _budget(ctx, setup)),
-                             EPOCHS_TAG: str(run.logged_upto)})
+                             EPOCHS_TAG: str(run.logged_upto)}, unless_ended=True)
         raise
     except BaseException as e:
-        run.end("FAILED", {**failure_tags(e), EPOCHS_TAG: str(run.logged_upto)})
+        run.end("FAILED", {**failure_tags(e), EPOCHS_TAG: str(run.logged_upto)}, unless_ended=True)
         raise

@@ -137,3 +137,26 @@ def test_sigterm_calls_the_current_sigint_handler():
         assert signal.getsignal(signal.SIGTERM) == before  # restored after the block
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_sigterm_stops_tune_through_its_handler_every_time_and_interrupts_before_it():
+    """In a sweep's run SIGTERM (what `mlflow run` sends on Ctrl+C) calls Tune's SIGUSR1 handler, the graceful
+    stop, as often as it comes; before Tune has a handler it interrupts; the previous handlers come back."""
+    import os
+    import signal
+
+    from pipelines.liveness import sigterm_stops_tune
+
+    calls = []
+    before_term, before_usr1 = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+    try:
+        with sigterm_stops_tune():
+            with pytest.raises(KeyboardInterrupt):  # no Tune yet: as Ctrl+C
+                os.kill(os.getpid(), signal.SIGTERM)
+            signal.signal(signal.SIGUSR1, lambda sig, frame: calls.append(sig))  # Tune installs its handler
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # again (MLflow's cancel after Ctrl+C): still no exception
+        assert calls == [signal.SIGUSR1, signal.SIGUSR1]
+        assert signal.getsignal(signal.SIGTERM) == before_term
+    finally:
+        signal.signal(signal.SIGUSR1, before_usr1)

@@ -291,6 +291,64 @@ def test_interrupted_sweep_resumes_and_finishes_the_remaining_trials(services):
     assert statuses == ["TERMINATED"] * 3
 
 
+@pytest.mark.slow
+def test_ctrl_c_under_mlflow_run_interrupts_the_running_trial_and_resume_finishes_it(services):
+    """The user's path: `mlflow run . -e sweep` in a terminal, Ctrl+C (SIGINT to the whole process group:
+    mlflow, the sweep, the Ray workers) while a trial trains, then resume. MLflow answers Ctrl+C with SIGTERM
+    to the sweep: the sweep still stops as Tune does, saves its bookkeeping, ends its run KILLED (MLflow
+    then overwrites an ended run's status with FAILED) and the running trial's run KILLED / interrupted; the
+    resume continues that trial in the same MLflow run, each epoch logged once."""
+    client = _client(services)
+    storage = services["root"] / "ray_results"
+    overrides = " ".join([*CI, f"data.root={services['data']}", f"cache.dir={services['root'] / 'cache-ctrlc'}",
+                          f"sweep.storage_path={storage}", "sweep.name=ctrlc", "sweep.num_samples=2",
+                          "sweep.max_concurrent_trials=1", "sweep.scheduler.type=fifo", "sweep.top_k=1",
+                          "model.epochs=40", "sweep.feature_store=object_store"])
+    env = {**os.environ, **services["env"], "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    log = services["root"] / "ctrlc.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(BIN / "mlflow"), "run", str(REPO), "-e", "sweep", "--env-manager", "local",
+                                 "--experiment-name", "sweep-ctrlc", "-P", f"overrides={overrides}"],
+                                cwd=services["root"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def training():  # a trial has logged its second epoch (and has many more to go)
+        exp = client.get_experiment_by_name("sweep-ctrlc")
+        if exp is None:
+            return False
+        trials = [r for r in client.search_runs([exp.experiment_id]) if "pradot.trial_id" in r.data.tags]
+        return any(r.data.metrics.get("epoch", 0) >= 2 for r in trials)
+
+    try:
+        wait_for(training, 300, "a training trial", proc, log, every=0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C in the terminal does
+        proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    (parent,), children = _runs(client, "sweep-ctrlc")
+    # the sweep ends its run KILLED; `mlflow run` then sets FAILED on the run it started whatever its status
+    # (MLflow compares the status string with integer codes: mlflow/mlflow#1832): the tag says what happened
+    assert parent.info.status in ("KILLED", "FAILED") and parent.data.tags["pradot.sweep_state"] == "interrupted", \
+        text[-3000:]
+    assert "sweep interrupted after 0 of 2 trials" in text, text[-3000:]
+    (cut,) = [c for c in children if c.data.tags["pradot.trial_status"] == "interrupted"]
+    assert cut.info.status == "KILLED" and 2 <= int(cut.data.tags["pradot.epochs_trained"]) < 40
+
+    folder = storage / "ctrlc"
+    done = _run_sweep(services, ["sweep.resume=true", f"sweep.resume_from={folder}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = client.get_run(cut.info.run_id)
+    assert after.info.status == "FINISHED" and after.data.tags["pradot.trial_status"] == "completed"
+    assert after.data.tags["pradot.attempts"] == "2"
+    assert sorted(int(m.step) for m in client.get_metric_history(cut.info.run_id, "epoch")) == list(range(1, 41))
+    # the resumed sweep still knows the overrides it was started with: promote's hint repeats them
+    hint = next(line for line in done.stdout.splitlines() if line.startswith("next"))
+    assert '-P overrides="experiment=ci' in hint and "model.epochs=40" in hint and "sweep.name" not in hint
+
+
 # ------------------------------------------------------------------------------------ bad input
 @pytest.fixture()
 def offline(tmp_path, monkeypatch):

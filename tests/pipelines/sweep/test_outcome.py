@@ -90,6 +90,10 @@ def test_a_trial_stopped_by_the_interrupt_is_unfinished_whatever_the_grid_says(t
     grid = SimpleNamespace(_experiment_analysis=SimpleNamespace(trials=trials))
     saved = {"asha": "TERMINATED", "cut": "RUNNING"}
     assert outcome.unfinished(saved) == ["cut"] and outcome.unfinished({"a": "TERMINATED", "b": "ERROR"}) == []
+    # an error is final whatever was saved before it (a worker killed with no retry left)
+    assert outcome.trial_status("ERROR", "RUNNING") == "ERROR" and outcome.trial_status("PENDING", None) == "PENDING"
+    assert outcome.trial_status("TERMINATED", "PENDING") == "PENDING" and outcome.trial_status("TERMINATED", None) == \
+        "TERMINATED"
     found = {t: _run(t, "FINISHED", {"pradot.trial_status": "stopped_early"}) for t in ("asha", "cut")}
     records = {r.trial_id: r for r in outcome.trial_records(grid, found, budget=8, interrupted=True, saved=saved)}
     assert {k: (r.tune_status, r.label, r.run_status) for k, r in records.items()} == {
