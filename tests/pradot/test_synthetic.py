@@ -120,7 +120,7 @@ def test_train_images_vary(small):
     assert np.abs(imgs[0].astype(int) - imgs[1].astype(int)).mean() > 1.0
 
 
-def test_ensure_synthetic_generates_only_when_needed(tmp_path, monkeypatch):
+def test_ensure_synthetic_generates_only_when_needed(tmp_path, monkeypatch, caplog):
     path = syn.ensure_synthetic(tmp_path, "screw_bag", seed=1, image_size=64, **TINY)
     assert path == tmp_path / "screw_bag" and (path / "defects_config.json").is_file()
     stamp = json.loads((path / syn.STAMP_NAME).read_text())
@@ -132,7 +132,9 @@ def test_ensure_synthetic_generates_only_when_needed(tmp_path, monkeypatch):
     monkeypatch.setattr(syn, "generate", boom)
     assert syn.ensure_synthetic(tmp_path, "screw_bag", seed=1, image_size=64, **TINY) == path
     monkeypatch.undo()
-    syn.ensure_synthetic(tmp_path, "screw_bag", seed=2, image_size=64, **TINY)  # other parameters: regenerate
+    with caplog.at_level("WARNING", logger="pradot.data.synthetic"):
+        syn.ensure_synthetic(tmp_path, "screw_bag", seed=2, image_size=64, **TINY)  # other parameters: regenerate
+    assert "regenerating" in caplog.text and "seed: 1 -> 2" in caplog.text  # said, not silent
     assert json.loads((path / syn.STAMP_NAME).read_text())["seed"] == 2
     assert Image.open(path / "train" / "good" / "000.png").size == (64, 64)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -122,6 +123,8 @@ ENVELOPE_MARGIN = 3.0  # missing-part region = nominal footprint grown by the ji
 TABLE_RGB = np.array([0.24, 0.23, 0.22])
 TRAY_RGB = np.array([0.80, 0.79, 0.74])
 
+
+log = logging.getLogger(__name__)
 
 def _compartment_center(comp: int) -> tuple[float, float]:
     row, col = divmod(comp, 3)
@@ -509,8 +512,13 @@ def ensure_synthetic(
     counts = _checked_counts(category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical,
                              n_test_structural)
     target = Path(root).expanduser() / category
-    if _read_stamp(target) == _params(category, int(seed), int(image_size), counts):
+    wanted, found = _params(category, int(seed), int(image_size), counts), _read_stamp(target)
+    if found == wanted:
         return target
+    if found is not None:  # another recipe's copy: say so, it is replaced (same parameters make it again)
+        changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        log.warning("regenerating %s: it was generated with other parameters (%s); give data.root another folder "
+                    "to keep both", target, ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     return generate(root, category, int(seed), int(image_size), progress=progress, **counts)
 
 
