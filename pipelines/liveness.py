@@ -123,13 +123,23 @@ def close_orphans(client, reason_suffix: str = "") -> list[str]:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM does what Ctrl+C does: it calls the current SIGINT handler (Python's raises
-    ``KeyboardInterrupt``; Ray Tune's stops the sweep gracefully). Only in the main thread; the previous
+def _on_sigterm(handler) -> Iterator[None]:
+    """``handler`` answers SIGTERM within the block (main thread only: elsewhere nothing changes); the previous
     handler is restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM does what Ctrl+C does: it calls the current SIGINT handler (Python's raises
+    ``KeyboardInterrupt``; Ray Tune's stops the sweep gracefully). Only in the main thread; the previous
+    handler is restored after."""
 
     def on_sigterm(signum, frame):
         log.warning("SIGTERM received: stopping as on Ctrl+C (the run is ended KILLED with its log)")
@@ -139,15 +149,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
         else:
             raise KeyboardInterrupt("SIGTERM")
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    return _on_sigterm(on_sigterm)
 
 
-@contextlib.contextmanager
-def sigterm_stops_tune() -> Iterator[None]:
+def sigterm_stops_tune():
     """Around ``Tuner.fit`` and the sweep's bookkeeping after it: SIGTERM (what ``mlflow run`` sends its
     command when Ctrl+C reaches it) asks Ray Tune to stop as Ctrl+C does, through Tune's own SIGUSR1 handler,
     every time it comes. Tune restores Python's SIGINT handler after the first interrupt, so a SIGTERM that
@@ -155,9 +160,6 @@ def sigterm_stops_tune() -> Iterator[None]:
     labels its trials and ends its run. Once Tune has ended, its handler only sets a flag nobody reads: the
     bookkeeping (seconds) finishes. Before Tune has installed its handler, SIGTERM interrupts as
     :func:`sigterm_as_interrupt` does. Main thread only; the previous handler is restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def on_sigterm(signum, frame):
         tune_stop = signal.getsignal(signal.SIGUSR1)
@@ -167,8 +169,4 @@ def sigterm_stops_tune() -> Iterator[None]:
             return
         raise KeyboardInterrupt("SIGTERM")
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    return _on_sigterm(on_sigterm)
