@@ -7,7 +7,7 @@ objective), ``compare`` (candidates vs ensemble on the test split, after the cho
 select -> choose -> compare -> calibrate -> register -> alias).
 
     python pipelines/promote.py category=screw_bag data=mvtec_loco [members=...] [fusion=mean|search]
-        [normalisation=none|per_member] [select_by=val_auroc] [alias=champion] [force=false] [hydra overrides...]
+        [normalisation=none|per_member] [select_by=val_objective] [alias=champion] [force=false] [hydra overrides...]
     mlflow run . -e promote -P category=screw_bag [-P fusion=search] [-P members=pradot-mvtec_loco-screw_bag/1,...]
 
 **Nothing is chosen on the test split.** Every choice is made on the validation objective
@@ -25,7 +25,7 @@ Candidates:
   training) so that the comparison table always has the baseline's row; it is said in the row's label and in
   the run's ``promote.baseline`` param. Promote scores every candidate on the evaluation set and keeps the best
   per group (PRADOT banks by stage(s) and alpha = 0 vs alpha > 0; memory banks by stages).
-* ``select_by=<val_* tag>``: per group, only the version with the best such tag (e.g. ``val_auroc`` of
+* ``select_by=<val_* tag>``: per group, only the version with the best such tag (e.g. ``val_objective`` of
   sweep-registered versions) is scored. Test metrics are refused here.
 * ``members=name/version,...`` (also ``models:/name/version`` or ``name@alias``): exactly these candidates (a
   missing one is an error naming the versions that exist); the baseline stays a row (and a candidate under

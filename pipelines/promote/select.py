@@ -104,7 +104,7 @@ def _versions(client, name: str) -> list:
 
 def select_best(client, name: str, select_by: str | None, dataset: str, category: str) -> Selection:
     """Every registered version of ``name`` that can be a member (ensembles are left out); with ``select_by``
-    (a ``val_*`` version tag, e.g. the sweep's ``val_auroc``), only the best version per group by that tag
+    (a ``val_*`` version tag, e.g. the sweep's ``val_objective``), only the best version per group by that tag
     (versions without the tag are left out, listed in ``excluded``)."""
     versions = _versions(client, name)
     if not versions:
