@@ -233,3 +233,23 @@ def test_quality_comparison_at_a_tiny_size(tmp_path):
     assert abs(sum(sec["selected"]["weights"]) - 1) < 1e-9
     assert set(sec["candidates_validation"]) >= {"memory bank"} and len(sec["models"]) == 9
     assert sec["n_images"] == {"train": 8, "validation": 4, "test": 9, "pseudo_anomalies": 4}
+
+
+def test_selection_variants_at_a_tiny_size(tmp_path):
+    """benchmarks/selection_variants.py: per patch fraction, promote's choice among the k=1 and k=3 banks and
+    the memory bank (members, weights summing to 1), its test metrics and every candidate's validation ones,
+    next to the paper ensemble and the baseline on the same data."""
+    from benchmarks import quality, selection_variants
+
+    out = tmp_path / "variants.json"
+    assert selection_variants.main(["--category", "screw_bag", "--patch-fractions", "0.15:0.3,0.05:0.12",
+                                    "--output", str(out), "--image-size", "64", "--epochs", "1", "--n", "1",
+                                    "--batch-ratio", "4", "--n-train", "8", "--n-validation", "4", "--n-test", "3",
+                                    "--weight-step", "0.5", "--data-root", str(tmp_path / "data")]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["choices"]) == {"0.15-0.3", "0.05-0.12"}
+    for choice in r["choices"].values():
+        assert len(choice["validation"]) == 9 and "memory bank" in choice["validation"]  # 2 x 4 banks + MB
+        assert set(choice["members"]) <= set(choice["validation"]) and abs(sum(choice["weights"]) - 1) < 1e-9
+        assert set(quality.SHOWN) <= set(choice["test"])
+    assert set(quality.SHOWN) <= set(r["paper_ensemble"]) and set(quality.SHOWN) <= set(r["baseline"])
