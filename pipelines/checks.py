@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import posixpath
 import re
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["ConfigError", "IMAGE_SIZE_RANGE", "MAX_N", "how_to_set", "boolean", "number", "model_values", "counts",
@@ -19,6 +20,14 @@ __all__ = ["ConfigError", "IMAGE_SIZE_RANGE", "MAX_N", "how_to_set", "boolean", 
 
 class ConfigError(ValueError):
     """A bad override or configuration value; the message names the key and how to fix it."""
+
+
+def list_items(value: Any) -> list:
+    """The items of a list setting: a list, tuple or OmegaConf list as it is; text (an MLproject parameter,
+    ``"1,2,4"`` or ``"[1,2,4]"``) split at commas. The caller converts and checks the items."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return list(value)
+    return [x for x in str(value).replace("[", "").replace("]", "").split(",") if x.strip()]
 
 
 def boolean(key: str, value: Any) -> bool:

@@ -118,7 +118,7 @@ def parse_stages(value: Any, key: str = "backbone.stages") -> tuple[int, ...]:
     """
     v = value
     if isinstance(v, str):
-        v = [x for x in v.replace("+", ",").replace("[", "").replace("]", "").split(",") if x.strip()]
+        v = checks.list_items(v.replace("+", ","))
     if isinstance(v, (int, float)):
         v = [v]
     try:
@@ -371,10 +371,8 @@ class ReproduceGrid:
 
 
 def _floats(key: str, value: Any) -> tuple[float, ...]:
-    items = value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else \
-        [x for x in str(value).replace("[", "").replace("]", "").split(",") if x.strip()]
     try:
-        out = tuple(float(x) for x in items)
+        out = tuple(float(x) for x in checks.list_items(value))
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be comma-separated numbers, got {value!r}") from None
     if not out:

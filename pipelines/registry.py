@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from pipelines.checks import list_items
 from pipelines.tracking import setup_tracking
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,7 @@ class VersionTags:
             if x is not None:
                 setattr(out, name, int(x) if name in cls._INTEGERS else x)
         try:
-            out.stages = tuple(int(s) for s in str(tags.get("stages", "")).replace("[", "").replace("]", "")
-                               .split(",") if s.strip())
+            out.stages = tuple(int(s) for s in list_items(str(tags.get("stages", ""))))
         except ValueError:
             out.stages = ()
         out.metrics = {k[len("metric."):]: x for k, v in tags.items()

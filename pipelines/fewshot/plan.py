@@ -64,10 +64,8 @@ class FewShotPlan:
 
 
 def _positive_ints(key: str, value: Any) -> tuple[int, ...]:
-    items = value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else \
-        [x for x in str(value).replace("[", "").replace("]", "").split(",") if x.strip()]
     try:
-        out = tuple(int(x) for x in items)
+        out = tuple(int(x) for x in checks.list_items(value))
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a list of positive integers (e.g. [1,2,4]), got {value!r}") from None
     if not out or any(x < 1 for x in out) or len(set(out)) != len(out):

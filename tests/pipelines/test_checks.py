@@ -168,3 +168,13 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_features(tmp_pat
     err = capsys.readouterr().err
     assert rc == 2 and "error: the batch size 32 (model.n=4) is larger than the 16 training images" in err, err
     assert not list((tmp_path / "c").glob("*/stage*.npy"))  # no feature was extracted
+
+
+def test_list_settings_arrive_as_lists_or_as_text():
+    from omegaconf import OmegaConf
+
+    from pipelines.checks import list_items
+
+    assert list_items([1, 2]) == [1, 2] and list_items(OmegaConf.create([2, 3])) == [2, 3]
+    assert list_items("1,2,4") == ["1", "2", "4"] and list_items("[0.0, 0.3]") == ["0.0", " 0.3"]
+    assert list_items("") == [] and list_items("[]") == []
