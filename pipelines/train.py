@@ -105,20 +105,25 @@ def test_metrics_status(flat: dict[str, float], notes: Sequence[str]) -> str:
     return "partial" if any(" skipped: " in n for n in notes) else "complete"
 
 
-def _evaluate(settings: config.TrainSettings, model, splits):
-    """Score the test and validation splits, log the test metrics that are defined (the others are skipped
-    with a note: tag ``pradot.test_metrics`` and ``metrics/notes.txt``); returns (test, validation, flat
-    metrics, notes)."""
-    import mlflow
-
-    from pradot.engine import score_samples, split_metrics
-    from pradot.metrics.dataset import flat_metrics
+def _score(settings: config.TrainSettings, model, splits):
+    """The test and validation splits' maps and scores: (test, validation)."""
+    from pradot.engine import score_samples
 
     size, bs = settings.data.image_size, settings.evaluation.batch_size
     log.info("scoring %d test images", len(splits.test))
-    test = score_samples(model, splits.test, size, bs)
-    val = score_samples(model, splits.validation, size, bs)
-    metrics, notes = split_metrics(splits.dataset, test)
+    return score_samples(model, splits.test, size, bs), score_samples(model, splits.validation, size, bs)
+
+
+def _test_metrics(splits, test, pixel_threshold: float):
+    """Log the test metrics that are defined (the others are skipped with a note: tag ``pradot.test_metrics``
+    and ``metrics/notes.txt``); AD-style data with masks also get ``seg_f1`` at the calibrated pixel threshold
+    (MVTec AD 2's SegF1). Returns (flat metrics, notes)."""
+    import mlflow
+
+    from pradot.engine import split_metrics
+    from pradot.metrics.dataset import flat_metrics
+
+    metrics, notes = split_metrics(splits.dataset, test, threshold=pixel_threshold)
     flat = flat_metrics(metrics)
     status = test_metrics_status(flat, notes)
     mlflow.log_metrics(flat)
@@ -128,14 +133,14 @@ def _evaluate(settings: config.TrainSettings, model, splits):
         mlflow.log_text("\n".join(notes) + "\n", "metrics/notes.txt")
         mlflow.set_tag("pradot.test_metrics_note", "; ".join(notes)[:NOTE_CHARS])
     log.info("metrics (%s): %s", status, ", ".join(f"{k}={v:.4f}" for k, v in sorted(flat.items())) or "none")
-    return test, val, flat, notes
+    return flat, notes
 
 
 def _calibrate(settings: config.TrainSettings, model, splits, test, val):
     """The threshold on the validation normals (else the training images, said in a tag)."""
     import mlflow
 
-    from pradot.engine import calibrate, segmentation_f1, threshold_metrics
+    from pradot.engine import calibrate, threshold_metrics
 
     result = calibrate(model, splits, settings.calibration_quantile, settings.data.image_size,
                        settings.evaluation.batch_size, validation=val,
@@ -146,9 +151,6 @@ def _calibrate(settings: config.TrainSettings, model, splits, test, val):
     mlflow.log_metrics({"image_threshold": cal.threshold, "pixel_threshold": cal.mask_threshold,
                         **threshold_metrics([s.label for s in splits.test], test.scores, cal.threshold),
                         **threshold_metrics([s.label for s in val.samples], val.scores, cal.threshold, "val")})
-    seg = segmentation_f1(splits.dataset, test, cal.mask_threshold)
-    if seg is not None:  # AD-style data with masks: MVTec AD 2's SegF1 at the calibrated pixel threshold
-        mlflow.log_metric("seg_f1", seg)
     return result
 
 
@@ -209,12 +211,13 @@ def _tracked_run(settings: config.TrainSettings, params: dict[str, str], resolve
         mlflow.log_params({"data.n_train": len(splits.train), "data.n_validation": len(splits.validation),
                            "data.n_test": len(splits.test), "data.resolved_root": str(splits.dataset.root)})
         result = _train(settings, splits, device)
-        test, val, flat, notes = _evaluate(settings, result.model, splits)
+        test, val = _score(settings, result.model, splits)
+        calibrated = _calibrate(settings, result.model, splits, test, val)
+        flat, notes = _test_metrics(splits, test, calibrated.calibration.mask_threshold)
         timings = {**result.timings, "scoring_seconds": test.seconds,
                    "scoring_seconds_per_image": test.seconds / max(1, len(splits.test)),
                    "total_seconds": time.perf_counter() - t_start}
         mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
-        calibrated = _calibrate(settings, result.model, splits, test, val)
         model_uri, tags = _log_artifacts_and_model(settings, result, splits, test, calibrated, flat, notes,
                                                    run.run_id)
     return run, model_uri, tags, flat, timings, notes

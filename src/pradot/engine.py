@@ -25,8 +25,7 @@ from .metrics.dataset import dataset_metrics
 from .model import PRADOT, EpochStats, PRADOTConfig
 
 __all__ = ["DataSpec", "Splits", "open_splits", "batch_size_for", "feature_identity", "train_features",
-           "TrainResult", "train_model", "Scored", "score_samples", "split_metrics", "segmentation_f1",
-           "CalibrationResult",
+           "TrainResult", "train_model", "Scored", "score_samples", "split_metrics", "CalibrationResult",
            "calibrate", "threshold_metrics", "write_tiff_maps"]
 
 log = logging.getLogger(__name__)
@@ -181,32 +180,13 @@ def score_samples(model, samples: Sequence[Sample], image_size: int, batch_size:
     return Scored(samples, np.concatenate(maps), np.concatenate(scores), time.perf_counter() - t0)
 
 
-def split_metrics(dataset: AnomalyDataset, scored: Scored, gt_size: int | None = None) -> tuple[dict, list[str]]:
+def split_metrics(dataset: AnomalyDataset, scored: Scored, gt_size: int | None = None,
+                  threshold: float | None = None) -> tuple[dict, list[str]]:
     """Metrics of a scored split in the official shape (LOCO) or AD-style keys; GT resized to ``gt_size``
-    (default: the maps' size). Returns ``(metrics, notes)``."""
+    (default: the maps' size); ``threshold``: a pixel threshold, AD-style data with masks then also get
+    ``seg_f1`` (:func:`pradot.metrics.dataset.dataset_metrics`). Returns ``(metrics, notes)``."""
     size = gt_size if gt_size is not None else scored.maps.shape[-1]
-    return dataset_metrics(dataset, scored.samples, list(scored.maps), gt_size=size)
-
-
-def segmentation_f1(dataset: AnomalyDataset, scored: Scored, threshold: float) -> float | None:
-    """SegF1 (MVTec AD 2's segmentation metric, :func:`pradot.metrics.segmentation.seg_f1`) of a scored split's
-    maps at a pixel threshold (``map > threshold``), ground truth at the maps' size; ``None`` where it is not
-    defined: LOCO-style data (their metrics are per anomaly type and saturation), no test image, or no
-    anomalous ground-truth pixel, or an anomalous image without a mask."""
-    from .metrics.segmentation import seg_f1
-
-    if dataset.has_saturation or not len(scored.samples):
-        return None
-    size = scored.maps.shape[-1]
-    masks = []
-    for s, a in zip(scored.samples, scored.maps):
-        ch = np.asarray(dataset.load_channels(s, size=size), dtype=bool)  # good images: no channel
-        if s.label and not len(ch):
-            return None  # an anomalous image without a mask: no pixel metric is defined (as split_metrics)
-        masks.append(ch.any(axis=0) if len(ch) else np.zeros(a.shape, bool))
-    if not any(m.any() for m in masks):
-        return None
-    return seg_f1(masks, list(scored.maps), float(threshold))
+    return dataset_metrics(dataset, scored.samples, list(scored.maps), gt_size=size, threshold=threshold)
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,9 +137,9 @@ def test_evaluator_writes_metrics_json_with_notes(tmp_path, bad_masks, expected_
 
 
 def test_segmentation_f1_of_a_split_is_the_pooled_pixel_f1_at_the_threshold(tmp_path):
-    """engine.segmentation_f1 (what training logs as seg_f1 at the calibrated pixel threshold) against
-    2 TP / (2 TP + FP + FN) counted directly; undefined cases give None."""
-    from pradot.engine import Scored, segmentation_f1
+    """engine.split_metrics with a pixel threshold (what training logs as seg_f1 at the calibrated one)
+    against 2 TP / (2 TP + FP + FN) counted directly; without anomalous ground-truth pixels there is none."""
+    from pradot.engine import Scored, split_metrics
 
     root, maps = make_ad(tmp_path)
     ds = load_dataset("mvtec_ad", root, "part")
@@ -151,11 +150,10 @@ def test_segmentation_f1_of_a_split_is_the_pooled_pixel_f1_at_the_threshold(tmp_
     for t in (0.5, 0.9, 1.2):
         pred = stack > t
         tp, fp, fn = (pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt).sum()
-        assert segmentation_f1(ds, scored, t) == pytest.approx(2 * tp / (2 * tp + fp + fn))
-    loco = SimpleNamespace(has_saturation=True)
-    assert segmentation_f1(loco, scored, 0.5) is None
+        assert split_metrics(ds, scored, threshold=t)[0]["seg_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert "seg_f1" not in split_metrics(ds, scored)[0]  # no threshold, no SegF1
     root2, maps2 = make_ad(tmp_path / "blank", bad_masks=("blank", "blank", "blank"))
     ds2 = load_dataset("mvtec_ad", root2, "part")
     s2 = ds2.samples("test")
     st2 = np.stack([maps2[(s.anomaly_type, s.image_id)] for s in s2])
-    assert segmentation_f1(ds2, Scored(s2, st2, st2.max((1, 2)), 0.0), 0.5) is None
+    assert "seg_f1" not in split_metrics(ds2, Scored(s2, st2, st2.max((1, 2)), 0.0), threshold=0.5)[0]
