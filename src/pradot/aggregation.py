@@ -20,12 +20,12 @@ same maps from cached features as from images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_aggregation", "local_aggregate", "concat_stages", "FeatureOptions"]
+__all__ = ["check_aggregation", "local_aggregate", "concat_stages", "stage_image_count", "FeatureOptions"]
 
 
 def check_aggregation(k) -> int:
@@ -53,6 +53,22 @@ def local_aggregate(features: torch.Tensor, k: int) -> torch.Tensor:
     if k == 1:
         return features
     return F.avg_pool2d(features, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
+
+
+def stage_image_count(features: Mapping[int, Any], stages: Sequence[int]) -> int:
+    """The number of images in ``{stage: (N, D, H, W)}`` features (arrays, memmaps or tensors), checked to be
+    the same for every one of ``stages``.
+
+    Raises:
+        ValueError: a stage is missing, or the stages have different numbers of images.
+    """
+    missing = [s for s in stages if s not in features]
+    if missing:
+        raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
+    counts = {s: len(features[s]) for s in stages}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"stages have different numbers of images: {counts}")
+    return next(iter(counts.values()))
 
 
 def concat_stages(features: Mapping[int, torch.Tensor], stages: Sequence[int]) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from .aggregation import FeatureOptions, check_aggregation
+from .aggregation import FeatureOptions, check_aggregation, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from .checkpoint import MEMORY_BANK_FORMAT, load_state, save_state
 from .coreset import greedy_coreset
@@ -130,13 +130,7 @@ class MemoryBankModel(nn.Module):
         Raises:
             ValueError: a stage is missing, the stages have different image counts, or there is no image.
         """
-        missing = [s for s in self.config.stages if s not in features]
-        if missing:
-            raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
-        counts = {s: len(features[s]) for s in self.config.stages}
-        if len(set(counts.values())) != 1:
-            raise ValueError(f"stages have different numbers of images: {counts}")
-        n = next(iter(counts.values()))
+        n = stage_image_count(features, self.config.stages)
         if n == 0:
             raise ValueError("the training set is empty: a memory bank needs at least one normal image")
         parts: dict[int, list[torch.Tensor]] = {s: [] for s in self.bank_stages}

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .aggregation import FeatureOptions, check_aggregation
+from .aggregation import FeatureOptions, check_aggregation, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from .checkpoint import MODEL_FORMAT, load_state, save_state
 from .cost import check_alpha
@@ -255,14 +255,9 @@ class PrototypeModel(nn.Module):
         """
         if not 0 <= int(start_epoch) <= int(self.config.epochs):
             raise ValueError(f"start_epoch must lie in [0, epochs={self.config.epochs}], got {start_epoch}")
-        missing = [s for s in self.config.stages if s not in features]
-        if missing:
-            raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
-        n = {s: len(features[s]) for s in self.config.stages}
-        if len(set(n.values())) != 1:
-            raise ValueError(f"stages have different numbers of images: {n}")
+        n = stage_image_count(features, self.config.stages)
 
-        schedule = self.epoch_batches(next(iter(n.values())))[int(start_epoch):]
+        schedule = self.epoch_batches(n)[int(start_epoch):]
 
         def batches():
             for epoch in schedule:
