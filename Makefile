@@ -1,30 +1,53 @@
-# The two commands of the README: `make demo` and `make test`. Both set up .venv when needed.
+# The README's two commands, `make demo` and `make test`, and the developer loop. Both set up .venv when needed.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# torch/torchvision pinned to the releases this machine ships on disk (see README).
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Exact versions for a reproducible environment; pyproject.toml keeps the ranges library users install with.
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup test demo clean-runs
+.PHONY: setup test demo lint format check-latest lock clean-runs
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e ".[mlops,dev]" $(TORCH_PINS)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[mlops,dev]"
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # The main job on the embedded synthetic dataset with the fast CPU experiment (minutes on 2 cores).
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" mlflow run . --env-manager local \
 		-P dataset=synthetic -P overrides="experiment=cpu_demo"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Scheduled-style check: the newest releases of every dependency (no constraints) in .venv-latest, whole suite.
+# When it passes, `make lock` records those versions as the new constraints.
+check-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip wheel setuptools
+	.venv-latest/bin/python -m pip install -q --upgrade -e ".[mlops,dev]"
+	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/versions.txt
+	.venv-latest/bin/python -m pytest -q -x tests
+
+lock:
+	test -f .venv-latest/versions.txt || { echo "run 'make check-latest' first"; exit 2; }
+	{ sed -n 1,2p $(CONSTRAINTS); grep -v -E '^(pip|setuptools|wheel)==' .venv-latest/versions.txt; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean-runs:
 	rm -rf mlruns mlflow.db mlartifacts
