@@ -36,21 +36,43 @@ def stage_label(stages) -> str:
 
 def epoch_section(ds, args, device: torch.device, scale: dict, stages: list[int]) -> dict:
     """Uncached and cached epochs of a model with banks for ``stages`` (see the module docstring)."""
-    dataset = ImageDataset(ds.samples("train")[:args.train_images], args.image_size)
-    cfg = PRADOTConfig(backbone=args.backbone, stages=tuple(stages), image_size=args.image_size,
-                       alpha=0.3, n=scale["n"], batch_size=scale["batch"], epochs=1, eta=0.95, epsilon=EPS)
+    dataset = ImageDataset(ds.samples("train")[: args.train_images], args.image_size)
+    cfg = PRADOTConfig(
+        backbone=args.backbone,
+        stages=tuple(stages),
+        image_size=args.image_size,
+        alpha=0.3,
+        n=scale["n"],
+        batch_size=scale["batch"],
+        epochs=1,
+        eta=0.95,
+        epsilon=EPS,
+    )
     backbone = load_backbone(args.backbone, tuple(stages), device=device)
-    out = {"train_images": len(dataset), "batch_size": cfg.batch_size, "n": cfg.n, "stages": list(cfg.stages),
-           "epochs_timed_each": args.epochs, "image_size": cfg.image_size, "backbone": args.backbone}
+    out = {
+        "train_images": len(dataset),
+        "batch_size": cfg.batch_size,
+        "n": cfg.n,
+        "stages": list(cfg.stages),
+        "epochs_timed_each": args.epochs,
+        "image_size": cfg.image_size,
+        "backbone": args.backbone,
+    }
     unc, cac = [], []
     with tempfile.TemporaryDirectory(prefix="pradot-bench-cache-", dir=args.work_dir) as tmp:
         cache = FeatureCache(tmp)
-        identity = {"bench": "screw_bag", "backbone": args.backbone, "stages": list(stages),
-                    "size": args.image_size, "n": len(dataset)}
+        identity = {
+            "bench": "screw_bag",
+            "backbone": args.backbone,
+            "stages": list(stages),
+            "size": args.image_size,
+            "n": len(dataset),
+        }
 
         def features():
-            return cache.get_or_compute(identity, backbone, dataset, batch_size=cfg.batch_size, device=device,
-                                        progress=False)
+            return cache.get_or_compute(
+                identity, backbone, dataset, batch_size=cfg.batch_size, device=device, progress=False
+            )
 
         t = time.perf_counter()
         features()
@@ -64,7 +86,8 @@ def epoch_section(ds, args, device: torch.device, scale: dict, stages: list[int]
             del feats
         out["cache_hits_misses"] = [cache.hits, cache.misses]
         out["prototypes_max_abs_diff_cached_vs_uncached"] = max(
-            float((model.banks[str(s)].features - model2.banks[str(s)].features).abs().max()) for s in cfg.stages)
+            float((model.banks[str(s)].features - model2.banks[str(s)].features).abs().max()) for s in cfg.stages
+        )
     summarise(out, unc, cac)
     return out
 
@@ -82,8 +105,12 @@ def summarise(out: dict, unc: list, cac: list) -> None:
     out["feature_time_speedup"] = out["uncached_feature_s"] / max(out["cached_feature_s"], 1e-9)
     # with the cache the epoch is the OT steps: the speedup cannot exceed 1 + feature time / OT time
     out["speedup_bound_1_plus_features_over_ot"] = 1.0 + out["uncached_feature_s"] / max(out["cached_ot_s"], 1e-9)
-    log(f"[epoch] recomputing features: {out['uncached_epoch_s']:.2f} s/epoch (features+I/O "
-        f"{out['uncached_feature_s']:.2f} s, OT steps {out['uncached_ot_s']:.2f} s)")
-    log(f"[epoch] feature cache: {out['cached_epoch_s']:.2f} s/epoch (features {out['cached_feature_s']:.3f} s, "
+    log(
+        f"[epoch] recomputing features: {out['uncached_epoch_s']:.2f} s/epoch (features+I/O "
+        f"{out['uncached_feature_s']:.2f} s, OT steps {out['uncached_ot_s']:.2f} s)"
+    )
+    log(
+        f"[epoch] feature cache: {out['cached_epoch_s']:.2f} s/epoch (features {out['cached_feature_s']:.3f} s, "
         f"OT {out['cached_ot_s']:.2f} s); cache build {out['cache_build_s']:.2f} s once -> "
-        f"{out['speedup_cached_vs_uncached']:.2f}x per epoch (best epochs {out['speedup_best_epochs']:.2f}x)")
+        f"{out['speedup_cached_vs_uncached']:.2f}x per epoch (best epochs {out['speedup_best_epochs']:.2f}x)"
+    )

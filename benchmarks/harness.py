@@ -22,8 +22,20 @@ from benchmarks import REPO
 from pradot.data import load_dataset
 from pradot.transport import numba_available
 
-__all__ = ["REPO", "available_memory_gb", "flat_metrics", "log", "machine_info", "med", "memory_section",
-           "rss_peak_mb", "sync", "synthetic_data", "timed", "write_json"]
+__all__ = [
+    "REPO",
+    "available_memory_gb",
+    "flat_metrics",
+    "log",
+    "machine_info",
+    "med",
+    "memory_section",
+    "rss_peak_mb",
+    "sync",
+    "synthetic_data",
+    "timed",
+    "write_json",
+]
 
 
 def log(msg: str) -> None:
@@ -67,7 +79,7 @@ def memory_section(device: torch.device) -> dict:
     """Peak process RSS so far, and on CUDA the peak allocated GPU memory since the last call."""
     out = {"process_peak_rss_mb": round(rss_peak_mb(), 1)}
     if device.type == "cuda":
-        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         torch.cuda.reset_peak_memory_stats(device)
     return out
 
@@ -77,7 +89,7 @@ def available_memory_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2 ** 20
+                return int(line.split()[1]) / 2**20
     except OSError:
         pass
     return None
@@ -101,14 +113,20 @@ def machine_info(device: torch.device) -> dict:
     """CPU, threads, memory, library versions, git commit and load average: what the numbers depend on."""
     cpu = _cpu_name()
     info = {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "device": str(device),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-        "memory_gb": None, "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "memory_gb": None,
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
-        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
     for mod in ("ot", "numba", "timm"):
@@ -127,8 +145,14 @@ def machine_info(device: torch.device) -> dict:
 
 def synthetic_data(data_root: str | Path, image_size: int, n_train: int):
     """The synthetic screw_bag every section reads (generated under ``data_root`` on first use)."""
-    return load_dataset("synthetic", Path(data_root).expanduser(), "screw_bag", generate=True,
-                        image_size=image_size, n_train=max(60, n_train))
+    return load_dataset(
+        "synthetic",
+        Path(data_root).expanduser(),
+        "screw_bag",
+        generate=True,
+        image_size=image_size,
+        n_train=max(60, n_train),
+    )
 
 
 def flat_metrics(d: dict, prefix: str = "") -> dict:

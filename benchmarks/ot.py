@@ -34,11 +34,16 @@ MAIN_EPS = 0.01  # the paper's epsilon
 N_ITER = 100  # the paper's fixed number of iterations
 
 # sinkhorn_profile's keys -> the keys of profile_ms in the JSON (kept from the first benchmark runs)
-PROFILE_KEYS = {"input_check": "input_check", "initial_column_min": "initial_column_min",
-                "kernel_build": "kernel_alloc_and_build", "kernel_rebuild": "kernel_rebuild_in_place (absorption)",
-                "iteration_pass": "iteration_pass (row+next column)",
-                "iteration_check": "per_iteration_check_and_host_sync", "final_scaling": "final_plan_scaling",
-                "backend": "backend"}
+PROFILE_KEYS = {
+    "input_check": "input_check",
+    "initial_column_min": "initial_column_min",
+    "kernel_build": "kernel_alloc_and_build",
+    "kernel_rebuild": "kernel_rebuild_in_place (absorption)",
+    "iteration_pass": "iteration_pass (row+next column)",
+    "iteration_check": "per_iteration_check_and_host_sync",
+    "final_scaling": "final_plan_scaling",
+    "backend": "backend",
+}
 
 
 def pot_sinkhorn(M, eps: float, n_iter: int = N_ITER):
@@ -78,9 +83,16 @@ def first_batch_cost(ds, args, device: torch.device, batch: int, n: int) -> tupl
     train = ImageDataset(ds.samples("train")[:batch], args.image_size)
     x = torch.stack([train[i]["image"] for i in range(len(train))]).to(device)
     with torch.no_grad():
-        f2 = torch.cat([bb(x[i:i + 16])[2] for i in range(0, len(x), 16)])
-    cfg = BankConfig(stage=2, alpha=0.3, n=n, grid=tuple(f2.shape[2:]), dim=f2.shape[1],
-                     backbone=args.backbone, image_size=args.image_size)
+        f2 = torch.cat([bb(x[i : i + 16])[2] for i in range(0, len(x), 16)])
+    cfg = BankConfig(
+        stage=2,
+        alpha=0.3,
+        n=n,
+        grid=tuple(f2.shape[2:]),
+        dim=f2.shape[1],
+        backbone=args.backbone,
+        image_size=args.image_size,
+    )
     bank = PrototypeBank(cfg, seed=0, device=device)
     z, c = bank.embeddings(f2)
     M, tc = timed(lambda: bank.grid_cost(z), device, 3)
@@ -89,8 +101,10 @@ def first_batch_cost(ds, args, device: torch.device, batch: int, n: int) -> tupl
         direct, td = timed(lambda: bank.cost(z, c), device, 3)
         info["direct_cost_s (PrototypeBank.cost, the formula)"] = med(td)
         info["max_abs_diff"] = float((M - direct).abs().max())
-        log(f"[ot] cost matrix: direct formula {med(td):.2f} s, in-place grid_cost {med(tc):.2f} s "
-            f"(max abs diff {info['max_abs_diff']:.1e})")
+        log(
+            f"[ot] cost matrix: direct formula {med(td):.2f} s, in-place grid_cost {med(tc):.2f} s "
+            f"(max abs diff {info['max_abs_diff']:.1e})"
+        )
     return M, info
 
 
@@ -98,9 +112,12 @@ def ot_section(M: torch.Tensor, args, device: torch.device) -> dict:
     """All the measurements of the section on the cost matrix ``M`` (see the module docstring)."""
     N, P = M.shape
     out: dict = {"shape": [N, P], "n_iter": N_ITER, "eps": MAIN_EPS, "dtype_ours": "float32"}
-    gb = N * P / 2 ** 30
-    est = {"cost_matrix_float32_gb": round(4 * gb, 2), "ours_float32_gb (M + kernel/plan)": round(8 * gb, 2),
-           "pot_float64_gb (M64 + plan + log-domain temporaries, approx.)": round(8 * gb * 4, 2)}
+    gb = N * P / 2**30
+    est = {
+        "cost_matrix_float32_gb": round(4 * gb, 2),
+        "ours_float32_gb (M + kernel/plan)": round(8 * gb, 2),
+        "pot_float64_gb (M64 + plan + log-domain temporaries, approx.)": round(8 * gb * 4, 2),
+    }
     out["memory_estimate"] = est
     log(f"[ot] cost matrix {N} x {P}; memory estimate: " + ", ".join(f"{k} {v}" for k, v in est.items()))
     plan = time_ours(M, args, device, out)
@@ -131,11 +148,14 @@ def time_ours(M: torch.Tensor, args, device: torch.device, out: dict) -> torch.T
     out["ours_marginal_error"] = res.marginal_error
     # how sparse is the plan? (a truncated-kernel solver only pays off if most entries are negligible)
     row_max = plan.amax(dim=1, keepdim=True)
-    out["plan_density"] = {f"entries_above_{th:g}_of_row_max": float((plan > th * row_max).float().mean())
-                           for th in (1e-6, 1e-8, 1e-10)}
+    out["plan_density"] = {
+        f"entries_above_{th:g}_of_row_max": float((plan > th * row_max).float().mean()) for th in (1e-6, 1e-8, 1e-10)
+    }
     del row_max
-    log(f"[ot] ours ({out['ours_backend']}, float32): {out['ours_s']:.3f} s (median of {len(times)}; "
-        f"first call {out['ours_first_call_s']:.2f} s)")
+    log(
+        f"[ot] ours ({out['ours_backend']}, float32): {out['ours_s']:.3f} s (median of {len(times)}; "
+        f"first call {out['ours_first_call_s']:.2f} s)"
+    )
     if device.type == "cpu":  # the other solver variants on the same input (what the fused pass buys)
         for backend in ("torch-blocked", "torch"):
             _, tb = timed(lambda b=backend: sinkhorn(M, MAIN_EPS, N_ITER, backend=b), device, max(1, args.repeats // 2))
@@ -154,15 +174,17 @@ def bandwidth_floor(plan: torch.Tensor, device: torch.device, out: dict) -> None
     out["floor_1pass_s"] = N_ITER * min(tmv)
     out["floor_2pass_s"] = 2 * N_ITER * min(tmv)
     out["ours_over_floor_1pass"] = out["ours_s"] / out["floor_1pass_s"]
-    log(f"[ot] torch.mv on the kernel: {out['mv_ms']:.1f} ms median, {out['mv_ms_min']:.1f} ms min -> floor "
-        f"{out['floor_1pass_s']:.2f} s (1 pass/iter), {out['floor_2pass_s']:.2f} s (2 passes/iter)")
+    log(
+        f"[ot] torch.mv on the kernel: {out['mv_ms']:.1f} ms median, {out['mv_ms_min']:.1f} ms min -> floor "
+        f"{out['floor_1pass_s']:.2f} s (1 pass/iter), {out['floor_2pass_s']:.2f} s (2 passes/iter)"
+    )
 
 
 def choose_oracle(M: torch.Tensor, args, device: torch.device, out: dict) -> str:
     """POT, unless ``--skip-pot`` or its float64 temporaries would not fit in the available memory."""
     if args.skip_pot:
         return "pradot_sinkhorn_log_subsample"
-    need = 8 * M.numel() * 4 / 2 ** 30
+    need = 8 * M.numel() * 4 / 2**30
     avail = available_memory_gb() if device.type == "cpu" else None
     if avail is not None and need > 0.8 * avail:
         log(f"[ot] POT float64 would need ~{need:.1f} GB, {avail:.1f} GB available: using the subsample oracle")
@@ -183,10 +205,16 @@ def compare_with_pot(M: torch.Tensor, args, device: torch.device, out: dict) -> 
     for eps in EPSILONS:
         ref, tp = timed(lambda e=eps: pot_sinkhorn(M64, e), device, args.pot_repeats if eps == MAIN_EPS else 1)
         ours = sinkhorn(M, eps, N_ITER)
-        per_eps[str(eps)] = {"pot_float64_s": med(tp), "pot_finite": finite(ref), "ours_finite": finite(ours),
-                             "agreement": agreement(ours, ref)}
-        log(f"[ot] eps={eps}: POT ({args.pot_backend}) float64 {med(tp):.2f} s; ours finite="
-            f"{per_eps[str(eps)]['ours_finite']}, agreement {per_eps[str(eps)]['agreement']:.2e}")
+        per_eps[str(eps)] = {
+            "pot_float64_s": med(tp),
+            "pot_finite": finite(ref),
+            "ours_finite": finite(ours),
+            "agreement": agreement(ours, ref),
+        }
+        log(
+            f"[ot] eps={eps}: POT ({args.pot_backend}) float64 {med(tp):.2f} s; ours finite="
+            f"{per_eps[str(eps)]['ours_finite']}, agreement {per_eps[str(eps)]['agreement']:.2e}"
+        )
         if eps == MAIN_EPS:
             out["pot_float64_s"] = med(tp)
             out["pot_float64_times_s"] = tp
@@ -232,10 +260,15 @@ def compare_with_subsample(M: torch.Tensor, args, out: dict) -> None:
     for eps in EPSILONS:
         ref = sinkhorn_log(Ms.double(), eps, N_ITER)
         ours = sinkhorn(Ms, eps, N_ITER)
-        per_eps[str(eps)] = {"ours_finite": finite(ours), "oracle_finite": finite(ref),
-                             "agreement": agreement(ours, ref)}
-        log(f"[ot] eps={eps} (subsample {rows} x {P}): ours finite={per_eps[str(eps)]['ours_finite']}, "
-            f"agreement vs sinkhorn_log {per_eps[str(eps)]['agreement']:.2e}")
+        per_eps[str(eps)] = {
+            "ours_finite": finite(ours),
+            "oracle_finite": finite(ref),
+            "agreement": agreement(ours, ref),
+        }
+        log(
+            f"[ot] eps={eps} (subsample {rows} x {P}): ours finite={per_eps[str(eps)]['ours_finite']}, "
+            f"agreement vs sinkhorn_log {per_eps[str(eps)]['agreement']:.2e}"
+        )
         if eps == MAIN_EPS:
             out["agreement"] = per_eps[str(eps)]["agreement"]
     out["per_eps"] = per_eps

@@ -42,8 +42,14 @@ import torch  # noqa: E402
 from benchmarks.harness import REPO, log, machine_info, write_json  # noqa: E402
 
 PAPER_MEMBERS = ((2, 0.0), (2, 0.3), (3, 0.0), (3, 0.3))
-SHOWN = ("image_auroc_logical_anomalies", "au_spro_0.05_logical_anomalies", "image_auroc_structural_anomalies",
-         "au_spro_0.05_structural_anomalies", "image_auroc", "au_spro_0.05")
+SHOWN = (
+    "image_auroc_logical_anomalies",
+    "au_spro_0.05_logical_anomalies",
+    "image_auroc_structural_anomalies",
+    "au_spro_0.05_structural_anomalies",
+    "image_auroc",
+    "au_spro_0.05",
+)
 PSEUDO_KINDS = ("cutpaste", "noise", "blotch", "shuffle", "moved_patch")
 
 
@@ -73,8 +79,11 @@ def _features(backbone, samples_or_images, size: int) -> dict:
     from pradot.data.pseudo_anomalies import ArrayImageDataset
     from pradot.features import extract_features
 
-    ds = ArrayImageDataset(samples_or_images) if isinstance(samples_or_images, np.ndarray) else \
-        ImageDataset(list(samples_or_images), size)
+    ds = (
+        ArrayImageDataset(samples_or_images)
+        if isinstance(samples_or_images, np.ndarray)
+        else ImageDataset(list(samples_or_images), size)
+    )
     return extract_features(backbone, ds, progress=False)
 
 
@@ -104,13 +113,24 @@ def _banks(args, feats, aggregation: int, sigma: float) -> list:
 
     out = []
     for stage, alpha in PAPER_MEMBERS:
-        cfg = PRADOTConfig(backbone=args.backbone, stages=(stage,), image_size=args.image_size, alpha=alpha, n=args.n,
-                           batch_size=args.batch_ratio * args.n, epochs=args.epochs, eta=args.eta, seed=args.seed,
-                           aggregation=aggregation, smoothing_sigma=sigma)
+        cfg = PRADOTConfig(
+            backbone=args.backbone,
+            stages=(stage,),
+            image_size=args.image_size,
+            alpha=alpha,
+            n=args.n,
+            batch_size=args.batch_ratio * args.n,
+            epochs=args.epochs,
+            eta=args.eta,
+            seed=args.seed,
+            aggregation=aggregation,
+            smoothing_sigma=sigma,
+        )
         m = PRADOT(cfg, backbone=load_backbone(args.backbone, (stage,)))
         m.fit_features({stage: feats["train"][stage]}, progress=False)
-        out.append((f"s{stage} a{alpha:g}" + (f" k{aggregation} sigma{sigma:g}" if aggregation > 1 or sigma else ""),
-                    m.eval()))
+        out.append(
+            (f"s{stage} a{alpha:g}" + (f" k{aggregation} sigma{sigma:g}" if aggregation > 1 or sigma else ""), m.eval())
+        )
     return out
 
 
@@ -142,41 +162,66 @@ def category_section(args, category: str, root: Path) -> dict:
     from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 
     S, t0 = args.image_size, time.perf_counter()
-    gen = {"image_size": S, "n_train": args.n_train, "n_validation": args.n_validation, "n_test_good": args.n_test,
-           "n_test_logical": args.n_test, "n_test_structural": args.n_test}
+    gen = {
+        "image_size": S,
+        "n_train": args.n_train,
+        "n_validation": args.n_validation,
+        "n_test_good": args.n_test,
+        "n_test_logical": args.n_test,
+        "n_test_structural": args.n_test,
+    }
     splits = open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
     bb = load_backbone(args.backbone, (2, 3))
     images, groups, styles, masks = _pseudo_set(splits, S, args.seed)
-    feats = {"train": _features(bb, splits.train, S), "test": _features(bb, splits.test, S),
-             "pseudo": _features(bb, images, S)}
+    feats = {
+        "train": _features(bb, splits.train, S),
+        "test": _features(bb, splits.test, S),
+        "pseudo": _features(bb, images, S),
+    }
     log(f"{category}: features in {time.perf_counter() - t0:.0f}s")
     paper = _banks(args, feats, 1, 0.0)
     recipe = _banks(args, feats, args.aggregation, args.sigma)
-    mb = MemoryBankModel(MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed),
-                         backbone=bb).fit_features(feats["train"])
+    mb = MemoryBankModel(
+        MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed), backbone=bb
+    ).fit_features(feats["train"])
     log(f"{category}: models fitted at {time.perf_counter() - t0:.0f}s")
     test = {lab: _maps(m, feats["test"]) for lab, m in [*paper, *recipe, ("memory bank", mb)]}
     cands = [*recipe, ("memory bank", mb)]
     cand_maps = [_maps(m, feats["pseudo"]) for _, m in cands]  # the choice: validation + pseudo only
     choice = choose_fusion(cand_maps, groups, styles, masks, normalisation="per_member", step=args.weight_step)
     chosen = choice.members
-    selected = _fuse([cands[i][1] for i in chosen], [test[cands[i][0]] for i in chosen],
-                     weights=[choice.weights[i] for i in chosen], stats=[choice.stats[i] for i in chosen],
-                     normalisation="per_member")
+    selected = _fuse(
+        [cands[i][1] for i in chosen],
+        [test[cands[i][0]] for i in chosen],
+        weights=[choice.weights[i] for i in chosen],
+        stats=[choice.stats[i] for i in chosen],
+        normalisation="per_member",
+    )
     out = {
         "paper_ensemble": _metrics(splits, _fuse([m for _, m in paper], [test[lab] for lab, _ in paper]), S),
-        "selected": {"members": [cands[i][0] for i in chosen], "weights": [choice.weights[i] for i in chosen],
-                     "validation": {k: round(v, 4) for k, v in choice.metrics.items()},
-                     "metrics": _metrics(splits, selected, S)},
+        "selected": {
+            "members": [cands[i][0] for i in chosen],
+            "weights": [choice.weights[i] for i in chosen],
+            "validation": {k: round(v, 4) for k, v in choice.metrics.items()},
+            "metrics": _metrics(splits, selected, S),
+        },
         "baseline": _metrics(splits, test["memory bank"], S),
         "models": {lab: _metrics(splits, m, S) for lab, m in test.items()},
-        "candidates_validation": {lab: round(float(_objective(m, groups, styles, masks)), 4)
-                                  for (lab, _), m in zip(cands, cand_maps)},
-        "n_images": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test),
-                     "pseudo_anomalies": len(images) - len(splits.validation)},
-        "seconds": round(time.perf_counter() - t0, 1)}
-    log(f"{category}: done in {out['seconds']:.0f}s; selected {out['selected']['members']} "
-        f"w={out['selected']['weights']}")
+        "candidates_validation": {
+            lab: round(float(_objective(m, groups, styles, masks)), 4) for (lab, _), m in zip(cands, cand_maps)
+        },
+        "n_images": {
+            "train": len(splits.train),
+            "validation": len(splits.validation),
+            "test": len(splits.test),
+            "pseudo_anomalies": len(images) - len(splits.validation),
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    log(
+        f"{category}: done in {out['seconds']:.0f}s; selected {out['selected']['members']} "
+        f"w={out['selected']['weights']}"
+    )
     return out
 
 
@@ -184,10 +229,17 @@ def table(result: dict) -> str:
     """Markdown: per category, the three models' image AUROC / AU-sPRO@0.05 per anomaly type."""
     lines = []
     for cat, sec in result["categories"].items():
-        lines += [f"\n{cat}", "| model | logical: image AUROC | logical: AU-sPRO@0.05 | structural: image AUROC | "
-                  "structural: AU-sPRO@0.05 |", "|---|---|---|---|---|"]
-        for name, m in (("paper ensemble", sec["paper_ensemble"]), ("selected", sec["selected"]["metrics"]),
-                        ("memory-bank baseline", sec["baseline"])):
+        lines += [
+            f"\n{cat}",
+            "| model | logical: image AUROC | logical: AU-sPRO@0.05 | structural: image AUROC | "
+            "structural: AU-sPRO@0.05 |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in (
+            ("paper ensemble", sec["paper_ensemble"]),
+            ("selected", sec["selected"]["metrics"]),
+            ("memory-bank baseline", sec["baseline"]),
+        ):
             lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in SHOWN[:4]) + " |")
         lines.append(f"selected: {sec['selected']['members']} weights {sec['selected']['weights']}")
     return "\n".join(lines)
@@ -201,9 +253,13 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     root = Path(args.data_root) if args.data_root else Path(tempfile.gettempdir()) / "pradot-quality-data"
     t0 = time.perf_counter()
-    result = {"command": "python -m benchmarks.quality " + " ".join(argv), "date": _dt.datetime.now().isoformat(),
-              "machine": machine_info(torch.device("cpu")), "settings": vars(args) | {"data_root": str(root)},
-              "categories": {c: category_section(args, c, root) for c in args.categories.split(",") if c}}
+    result = {
+        "command": "python -m benchmarks.quality " + " ".join(argv),
+        "date": _dt.datetime.now().isoformat(),
+        "machine": machine_info(torch.device("cpu")),
+        "settings": vars(args) | {"data_root": str(root)},
+        "categories": {c: category_section(args, c, root) for c in args.categories.split(",") if c},
+    }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(args.output) if args.output else REPO / "benchmarks" / "results" / "quality-cpu.json"
     write_json(result, out)

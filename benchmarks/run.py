@@ -36,8 +36,7 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/run.py): impor
 import torch  # noqa: E402
 
 from benchmarks.epoch import epoch_section, stage_label  # noqa: E402
-from benchmarks.harness import REPO, flat_metrics, log, machine_info  # noqa: E402
-from benchmarks.harness import memory_section, synthetic_data, write_json  # noqa: E402
+from benchmarks.harness import REPO, flat_metrics, log, machine_info, memory_section, synthetic_data, write_json  # noqa: E402  # noqa: E402
 from benchmarks.ot import first_batch_cost, ot_section  # noqa: E402
 from benchmarks.report import table, targets  # noqa: E402
 from benchmarks.scoring import scoring_section  # noqa: E402
@@ -48,32 +47,47 @@ SECTIONS = ("ot", "epoch", "scoring")
 def parse_args(argv) -> argparse.Namespace:
     # MLflow substitutes {args} as one (quoted) string: split items with spaces, drop empty ones
     argv = [tok for item in argv for tok in shlex.split(item)]
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--paper-scale", action="store_true",
-                   help="batch 64, n=16, 28x28 grid (50,176 x 12,544 OT): for GPU machines")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--paper-scale", action="store_true", help="batch 64, n=16, 28x28 grid (50,176 x 12,544 OT): for GPU machines"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--output", default=None, help="JSON file (default benchmarks/results/<device>-<name>.json)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of our solver / scoring (median)")
     p.add_argument("--pot-repeats", type=int, default=1, help="timed repeats of POT at eps=0.01")
     p.add_argument("--skip-pot", action="store_true", help="no POT: our sinkhorn_log on a row subsample is the oracle")
     p.add_argument("--skip-pot-float32", action="store_true")
-    p.add_argument("--pot-backend", default="torch", choices=["torch", "numpy"],
-                   help="inputs given to POT: torch tensors (the authors' code; POT's TorchBackend) or numpy")
-    p.add_argument("--pot-numpy-too", action="store_true",
-                   help="also time POT on numpy arrays at eps=0.01 (single-threaded: minutes on CPU)")
+    p.add_argument(
+        "--pot-backend",
+        default="torch",
+        choices=["torch", "numpy"],
+        help="inputs given to POT: torch tensors (the authors' code; POT's TorchBackend) or numpy",
+    )
+    p.add_argument(
+        "--pot-numpy-too",
+        action="store_true",
+        help="also time POT on numpy arrays at eps=0.01 (single-threaded: minutes on CPU)",
+    )
     p.add_argument("--skip-resnet", action="store_true", help="skip the ResNet50-shaped scoring measurement")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of ot,epoch,scoring")
     p.add_argument("--subsample-rows", type=int, default=4096, help="rows of the --skip-pot oracle problem")
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--stages", default="2,3;2;3",
-                   help="models timed in the epoch section, ';'-separated stage sets (default: a stages-2+3 "
-                        "model, then the paper's single-stage members: a stage-2 bank, a stage-3 bank)")
+    p.add_argument(
+        "--stages",
+        default="2,3;2;3",
+        help="models timed in the epoch section, ';'-separated stage sets (default: a stages-2+3 "
+        "model, then the paper's single-stage members: a stage-2 bank, a stage-3 bank)",
+    )
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--train-images", type=int, default=None, help="default 32 (CPU) / 128 (paper scale)")
     p.add_argument("--score-images", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=3,
-                   help="epochs timed with and without the cache, alternately (median over them)")
+    p.add_argument(
+        "--epochs", type=int, default=3, help="epochs timed with and without the cache, alternately (median over them)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--data-root", default=str(REPO / "outputs" / "benchmark" / "data"))
     p.add_argument("--work-dir", default=str(REPO / "outputs" / "benchmark"))
@@ -84,8 +98,9 @@ def parse_args(argv) -> argparse.Namespace:
     unknown = sorted(set(args.section_list) - set(SECTIONS))
     if unknown:
         p.error(f"unknown sections {unknown}: choose among {','.join(SECTIONS)}")
-    args.stage_sets = [[int(s) for s in part.split(",") if s]
-                       for part in str(args.stages).replace(" ", "").split(";") if part]
+    args.stage_sets = [
+        [int(s) for s in part.split(",") if s] for part in str(args.stages).replace(" ", "").split(";") if part
+    ]
     if args.train_images is None:
         args.train_images = 128 if args.paper_scale else 32
     return args
@@ -122,9 +137,16 @@ def log_to_mlflow(result: dict, path: Path) -> None:
 
     info = result["machine"]
     with mlflow.start_run(run_name=f"benchmark-{result['setting']}"):
-        mlflow.log_params({"setting": result["setting"], "device": info["device_name"],
-                           "cpu_count": info["cpu_count"], "torch": info["torch"],
-                           "threads": info["torch_threads"], "command": result["command"][:500]})
+        mlflow.log_params(
+            {
+                "setting": result["setting"],
+                "device": info["device_name"],
+                "cpu_count": info["cpu_count"],
+                "torch": info["torch"],
+                "threads": info["torch_threads"],
+                "command": result["command"][:500],
+            }
+        )
         mlflow.log_metrics(flat_metrics({k: result[k] for k in ("ot", "epoch", "scoring", "memory") if k in result}))
         mlflow.log_artifact(str(path))
 
@@ -141,11 +163,17 @@ def benchmark(args) -> dict:
         args.output = default_output(args, info)
     result = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.run", *args.argv]),
-        "argv": list(args.argv), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "setting": "paper-scale" if args.paper_scale else "cpu", "scale": scale, "machine": info, "memory": {},
+        "argv": list(args.argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "setting": "paper-scale" if args.paper_scale else "cpu",
+        "scale": scale,
+        "machine": info,
+        "memory": {},
     }
-    log(f"PRADOT benchmark ({result['setting']}) on {info['device_name']} ({info['cpu_count']} CPUs, "
-        f"{info['torch_threads']} torch threads, torch {info['torch']}), load {info['load_average_start']}")
+    log(
+        f"PRADOT benchmark ({result['setting']}) on {info['device_name']} ({info['cpu_count']} CPUs, "
+        f"{info['torch_threads']} torch threads, torch {info['torch']}), load {info['load_average_start']}"
+    )
     t_all = time.perf_counter()
     run_sections(args, device, scale, result)
     result["total_s"] = time.perf_counter() - t_all

@@ -46,21 +46,31 @@ def variants(args, category: str, fractions) -> dict:
     from pradot.metrics.pseudo import pseudo_metrics
 
     S, t0 = args.image_size, time.perf_counter()
-    gen = {"image_size": S, "n_train": args.n_train, "n_validation": args.n_validation, "n_test_good": args.n_test,
-           "n_test_logical": args.n_test, "n_test_structural": args.n_test}
+    gen = {
+        "image_size": S,
+        "n_train": args.n_train,
+        "n_validation": args.n_validation,
+        "n_test_good": args.n_test,
+        "n_test_logical": args.n_test,
+        "n_test_structural": args.n_test,
+    }
     root = Path(args.data_root or Path("/tmp") / "pradot-quality-data")
     splits = open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
     bb = load_backbone(args.backbone, (2, 3))
     feats = {"train": Q._features(bb, splits.train, S), "test": Q._features(bb, splits.test, S)}
     cands = Q._banks(args, feats, 1, args.sigma) + Q._banks(args, feats, args.aggregation, args.sigma)
-    mb = MemoryBankModel(MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed),
-                         backbone=bb).fit_features(feats["train"])
+    mb = MemoryBankModel(
+        MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed), backbone=bb
+    ).fit_features(feats["train"])
     cands.append(("memory bank", mb))
     paper = Q._banks(args, feats, 1, 0.0)
     test = {label: Q._maps(m, feats["test"]) for label, m in cands + paper}
-    out = {"category": category,
-           "paper_ensemble": Q._metrics(splits, Q._fuse([m for _, m in paper], [test[lab] for lab, _ in paper]), S),
-           "baseline": Q._metrics(splits, test["memory bank"], S), "choices": {}}
+    out = {
+        "category": category,
+        "paper_ensemble": Q._metrics(splits, Q._fuse([m for _, m in paper], [test[lab] for lab, _ in paper]), S),
+        "baseline": Q._metrics(splits, test["memory bank"], S),
+        "choices": {},
+    }
     normals = [read_image(s.image_path, S) for s in splits.validation]
     for fraction in fractions:
         images, groups, styles, masks = _pseudo(normals, S, args.seed, fraction)
@@ -68,16 +78,23 @@ def variants(args, category: str, fractions) -> dict:
         cmaps = [Q._maps(m, pseudo_feats) for _, m in cands]
         choice = choose_fusion(cmaps, groups, styles, masks, normalisation="per_member", step=args.weight_step)
         chosen = choice.members
-        fused = Q._fuse([cands[i][1] for i in chosen], [test[cands[i][0]] for i in chosen],
-                        weights=[choice.weights[i] for i in chosen], stats=[choice.stats[i] for i in chosen],
-                        normalisation="per_member")
+        fused = Q._fuse(
+            [cands[i][1] for i in chosen],
+            [test[cands[i][0]] for i in chosen],
+            weights=[choice.weights[i] for i in chosen],
+            stats=[choice.stats[i] for i in chosen],
+            normalisation="per_member",
+        )
         validation = {}
         for (label, _), m in zip(cands, cmaps):
             v = pseudo_metrics(groups, styles, m.reshape(len(m), -1).max(1), maps=m, masks=masks)
             validation[label] = {k: round(float(v[k]), 4) for k in KEYS if k in v}
         out["choices"][f"{fraction[0]:g}-{fraction[1]:g}"] = {
-            "members": [cands[i][0] for i in chosen], "weights": [choice.weights[i] for i in chosen],
-            "test": Q._metrics(splits, fused, S), "validation": validation}
+            "members": [cands[i][0] for i in chosen],
+            "weights": [choice.weights[i] for i in chosen],
+            "test": Q._metrics(splits, fused, S),
+            "validation": validation,
+        }
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -47,14 +47,19 @@ EXPECTED = {"big_png_map": 200, "big_npy_map": 200, "normal": 200, "over_budget"
 
 def flat_png(w: int, h: int, fill: int = 90) -> bytes:
     """A flat RGB PNG written row by row: small on the wire, ``w x h`` pixels once decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     row = b"\x00" + bytes([fill]) * (3 * w)
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def camera_png(seed: int, w: int = 640, h: int = 480) -> bytes:
@@ -76,8 +81,12 @@ def bodies() -> dict[str, bytes]:
             out["params"] = params
         return json.dumps(out).encode()
 
-    return {"big_png_map": body([big], return_map=True), "big_npy_map": body([big], return_map=True, map_format="npy"),
-            "normal": body(normal), "over_budget": body([big] * 5)}
+    return {
+        "big_png_map": body([big], return_map=True),
+        "big_npy_map": body([big], return_map=True, map_format="npy"),
+        "normal": body(normal),
+        "over_budget": body([big] * 5),
+    }
 
 
 class Images:
@@ -104,8 +113,9 @@ def log_model(tmp: Path, model_config: dict) -> str:
     from pradot.calibration import Calibration
 
     torch.manual_seed(0)
-    model = PRADOT(PRADOTConfig(backbone="efficientnet_lite0", stages=(2,), image_size=224, n=1, batch_size=4,
-                                epochs=1, eta=0.5))
+    model = PRADOT(
+        PRADOTConfig(backbone="efficientnet_lite0", stages=(2,), image_size=224, n=1, batch_size=4, epochs=1, eta=0.5)
+    )
     images = torch.rand(8, 3, 224, 224)
     model.fit(Images(images), progress=False)
     _, scores = model.score(images[:4])
@@ -113,8 +123,12 @@ def log_model(tmp: Path, model_config: dict) -> str:
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("load", artifact_location=(tmp / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp):
-        log_pradot_model(model.save(tmp / "model.pt"), Calibration.calibrate(scores),
-                         registered_model_name="pradot-load", model_config=model_config)
+        log_pradot_model(
+            model.save(tmp / "model.pt"),
+            Calibration.calibrate(scores),
+            registered_model_name="pradot-load",
+            model_config=model_config,
+        )
     return uri
 
 
@@ -125,7 +139,7 @@ def tree_rss(pid: int) -> int:
         if d.name.isdigit():
             try:
                 stat = (d / "stat").read_text()
-                children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
+                children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(d.name))
             except (OSError, ValueError):
                 continue
     total, todo = 0, [pid]
@@ -171,10 +185,28 @@ def serve(uri: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/pradot-load/1", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/pradot-load/1",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -216,24 +248,41 @@ def load(url: str, requests: int, concurrency: int, proc_pid: int) -> dict:
     per_kind = {}
     for kind in KINDS:
         rows = [r for r in results if r[0] == kind]
-        per_kind[kind] = {"n": len(rows), "status": sorted({r[1] for r in rows}),
-                          "as_expected": all(r[1] == EXPECTED[kind] for r in rows),
-                          "p50_s": percentile([r[2] for r in rows], 50), "p95_s": percentile([r[2] for r in rows], 95),
-                          "max_answer_bytes": max((r[3] for r in rows), default=0)}
+        per_kind[kind] = {
+            "n": len(rows),
+            "status": sorted({r[1] for r in rows}),
+            "as_expected": all(r[1] == EXPECTED[kind] for r in rows),
+            "p50_s": percentile([r[2] for r in rows], 50),
+            "p95_s": percentile([r[2] for r in rows], 95),
+            "max_answer_bytes": max((r[3] for r in rows), default=0),
+        }
     lat = [r[2] for r in results]
-    return {"requests": requests, "concurrency": concurrency, "wall_s": wall, "throughput_rps": requests / wall,
-            "p50_s": percentile(lat, 50), "p95_s": percentile(lat, 95), "per_kind": per_kind,
-            "rss_idle_mb": idle / 2**20, "rss_peak_mb": sampler.peak / 2**20, "rss_after_mb": after / 2**20,
-            "peak_over_idle": sampler.peak / idle,
-            "server_up_after": post(f"{url}/invocations", data["normal"])[0] == 200}
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "throughput_rps": requests / wall,
+        "p50_s": percentile(lat, 50),
+        "p95_s": percentile(lat, 95),
+        "per_kind": per_kind,
+        "rss_idle_mb": idle / 2**20,
+        "rss_peak_mb": sampler.peak / 2**20,
+        "rss_after_mb": after / 2**20,
+        "peak_over_idle": sampler.peak / idle,
+        "server_up_after": post(f"{url}/invocations", data["normal"])[0] == 200,
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=48)
     p.add_argument("--concurrency", type=int, default=6, help="6 = MLflow's thread pool on 2 cores")
-    p.add_argument("--model-config", default="{}", help='JSON merged into the served model_config, e.g. '
-                   '\'{"mmap_threshold": 0}\' (glibc\'s default allocator) or \'{"max_in_flight": 2}\'')
+    p.add_argument(
+        "--model-config",
+        default="{}",
+        help="JSON merged into the served model_config, e.g. "
+        "'{\"mmap_threshold\": 0}' (glibc's default allocator) or '{\"max_in_flight\": 2}'",
+    )
     p.add_argument("--output", default=None, help="write the result as JSON here")
     a = p.parse_args(argv)
     model_config = {"device": "cpu", **json.loads(a.model_config)}

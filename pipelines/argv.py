@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipelines.checks import ConfigError
 
@@ -63,8 +63,10 @@ def _split_overrides(value: str) -> list[str]:
     try:
         return shlex.split(value)
     except ValueError as e:  # an unbalanced quote
-        raise ConfigError(f"{OVERRIDES_KEY}={value!r}: {e} (quote values that hold spaces, e.g. "
-                          f"{OVERRIDES_KEY}=\"data_root='/my data' seed=1\")") from None
+        raise ConfigError(
+            f"{OVERRIDES_KEY}={value!r}: {e} (quote values that hold spaces, e.g. "
+            f"{OVERRIDES_KEY}=\"data_root='/my data' seed=1\")"
+        ) from None
 
 
 def parse_overrides(argv: Sequence[str]) -> list[str]:
@@ -89,7 +91,7 @@ def parse_overrides(argv: Sequence[str]) -> list[str]:
             i += 2
             continue
         if a.startswith(OVERRIDES_KEY + "="):
-            items.extend(_split_overrides(a[len(OVERRIDES_KEY) + 1:]))
+            items.extend(_split_overrides(a[len(OVERRIDES_KEY) + 1 :]))
         else:
             items.append(a)
         i += 1

@@ -20,14 +20,14 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 if __name__ == "__main__" and not __package__:  # `python pipelines/baseline.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import cli, config, registry, tracking# noqa: E402
+from pipelines import cli, config, registry, tracking  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,21 @@ def memory_bank_config(cfg):
     from pradot.memory_bank import MemoryBankConfig
 
     mb = cfg.get("memory_bank") or {}
-    stages = config.parse_stages(mb.get("stages") if mb.get("stages") is not None else cfg.backbone.stages,
-                                 "memory_bank.stages")
+    stages = config.parse_stages(
+        mb.get("stages") if mb.get("stages") is not None else cfg.backbone.stages, "memory_bank.stages"
+    )
     try:
-        return MemoryBankConfig(backbone=str(cfg.backbone.name), stages=stages, image_size=int(cfg.data.image_size),
-                                aggregation=int(mb.get("aggregation", 3)),
-                                concat_stages=bool(mb.get("concat_stages", True)),
-                                coreset_ratio=float(mb.get("coreset_ratio", 1.0)),
-                                projection_dim=(int(mb["projection_dim"]) if mb.get("projection_dim") is not None
-                                                else None),
-                                smoothing_sigma=float(mb.get("smoothing_sigma", 4.0)), seed=int(cfg.seed))
+        return MemoryBankConfig(
+            backbone=str(cfg.backbone.name),
+            stages=stages,
+            image_size=int(cfg.data.image_size),
+            aggregation=int(mb.get("aggregation", 3)),
+            concat_stages=bool(mb.get("concat_stages", True)),
+            coreset_ratio=float(mb.get("coreset_ratio", 1.0)),
+            projection_dim=(int(mb["projection_dim"]) if mb.get("projection_dim") is not None else None),
+            smoothing_sigma=float(mb.get("smoothing_sigma", 4.0)),
+            seed=int(cfg.seed),
+        )
     except ValueError as e:
         raise config.ConfigError(f"memory_bank: {e}") from None
 
@@ -78,12 +83,15 @@ class BaselineRun:
     def summary(self) -> str:
         shown = ("image_auroc", "au_spro_0.05", "pixel_auroc", "au_pro_0.3")
         registered = f"registered as {self.model_name} v{self.version}" if self.version else "not registered"
-        return "\n".join([
-            "\n== memory-bank baseline finished ==",
-            f"run     : {self.run_id} (experiment {self.experiment_id})",
-            f"model   : {registered}",
-            "metrics : " + ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if k in shown),
-            f"look at it: {tracking.ui_hint(self.tracking_uri)}"])
+        return "\n".join(
+            [
+                "\n== memory-bank baseline finished ==",
+                f"run     : {self.run_id} (experiment {self.experiment_id})",
+                f"model   : {registered}",
+                "metrics : " + ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if k in shown),
+                f"look at it: {tracking.ui_hint(self.tracking_uri)}",
+            ]
+        )
 
 
 def fit_baseline(settings: config.TrainSettings, mb_config, train_samples, device, progress: bool = True):
@@ -95,14 +103,17 @@ def fit_baseline(settings: config.TrainSettings, mb_config, train_samples, devic
 
     backbone = load_backbone(mb_config.backbone, mb_config.stages, weights_path=settings.weights_path, device=device)
     cache = FeatureCache(settings.cache_dir) if settings.cache_dir else None
-    feats = train_features(backbone, settings.data, train_samples, cache, device, settings.num_workers,
-                           settings.weights_path, progress)
+    feats = train_features(
+        backbone, settings.data, train_samples, cache, device, settings.num_workers, settings.weights_path, progress
+    )
     return MemoryBankModel(mb_config, backbone=backbone, device=device).fit_features(feats, progress=progress).eval()
 
 
 def _params(mb_config) -> dict[str, str]:
-    return {f"memory_bank.{k}": str(list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(mb_config).items()}
+    return {
+        f"memory_bank.{k}": str(list(v) if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(mb_config).items()
+    }
 
 
 def _evaluate_and_log(settings: config.TrainSettings, model, splits, tmp: Path):
@@ -126,8 +137,15 @@ def _evaluate_and_log(settings: config.TrainSettings, model, splits, tmp: Path):
     if settings.evaluation.write_tiffs:
         write_tiff_maps(test, tmp / "anomaly_maps", settings.data.category)
         mlflow.log_artifacts(str(tmp / "anomaly_maps"), "anomaly_maps")
-    result = calibrate(model, splits, settings.calibration_quantile, size, bs, validation=val,
-                       pixel_quantile=settings.calibration_pixel_quantile)
+    result = calibrate(
+        model,
+        splits,
+        settings.calibration_quantile,
+        size,
+        bs,
+        validation=val,
+        pixel_quantile=settings.calibration_pixel_quantile,
+    )
     mlflow.set_tag("pradot.calibration_source", result.source)
     mlflow.log_dict(result.calibration.to_dict(), "model_files/calibration.json")
     mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], test.scores, result.calibration.threshold))
@@ -143,32 +161,60 @@ def _tracked_run(settings: config.TrainSettings, mb_config, params: dict[str, st
 
     t0 = time.perf_counter()
     spec = settings.data
-    with tracking.entry_run(f"baseline-{spec.kind}-{spec.category}", settings.tracking.experiment_name,
-                            entry_point="baseline", nested=nested,
-                            tags={"pradot.dataset": spec.kind, "pradot.category": spec.category,
-                                  "pradot.backbone": mb_config.backbone, "pradot.kind": "memory_bank"}) as run:
+    with tracking.entry_run(
+        f"baseline-{spec.kind}-{spec.category}",
+        settings.tracking.experiment_name,
+        entry_point="baseline",
+        nested=nested,
+        tags={
+            "pradot.dataset": spec.kind,
+            "pradot.category": spec.category,
+            "pradot.backbone": mb_config.backbone,
+            "pradot.kind": "memory_bank",
+        },
+    ) as run:
         tracking.log_resolved_params({**params, **_params(mb_config)})
         splits = open_splits(spec)
-        mlflow.log_params({"data.n_train": len(splits.train), "data.n_validation": len(splits.validation),
-                           "data.n_test": len(splits.test), "data.resolved_root": str(splits.dataset.root)})
+        mlflow.log_params(
+            {
+                "data.n_train": len(splits.train),
+                "data.n_validation": len(splits.validation),
+                "data.n_test": len(splits.test),
+                "data.resolved_root": str(splits.dataset.root),
+            }
+        )
         model = fit_baseline(settings, mb_config, splits.train, device)
-        mlflow.log_metrics({"time_fit_seconds": time.perf_counter() - t0,
-                            **{f"bank_size_stage{s}": len(m) for s, m in model.memory.items()}})
+        mlflow.log_metrics(
+            {
+                "time_fit_seconds": time.perf_counter() - t0,
+                **{f"bank_size_stage{s}": len(m) for s, m in model.memory.items()},
+            }
+        )
         with tempfile.TemporaryDirectory(prefix="pradot-baseline-") as tmp:
             flat, calibration = _evaluate_and_log(settings, model, splits, Path(tmp))
             path = model.save(Path(tmp) / "memory_bank.pt", include_backbone=settings.tracking.include_backbone)
             tags = registry.VersionTags(
-                kind="memory_bank", dataset=spec.kind, category=spec.category, run_id=run.run_id,
-                threshold=calibration.threshold, backbone=mb_config.backbone, stages=mb_config.stages,
-                image_size=mb_config.image_size, aggregation=mb_config.aggregation,
-                smoothing_sigma=mb_config.smoothing_sigma, coreset_ratio=mb_config.coreset_ratio, metrics=flat)
+                kind="memory_bank",
+                dataset=spec.kind,
+                category=spec.category,
+                run_id=run.run_id,
+                threshold=calibration.threshold,
+                backbone=mb_config.backbone,
+                stages=mb_config.stages,
+                image_size=mb_config.image_size,
+                aggregation=mb_config.aggregation,
+                smoothing_sigma=mb_config.smoothing_sigma,
+                coreset_ratio=mb_config.coreset_ratio,
+                metrics=flat,
+            )
             model_uri = registry.log_model(path, calibration, tags, tracking.example_image(splits))
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
     return run, model_uri, (tags if settings.tracking.register else None), flat
 
 
-def run_baseline(settings: config.TrainSettings, mb_config, params: dict[str, str], nested: bool = False
-                 ) -> BaselineRun:
+def run_baseline(
+    settings: config.TrainSettings, mb_config, params: dict[str, str], nested: bool = False
+) -> BaselineRun:
     """Fit, evaluate and log the memory bank in one MLflow run (a child of the active run when ``nested``),
     then, once the run has FINISHED, register it (one call with every tag)."""
     from pradot.device import resolve_device
@@ -189,8 +235,12 @@ def run(argv: Sequence[str]) -> BaselineRun:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_entry(run, argv, failure_note="the MLflow run is marked FAILED and nothing was registered; its "
-                                                 "log is under the run's logs/ artifacts")
+    return cli.run_entry(
+        run,
+        argv,
+        failure_note="the MLflow run is marked FAILED and nothing was registered; its "
+        "log is under the run's logs/ artifacts",
+    )
 
 
 if __name__ == "__main__":

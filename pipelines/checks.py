@@ -14,8 +14,22 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ConfigError", "IMAGE_SIZE_RANGE", "MAX_N", "how_to_set", "boolean", "number", "model_values", "counts",
-           "registry_name", "experiment_name", "alias_name", "folder_name", "path_component", "batch_fits_data"]
+__all__ = [
+    "ConfigError",
+    "IMAGE_SIZE_RANGE",
+    "MAX_N",
+    "how_to_set",
+    "boolean",
+    "number",
+    "model_values",
+    "counts",
+    "registry_name",
+    "experiment_name",
+    "alias_name",
+    "folder_name",
+    "path_component",
+    "batch_fits_data",
+]
 
 
 class ConfigError(ValueError):
@@ -55,10 +69,24 @@ WHY_SIZE = "pixels a side; the deepest stages need >= 16, and above 4096 one ima
 MAX_N = 1024
 
 #: keys that MLproject entry points take as their own parameter (-P name=value)
-_MLPROJECT = {"model.epochs": "epochs", "model.batch_ratio": "batch_ratio", "model.n": "n", "model.alpha": "alpha",
-              "model.eta": "eta", "model.epsilon": "epsilon", "data.image_size": "image_size", "seed": "seed",
-              "sweep.name": "name", "alias": "alias", "members": "members", "category": "category",
-              "quantile": "quantile", "threshold": "threshold", "model_uri": "model_uri", "overwrite": "overwrite"}
+_MLPROJECT = {
+    "model.epochs": "epochs",
+    "model.batch_ratio": "batch_ratio",
+    "model.n": "n",
+    "model.alpha": "alpha",
+    "model.eta": "eta",
+    "model.epsilon": "epsilon",
+    "data.image_size": "image_size",
+    "seed": "seed",
+    "sweep.name": "name",
+    "alias": "alias",
+    "members": "members",
+    "category": "category",
+    "quantile": "quantile",
+    "threshold": "threshold",
+    "model_uri": "model_uri",
+    "overwrite": "overwrite",
+}
 
 
 def how_to_set(key: str) -> str:
@@ -76,8 +104,17 @@ def _range_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
     return f"{'<' if hi_open else '<='} {hi}"
 
 
-def number(key: str, value: Any, *, integer: bool = False, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False, hi_open: bool = False, why: str = "") -> int | float:
+def number(
+    key: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    why: str = "",
+) -> int | float:
     """``value`` as an int (``integer``) or a finite float within the bounds, else :class:`ConfigError`."""
     what = "an integer" if integer else "a number"
     valid = _range_text(lo, hi, lo_open, hi_open)
@@ -87,10 +124,14 @@ def number(key: str, value: Any, *, integer: bool = False, lo: float | None = No
         if integer and not (math.isfinite(x) and x.is_integer()):
             raise ValueError
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not {what}; it must be {what} {valid}{reason}; {how_to_set(key)}") \
-            from None
-    ok = math.isfinite(x) and (lo is None or (x > lo if lo_open else x >= lo)) and \
-        (hi is None or (x < hi if hi_open else x <= hi))
+        raise ConfigError(
+            f"{key}={value!r} is not {what}; it must be {what} {valid}{reason}; {how_to_set(key)}"
+        ) from None
+    ok = (
+        math.isfinite(x)
+        and (lo is None or (x > lo if lo_open else x >= lo))
+        and (hi is None or (x < hi if hi_open else x <= hi))
+    )
     if not ok:
         raise ConfigError(f"{key}={value!r} is out of range: it must be {what} {valid}{reason}; {how_to_set(key)}")
     return int(x) if integer else x
@@ -99,16 +140,30 @@ def number(key: str, value: Any, *, integer: bool = False, lo: float | None = No
 def model_values(m: Any, seed: Any) -> dict[str, Any]:
     """The checked numbers of the ``model`` group (and ``seed``) as :class:`pradot.model.PRADOTConfig` keywords
     (``batch_ratio`` is checked here, the batch size is the caller's)."""
-    n = number("model.n", m.n, lo=0, lo_open=True, hi=MAX_N,
-               why="prototypes per feature cell (n < 1: one prototype per 1/n x 1/n cells); a batch needs >= n images")
+    n = number(
+        "model.n",
+        m.n,
+        lo=0,
+        lo_open=True,
+        hi=MAX_N,
+        why="prototypes per feature cell (n < 1: one prototype per 1/n x 1/n cells); a batch needs >= n images",
+    )
     number("model.batch_ratio", m.batch_ratio, lo=0, lo_open=True, hi=MAX_N, why="batch size = batch_ratio x n images")
-    return dict(n=n, alpha=number("model.alpha", m.alpha, lo=0, hi=1, why="0 = global prototypes, > 0 = local"),
-                eta=number("model.eta", m.eta, lo=0, hi=1, why="EMA momentum of the prototypes"),
-                epsilon=number("model.epsilon", m.epsilon, lo=0, lo_open=True, why="entropic regularisation"),
-                sinkhorn_iters=number("model.sinkhorn_iters", m.sinkhorn_iters, integer=True, lo=1),
-                epochs=number("model.epochs", m.epochs, integer=True, lo=1,
-                              why="passes over the training images; 0 would register an untrained model"),
-                seed=number("seed", seed, integer=True))
+    return dict(
+        n=n,
+        alpha=number("model.alpha", m.alpha, lo=0, hi=1, why="0 = global prototypes, > 0 = local"),
+        eta=number("model.eta", m.eta, lo=0, hi=1, why="EMA momentum of the prototypes"),
+        epsilon=number("model.epsilon", m.epsilon, lo=0, lo_open=True, why="entropic regularisation"),
+        sinkhorn_iters=number("model.sinkhorn_iters", m.sinkhorn_iters, integer=True, lo=1),
+        epochs=number(
+            "model.epochs",
+            m.epochs,
+            integer=True,
+            lo=1,
+            why="passes over the training images; 0 would register an untrained model",
+        ),
+        seed=number("seed", seed, integer=True),
+    )
 
 
 def counts(group: str, values: Any, **minimum: int) -> dict[str, int]:
@@ -122,8 +177,7 @@ def _text(key: str, value: Any, max_length: int) -> str:
     if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ConfigError(f"{key}={value!r} has leading/trailing spaces or control characters; {how_to_set(key)}")
     if len(value) > max_length:
-        raise ConfigError(f"{key} is {len(value)} characters long, at most {max_length} are allowed; "
-                          f"{how_to_set(key)}")
+        raise ConfigError(f"{key} is {len(value)} characters long, at most {max_length} are allowed; {how_to_set(key)}")
     return value
 
 
@@ -138,8 +192,10 @@ def registry_name(key: str, value: Any) -> str:
     at most 256 characters."""
     name = _text(key, value, 256)
     if any(c in name for c in "/:\\") or _leaves_folder(name):
-        raise ConfigError(f"{key}={value!r} cannot be a registered model name: it may not contain '/', ':' or "
-                          f"'\\' nor be '.' or '..' (e.g. pradot-mvtec_loco-screw_bag); {how_to_set(key)}")
+        raise ConfigError(
+            f"{key}={value!r} cannot be a registered model name: it may not contain '/', ':' or "
+            f"'\\' nor be '.' or '..' (e.g. pradot-mvtec_loco-screw_bag); {how_to_set(key)}"
+        )
     return name
 
 
@@ -155,8 +211,10 @@ def alias_name(key: str, value: Any) -> str:
     """A registered model alias (MLflow's rule): letters, digits, ``_`` and ``-``; not ``latest`` nor ``v<N>``."""
     name = _text(key, value, 255)
     if not _ALIAS.match(name) or name.lower() == "latest" or re.match(r"^[vV]\d+$", name):
-        raise ConfigError(f"{key}={value!r} cannot be a model alias: use letters, digits, '_' and '-' only, not "
-                          f"'latest' nor 'v<number>' (reserved by MLflow), e.g. champion; {how_to_set(key)}")
+        raise ConfigError(
+            f"{key}={value!r} cannot be a model alias: use letters, digits, '_' and '-' only, not "
+            f"'latest' nor 'v<number>' (reserved by MLflow), e.g. champion; {how_to_set(key)}"
+        )
     return name
 
 
@@ -168,8 +226,10 @@ def folder_name(key: str, value: Any) -> str:
     and ``._+=-``, starting with a letter or digit, so it cannot leave its parent folder."""
     name = _text(key, value, 200)
     if not _FOLDER.match(name) or _leaves_folder(name):
-        raise ConfigError(f"{key}={value!r} cannot be a folder name: use letters, digits and . _ + = - only, "
-                          f"starting with a letter or digit (no '/', no '..'); {how_to_set(key)}")
+        raise ConfigError(
+            f"{key}={value!r} cannot be a folder name: use letters, digits and . _ + = - only, "
+            f"starting with a letter or digit (no '/', no '..'); {how_to_set(key)}"
+        )
     return name
 
 
@@ -178,8 +238,10 @@ def path_component(key: str, value: Any) -> str:
     ``anomaly_maps/<category>/...``): not empty, not ``.`` or ``..``, no ``/`` or ``\\``."""
     name = _text(key, value, 255)
     if "/" in name or "\\" in name or name in (".", ".."):
-        raise ConfigError(f"{key}={value!r} must be one folder name (no '/', '\\', '.' or '..'), so that the paths "
-                          f"made from it stay in their folder; {how_to_set(key)}")
+        raise ConfigError(
+            f"{key}={value!r} must be one folder name (no '/', '\\', '.' or '..'), so that the paths "
+            f"made from it stay in their folder; {how_to_set(key)}"
+        )
     return name
 
 
@@ -189,6 +251,8 @@ def batch_fits_data(batch_size: int, n: float, batch_ratio: float | None, n_trai
     if n_train >= batch_size:
         return
     ratio = f"model.batch_ratio={batch_ratio:g} x " if batch_ratio is not None else ""
-    raise ConfigError(f"the batch size {batch_size} ({ratio}model.n={n:g}) is larger than the {n_train} training "
-                      f"images, so no batch could be drawn; lower model.batch_ratio or model.n "
-                      f"({how_to_set('model.batch_ratio')}), or add training images")
+    raise ConfigError(
+        f"the batch size {batch_size} ({ratio}model.n={n:g}) is larger than the {n_train} training "
+        f"images, so no batch could be drawn; lower model.batch_ratio or model.n "
+        f"({how_to_set('model.batch_ratio')}), or add training images"
+    )

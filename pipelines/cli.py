@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pradot.backbone import BackboneError
 from pradot.data import DatasetError
@@ -29,8 +30,10 @@ class UsageError(ValueError):
 #: errors that mean "the input was wrong": exit 2 with the message, no traceback
 USER_ERRORS = (UsageError, DatasetError, BackboneError, DeviceError, FileNotFoundError, ValueError)
 #: extra hint printed under a dataset error
-DATA_HINT = ("With the MLflow project: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT), or try the "
-             "embedded dataset with -P dataset=synthetic.")
+DATA_HINT = (
+    "With the MLflow project: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT), or try the "
+    "embedded dataset with -P dataset=synthetic."
+)
 
 
 class Result(Protocol):
@@ -41,8 +44,7 @@ class Result(Protocol):
     def summary(self) -> str: ...
 
 
-def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = None,
-              failure_note: str = "") -> int:
+def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = None, failure_note: str = "") -> int:
     """Run ``run(argv)`` (default ``sys.argv[1:]``), print the summary or the error, return the exit code.
 
     ``failure_note`` is printed under a bad-input error (e.g. what happened to the MLflow run)."""
@@ -53,8 +55,11 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
     try:
         result = run(argv)
     except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl+C or SIGTERM): the MLflow run was ended KILLED with its log; nothing was "
-              "registered after the interruption", file=sys.stderr)
+        print(
+            "\ninterrupted (Ctrl+C or SIGTERM): the MLflow run was ended KILLED with its log; nothing was "
+            "registered after the interruption",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except USER_ERRORS as e:
         # the embedded dataset's own errors (e.g. a mistyped root) do not need it suggested back
@@ -62,8 +67,10 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
         if len(started_runs()) > runs_before:
             note = f"\n({failure_note})" if failure_note else ""
         elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run exists already
-            note = ("\n(nothing was registered: refused before any work; `mlflow run` marks the run it started "
-                    "FAILED and exits with 1)")
+            note = (
+                "\n(nothing was registered: refused before any work; `mlflow run` marks the run it started "
+                "FAILED and exits with 1)"
+            )
         else:
             note = "\n(nothing was registered nor recorded: refused before any MLflow run started)"
         print(f"\nerror: {e}{hint}{note}", file=sys.stderr)

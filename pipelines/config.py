@@ -12,9 +12,9 @@ Nothing below the entry points reads a DictConfig: they receive these objects.
 from __future__ import annotations
 
 import re
-
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,11 +25,28 @@ from pipelines.paths import not_utf8_message, resolve_paths
 from pradot.engine import DataSpec, batch_size_for
 from pradot.model import PRADOTConfig
 
-__all__ = ["CONF_DIR", "ConfigError", "parse_overrides", "compose", "flatten", "parse_stages", "data_spec",
-           "model_config", "model_name", "training_view", "with_overrides", "EvaluationSettings", "TrackingSettings",
-           "TrainSettings", "train_settings", "PromoteOptions", "promote_options", "ReproduceGrid",
-           "reproduce_grid", "FUSIONS"]
-
+__all__ = [
+    "CONF_DIR",
+    "ConfigError",
+    "parse_overrides",
+    "compose",
+    "flatten",
+    "parse_stages",
+    "data_spec",
+    "model_config",
+    "model_name",
+    "training_view",
+    "with_overrides",
+    "EvaluationSettings",
+    "TrackingSettings",
+    "TrainSettings",
+    "train_settings",
+    "PromoteOptions",
+    "promote_options",
+    "ReproduceGrid",
+    "reproduce_grid",
+    "FUSIONS",
+]
 
 
 def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -48,8 +65,10 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
             cfg = hydra_compose(config_name=root, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"bad configuration override: {e}{_did_you_mean(root, str(e))}\n(overrides: "
-                          f"{' '.join(overrides)}; the config groups and keys are in {CONF_DIR})") from None
+        raise ConfigError(
+            f"bad configuration override: {e}{_did_you_mean(root, str(e))}\n(overrides: "
+            f"{' '.join(overrides)}; the config groups and keys are in {CONF_DIR})"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(not_utf8_message(CONF_DIR)) from None
     return resolve_paths(cfg)
@@ -142,29 +161,53 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         ConfigError: ``data.image_size`` or ``data.validation_fraction`` out of range.
     """
     data_root = cfg.get("data_root") or cfg.data.root
-    fraction = checks.number("data.validation_fraction", cfg.data.get("validation_fraction", 0.0), lo=0, hi=1,
-                             hi_open=True, why="share of train/good held out for calibration")
-    return DataSpec(kind=str(cfg.data.kind), root=(str(data_root) if data_root else None),
-                    category=checks.path_component("category", str(cfg.category)), image_size=_image_size(cfg),
-                    validation_fraction=fraction,
-                    augmentation=cfg.data.get("augmentation"),
-                    generator=(dict(cfg.data.generator) if cfg.data.get("generator") else None),
-                    seed=int(cfg.seed),
-                    options=({k: v for k, v in OmegaConf.to_container(cfg.data.options).items() if v is not None}
-                             if cfg.data.get("options") else None))
+    fraction = checks.number(
+        "data.validation_fraction",
+        cfg.data.get("validation_fraction", 0.0),
+        lo=0,
+        hi=1,
+        hi_open=True,
+        why="share of train/good held out for calibration",
+    )
+    return DataSpec(
+        kind=str(cfg.data.kind),
+        root=(str(data_root) if data_root else None),
+        category=checks.path_component("category", str(cfg.category)),
+        image_size=_image_size(cfg),
+        validation_fraction=fraction,
+        augmentation=cfg.data.get("augmentation"),
+        generator=(dict(cfg.data.generator) if cfg.data.get("generator") else None),
+        seed=int(cfg.seed),
+        options=(
+            {k: v for k, v in OmegaConf.to_container(cfg.data.options).items() if v is not None}
+            if cfg.data.get("options")
+            else None
+        ),
+    )
 
 
 def model_config(cfg: DictConfig) -> PRADOTConfig:
     """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups (PRADOTConfig checks them;
     :func:`train_settings` checks their ranges first, naming the keys)."""
     m = cfg.model
-    return PRADOTConfig(backbone=str(cfg.backbone.name), stages=parse_stages(cfg.backbone.stages),
-                        image_size=int(cfg.data.image_size), alpha=float(m.alpha), n=float(m.n), eta=float(m.eta),
-                        epsilon=float(m.epsilon), sinkhorn_iters=int(m.sinkhorn_iters),
-                        batch_size=batch_size_for(m.n, m.batch_ratio), epochs=int(m.epochs), seed=int(cfg.seed),
-                        learn_coordinates=bool(m.learn_coordinates), warm_start=bool(m.warm_start),
-                        aggregation=int(m.get("aggregation", 1)), concat_stages=bool(m.get("concat_stages", False)),
-                        smoothing_sigma=float(m.get("smoothing_sigma", 0.0)))
+    return PRADOTConfig(
+        backbone=str(cfg.backbone.name),
+        stages=parse_stages(cfg.backbone.stages),
+        image_size=int(cfg.data.image_size),
+        alpha=float(m.alpha),
+        n=float(m.n),
+        eta=float(m.eta),
+        epsilon=float(m.epsilon),
+        sinkhorn_iters=int(m.sinkhorn_iters),
+        batch_size=batch_size_for(m.n, m.batch_ratio),
+        epochs=int(m.epochs),
+        seed=int(cfg.seed),
+        learn_coordinates=bool(m.learn_coordinates),
+        warm_start=bool(m.warm_start),
+        aggregation=int(m.get("aggregation", 1)),
+        concat_stages=bool(m.get("concat_stages", False)),
+        smoothing_sigma=float(m.get("smoothing_sigma", 0.0)),
+    )
 
 
 def _checked_model(cfg: DictConfig) -> PRADOTConfig:
@@ -185,8 +228,9 @@ def model_name(cfg: DictConfig) -> str:
     Raises:
         ConfigError: not a name the registry accepts, or one that would leave its folder (``../x``).
     """
-    return checks.registry_name("tracking.model_name",
-                                str(cfg.tracking.get("model_name") or f"pradot-{cfg.data.kind}-{cfg.category}"))
+    return checks.registry_name(
+        "tracking.model_name", str(cfg.tracking.get("model_name") or f"pradot-{cfg.data.kind}-{cfg.category}")
+    )
 
 
 @dataclass(frozen=True)
@@ -230,15 +274,21 @@ class TrainSettings:
 
 def _evaluation(cfg: DictConfig) -> EvaluationSettings:
     e = cfg.evaluation
-    return EvaluationSettings(figures=bool(e.figures), write_tiffs=bool(e.write_tiffs),
-                              **checks.counts("evaluation", e, batch_size=1, n_overlays=0, umap_max_points=0))
+    return EvaluationSettings(
+        figures=bool(e.figures),
+        write_tiffs=bool(e.write_tiffs),
+        **checks.counts("evaluation", e, batch_size=1, n_overlays=0, umap_max_points=0),
+    )
 
 
 def _tracking(cfg: DictConfig) -> TrackingSettings:
     t = cfg.tracking
-    return TrackingSettings(experiment_name=checks.experiment_name("tracking.experiment_name", str(t.experiment_name)),
-                            register=bool(t.register),
-                            model_name=model_name(cfg), include_backbone=bool(t.include_backbone))
+    return TrackingSettings(
+        experiment_name=checks.experiment_name("tracking.experiment_name", str(t.experiment_name)),
+        register=bool(t.register),
+        model_name=model_name(cfg),
+        include_backbone=bool(t.include_backbone),
+    )
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
@@ -253,19 +303,37 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     debug = cfg.get("debug") or {}
     fail_at = debug.get("fail_at_epoch") if debug else None
     resolve_device(str(cfg.device))
-    quantile = checks.number("calibration.quantile", cfg.calibration.quantile, lo=0, lo_open=True, hi=1,
-                             why="the decision threshold is this quantile of the validation normals' scores")
+    quantile = checks.number(
+        "calibration.quantile",
+        cfg.calibration.quantile,
+        lo=0,
+        lo_open=True,
+        hi=1,
+        why="the decision threshold is this quantile of the validation normals' scores",
+    )
     pixel_q = cfg.calibration.get("pixel_quantile")
     if pixel_q is not None:
-        pixel_q = checks.number("calibration.pixel_quantile", pixel_q, lo=0, lo_open=True, hi=1,
-                                why="the pixel threshold is this quantile of the validation normals' map pixels")
-    return TrainSettings(data=data_spec(cfg), model=_checked_model(cfg), device=str(cfg.device),
-                         num_workers=checks.number("num_workers", cfg.num_workers, integer=True, lo=0),
-                         cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None,
-                         weights_path=cfg.backbone.get("weights_path"), evaluation=_evaluation(cfg),
-                         calibration_quantile=quantile, tracking=_tracking(cfg),
-                         fail_at_epoch=int(fail_at) if fail_at is not None else None,
-                         calibration_pixel_quantile=pixel_q)
+        pixel_q = checks.number(
+            "calibration.pixel_quantile",
+            pixel_q,
+            lo=0,
+            lo_open=True,
+            hi=1,
+            why="the pixel threshold is this quantile of the validation normals' map pixels",
+        )
+    return TrainSettings(
+        data=data_spec(cfg),
+        model=_checked_model(cfg),
+        device=str(cfg.device),
+        num_workers=checks.number("num_workers", cfg.num_workers, integer=True, lo=0),
+        cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None,
+        weights_path=cfg.backbone.get("weights_path"),
+        evaluation=_evaluation(cfg),
+        calibration_quantile=quantile,
+        tracking=_tracking(cfg),
+        fail_at_epoch=int(fail_at) if fail_at is not None else None,
+        calibration_pixel_quantile=pixel_q,
+    )
 
 
 # ------------------------------------------------------------------------------------- promote
@@ -310,9 +378,11 @@ def _validation_key(key: str, value: Any) -> str | None:
     """A ``val_*`` metric name (or None): test metrics never choose."""
     text = str(value).strip() if value not in (None, "") else ""
     if text and not text.startswith("val_"):
-        raise ConfigError(f"{key}={text!r}: promote chooses on validation metrics only (val_objective, val_auroc, "
-                          f"...); test metrics such as {text!r} are reported, never used to choose (set metric= "
-                          f"to order the report by it)")
+        raise ConfigError(
+            f"{key}={text!r}: promote chooses on validation metrics only (val_objective, val_auroc, "
+            f"...); test metrics such as {text!r} are reported, never used to choose (set metric= "
+            f"to order the report by it)"
+        )
     return text or None
 
 
@@ -321,16 +391,23 @@ def _selection(cfg: DictConfig) -> dict:
 
     sel = cfg.get("selection") or {}
     pa = sel.get("pseudo_anomalies") or {}
-    pseudo = PseudoOptions(kinds=tuple(str(k) for k in pa.get("kinds", PseudoOptions.kinds)),
-                           per_image=int(pa.get("per_image", 1)), seed=int(pa.get("seed", 0)),
-                           patch_fraction=tuple(float(x) for x in pa.get("patch_fraction", (0.15, 0.3))))
+    pseudo = PseudoOptions(
+        kinds=tuple(str(k) for k in pa.get("kinds", PseudoOptions.kinds)),
+        per_image=int(pa.get("per_image", 1)),
+        seed=int(pa.get("seed", 0)),
+        patch_fraction=tuple(float(x) for x in pa.get("patch_fraction", (0.15, 0.3))),
+    )
     step = float(sel.get("weight_step", 0.25))
     if not (0 < step <= 1) or abs(1 / step - round(1 / step)) > 1e-9:
         raise ConfigError(f"selection.weight_step must divide 1 (0.5, 0.25, 0.2, ...), got {step}")
     max_members = sel.get("max_members")
     eval_size = sel.get("eval_size")
-    return {"weight_step": step, "max_members": int(max_members) if max_members not in (None, "") else None,
-            "eval_size": int(eval_size) if eval_size not in (None, "") else None, "pseudo": pseudo}
+    return {
+        "weight_step": step,
+        "max_members": int(max_members) if max_members not in (None, "") else None,
+        "eval_size": int(eval_size) if eval_size not in (None, "") else None,
+        "pseudo": pseudo,
+    }
 
 
 def promote_options(cfg: DictConfig) -> PromoteOptions:
@@ -342,20 +419,30 @@ def promote_options(cfg: DictConfig) -> PromoteOptions:
     """
     normalisation = str(cfg.normalisation)
     if normalisation not in NORMALISATIONS:
-        raise ConfigError(f"normalisation must be 'none' (the paper: mean of the maps) or 'per_member' "
-                          f"(standardise each member's map on validation normals), got {normalisation!r}")
+        raise ConfigError(
+            f"normalisation must be 'none' (the paper: mean of the maps) or 'per_member' "
+            f"(standardise each member's map on validation normals), got {normalisation!r}"
+        )
     fusion = str(cfg.get("fusion", "mean"))
     if fusion not in FUSIONS:
-        raise ConfigError(f"fusion must be 'mean' (the paper: the members' maps averaged) or 'search' (members and "
-                          f"weights chosen on the validation objective), got {fusion!r}")
-    return PromoteOptions(members=_names(cfg.get("members")), metric=str(cfg.metric).strip(),
-                          select_by=_validation_key("select_by", cfg.get("select_by")),
-                          normalisation=normalisation, alias=checks.alias_name("alias", str(cfg.alias).strip()),
-                          force=checks.boolean("force", cfg.get("force", False)),
-                          ensemble_name=checks.registry_name("ensemble_name", str(cfg.ensemble_name))
-                          if cfg.get("ensemble_name") else None,
-                          fusion=fusion, objective=_validation_key("objective", cfg.get("objective", "val_objective"))
-                          or "val_objective", **_selection(cfg))
+        raise ConfigError(
+            f"fusion must be 'mean' (the paper: the members' maps averaged) or 'search' (members and "
+            f"weights chosen on the validation objective), got {fusion!r}"
+        )
+    return PromoteOptions(
+        members=_names(cfg.get("members")),
+        metric=str(cfg.metric).strip(),
+        select_by=_validation_key("select_by", cfg.get("select_by")),
+        normalisation=normalisation,
+        alias=checks.alias_name("alias", str(cfg.alias).strip()),
+        force=checks.boolean("force", cfg.get("force", False)),
+        ensemble_name=checks.registry_name("ensemble_name", str(cfg.ensemble_name))
+        if cfg.get("ensemble_name")
+        else None,
+        fusion=fusion,
+        objective=_validation_key("objective", cfg.get("objective", "val_objective")) or "val_objective",
+        **_selection(cfg),
+    )
 
 
 # ------------------------------------------------------------------------------------- reproduce

@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 if __name__ == "__main__" and not __package__:  # `python pipelines/export.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -58,20 +58,31 @@ def export_settings(cfg) -> ExportSettings:
     """
     uri = cfg.get("model_uri")
     if uri in (None, ""):
-        raise checks.ConfigError("model_uri is required: the model to export (models:/<name>@champion, "
-                                 "models:/<name>/<version>, runs:/<run id>/model or a model folder)")
+        raise checks.ConfigError(
+            "model_uri is required: the model to export (models:/<name>@champion, "
+            "models:/<name>/<version>, runs:/<run id>/model or a model folder)"
+        )
     trk = cfg.get("tracking") or {}
     out = cfg.get("output")
     return ExportSettings(
-        model_uri=model_location(str(uri), cfg.get("workdir")), output=Path(str(out)) if out else None,
+        model_uri=model_location(str(uri), cfg.get("workdir")),
+        output=Path(str(out)) if out else None,
         overwrite=checks.boolean("overwrite", cfg.get("overwrite", False)),
-        opset=checks.number("opset", cfg.get("opset", 18), integer=True, lo=18, hi=23,
-                            why="ONNX opset; 18 is the first with the ops the graph needs"),
+        opset=checks.number(
+            "opset",
+            cfg.get("opset", 18),
+            integer=True,
+            lo=18,
+            hi=23,
+            why="ONNX opset; 18 is the first with the ops the graph needs",
+        ),
         tolerance=checks.number("tolerance", cfg.get("tolerance", 1e-3), lo=0, lo_open=True, hi=1),
         tracking=checks.boolean("tracking.enabled", trk.get("enabled", True)),
-        experiment_name=checks.experiment_name("tracking.experiment_name",
-                                               str(trk.get("experiment_name", "pradot-export"))),
-        workdir=Path(str(cfg.get("workdir") or ".")).resolve())
+        experiment_name=checks.experiment_name(
+            "tracking.experiment_name", str(trk.get("experiment_name", "pradot-export"))
+        ),
+        workdir=Path(str(cfg.get("workdir") or ".")).resolve(),
+    )
 
 
 @dataclass(frozen=True)
@@ -100,14 +111,17 @@ def source_of(uri: str) -> Source:
     from mlflow.exceptions import MlflowException
 
     if uri.startswith("runs:/"):
-        return Source(uri[len("runs:/"):].split("/")[0], None, None)
+        return Source(uri[len("runs:/") :].split("/")[0], None, None)
     m = re.match(r"^models:/([^/@]+)(?:/(\w+)|@([\w-]+))$", uri)
     if not m or m.group(1).startswith("m-"):
         return Source(None, None, None)
     client = MlflowClient()
     try:
-        mv = client.get_model_version_by_alias(m.group(1), m.group(3)) if m.group(3) else \
-            client.get_model_version(m.group(1), m.group(2))
+        mv = (
+            client.get_model_version_by_alias(m.group(1), m.group(3))
+            if m.group(3)
+            else client.get_model_version(m.group(1), m.group(2))
+        )
     except MlflowException as e:
         raise cli.UsageError(f"model {uri} not found in the registry ({e.message}){tracking.store_hint(uri)}") from None
     return Source(mv.run_id, mv.name, str(mv.version))
@@ -179,12 +193,17 @@ class ExportResult:
 
     def summary(self) -> str:
         logged = f"\nlogged as : {self.artifact_uri}" if self.artifact_uri else ""
-        return "\n".join([
-            "\n== PRADOT export finished ==", f"model     : {self.model_uri}", f"onnx      : {self.path}" + logged,
-            f"parity    : maps {self.parity['map_max_abs']:.2e}, raw scores {self.parity['score_max_abs']:.2e} (max abs "
-            f"difference over the map's range), onnxruntime vs the served pyfunc",
-            f"run it    : python -c \"from pradot.export import OnnxScorer; print(OnnxScorer('{self.path}')"
-            f".metadata['image_threshold'])\""])
+        return "\n".join(
+            [
+                "\n== PRADOT export finished ==",
+                f"model     : {self.model_uri}",
+                f"onnx      : {self.path}" + logged,
+                f"parity    : maps {self.parity['map_max_abs']:.2e}, raw scores {self.parity['score_max_abs']:.2e} (max abs "
+                f"difference over the map's range), onnxruntime vs the served pyfunc",
+                f"run it    : python -c \"from pradot.export import OnnxScorer; print(OnnxScorer('{self.path}')"
+                f".metadata['image_threshold'])\"",
+            ]
+        )
 
 
 def _output(settings: ExportSettings, source: Source) -> Path:
@@ -207,8 +226,12 @@ def _publish(path: Path, source: Source, checked: dict[str, float]) -> str | Non
     uri = f"runs:/{source.run_id}/onnx/{path.name}"
     if source.name:
         client.set_model_version_tag(source.name, source.version, "pradot.onnx", uri)
-        client.set_model_version_tag(source.name, source.version, "pradot.onnx_parity",
-                                     f"map {checked['map_max_abs']:.2e}, score {checked['score_max_abs']:.2e}")
+        client.set_model_version_tag(
+            source.name,
+            source.version,
+            "pradot.onnx_parity",
+            f"map {checked['map_max_abs']:.2e}, score {checked['score_max_abs']:.2e}",
+        )
     return uri
 
 
@@ -216,24 +239,36 @@ def _export(settings: ExportSettings, source: Source) -> ExportResult:
     import mlflow.pyfunc
     from mlflow.artifacts import download_artifacts
 
-    from pradot.export import SUPPORTED, exportable, export_onnx
+    from pradot.export import SUPPORTED, export_onnx, exportable
 
     path = _output(settings, source)
     model_dir = settings.model_uri if Path(settings.model_uri).is_dir() else download_artifacts(settings.model_uri)
     scorer = mlflow.pyfunc.load_model(model_dir, model_config={"device": "cpu"}).unwrap_python_model().scorer
     if not exportable(scorer.model):
-        raise cli.UsageError(f"{settings.model_uri} is a {type(scorer.model).__name__} model; ONNX export supports "
-                             f"{SUPPORTED}. Serve it with `mlflow models serve` or score folders with the predict "
-                             "entry point instead")
-    export_onnx(scorer.model, path, calibration=scorer.calibration, opset=settings.opset,
-                metadata={"source_model": settings.model_uri, "source_run": source.run_id or "",
-                          "registered_version": f"{source.name}/{source.version}" if source.name else ""})
+        raise cli.UsageError(
+            f"{settings.model_uri} is a {type(scorer.model).__name__} model; ONNX export supports "
+            f"{SUPPORTED}. Serve it with `mlflow models serve` or score folders with the predict "
+            "entry point instead"
+        )
+    export_onnx(
+        scorer.model,
+        path,
+        calibration=scorer.calibration,
+        opset=settings.opset,
+        metadata={
+            "source_model": settings.model_uri,
+            "source_run": source.run_id or "",
+            "registered_version": f"{source.name}/{source.version}" if source.name else "",
+        },
+    )
     checked = parity(scorer, path, _check_images(model_dir, scorer.image_size))
     log.info("onnxruntime vs pyfunc: %s", checked)
     if max(checked.values()) > settings.tolerance:
         path.unlink(missing_ok=True)
-        raise RuntimeError(f"the exported graph differs from the served model by {checked} (tolerance "
-                           f"{settings.tolerance}); nothing was written or logged")
+        raise RuntimeError(
+            f"the exported graph differs from the served model by {checked} (tolerance "
+            f"{settings.tolerance}); nothing was written or logged"
+        )
     return ExportResult(path, settings.model_uri, checked)
 
 
@@ -252,12 +287,15 @@ def run_export(settings: ExportSettings) -> ExportResult:
     import mlflow
 
     with tracking.entry_run(f"export-{source.slug}", settings.experiment_name, entry_point="export") as run:
-        tracking.log_resolved_params({"model_uri": settings.model_uri, "opset": settings.opset,
-                                      "tolerance": settings.tolerance})
+        tracking.log_resolved_params(
+            {"model_uri": settings.model_uri, "opset": settings.opset, "tolerance": settings.tolerance}
+        )
         result = _export(settings, source)
         mlflow.log_metrics({f"parity_{k}": v for k, v in result.parity.items()})
         result.artifact_uri = _publish(result.path, source, result.parity)
-        mlflow.set_tags({"pradot.onnx": result.artifact_uri or str(result.path), "pradot.source_model": settings.model_uri})
+        mlflow.set_tags(
+            {"pradot.onnx": result.artifact_uri or str(result.path), "pradot.source_model": settings.model_uri}
+        )
         result.run_id = run.run_id
     return result
 

@@ -6,7 +6,7 @@ A figure that fails is skipped with a warning: figures never fail a run.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -54,11 +54,16 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
         return pick
     types = [s.anomaly_type for s in scored.samples]
     scores = scored.scores.tolist()
-    by_type = {t: ([0 if x == "good" else 1 for x in types if x in ("good", t)],
-                   [s for s, x in zip(scores, types) if x in ("good", t)])
-               for t in sorted(set(types) - {"good"})}
+    by_type = {
+        t: (
+            [0 if x == "good" else 1 for x in types if x in ("good", t)],
+            [s for s, x in zip(scores, types) if x in ("good", t)],
+        )
+        for t in sorted(set(types) - {"good"})
+    }
     log_figure("roc", lambda: viz.roc_figure(labels, scores, by_type=by_type if len(by_type) > 1 else None))
     if scored.samples and any(s.defects for s in scored.samples):
+
         def pro():
             curves = {}
             for t in sorted(set(types) - {"good"}):
@@ -68,6 +73,7 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
                 c = spro_curve([scored.maps[i] for i in idx], ch, sat)
                 curves[t] = (c.fpr, c.spro)
             return viz.pro_figure(curves, max_fpr=0.3, title="sPRO" if splits.dataset.has_saturation else "PRO")
+
         log_figure("spro_curves", pro)
     return pick
 
@@ -89,21 +95,26 @@ def _prototype_figures(model, splits, scored, size: int, stage: int, anomalous: 
     def protos():
         holder["p"] = viz.prototype_patches(bank, train_feats, lambda n: read_image(splits.train[n].image_path, size))
         return viz.prototype_figure(holder["p"], bank.config.grid, bank.config.n)
+
     log_figure("prototypes", protos)
     if "p" not in holder:
         return
 
     def restored():
         _, idx = assignment_scores(bank, feats)
-        rest = [viz.restore_image(idx[j].cpu().numpy(), holder["p"], bank.config.grid, size)
-                for j in range(len(anomalous))]
-        return viz.restoration_figure([read_image(scored.samples[i].image_path, size) for i in anomalous],
-                                      rest, [scored.maps[i] for i in anomalous])
+        rest = [
+            viz.restore_image(idx[j].cpu().numpy(), holder["p"], bank.config.grid, size) for j in range(len(anomalous))
+        ]
+        return viz.restoration_figure(
+            [read_image(scored.samples[i].image_path, size) for i in anomalous],
+            rest,
+            [scored.maps[i] for i in anomalous],
+        )
+
     log_figure("restored_images", restored)
 
 
-def _umap_figure(model, splits, scored, size: int, stage: int, anomalous: list[int], feats, max_points: int,
-                 seed: int):
+def _umap_figure(model, splits, scored, size: int, stage: int, anomalous: list[int], feats, max_points: int, seed: int):
     import torch
 
     from pradot import viz
@@ -112,16 +123,35 @@ def _umap_figure(model, splits, scored, size: int, stage: int, anomalous: list[i
     H, W = bank.config.grid
     z, c, ab = [], [], []
     for j, i in enumerate(anomalous):
-        zz, cc = bank.embeddings(feats[j:j + 1])
+        zz, cc = bank.embeddings(feats[j : j + 1])
         z.append(zz.cpu())
         c.append(cc.cpu())
         ab.append(viz.abnormal_embeddings(splits.dataset.load_channels(scored.samples[i], size).any(0), (H, W)))
-    return viz.umap_figure(torch.cat(z), torch.cat(c), np.concatenate(ab), bank.features.cpu(), bank.coords.cpu(),
-                           alpha=model.config.alpha, max_points=max_points, seed=seed)
+    return viz.umap_figure(
+        torch.cat(z),
+        torch.cat(c),
+        np.concatenate(ab),
+        bank.features.cpu(),
+        bank.coords.cpu(),
+        alpha=model.config.alpha,
+        max_points=max_points,
+        seed=seed,
+    )
 
 
-def log_training_figures(model, splits, scored, train_features, history, *, image_size: int, n_overlays: int,
-                         paper_figures: bool, umap_max_points: int, seed: int) -> None:
+def log_training_figures(
+    model,
+    splits,
+    scored,
+    train_features,
+    history,
+    *,
+    image_size: int,
+    n_overlays: int,
+    paper_figures: bool,
+    umap_max_points: int,
+    seed: int,
+) -> None:
     """The figures of a training run, on its scored test split ``scored``: overlays, curves and, with
     ``paper_figures``, the paper's Fig. 4-6 (assignment arrows, prototypes, restored images, UMAP) for the
     first stage. ``train_features``: ``{stage: (N, D, H, W)}`` (None: no prototype figures)."""
@@ -136,17 +166,31 @@ def log_training_figures(model, splits, scored, train_features, history, *, imag
     stage = model.prototypes.bank_stages[0]  # the first bank (the stages' concatenation when concat_stages)
     anomalous = [i for i in pick if scored.samples[i].label == 1][:3] or pick[:3]
     with torch.no_grad():
-        test_imgs = torch.stack([torch.from_numpy(read_image(scored.samples[i].image_path, image_size))
-                                 .permute(2, 0, 1) for i in anomalous]).float() / 255.0
+        test_imgs = (
+            torch.stack(
+                [
+                    torch.from_numpy(read_image(scored.samples[i].image_path, image_size)).permute(2, 0, 1)
+                    for i in anomalous
+                ]
+            ).float()
+            / 255.0
+        )
         feats = model.prototypes.transform(model.backbone(test_imgs.to(model.device_)))[stage]
         if train_features is not None and not model.prototypes.options.identity:  # the banks' features
             train_features = model.prototypes.transform(train_features)
     bank = model.banks[str(stage)]
     for j, i in enumerate(anomalous):
-        log_figure(f"assignments_{j}", lambda i=i, j=j: viz.assignment_figure(
-            read_image(scored.samples[i].image_path, image_size), bank, feats[j:j + 1],
-            title=f"{scored.samples[i].relative_id} (stage {stage}, alpha {model.config.alpha})"))
+        log_figure(
+            f"assignments_{j}",
+            lambda i=i, j=j: viz.assignment_figure(
+                read_image(scored.samples[i].image_path, image_size),
+                bank,
+                feats[j : j + 1],
+                title=f"{scored.samples[i].relative_id} (stage {stage}, alpha {model.config.alpha})",
+            ),
+        )
     if train_features is not None:
         _prototype_figures(model, splits, scored, image_size, stage, anomalous, feats, train_features[stage])
-    log_figure("umap", lambda: _umap_figure(model, splits, scored, image_size, stage, anomalous, feats,
-                                            umap_max_points, seed))
+    log_figure(
+        "umap", lambda: _umap_figure(model, splits, scored, image_size, stage, anomalous, feats, umap_max_points, seed)
+    )

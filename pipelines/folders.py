@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import glob
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipelines import cli
 
@@ -57,15 +57,19 @@ def check_output(output: Path, overwrite: bool, input_root: Path) -> bool:
     """
     out, root = output.resolve(), input_root.resolve()
     if out == root or root in out.parents:
-        raise cli.UsageError(f"output {output} lies inside the input folder {input_root}: its maps and overlays would "
-                             f"be read as input next time; choose a folder outside it")
+        raise cli.UsageError(
+            f"output {output} lies inside the input folder {input_root}: its maps and overlays would "
+            f"be read as input next time; choose a folder outside it"
+        )
     if out.exists() and not out.is_dir():
         raise cli.UsageError(f"output {output} is a file; give a folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and not overwrite:
-        raise cli.UsageError(f"output folder {output} is not empty ({len(entries)} entries, e.g. {entries[:3]}); "
-                             f"choose a new or empty folder, or pass overwrite=true to replace predict's files there "
-                             f"({', '.join(OUTPUTS)})")
+        raise cli.UsageError(
+            f"output folder {output} is not empty ({len(entries)} entries, e.g. {entries[:3]}); "
+            f"choose a new or empty folder, or pass overwrite=true to replace predict's files there "
+            f"({', '.join(OUTPUTS)})"
+        )
     return bool(entries)
 
 
@@ -91,8 +95,13 @@ def output_stems(files: Sequence[Path], root: Path) -> tuple[list[tuple[Path, st
         rel = relative_name(f, root)
         stem = rel.with_suffix("").as_posix()
         if stem in seen:
-            clashes.append((rel.as_posix(), f"its outputs would overwrite those of {seen[stem]} (same name without "
-                                            f"extension); rename one of them"))
+            clashes.append(
+                (
+                    rel.as_posix(),
+                    f"its outputs would overwrite those of {seen[stem]} (same name without "
+                    f"extension); rename one of them",
+                )
+            )
             continue
         seen[stem] = rel.as_posix()
         jobs.append((f, stem))

@@ -21,13 +21,23 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HOST_TAG", "PID_TAG", "PROCESS_TAG", "ORPHAN_TAG", "owner_tags", "process_alive", "is_orphan",
-           "close_orphans", "sigterm_as_interrupt", "sigterm_stops_tune"]
+__all__ = [
+    "HOST_TAG",
+    "PID_TAG",
+    "PROCESS_TAG",
+    "ORPHAN_TAG",
+    "owner_tags",
+    "process_alive",
+    "is_orphan",
+    "close_orphans",
+    "sigterm_as_interrupt",
+    "sigterm_stops_tune",
+]
 
 HOST_TAG, PID_TAG, PROCESS_TAG, ORPHAN_TAG = "pradot.host", "pradot.pid", "pradot.process", "pradot.orphaned"
 
@@ -45,7 +55,7 @@ def _start_time(pid: int) -> str | None:
     stat = _read(f"/proc/{pid}/stat")
     if stat is None:
         return None
-    return stat[stat.rindex(")") + 2:].split()[19]
+    return stat[stat.rindex(")") + 2 :].split()[19]
 
 
 def _namespace() -> str:
@@ -106,8 +116,11 @@ def close_orphans(client, reason_suffix: str = "") -> list[str]:
     closed = []
     try:
         host = socket.gethostname().replace("'", "")
-        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                  filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+        runs = mlflow.search_runs(
+            search_all_experiments=True,
+            output_format="list",
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        )
         for run in runs:
             why = is_orphan(run.data.tags)
             if why is None:

@@ -76,41 +76,69 @@ from pradot.serving import (
     servable_formats,
 )
 
-__all__ = ["PradotPyfunc", "PayloadTooLarge", "SCORER_CONFIG", "SIGNATURE", "default_pip_requirements",
-           "log_pradot_model"]
+__all__ = [
+    "PradotPyfunc",
+    "PayloadTooLarge",
+    "SCORER_CONFIG",
+    "SIGNATURE",
+    "default_pip_requirements",
+    "log_pradot_model",
+]
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("score", "raw_score", "is_anomaly", "threshold")
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
-    outputs=Schema([
-        ColSpec("double", "score"),
-        ColSpec("double", "raw_score"),
-        ColSpec("boolean", "is_anomaly"),
-        ColSpec("double", "threshold"),
-        ColSpec("string", "anomaly_map", required=False),
-        ColSpec("string", "mask", required=False),
-        ColSpec("double", "mask_threshold", required=False),
-    ]),
-    params=ParamSchema([
-        ParamSpec("return_map", "boolean", False),
-        ParamSpec("map_format", "string", "png"),
-        ParamSpec("return_mask", "boolean", False),
-        ParamSpec("quantile", "double", None),  # an operating point from the normals' quantile table
-        ParamSpec("threshold", "double", None),  # or a raw score threshold (not both)
-        ParamSpec("online_update", "boolean", False),  # few-shot (FOCT) models: calibrate the online memory
-    ]),
+    outputs=Schema(
+        [
+            ColSpec("double", "score"),
+            ColSpec("double", "raw_score"),
+            ColSpec("boolean", "is_anomaly"),
+            ColSpec("double", "threshold"),
+            ColSpec("string", "anomaly_map", required=False),
+            ColSpec("string", "mask", required=False),
+            ColSpec("double", "mask_threshold", required=False),
+        ]
+    ),
+    params=ParamSchema(
+        [
+            ParamSpec("return_map", "boolean", False),
+            ParamSpec("map_format", "string", "png"),
+            ParamSpec("return_mask", "boolean", False),
+            ParamSpec("quantile", "double", None),  # an operating point from the normals' quantile table
+            ParamSpec("threshold", "double", None),  # or a raw score threshold (not both)
+            ParamSpec("online_update", "boolean", False),  # few-shot (FOCT) models: calibrate the online memory
+        ]
+    ),
 )
 
 #: distributions the served model imports (pinned to this environment's versions when logging)
-SERVING_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pandas", "matplotlib", "tqdm",
-                         "scikit-learn")  # scikit-learn: the memory bank's nearest-neighbour search
+SERVING_DISTRIBUTIONS = (
+    "mlflow",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pillow",
+    "pandas",
+    "matplotlib",
+    "tqdm",
+    "scikit-learn",
+)  # scikit-learn: the memory bank's nearest-neighbour search
 
 
 #: ``model_config`` keys passed to :class:`pradot.serving.Scorer` (its defaults apply to those not given)
-SCORER_CONFIG = ("batch_size", "max_pixels", "max_rows", "max_request_pixels", "max_map_side", "max_response_bytes",
-                 "max_in_flight", "wait_s")
+SCORER_CONFIG = (
+    "batch_size",
+    "max_pixels",
+    "max_rows",
+    "max_request_pixels",
+    "max_map_side",
+    "max_response_bytes",
+    "max_in_flight",
+    "wait_s",
+)
 
 
 class PayloadTooLarge(MlflowException):
@@ -150,26 +178,33 @@ class PradotPyfunc(mlflow.pyfunc.PythonModel):
                 raise MlflowException(
                     f"the input has no {INPUT_COLUMN!r} column (columns received: "
                     f"{[str(c) for c in model_input.columns]}); expected payload: {EXPECTED_PAYLOAD}",
-                    error_code=INVALID_PARAMETER_VALUE)
+                    error_code=INVALID_PARAMETER_VALUE,
+                )
             return model_input[INPUT_COLUMN].tolist()
         if isinstance(model_input, dict) and INPUT_COLUMN in model_input:
             v = model_input[INPUT_COLUMN]
             return [v] if isinstance(v, (str, bytes)) else list(v)
         if isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
             return list(np.asarray(model_input, dtype=object).ravel())
-        raise MlflowException(f"expected a DataFrame with an {INPUT_COLUMN!r} column, got "
-                              f"{type(model_input).__name__}; expected payload: {EXPECTED_PAYLOAD}",
-                              error_code=INVALID_PARAMETER_VALUE)
+        raise MlflowException(
+            f"expected a DataFrame with an {INPUT_COLUMN!r} column, got "
+            f"{type(model_input).__name__}; expected payload: {EXPECTED_PAYLOAD}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = dict(params or {})
         images = self._images(model_input)
         try:
-            rows = self.scorer.predict(images, return_map=params.get("return_map", False),
-                                       map_format=params.get("map_format", "png"),
-                                       return_mask=params.get("return_mask", False),
-                                       quantile=params.get("quantile"), threshold=params.get("threshold"),
-                                       online_update=params.get("online_update", False))
+            rows = self.scorer.predict(
+                images,
+                return_map=params.get("return_map", False),
+                map_format=params.get("map_format", "png"),
+                return_mask=params.get("return_mask", False),
+                quantile=params.get("quantile"),
+                threshold=params.get("threshold"),
+                online_update=params.get("online_update", False),
+            )
         except RequestTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         except InvalidRequest as exc:
@@ -178,8 +213,11 @@ class PradotPyfunc(mlflow.pyfunc.PythonModel):
             raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
         except Exception as exc:  # a server-side failure, not the client's: HTTP 500
             raise MlflowException(f"scoring failed: {type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from exc
-        columns = list(OUTPUT_COLUMNS) + (["anomaly_map"] if params.get("return_map", False) else []) + \
-            (["mask", "mask_threshold"] if params.get("return_mask", False) else [])
+        columns = (
+            list(OUTPUT_COLUMNS)
+            + (["anomaly_map"] if params.get("return_map", False) else [])
+            + (["mask", "mask_threshold"] if params.get("return_mask", False) else [])
+        )
         return pd.DataFrame(rows, columns=columns)
 
 
@@ -216,8 +254,9 @@ def _example_rgb(image, size: int) -> np.ndarray:
 
     if image is None:
         yy, xx = np.mgrid[:size, :size]
-        rgb = np.stack([xx * 255 // max(size - 1, 1), yy * 255 // max(size - 1, 1),
-                        np.full_like(xx, 128)], axis=-1).astype(np.uint8)
+        rgb = np.stack(
+            [xx * 255 // max(size - 1, 1), yy * 255 // max(size - 1, 1), np.full_like(xx, 128)], axis=-1
+        ).astype(np.uint8)
     elif isinstance(image, (str, Path)) and Path(str(image)).is_file():
         from pradot.data.images import read_image
 
@@ -233,8 +272,9 @@ def _example_rgb(image, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     if max(h, w) > size:
         scale = size / max(h, w)
-        rgb = np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                     Image.BILINEAR))
+        rgb = np.asarray(
+            Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        )
     return rgb
 
 
@@ -244,10 +284,17 @@ def _png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def log_pradot_model(model_path, calibration, artifact_name: str = "model", registered_model_name: str | None = None,
-                     input_example_image=None, pip_requirements: list[str] | None = None,
-                     extra_tags: dict[str, Any] | None = None, include_package_code: bool = True,
-                     model_config: dict[str, Any] | None = None):
+def log_pradot_model(
+    model_path,
+    calibration,
+    artifact_name: str = "model",
+    registered_model_name: str | None = None,
+    input_example_image=None,
+    pip_requirements: list[str] | None = None,
+    extra_tags: dict[str, Any] | None = None,
+    include_package_code: bool = True,
+    model_config: dict[str, Any] | None = None,
+):
     """Log a saved PRADOT model (``PRADOT.save`` file) and its calibration as an MLflow pyfunc model.
 
     Args:
@@ -278,9 +325,17 @@ def log_pradot_model(model_path, calibration, artifact_name: str = "model", regi
     image_size = int(config.get("image_size", 224))
     tags = {str(k): str(v) for k, v in (extra_tags or {}).items()}
     tags.setdefault("pradot.format", str(info["format"]))
-    metadata = {"pradot": {"format": info["format"], "image_size": image_size, "backbone": config.get("backbone"),
-                           "stages": list(config.get("stages") or []), "calibration": cal.to_dict(),
-                           "input_column": INPUT_COLUMN, "package_version": pradot.__version__}}
+    metadata = {
+        "pradot": {
+            "format": info["format"],
+            "image_size": image_size,
+            "backbone": config.get("backbone"),
+            "stages": list(config.get("stages") or []),
+            "calibration": cal.to_dict(),
+            "input_column": INPUT_COLUMN,
+            "package_version": pradot.__version__,
+        }
+    }
 
     with tempfile.TemporaryDirectory(prefix="pradot-log-") as tmp:
         tmp = Path(tmp)
@@ -288,8 +343,11 @@ def log_pradot_model(model_path, calibration, artifact_name: str = "model", regi
         code_paths = None
         if include_package_code:
             pkg = tmp / "code" / "pradot"
-            shutil.copytree(Path(pradot.__file__).resolve().parent, pkg,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+            shutil.copytree(
+                Path(pradot.__file__).resolve().parent,
+                pkg,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+            )
             code_paths = [str(pkg)]
         example = pd.DataFrame({INPUT_COLUMN: [encode_png(_example_rgb(input_example_image, image_size))]})
         model_info = mlflow.pyfunc.log_model(

@@ -12,8 +12,9 @@ alias on this set only; test metrics are computed afterwards, for the report.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,20 +87,32 @@ def build_pseudo_set(normals: Sequence, size: int, pseudo: Any, normals_source: 
     if not normals:
         raise ValueError("the validation objective needs normal images to make pseudo-anomalies from")
     images = [read_image(s.image_path, size) for s in normals]
-    made = make_pseudo_anomalies(images, kinds=pseudo.kinds, per_image=pseudo.per_image, seed=pseudo.seed,
-                                 patch_fraction=tuple(pseudo.patch_fraction))
+    made = make_pseudo_anomalies(
+        images,
+        kinds=pseudo.kinds,
+        per_image=pseudo.per_image,
+        seed=pseudo.seed,
+        patch_fraction=tuple(pseudo.patch_fraction),
+    )
     groups, styles = pseudo_groups(len(images), pseudo)
-    assert groups[len(images):] == made.kinds
+    assert groups[len(images) :] == made.kinds
     masks = np.concatenate([np.zeros((len(images), *made.masks.shape[1:]), bool), made.masks])
     from pradot.data.pseudo_anomalies import pseudo_identity
 
     ident = pseudo_identity(pseudo.kinds, pseudo.per_image, pseudo.seed, pseudo.patch_fraction)
-    return PseudoSet(np.concatenate([np.stack(images), made.images]), groups, styles, masks, normals_source,
-                     {**ident, "normals": normals_source, "n_normals": len(images), "size": int(size)})
+    return PseudoSet(
+        np.concatenate([np.stack(images), made.images]),
+        groups,
+        styles,
+        masks,
+        normals_source,
+        {**ident, "normals": normals_source, "n_normals": len(images), "size": int(size)},
+    )
 
 
-def evaluate(groups: Sequence[str], styles: Sequence[str], scores, maps=None, masks=None,
-             size: int | None = None) -> dict[str, float]:
+def evaluate(
+    groups: Sequence[str], styles: Sequence[str], scores, maps=None, masks=None, size: int | None = None
+) -> dict[str, float]:
     """The objective's metrics (``pradot.metrics.pseudo.pseudo_metrics``): ``val_auroc`` and its per-kind and
     per-style parts from image scores; with maps and masks also ``val_aupro_<style>`` and ``val_objective``."""
     from pradot.metrics.pseudo import pseudo_metrics

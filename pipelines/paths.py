@@ -19,9 +19,18 @@ __all__ = ["PATH_KEYS", "resolve_paths", "not_utf8_message"]
 
 #: settings that name local files or folders: relative values are resolved against ``workdir`` (URIs such as
 #: ``s3://bucket/sweeps`` are left as they are).
-PATH_KEYS: tuple[str, ...] = ("data_root", "data.root", "data.options.csv_path", "data.options.json_dir",
-                              "cache.dir", "backbone.weights_path", "sweep.storage_path", "sweep.resume_from",
-                              "input", "output")  # input/output: predict, export
+PATH_KEYS: tuple[str, ...] = (
+    "data_root",
+    "data.root",
+    "data.options.csv_path",
+    "data.options.json_dir",
+    "cache.dir",
+    "backbone.weights_path",
+    "sweep.storage_path",
+    "sweep.resume_from",
+    "input",
+    "output",
+)  # input/output: predict, export
 
 
 def _absolute(value: str, base: str) -> str:

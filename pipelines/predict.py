@@ -30,9 +30,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 if __name__ == "__main__" and not __package__:  # `python pipelines/predict.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -42,8 +43,16 @@ from pipelines.folders import check_output, input_files, output_stems, prepare_o
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PredictSettings", "PredictResult", "predict_settings", "model_location", "load_model", "run_prediction",
-           "run", "main"]
+__all__ = [
+    "PredictSettings",
+    "PredictResult",
+    "predict_settings",
+    "model_location",
+    "load_model",
+    "run_prediction",
+    "run",
+    "main",
+]
 
 SCORE_COLUMNS = ("path", "score", "raw_score", "is_anomaly", "threshold", "mask_threshold", "map", "mask", "overlay")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -71,8 +80,11 @@ class PredictSettings:
     @property
     def params(self) -> dict[str, Any]:
         """The pyfunc's request parameters."""
-        op = {"quantile": self.quantile} if self.quantile is not None else \
-            ({"threshold": self.threshold} if self.threshold is not None else {})
+        op = (
+            {"quantile": self.quantile}
+            if self.quantile is not None
+            else ({"threshold": self.threshold} if self.threshold is not None else {})
+        )
         return {"return_map": True, "map_format": "npy", "return_mask": True, **op}
 
 
@@ -99,9 +111,15 @@ def predict_settings(cfg) -> PredictSettings:
     """
     from pradot.device import resolve_device
 
-    model_uri = model_location(_required(cfg, "model_uri", "the model to use (models:/<name>@champion, "
-                                         "models:/<name>/<version>, runs:/<run id>/model or a model folder)"),
-                               cfg.get("workdir"))
+    model_uri = model_location(
+        _required(
+            cfg,
+            "model_uri",
+            "the model to use (models:/<name>@champion, "
+            "models:/<name>/<version>, runs:/<run id>/model or a model folder)",
+        ),
+        cfg.get("workdir"),
+    )
     inp = _required(cfg, "input", "a folder of images or a glob")
     out = Path(_required(cfg, "output", "a new or empty folder for the results"))
     quantile = cfg.get("quantile")
@@ -115,16 +133,23 @@ def predict_settings(cfg) -> PredictSettings:
     resolve_device(str(cfg.device))
     write, trk = cfg.get("write") or {}, cfg.get("tracking") or {}
     return PredictSettings(
-        model_uri=model_uri, input=inp, output=out, overwrite=checks.boolean("overwrite", cfg.get("overwrite", False)),
+        model_uri=model_uri,
+        input=inp,
+        output=out,
+        overwrite=checks.boolean("overwrite", cfg.get("overwrite", False)),
         batch_size=checks.number("batch_size", cfg.get("batch_size", 8), integer=True, lo=1, hi=256),
-        quantile=quantile, threshold=threshold, device=str(cfg.device),
+        quantile=quantile,
+        threshold=threshold,
+        device=str(cfg.device),
         max_map_side=checks.number("max_map_side", cfg.get("max_map_side", 4096), integer=True, lo=16, hi=16384),
         write_maps=checks.boolean("write.maps", write.get("maps", True)),
         write_masks=checks.boolean("write.masks", write.get("masks", True)),
         write_overlays=checks.boolean("write.overlays", write.get("overlays", True)),
         tracking=checks.boolean("tracking.enabled", trk.get("enabled", True)),
-        experiment_name=checks.experiment_name("tracking.experiment_name",
-                                               str(trk.get("experiment_name", "pradot-predict"))))
+        experiment_name=checks.experiment_name(
+            "tracking.experiment_name", str(trk.get("experiment_name", "pradot-predict"))
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------- scoring
@@ -137,24 +162,26 @@ def load_model(settings: PredictSettings):
         UsageError: the operating point does not fit the model's calibration.
     """
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
     from pradot.serving import InvalidRequest, _map_bytes, _mask_bytes
-
-    from mlflow.exceptions import MlflowException
 
     side, bs = settings.max_map_side, settings.batch_size
     try:
         model = mlflow.pyfunc.load_model(settings.model_uri, model_config={"device": settings.device})
     except (MlflowException, OSError) as e:
-        raise cli.UsageError(f"cannot load the model {settings.model_uri}: {getattr(e, 'message', e)} (give "
-                             f"models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model or a model "
-                             f"folder){tracking.store_hint(settings.model_uri)}") from None
+        raise cli.UsageError(
+            f"cannot load the model {settings.model_uri}: {getattr(e, 'message', e)} (give "
+            f"models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model or a model "
+            f"folder){tracking.store_hint(settings.model_uri)}"
+        ) from None
     scorer = model.unwrap_python_model().scorer
     # predict's budgets (a logged model_config only lets MLflow override the keys it was logged with)
     scorer.max_map_side, scorer.max_rows = side, max(scorer.max_rows, bs)
     scorer.max_request_pixels = max(scorer.max_request_pixels, bs * scorer.max_pixels)
-    scorer.max_response_bytes = max(scorer.max_response_bytes,
-                                    bs * (_map_bytes(side, side, "npy") + _mask_bytes(side, side)))
+    scorer.max_response_bytes = max(
+        scorer.max_response_bytes, bs * (_map_bytes(side, side, "npy") + _mask_bytes(side, side))
+    )
     try:
         scorer.operating_point(settings.quantile, settings.threshold)
     except InvalidRequest as exc:
@@ -187,7 +214,7 @@ def _batches(jobs: list[tuple[Path, str]], size: int) -> Iterator[list[tuple[Pat
     """``(file, stem, base64 bytes or None, read error or None)``, ``size`` at a time."""
     for i in range(0, len(jobs), size):
         out = []
-        for f, stem in jobs[i:i + size]:
+        for f, stem in jobs[i : i + size]:
             try:
                 out.append((f, stem, base64.b64encode(f.read_bytes()).decode("ascii"), None))
             except OSError as exc:
@@ -206,8 +233,11 @@ def _write(rec: dict, stem: str, payload: str, settings: PredictSettings, calibr
 
     out: dict[str, str] = {}
     amap = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
-    files = {"map": (settings.write_maps, f"maps/{stem}.tiff"), "mask": (settings.write_masks, f"masks/{stem}.png"),
-             "overlay": (settings.write_overlays, f"overlays/{stem}.png")}
+    files = {
+        "map": (settings.write_maps, f"maps/{stem}.tiff"),
+        "mask": (settings.write_masks, f"masks/{stem}.png"),
+        "overlay": (settings.write_overlays, f"overlays/{stem}.png"),
+    }
     for kind, (wanted, rel) in files.items():
         if not wanted:
             continue
@@ -242,20 +272,29 @@ class PredictResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return {"n_images": self.n_images, "n_scored": self.n_scored, "n_errors": self.n_errors,
-                "n_anomalous": self.n_anomalous, "seconds": self.seconds,
-                "images_per_second": self.n_scored / self.seconds if self.seconds > 0 else 0.0}
+        return {
+            "n_images": self.n_images,
+            "n_scored": self.n_scored,
+            "n_errors": self.n_errors,
+            "n_anomalous": self.n_anomalous,
+            "seconds": self.seconds,
+            "images_per_second": self.n_scored / self.seconds if self.seconds > 0 else 0.0,
+        }
 
     def summary(self) -> str:
         run = f"\nrun       : {self.run_id}" if self.run_id else ""
         errors = f" (see {self.output / 'errors.csv'})" if self.n_errors else ""
-        return "\n".join([
-            "\n== PRADOT predict finished ==", f"model     : {self.model_uri}",
-            f"images    : {self.n_scored} of {self.n_images} scored, {self.n_anomalous} anomalous, "
-            f"{self.n_errors} errors{errors}",
-            f"results   : {self.output / 'scores.csv'} (maps/, masks/, overlays/ beside it)",
-            f"speed     : {self.metrics['images_per_second']:.2f} images/s ({self.seconds:.1f} s)" + run,
-            *[f"note      : {n}" for n in self.notes]])
+        return "\n".join(
+            [
+                "\n== PRADOT predict finished ==",
+                f"model     : {self.model_uri}",
+                f"images    : {self.n_scored} of {self.n_images} scored, {self.n_anomalous} anomalous, "
+                f"{self.n_errors} errors{errors}",
+                f"results   : {self.output / 'scores.csv'} (maps/, masks/, overlays/ beside it)",
+                f"speed     : {self.metrics['images_per_second']:.2f} images/s ({self.seconds:.1f} s)" + run,
+                *[f"note      : {n}" for n in self.notes],
+            ]
+        )
 
 
 def _score_all(settings: PredictSettings, model, calibration, jobs, clashes, root: Path) -> PredictResult:
@@ -264,8 +303,10 @@ def _score_all(settings: PredictSettings, model, calibration, jobs, clashes, roo
 
     t0 = time.perf_counter()
     n_scored = n_anomalous = 0
-    with open(settings.output / "scores.csv", "w", newline="") as fs, \
-            open(settings.output / "errors.csv", "w", newline="") as fe:
+    with (
+        open(settings.output / "scores.csv", "w", newline="") as fs,
+        open(settings.output / "errors.csv", "w", newline="") as fe,
+    ):
         scores, errors = csv.writer(fs), csv.writer(fe)
         scores.writerow(SCORE_COLUMNS)
         errors.writerow(("path", "error"))
@@ -282,9 +323,19 @@ def _score_all(settings: PredictSettings, model, calibration, jobs, clashes, roo
                     errors.writerow((rel, rec))
                     continue
                 files = _write(rec, stem, payload, settings, calibration)
-                scores.writerow((rel, rec["score"], rec["raw_score"], bool(rec["is_anomaly"]), rec["threshold"],
-                                 rec["mask_threshold"], files.get("map", ""), files.get("mask", ""),
-                                 files.get("overlay", "")))
+                scores.writerow(
+                    (
+                        rel,
+                        rec["score"],
+                        rec["raw_score"],
+                        bool(rec["is_anomaly"]),
+                        rec["threshold"],
+                        rec["mask_threshold"],
+                        files.get("map", ""),
+                        files.get("mask", ""),
+                        files.get("overlay", ""),
+                    )
+                )
                 n_scored += 1
                 n_anomalous += bool(rec["is_anomaly"])
             fs.flush()
@@ -292,8 +343,9 @@ def _score_all(settings: PredictSettings, model, calibration, jobs, clashes, roo
             bar.update(len(batch))
         bar.close()
     n = len(jobs) + len(clashes)
-    return PredictResult(settings.output, settings.model_uri, n, n_scored, n - n_scored, n_anomalous,
-                         time.perf_counter() - t0)
+    return PredictResult(
+        settings.output, settings.model_uri, n, n_scored, n - n_scored, n_anomalous, time.perf_counter() - t0
+    )
 
 
 def run_prediction(settings: PredictSettings) -> PredictResult:
@@ -316,11 +368,17 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
     import mlflow
 
     with tracking.entry_run(f"predict-{settings.output.name}", settings.experiment_name, entry_point="predict") as run:
-        tracking.log_resolved_params({"model_uri": settings.model_uri, "input": settings.input,
-                                      "output": str(settings.output), "batch_size": settings.batch_size,
-                                      "quantile": settings.quantile if settings.quantile is not None else "",
-                                      "threshold": settings.threshold if settings.threshold is not None else "",
-                                      "max_map_side": settings.max_map_side})
+        tracking.log_resolved_params(
+            {
+                "model_uri": settings.model_uri,
+                "input": settings.input,
+                "output": str(settings.output),
+                "batch_size": settings.batch_size,
+                "quantile": settings.quantile if settings.quantile is not None else "",
+                "threshold": settings.threshold if settings.threshold is not None else "",
+                "max_map_side": settings.max_map_side,
+            }
+        )
         result = _score_all(settings, model, scorer.calibration, jobs, clashes, root)
         mlflow.log_metrics(result.metrics)
         mlflow.log_artifact(str(settings.output / "scores.csv"), "predict")
@@ -335,8 +393,9 @@ def run(argv: Sequence[str]) -> PredictResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_entry(run, argv, failure_note="the predict run is marked FAILED; the rows written so far are in "
-                                                 "the output folder")
+    return cli.run_entry(
+        run, argv, failure_note="the predict run is marked FAILED; the rows written so far are in the output folder"
+    )
 
 
 if __name__ == "__main__":

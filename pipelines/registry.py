@@ -13,9 +13,10 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from pipelines.checks import list_items
 from pipelines.tracking import setup_tracking
@@ -98,12 +99,36 @@ class VersionTags:
     support_split: int | None = None
     support: tuple[str, ...] = ()
 
-    _TEXT = ("dataset", "category", "run_id", "backbone", "sweep_run_id", "trial_id", "objective",
-             "calibration_source", "sweep_metric", "normalisation", "selection", "selection_metric",
-             "test_metrics", "test_metrics_note", "selection_split", "fusion")
+    _TEXT = (
+        "dataset",
+        "category",
+        "run_id",
+        "backbone",
+        "sweep_run_id",
+        "trial_id",
+        "objective",
+        "calibration_source",
+        "sweep_metric",
+        "normalisation",
+        "selection",
+        "selection_metric",
+        "test_metrics",
+        "test_metrics_note",
+        "selection_split",
+        "fusion",
+    )
     _NUMBERS = ("threshold", "alpha", "n", "eta", "epsilon", "batch_ratio", "smoothing_sigma", "coreset_ratio")
-    _INTEGERS = ("image_size", "batch_size", "epochs", "sweep_rank", "epochs_trained", "calibration_n_images",
-                 "aggregation", "shots", "support_split")
+    _INTEGERS = (
+        "image_size",
+        "batch_size",
+        "epochs",
+        "sweep_rank",
+        "epochs_trained",
+        "calibration_n_images",
+        "aggregation",
+        "shots",
+        "support_split",
+    )
     _KINDS = ("ensemble", "memory_bank", "fewshot")
 
     def to_tags(self) -> dict[str, str]:
@@ -138,7 +163,7 @@ class VersionTags:
         return tags
 
     @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> "VersionTags":
+    def from_tags(cls, tags: Mapping[str, str]) -> VersionTags:
         """Read :meth:`to_tags`' output; unknown tags are ignored, unreadable values left unset."""
         out = cls(kind=tags["pradot.kind"] if tags.get("pradot.kind") in cls._KINDS else "bank")
         for name in cls._TEXT:
@@ -152,8 +177,9 @@ class VersionTags:
             out.stages = tuple(int(s) for s in list_items(str(tags.get("stages", ""))))
         except ValueError:
             out.stages = ()
-        out.metrics = {k[len("metric."):]: x for k, v in tags.items()
-                       if k.startswith("metric.") and (x := _number(v)) is not None}
+        out.metrics = {
+            k[len("metric.") :]: x for k, v in tags.items() if k.startswith("metric.") and (x := _number(v)) is not None
+        }
         if tags.get("members"):
             out.members = tuple(m for m in str(tags["members"]).split(",") if m)
         weights = [_number(w) for w in str(tags.get("member_weights", "")).split(";") if w]
@@ -168,7 +194,7 @@ class VersionTags:
             out.config = json.loads(tags["config"]) if tags.get("config") else None
         return out
 
-    def with_updates(self, **changes: Any) -> "VersionTags":
+    def with_updates(self, **changes: Any) -> VersionTags:
         return dataclasses.replace(self, **changes)
 
 
@@ -177,8 +203,12 @@ def log_model(model_path: str | Path, calibration, tags: VersionTags | None = No
     logged model carries ``tags``); returns its URI for :func:`register`."""
     from pipelines.mlflow_model import log_pradot_model
 
-    info = log_pradot_model(model_path, calibration, input_example_image=example_image,
-                            extra_tags=tags.to_tags() if tags is not None else None)
+    info = log_pradot_model(
+        model_path,
+        calibration,
+        input_example_image=example_image,
+        extra_tags=tags.to_tags() if tags is not None else None,
+    )
     return info.model_uri
 
 
@@ -226,8 +256,11 @@ def register(model_uri: str, name: str, tags: VersionTags) -> str:
 
     logged = {}  # the logged model's own tags (e.g. pradot.format), under the version tags
     if model_uri.startswith("models:/m-"):
-        logged = {k: v for k, v in mlflow.MlflowClient().get_logged_model(model_uri[len("models:/"):]).tags.items()
-                  if not k.startswith("mlflow.")}
+        logged = {
+            k: v
+            for k, v in mlflow.MlflowClient().get_logged_model(model_uri[len("models:/") :]).tags.items()
+            if not k.startswith("mlflow.")
+        }
     version = str(mlflow.register_model(model_uri, name, tags={**logged, **tags.to_tags()}).version)
     log.info("registered model %s version %s", name, version)
     if tags.run_id:  # the run (ended) points to its version
@@ -259,8 +292,16 @@ class AliasDecision:
     previous: str | None  # the version that held the alias before, if any
 
 
-def decide_alias(client, name: str, version: str, alias: str, metric: str, value: float,
-                 force: bool = False, holder_value: Any = None) -> AliasDecision:
+def decide_alias(
+    client,
+    name: str,
+    version: str,
+    alias: str,
+    metric: str,
+    value: float,
+    force: bool = False,
+    holder_value: Any = None,
+) -> AliasDecision:
     """Move ``alias`` to ``version`` when it beats the current holder on ``metric`` (strictly; the holder's
     ``metric.<metric>`` tag, or ``holder_value(version)`` when given: the holder's value measured now, e.g.
     re-scored on the same validation set; ``None`` from it falls back to the tag), or when ``force``; else keep
@@ -284,14 +325,24 @@ def decide_alias(client, name: str, version: str, alias: str, metric: str, value
         old = VersionTags.from_tags(champ.tags).metrics.get(metric)
     if force:
         client.set_registered_model_alias(name, alias, version)
-        return AliasDecision(True, f"promoted (force=true): v{version} {metric}={new:.5f} replaces v{previous} "
-                                   f"({metric}={old if old is not None else 'unknown'})", previous)
+        return AliasDecision(
+            True,
+            f"promoted (force=true): v{version} {metric}={new:.5f} replaces v{previous} "
+            f"({metric}={old if old is not None else 'unknown'})",
+            previous,
+        )
     if old is None:
-        return AliasDecision(False, f"kept: the {alias} v{previous} has no metric.{metric} tag to compare with; "
-                                    f"v{version} has {metric}={new:.5f} (use force=true to move the alias)", previous)
+        return AliasDecision(
+            False,
+            f"kept: the {alias} v{previous} has no metric.{metric} tag to compare with; "
+            f"v{version} has {metric}={new:.5f} (use force=true to move the alias)",
+            previous,
+        )
     if new > old:
         client.set_registered_model_alias(name, alias, version)
-        return AliasDecision(True, f"promoted: v{version} {metric}={new:.5f} > {old:.5f} of the previous {alias} "
-                                   f"v{previous}", previous)
-    return AliasDecision(False, f"kept: v{version} {metric}={new:.5f} does not beat {old:.5f} of the {alias} "
-                                f"v{previous}", previous)
+        return AliasDecision(
+            True, f"promoted: v{version} {metric}={new:.5f} > {old:.5f} of the previous {alias} v{previous}", previous
+        )
+    return AliasDecision(
+        False, f"kept: v{version} {metric}={new:.5f} does not beat {old:.5f} of the {alias} v{previous}", previous
+    )

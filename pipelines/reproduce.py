@@ -29,9 +29,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 if __name__ == "__main__" and not __package__:  # `python pipelines/reproduce.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -62,25 +62,29 @@ class ReproduceResult:
 
     def summary(self) -> str:
         p = self.promotion
-        return "\n".join([
-            "\n== PRADOT reproduce finished ==",
-            f"run       : {self.run_id} (members and promotion are its child runs)",
-            f"members   : {', '.join(self.members)}",
-            p.table,
-            f"ensemble  : {p.ensemble_name} v{p.version}; {p.decision.reason}",
-            f"serve it  : mlflow models serve -m {p.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
-            + ("" if p.decision.moved else f"   (this ensemble; @{p.alias} still serves v{p.decision.previous})")])
+        return "\n".join(
+            [
+                "\n== PRADOT reproduce finished ==",
+                f"run       : {self.run_id} (members and promotion are its child runs)",
+                f"members   : {', '.join(self.members)}",
+                p.table,
+                f"ensemble  : {p.ensemble_name} v{p.version}; {p.decision.reason}",
+                f"serve it  : mlflow models serve -m {p.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
+                + ("" if p.decision.moved else f"   (this ensemble; @{p.alias} still serves v{p.decision.previous})"),
+            ]
+        )
 
 
 def _check_overrides(overrides: Sequence[str], cfg) -> None:
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         if key in FIXED_KEYS:
-            raise ReproduceError(f"{key} is set by reproduce for each member (stages {list(cfg.stages)} x alpha "
-                                 f"{list(cfg.alphas)}); use stages=2,3 / alphas=0,0.3 to change the grid")
+            raise ReproduceError(
+                f"{key} is set by reproduce for each member (stages {list(cfg.stages)} x alpha "
+                f"{list(cfg.alphas)}); use stages=2,3 / alphas=0,0.3 to change the grid"
+            )
     if not cfg.tracking.register:
-        raise ReproduceError("tracking.register=false: reproduce promotes registered members, they must be "
-                             "registered")
+        raise ReproduceError("tracking.register=false: reproduce promotes registered members, they must be registered")
 
 
 def _train_member(cfg, stage: int, alpha: float) -> str:
@@ -89,11 +93,13 @@ def _train_member(cfg, stage: int, alpha: float) -> str:
     log.info("training member stage %d alpha %g", stage, alpha)
     print(f"\n== reproduce: training member stage {stage}, alpha {alpha:g} ==", flush=True)
     try:
-        out = run_training(config.train_settings(member), config.flatten(member), config.resolved_yaml(member),
-                           nested=True)
+        out = run_training(
+            config.train_settings(member), config.flatten(member), config.resolved_yaml(member), nested=True
+        )
     except Exception:
-        log.error("training the member (stage %d, alpha %g) failed; its run and log are in the experiment",
-                  stage, alpha)
+        log.error(
+            "training the member (stage %d, alpha %g) failed; its run and log are in the experiment", stage, alpha
+        )
         raise
     return f"{out.model_name}/{out.version}"
 
@@ -108,12 +114,18 @@ def run(argv: Sequence[str]) -> ReproduceResult:
     _check_overrides(overrides, cfg)
     opts = config.promote_options(cfg)
     settings = config.train_settings(cfg)
-    with tracking.entry_run(f"reproduce-{settings.data.kind}-{settings.data.category}",
-                            settings.tracking.experiment_name, entry_point="reproduce",
-                            tags={"pradot.dataset": settings.data.kind,
-                                  "pradot.category": settings.data.category}) as run:
-        mlflow.log_params({"reproduce.grid": f"stages={list(grid.stages)} alphas={list(grid.alphas)}",
-                           "reproduce.overrides": " ".join(overrides)[:6000]})
+    with tracking.entry_run(
+        f"reproduce-{settings.data.kind}-{settings.data.category}",
+        settings.tracking.experiment_name,
+        entry_point="reproduce",
+        tags={"pradot.dataset": settings.data.kind, "pradot.category": settings.data.category},
+    ) as run:
+        mlflow.log_params(
+            {
+                "reproduce.grid": f"stages={list(grid.stages)} alphas={list(grid.alphas)}",
+                "reproduce.overrides": " ".join(overrides)[:6000],
+            }
+        )
         members = [_train_member(cfg, s, a) for s, a in grid.members()]
         mlflow.set_tag("pradot.members", ",".join(members))
         print("\n== reproduce: the memory-bank baseline ==", flush=True)
@@ -121,10 +133,19 @@ def run(argv: Sequence[str]) -> ReproduceResult:
         baseline = run_baseline(settings, memory_bank_config(cfg), view, nested=True)
         mlflow.set_tag("pradot.baseline", f"{baseline.model_name}/{baseline.version}")
         print(f"\n== reproduce: promoting {', '.join(members)} ==", flush=True)
-        promotion = run_promotion(settings, dataclasses.replace(opts, members=tuple(members)),
-                                  config.flatten(cfg), nested=True, mb_config=memory_bank_config(cfg))
-        mlflow.set_tags({"pradot.ensemble": f"{promotion.ensemble_name}/{promotion.version}",
-                         "pradot.promotion": promotion.decision.reason})
+        promotion = run_promotion(
+            settings,
+            dataclasses.replace(opts, members=tuple(members)),
+            config.flatten(cfg),
+            nested=True,
+            mb_config=memory_bank_config(cfg),
+        )
+        mlflow.set_tags(
+            {
+                "pradot.ensemble": f"{promotion.ensemble_name}/{promotion.version}",
+                "pradot.promotion": promotion.decision.reason,
+            }
+        )
         mlflow.log_text(promotion.table, "comparison/comparison.md")
         mlflow.log_metrics(promotion.metrics)
     return ReproduceResult(run.run_id, members, promotion)

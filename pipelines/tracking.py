@@ -18,14 +18,26 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TRACKING_URI", "setup_tracking", "run_log", "EntryRun", "entry_run", "started_runs",
-           "log_resolved_params", "example_image", "require_store", "store_hint", "ui_hint"]
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "setup_tracking",
+    "run_log",
+    "EntryRun",
+    "entry_run",
+    "started_runs",
+    "log_resolved_params",
+    "example_image",
+    "require_store",
+    "store_hint",
+    "ui_hint",
+]
 
 #: tracking store used when MLFLOW_TRACKING_URI is not set: a SQLite file in the working directory
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -63,10 +75,12 @@ def require_store(model_uri: str) -> None:
     from pipelines.checks import ConfigError
 
     if _registry_uri(model_uri) and not os.environ.get("MLFLOW_TRACKING_URI") and not Path("mlflow.db").exists():
-        raise ConfigError(f"{model_uri} is looked up in the tracking store, and there is none here: {Path.cwd()} has "
-                         f"no mlflow.db and MLFLOW_TRACKING_URI is not set. Run from the folder that holds the "
-                         f"mlflow.db you trained with, or export MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
-                         f"(or http://<server>:5000)")
+        raise ConfigError(
+            f"{model_uri} is looked up in the tracking store, and there is none here: {Path.cwd()} has "
+            f"no mlflow.db and MLFLOW_TRACKING_URI is not set. Run from the folder that holds the "
+            f"mlflow.db you trained with, or export MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
+            f"(or http://<server>:5000)"
+        )
 
 
 def store_hint(model_uri: str) -> str:
@@ -75,8 +89,7 @@ def store_hint(model_uri: str) -> str:
         return ""
     import mlflow
 
-    return (f" (looked up in the tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI for "
-            f"another)")
+    return f" (looked up in the tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI for another)"
 
 
 @contextlib.contextmanager
@@ -127,9 +140,17 @@ def started_runs() -> list[str]:
 
 
 @contextlib.contextmanager
-def entry_run(run_name: str, experiment_name: str, *, entry_point: str, nested: bool = False,
-              log_name: str = "run.log", tags: Mapping[str, str] | None = None,
-              run_id: str | None = None, sigterm=None) -> Iterator[EntryRun]:
+def entry_run(
+    run_name: str,
+    experiment_name: str,
+    *,
+    entry_point: str,
+    nested: bool = False,
+    log_name: str = "run.log",
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    sigterm=None,
+) -> Iterator[EntryRun]:
     """Start (or, under ``mlflow run``, resume) the entry point's run; ``nested``: a child of the active run;
     ``run_id``: reopen that run (e.g. a resumed sweep's parent).
 

@@ -15,14 +15,14 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 if __name__ == "__main__" and not __package__:  # `python pipelines/train.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import checks, cli, config, registry, tracking# noqa: E402
+from pipelines import checks, cli, config, registry, tracking  # noqa: E402
 from pipelines.figures import log_training_figures  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,17 @@ class TrainRun:
         registered = f"  registered as {self.model_name} v{self.version}" if self.model_name else ""
         shown = {k: v for k, v in self.metrics.items() if k in SHOWN_METRICS}
         notes = [f"note           : {n}" for n in self.notes]
-        return "\n".join([
-            "\n== PRADOT run finished ==",
-            f"tracking store : {self.tracking_uri}",
-            f"run            : {self.run_id} (experiment {self.experiment_id})",
-            f"model          : {self.model_uri}{registered}",
-            "metrics        : " + (", ".join(f"{k}={v:.4f}" for k, v in shown.items()) or "(none: see the notes)"),
-            *notes,
-            f"look at it     : {tracking.ui_hint(self.tracking_uri)}"])
+        return "\n".join(
+            [
+                "\n== PRADOT run finished ==",
+                f"tracking store : {self.tracking_uri}",
+                f"run            : {self.run_id} (experiment {self.experiment_id})",
+                f"model          : {self.model_uri}{registered}",
+                "metrics        : " + (", ".join(f"{k}={v:.4f}" for k, v in shown.items()) or "(none: see the notes)"),
+                *notes,
+                f"look at it     : {tracking.ui_hint(self.tracking_uri)}",
+            ]
+        )
 
 
 def _epoch_logger(settings: config.TrainSettings):
@@ -79,8 +82,10 @@ def _epoch_logger(settings: config.TrainSettings):
         mlflow.log_metrics(metrics, step=stats.epoch)
         log.info("epoch %d: %s", stats.epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if settings.fail_at_epoch is not None and stats.epoch >= settings.fail_at_epoch:
-            raise DemoFailure(f"debug.fail_at_epoch={settings.fail_at_epoch}: failing on purpose after epoch "
-                              f"{stats.epoch}")
+            raise DemoFailure(
+                f"debug.fail_at_epoch={settings.fail_at_epoch}: failing on purpose after epoch {stats.epoch}"
+            )
+
     return on_epoch
 
 
@@ -91,10 +96,17 @@ def _train(settings: config.TrainSettings, splits, device):
 
     spec = settings.data
     aug_name = spec.augmentation if spec.augmentation not in (None, "none", "None") else None
-    return train_model(settings.model, spec, splits.train, cache=FeatureCache(settings.cache_dir) if
-                       settings.cache_dir else None, device=device, weights_path=settings.weights_path,
-                       callback=_epoch_logger(settings), num_workers=settings.num_workers,
-                       augmentation=build_train_augmentation(aug_name, seed=spec.seed) if aug_name else None)
+    return train_model(
+        settings.model,
+        spec,
+        splits.train,
+        cache=FeatureCache(settings.cache_dir) if settings.cache_dir else None,
+        device=device,
+        weights_path=settings.weights_path,
+        callback=_epoch_logger(settings),
+        num_workers=settings.num_workers,
+        augmentation=build_train_augmentation(aug_name, seed=spec.seed) if aug_name else None,
+    )
 
 
 def test_metrics_status(flat: dict[str, float], notes: Sequence[str]) -> str:
@@ -142,20 +154,30 @@ def _calibrate(settings: config.TrainSettings, model, splits, test, val):
 
     from pradot.engine import calibrate, threshold_metrics
 
-    result = calibrate(model, splits, settings.calibration_quantile, settings.data.image_size,
-                       settings.evaluation.batch_size, validation=val,
-                       pixel_quantile=settings.calibration_pixel_quantile)
+    result = calibrate(
+        model,
+        splits,
+        settings.calibration_quantile,
+        settings.data.image_size,
+        settings.evaluation.batch_size,
+        validation=val,
+        pixel_quantile=settings.calibration_pixel_quantile,
+    )
     cal = result.calibration
     mlflow.set_tags({"pradot.calibration_source": result.source, "pradot.calibration_n_images": str(cal.n_images)})
     mlflow.log_dict(cal.to_dict(), "model_files/calibration.json")
-    mlflow.log_metrics({"image_threshold": cal.threshold, "pixel_threshold": cal.mask_threshold,
-                        **threshold_metrics([s.label for s in splits.test], test.scores, cal.threshold),
-                        **threshold_metrics([s.label for s in val.samples], val.scores, cal.threshold, "val")})
+    mlflow.log_metrics(
+        {
+            "image_threshold": cal.threshold,
+            "pixel_threshold": cal.mask_threshold,
+            **threshold_metrics([s.label for s in splits.test], test.scores, cal.threshold),
+            **threshold_metrics([s.label for s in val.samples], val.scores, cal.threshold, "val"),
+        }
+    )
     return result
 
 
-def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, test, calibrated, flat, notes,
-                             run_id):
+def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, test, calibrated, flat, notes, run_id):
     """Maps, figures and the (unregistered) model. Returns (model_uri, the version tags to register with, or
     None when ``tracking.register`` is off)."""
     import mlflow
@@ -170,18 +192,40 @@ def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, tes
             write_tiff_maps(test, Path(tmp) / "anomaly_maps", spec.category)
             mlflow.log_artifacts(str(Path(tmp) / "anomaly_maps"), "anomaly_maps")
         ev = settings.evaluation
-        log_training_figures(model, splits, test, result.features, result.history, image_size=spec.image_size,
-                             n_overlays=ev.n_overlays, paper_figures=ev.figures,
-                             umap_max_points=ev.umap_max_points, seed=spec.seed)
+        log_training_figures(
+            model,
+            splits,
+            test,
+            result.features,
+            result.history,
+            image_size=spec.image_size,
+            n_overlays=ev.n_overlays,
+            paper_figures=ev.figures,
+            umap_max_points=ev.umap_max_points,
+            seed=spec.seed,
+        )
         model_path = model.save(Path(tmp) / "pradot_model.pt", include_backbone=settings.tracking.include_backbone)
         m = settings.model
-        tags = registry.VersionTags(dataset=spec.kind, category=spec.category, run_id=run_id,
-                                    threshold=calibration.threshold, backbone=m.backbone, stages=m.stages,
-                                    image_size=m.image_size, alpha=m.alpha, n=m.n, eta=m.eta, epsilon=m.epsilon,
-                                    batch_size=m.batch_size, epochs=m.epochs, metrics=flat,
-                                    calibration_source=calibrated.source, calibration_n_images=calibration.n_images,
-                                    test_metrics=test_metrics_status(flat, notes),
-                                    test_metrics_note="; ".join(notes)[:NOTE_CHARS] or None)
+        tags = registry.VersionTags(
+            dataset=spec.kind,
+            category=spec.category,
+            run_id=run_id,
+            threshold=calibration.threshold,
+            backbone=m.backbone,
+            stages=m.stages,
+            image_size=m.image_size,
+            alpha=m.alpha,
+            n=m.n,
+            eta=m.eta,
+            epsilon=m.epsilon,
+            batch_size=m.batch_size,
+            epochs=m.epochs,
+            metrics=flat,
+            calibration_source=calibrated.source,
+            calibration_n_images=calibration.n_images,
+            test_metrics=test_metrics_status(flat, notes),
+            test_metrics_note="; ".join(notes)[:NOTE_CHARS] or None,
+        )
         model_uri = registry.log_model(model_path, calibration, tags, tracking.example_image(splits))
     return model_uri, (tags if settings.tracking.register else None)
 
@@ -196,35 +240,50 @@ def _tracked_run(settings: config.TrainSettings, params: dict[str, str], resolve
 
     t_start = time.perf_counter()
     spec, m = settings.data, settings.model
-    with tracking.entry_run(settings.run_name, settings.tracking.experiment_name, entry_point="main",
-                            nested=nested) as run:
+    with tracking.entry_run(
+        settings.run_name, settings.tracking.experiment_name, entry_point="main", nested=nested
+    ) as run:
         torch.manual_seed(spec.seed)
-        mlflow.set_tags({"pradot.dataset": spec.kind, "pradot.category": spec.category,
-                         "pradot.backbone": m.backbone, "pradot.device": str(device)})
+        mlflow.set_tags(
+            {
+                "pradot.dataset": spec.kind,
+                "pradot.category": spec.category,
+                "pradot.backbone": m.backbone,
+                "pradot.device": str(device),
+            }
+        )
         tracking.log_resolved_params({**params, "model.batch_size": str(m.batch_size)})
         mlflow.log_text(resolved_yaml, "config/resolved_config.yaml")
         log.info("dataset %s / %s (root %s)", spec.kind, spec.category, spec.root)
         splits = open_splits(spec)
-        log.info("train %d, validation %d, test %d images", len(splits.train), len(splits.validation),
-                 len(splits.test))
+        log.info("train %d, validation %d, test %d images", len(splits.train), len(splits.validation), len(splits.test))
         checks.batch_fits_data(m.batch_size, m.n, None, len(splits.train))  # before any feature is extracted
-        mlflow.log_params({"data.n_train": len(splits.train), "data.n_validation": len(splits.validation),
-                           "data.n_test": len(splits.test), "data.resolved_root": str(splits.dataset.root)})
+        mlflow.log_params(
+            {
+                "data.n_train": len(splits.train),
+                "data.n_validation": len(splits.validation),
+                "data.n_test": len(splits.test),
+                "data.resolved_root": str(splits.dataset.root),
+            }
+        )
         result = _train(settings, splits, device)
         test, val = _score(settings, result.model, splits)
         calibrated = _calibrate(settings, result.model, splits, test, val)
         flat, notes = _test_metrics(splits, test, calibrated.calibration.mask_threshold)
-        timings = {**result.timings, "scoring_seconds": test.seconds,
-                   "scoring_seconds_per_image": test.seconds / max(1, len(splits.test)),
-                   "total_seconds": time.perf_counter() - t_start}
+        timings = {
+            **result.timings,
+            "scoring_seconds": test.seconds,
+            "scoring_seconds_per_image": test.seconds / max(1, len(splits.test)),
+            "total_seconds": time.perf_counter() - t_start,
+        }
         mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
-        model_uri, tags = _log_artifacts_and_model(settings, result, splits, test, calibrated, flat, notes,
-                                                   run.run_id)
+        model_uri, tags = _log_artifacts_and_model(settings, result, splits, test, calibrated, flat, notes, run.run_id)
     return run, model_uri, tags, flat, timings, notes
 
 
-def run_training(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str,
-                 nested: bool = False) -> TrainRun:
+def run_training(
+    settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str, nested: bool = False
+) -> TrainRun:
     """Train, evaluate and log in one MLflow run (a child of the active run when ``nested``), then, once the run
     has FINISHED, register the model (one call with every tag: no version of an unfinished run exists). The
     registered model's name is claimed before the run (:func:`pipelines.registry.registration`)."""
@@ -237,21 +296,35 @@ def run_training(settings: config.TrainSettings, params: dict[str, str], resolve
         version = registry.register(model_uri, name, tags) if name else None
     if version:
         model_uri = f"models:/{name}/{version}"
-    return TrainRun(run.run_id, run.experiment_id, run.tracking_uri, model_uri, name if version else None, version,
-                    flat, timings, notes=notes)
+    return TrainRun(
+        run.run_id,
+        run.experiment_id,
+        run.tracking_uri,
+        model_uri,
+        name if version else None,
+        version,
+        flat,
+        timings,
+        notes=notes,
+    )
 
 
 def run(argv: Sequence[str]) -> TrainRun:
     """Compose ``conf/train.yaml`` with the overrides in ``argv`` and train."""
     cfg = config.compose("train", config.parse_overrides(argv))
     # training params only: an experiment recipe may also set promote's options (experiment=best)
-    return run_training(config.train_settings(cfg), config.flatten(config.training_view(cfg)),
-                        config.resolved_yaml(cfg))
+    return run_training(
+        config.train_settings(cfg), config.flatten(config.training_view(cfg)), config.resolved_yaml(cfg)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_entry(run, argv, failure_note="the MLflow run is marked FAILED and nothing was registered; its "
-                                                 "log is under the run's logs/ artifacts")
+    return cli.run_entry(
+        run,
+        argv,
+        failure_note="the MLflow run is marked FAILED and nothing was registered; its "
+        "log is under the run's logs/ artifacts",
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -7,8 +7,9 @@ import ast
 import importlib.metadata as md
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = {"pradot", "pipelines", "tests", "benchmarks"}
@@ -19,8 +20,13 @@ def _imports() -> dict[str, set[str]]:
     for root in ("src", "pipelines", "benchmarks", "tests"):
         for path in (REPO / root).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module]
+                    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    else []
+                )
                 for name in names:
                     found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))
     return found

@@ -5,8 +5,8 @@ need pixels (SAM).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -51,12 +51,14 @@ def split_features(plan: FewShotPlan, backbone, samples: Sequence, split: str, d
     if plan.cache_dir is None:
         return extract_features(backbone, dataset, num_workers=plan.num_workers, device=device)
     ident = feature_identity(plan.data, backbone.name, backbone.stages, samples, split, plan.weights_path)
-    return FeatureCache(plan.cache_dir).get_or_compute(ident, backbone, dataset, num_workers=plan.num_workers,
-                                                       device=device)
+    return FeatureCache(plan.cache_dir).get_or_compute(
+        ident, backbone, dataset, num_workers=plan.num_workers, device=device
+    )
 
 
-def load_features(plan: FewShotPlan, backbone, samples: Sequence, indices: Sequence[int], split: str,
-                  device) -> FeatureSet:
+def load_features(
+    plan: FewShotPlan, backbone, samples: Sequence, indices: Sequence[int], split: str, device
+) -> FeatureSet:
     """The features of ``samples[i]`` for ``i`` in ``indices``."""
     chosen = [samples[int(i)] for i in indices]
     feats = split_features(plan, backbone, chosen, split, device)
@@ -68,5 +70,6 @@ def images_of(samples: Sequence, image_size: int) -> torch.Tensor:
     from pradot.data import ImageDataset
 
     ds = ImageDataset(list(samples), image_size)
-    return torch.stack([ds[i]["image"] for i in range(len(ds))]) if len(ds) else torch.zeros(0, 3, image_size,
-                                                                                             image_size)
+    return (
+        torch.stack([ds[i]["image"] for i in range(len(ds))]) if len(ds) else torch.zeros(0, 3, image_size, image_size)
+    )

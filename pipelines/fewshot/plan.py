@@ -9,8 +9,9 @@ plan.foct, plan.shots, plan.splits, plan.variants()          # FOCTConfig, (1, 2
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -84,8 +85,12 @@ def foct_config(cfg: DictConfig) -> FOCTConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown fewshot.foct keys {unknown}; known: {sorted(known)}")
-    values.update(backbone=str(cfg.backbone.name), stages=config.parse_stages(cfg.backbone.stages),
-                  image_size=int(cfg.data.image_size), seed=int(cfg.seed))
+    values.update(
+        backbone=str(cfg.backbone.name),
+        stages=config.parse_stages(cfg.backbone.stages),
+        image_size=int(cfg.data.image_size),
+        seed=int(cfg.seed),
+    )
     for key in ("online",):
         values[key] = checks.boolean(f"fewshot.foct.{key}", values[key])
     try:
@@ -117,15 +122,25 @@ def fewshot_plan(cfg: DictConfig) -> FewShotPlan:
         raise ConfigError(f"calibration.quantile must lie in (0, 1], got {quantile}")
     name = str(f.get("model_name") or f"foct-{cfg.data.kind}-{cfg.category}")
     plan = FewShotPlan(
-        data=config.data_spec(cfg), foct=foct_config(cfg), shots=_positive_ints("fewshot.shots", f.shots),
-        splits=splits, seed=int(f.seed), shuffle=order == "shuffled",
-        ablation=checks.boolean("fewshot.ablation", f.ablation), register=checks.boolean("fewshot.register", f.register),
-        model_name=name, calibration_images=int(f.calibration_images), calibration_quantile=quantile,
-        device=str(cfg.device), num_workers=int(cfg.num_workers),
-        cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None, weights_path=cfg.backbone.get("weights_path"),
+        data=config.data_spec(cfg),
+        foct=foct_config(cfg),
+        shots=_positive_ints("fewshot.shots", f.shots),
+        splits=splits,
+        seed=int(f.seed),
+        shuffle=order == "shuffled",
+        ablation=checks.boolean("fewshot.ablation", f.ablation),
+        register=checks.boolean("fewshot.register", f.register),
+        model_name=name,
+        calibration_images=int(f.calibration_images),
+        calibration_quantile=quantile,
+        device=str(cfg.device),
+        num_workers=int(cfg.num_workers),
+        cache_dir=str(cfg.cache.dir) if cfg.cache.enabled else None,
+        weights_path=cfg.backbone.get("weights_path"),
         experiment_name=str(cfg.tracking.experiment_name),
         include_backbone=bool(cfg.tracking.include_backbone),
-        threads=int(threads) if threads is not None else None)
+        threads=int(threads) if threads is not None else None,
+    )
     _check_mask_sources(plan)
     return plan
 
@@ -142,8 +157,7 @@ def _check_mask_sources(plan: FewShotPlan) -> None:
             raise ConfigError(f"fewshot.foct: {e}") from None
 
 
-def check_against_data(plan: FewShotPlan, n_train: int, n_test: int,
-                       test_labels: Sequence[int] | None = None) -> None:
+def check_against_data(plan: FewShotPlan, n_train: int, n_test: int, test_labels: Sequence[int] | None = None) -> None:
     """Refuse shot counts larger than train/good, and a test split without both normal and anomalous images
     (nothing to measure), before any run is started.
 
@@ -151,12 +165,17 @@ def check_against_data(plan: FewShotPlan, n_train: int, n_test: int,
         ConfigError: with the numbers and what to change.
     """
     if max(plan.shots) > n_train:
-        raise ConfigError(f"fewshot.shots={list(plan.shots)} asks for {max(plan.shots)} support images but "
-                          f"{plan.data.kind}/{plan.data.category} has {n_train} training images; lower the shots")
+        raise ConfigError(
+            f"fewshot.shots={list(plan.shots)} asks for {max(plan.shots)} support images but "
+            f"{plan.data.kind}/{plan.data.category} has {n_train} training images; lower the shots"
+        )
     if n_test == 0:
-        raise ConfigError(f"{plan.data.kind}/{plan.data.category} has no test images: the few-shot protocol "
-                          f"scores the test split")
+        raise ConfigError(
+            f"{plan.data.kind}/{plan.data.category} has no test images: the few-shot protocol scores the test split"
+        )
     if test_labels is not None and len(set(int(y) for y in test_labels)) < 2:
         only = "anomalous" if int(test_labels[0]) else "normal"
-        raise ConfigError(f"{plan.data.kind}/{plan.data.category}: all {n_test} test images are {only}; the "
-                          f"few-shot protocol's AUROC and F1-max need normal and anomalous test images")
+        raise ConfigError(
+            f"{plan.data.kind}/{plan.data.category}: all {n_test} test images are {only}; the "
+            f"few-shot protocol's AUROC and F1-max need normal and anomalous test images"
+        )

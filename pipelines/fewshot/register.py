@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from pipelines import registry, tracking
 from pipelines.fewshot.data import FeatureSet, images_of, load_features
@@ -55,8 +55,16 @@ def calibration_samples(plan: FewShotPlan, splits, support: Sequence[int]) -> tu
     return rest[:n], "train/good outside the support"
 
 
-def log_fewshot(plan: FewShotPlan, variant: Variant, splits, backbone, pool: FeatureSet, device,
-                run_id: str, metrics: dict[str, float]) -> Logged:
+def log_fewshot(
+    plan: FewShotPlan,
+    variant: Variant,
+    splits,
+    backbone,
+    pool: FeatureSet,
+    device,
+    run_id: str,
+    metrics: dict[str, float],
+) -> Logged:
     """Fit, calibrate, save and log (in the active run, not yet registered) the served few-shot model (see
     the module docstring)."""
     import mlflow
@@ -68,8 +76,10 @@ def log_fewshot(plan: FewShotPlan, variant: Variant, splits, backbone, pool: Fea
     support = plan.support(len(splits.train), shots, 0)
     cal_samples, source = calibration_samples(plan, splits, support)
     if not cal_samples:
-        note = (f"not registered: all {len(splits.train)} training images are in the {shots}-shot support, so no "
-                f"normal image is left to calibrate a threshold (add validation images or lower the shots)")
+        note = (
+            f"not registered: all {len(splits.train)} training images are in the {shots}-shot support, so no "
+            f"normal image is left to calibrate a threshold (add validation images or lower the shots)"
+        )
         log.warning("%s", note)
         return Logged(None, None, note)
     config = variant.apply(plan.foct)
@@ -77,20 +87,31 @@ def log_fewshot(plan: FewShotPlan, variant: Variant, splits, backbone, pool: Fea
     needs = model.mask_source.needs_images
     model.fit_features(pool.take(support), images_of(pool.samples_at(support), config.image_size) if needs else None)
     cal = load_features(plan, backbone, cal_samples, range(len(cal_samples)), "calibration", device)
-    _, scores = model.score_features(cal.take(range(len(cal_samples))),
-                                     images_of(cal_samples, config.image_size) if needs else None, update=False)
+    _, scores = model.score_features(
+        cal.take(range(len(cal_samples))), images_of(cal_samples, config.image_size) if needs else None, update=False
+    )
     calibration = Calibration.calibrate(scores.numpy(), plan.calibration_quantile)
     mlflow.set_tag("pradot.calibration_source", source)
     mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
     names = [str(Path(s.image_path).relative_to(splits.dataset.root)) for s in pool.samples_at(support)]
     tags = registry.VersionTags(
-        dataset=plan.data.kind, category=plan.data.category, run_id=run_id, threshold=calibration.threshold,
-        kind="fewshot", backbone=config.backbone, stages=config.stages, image_size=config.image_size,
-        metrics=metrics, calibration_source=source, shots=shots, support_split=0, support=tuple(names),
-        config={k: v for k, v in asdict(config).items() if k not in ("backbone", "stages", "image_size")})
+        dataset=plan.data.kind,
+        category=plan.data.category,
+        run_id=run_id,
+        threshold=calibration.threshold,
+        kind="fewshot",
+        backbone=config.backbone,
+        stages=config.stages,
+        image_size=config.image_size,
+        metrics=metrics,
+        calibration_source=source,
+        shots=shots,
+        support_split=0,
+        support=tuple(names),
+        config={k: v for k, v in asdict(config).items() if k not in ("backbone", "stages", "image_size")},
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = model.save(Path(tmp) / "foct_model.pt", include_backbone=plan.include_backbone)
         model_uri = registry.log_model(path, calibration, tags, tracking.example_image(splits))
     note = f"registered {variant.name} ({shots}-shot, split 0, calibrated on {len(cal_samples)} {source} images)"
     return Logged(model_uri, tags, note)
-

@@ -15,14 +15,13 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from pipelines import cli, config, tracking
+from pipelines import cli, config, registry, tracking
 from pipelines.fewshot.data import FeatureSet, images_of, load_features, support_pool
 from pipelines.fewshot.plan import FewShotPlan, check_against_data, fewshot_plan
-from pipelines import registry
 from pipelines.fewshot.register import Logged, Registered, log_fewshot
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,13 @@ class FewShotRun:
     exit_code: int = cli.EXIT_OK
 
     def summary(self) -> str:
-        lines = ["\n== few-shot (FOCT) run finished ==", f"tracking store : {self.tracking_uri}",
-                 f"run            : {self.run_id} (experiment {self.experiment_id})", "", self.table]
+        lines = [
+            "\n== few-shot (FOCT) run finished ==",
+            f"tracking store : {self.tracking_uri}",
+            f"run            : {self.run_id} (experiment {self.experiment_id})",
+            "",
+            self.table,
+        ]
         if self.registered is not None:
             lines.append(f"model          : {self.registered.note}")
         lines.append(f"look at it     : {tracking.ui_hint(self.tracking_uri)}")
@@ -76,27 +80,53 @@ def _child(ctx: _Context, variant, shots: int, split: int) -> dict:
     support = plan.support(len(splits.train), shots, split)
     order = query_order(len(splits.test), split, plan.seed, plan.shuffle)
     cfg = variant.apply(plan.foct)
-    masks = mask_source(cfg.foreground, sam_checkpoint=cfg.sam_checkpoint, sam_model_type=cfg.sam_model_type,
-                        device=ctx.device)
+    masks = mask_source(
+        cfg.foreground, sam_checkpoint=cfg.sam_checkpoint, sam_model_type=cfg.sam_model_type, device=ctx.device
+    )
     name = f"{variant.name}-{shots}shot-split{split}"
-    with tracking.entry_run(name, plan.experiment_name, entry_point="fewshot", nested=True,
-                            tags={"pradot.fewshot.variant": variant.name}) as run:
+    with tracking.entry_run(
+        name, plan.experiment_name, entry_point="fewshot", nested=True, tags={"pradot.fewshot.variant": variant.name}
+    ) as run:
         names = [str(Path(s.image_path).relative_to(splits.dataset.root)) for s in ctx.pool.samples_at(support)]
-        mlflow.log_params({"variant": variant.name, "shots": shots, "split": split, "online": cfg.online,
-                           "foreground": cfg.foreground, "distance": cfg.distance, "support": ",".join(names)[:6000]})
+        mlflow.log_params(
+            {
+                "variant": variant.name,
+                "shots": shots,
+                "split": split,
+                "online": cfg.online,
+                "foreground": cfg.foreground,
+                "distance": cfg.distance,
+                "support": ",".join(names)[:6000],
+            }
+        )
         needs = masks.needs_images
-        result = run_split(cfg, ctx.backbone, ctx.pool.take(support), ctx.test.features, order, device=ctx.device,
-                           masks=masks,
-                           support_images=images_of(ctx.pool.samples_at(support), cfg.image_size) if needs else None,
-                           test_image=(lambda i: images_of([splits.test[i]], cfg.image_size)) if needs else None)
+        result = run_split(
+            cfg,
+            ctx.backbone,
+            ctx.pool.take(support),
+            ctx.test.features,
+            order,
+            device=ctx.device,
+            masks=masks,
+            support_images=images_of(ctx.pool.samples_at(support), cfg.image_size) if needs else None,
+            test_image=(lambda i: images_of([splits.test[i]], cfg.image_size)) if needs else None,
+        )
         metrics, notes = fewshot_metrics(splits.dataset, splits.test, result.maps, result.scores)
-        metrics.update(seconds_per_query=float(result.seconds.mean()), semantic_memory=float(result.semantic_size),
-                       episodic_memory_max=float(result.episodic_sizes.max()))
+        metrics.update(
+            seconds_per_query=float(result.seconds.mean()),
+            semantic_memory=float(result.semantic_size),
+            episodic_memory_max=float(result.episodic_sizes.max()),
+        )
         mlflow.log_metrics(metrics)
         now = int(time.time() * 1000)
-        mlflow.MlflowClient().log_batch(run.run_id, metrics=[
-            Metric(key, float(v), now, step) for step, (t, e) in enumerate(zip(result.seconds, result.episodic_sizes))
-            for key, v in (("query_seconds", t), ("episodic_memory", e))])
+        mlflow.MlflowClient().log_batch(
+            run.run_id,
+            metrics=[
+                Metric(key, float(v), now, step)
+                for step, (t, e) in enumerate(zip(result.seconds, result.episodic_sizes))
+                for key, v in (("query_seconds", t), ("episodic_memory", e))
+            ],
+        )
         if notes:
             mlflow.log_text("\n".join(notes), "metrics/notes.txt")
     log.info("%s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
@@ -119,8 +149,14 @@ def _log_summary(rows: list[dict]) -> tuple[str, list[dict]]:
     from pradot.fewshot.protocol import markdown_table, summarise
 
     summary = summarise(rows)
-    mlflow.log_metrics({f"{r['variant']}.{r['shots']}shot.{k}": v for r in summary for k, v in r.items()
-                        if k.endswith(("_mean", "_std"))})
+    mlflow.log_metrics(
+        {
+            f"{r['variant']}.{r['shots']}shot.{k}": v
+            for r in summary
+            for k, v in r.items()
+            if k.endswith(("_mean", "_std"))
+        }
+    )
     table = markdown_table(summary)
     mlflow.log_text(table, "summary/fewshot_summary.md")
     mlflow.log_text(_csv(summary), "summary/fewshot_summary.csv")
@@ -138,8 +174,14 @@ def _open(plan: FewShotPlan):
 
     splits = open_splits(plan.data)
     check_against_data(plan, len(splits.train), len(splits.test), [s.label for s in splits.test])
-    mlflow.log_params({"data.n_train": len(splits.train), "data.n_validation": len(splits.validation),
-                       "data.n_test": len(splits.test), "data.resolved_root": str(splits.dataset.root)})
+    mlflow.log_params(
+        {
+            "data.n_train": len(splits.train),
+            "data.n_validation": len(splits.validation),
+            "data.n_test": len(splits.test),
+            "data.resolved_root": str(splits.dataset.root),
+        }
+    )
     device = resolve_device(plan.device)
     backbone = load_backbone(plan.foct.backbone, plan.foct.stages, weights_path=plan.weights_path, device=device)
     pool_idx = support_pool(plan, len(splits.train))
@@ -152,8 +194,16 @@ def _log_model(plan: FewShotPlan, ctx: _Context, rows: list[dict], run_id: str) 
     """The served model: the last variant, split 0 of the largest shot count, logged in the run."""
     variant = plan.variants()[-1]
     best = [r for r in rows if r["variant"] == variant.name and r["shots"] == max(plan.shots) and r["split"] == 0][0]
-    return log_fewshot(plan, variant, ctx.splits, ctx.backbone, ctx.pool, ctx.device, run_id,
-                       {k: v for k, v in best.items() if isinstance(v, float)})
+    return log_fewshot(
+        plan,
+        variant,
+        ctx.splits,
+        ctx.backbone,
+        ctx.pool,
+        ctx.device,
+        run_id,
+        {k: v for k, v in best.items() if isinstance(v, float)},
+    )
 
 
 def run_fewshot(plan: FewShotPlan, params: dict[str, str], resolved_yaml: str) -> FewShotRun:
@@ -166,13 +216,23 @@ def run_fewshot(plan: FewShotPlan, params: dict[str, str], resolved_yaml: str) -
         torch.set_num_threads(plan.threads)
     with registry.registration(plan.model_name if plan.register else None):
         with tracking.entry_run(plan.run_name, plan.experiment_name, entry_point="fewshot") as run:
-            mlflow.set_tags({"pradot.dataset": plan.data.kind, "pradot.category": plan.data.category,
-                             "pradot.backbone": plan.foct.backbone, "pradot.method": "foct"})
+            mlflow.set_tags(
+                {
+                    "pradot.dataset": plan.data.kind,
+                    "pradot.category": plan.data.category,
+                    "pradot.backbone": plan.foct.backbone,
+                    "pradot.method": "foct",
+                }
+            )
             tracking.log_resolved_params(params)
             mlflow.log_text(resolved_yaml, "config/resolved_config.yaml")
             ctx = _open(plan)
-            rows = [_child(ctx, variant, shots, split) for variant in plan.variants() for shots in plan.shots
-                    for split in range(plan.splits)]
+            rows = [
+                _child(ctx, variant, shots, split)
+                for variant in plan.variants()
+                for shots in plan.shots
+                for split in range(plan.splits)
+            ]
             table, summary = _log_summary(rows)
             logged = _log_model(plan, ctx, rows, run.run_id) if plan.register else None
         registered: Registered | None = logged.register(plan.model_name) if logged is not None else None
@@ -189,5 +249,6 @@ def run(argv: Sequence[str]) -> FewShotRun:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_entry(run, argv, failure_note="the MLflow run is marked FAILED; its log is under the run's "
-                                                 "logs/ artifacts")
+    return cli.run_entry(
+        run, argv, failure_note="the MLflow run is marked FAILED; its log is under the run's logs/ artifacts"
+    )

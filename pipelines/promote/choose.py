@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -62,8 +62,9 @@ class Choice:
 
 def _candidate(member: Member, model, baseline: bool = False) -> Candidate:
     kind = "memory_bank" if member.tags.kind == "memory_bank" else "bank"
-    return Candidate(member.describe(), member.short(), member.ref, model, group_key(member), kind,
-                     is_baseline=baseline)
+    return Candidate(
+        member.describe(), member.short(), member.ref, model, group_key(member), kind, is_baseline=baseline
+    )
 
 
 def load_candidates(sel: Selection, device, fit_baseline=None) -> list[Candidate]:
@@ -83,9 +84,18 @@ def load_candidates(sel: Selection, device, fit_baseline=None) -> list[Candidate
     if not any(c.is_baseline for c in out) and fit_baseline is not None:
         model = fit_baseline()
         st = ",".join(map(str, model.config.stages))
-        out.append(Candidate(f"memory bank (stage {st}; fitted by promote, not registered)", f"MB s{st}", None,
-                             model, ("memory_bank", tuple(model.config.stages)), "memory_bank", is_baseline=True,
-                             given=False))
+        out.append(
+            Candidate(
+                f"memory bank (stage {st}; fitted by promote, not registered)",
+                f"MB s{st}",
+                None,
+                model,
+                ("memory_bank", tuple(model.config.stages)),
+                "memory_bank",
+                is_baseline=True,
+                given=False,
+            )
+        )
     return out
 
 
@@ -96,11 +106,12 @@ def score_on_set(model, pset: objective.PseudoSet, size: int, batch_size: int) -
 
     maps = []
     for i in range(0, len(pset.images), batch_size):
-        x = torch.from_numpy(pset.images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(pset.images[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255.0
         m = model.score(x)[0].float()
         if m.shape[-1] != size:
-            m = F.interpolate(m[:, None], size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=m.shape[-1] > size)[:, 0]
+            m = F.interpolate(
+                m[:, None], size=(size, size), mode="bilinear", align_corners=False, antialias=m.shape[-1] > size
+            )[:, 0]
         maps.append(m.cpu().numpy())
     return np.concatenate(maps).astype(np.float32)
 
@@ -128,28 +139,50 @@ def choose(cands: Sequence[Candidate], opts, pset: objective.PseudoSet, explicit
     key = opts.objective
     missing = [c.label for c in cands if key not in c.metrics]
     if missing:
-        raise PromotionError(f"objective {key!r} is not a validation metric promote computes (have "
-                             f"{sorted(cands[0].metrics)})")
+        raise PromotionError(
+            f"objective {key!r} is not a validation metric promote computes (have {sorted(cands[0].metrics)})"
+        )
     winners = list(range(len(cands))) if explicit else _winners(cands, key)
-    notes = [f"{cands[i].label}: {key}={cands[i].metrics[key]:.4f}" + ("" if explicit else " (best of its group)")
-             for i in winners]
+    notes = [
+        f"{cands[i].label}: {key}={cands[i].metrics[key]:.4f}" + ("" if explicit else " (best of its group)")
+        for i in winners
+    ]
     if opts.fusion == "mean":  # the paper's rule: the given members, or the single-stage PRADOT group winners
-        members = [i for i in winners if cands[i].given] if explicit else \
-            [i for i in winners if cands[i].kind == "bank" and len(cands[i].group[1]) == 1]
+        members = (
+            [i for i in winners if cands[i].given]
+            if explicit
+            else [i for i in winners if cands[i].kind == "bank" and len(cands[i].group[1]) == 1]
+        )
         if not members:
-            raise PromotionError("fusion=mean averages single-stage PRADOT banks and none is registered; train "
-                                 "some (e.g. -e reproduce) or use fusion=search")
-        stats = ([normal_statistics(cands[i].maps, pset.normal) for i in members]
-                 if opts.normalisation == "per_member" else None)
-        mode = "mean of the given members" if explicit else \
-            "mean of the best single-stage bank per (stage, alpha group)"
+            raise PromotionError(
+                "fusion=mean averages single-stage PRADOT banks and none is registered; train "
+                "some (e.g. -e reproduce) or use fusion=search"
+            )
+        stats = (
+            [normal_statistics(cands[i].maps, pset.normal) for i in members]
+            if opts.normalisation == "per_member"
+            else None
+        )
+        mode = (
+            "mean of the given members" if explicit else "mean of the best single-stage bank per (stage, alpha group)"
+        )
         return Choice(members, None, stats, winners, mode, {}, notes)
-    fc = choose_fusion([cands[i].maps for i in winners], pset.groups, pset.styles, pset.masks,
-                       normalisation=opts.normalisation, step=opts.weight_step, objective=key,
-                       size=opts.eval_size, max_members=opts.max_members)
+    fc = choose_fusion(
+        [cands[i].maps for i in winners],
+        pset.groups,
+        pset.styles,
+        pset.masks,
+        normalisation=opts.normalisation,
+        step=opts.weight_step,
+        objective=key,
+        size=opts.eval_size,
+        max_members=opts.max_members,
+    )
     members = [winners[j] for j in fc.members]
     weights = [fc.weights[j] for j in fc.members]
     stats = [fc.stats[j] for j in fc.members] if fc.stats is not None else None
-    notes.append(f"search over {len(fc.tried)} weight vectors of {len(winners)} candidates (step "
-                 f"{opts.weight_step}): {key}={fc.value:.4f}")
+    notes.append(
+        f"search over {len(fc.tried)} weight vectors of {len(winners)} candidates (step "
+        f"{opts.weight_step}): {key}={fc.value:.4f}"
+    )
     return Choice(members, weights, stats, winners, "search on the validation objective", fc.metrics, notes)

@@ -11,12 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SHOWN_METRICS", "score_members", "Comparison", "compare", "to_csv", "to_markdown",
-           "log_comparison_figures"]
+__all__ = ["SHOWN_METRICS", "score_members", "Comparison", "compare", "to_csv", "to_markdown", "log_comparison_figures"]
 
 #: metrics shown in the markdown table / bar chart when present (the CSV has all of them)
-SHOWN_METRICS = ("image_auroc", "image_auroc_logical_anomalies", "image_auroc_structural_anomalies",
-                 "au_spro_0.05", "au_spro_0.3", "pixel_auroc", "au_pro_0.3")
+SHOWN_METRICS = (
+    "image_auroc",
+    "image_auroc_logical_anomalies",
+    "image_auroc_structural_anomalies",
+    "au_spro_0.05",
+    "au_spro_0.3",
+    "pixel_auroc",
+    "au_pro_0.3",
+)
 
 
 class _StackedMembers:
@@ -59,8 +65,9 @@ class Comparison:
 
     def rows(self) -> tuple[list[str], list[dict]]:
         keys = sorted({k for f in self.flats for k in f})
-        return keys, [{"model": lab, **{k: f.get(k, float("nan")) for k in keys}}
-                      for lab, f in zip(self.labels, self.flats)]
+        return keys, [
+            {"model": lab, **{k: f.get(k, float("nan")) for k in keys}} for lab, f in zip(self.labels, self.flats)
+        ]
 
 
 def compare(dataset, scored_models, labels, refs) -> Comparison:
@@ -103,14 +110,15 @@ def _pick_rows(ensemble_scored, k: int) -> list[int]:
     return pick or list(order[:k])
 
 
-def log_comparison_figures(dataset, comparison: Comparison, scored_models, short_labels, metric: str,
-                           image_size: int, n_overlays: int) -> None:
+def log_comparison_figures(
+    dataset, comparison: Comparison, scored_models, short_labels, metric: str, image_size: int, n_overlays: int
+) -> None:
     """Bar chart of the shown metrics, and overlays of members vs ensemble on a few test images."""
     from pathlib import Path
 
+    from pipelines.figures import log_figure
     from pradot import viz
     from pradot.data import read_image
-    from pipelines.figures import log_figure
 
     keys, rows = comparison.rows()
     shown = [k for k in dict.fromkeys([metric, *SHOWN_METRICS]) if k in keys][:6]
@@ -123,7 +131,11 @@ def log_comparison_figures(dataset, comparison: Comparison, scored_models, short
     def build():
         return viz.comparison_figure(
             [read_image(samples[i].image_path, image_size) for i in pick],
-            [sc.maps[pick] for sc in scored_models], short_labels, [sc.scores[pick] for sc in scored_models],
+            [sc.maps[pick] for sc in scored_models],
+            short_labels,
+            [sc.scores[pick] for sc in scored_models],
             titles=[f"{samples[i].anomaly_type}\n{Path(samples[i].image_path).stem}" for i in pick],
-            masks=[dataset.load_channels(samples[i], image_size).any(0) for i in pick])
+            masks=[dataset.load_channels(samples[i], image_size).any(0) for i in pick],
+        )
+
     log_figure("overlays_members_vs_ensemble", build)

@@ -9,15 +9,14 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from pipelines import cli, config, objective, registry, tracking
 from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
 from pipelines.promote.choose import Candidate, Choice, choose, load_candidates, score_on_set, set_objective
-from pipelines.promote.compare import (SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv,
-                                       to_markdown)
+from pipelines.promote.compare import SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv, to_markdown
 from pipelines.promote.select import PromotionError, Selection, select_members
 
 log = logging.getLogger(__name__)
@@ -58,17 +57,20 @@ class PromotionResult:
     def summary(self) -> str:
         holder = self.version if self.decision.moved else self.decision.previous
         weights = "" if self.weights is None else f" (weights {', '.join(f'{w:g}' for w in self.weights)})"
-        return "\n".join([
-            "\n== PRADOT promotion finished ==",
-            f"run       : {self.run_id} (experiment {self.experiment_id})",
-            f"members   : {', '.join(self.members)}{weights}  (chosen on the validation objective)",
-            self.table,
-            f"ensemble  : registered as {self.ensemble_name} v{self.version}",
-            f"alias     : {self.alias} {'moved to' if self.decision.moved else 'kept on'} v{holder} "
-            f"({self.decision.reason})",
-            f"serve it  : mlflow models serve -m {self.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
-            + ("" if self.decision.moved else f"   (this ensemble; @{self.alias} still serves v{holder})"),
-            f"look at it: {tracking.ui_hint(self.tracking_uri)}"])
+        return "\n".join(
+            [
+                "\n== PRADOT promotion finished ==",
+                f"run       : {self.run_id} (experiment {self.experiment_id})",
+                f"members   : {', '.join(self.members)}{weights}  (chosen on the validation objective)",
+                self.table,
+                f"ensemble  : registered as {self.ensemble_name} v{self.version}",
+                f"alias     : {self.alias} {'moved to' if self.decision.moved else 'kept on'} v{holder} "
+                f"({self.decision.reason})",
+                f"serve it  : mlflow models serve -m {self.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
+                + ("" if self.decision.moved else f"   (this ensemble; @{self.alias} still serves v{holder})"),
+                f"look at it: {tracking.ui_hint(self.tracking_uri)}",
+            ]
+        )
 
 
 def _same_size(cands: list[Candidate], size: int, explicit: bool) -> list[Candidate]:
@@ -76,8 +78,10 @@ def _same_size(cands: list[Candidate], size: int, explicit: bool) -> list[Candid
     or refused when the user named them."""
     other = [c for c in cands if int(c.model.config.image_size) != size]
     if other and explicit:
-        raise PromotionError(f"members {[c.label for c in other]} work at another image size than data.image_size="
-                             f"{size}; pass the data.image_size they were trained with (or other members)")
+        raise PromotionError(
+            f"members {[c.label for c in other]} work at another image size than data.image_size="
+            f"{size}; pass the data.image_size they were trained with (or other members)"
+        )
     for c in other:
         log.warning("left out %s: image size %s != data.image_size %s", c.label, c.model.config.image_size, size)
     return [c for c in cands if c not in other]
@@ -99,9 +103,13 @@ def _candidates(settings, opts, sel: Selection, splits, pset, device, mb_config)
 def _ensemble(cands: list[Candidate], choice: Choice, opts):
     from pradot.ensemble import Ensemble
 
-    return Ensemble([cands[i].model for i in choice.members], normalisation=opts.normalisation,
-                    stats=choice.stats, labels=[cands[i].name for i in choice.members],
-                    weights=choice.weights).eval()
+    return Ensemble(
+        [cands[i].model for i in choice.members],
+        normalisation=opts.normalisation,
+        stats=choice.stats,
+        labels=[cands[i].name for i in choice.members],
+        weights=choice.weights,
+    ).eval()
 
 
 def _fused(ens, maps: list) -> tuple:
@@ -114,13 +122,31 @@ def _fused(ens, maps: list) -> tuple:
 def _log_choice(cands: list[Candidate], choice: Choice, val_metrics: dict, opts, pset) -> None:
     import mlflow
 
-    doc = {"split": pset.split, "objective": opts.objective, "fusion": opts.fusion,
-           "normalisation": opts.normalisation, "mode": choice.mode, "evaluation_set": pset.identity,
-           "candidates": [{"label": c.label, "ref": c.ref, "group": list(map(str, c.group)), "kind": c.kind,
-                           "baseline": c.is_baseline, "validation": c.metrics} for c in cands],
-           "winners": [cands[i].label for i in choice.winners],
-           "members": [cands[i].label for i in choice.members], "weights": choice.weights,
-           "stats": choice.stats, "ensemble_validation": val_metrics, "notes": choice.notes}
+    doc = {
+        "split": pset.split,
+        "objective": opts.objective,
+        "fusion": opts.fusion,
+        "normalisation": opts.normalisation,
+        "mode": choice.mode,
+        "evaluation_set": pset.identity,
+        "candidates": [
+            {
+                "label": c.label,
+                "ref": c.ref,
+                "group": list(map(str, c.group)),
+                "kind": c.kind,
+                "baseline": c.is_baseline,
+                "validation": c.metrics,
+            }
+            for c in cands
+        ],
+        "winners": [cands[i].label for i in choice.winners],
+        "members": [cands[i].label for i in choice.members],
+        "weights": choice.weights,
+        "stats": choice.stats,
+        "ensemble_validation": val_metrics,
+        "notes": choice.notes,
+    }
     mlflow.log_dict(doc, "comparison/choice.json")
     mlflow.log_metrics({k: v for k, v in val_metrics.items()})
     mlflow.set_tags({"pradot.selection_split": pset.split, "pradot.objective": opts.objective})
@@ -142,9 +168,12 @@ def _compare(cands: list[Candidate], choice: Choice, ens, splits, settings, opts
     ens_scored = dataclasses.replace(scored[0], maps=fmaps, scores=fscores)
     labels = [cands[i].label + (" [baseline]" if cands[i].is_baseline else "") for i in rows]
     weights = "" if choice.weights is None else " w=" + "/".join(f"{w:g}" for w in choice.weights)
-    comparison = compare(splits.dataset, [*scored, ens_scored],
-                         [*labels, f"ensemble ({opts.fusion}, {opts.normalisation}{weights})"],
-                         [cands[i].name for i in rows] + ["ensemble"])
+    comparison = compare(
+        splits.dataset,
+        [*scored, ens_scored],
+        [*labels, f"ensemble ({opts.fusion}, {opts.normalisation}{weights})"],
+        [cands[i].name for i in rows] + ["ensemble"],
+    )
     keys, table_rows = comparison.rows()
     for r, i in zip(table_rows, rows):
         r[opts.objective] = cands[i].metrics[opts.objective]
@@ -157,46 +186,71 @@ def _compare(cands: list[Candidate], choice: Choice, ens, splits, settings, opts
     for k, i in enumerate(rows):
         mlflow.log_metrics({f"candidate{k}_{key}": v for key, v in comparison.flats[k].items() if key in SHOWN_METRICS})
     log.info("comparison on the test split (after the choice):\n%s", table)
-    log_comparison_figures(splits.dataset, comparison, [*scored, ens_scored], [cands[i].short for i in rows] +
-                           ["ensemble"], opts.metric, size, settings.evaluation.n_overlays)
+    log_comparison_figures(
+        splits.dataset,
+        comparison,
+        [*scored, ens_scored],
+        [cands[i].short for i in rows] + ["ensemble"],
+        opts.metric,
+        size,
+        settings.evaluation.n_overlays,
+    )
     return comparison, table, ens_scored
 
 
 def _champion_value(opts, pset, size: int, batch_size: int):
     """``holder_value`` for the alias decision: the champion re-scored on the same evaluation set."""
+
     def value(champ):
         import mlflow
 
-        from pradot.persistence import load_scoring_model, servable_formats
         from pradot.checkpoint import file_format
+        from pradot.persistence import load_scoring_model, servable_formats
 
         try:
             with tempfile.TemporaryDirectory(prefix="pradot-champion-") as tmp:
-                local = Path(mlflow.artifacts.download_artifacts(f"models:/{champ.name}/{champ.version}",
-                                                                 dst_path=tmp))
+                local = Path(mlflow.artifacts.download_artifacts(f"models:/{champ.name}/{champ.version}", dst_path=tmp))
                 path = next(p for p in sorted(local.rglob("*.pt")) if file_format(p) in servable_formats())
                 maps = score_on_set(load_scoring_model(path), pset, size, batch_size)
             return set_objective(maps, pset, opts.eval_size)[opts.objective]
         except Exception as e:  # noqa: BLE001 - an unreadable champion: compare with its tag
-            log.warning("could not re-score the champion v%s (%s: %s); comparing with its tag", champ.version,
-                        type(e).__name__, e)
+            log.warning(
+                "could not re-score the champion v%s (%s: %s); comparing with its tag",
+                champ.version,
+                type(e).__name__,
+                e,
+            )
             return None
+
     return value
 
 
-def _log_ensemble(settings, opts, choice: Choice, cands, ens, splits, calibration, calib_source, metrics, pset,
-                  run_id):
+def _log_ensemble(settings, opts, choice: Choice, cands, ens, splits, calibration, calib_source, metrics, pset, run_id):
     """In the promote run: log the ensemble (not yet registered) with its version tags. Returns (model URI, tags)."""
     members = [cands[i].name for i in choice.members]
     tags = registry.VersionTags(
-        kind="ensemble", dataset=settings.data.kind, category=settings.data.category, run_id=run_id,
-        threshold=calibration.threshold, backbone=ens.config.backbone, stages=ens.config.stages,
-        image_size=ens.image_size, members=tuple(members), normalisation=opts.normalisation,
+        kind="ensemble",
+        dataset=settings.data.kind,
+        category=settings.data.category,
+        run_id=run_id,
+        threshold=calibration.threshold,
+        backbone=ens.config.backbone,
+        stages=ens.config.stages,
+        image_size=ens.image_size,
+        members=tuple(members),
+        normalisation=opts.normalisation,
         member_stages=tuple(tuple(x.config.stages) for x in ens.members),
         member_alphas=tuple(float(getattr(x.config, "alpha", float("nan"))) for x in ens.members),
-        member_kinds=tuple(cands[i].kind for i in choice.members), member_weights=tuple(choice.weights or ()),
-        selection=choice.mode, selection_metric=opts.objective, selection_split=pset.split, objective="pseudo",
-        fusion=opts.fusion, calibration_source=calib_source, metrics=metrics)
+        member_kinds=tuple(cands[i].kind for i in choice.members),
+        member_weights=tuple(choice.weights or ()),
+        selection=choice.mode,
+        selection_metric=opts.objective,
+        selection_split=pset.split,
+        objective="pseudo",
+        fusion=opts.fusion,
+        calibration_source=calib_source,
+        metrics=metrics,
+    )
     with tempfile.TemporaryDirectory(prefix="pradot-ensemble-") as tmp:
         path = ens.save(Path(tmp) / "pradot_ensemble.pt")
         model_uri = registry.log_model(path, calibration, tags, tracking.example_image(splits))
@@ -210,8 +264,16 @@ def _register(name: str, model_uri: str, tags, opts, metrics, holder_value, run_
 
     version = registry.register(model_uri, name, tags)
     client = MlflowClient()
-    decision = registry.decide_alias(client, name, version, opts.alias, opts.objective, metrics[opts.objective],
-                                     opts.force, holder_value=holder_value)
+    decision = registry.decide_alias(
+        client,
+        name,
+        version,
+        opts.alias,
+        opts.objective,
+        metrics[opts.objective],
+        opts.force,
+        holder_value=holder_value,
+    )
     client.set_model_version_tag(name, version, "pradot.promotion", decision.reason)
     for key, value in {"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"}.items():
         client.set_tag(run_id, key, value)
@@ -223,14 +285,30 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
     import mlflow
 
     refs = [m.ref for m in sel.members]
-    mlflow.set_tags({"pradot.dataset": settings.data.kind, "pradot.category": settings.data.category,
-                     "pradot.members": ",".join(refs)[:4900], "pradot.selection": sel.mode})
-    mlflow.log_params({"promote.members": ",".join(refs)[:6000], "promote.metric": opts.metric,
-                       "promote.objective": opts.objective, "promote.fusion": opts.fusion,
-                       "promote.select_by": opts.select_by or "", "promote.normalisation": opts.normalisation,
-                       "promote.weight_step": opts.weight_step, "promote.max_members": opts.max_members,
-                       "promote.alias": opts.alias, "promote.force": opts.force, "promote.selection": sel.mode,
-                       "promote.baseline": sel.baseline.ref if sel.baseline else "fitted by promote"})
+    mlflow.set_tags(
+        {
+            "pradot.dataset": settings.data.kind,
+            "pradot.category": settings.data.category,
+            "pradot.members": ",".join(refs)[:4900],
+            "pradot.selection": sel.mode,
+        }
+    )
+    mlflow.log_params(
+        {
+            "promote.members": ",".join(refs)[:6000],
+            "promote.metric": opts.metric,
+            "promote.objective": opts.objective,
+            "promote.fusion": opts.fusion,
+            "promote.select_by": opts.select_by or "",
+            "promote.normalisation": opts.normalisation,
+            "promote.weight_step": opts.weight_step,
+            "promote.max_members": opts.max_members,
+            "promote.alias": opts.alias,
+            "promote.force": opts.force,
+            "promote.selection": sel.mode,
+            "promote.baseline": sel.baseline.ref if sel.baseline else "fitted by promote",
+        }
+    )
     if sel.excluded:
         mlflow.set_tag("pradot.excluded", "; ".join(sel.excluded)[:4900])
         for e in sel.excluded:  # on the console too: a version left out silently looks like a bug
@@ -245,8 +323,9 @@ def _evaluation_set(settings, splits, opts) -> objective.PseudoSet:
     if splits.validation:
         return objective.build_pseudo_set(splits.validation, settings.data.image_size, opts.pseudo)
     log.warning("no validation images: the validation objective uses the training images as normals")
-    return objective.build_pseudo_set(splits.train, settings.data.image_size, opts.pseudo,
-                                      normals_source="train (no validation images)")
+    return objective.build_pseudo_set(
+        splits.train, settings.data.image_size, opts.pseudo, normals_source="train (no validation images)"
+    )
 
 
 def _calibrate(settings, ens, cands, choice, pset, splits):
@@ -285,8 +364,12 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
     from pradot.engine import open_splits, threshold_metrics
 
     t0 = time.perf_counter()
-    with tracking.entry_run(f"promote-{settings.data.kind}-{settings.data.category}",
-                            settings.tracking.experiment_name, entry_point="promote", nested=nested) as run:
+    with tracking.entry_run(
+        f"promote-{settings.data.kind}-{settings.data.category}",
+        settings.tracking.experiment_name,
+        entry_point="promote",
+        nested=nested,
+    ) as run:
         _log_selection(sel, opts, settings)
         splits = open_splits(settings.data)
         pset = _evaluation_set(settings, splits, opts)
@@ -301,16 +384,30 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
         mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
         mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], ens_test.scores, calibration.threshold))
         metrics = {**comparison.ensemble, **val_metrics}
-        model_uri, tags = _log_ensemble(settings, opts, choice, cands, ens, splits, calibration, calib_source,
-                                        metrics, pset, run.run_id)
+        model_uri, tags = _log_ensemble(
+            settings, opts, choice, cands, ens, splits, calibration, calib_source, metrics, pset, run.run_id
+        )
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
-    return _Promoted(run, model_uri, tags, metrics, table, [cands[i].name for i in choice.members],
-                     {cands[i].name: cands[i].metrics for i in choice.members}, choice.weights,
-                     _champion_value(opts, pset, ens.image_size, settings.evaluation.batch_size))
+    return _Promoted(
+        run,
+        model_uri,
+        tags,
+        metrics,
+        table,
+        [cands[i].name for i in choice.members],
+        {cands[i].name: cands[i].metrics for i in choice.members},
+        choice.weights,
+        _champion_value(opts, pset, ens.image_size, settings.evaluation.batch_size),
+    )
 
 
-def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, data_params: dict[str, str],
-                  nested: bool = False, mb_config=None) -> PromotionResult:
+def run_promotion(
+    settings: config.TrainSettings,
+    opts: config.PromoteOptions,
+    data_params: dict[str, str],
+    nested: bool = False,
+    mb_config=None,
+) -> PromotionResult:
     """Select the candidates (errors before any run), choose and log the ensemble in one MLflow run, then
     register it (after the run ended, one call with every tag) and decide the alias."""
     import mlflow
@@ -325,20 +422,34 @@ def run_promotion(settings: config.TrainSettings, opts: config.PromoteOptions, d
     with registry.registration(name):
         p = _tracked_run(settings, opts, sel, device, nested, mb_config)
         version, decision = _register(name, p.model_uri, p.tags, opts, p.metrics, p.holder_value, p.run.run_id)
-    return PromotionResult(p.run.run_id, p.run.experiment_id, p.run.tracking_uri, name, version, decision,
-                           opts.alias, p.metrics, p.members, p.table, p.member_metrics, p.weights)
+    return PromotionResult(
+        p.run.run_id,
+        p.run.experiment_id,
+        p.run.tracking_uri,
+        name,
+        version,
+        decision,
+        opts.alias,
+        p.metrics,
+        p.members,
+        p.table,
+        p.member_metrics,
+        p.weights,
+    )
 
 
 def run(argv: Sequence[str]) -> PromotionResult:
     """Compose ``conf/promote.yaml`` with the overrides in ``argv`` and promote."""
     cfg = config.compose("promote", config.parse_overrides(argv))
-    return run_promotion(config.train_settings(cfg), config.promote_options(cfg), config.flatten(cfg),
-                         mb_config=memory_bank_config(cfg))
+    return run_promotion(
+        config.train_settings(cfg), config.promote_options(cfg), config.flatten(cfg), mb_config=memory_bank_config(cfg)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_entry(run, argv, failure_note="nothing was registered unless the promote run's pradot.ensemble "
-                                                 "tag says so")
+    return cli.run_entry(
+        run, argv, failure_note="nothing was registered unless the promote run's pradot.ensemble tag says so"
+    )
 
 
 if __name__ == "__main__":

@@ -10,16 +10,26 @@ A version's hyper-parameters and metrics are read from its tags with :class:`pip
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from pipelines.cli import UsageError
 from pipelines.config import PromoteOptions
 from pipelines.registry import VersionTags, incomplete
 
-__all__ = ["PromotionError", "Member", "Selection", "select_members", "select_best", "resolve_explicit",
-           "check_members", "download_member", "group_key", "newest_baseline"]
+__all__ = [
+    "PromotionError",
+    "Member",
+    "Selection",
+    "select_members",
+    "select_best",
+    "resolve_explicit",
+    "check_members",
+    "download_member",
+    "group_key",
+    "newest_baseline",
+]
 
 #: training-run params that define the evaluation data; a member trained on other data is refused
 DATA_PARAMS = ("data.kind", "category", "data.validation_fraction")
@@ -86,11 +96,13 @@ def group_key(member: Member) -> tuple:
 
 
 def _training_hint(dataset: str, category: str) -> str:
-    return (f"train members first, e.g. the paper's four with one command:\n"
-            f"  mlflow run . --env-manager local -e reproduce -P dataset={dataset} -P category={category}\n"
-            f"or one bank at a time:\n"
-            f"  mlflow run . --env-manager local -P dataset={dataset} -P category={category} "
-            f"-P stages=[2] -P alpha=0   (and stages=[3], alpha=0.3)")
+    return (
+        f"train members first, e.g. the paper's four with one command:\n"
+        f"  mlflow run . --env-manager local -e reproduce -P dataset={dataset} -P category={category}\n"
+        f"or one bank at a time:\n"
+        f"  mlflow run . --env-manager local -P dataset={dataset} -P category={category} "
+        f"-P stages=[2] -P alpha=0   (and stages=[3], alpha=0.3)"
+    )
 
 
 def _versions(client, name: str) -> list:
@@ -108,8 +120,10 @@ def select_best(client, name: str, select_by: str | None, dataset: str, category
     (versions without the tag are left out, listed in ``excluded``)."""
     versions = _versions(client, name)
     if not versions:
-        raise PromotionError(f"no registered versions of the model {name!r} to build an ensemble from; "
-                             + _training_hint(dataset, category))
+        raise PromotionError(
+            f"no registered versions of the model {name!r} to build an ensemble from; "
+            + _training_hint(dataset, category)
+        )
     sel = Selection([], "every registered version")
     groups: dict[tuple, list[Member]] = {}
     for v in versions:
@@ -134,7 +148,8 @@ def select_best(client, name: str, select_by: str | None, dataset: str, category
     if not sel.members:
         raise PromotionError(
             f"the model {name!r} has {len(versions)} version(s) but none can be a member ({'; '.join(sel.excluded)}); "
-            f"pass members=name/version,... or " + _training_hint(dataset, category))
+            f"pass members=name/version,... or " + _training_hint(dataset, category)
+        )
     return sel
 
 
@@ -150,18 +165,21 @@ def _version(client, raw: str):
     """``name/version``, ``models:/name/version`` or ``name@alias`` -> the registered version."""
     from mlflow.exceptions import MlflowException
 
-    ref = raw[len("models:/"):] if raw.startswith("models:/") else raw
+    ref = raw[len("models:/") :] if raw.startswith("models:/") else raw
     if "@" in ref:
         name, alias = ref.rsplit("@", 1)
         try:
             return client.get_model_version_by_alias(name, alias)
         except MlflowException as e:
-            raise PromotionError(f"member {raw!r}: no alias {alias!r} on the model {name!r} "
-                                 f"({e.message.splitlines()[0]})") from None
+            raise PromotionError(
+                f"member {raw!r}: no alias {alias!r} on the model {name!r} ({e.message.splitlines()[0]})"
+            ) from None
     name, sep, version = ref.rpartition("/")
     if not sep or not name or not version.isdigit():
-        raise PromotionError(f"member {raw!r} is not 'name/version' (e.g. pradot-mvtec_loco-screw_bag/3), "
-                             f"'models:/name/version' or 'name@alias'")
+        raise PromotionError(
+            f"member {raw!r} is not 'name/version' (e.g. pradot-mvtec_loco-screw_bag/3), "
+            f"'models:/name/version' or 'name@alias'"
+        )
     try:
         return client.get_model_version(name, version)
     except MlflowException:
@@ -169,8 +187,11 @@ def _version(client, raw: str):
             existing = sorted(int(x.version) for x in client.search_model_versions(f"name='{name}'"))
         except MlflowException:
             existing = []
-        what = (f"the model {name!r} has versions {existing}" if existing
-                else f"there is no registered model named {name!r}")
+        what = (
+            f"the model {name!r} has versions {existing}"
+            if existing
+            else f"there is no registered model named {name!r}"
+        )
         raise PromotionError(f"member {raw!r} does not exist: {what}") from None
 
 
@@ -180,8 +201,9 @@ def resolve_explicit(client, refs: Sequence[str]) -> Selection:
     for raw in refs:
         version = _version(client, raw)
         if why := incomplete(client, version):
-            raise PromotionError(f"member {raw!r} is an incomplete registration ({why}); register it again or "
-                                 f"choose another version")
+            raise PromotionError(
+                f"member {raw!r} is an incomplete registration ({why}); register it again or choose another version"
+            )
         m = _member(client, version)
         if any(x.ref == m.ref for x in members):
             raise PromotionError(f"member {m.ref} is listed twice")
@@ -199,8 +221,11 @@ def _data_mismatch(params: dict, ours: dict) -> list[tuple[str, str, str | None]
     keys = list(DATA_PARAMS) + sorted(k for k in trained if k.startswith("data.generator."))
     if float(trained.get("data.validation_fraction") or ours.get("data.validation_fraction") or 0) > 0:
         keys.append("seed")  # the held-out validation split depends on the seed
-    return [(k, trained[k], ours.get(k)) for k in keys
-            if trained.get(k) not in (None, "") and str(trained[k]) != str(ours.get(k))]
+    return [
+        (k, trained[k], ours.get(k))
+        for k in keys
+        if trained.get(k) not in (None, "") and str(trained[k]) != str(ours.get(k))
+    ]
 
 
 def check_members(client, members: Sequence[Member], data_params: dict[str, str]) -> list[str]:
@@ -211,11 +236,15 @@ def check_members(client, members: Sequence[Member], data_params: dict[str, str]
         for key, want in (("dataset", data_params.get("data.kind")), ("category", data_params.get("category"))):
             have = getattr(m.tags, key)
             if have and have != want:
-                raise PromotionError(f"member {m.ref} was trained on {key} {have!r}, but promote evaluates on "
-                                     f"{want!r}; pass dataset/category of the members (or other members)")
+                raise PromotionError(
+                    f"member {m.ref} was trained on {key} {have!r}, but promote evaluates on "
+                    f"{want!r}; pass dataset/category of the members (or other members)"
+                )
         if m.tags.kind == "ensemble":
-            raise PromotionError(f"member {m.ref} is an ensemble, not a single PRADOT bank or memory bank; ensembles "
-                                 f"cannot be members (list its members instead: its 'members' tag)")
+            raise PromotionError(
+                f"member {m.ref} is an ensemble, not a single PRADOT bank or memory bank; ensembles "
+                f"cannot be members (list its members instead: its 'members' tag)"
+            )
         if not m.tags.run_id:
             notes.append(f"{m.ref}: no training run recorded; its data settings were not checked")
             continue
@@ -229,22 +258,25 @@ def check_members(client, members: Sequence[Member], data_params: dict[str, str]
             shown = ", ".join(f"{k}: trained with {a!r}, promote has {b!r}" for k, a, b in diff)
             raise PromotionError(
                 f"member {m.ref} was trained on other data than promote would evaluate on ({shown}). Pass the "
-                f"training's data overrides to promote too (e.g. overrides=\"experiment=ci\" or "
-                f"data.generator.*=...), so the ensemble is evaluated on the members' test split")
+                f'training\'s data overrides to promote too (e.g. overrides="experiment=ci" or '
+                f"data.generator.*=...), so the ensemble is evaluated on the members' test split"
+            )
         if params.get("data.resolved_root"):
             notes.append(f"{m.ref}: trained on data under {params['data.resolved_root']}")
     return notes
 
 
-def select_members(client, opts: PromoteOptions, name: str, data_params: dict[str, str],
-                   baseline_name: str | None = None) -> Selection:
+def select_members(
+    client, opts: PromoteOptions, name: str, data_params: dict[str, str], baseline_name: str | None = None
+) -> Selection:
     """The candidates (explicit or every registered version) and the newest registered baseline, checked against
     promote's data."""
     if opts.members:
         sel = resolve_explicit(client, opts.members)
     else:
-        sel = select_best(client, name, opts.select_by, data_params.get("data.kind", ""),
-                          data_params.get("category", ""))
+        sel = select_best(
+            client, name, opts.select_by, data_params.get("data.kind", ""), data_params.get("category", "")
+        )
     if baseline_name:
         sel.baseline = newest_baseline(client, baseline_name)
         if sel.baseline is not None and any(m.ref == sel.baseline.ref for m in sel.members):
@@ -260,8 +292,9 @@ def download_member(member: Member, dst: Path) -> Path:
 
     from pradot.checkpoint import MEMORY_BANK_FORMAT, MODEL_FORMAT, file_format
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{member.name}/{member.version}",
-                                                     dst_path=str(dst)))
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{member.name}/{member.version}", dst_path=str(dst))
+    )
     found = []
     for p in sorted(local.rglob("*.pt")):
         try:
@@ -271,6 +304,8 @@ def download_member(member: Member, dst: Path) -> Path:
         if fmt in (MODEL_FORMAT, MEMORY_BANK_FORMAT):
             return p
         found.append(f"{p.name} ({fmt})")
-    raise PromotionError(f"member {member.ref}: no PRADOT model or memory-bank file ({MODEL_FORMAT}, "
-                         f"{MEMORY_BANK_FORMAT}) in its artifacts ({', '.join(found) or 'no .pt files'}); "
-                         f"ensembles cannot be members")
+    raise PromotionError(
+        f"member {member.ref}: no PRADOT model or memory-bank file ({MODEL_FORMAT}, "
+        f"{MEMORY_BANK_FORMAT}) in its artifacts ({', '.join(found) or 'no .pt files'}); "
+        f"ensembles cannot be members"
+    )

@@ -17,17 +17,29 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 from pipelines.sweep.plan import RaySettings, TrialResources
 from pipelines.sweep.space import SweepError
 
-__all__ = ["REPO", "FORWARDED_ENV_PREFIXES", "store_kind", "absolute_tracking_uri", "is_local_store", "is_loopback",
-           "check_tracking_for_cluster", "forwarded_env", "worker_runtime_env", "cluster_address", "probe_address",
-           "Cluster", "connect"]
+__all__ = [
+    "REPO",
+    "FORWARDED_ENV_PREFIXES",
+    "store_kind",
+    "absolute_tracking_uri",
+    "is_local_store",
+    "is_loopback",
+    "check_tracking_for_cluster",
+    "forwarded_env",
+    "worker_runtime_env",
+    "cluster_address",
+    "probe_address",
+    "Cluster",
+    "connect",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +70,7 @@ def absolute_tracking_uri(uri: str) -> str:
         return uri
     p = urlparse(uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if p.scheme in ("", "file") and "://" not in uri:
         return str(Path(uri).resolve())
     if p.scheme == "file" and p.path and not p.netloc and not Path(p.path).is_absolute():
@@ -99,8 +111,9 @@ def _this_host() -> str:
     return "<this-machine's-address>"
 
 
-def check_tracking_for_cluster(uri: str, n_nodes: int, address: str | None,
-                               node_addresses: Iterable[str] | None = None) -> None:
+def check_tracking_for_cluster(
+    uri: str, n_nodes: int, address: str | None, node_addresses: Iterable[str] | None = None
+) -> None:
     """Refuse a store that trials on other machines cannot reach: a local file/SQLite store on an existing
     cluster (``address``) or several nodes; a loopback server unless the cluster's address and every node
     known (``node_addresses``) are loopback too (all on this machine).
@@ -112,16 +125,19 @@ def check_tracking_for_cluster(uri: str, n_nodes: int, address: str | None,
     if not several:
         return
     where = f"Ray cluster at {address}" if address else f"{n_nodes}-node Ray cluster"
-    server_fix = (f"Start a tracking server every node reaches and point the driver at it: `mlflow server "
-                  f"--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts --host 0.0.0.0 "
-                  f"--port 5000`, then `export MLFLOW_TRACKING_URI=http://{_this_host()}:5000` (a name or address of "
-                  f"this machine that the nodes reach, not 127.0.0.1 or localhost).")
+    server_fix = (
+        f"Start a tracking server every node reaches and point the driver at it: `mlflow server "
+        f"--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts --host 0.0.0.0 "
+        f"--port 5000`, then `export MLFLOW_TRACKING_URI=http://{_this_host()}:5000` (a name or address of "
+        f"this machine that the nodes reach, not 127.0.0.1 or localhost)."
+    )
     kind = store_kind(uri)
     if kind == "local":
         raise SweepError(
             f"the MLflow tracking store {uri!r} is a local file/SQLite store, but the {where} runs trials on "
             f"other machines (an existing cluster counts as several, nodes may join later), which cannot write "
-            f"this machine's file. {server_fix}")
+            f"this machine's file. {server_fix}"
+        )
     if kind == "server" and is_loopback(uri):
         nodes = list(node_addresses or [])
         host = _host_port(address)[0] if address and address != "auto" else None
@@ -129,7 +145,8 @@ def check_tracking_for_cluster(uri: str, n_nodes: int, address: str | None,
         if not (on_this_machine and (host is not None or nodes)):
             raise SweepError(
                 f"the MLflow tracking server {uri!r} is on a loopback address: trials on the other nodes of the "
-                f"{where} would talk to their own machine, not this one. {server_fix}")
+                f"{where} would talk to their own machine, not this one. {server_fix}"
+            )
 
 
 # ------------------------------------------------------------------------------------- Ray
@@ -191,7 +208,7 @@ def cluster_address(settings: RaySettings) -> str | None:
 
 def _host_port(address: str) -> tuple[str, int]:
     client = address.startswith("ray://")
-    rest = address[len("ray://"):] if client else address
+    rest = address[len("ray://") :] if client else address
     rest = rest.split("/", 1)[0]
     default = 10001 if client else 6379
     if rest.startswith("["):  # [v6]:port
@@ -217,7 +234,8 @@ def probe_address(address: str, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
         raise SweepError(
             f"cannot reach the Ray cluster at {address!r} ({source}) within {timeout_s:.0f}s: {e}. Check the address "
             f"and that the head node runs (`ray start --head --port=6379`), or unset RAY_ADDRESS and "
-            f"sweep.ray.address to run the sweep on a private local Ray of this machine.") from None
+            f"sweep.ray.address to run the sweep on a private local Ray of this machine."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -245,8 +263,10 @@ class Cluster:
         gpu = request.gpu if request.gpu is not None else (1.0 if have.get("GPU", 0) >= 1 else 0.0)
         res = {"cpu": float(request.cpu), "gpu": float(gpu)}
         if res["cpu"] > have.get("CPU", 0) or res["gpu"] > have.get("GPU", 0):
-            raise SweepError(f"each trial asks for {res} but the Ray cluster has CPU={have.get('CPU', 0)}, "
-                             f"GPU={have.get('GPU', 0)}: lower sweep.resources")
+            raise SweepError(
+                f"each trial asks for {res} but the Ray cluster has CPU={have.get('CPU', 0)}, "
+                f"GPU={have.get('GPU', 0)}: lower sweep.resources"
+            )
         return res
 
     def feature_store(self, setting: str) -> str:
@@ -278,8 +298,11 @@ def connect(settings: RaySettings) -> Iterator[Cluster]:
         if _is_loopback_host(_host_port(address)[0]):  # a cluster of this machine only (its nodes on 127.0.0.1)
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if settings.num_cpus is not None or settings.num_gpus is not None:
-            log.warning("sweep.ray.num_cpus / num_gpus size a private local Ray only; the cluster at %s keeps its "
-                        "own resources", address)
+            log.warning(
+                "sweep.ray.num_cpus / num_gpus size a private local Ray only; the cluster at %s keeps its "
+                "own resources",
+                address,
+            )
     else:  # a Ray of our own, for this machine only: its servers listen on 127.0.0.1
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
@@ -289,8 +312,13 @@ def connect(settings: RaySettings) -> Iterator[Cluster]:
         local = {"_node_ip_address": "127.0.0.1"} if _is_loopback_host(_host_port(address)[0]) else {}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **local)
     else:
-        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, include_dashboard=False,
-                 runtime_env=runtime_env)
+        ray.init(
+            address="local",
+            num_cpus=settings.num_cpus,
+            num_gpus=settings.num_gpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+        )
     try:
         nodes = _alive_nodes()
         yield Cluster(address, len(nodes), tuple(str(n.get("NodeManagerAddress", "")) for n in nodes))

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -25,8 +26,7 @@ from omegaconf import DictConfig
 from pipelines import config, objective
 from pipelines.sweep.plan import SweepPlan, check_against_data
 
-__all__ = ["PSEUDO_SPLIT", "EvalSet", "SplitSource", "evaluation_set", "open_data", "FeatureStore",
-           "extract_features"]
+__all__ = ["PSEUDO_SPLIT", "EvalSet", "SplitSource", "evaluation_set", "open_data", "FeatureStore", "extract_features"]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,14 @@ class EvalSet:
         if self.objective != "test":  # the validation objective promote uses too (pipelines.objective)
             if not self.localisation or maps is None:
                 return objective.evaluate(self.groups, self.styles, scores)
-            return objective.evaluate(self.groups, self.styles, scores, maps=np.asarray(maps, dtype=np.float32),
-                                      masks=self.masks, size=self.eval_size)
+            return objective.evaluate(
+                self.groups,
+                self.styles,
+                scores,
+                maps=np.asarray(maps, dtype=np.float32),
+                masks=self.masks,
+                size=self.eval_size,
+            )
         per_group = loco_image_auroc(self.groups, scores, good=GOOD)
         mean = per_group.pop("mean")
         out = {"test_auroc": mean if self.loco_style else image_auroc(self.labels, scores)}
@@ -131,8 +137,18 @@ def _pseudo_set(plan: SweepPlan, splits, size: int) -> tuple[EvalSet, SplitSourc
     if pa.localisation:  # the masks are made with the images: build them now (features may still be cached)
         pset = objective.build_pseudo_set(normals, size, pa)
         masks, dataset = pset.masks, ArrayImageDataset(pset.images, labels)
-    evalset = EvalSet("pseudo", PSEUDO_SPLIT, tuple(labels), tuple(groups), tuple(styles), False,
-                      PSEUDO_SPLIT, "validation", masks, pa.eval_size)
+    evalset = EvalSet(
+        "pseudo",
+        PSEUDO_SPLIT,
+        tuple(labels),
+        tuple(groups),
+        tuple(styles),
+        False,
+        PSEUDO_SPLIT,
+        "validation",
+        masks,
+        pa.eval_size,
+    )
     return evalset, SplitSource(dataset, normals, {"pseudo": pa.identity()})
 
 
@@ -151,8 +167,15 @@ def evaluation_set(plan: SweepPlan, splits, image_size: int) -> tuple[EvalSet, d
         calibration = ("validation", "validation")
     else:
         calibration = ("train", "train (no validation images)")
-    evalset = EvalSet("test", "test", tuple(int(s.label) for s in splits.test), groups, groups,
-                      bool(splits.dataset.has_saturation), *calibration)
+    evalset = EvalSet(
+        "test",
+        "test",
+        tuple(int(s.label) for s in splits.test),
+        groups,
+        groups,
+        bool(splits.dataset.has_saturation),
+        *calibration,
+    )
     return evalset, sources
 
 
@@ -187,20 +210,30 @@ class FeatureStore:
             raise FileNotFoundError(
                 f"the cached features {FeatureCache.key(ident)} ({key}) are not in {self.cache_dir} on node "
                 f"{socket.gethostname()}: on a multi-node cluster cache.dir must be shared storage (NFS, ...), or "
-                f"use sweep.feature_store=object_store")
+                f"use sweep.feature_store=object_store"
+            )
         return {int(s): feats[int(s)] for s in stages}
 
 
 def _record(cache, ident: dict, backbone: str, split: str, stages, extracted: bool, t0: float) -> dict:
     metas = list(cache.info(ident).values())  # one record per stage
-    return {"backbone": backbone, "split": split, "stages": list(stages), "key": cache.key(ident),
-            "path": str(cache.path(ident)), "extracted_now": extracted, "n_images": int(metas[0]["n_images"]),
-            "extraction_seconds": max(float(m["seconds"]) for m in metas),
-            "created": max(float(m["created"]) for m in metas), "lookup_seconds": time.perf_counter() - t0}
+    return {
+        "backbone": backbone,
+        "split": split,
+        "stages": list(stages),
+        "key": cache.key(ident),
+        "path": str(cache.path(ident)),
+        "extracted_now": extracted,
+        "n_images": int(metas[0]["n_images"]),
+        "extraction_seconds": max(float(m["seconds"]) for m in metas),
+        "created": max(float(m["created"]) for m in metas),
+        "lookup_seconds": time.perf_counter() - t0,
+    }
 
 
-def extract_features(plan: SweepPlan, cfg: DictConfig, splits, sources: Mapping[str, SplitSource], store: str,
-                     device) -> tuple[FeatureStore, list[dict]]:
+def extract_features(
+    plan: SweepPlan, cfg: DictConfig, splits, sources: Mapping[str, SplitSource], store: str, device
+) -> tuple[FeatureStore, list[dict]]:
     """Find (or extract, once) every feature array the trials need; ``store``: disk | object_store.
     Returns the store and one record per (backbone, split) (the ``sweep/features.json`` artifact)."""
     from pradot.backbone import load_backbone
@@ -222,11 +255,13 @@ def extract_features(plan: SweepPlan, cfg: DictConfig, splits, sources: Mapping[
             extracted = feats is None
             if extracted:
                 backbone = backbone or load_backbone(name, union, weights_path=weights, device=device)
-                feats = cache.get_or_compute(ident, backbone, src.dataset, device=device,
-                                             num_workers=int(cfg.num_workers), progress=False)
+                feats = cache.get_or_compute(
+                    ident, backbone, src.dataset, device=device, num_workers=int(cfg.num_workers), progress=False
+                )
             infos.append(_record(cache, ident, name, split, union, extracted, t0))
-            log.info("features %s/%s: %s (%s)", name, split, "extracted" if extracted else "cache hit",
-                     cache.path(ident))
+            log.info(
+                "features %s/%s: %s (%s)", name, split, "extracted" if extracted else "cache hit", cache.path(ident)
+            )
             identities[f"{name}/{split}"] = ident
             if store == "object_store":
                 import ray

@@ -13,15 +13,25 @@ lost = [r for r in records if r.lost]      # ERROR after their retries, infrastr
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from pipelines.sweep.runs import (EPOCHS_TAG, ERROR_TAG, FAILURE_TAG, INFRASTRUCTURE, STATUS_TAG, TrialRun,
-                                  end_label)
+from pipelines.sweep.runs import EPOCHS_TAG, ERROR_TAG, FAILURE_TAG, INFRASTRUCTURE, STATUS_TAG, TrialRun, end_label
 from pipelines.sweep.tuner import error_tags, tune_error
 
-__all__ = ["TrialRecord", "tune_trials", "saved_statuses", "unfinished", "trial_status", "statuses", "trial_records",
-           "close_runs", "table", "lost_notice"]
+__all__ = [
+    "TrialRecord",
+    "tune_trials",
+    "saved_statuses",
+    "unfinished",
+    "trial_status",
+    "statuses",
+    "trial_records",
+    "close_runs",
+    "table",
+    "lost_notice",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +112,9 @@ def statuses(grid, saved: Mapping[str, str]) -> dict[str, str]:
     return {t.trial_id: trial_status(t.status, saved.get(t.trial_id)) for t in tune_trials(grid)}
 
 
-def trial_records(grid, runs: Mapping[str, Any], budget: int, interrupted: bool,
-                  saved: Mapping[str, str] | None = None) -> list[TrialRecord]:
+def trial_records(
+    grid, runs: Mapping[str, Any], budget: int, interrupted: bool, saved: Mapping[str, str] | None = None
+) -> list[TrialRecord]:
     """One record per Tune trial; ``runs``: ``{trial_id: MLflow run}``; ``interrupted``: the sweep was;
     ``saved``: :func:`saved_statuses` (see :func:`trial_status`)."""
     out = []
@@ -123,8 +134,11 @@ def trial_records(grid, runs: Mapping[str, Any], budget: int, interrupted: bool,
             label = "interrupted" if interrupted else "pending"
         where = {k: run.data.tags.get(k, "") for k in _WHERE} if run is not None else {}
         attempts = int(t.num_failures) + (0 if status == "ERROR" else 1)  # an errored trial's last one failed
-        out.append(TrialRecord(t.trial_id, status, label, epochs, max(attempts, 1), dict(t.config), last, run,
-                               failure, error, where))
+        out.append(
+            TrialRecord(
+                t.trial_id, status, label, epochs, max(attempts, 1), dict(t.config), last, run, failure, error, where
+            )
+        )
     return out
 
 
@@ -152,14 +166,27 @@ def table(records: list[TrialRecord]):
     rows = []
     for r in records:
         metrics = {k: v for k, v in r.metrics.items() if not isinstance(v, (dict, list))}
-        rows.append({"trial_id": r.trial_id, "status": r.tune_status, "trial_status": r.label,
-                     "epochs_trained": r.epochs, "attempts": r.attempts, "failure": r.failure, "error": r.error,
-                     "mlflow_run_id": r.run.info.run_id if r.run is not None else metrics.get("mlflow_run_id", ""),
-                     "node_id": r.where.get("pradot.node_id", ""), "hostname": r.where.get("pradot.hostname", ""),
-                     "pid": r.where.get("pradot.pid", ""),
-                     **{f"config/{k}": v for k, v in r.config.items()},
-                     **{k: v for k, v in metrics.items() if k not in ("trial_id", "mlflow_run_id", "pid", "hostname",
-                                                                       "node_ip", "config")}})
+        rows.append(
+            {
+                "trial_id": r.trial_id,
+                "status": r.tune_status,
+                "trial_status": r.label,
+                "epochs_trained": r.epochs,
+                "attempts": r.attempts,
+                "failure": r.failure,
+                "error": r.error,
+                "mlflow_run_id": r.run.info.run_id if r.run is not None else metrics.get("mlflow_run_id", ""),
+                "node_id": r.where.get("pradot.node_id", ""),
+                "hostname": r.where.get("pradot.hostname", ""),
+                "pid": r.where.get("pradot.pid", ""),
+                **{f"config/{k}": v for k, v in r.config.items()},
+                **{
+                    k: v
+                    for k, v in metrics.items()
+                    if k not in ("trial_id", "mlflow_run_id", "pid", "hostname", "node_ip", "config")
+                },
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -168,13 +195,19 @@ def lost_notice(lost: list[TrialRecord], allowed: bool, resume_hint: str) -> str
     lines = [f"{len(lost)} trial(s) lost to infrastructure after their retries (sweep.max_failures):"]
     for r in lost:
         where = r.where.get("pradot.hostname") or "?"
-        lines.append(f"  trial {r.trial_id} (last on {where}, {r.attempts} attempt(s), {r.epochs} epoch(s)): "
-                     f"{' '.join(r.error.split())[:300]}")
+        lines.append(
+            f"  trial {r.trial_id} (last on {where}, {r.attempts} attempt(s), {r.epochs} epoch(s)): "
+            f"{' '.join(r.error.split())[:300]}"
+        )
     if allowed:
-        lines.append("sweep.allow_lost_trials=true: the sweep finished with the other trials; its best banks may "
-                     "not be the search's best.")
+        lines.append(
+            "sweep.allow_lost_trials=true: the sweep finished with the other trials; its best banks may "
+            "not be the search's best."
+        )
     else:
-        lines.append(f"nothing was registered. Rerun the lost trials from their last checkpoints once the cluster "
-                     f"is healthy:\n{resume_hint}\nor accept the loss: add sweep.allow_lost_trials=true to that "
-                     f"command.")
+        lines.append(
+            f"nothing was registered. Rerun the lost trials from their last checkpoints once the cluster "
+            f"is healthy:\n{resume_hint}\nor accept the loss: add sweep.allow_lost_trials=true to that "
+            f"command."
+        )
     return "\n".join(lines)

@@ -11,16 +11,28 @@ plan.metric, plan.scheduler.milestones, plan.resources.cpu, plan.pseudo.kinds, p
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import checks, config
 from pipelines.sweep.space import SearchSpace, SweepError, as_number, parse_space
 
-__all__ = ["OBJECTIVES", "COMMON_METRICS", "FEATURE_STORES", "metric_keys", "PseudoAnomalySettings",
-           "SchedulerSettings", "TrialResources", "RaySettings", "SweepPlan", "sweep_plan", "check_against_data"]
+__all__ = [
+    "OBJECTIVES",
+    "COMMON_METRICS",
+    "FEATURE_STORES",
+    "metric_keys",
+    "PseudoAnomalySettings",
+    "SchedulerSettings",
+    "TrialResources",
+    "RaySettings",
+    "SweepPlan",
+    "sweep_plan",
+    "check_against_data",
+]
 
 #: objective -> the metric its trials report by default (``pseudo`` without localisation: ``val_auroc``)
 OBJECTIVES = {"pseudo": "val_objective", "test": "test_auroc"}
@@ -84,8 +96,12 @@ class SchedulerSettings:
     def to_dict(self) -> dict[str, Any]:
         if self.type != "asha":
             return {"type": self.type}
-        return {"type": self.type, "grace_period": self.grace_period, "reduction_factor": self.reduction_factor,
-                "max_t": self.max_t}
+        return {
+            "type": self.type,
+            "grace_period": self.grace_period,
+            "reduction_factor": self.reduction_factor,
+            "max_t": self.max_t,
+        }
 
 
 @dataclass(frozen=True)
@@ -151,9 +167,17 @@ class SweepPlan:
 
     def record(self, resources: Mapping[str, float]) -> dict[str, Any]:
         """The ``sweep/search_space.yaml`` artifact (``resources``: what each trial got)."""
-        return {"space": self.space.to_dict(), "num_samples": self.num_samples, "metric": self.metric,
-                "mode": self.mode, "objective": self.objective, "scheduler": self.scheduler.to_dict(),
-                "resources": dict(resources), "searcher": "optuna TPE", "seed": self.seed}
+        return {
+            "space": self.space.to_dict(),
+            "num_samples": self.num_samples,
+            "metric": self.metric,
+            "mode": self.mode,
+            "objective": self.objective,
+            "scheduler": self.scheduler.to_dict(),
+            "resources": dict(resources),
+            "searcher": "optuna TPE",
+            "seed": self.seed,
+        }
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -195,9 +219,14 @@ def _pseudo(sw: Mapping) -> PseudoAnomalySettings:
     from pipelines.checks import boolean
 
     size = _optional(pa.get("eval_size"), lambda v: _integer("pseudo_anomalies.eval_size", v, 8))
-    return PseudoAnomalySettings(tuple(kinds), _integer("pseudo_anomalies.per_image", pa.get("per_image", 1), 1),
-                                 int(pa.get("seed", 0)), (float(pf[0]), float(pf[1])),
-                                 boolean("sweep.pseudo_anomalies.localisation", pa.get("localisation", True)), size)
+    return PseudoAnomalySettings(
+        tuple(kinds),
+        _integer("pseudo_anomalies.per_image", pa.get("per_image", 1), 1),
+        int(pa.get("seed", 0)),
+        (float(pf[0]), float(pf[1])),
+        boolean("sweep.pseudo_anomalies.localisation", pa.get("localisation", True)),
+        size,
+    )
 
 
 def _metric(sw: Mapping, objective: str, pseudo: PseudoAnomalySettings) -> str:
@@ -205,11 +234,14 @@ def _metric(sw: Mapping, objective: str, pseudo: PseudoAnomalySettings) -> str:
     default = "val_auroc" if objective == "pseudo" and not pseudo.localisation else OBJECTIVES[objective]
     metric = str(sw.get("metric") or default)
     if objective == "pseudo" and metric not in keys:
-        raise SweepError(f"sweep.metric {metric!r} is not reported by the trials (objective={objective}); "
-                         f"reported metrics: {keys}")
+        raise SweepError(
+            f"sweep.metric {metric!r} is not reported by the trials (objective={objective}); reported metrics: {keys}"
+        )
     if objective == "test" and metric not in keys and not metric.startswith("test_auroc_"):
-        raise SweepError(f"sweep.metric {metric!r} is not reported by the trials (objective={objective}); "
-                         f"reported metrics: {keys} and test_auroc_<anomaly type>")
+        raise SweepError(
+            f"sweep.metric {metric!r} is not reported by the trials (objective={objective}); "
+            f"reported metrics: {keys} and test_auroc_<anomaly type>"
+        )
     return metric
 
 
@@ -228,7 +260,7 @@ def _scheduler(sw: Mapping, epochs: int) -> SchedulerSettings:
     if grace > max_t:
         raise SweepError(f"sweep.scheduler.grace_period={grace} exceeds max_t={max_t} (model.epochs)")
     n_rungs = int(math.log(max_t / grace) / math.log(rf) + 1)
-    milestones = tuple(sorted({grace * rf ** k for k in range(n_rungs)} | {max_t}))
+    milestones = tuple(sorted({grace * rf**k for k in range(n_rungs)} | {max_t}))
     return SchedulerSettings("asha", milestones, grace, rf, max_t)
 
 
@@ -246,9 +278,11 @@ def _resources(sw: Mapping) -> TrialResources:
 
 def _ray(sw: Mapping) -> RaySettings:
     r = dict(sw.get("ray") or {})
-    return RaySettings(address=str(r["address"]) if r.get("address") else None,
-                       num_cpus=_optional(r.get("num_cpus"), int, 0),
-                       num_gpus=_optional(r.get("num_gpus"), int))
+    return RaySettings(
+        address=str(r["address"]) if r.get("address") else None,
+        num_cpus=_optional(r.get("num_cpus"), int, 0),
+        num_gpus=_optional(r.get("num_gpus"), int),
+    )
 
 
 def sweep_plan(cfg: DictConfig) -> SweepPlan:
@@ -279,24 +313,38 @@ def sweep_plan(cfg: DictConfig) -> SweepPlan:
     if store not in FEATURE_STORES:
         raise SweepError(f"sweep.feature_store must be auto, disk or object_store, got {store!r}")
     return SweepPlan(
-        space=space, num_samples=num_samples, max_concurrent_trials=max_concurrent, objective=objective,
-        metric=metric, mode=mode, seed=int(sw.get("seed", 0)), scheduler=_scheduler(sw, epochs),
-        resources=_resources(sw), pseudo=pseudo, feature_store=store, top_k=top_k, epochs=epochs,
+        space=space,
+        num_samples=num_samples,
+        max_concurrent_trials=max_concurrent,
+        objective=objective,
+        metric=metric,
+        mode=mode,
+        seed=int(sw.get("seed", 0)),
+        scheduler=_scheduler(sw, epochs),
+        resources=_resources(sw),
+        pseudo=pseudo,
+        feature_store=store,
+        top_k=top_k,
+        epochs=epochs,
         backbones=tuple(str(b) for b in space.spanned("backbone.name", str(cfg.backbone.name))),
-        stage_sets=tuple(space.stage_sets(list(cfg.backbone.stages))), ray=_ray(sw),
+        stage_sets=tuple(space.stage_sets(list(cfg.backbone.stages))),
+        ray=_ray(sw),
         storage_path=str(sw.get("storage_path") or ".ray_results"),
         name=_optional(sw.get("name"), lambda v: checks.folder_name("sweep.name", str(v))),
-        resume=bool(sw.get("resume")), resume_from=_optional(sw.get("resume_from"), str),
+        resume=bool(sw.get("resume")),
+        resume_from=_optional(sw.get("resume_from"), str),
         stop_after_trials=_optional(sw.get("stop_after_trials"), lambda v: _integer("stop_after_trials", v, 1), 0),
         time_budget_s=_optional(sw.get("time_budget_s"), lambda v: _positive("time_budget_s", v)),
         reuse_actors=bool(sw.get("reuse_actors", True)),
         max_failures=_integer("max_failures", sw.get("max_failures", 2), 0),
         checkpoint_every=_integer("checkpoint_every", sw.get("checkpoint_every", 1), 1),
-        allow_lost_trials=checks.boolean("sweep.allow_lost_trials", sw.get("allow_lost_trials", False)))
+        allow_lost_trials=checks.boolean("sweep.allow_lost_trials", sw.get("allow_lost_trials", False)),
+    )
 
 
-def check_against_data(plan: SweepPlan, cfg: DictConfig, n_train: int, n_validation: int,
-                       test_types: list[str]) -> None:
+def check_against_data(
+    plan: SweepPlan, cfg: DictConfig, n_train: int, n_validation: int, test_types: list[str]
+) -> None:
     """Checks that need the dataset: batch sizes vs. training images, evaluation images, test metrics.
 
     Raises:
@@ -308,21 +356,28 @@ def check_against_data(plan: SweepPlan, cfg: DictConfig, n_train: int, n_validat
     ratio_max = max(plan.space.spanned("model.batch_ratio", cfg.model.batch_ratio))
     bs = batch_size_for(n_max, ratio_max)
     if bs > n_train:
-        raise SweepError(f"the search space allows batch size {bs} (n={n_max} x batch_ratio={ratio_max}) but the "
-                         f"training split has only {n_train} images; lower the upper bounds of n / batch_ratio")
+        raise SweepError(
+            f"the search space allows batch size {bs} (n={n_max} x batch_ratio={ratio_max}) but the "
+            f"training split has only {n_train} images; lower the upper bounds of n / batch_ratio"
+        )
     if plan.objective == "pseudo":
         if n_validation == 0:
-            raise SweepError("objective=pseudo needs validation images (normals to make pseudo-anomalies from); "
-                             "this dataset has none: set data.validation_fraction (e.g. 0.1) or use objective=test")
+            raise SweepError(
+                "objective=pseudo needs validation images (normals to make pseudo-anomalies from); "
+                "this dataset has none: set data.validation_fraction (e.g. 0.1) or use objective=test"
+            )
         made = plan.pseudo.made(n_validation)
         keys = metric_keys("pseudo", list(dict.fromkeys(made)), localisation=plan.pseudo.localisation)
         if plan.metric not in keys:
-            raise SweepError(f"sweep.metric {plan.metric!r} is not reported: {n_validation} validation images make "
-                             f"only the pseudo-anomaly kinds {sorted(set(made))}; reported metrics: {keys}")
+            raise SweepError(
+                f"sweep.metric {plan.metric!r} is not reported: {n_validation} validation images make "
+                f"only the pseudo-anomaly kinds {sorted(set(made))}; reported metrics: {keys}"
+            )
     if plan.objective == "test":
         if not test_types:
             raise SweepError("objective=test needs anomalous test images; the test split has none")
         keys = metric_keys("test", test_types=test_types)
         if plan.metric not in keys:
-            raise SweepError(f"sweep.metric {plan.metric!r} is not reported by the trials (objective=test); "
-                             f"reported metrics: {keys}")
+            raise SweepError(
+                f"sweep.metric {plan.metric!r} is not reported by the trials (objective=test); reported metrics: {keys}"
+            )

@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 
 def ranked(grid, plan: SweepPlan) -> list:
     """The trials with a checkpoint and a finite ``plan.metric``, best first."""
-    candidates = [r for r in grid if r.error is None and r.checkpoint is not None
-                  and isinstance(r.metrics.get(plan.metric), (int, float)) and math.isfinite(r.metrics[plan.metric])]
+    candidates = [
+        r
+        for r in grid
+        if r.error is None
+        and r.checkpoint is not None
+        and isinstance(r.metrics.get(plan.metric), (int, float))
+        and math.isfinite(r.metrics[plan.metric])
+    ]
     return sorted(candidates, key=lambda r: r.metrics[plan.metric], reverse=(plan.mode == "max"))
 
 
@@ -47,23 +53,52 @@ class _Backbones:
         return self._loaded[key]
 
 
-def _version_tags(model_config, meta: dict, plan: SweepPlan, value: float, rank: int, parent_id: str,
-                  data_spec, threshold: float) -> registry.VersionTags:
+def _version_tags(
+    model_config, meta: dict, plan: SweepPlan, value: float, rank: int, parent_id: str, data_spec, threshold: float
+) -> registry.VersionTags:
     m, hp = model_config, meta["hparams"]
     return registry.VersionTags(
-        dataset=data_spec.kind, category=data_spec.category, run_id=meta["mlflow_run_id"], threshold=threshold,
-        backbone=m.backbone, stages=tuple(m.stages), image_size=m.image_size, alpha=m.alpha, n=m.n, eta=m.eta,
-        epsilon=m.epsilon, batch_size=m.batch_size, sweep_run_id=parent_id, sweep_rank=rank,
-        trial_id=meta["trial_id"], objective=plan.objective, batch_ratio=hp["batch_ratio"],
-        epochs_trained=meta["epoch"], calibration_source=meta["calibration_source"], sweep_metric=plan.metric,
-        sweep_score=value, config={k: hp[k] for k in sorted(hp)},
+        dataset=data_spec.kind,
+        category=data_spec.category,
+        run_id=meta["mlflow_run_id"],
+        threshold=threshold,
+        backbone=m.backbone,
+        stages=tuple(m.stages),
+        image_size=m.image_size,
+        alpha=m.alpha,
+        n=m.n,
+        eta=m.eta,
+        epsilon=m.epsilon,
+        batch_size=m.batch_size,
+        sweep_run_id=parent_id,
+        sweep_rank=rank,
+        trial_id=meta["trial_id"],
+        objective=plan.objective,
+        batch_ratio=hp["batch_ratio"],
+        epochs_trained=meta["epoch"],
+        calibration_source=meta["calibration_source"],
+        sweep_metric=plan.metric,
+        sweep_score=value,
+        config={k: hp[k] for k in sorted(hp)},
         # what pipelines/promote ranks banks by (promote select_by=val_objective or val_auroc for a pseudo sweep)
-        metrics={k: v for k, v in meta["metrics"].items() if k.startswith(("val_auroc", "val_aupro", "val_objective",
-                                                                             "test_auroc"))})
+        metrics={
+            k: v
+            for k, v in meta["metrics"].items()
+            if k.startswith(("val_auroc", "val_aupro", "val_objective", "test_auroc"))
+        },
+    )
 
 
-def _register(folder: Path, value: float, rank: int, plan: SweepPlan, cfg: DictConfig, backbones: _Backbones,
-              parent_id: str, example) -> dict:
+def _register(
+    folder: Path,
+    value: float,
+    rank: int,
+    plan: SweepPlan,
+    cfg: DictConfig,
+    backbones: _Backbones,
+    parent_id: str,
+    example,
+) -> dict:
     """Register one checkpoint in its trial's run; returns its ``sweep/registered.json`` record."""
     import mlflow
 
@@ -78,8 +113,10 @@ def _register(folder: Path, value: float, rank: int, plan: SweepPlan, cfg: DictC
     calibration = Calibration.calibrate(np.load(folder / CHECKPOINT_SCORES), float(cfg.calibration.quantile))
     tags = _version_tags(m, meta, plan, value, rank, parent_id, config.data_spec(cfg), calibration.threshold)
     name = config.model_name(cfg)
-    with tempfile.TemporaryDirectory(prefix="pradot-reg-") as tmp, \
-            mlflow.start_run(run_id=meta["mlflow_run_id"], nested=True):
+    with (
+        tempfile.TemporaryDirectory(prefix="pradot-reg-") as tmp,
+        mlflow.start_run(run_id=meta["mlflow_run_id"], nested=True),
+    ):
         path = model.save(Path(tmp) / "pradot_model.pt", include_backbone=bool(cfg.tracking.include_backbone))
         model_uri = registry.log_model(path, calibration, tags, example)
     version = registry.register(model_uri, name, tags)  # the trial's run has ended: one call, every tag
@@ -87,19 +124,28 @@ def _register(folder: Path, value: float, rank: int, plan: SweepPlan, cfg: DictC
     for key, text in {"pradot.registered_model": name, "pradot.registered_version": version}.items():
         client.set_tag(meta["mlflow_run_id"], key, text)
     log.info("registered %s v%s (trial %s, %s=%.4f)", name, version, meta["trial_id"], plan.metric, value)
-    return {"rank": rank, "trial_id": meta["trial_id"], "run_id": meta["mlflow_run_id"], "name": name,
-            "version": version, plan.metric: value}
+    return {
+        "rank": rank,
+        "trial_id": meta["trial_id"],
+        "run_id": meta["mlflow_run_id"],
+        "name": name,
+        "version": version,
+        plan.metric: value,
+    }
 
 
 def register_top_k(grid, plan: SweepPlan, cfg: DictConfig, splits, parent_id: str) -> list[dict]:
     """Register the best ``plan.top_k`` trials (none when ``tracking.register`` is off); returns their records."""
-    chosen = ranked(grid, plan)[:plan.top_k]
+    chosen = ranked(grid, plan)[: plan.top_k]
     if not chosen or plan.top_k == 0 or not cfg.tracking.register:
         return []
     backbones, example = _Backbones(cfg), tracking.example_image(splits)
     out = []
     for rank, result in enumerate(chosen, 1):
         with result.checkpoint.as_directory() as folder:
-            out.append(_register(Path(folder), float(result.metrics[plan.metric]), rank, plan, cfg, backbones,
-                                 parent_id, example))
+            out.append(
+                _register(
+                    Path(folder), float(result.metrics[plan.metric]), rank, plan, cfg, backbones, parent_id, example
+                )
+            )
     return out

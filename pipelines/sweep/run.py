@@ -16,15 +16,15 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import cli, config, liveness, tracking
-from pipelines.sweep.cluster import (Cluster, absolute_tracking_uri, check_tracking_for_cluster, cluster_address,
-                                     connect)
+from pipelines.sweep.cluster import Cluster, absolute_tracking_uri, check_tracking_for_cluster, cluster_address, connect
 from pipelines.sweep.evalset import evaluation_set, extract_features, open_data
 from pipelines.sweep.plan import SweepPlan, sweep_plan
 from pipelines.sweep.resume import Resume, reopen_parent, resume_config, write_state
@@ -69,31 +69,47 @@ class SweepResult:
         return {"interrupted": cli.EXIT_INTERRUPTED, "incomplete": cli.EXIT_FAILED}.get(self.state, cli.EXIT_OK)
 
     def resume_hint(self) -> str:
-        return (f"  python pipelines/sweep.py sweep.resume=true sweep.resume_from={self.path}\n"
-                f"  (mlflow run . -e sweep --env-manager local -P resume=true -P resume_from={self.path})")
+        return (
+            f"  python pipelines/sweep.py sweep.resume=true sweep.resume_from={self.path}\n"
+            f"  (mlflow run . -e sweep --env-manager local -P resume=true -P resume_from={self.path})"
+        )
 
     def resume_notice(self) -> str:
-        return (f"\nsweep interrupted after {self.terminated} of {self.num_samples} trials; resume with:\n"
-                f"{self.resume_hint()}")
+        return (
+            f"\nsweep interrupted after {self.terminated} of {self.num_samples} trials; resume with:\n"
+            f"{self.resume_hint()}"
+        )
 
     def summary(self) -> str:
         """The closing summary (an interrupted sweep printed its resume notice on stderr already)."""
         if self.state == "interrupted":
             return ""
-        head = [f"tracking store : {self.tracking_uri}", f"parent run     : {self.parent_run_id}",
-                f"trials         : {self.trials} ({self.terminated} finished, {self.errored} failed, {self.lost} "
-                f"lost to infrastructure); Tune folder {self.path}"]
+        head = [
+            f"tracking store : {self.tracking_uri}",
+            f"parent run     : {self.parent_run_id}",
+            f"trials         : {self.trials} ({self.terminated} finished, {self.errored} failed, {self.lost} "
+            f"lost to infrastructure); Tune folder {self.path}",
+        ]
         if self.state == "incomplete":
             return "\n".join(["\n== PRADOT sweep INCOMPLETE ==", *head, self.notice])
         m = self.metric
         lines = ["\n== PRADOT sweep finished ==", *head, f"best           : {m}={self.best[m]:.4f}  {self.best_config}"]
-        lines += [f"registered     : models:/{r['name']}/{r['version']}  (trial {r['trial_id']}, {m}={r[m]:.4f})"
-                  for r in self.registered]
+        lines += [
+            f"registered     : models:/{r['name']}/{r['version']}  (trial {r['trial_id']}, {m}={r[m]:.4f})"
+            for r in self.registered
+        ]
         if self.registered:
-            same = ("   (plus the sweep's data and training overrides)" if self.overrides is None else
-                    f" -P overrides=\"{' '.join(self.overrides)}\"" if self.overrides else "")
-            lines.append(f"next           : mlflow run . --env-manager local -e promote -P category={self.category} "
-                         f"-P dataset={self.dataset} -P select_by={m}{same}")
+            same = (
+                "   (plus the sweep's data and training overrides)"
+                if self.overrides is None
+                else f' -P overrides="{" ".join(self.overrides)}"'
+                if self.overrides
+                else ""
+            )
+            lines.append(
+                f"next           : mlflow run . --env-manager local -e promote -P category={self.category} "
+                f"-P dataset={self.dataset} -P select_by={m}{same}"
+            )
         if self.notice:
             lines.append(self.notice)
         return "\n".join(lines)
@@ -116,8 +132,12 @@ class _Sweep:
     def data_params(self) -> dict[str, str]:
         """The data a bank is trained and scored on, as `main` logs it (promote checks them)."""
         flat = config.flatten(self.cfg)
-        return {**{k: v for k, v in flat.items() if k.startswith("data.")}, "category": str(self.cfg.category),
-                "seed": str(self.cfg.seed), "data.resolved_root": str(self.splits.dataset.root)}
+        return {
+            **{k: v for k, v in flat.items() if k.startswith("data.")},
+            "category": str(self.cfg.category),
+            "seed": str(self.cfg.seed),
+            "data.resolved_root": str(self.splits.dataset.root),
+        }
 
 
 def _absolute_paths(cfg: DictConfig) -> DictConfig:
@@ -132,15 +152,18 @@ def _absolute_paths(cfg: DictConfig) -> DictConfig:
 
 def _new_folder(cfg: DictConfig, plan: SweepPlan) -> SweepFolder:
     """A new sweep's Tune folder (``sweep.storage_path`` as Tune gets it: a URI unchanged)."""
-    folder = SweepFolder(storage_location(plan.storage_path),
-                         str(plan.name or f"sweep-{cfg.data.kind}-{cfg.category}-{_STARTED}"))
+    folder = SweepFolder(
+        storage_location(plan.storage_path), str(plan.name or f"sweep-{cfg.data.kind}-{cfg.category}-{_STARTED}")
+    )
     try:
         exists = folder.exists()
     except OSError as e:
         raise SweepError(f"sweep.storage_path {folder.storage!r} is not reachable from this machine: {e}") from None
     if exists:
-        raise SweepError(f"{folder} exists already: choose another sweep.name, or resume it with sweep.resume=true "
-                         f"sweep.resume_from={folder}")
+        raise SweepError(
+            f"{folder} exists already: choose another sweep.name, or resume it with sweep.resume=true "
+            f"sweep.resume_from={folder}"
+        )
     return folder
 
 
@@ -154,8 +177,10 @@ def _checked(cfg: DictConfig, plan: SweepPlan, resume: Resume | None, overrides:
     folder = resume.folder if resume else _new_folder(cfg, plan)
     uri = absolute_tracking_uri(tracking.setup_tracking())  # $MLFLOW_TRACKING_URI, else ./mlflow.db
     if resume and resume.tracking_uri != uri:
-        raise SweepError(f"this sweep was tracked in {resume.tracking_uri!r}; resume it with the same store "
-                         f"(MLFLOW_TRACKING_URI), not {uri!r}")
+        raise SweepError(
+            f"this sweep was tracked in {resume.tracking_uri!r}; resume it with the same store "
+            f"(MLFLOW_TRACKING_URI), not {uri!r}"
+        )
     check_tracking_for_cluster(uri, 1, cluster_address(plan.ray))  # an existing cluster: before joining it
     return _Sweep(cfg, plan, splits, folder, uri, resume, device, list(overrides))
 
@@ -173,8 +198,9 @@ def _check_nodes(s: _Sweep, cluster: Cluster, store: str) -> None:
     try:
         problems = check_nodes(s.folder, cache)
     except OSError as e:
-        raise SweepError(f"sweep.storage_path {s.folder.storage!r}: this machine cannot write the sweep folder "
-                         f"{s.folder}: {e}") from None
+        raise SweepError(
+            f"sweep.storage_path {s.folder.storage!r}: this machine cannot write the sweep folder {s.folder}: {e}"
+        ) from None
     finally:
         if created:
             s.folder.delete_if_empty()
@@ -184,8 +210,12 @@ def _check_nodes(s: _Sweep, cluster: Cluster, store: str) -> None:
             f"trial started:\n{describe_problems(problems, s.folder, cache)}\nsweep.storage_path must be storage "
             f"every node reaches at the same path (a shared mount such as NFS) or a URI such as s3://bucket/sweeps "
             f"with the nodes' credentials"
-            + ("; for the features use sweep.feature_store=object_store (or auto), or a cache.dir on shared "
-               "storage." if cache else "."))
+            + (
+                "; for the features use sweep.feature_store=object_store (or auto), or a cache.dir on shared storage."
+                if cache
+                else "."
+            )
+        )
 
 
 def _describe_parent(s: _Sweep, run: tracking.EntryRun, cluster: Cluster, store: str, resources: dict) -> None:
@@ -197,14 +227,26 @@ def _describe_parent(s: _Sweep, run: tracking.EntryRun, cluster: Cluster, store:
         mlflow.set_tags({"pradot.resumed": str(int(previous) + 1), "pradot.sweep_state": "running"})
         return
     cfg, plan = s.cfg, s.plan
-    mlflow.set_tags({"pradot.sweep": "true", "pradot.objective": plan.objective, "pradot.metric": plan.metric,
-                     "pradot.dataset": str(cfg.data.kind), "pradot.category": str(cfg.category),
-                     "pradot.backbone": ",".join(plan.backbones), "pradot.sweep_name": s.folder.name,
-                     "pradot.sweep_path": s.folder.location, "pradot.ray_nodes": str(cluster.n_nodes),
-                     "pradot.ray_address": cluster.address or "local", "pradot.feature_store": store})
+    mlflow.set_tags(
+        {
+            "pradot.sweep": "true",
+            "pradot.objective": plan.objective,
+            "pradot.metric": plan.metric,
+            "pradot.dataset": str(cfg.data.kind),
+            "pradot.category": str(cfg.category),
+            "pradot.backbone": ",".join(plan.backbones),
+            "pradot.sweep_name": s.folder.name,
+            "pradot.sweep_path": s.folder.location,
+            "pradot.ray_nodes": str(cluster.n_nodes),
+            "pradot.ray_address": cluster.address or "local",
+            "pradot.feature_store": store,
+        }
+    )
     if plan.objective == "test":
-        mlflow.set_tag("pradot.note", "objective=test: hyper-parameters chosen on the TEST labels "
-                                      "(paper reproduction only, not a fair estimate)")
+        mlflow.set_tag(
+            "pradot.note",
+            "objective=test: hyper-parameters chosen on the TEST labels (paper reproduction only, not a fair estimate)",
+        )
     tracking.log_resolved_params(config.flatten(cfg))
     mlflow.log_dict(plan.record(resources), "sweep/search_space.yaml")
     mlflow.log_text(config.resolved_yaml(cfg), "config/resolved_config.yaml")
@@ -219,14 +261,26 @@ def _trial_context(s: _Sweep, run: tracking.EntryRun, store: str, resources: dic
     log.info("features ready at %.1fs", time.perf_counter() - _T0)
     extracted = sum(1 for i in infos if i["extracted_now"])
     suffix = "_on_resume" if s.resume else ""
-    mlflow.log_dict({"features": infos, "feature_store": store},
-                    "sweep/features_resume.json" if s.resume else "sweep/features.json")
+    mlflow.log_dict(
+        {"features": infos, "feature_store": store}, "sweep/features_resume.json" if s.resume else "sweep/features.json"
+    )
     mlflow.log_metrics({f"features_extracted{suffix}": extracted, f"features_reused{suffix}": len(infos) - extracted})
-    return TrialContext(train_config=config.training_view(s.cfg), space=s.plan.space, evalset=evalset,
-                        features=features, metric=s.plan.metric, milestones=s.plan.milestones, tracking_uri=s.uri,
-                        parent_run_id=run.run_id, experiment_id=run.experiment_id, data_params=s.data_params(),
-                        cpu=resources["cpu"], gpu=resources["gpu"], sweep_folder=s.folder.location,
-                        checkpoint_every=s.plan.checkpoint_every)
+    return TrialContext(
+        train_config=config.training_view(s.cfg),
+        space=s.plan.space,
+        evalset=evalset,
+        features=features,
+        metric=s.plan.metric,
+        milestones=s.plan.milestones,
+        tracking_uri=s.uri,
+        parent_run_id=run.run_id,
+        experiment_id=run.experiment_id,
+        data_params=s.data_params(),
+        cpu=resources["cpu"],
+        gpu=resources["gpu"],
+        sweep_folder=s.folder.location,
+        checkpoint_every=s.plan.checkpoint_every,
+    )
 
 
 def _fit(s: _Sweep, run: tracking.EntryRun, ctx: TrialContext, resources: dict):
@@ -257,15 +311,20 @@ def _trials(s: _Sweep, run: tracking.EntryRun, grid, interrupted: bool, client, 
     from pipelines.sweep.outcome import close_runs, table, trial_records
     from pipelines.sweep.runs import find_trial_runs
 
-    records = trial_records(grid, find_trial_runs(client, run.experiment_id, run.run_id), s.plan.budget, interrupted,
-                            saved)
+    records = trial_records(
+        grid, find_trial_runs(client, run.experiment_id, run.run_id), s.plan.budget, interrupted, saved
+    )
     close_runs(records, client)
     with tempfile.TemporaryDirectory() as tmp:
         table(records).to_csv(Path(tmp) / "trials.csv", index=False)
         mlflow.log_artifact(str(Path(tmp) / "trials.csv"), "sweep")
-    counts = {"trials": len(records), "trials_terminated": sum(r.tune_status == "TERMINATED" for r in records),
-              "trials_errored": sum(r.tune_status == "ERROR" for r in records),
-              "trials_lost": sum(r.lost for r in records), "trials_retried": sum(r.attempts > 1 for r in records)}
+    counts = {
+        "trials": len(records),
+        "trials_terminated": sum(r.tune_status == "TERMINATED" for r in records),
+        "trials_errored": sum(r.tune_status == "ERROR" for r in records),
+        "trials_lost": sum(r.lost for r in records),
+        "trials_retried": sum(r.attempts > 1 for r in records),
+    }
     mlflow.log_metrics(counts)
     return records
 
@@ -287,8 +346,20 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
     interrupted = bool(unfinished(final)) or (len(grid) < plan.num_samples and not budget_hit)
     records = _trials(s, run, grid, interrupted, client, saved)
     lost = [r for r in records if r.lost]
-    result = SweepResult("interrupted", run.run_id, s.folder.location, s.uri, plan.metric, str(s.cfg.data.kind),
-                         str(s.cfg.category), plan.num_samples, len(grid), terminated, errored, len(lost))
+    result = SweepResult(
+        "interrupted",
+        run.run_id,
+        s.folder.location,
+        s.uri,
+        plan.metric,
+        str(s.cfg.data.kind),
+        str(s.cfg.category),
+        plan.num_samples,
+        len(grid),
+        terminated,
+        errored,
+        len(lost),
+    )
     if interrupted:
         mlflow.set_tag("pradot.sweep_state", "interrupted")
         return result
@@ -304,8 +375,13 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
         raise RuntimeError(f"all {len(grid)} trials failed; see the trials' runs (tag pradot.error) and {s.folder}")
     best = grid.get_best_result(metric=plan.metric, mode=plan.mode, scope="last")
     mlflow.log_metric(f"best_{plan.metric}", float(best.metrics[plan.metric]))
-    mlflow.set_tags({"pradot.best_trial_id": best.metrics.get("trial_id", ""),
-                     "pradot.best_run_id": best.metrics.get("mlflow_run_id", ""), "pradot.sweep_state": "finished"})
+    mlflow.set_tags(
+        {
+            "pradot.best_trial_id": best.metrics.get("trial_id", ""),
+            "pradot.best_run_id": best.metrics.get("mlflow_run_id", ""),
+            "pradot.sweep_state": "finished",
+        }
+    )
     result.registered = register_top_k(grid, plan, s.cfg, s.splits, run.run_id)
     log.info("registration done at %.1fs", time.perf_counter() - _T0)
     mlflow.log_dict({"registered": result.registered}, "sweep/registered.json")
@@ -322,8 +398,13 @@ def _on_cluster(s: _Sweep, cluster: Cluster) -> SweepResult:
     resources = cluster.trial_resources(s.plan.resources)
     store = cluster.feature_store(s.plan.feature_store)
     if store != s.plan.feature_store:
-        log.info("sweep.feature_store=auto: %s (%s)", store, "an existing Ray cluster: a node may lack this "
-                 "machine's cache.dir" if store == "object_store" else "a private local Ray")
+        log.info(
+            "sweep.feature_store=auto: %s (%s)",
+            store,
+            "an existing Ray cluster: a node may lack this machine's cache.dir"
+            if store == "object_store"
+            else "a private local Ray",
+        )
     _check_nodes(s, cluster, store)
     if s.resume:
         reopen_parent(s.resume, s.uri)
@@ -331,9 +412,14 @@ def _on_cluster(s: _Sweep, cluster: Cluster) -> SweepResult:
     name = f"sweep-{cfg.data.kind}-{cfg.category}{'-TEST-OBJECTIVE' if s.plan.objective == 'test' else ''}"
     # `mlflow run` answers Ctrl+C with SIGTERM: in this block it stops Tune as Ctrl+C does, and the bookkeeping
     # after it (trial labels, the run's end status) finishes
-    with tracking.entry_run(name, str(cfg.tracking.experiment_name), entry_point="sweep", log_name="sweep.log",
-                            run_id=s.resume.parent_run_id if s.resume else None,
-                            sigterm=liveness.sigterm_stops_tune) as run:
+    with tracking.entry_run(
+        name,
+        str(cfg.tracking.experiment_name),
+        entry_point="sweep",
+        log_name="sweep.log",
+        run_id=s.resume.parent_run_id if s.resume else None,
+        sigterm=liveness.sigterm_stops_tune,
+    ) as run:
         _describe_parent(s, run, cluster, store, resources)
         log.info("parent run %s ready at %.1fs", run.run_id, time.perf_counter() - _T0)
         ctx = _trial_context(s, run, store, resources)
@@ -351,8 +437,13 @@ def run_sweep(cfg: DictConfig, resume: Resume | None = None, overrides: Sequence
     s = _checked(cfg, plan, resume, overrides)
     log.info("configuration and data checked in %.1fs", time.perf_counter() - _T0)
     with connect(plan.ray) as cluster:
-        log.info("connected to Ray (%d node%s%s) at %.1fs", cluster.n_nodes, "s" if cluster.n_nodes > 1 else "",
-                 f", existing cluster {cluster.address}" if cluster.address else ", private", time.perf_counter() - _T0)
+        log.info(
+            "connected to Ray (%d node%s%s) at %.1fs",
+            cluster.n_nodes,
+            "s" if cluster.n_nodes > 1 else "",
+            f", existing cluster {cluster.address}" if cluster.address else ", private",
+            time.perf_counter() - _T0,
+        )
         return _on_cluster(s, cluster)
 
 

@@ -20,11 +20,27 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["PARENT_TAG", "TRIAL_ID_TAG", "STATUS_TAG", "FAILURE_TAG", "ERROR_TAG", "EPOCHS_TAG", "INFRASTRUCTURE",
-           "TRIAL_ERROR", "retry", "failure_kind", "error_text", "failure_tags", "end_label", "where_tags",
-           "find_trial_runs", "TrialRun"]
+__all__ = [
+    "PARENT_TAG",
+    "TRIAL_ID_TAG",
+    "STATUS_TAG",
+    "FAILURE_TAG",
+    "ERROR_TAG",
+    "EPOCHS_TAG",
+    "INFRASTRUCTURE",
+    "TRIAL_ERROR",
+    "retry",
+    "failure_kind",
+    "error_text",
+    "failure_tags",
+    "end_label",
+    "where_tags",
+    "find_trial_runs",
+    "TrialRun",
+]
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "pradot.trial_id"
@@ -44,7 +60,7 @@ def retry(fn: Callable, *args, attempts: int = 5, **kwargs):
         except Exception:  # noqa: BLE001
             if i == attempts - 1:
                 raise
-            time.sleep(0.5 * (2 ** i))
+            time.sleep(0.5 * (2**i))
 
 
 # ------------------------------------------------------------------------------------- why it ended
@@ -91,8 +107,12 @@ def where_tags() -> dict[str, str]:
     import ray
 
     ctx = ray.get_runtime_context()
-    return {"pradot.node_id": ctx.get_node_id(), "pradot.node_ip": ray.util.get_node_ip_address(),
-            "pradot.hostname": socket.gethostname(), "pradot.pid": str(os.getpid())}
+    return {
+        "pradot.node_id": ctx.get_node_id(),
+        "pradot.node_ip": ray.util.get_node_ip_address(),
+        "pradot.hostname": socket.gethostname(),
+        "pradot.pid": str(os.getpid()),
+    }
 
 
 def find_trial_runs(client, experiment_id: str, parent_run_id: str, trial_id: str | None = None) -> dict[str, Any]:
@@ -115,8 +135,15 @@ class TrialRun:
         self.client, self.run_id, self.logged_upto = client, run_id, int(logged_upto)
 
     @classmethod
-    def open(cls, client, experiment_id: str, parent_run_id: str, trial_id: str, tags: Mapping[str, str],
-             params: Mapping[str, Any]) -> "TrialRun":
+    def open(
+        cls,
+        client,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any],
+    ) -> TrialRun:
         """Create the run (``tags``, ``params``), or reopen it for a new attempt of the trial (a retry or a
         resumed sweep); either way tagged with where this attempt runs."""
         from mlflow.entities import Param
@@ -132,9 +159,12 @@ class TrialRun:
                 if stale in found.data.tags:
                     retry(client.delete_tag, run.run_id, stale)
             return run
-        created = retry(client.create_run, experiment_id, run_name=f"trial-{trial_id}",
-                        tags={PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, "pradot.attempts": "1", **tags,
-                              **where})
+        created = retry(
+            client.create_run,
+            experiment_id,
+            run_name=f"trial-{trial_id}",
+            tags={PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, "pradot.attempts": "1", **tags, **where},
+        )
         run = cls(client, created.info.run_id)
         retry(client.log_batch, run.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run
@@ -151,8 +181,11 @@ class TrialRun:
         if int(epoch) <= self.logged_upto:
             return
         now = int(time.time() * 1000)
-        retry(self.client.log_batch, self.run_id,
-              metrics=[Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()])
+        retry(
+            self.client.log_batch,
+            self.run_id,
+            metrics=[Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()],
+        )
         self.logged_upto = int(epoch)
 
     def end(self, status: str, tags: Mapping[str, str], *, unless_ended: bool = False) -> None:

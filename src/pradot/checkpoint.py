@@ -21,8 +21,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["MODEL_FORMAT", "ENSEMBLE_FORMAT", "ENSEMBLE_FORMATS", "MEMORY_BANK_FORMAT", "save_state", "load_state",
-           "file_info", "file_format", "check_plain_state"]
+__all__ = [
+    "MODEL_FORMAT",
+    "ENSEMBLE_FORMAT",
+    "ENSEMBLE_FORMATS",
+    "MEMORY_BANK_FORMAT",
+    "save_state",
+    "load_state",
+    "file_info",
+    "file_format",
+    "check_plain_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +65,10 @@ def check_plain_state(state: Any, where: str = "state") -> None:
         for i, v in enumerate(state):
             check_plain_state(v, f"{where}[{i}]")
         return
-    raise TypeError(f"{where} is a {type(state).__module__}.{type(state).__name__}: model files hold only dicts, "
-                    f"lists, strings, numbers and tensors (so that they load with weights_only=True)")
+    raise TypeError(
+        f"{where} is a {type(state).__module__}.{type(state).__name__}: model files hold only dicts, "
+        f"lists, strings, numbers and tensors (so that they load with weights_only=True)"
+    )
 
 
 def save_state(state: dict, path: str | Path) -> Path:
@@ -86,10 +97,15 @@ def _refusal(path: Path, what: str, exc: Exception) -> ValueError:
     was not loaded); anything else is "not a torch file"."""
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     if found or isinstance(exc, pickle.UnpicklingError) and zipfile.is_zipfile(path):
-        held = (f"a pickled Python object ({found.group(1)})" if found
-                else "Python objects other than plain data and tensors")
-        return ValueError(f"{path} is not a {what} file: it holds {held}; PRADOT model files hold only plain data "
-                          f"and tensors, and this file was not loaded because unpickling it could run code")
+        held = (
+            f"a pickled Python object ({found.group(1)})"
+            if found
+            else "Python objects other than plain data and tensors"
+        )
+        return ValueError(
+            f"{path} is not a {what} file: it holds {held}; PRADOT model files hold only plain data "
+            f"and tensors, and this file was not loaded because unpickling it could run code"
+        )
     detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     if "WeightsUnpickler" in str(exc):
         detail = "not a torch.save archive"

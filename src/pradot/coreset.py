@@ -27,11 +27,12 @@ def random_projection(features: torch.Tensor, dim: int, seed: int = 0) -> torch.
         return features
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     w = torch.randn(d, dim, generator=g, dtype=torch.float32).to(features.device, features.dtype)
-    return features @ w / dim ** 0.5
+    return features @ w / dim**0.5
 
 
-def greedy_coreset(features: torch.Tensor, k: int, projection_dim: int | None = 128, seed: int = 0,
-                   start: int = 0, chunk: int = 65536) -> torch.Tensor:
+def greedy_coreset(
+    features: torch.Tensor, k: int, projection_dim: int | None = 128, seed: int = 0, start: int = 0, chunk: int = 65536
+) -> torch.Tensor:
     """Indices (k,) of a greedy min-max coreset of (N, D) ``features`` (Eq. 7, iterative greedy solution).
 
     Args:
@@ -66,7 +67,7 @@ def _sq_distances(x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
     """||x_i - y||^2 for every row of x, in chunks (no (N, D) temporary)."""
     out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], chunk):
-        out[s:s + chunk] = ((x[s:s + chunk] - y) ** 2).sum(1)
+        out[s : s + chunk] = ((x[s : s + chunk] - y) ** 2).sum(1)
     return out
 
 

@@ -113,8 +113,9 @@ def normalised_cost(m_feat: torch.Tensor, m_struct: torch.Tensor, alpha: float) 
 BUILD_BLOCK_ELEMENTS = 1 << 22
 
 
-def grid_normalised_cost(z: torch.Tensor, grid_c: torch.Tensor, p: torch.Tensor, rho: torch.Tensor,
-                         alpha: float) -> torch.Tensor:
+def grid_normalised_cost(
+    z: torch.Tensor, grid_c: torch.Tensor, p: torch.Tensor, rho: torch.Tensor, alpha: float
+) -> torch.Tensor:
     """Eq. 3 for a batch of whole images on one feature grid, built in place.
 
     The same matrix as ``normalised_cost(feature_cost(z, p), spatial_cost(c, rho), alpha)`` with
@@ -147,8 +148,8 @@ def grid_normalised_cost(z: torch.Tensor, grid_c: torch.Tensor, p: torch.Tensor,
         zn, pnT = _unit(z.to(p.dtype)), _unit(p).T.contiguous()
         block_max = []
         for s in range(0, B, step):  # pass 1: feature cost 1 - cos, and each block's maximum
-            blk = out[s * HW:(s + step) * HW]
-            torch.matmul(zn[s * HW:(s + step) * HW], pnT, out=blk)
+            blk = out[s * HW : (s + step) * HW]
+            torch.matmul(zn[s * HW : (s + step) * HW], pnT, out=blk)
             block_max.append(blk.neg_().add_(1.0).amax())
         mf_max = float(torch.stack(block_max).max())  # one host sync
         wf = (1.0 - a) / mf_max if mf_max > 0 else 1.0 - a
@@ -161,9 +162,9 @@ def grid_normalised_cost(z: torch.Tensor, grid_c: torch.Tensor, p: torch.Tensor,
     # pass 2: M = wf Mf + ws Ms (scaled, then added: no cancellation when max(Mf) is tiny)
     for s in range(0, B, step):
         if a > 0.0:
-            M3[s:s + step].mul_(wf).add_(ms)
+            M3[s : s + step].mul_(wf).add_(ms)
         else:
-            M3[s:s + step].mul_(wf)
+            M3[s : s + step].mul_(wf)
     return out
 
 

@@ -27,6 +27,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except (RuntimeError, ValueError) as exc:
         raise DeviceError(f"device={device!r} is not a device name ({exc}); use auto, cpu or cuda[:N]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device={device!r} requested but CUDA is not available on this machine; use device=cpu "
-                          f"or device=auto")
+        raise DeviceError(
+            f"device={device!r} requested but CUDA is not available on this machine; use device=cpu or device=auto"
+        )
     return dev

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +24,23 @@ from .features import FeatureCache, files_fingerprint
 from .metrics.dataset import dataset_metrics
 from .model import PRADOT, EpochStats, PRADOTConfig
 
-__all__ = ["DataSpec", "Splits", "open_splits", "batch_size_for", "feature_identity", "train_features",
-           "TrainResult", "train_model", "Scored", "score_samples", "split_metrics", "CalibrationResult",
-           "calibrate", "threshold_metrics", "write_tiff_maps"]
+__all__ = [
+    "DataSpec",
+    "Splits",
+    "open_splits",
+    "batch_size_for",
+    "feature_identity",
+    "train_features",
+    "TrainResult",
+    "train_model",
+    "Scored",
+    "score_samples",
+    "split_metrics",
+    "CalibrationResult",
+    "calibrate",
+    "threshold_metrics",
+    "write_tiff_maps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +101,41 @@ def batch_size_for(n: float, batch_ratio: float) -> int:
     return max(1, int(round(ratio * max(n, 1.0))))
 
 
-def feature_identity(spec: DataSpec, backbone: str, stages: Sequence[int], samples: Sequence[Sample],
-                     split: str, weights: str | None = None) -> dict:
+def feature_identity(
+    spec: DataSpec,
+    backbone: str,
+    stages: Sequence[int],
+    samples: Sequence[Sample],
+    split: str,
+    weights: str | None = None,
+) -> dict:
     """What the cached features of a split depend on (any change gives another cache entry), including how
     images are read (``pradot.data.images.READER``: features cached before EXIF orientation was applied are
     not reused)."""
-    return {"dataset": spec.kind, "category": spec.category, "backbone": backbone, "weights": weights,
-            "stages": sorted(int(s) for s in stages), "image_size": int(spec.image_size), "split": split,
-            "files": files_fingerprint([s.image_path for s in samples]), "n": len(samples), "reader": READER}
+    return {
+        "dataset": spec.kind,
+        "category": spec.category,
+        "backbone": backbone,
+        "weights": weights,
+        "stages": sorted(int(s) for s in stages),
+        "image_size": int(spec.image_size),
+        "split": split,
+        "files": files_fingerprint([s.image_path for s in samples]),
+        "n": len(samples),
+        "reader": READER,
+    }
 
 
-def train_features(backbone: Backbone, spec: DataSpec, samples: Sequence[Sample], cache: FeatureCache | None,
-                   device, num_workers: int = 0, weights: str | None = None, progress: bool = True):
+def train_features(
+    backbone: Backbone,
+    spec: DataSpec,
+    samples: Sequence[Sample],
+    cache: FeatureCache | None,
+    device,
+    num_workers: int = 0,
+    weights: str | None = None,
+    progress: bool = True,
+):
     """Backbone features of the training images, from the cache when possible: {stage: (N, D, H, W)}."""
     from .data import ImageDataset
     from .features import extract_features
@@ -107,8 +144,7 @@ def train_features(backbone: Backbone, spec: DataSpec, samples: Sequence[Sample]
     if cache is None:
         return extract_features(backbone, dataset, num_workers=num_workers, device=device, progress=progress)
     ident = feature_identity(spec, backbone.name, backbone.stages, samples, "train", weights)
-    return cache.get_or_compute(ident, backbone, dataset, num_workers=num_workers, device=device,
-                                progress=progress)
+    return cache.get_or_compute(ident, backbone, dataset, num_workers=num_workers, device=device, progress=progress)
 
 
 @dataclass
@@ -122,10 +158,20 @@ class TrainResult:
     features: dict | None = None
 
 
-def train_model(config: PRADOTConfig, spec: DataSpec, samples: Sequence[Sample], *, backbone: Backbone | None = None,
-                cache: FeatureCache | None = None, device="cpu", weights_path: str | None = None,
-                callback: Callable[[EpochStats], None] | None = None, num_workers: int = 0,
-                progress: bool = True, augmentation=None) -> TrainResult:
+def train_model(
+    config: PRADOTConfig,
+    spec: DataSpec,
+    samples: Sequence[Sample],
+    *,
+    backbone: Backbone | None = None,
+    cache: FeatureCache | None = None,
+    device="cpu",
+    weights_path: str | None = None,
+    callback: Callable[[EpochStats], None] | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    augmentation=None,
+) -> TrainResult:
     """Train one PRADOT model on ``samples``. With augmentation the features change every epoch, so the
     cache is bypassed and features are recomputed per batch (the authors' way)."""
     device = torch.device(device)
@@ -138,16 +184,24 @@ def train_model(config: PRADOTConfig, spec: DataSpec, samples: Sequence[Sample],
     if augmentation is not None:
         from .data import ImageDataset
 
-        history = model.fit(ImageDataset(list(samples), spec.image_size, augment=augmentation),
-                            callback=callback, progress=progress, num_workers=num_workers)
+        history = model.fit(
+            ImageDataset(list(samples), spec.image_size, augment=augmentation),
+            callback=callback,
+            progress=progress,
+            num_workers=num_workers,
+        )
         t2 = t1
     else:
         feats = train_features(backbone, spec, samples, cache, device, num_workers, weights_path, progress)
         t2 = time.perf_counter()
         history = model.fit_features(feats, callback=callback, progress=progress)
     t3 = time.perf_counter()
-    timings = {"backbone_load_seconds": t1 - t0, "feature_seconds": t2 - t1 + sum(h.feature_seconds for h in history),
-               "ot_seconds": sum(h.ot_seconds for h in history), "train_seconds": t3 - t1}
+    timings = {
+        "backbone_load_seconds": t1 - t0,
+        "feature_seconds": t2 - t1 + sum(h.feature_seconds for h in history),
+        "ot_seconds": sum(h.ot_seconds for h in history),
+        "train_seconds": t3 - t1,
+    }
     return TrainResult(model, history, timings, feats)
 
 
@@ -159,8 +213,9 @@ class Scored:
     seconds: float
 
 
-def score_samples(model, samples: Sequence[Sample], image_size: int, batch_size: int = 16,
-                  progress: bool = True) -> Scored:
+def score_samples(
+    model, samples: Sequence[Sample], image_size: int, batch_size: int = 16, progress: bool = True
+) -> Scored:
     """Anomaly maps and image scores of samples (any object with ``score(images) -> (maps, scores)``)."""
     from tqdm.auto import tqdm
 
@@ -180,8 +235,9 @@ def score_samples(model, samples: Sequence[Sample], image_size: int, batch_size:
     return Scored(samples, np.concatenate(maps), np.concatenate(scores), time.perf_counter() - t0)
 
 
-def split_metrics(dataset: AnomalyDataset, scored: Scored, gt_size: int | None = None,
-                  threshold: float | None = None) -> tuple[dict, list[str]]:
+def split_metrics(
+    dataset: AnomalyDataset, scored: Scored, gt_size: int | None = None, threshold: float | None = None
+) -> tuple[dict, list[str]]:
     """Metrics of a scored split in the official shape (LOCO) or AD-style keys; GT resized to ``gt_size``
     (default: the maps' size); ``threshold``: a pixel threshold, AD-style data with masks then also get
     ``seg_f1`` (:func:`pradot.metrics.dataset.dataset_metrics`). Returns ``(metrics, notes)``."""
@@ -198,8 +254,15 @@ class CalibrationResult:
     scored: Scored
 
 
-def calibrate(model, splits: Splits, quantile: float, image_size: int, batch_size: int = 16,
-              validation: Scored | None = None, pixel_quantile: float | None = None) -> CalibrationResult:
+def calibrate(
+    model,
+    splits: Splits,
+    quantile: float,
+    image_size: int,
+    batch_size: int = 16,
+    validation: Scored | None = None,
+    pixel_quantile: float | None = None,
+) -> CalibrationResult:
     """The decision thresholds at ``quantile`` of the validation normals (images not seen in training), or,
     without any, of the training images (said in ``source``): the image threshold on their image scores and
     the pixel threshold at ``pixel_quantile`` (default ``quantile``) of their maps' pixels, with the quantile
@@ -209,8 +272,9 @@ def calibrate(model, splits: Splits, quantile: float, image_size: int, batch_siz
     ``validation``: the validation split already scored by ``model`` (not scored again).
     """
     if splits.validation:
-        scored = validation if validation is not None else score_samples(model, splits.validation, image_size,
-                                                                          batch_size)
+        scored = (
+            validation if validation is not None else score_samples(model, splits.validation, image_size, batch_size)
+        )
         source = "validation"
     else:
         scored = score_samples(model, splits.train, image_size, batch_size)
@@ -218,13 +282,15 @@ def calibrate(model, splits: Splits, quantile: float, image_size: int, batch_siz
     normal = np.array([s.label == 0 for s in scored.samples], dtype=bool)
     if not normal.any():
         raise ValueError(f"calibration needs normal images: the {source} split has none")
-    cal = Calibration.calibrate(scored.scores[normal], quantile, pixel_maps=scored.maps[normal],
-                                pixel_quantile=pixel_quantile)
+    cal = Calibration.calibrate(
+        scored.scores[normal], quantile, pixel_maps=scored.maps[normal], pixel_quantile=pixel_quantile
+    )
     return CalibrationResult(cal, source, scored)
 
 
-def threshold_metrics(labels: Sequence[int], scores: np.ndarray, threshold: float,
-                      prefix: str = "test") -> dict[str, float]:
+def threshold_metrics(
+    labels: Sequence[int], scores: np.ndarray, threshold: float, prefix: str = "test"
+) -> dict[str, float]:
     """Metrics of the decision ``score > threshold`` on a labelled split, named ``<prefix>_<metric>``: recall
     (anomalies above the threshold), false-positive rate (normals above it), F1 and precision at the
     threshold, the F1-optimal threshold and F1-max, and AUPR (:func:`pradot.metrics.threshold.threshold_report`,
@@ -236,9 +302,11 @@ def threshold_metrics(labels: Sequence[int], scores: np.ndarray, threshold: floa
         return {}
     pred = np.asarray(scores) > threshold
     report = threshold_report(labels, scores, threshold)
-    return {f"{prefix}_recall_at_threshold": float(np.mean(pred[labels == 1])),
-            f"{prefix}_fpr_at_threshold": float(np.mean(pred[labels == 0])),
-            **{f"{prefix}_{k}": v for k, v in report.items() if k != "recall_at_threshold"}}
+    return {
+        f"{prefix}_recall_at_threshold": float(np.mean(pred[labels == 1])),
+        f"{prefix}_fpr_at_threshold": float(np.mean(pred[labels == 0])),
+        **{f"{prefix}_{k}": v for k, v in report.items() if k != "recall_at_threshold"},
+    }
 
 
 def write_tiff_maps(scored: Scored, out_dir: str | Path, category: str) -> Path:

@@ -53,9 +53,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -97,8 +97,9 @@ def _resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == (size, size):
         return maps
     shrink = maps.shape[-1] > size or maps.shape[-2] > size
-    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=shrink)[:, 0]
+    return F.interpolate(
+        maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+    )[:, 0]
 
 
 def _digest(t: torch.Tensor) -> str:
@@ -143,8 +144,14 @@ class Ensemble(nn.Module):
         TypeError: a member is not a scoring model of a known kind. ValueError: bad options.
     """
 
-    def __init__(self, members: Sequence, normalisation: str = "none", stats: Sequence[dict] | None = None,
-                 labels: Sequence[str] | None = None, weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        members: Sequence,
+        normalisation: str = "none",
+        stats: Sequence[dict] | None = None,
+        labels: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+    ):
         super().__init__()
         members = list(members)
         if not members:
@@ -152,9 +159,11 @@ class Ensemble(nn.Module):
         kinds = tuple(MEMBER_CLASSES.values())
         bad = [i for i, m in enumerate(members) if not isinstance(m, kinds)]
         if bad:
-            raise TypeError(f"ensemble members must be PRADOT models or memory banks "
-                            f"({', '.join(c.__name__ for c in kinds)}); members {bad} are "
-                            f"{[type(members[i]).__name__ for i in bad]}")
+            raise TypeError(
+                f"ensemble members must be PRADOT models or memory banks "
+                f"({', '.join(c.__name__ for c in kinds)}); members {bad} are "
+                f"{[type(members[i]).__name__ for i in bad]}"
+            )
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
         if labels is not None and len(labels) != len(members):
@@ -169,10 +178,13 @@ class Ensemble(nn.Module):
         S = int(members[0].config.image_size)
         backbones = list(dict.fromkeys(m.config.backbone for m in members))
         self.config = EnsembleConfig(
-            image_size=S, normalisation=normalisation, backbone="+".join(backbones),
+            image_size=S,
+            normalisation=normalisation,
+            backbone="+".join(backbones),
             stages=tuple(sorted({s for m in members for s in m.config.stages})),
             members=[{"label": lab, **m.describe()} for lab, m in zip(self.labels, members)],
-            weights=list(self.weights) if self.weights is not None else None)
+            weights=list(self.weights) if self.weights is not None else None,
+        )
         # groups of members sharing one backbone pass: [(index of the member whose backbone runs, [members])]
         groups: dict[tuple, list[int]] = {}
         for i, m in enumerate(members):
@@ -221,7 +233,7 @@ class Ensemble(nn.Module):
             Sm = int(lead.config.image_size)
             per = {i: [] for i in idx}
             for b in range(0, len(prepared), batch_size):
-                feats = lead.backbone(prepared[b:b + batch_size].to(lead.device_))
+                feats = lead.backbone(prepared[b : b + batch_size].to(lead.device_))
                 for i in idx:
                     per[i].append(self.members[i].maps_from_backbone(feats))
             for i in idx:
@@ -232,8 +244,10 @@ class Ensemble(nn.Module):
         if self.normalisation == "none":
             return maps
         if self.stats is None:
-            raise RuntimeError("normalisation='per_member' needs the members' statistics on validation normals: "
-                               "call fit_normalisation(validation_images) (or pass stats=) first")
+            raise RuntimeError(
+                "normalisation='per_member' needs the members' statistics on validation normals: "
+                "call fit_normalisation(validation_images) (or pass stats=) first"
+            )
         s = self.stats[k]
         return standardise(maps, s["mean"], s["std"])
 
@@ -244,9 +258,12 @@ class Ensemble(nn.Module):
         if len(member_maps) != len(self.members):
             raise ValueError(f"{len(member_maps)} member maps for {len(self.members)} members")
         S = self.image_size
-        maps = [self._normalise(k, _resize_maps(torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor)
-                                                                else m).float(), S))
-                for k, m in enumerate(member_maps)]
+        maps = [
+            self._normalise(
+                k, _resize_maps(torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m).float(), S)
+            )
+            for k, m in enumerate(member_maps)
+        ]
         fused = fuse_maps(maps) if self.weights is None else weighted_fusion(maps, self.weights)
         return fused, image_scores(fused)
 
@@ -287,8 +304,12 @@ class Ensemble(nn.Module):
         if len(member_maps) != len(self.members):
             raise ValueError(f"{len(member_maps)} member maps for {len(self.members)} members")
         S = self.image_size
-        stats = [self.map_statistics(_resize_maps(torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor)
-                                                                  else m).float(), S)) for m in member_maps]
+        stats = [
+            self.map_statistics(
+                _resize_maps(torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m).float(), S)
+            )
+            for m in member_maps
+        ]
         self.set_stats(stats)
         return self.stats  # type: ignore[return-value]
 
@@ -306,9 +327,16 @@ class Ensemble(nn.Module):
                 refs[k] = d
             ms["backbone"] = {"name": m.backbone.name, "stages": list(m.backbone.stages), "state_refs": refs}
             members.append(ms)
-        return {"format": ENSEMBLE_FORMAT, "config": self.config.to_dict(), "normalisation": self.normalisation,
-                "stats": self.stats, "weights": self.weights, "labels": list(self.labels), "members": members,
-                "tensors": tensors}
+        return {
+            "format": ENSEMBLE_FORMAT,
+            "config": self.config.to_dict(),
+            "normalisation": self.normalisation,
+            "stats": self.stats,
+            "weights": self.weights,
+            "labels": list(self.labels),
+            "members": members,
+            "tensors": tensors,
+        }
 
     def save(self, path: str | Path) -> Path:
         """One file (format ``pradot-ensemble-v2``) with every member (banks, config, backbone weights
@@ -316,17 +344,19 @@ class Ensemble(nn.Module):
         return save_state(self.state(), path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Ensemble":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Ensemble:
         """Read a :meth:`save` file (or a ``pradot-ensemble-v1`` one). Raises FileNotFoundError / ValueError
         (not an ensemble file)."""
         state = load_state(path, what="PRADOT ensemble")
         if state.get("format") not in ENSEMBLE_FORMATS:
-            raise ValueError(f"{path} is not a PRADOT ensemble file (formats {list(ENSEMBLE_FORMATS)}; found "
-                             f"{state.get('format')!r})")
+            raise ValueError(
+                f"{path} is not a PRADOT ensemble file (formats {list(ENSEMBLE_FORMATS)}; found "
+                f"{state.get('format')!r})"
+            )
         return cls.from_state(state, device=device)
 
     @classmethod
-    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "Ensemble":
+    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> Ensemble:
         """Inverse of :meth:`state`; also reads ``pradot-ensemble-v1`` dicts (PRADOT members, no weights)."""
         tensors = state["tensors"]
         backbones: dict[tuple, Backbone] = {}  # identical weights -> one Backbone object in memory
@@ -342,6 +372,11 @@ class Ensemble(nn.Module):
             if fmt not in MEMBER_CLASSES:
                 raise ValueError(f"ensemble member of unknown format {fmt!r} (known: {sorted(MEMBER_CLASSES)})")
             members.append(MEMBER_CLASSES[fmt].from_state(ms, device=device, backbone=backbones[key]))
-        ens = cls(members, normalisation=state.get("normalisation", "none"), stats=state.get("stats"),
-                  labels=state.get("labels"), weights=state.get("weights"))
+        ens = cls(
+            members,
+            normalisation=state.get("normalisation", "none"),
+            stats=state.get("stats"),
+            labels=state.get("labels"),
+            weights=state.get("weights"),
+        )
         return ens.eval()

@@ -31,15 +31,24 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from pradot.metrics.dataset import dataset_metrics
 
-__all__ = ["MAP_EXTENSIONS", "MissingMapsError", "find_map", "read_map", "resize_bilinear", "evaluate",
-           "image_threshold_metrics", "main"]
+__all__ = [
+    "MAP_EXTENSIONS",
+    "MissingMapsError",
+    "find_map",
+    "read_map",
+    "resize_bilinear",
+    "evaluate",
+    "image_threshold_metrics",
+    "main",
+]
 
 MAP_EXTENSIONS: tuple[str, ...] = (".tiff", ".tif", ".TIFF", ".TIF")
 
@@ -112,10 +121,17 @@ def _missing_message(missing: list[Path], total: int, maps_root: Path) -> str:
     )
 
 
-def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
-             output_dir: str | Path | None = None, dataset: str = "mvtec_loco",
-             max_fprs: Sequence[float] | None = None, progress: bool = True,
-             threshold: float | None = None, options: Mapping[str, Any] | None = None) -> dict:
+def evaluate(
+    dataset_root: str | Path,
+    category: str,
+    anomaly_maps: str | Path,
+    output_dir: str | Path | None = None,
+    dataset: str = "mvtec_loco",
+    max_fprs: Sequence[float] | None = None,
+    progress: bool = True,
+    threshold: float | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> dict:
     """Compute the metrics of the maps under ``anomaly_maps`` for the test split of
     ``dataset``/``category``; write ``output_dir/metrics.json`` when ``output_dir`` is given.
 
@@ -132,8 +148,10 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
     try:
         ds = load_dataset(dataset, dataset_root, category, **dict(options or {}))
     except TypeError as exc:  # an option the loader does not take
-        raise ValueError(f"dataset {dataset!r} does not take the loader option(s) {sorted(options or {})} ({exc}); "
-                         "see pradot.data.load_dataset for each dataset's options") from None
+        raise ValueError(
+            f"dataset {dataset!r} does not take the loader option(s) {sorted(options or {})} ({exc}); "
+            "see pradot.data.load_dataset for each dataset's options"
+        ) from None
     samples = ds.samples("test")
     if not samples:
         raise ValueError(f"dataset {dataset!r} category {category!r} under {dataset_root} has no test images")
@@ -152,8 +170,9 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
 
     maps: list[np.ndarray] = []
     resized: list[tuple[Path, tuple[int, ...], tuple[int, ...]]] = []
-    for s, p in tqdm(list(zip(samples, paths)), desc=f"reading maps ({category})", unit="map",
-                     disable=not progress, file=sys.stderr):
+    for s, p in tqdm(
+        list(zip(samples, paths)), desc=f"reading maps ({category})", unit="map", disable=not progress, file=sys.stderr
+    ):
         a = read_map(p)
         size = tuple(ds.load_channels(s, size=None).shape[1:])  # (0, H, W) for good images
         if a.shape != tuple(size):
@@ -175,13 +194,15 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
     notes.extend(more)
     result.update(image_threshold_metrics([s.label for s in samples], maps, threshold, notes))
 
-    result.update({
-        "resized_maps": len(resized),
-        "notes": notes,
-        "dataset": str(dataset),
-        "category": str(category),
-        "num_test_images": len(samples),
-    })
+    result.update(
+        {
+            "resized_maps": len(resized),
+            "notes": notes,
+            "dataset": str(dataset),
+            "category": str(category),
+            "num_test_images": len(samples),
+        }
+    )
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -189,8 +210,9 @@ def evaluate(dataset_root: str | Path, category: str, anomaly_maps: str | Path,
     return result
 
 
-def image_threshold_metrics(labels: Sequence[int], maps: Sequence[np.ndarray], threshold: float | None,
-                            notes: list[str]) -> dict:
+def image_threshold_metrics(
+    labels: Sequence[int], maps: Sequence[np.ndarray], threshold: float | None, notes: list[str]
+) -> dict:
     """``{"image_threshold_metrics": {"aupr", "f1_max", "f1_optimal_threshold"[, "f1_at_threshold",
     "precision_at_threshold", "recall_at_threshold"]}}`` of the image scores (max of each map) against the
     labels (:mod:`pradot.metrics.threshold`, scikit-learn's precision-recall curve); the ``*_at_threshold``
@@ -207,8 +229,13 @@ def image_threshold_metrics(labels: Sequence[int], maps: Sequence[np.ndarray], t
     if threshold is not None:
         return {"image_threshold_metrics": threshold_report(labels, scores, float(threshold))}
     f1_max, best = best_f1(labels, scores)
-    return {"image_threshold_metrics": {"aupr": average_precision(labels, scores), "f1_max": f1_max,
-                                        "f1_optimal_threshold": best}}
+    return {
+        "image_threshold_metrics": {
+            "aupr": average_precision(labels, scores),
+            "f1_max": f1_max,
+            "f1_optimal_threshold": best,
+        }
+    }
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -225,14 +252,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--anomaly-maps", required=True, help="base folder of the .tiff anomaly maps")
     p.add_argument("--output-dir", required=True, help="metrics.json is written here")
     p.add_argument("--dataset", default="mvtec_loco", choices=list(DATASET_KINDS))
-    p.add_argument("--max-fprs", type=float, nargs="+", default=None,
-                   help="integration limits (LOCO default: 0.01 0.05 0.1 0.3 1.0; AD-style default: 0.3)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="decision threshold on map values: AD-style data also get seg_f1 (MVTec AD 2's SegF1), and "
-                        "every dataset F1/precision/recall of the image decisions max(map) > threshold")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a dataset loader option, repeatable: Real-IAD resolution=256, views=C1,C3, "
-                        "variant=realiad_jsons_sv, json_dir=...; VisA csv_path=...")
+    p.add_argument(
+        "--max-fprs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="integration limits (LOCO default: 0.01 0.05 0.1 0.3 1.0; AD-style default: 0.3)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold on map values: AD-style data also get seg_f1 (MVTec AD 2's SegF1), and "
+        "every dataset F1/precision/recall of the image decisions max(map) > threshold",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dataset loader option, repeatable: Real-IAD resolution=256, views=C1,C3, "
+        "variant=realiad_jsons_sv, json_dir=...; VisA csv_path=...",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     args.options = {}
@@ -250,9 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        result = evaluate(args.dataset_root, args.category, args.anomaly_maps, args.output_dir,
-                          dataset=args.dataset, max_fprs=args.max_fprs, progress=not args.no_progress,
-                          threshold=args.threshold, options=args.options)
+        result = evaluate(
+            args.dataset_root,
+            args.category,
+            args.anomaly_maps,
+            args.output_dir,
+            dataset=args.dataset,
+            max_fprs=args.max_fprs,
+            progress=not args.no_progress,
+            threshold=args.threshold,
+            options=args.options,
+        )
     except (FileNotFoundError, ValueError) as exc:  # includes MissingMapsError and DatasetError
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,8 +57,22 @@ from .model import PRADOT
 from .postprocess import gaussian_smooth, standardise
 from .scoring import cell_copies, fuse_maps
 
-__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAMES", "SUPPORTED", "PILBilinearResize", "assignment_map", "bank_constants",
-           "nearest_distance", "ExportScorer", "exportable", "export_onnx", "onnx_metadata", "read_metadata", "OnnxScorer"]
+__all__ = [
+    "OPSET",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "SUPPORTED",
+    "PILBilinearResize",
+    "assignment_map",
+    "bank_constants",
+    "nearest_distance",
+    "ExportScorer",
+    "exportable",
+    "export_onnx",
+    "onnx_metadata",
+    "read_metadata",
+    "OnnxScorer",
+]
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -139,8 +153,9 @@ class PILBilinearResize(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- scoring heads
-def assignment_map(feats: torch.Tensor, prototypes_t: torch.Tensor, spatial: torch.Tensor | None, alpha: float,
-                   copies: int | None) -> torch.Tensor:
+def assignment_map(
+    feats: torch.Tensor, prototypes_t: torch.Tensor, spatial: torch.Tensor | None, alpha: float, copies: int | None
+) -> torch.Tensor:
     """Eq. 6, export-friendly: (B, D, H, W) features -> (B, H, W) scores ``min_j M_ij``, M the Eq. 3 cost
     normalised per image (:func:`pradot.scoring.assignment_scores`, whose fast path is the reference).
 
@@ -182,16 +197,17 @@ def bank_constants(bank) -> tuple[torch.Tensor, torch.Tensor | None, float, int 
     return pn.transpose(0, 1).contiguous(), spatial, a, n
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
-                     chunk: int = BANK_CHUNK) -> torch.Tensor:
+def nearest_distance(
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, chunk: int = BANK_CHUNK
+) -> torch.Tensor:
     """Euclidean distance of each (N, D) query to its nearest row of the (M, D) ``bank``: (N,). The nearest row
     is found by matrix products over ``chunk`` rows at a time (``|q|^2 - 2 q.m + |m|^2``), then the distance is
     computed directly, ``|q - m|`` (no cancellation error near 0). ``bank_sq``: (M,) squared row norms."""
     q_sq = (queries * queries).sum(dim=1, keepdim=True)  # (N, 1)
     values, indices = [], []
     for start in range(0, bank.shape[0], chunk):
-        part = bank[start:start + chunk]
-        d2 = q_sq - 2.0 * torch.matmul(queries, part.transpose(0, 1)) + bank_sq[start:start + chunk][None]
+        part = bank[start : start + chunk]
+        d2 = q_sq - 2.0 * torch.matmul(queries, part.transpose(0, 1)) + bank_sq[start : start + chunk][None]
         v, i = d2.min(dim=1)
         values.append(v)
         indices.append(i + start)
@@ -249,14 +265,19 @@ class _MemberHead(nn.Module):
             d = nearest_distance(q, getattr(self, f"bank{s}"), getattr(self, f"bank_sq{s}"))
             return d.reshape(-1, H, W)
         a, n, has_spatial = self.meta[s]
-        return assignment_map(f, getattr(self, f"proto{s}"), getattr(self, f"spatial{s}") if has_spatial else None,
-                              a, n)
+        return assignment_map(
+            f, getattr(self, f"proto{s}"), getattr(self, f"spatial{s}") if has_spatial else None, a, n
+        )
 
     def forward(self, feats: Mapping[int, torch.Tensor]) -> torch.Tensor:
         bank_feats = self.options.apply({s: feats[s] for s in self.stages}, self.stages)
         S = self.size
-        maps = [F.interpolate(self.stage_map(s, bank_feats[s])[:, None], size=(S, S), mode="bilinear",
-                              align_corners=True)[:, 0] for s in self.bank_stages]
+        maps = [
+            F.interpolate(self.stage_map(s, bank_feats[s])[:, None], size=(S, S), mode="bilinear", align_corners=True)[
+                :, 0
+            ]
+            for s in self.bank_stages
+        ]
         return gaussian_smooth(fuse_maps(maps), self.sigma)
 
 
@@ -308,8 +329,11 @@ class ExportScorer(nn.Module):
         """Each member's map at the model's size, before normalisation (``images``: (B, 3, S, S) in [0, 1])."""
         out: list[torch.Tensor | None] = [None] * len(self.heads)
         for backbone, (size, idx) in zip(self.backbones, self.groups):
-            x = images if size == self.size else F.interpolate(images, size=(size, size), mode="bilinear",
-                                                               align_corners=False, antialias=True)
+            x = (
+                images
+                if size == self.size
+                else F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            )
             feats = backbone(x)
             for i in idx:
                 out[i] = _resize_maps(self.heads[i](feats), self.size) if self.ensemble else self.heads[i](feats)
@@ -331,19 +355,31 @@ class ExportScorer(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- export
-def onnx_metadata(model, calibration: Calibration | None = None, extra: Mapping[str, str] | None = None
-                  ) -> dict[str, str]:
+def onnx_metadata(
+    model, calibration: Calibration | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The ``metadata_props`` of an exported model: image size, input layout, the thresholds and the quantile
     table (``calibration`` as JSON), the pradot version, plus ``extra`` (e.g. the source model URI)."""
     from . import __version__
 
-    meta = {"producer": "pradot", "pradot_version": str(__version__), "image_size": str(int(model.config.image_size)),
-            "model_kind": type(model).__name__, "input": f"{INPUT_NAME}: uint8 RGB (batch, height, width, 3), any "
-            f"size, EXIF orientation applied", "outputs": "anomaly_map: float32 (batch, S, S); score: float32 (batch,) "
-            "= max of the map (raw_score); is_anomaly = score > image_threshold; mask = map > pixel_threshold"}
+    meta = {
+        "producer": "pradot",
+        "pradot_version": str(__version__),
+        "image_size": str(int(model.config.image_size)),
+        "model_kind": type(model).__name__,
+        "input": f"{INPUT_NAME}: uint8 RGB (batch, height, width, 3), any size, EXIF orientation applied",
+        "outputs": "anomaly_map: float32 (batch, S, S); score: float32 (batch,) "
+        "= max of the map (raw_score); is_anomaly = score > image_threshold; mask = map > pixel_threshold",
+    }
     if calibration is not None:
-        meta.update({"image_threshold": repr(calibration.threshold), "pixel_threshold": repr(calibration.mask_threshold),
-                     "quantile": repr(calibration.quantile), "calibration": json.dumps(calibration.to_dict())})
+        meta.update(
+            {
+                "image_threshold": repr(calibration.threshold),
+                "pixel_threshold": repr(calibration.mask_threshold),
+                "quantile": repr(calibration.quantile),
+                "calibration": json.dumps(calibration.to_dict()),
+            }
+        )
     meta.update({str(k): str(v) for k, v in (extra or {}).items()})
     return meta
 
@@ -355,8 +391,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def export_onnx(model, path: str | Path, calibration: Calibration | None = None,
-                metadata: Mapping[str, str] | None = None, opset: int = OPSET) -> Path:
+def export_onnx(
+    model,
+    path: str | Path,
+    calibration: Calibration | None = None,
+    metadata: Mapping[str, str] | None = None,
+    opset: int = OPSET,
+) -> Path:
     """Export ``model`` (see :data:`SUPPORTED`) to ``path`` as one ONNX file (:class:`ExportScorer`; batch,
     height and width dynamic), with :func:`onnx_metadata`. Written to a temporary name first, then renamed:
     a failed export leaves no file.
@@ -374,8 +415,11 @@ def export_onnx(model, path: str | Path, calibration: Calibration | None = None,
     S = scorer.size
     # batch 2, not square, not the model size: torch.export specialises a dimension whose example size is 1
     example = torch.zeros(2, S + 7, S + 13, 3, dtype=torch.uint8)
-    dims = {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("height", min=2, max=65536),
-            2: torch.export.Dim("width", min=2, max=65536)}
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=4096),
+        1: torch.export.Dim("height", min=2, max=65536),
+        2: torch.export.Dim("width", min=2, max=65536),
+    }
     tmp = path.with_name(path.name + ".partial")
     chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
     levels = [lg.level for lg in chatty]
@@ -384,9 +428,17 @@ def export_onnx(model, path: str | Path, calibration: Calibration | None = None,
             lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(scorer, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                                        dynamic_shapes=(dims,), optimize=True)
+            program = torch.onnx.export(
+                scorer,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                verbose=False,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=(dims,),
+                optimize=True,
+            )
         program.save(str(tmp), external_data=False)
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, onnx_metadata(model, calibration, metadata))
@@ -431,4 +483,3 @@ class OnnxScorer:
         if self.calibration is None:
             raise ValueError(f"{self.path} was exported without a calibration: no threshold in its metadata")
         return np.asarray(scores) > self.calibration.threshold
-

@@ -59,9 +59,15 @@ def files_fingerprint(paths) -> str:
 
 
 @torch.no_grad()
-def extract_features(backbone: Backbone, dataset: Dataset, batch_size: int = 32, num_workers: int = 0,
-                     device: str | torch.device = "cpu", progress: bool = True,
-                     out: dict | None = None) -> dict[int, np.ndarray]:
+def extract_features(
+    backbone: Backbone,
+    dataset: Dataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    out: dict | None = None,
+) -> dict[int, np.ndarray]:
     """Features of every image of a dataset (items are dicts with an ``image`` (3, S, S) tensor).
 
     Returns:
@@ -78,7 +84,7 @@ def extract_features(backbone: Backbone, dataset: Dataset, batch_size: int = 32,
             result = {s: np.empty((n, *f.shape[1:]), dtype=np.float32) for s, f in feats.items()}
         b = next(iter(feats.values())).shape[0]
         for s, f in feats.items():
-            result[s][pos:pos + b] = f.cpu().numpy()
+            result[s][pos : pos + b] = f.cpu().numpy()
         pos += b
     if result is None:
         raise ValueError("cannot extract features of an empty dataset")
@@ -142,8 +148,10 @@ class FeatureCache:
             return f"{array} holds shape {list(header_shape)} but its record says {shape}"
         expected, size = offset + math.prod(shape) * dtype.itemsize, array.stat().st_size
         if size != expected:
-            return (f"{array} is {size} bytes, {expected} expected for shape {shape} "
-                    f"({'truncated' if size < expected else 'extra bytes'})")
+            return (
+                f"{array} is {size} bytes, {expected} expected for shape {shape} "
+                f"({'truncated' if size < expected else 'extra bytes'})"
+            )
         return None
 
     @classmethod
@@ -176,8 +184,16 @@ class FeatureCache:
             return None
         return {s: np.load(d / f"stage{s}.npy", mmap_mode="r") for s in stages}
 
-    def get_or_compute(self, identity: dict, backbone: Backbone, dataset: Dataset, batch_size: int = 32,
-                       num_workers: int = 0, device="cpu", progress: bool = True) -> dict[int, np.ndarray]:
+    def get_or_compute(
+        self,
+        identity: dict,
+        backbone: Backbone,
+        dataset: Dataset,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        device="cpu",
+        progress: bool = True,
+    ) -> dict[int, np.ndarray]:
         """Cached features for ``identity``; missing stages are extracted with ``backbone`` and stored
         (every stage the backbone gives that is not stored yet)."""
         base, stages = self._split(identity)
@@ -203,8 +219,14 @@ class FeatureCache:
             if self._stored(d, s):
                 continue  # stored already (by us earlier, or by a concurrent run)
             self._write(d, f"stage{s}.npy", lambda f, a=arr: np.save(f, a))
-            meta = {"identity": base, "stage": int(s), "n_images": len(dataset), "shape": list(arr.shape),
-                    "seconds": seconds, "created": time.time()}
+            meta = {
+                "identity": base,
+                "stage": int(s),
+                "n_images": len(dataset),
+                "shape": list(arr.shape),
+                "seconds": seconds,
+                "created": time.time(),
+            }
             self._write(d, f"stage{s}.json", lambda f, m=meta: f.write(json.dumps(m, indent=1, default=str).encode()))
         return self.load(identity)
 

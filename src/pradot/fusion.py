@@ -17,8 +17,8 @@ image, no test label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -83,9 +83,17 @@ class FusionChoice:
         return float(self.metrics[self.objective])
 
 
-def choose_fusion(candidate_maps: Sequence[np.ndarray], groups: Sequence[str], styles: Sequence[str], masks,
-                  normalisation: str = "per_member", step: float = 0.25, objective: str = OBJECTIVE,
-                  size: int | None = None, max_members: int | None = None) -> FusionChoice:
+def choose_fusion(
+    candidate_maps: Sequence[np.ndarray],
+    groups: Sequence[str],
+    styles: Sequence[str],
+    masks,
+    normalisation: str = "per_member",
+    step: float = 0.25,
+    objective: str = OBJECTIVE,
+    size: int | None = None,
+    max_members: int | None = None,
+) -> FusionChoice:
     """The weights that maximise ``objective`` on the evaluation set (see the module docstring).
 
     Args:

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -88,8 +88,9 @@ class MemoryBankConfig:
 def nearest_distances(index, queries: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of each (Q, D) query to its nearest neighbour in a fitted
     :class:`sklearn.neighbors.NearestNeighbors` ``index``: (Q,) float32."""
-    dist, _ = index.kneighbors(np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32),
-                               n_neighbors=1, return_distance=True)
+    dist, _ = index.kneighbors(
+        np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32), n_neighbors=1, return_distance=True
+    )
     return torch.from_numpy(np.asarray(dist[:, 0], dtype=np.float32))
 
 
@@ -101,8 +102,7 @@ class MemoryBankModel(nn.Module):
     ``save``/``load``.
     """
 
-    def __init__(self, config: MemoryBankConfig, backbone: Backbone | None = None,
-                 device: str | torch.device = "cpu"):
+    def __init__(self, config: MemoryBankConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
         super().__init__()
         self.config = config
         self.device_ = torch.device(device)
@@ -122,8 +122,9 @@ class MemoryBankModel(nn.Module):
         feats = {s: as_tensor(features[s]).float() for s in self.config.stages}
         return self.options.apply(feats, self.config.stages)
 
-    def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], chunk: int = 32,
-                     progress: bool = True) -> "MemoryBankModel":
+    def fit_features(
+        self, features: Mapping[int, np.ndarray | torch.Tensor], chunk: int = 32, progress: bool = True
+    ) -> MemoryBankModel:
         """Fill the banks from backbone features ``{stage: (N, D, H, W)}`` (arrays, memmaps or tensors) of the
         training images, ``chunk`` images at a time; then the coreset when ``coreset_ratio`` < 1.
 
@@ -135,7 +136,7 @@ class MemoryBankModel(nn.Module):
             raise ValueError("the training set is empty: a memory bank needs at least one normal image")
         parts: dict[int, list[torch.Tensor]] = {s: [] for s in self.bank_stages}
         for i in range(0, n, chunk):
-            batch = self.transform({s: features[s][i:i + chunk] for s in self.config.stages})
+            batch = self.transform({s: features[s][i : i + chunk] for s in self.config.stages})
             for s, f in batch.items():
                 parts[s].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).contiguous())
         self.memory, self._index = {}, {}
@@ -151,15 +152,17 @@ class MemoryBankModel(nn.Module):
         return self
 
     @torch.no_grad()
-    def fit(self, data: Dataset | DataLoader, batch_size: int = 32, num_workers: int = 0,
-            progress: bool = True) -> "MemoryBankModel":
+    def fit(
+        self, data: Dataset | DataLoader, batch_size: int = 32, num_workers: int = 0, progress: bool = True
+    ) -> MemoryBankModel:
         """Extract the training images' features with the backbone and fill the banks (:meth:`fit_features`)."""
         from .features import extract_features
 
         if isinstance(data, DataLoader):
             data = data.dataset
-        feats = extract_features(self.backbone, data, batch_size=batch_size, num_workers=num_workers,
-                                 device=self.device_, progress=progress)
+        feats = extract_features(
+            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device_, progress=progress
+        )
         return self.fit_features(feats, progress=progress)
 
     def _nn(self, stage: int):
@@ -190,8 +193,9 @@ class MemoryBankModel(nn.Module):
     def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """Per-bank maps -> (B, S, S): upsampled (bilinear, align_corners=True), averaged, then smoothed."""
         S = int(self.config.image_size)
-        return gaussian_smooth(fuse_maps([upsample_maps(per_stage[s], S) for s in self.bank_stages]),
-                               self.config.smoothing_sigma)
+        return gaussian_smooth(
+            fuse_maps([upsample_maps(per_stage[s], S) for s in self.bank_stages]), self.config.smoothing_sigma
+        )
 
     @torch.no_grad()
     def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -199,12 +203,15 @@ class MemoryBankModel(nn.Module):
         return self.fuse(self.stage_maps(features))
 
     @torch.no_grad()
-    def maps_from_features(self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def maps_from_features(
+        self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps (B, S, S) and image scores (B,) from precomputed backbone features (e.g. the cache)."""
         n = len(features[self.config.stages[0]])
-        out = [self.maps_from_backbone({s: as_tensor(features[s][i:i + batch_size]) for s in self.config.stages})
-               for i in range(0, n, batch_size)]
+        out = [
+            self.maps_from_backbone({s: as_tensor(features[s][i : i + batch_size]) for s in self.config.stages})
+            for i in range(0, n, batch_size)
+        ]
         S = int(self.config.image_size)
         maps = torch.cat(out) if out else torch.zeros(0, S, S)
         return maps, image_scores(maps)
@@ -218,36 +225,51 @@ class MemoryBankModel(nn.Module):
         """Anomaly maps (B, S, S) at ``image_size`` and image scores (B,) (max of the map)."""
         images = self.prepare(images)
         S = int(self.config.image_size)
-        out = [self.maps_from_backbone(self.backbone(images[i:i + batch_size].to(self.device_)))
-               for i in range(0, len(images), batch_size)]
+        out = [
+            self.maps_from_backbone(self.backbone(images[i : i + batch_size].to(self.device_)))
+            for i in range(0, len(images), batch_size)
+        ]
         maps = torch.cat(out) if out else torch.zeros(0, S, S)
         return maps, image_scores(maps)
 
     def describe(self) -> dict:
         """What an ensemble records of this member."""
         c = self.config
-        return {"kind": "memory_bank", "backbone": c.backbone, "stages": list(c.stages), "alpha": None, "n": None,
-                "image_size": int(c.image_size), "aggregation": int(c.aggregation),
-                "concat_stages": bool(c.concat_stages), "smoothing_sigma": float(c.smoothing_sigma),
-                "coreset_ratio": float(c.coreset_ratio),
-                "bank_size": {int(s): int(len(m)) for s, m in self.memory.items()}}
+        return {
+            "kind": "memory_bank",
+            "backbone": c.backbone,
+            "stages": list(c.stages),
+            "alpha": None,
+            "n": None,
+            "image_size": int(c.image_size),
+            "aggregation": int(c.aggregation),
+            "concat_stages": bool(c.concat_stages),
+            "smoothing_sigma": float(c.smoothing_sigma),
+            "coreset_ratio": float(c.coreset_ratio),
+            "bank_size": {int(s): int(len(m)) for s, m in self.memory.items()},
+        }
 
     # ------------------------------------------------------------------ persistence
     def state(self, include_backbone: bool = True) -> dict:
         """The dict :meth:`save` writes: format, config, the banks and (by default) the backbone's weights."""
         cfg = asdict(self.config)
         cfg["stages"] = list(self.config.stages)
-        return {"format": MEMORY_BANK_FORMAT, "config": cfg, "fitted": self.fitted,
-                "memory": {int(s): m.contiguous() for s, m in self.memory.items()},
-                "backbone": backbone_state(self.backbone, include_backbone)}
+        return {
+            "format": MEMORY_BANK_FORMAT,
+            "config": cfg,
+            "fitted": self.fitted,
+            "memory": {int(s): m.contiguous() for s, m in self.memory.items()},
+            "backbone": backbone_state(self.backbone, include_backbone),
+        }
 
     def save(self, path: str | Path, include_backbone: bool = True) -> Path:
         """One self-describing file (format ``pradot-memory-bank-v1``)."""
         return save_state(self.state(include_backbone), path)
 
     @classmethod
-    def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None
-                   ) -> "MemoryBankModel":
+    def from_state(
+        cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None
+    ) -> MemoryBankModel:
         """Inverse of :meth:`state`; ``backbone`` replaces the stored one (e.g. a shared network)."""
         cfg = dict(state["config"])
         cfg["stages"] = tuple(cfg["stages"])
@@ -259,8 +281,10 @@ class MemoryBankModel(nn.Module):
         return model.eval()
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None
-             ) -> "MemoryBankModel":
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None
+    ) -> MemoryBankModel:
         """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a memory-bank file)."""
-        return cls.from_state(load_state(path, MEMORY_BANK_FORMAT, what="memory bank"), device=device,
-                              backbone=backbone)
+        return cls.from_state(
+            load_state(path, MEMORY_BANK_FORMAT, what="memory bank"), device=device, backbone=backbone
+        )

@@ -19,9 +19,9 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -39,7 +39,16 @@ from .prototypes import BankConfig, PrototypeBank
 from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
 from .transport import sinkhorn
 
-__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape", "PrototypeModel", "PRADOT", "FORMAT", "prepare_images", "as_tensor"]
+__all__ = [
+    "PRADOTConfig",
+    "EpochStats",
+    "FeatureShape",
+    "PrototypeModel",
+    "PRADOT",
+    "FORMAT",
+    "prepare_images",
+    "as_tensor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +92,23 @@ class PRADOTConfig:
         if not (0.0 <= float(self.eta) <= 1.0):
             raise ValueError(f"eta must lie in [0, 1], got {self.eta!r}")
         if int(self.batch_size) < 1 or int(self.epochs) < 0 or int(self.image_size) < 16:
-            raise ValueError(f"batch_size >= 1, epochs >= 0 and image_size >= 16 are required, got "
-                             f"{self.batch_size}, {self.epochs}, {self.image_size}")
+            raise ValueError(
+                f"batch_size >= 1, epochs >= 0 and image_size >= 16 are required, got "
+                f"{self.batch_size}, {self.epochs}, {self.image_size}"
+            )
         if self.n >= 1 and int(self.batch_size) < self.n:
             raise ValueError(
                 f"batch size {self.batch_size} < n={self.n}: with fewer embeddings than prototypes per cell "
                 f"the transport plan splits every embedding over several prototypes and the barycentres "
                 f"collapse (the paper requires B >= n; it uses B = 4n). Raise batch_size (batch_ratio) or "
-                f"lower n.")
+                f"lower n."
+            )
         if self.n >= 1 and int(self.batch_size) < 2 * self.n:
-            warnings.warn(f"batch size {self.batch_size} < 2 n = {2 * self.n}: the paper's Fig. 3a shows a "
-                          f"clear loss of accuracy below a batch/n ratio of 2", stacklevel=3)
+            warnings.warn(
+                f"batch size {self.batch_size} < 2 n = {2 * self.n}: the paper's Fig. 3a shows a "
+                f"clear loss of accuracy below a batch/n ratio of 2",
+                stacklevel=3,
+            )
 
 
 @dataclass
@@ -115,7 +130,7 @@ class FeatureShape:
     grid: tuple[int, int]
 
     @classmethod
-    def of(cls, features) -> "FeatureShape":
+    def of(cls, features) -> FeatureShape:
         """From a (N, D, H, W) array or tensor of features."""
         _, d, h, w = features.shape
         return cls(int(d), (int(h), int(w)))
@@ -138,8 +153,14 @@ class PrototypeModel(nn.Module):
         ValueError: a stage of ``config.stages`` has no shape.
     """
 
-    def __init__(self, config: PRADOTConfig, shapes: Mapping[int, FeatureShape] | None,
-                 device: str | torch.device = "cpu", *, bank_shapes: Mapping[int, FeatureShape] | None = None):
+    def __init__(
+        self,
+        config: PRADOTConfig,
+        shapes: Mapping[int, FeatureShape] | None,
+        device: str | torch.device = "cpu",
+        *,
+        bank_shapes: Mapping[int, FeatureShape] | None = None,
+    ):
         super().__init__()
         self.options = FeatureOptions(config.aggregation, config.concat_stages)
         self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
@@ -158,16 +179,26 @@ class PrototypeModel(nn.Module):
         self.banks = nn.ModuleDict()
         for i, s in enumerate(self.bank_stages):
             sh = bank_shapes[s]
-            bc = BankConfig(stage=s, alpha=config.alpha, n=config.n, grid=sh.grid, dim=sh.dim,
-                            backbone=config.backbone, image_size=config.image_size, eta=config.eta,
-                            epsilon=config.epsilon, sinkhorn_iters=config.sinkhorn_iters,
-                            learn_coordinates=config.learn_coordinates)
+            bc = BankConfig(
+                stage=s,
+                alpha=config.alpha,
+                n=config.n,
+                grid=sh.grid,
+                dim=sh.dim,
+                backbone=config.backbone,
+                image_size=config.image_size,
+                eta=config.eta,
+                epsilon=config.epsilon,
+                sinkhorn_iters=config.sinkhorn_iters,
+                learn_coordinates=config.learn_coordinates,
+            )
             self.banks[str(s)] = PrototypeBank(bc, seed=config.seed + i, device=self.device_)
         self.fitted = False
 
     @classmethod
-    def for_features(cls, config: PRADOTConfig, features: Mapping[int, np.ndarray | torch.Tensor],
-                     device: str | torch.device = "cpu") -> "PrototypeModel":
+    def for_features(
+        cls, config: PRADOTConfig, features: Mapping[int, np.ndarray | torch.Tensor], device: str | torch.device = "cpu"
+    ) -> PrototypeModel:
         """A model whose banks fit ``features`` ``{stage: (N, D, H, W)}`` (e.g. cached ones)."""
         return cls(config, {int(s): FeatureShape.of(f) for s, f in features.items()}, device=device)
 
@@ -183,9 +214,11 @@ class PrototypeModel(nn.Module):
         if n_images == 0:
             raise ValueError("the training set is empty")
         if n_images < bs:
-            raise ValueError(f"the training set has {n_images} images, fewer than the batch size {bs}; batches "
-                             f"are drawn with drop_last, so no batch would be trained. Lower batch_size "
-                             f"(batch_ratio x n) or add images.")
+            raise ValueError(
+                f"the training set has {n_images} images, fewer than the batch size {bs}; batches "
+                f"are drawn with drop_last, so no batch would be trained. Lower batch_size "
+                f"(batch_ratio x n) or add images."
+            )
         return n_images // bs
 
     def epoch_batches(self, n_images: int) -> list[list[torch.Tensor]]:
@@ -196,20 +229,29 @@ class PrototypeModel(nn.Module):
         out = []
         for _ in range(int(self.config.epochs)):
             perm = torch.randperm(n_images, generator=g)
-            out.append([perm[b * bs:(b + 1) * bs] for b in range(n_batches)])
+            out.append([perm[b * bs : (b + 1) * bs] for b in range(n_batches)])
         return out
 
-    def train_schedule(self, schedule: list[list[torch.Tensor]], batch_features,
-                       callback: Callable[[EpochStats], None] | None = None,
-                       progress: bool = True, first_epoch: int = 1) -> list[EpochStats]:
+    def train_schedule(
+        self,
+        schedule: list[list[torch.Tensor]],
+        batch_features,
+        callback: Callable[[EpochStats], None] | None = None,
+        progress: bool = True,
+        first_epoch: int = 1,
+    ) -> list[EpochStats]:
         """Algorithm 1 over a schedule (:meth:`epoch_batches`). ``batch_features`` yields
         ``{stage: (B, D, H, W)}`` for the schedule's batches in order; ``callback`` gets each epoch's stats,
         numbered from ``first_epoch`` (> 1 when the schedule is the rest of an interrupted training)."""
         history = []
         batch_features = iter(batch_features)
         warm = {s: None for s in self.bank_stages}
-        bar = tqdm(total=len(schedule) * len(schedule[0]) if schedule else 0, desc="PRADOT training",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=len(schedule) * len(schedule[0]) if schedule else 0,
+            desc="PRADOT training",
+            disable=not progress,
+            leave=False,
+        )
         for epoch, batches in enumerate(schedule):
             t0 = time.perf_counter()
             tf = tot = 0.0
@@ -220,8 +262,9 @@ class PrototypeModel(nn.Module):
                 feats = self.transform(next(batch_features))
                 t2 = time.perf_counter()
                 for s in self.bank_stages:
-                    st = self.banks[str(s)].step(feats[s], warm=warm[s],
-                                                 warm_start=self.config.warm_start, solver=sinkhorn)
+                    st = self.banks[str(s)].step(
+                        feats[s], warm=warm[s], warm_start=self.config.warm_start, solver=sinkhorn
+                    )
                     warm[s] = st.warm if self.config.warm_start else None
                     losses[s].append(st.ot_loss)
                     changes[s].append(st.change)
@@ -229,9 +272,14 @@ class PrototypeModel(nn.Module):
                 tf += t2 - t1
                 tot += t3 - t2
                 bar.update(1)
-            stats = EpochStats(first_epoch + epoch, {s: float(np.mean(v)) for s, v in losses.items()},
-                               {s: float(np.mean(v)) for s, v in changes.items()},
-                               time.perf_counter() - t0, tf, tot)
+            stats = EpochStats(
+                first_epoch + epoch,
+                {s: float(np.mean(v)) for s, v in losses.items()},
+                {s: float(np.mean(v)) for s, v in changes.items()},
+                time.perf_counter() - t0,
+                tf,
+                tot,
+            )
             history.append(stats)
             bar.set_postfix(epoch=stats.epoch, ot_loss=f"{np.mean(list(stats.ot_loss.values())):.4f}")
             if callback is not None:
@@ -240,8 +288,13 @@ class PrototypeModel(nn.Module):
         self.fitted = True
         return history
 
-    def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], callback=None,
-                     progress: bool = True, start_epoch: int = 0) -> list[EpochStats]:
+    def fit_features(
+        self,
+        features: Mapping[int, np.ndarray | torch.Tensor],
+        callback=None,
+        progress: bool = True,
+        start_epoch: int = 0,
+    ) -> list[EpochStats]:
         """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache).
 
         ``start_epoch``: continue a training that stopped after that many epochs, on a model restored
@@ -257,15 +310,17 @@ class PrototypeModel(nn.Module):
             raise ValueError(f"start_epoch must lie in [0, epochs={self.config.epochs}], got {start_epoch}")
         n = stage_image_count(features, self.config.stages)
 
-        schedule = self.epoch_batches(n)[int(start_epoch):]
+        schedule = self.epoch_batches(n)[int(start_epoch) :]
 
         def batches():
             for epoch in schedule:
                 for idx in epoch:
                     order = np.sort(idx.numpy())  # memmaps read faster in order; restore batch order after
                     inv = np.argsort(np.argsort(idx.numpy()))
-                    yield {s: torch.from_numpy(np.ascontiguousarray(np.asarray(features[s][order])[inv]))
-                           for s in self.config.stages}
+                    yield {
+                        s: torch.from_numpy(np.ascontiguousarray(np.asarray(features[s][order])[inv]))
+                        for s in self.config.stages
+                    }
 
         return self.train_schedule(schedule, batches(), callback, progress, first_epoch=int(start_epoch) + 1)
 
@@ -281,18 +336,20 @@ class PrototypeModel(nn.Module):
         """Per-bank maps ``{stage: (B, h, w)}`` -> the model's map (B, S, S): each upsampled to the input
         size, averaged over the banks, then smoothed (``config.smoothing_sigma`` pixels; 0: not at all)."""
         S = int(self.config.image_size)
-        return gaussian_smooth(fuse_maps([upsample_maps(per_stage[s], S) for s in self.bank_stages]),
-                               self.config.smoothing_sigma)
+        return gaussian_smooth(
+            fuse_maps([upsample_maps(per_stage[s], S) for s in self.bank_stages]), self.config.smoothing_sigma
+        )
 
     @torch.no_grad()
-    def maps_from_features(self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def maps_from_features(
+        self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, S, S) at the input size and image scores (B,) from backbone features
         ``{stage: (B, D, H, W)}`` (arrays, memmaps or tensors), ``batch_size`` images at a time."""
         n = len(features[self.config.stages[0]])
         out = []
         for i in range(0, n, batch_size):
-            batch = {s: as_tensor(features[s][i:i + batch_size]) for s in self.config.stages}
+            batch = {s: as_tensor(features[s][i : i + batch_size]) for s in self.config.stages}
             out.append(self.fuse(self.stage_maps(batch)))
         if not out:
             S = int(self.config.image_size)
@@ -304,11 +361,14 @@ class PrototypeModel(nn.Module):
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
         """``{"config", "banks", "fitted"}``: what a model file stores besides the backbone."""
-        return {"config": asdict(self.config), "banks": {s: self.banks[str(s)].state() for s in self.bank_stages},
-                "fitted": self.fitted}
+        return {
+            "config": asdict(self.config),
+            "banks": {s: self.banks[str(s)].state() for s in self.bank_stages},
+            "fitted": self.fitted,
+        }
 
     @classmethod
-    def from_state(cls, state: Mapping, device: str | torch.device = "cpu") -> "PrototypeModel":
+    def from_state(cls, state: Mapping, device: str | torch.device = "cpu") -> PrototypeModel:
         """Inverse of :meth:`state` (the banks carry their own shapes). Files written before the feature and
         post-processing options existed load with their defaults (the paper's), so they score as before."""
         cfg = dict(state["config"])
@@ -346,8 +406,10 @@ def prepare_images(images, size: int) -> torch.Tensor:
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}; "
-                         f"convert grayscale/RGBA images to RGB first (pradot.data.read_image does)")
+        raise ValueError(
+            f"expected RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}; "
+            f"convert grayscale/RGBA images to RGB first (pradot.data.read_image does)"
+        )
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
     images = images.float()
@@ -363,8 +425,13 @@ class PRADOT(nn.Module):
     ``fit(data)``, ``score(images) -> (maps, scores)``, ``save(path)``, ``load(path)``.
     """
 
-    def __init__(self, config: PRADOTConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu",
-                 prototypes: PrototypeModel | None = None):
+    def __init__(
+        self,
+        config: PRADOTConfig,
+        backbone: Backbone | None = None,
+        device: str | torch.device = "cpu",
+        prototypes: PrototypeModel | None = None,
+    ):
         super().__init__()
         self.config = config
         self.device_ = torch.device(device)
@@ -373,8 +440,10 @@ class PRADOT(nn.Module):
         if tuple(self.backbone.stages) != tuple(config.stages):
             raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
         if prototypes is None:
-            shapes = {s: FeatureShape(int(self.backbone.channels[s]), self.backbone.grid(s, config.image_size))
-                      for s in config.stages}
+            shapes = {
+                s: FeatureShape(int(self.backbone.channels[s]), self.backbone.grid(s, config.image_size))
+                for s in config.stages
+            }
             prototypes = PrototypeModel(config, shapes, device=self.device_)
         elif tuple(prototypes.config.stages) != tuple(config.stages):
             raise ValueError(f"prototype stages {prototypes.config.stages} != config stages {config.stages}")
@@ -382,8 +451,9 @@ class PRADOT(nn.Module):
         self.prototypes.device_ = self.device_
 
     @classmethod
-    def from_prototypes(cls, prototypes: PrototypeModel, backbone: Backbone,
-                        device: str | torch.device = "cpu") -> "PRADOT":
+    def from_prototypes(
+        cls, prototypes: PrototypeModel, backbone: Backbone, device: str | torch.device = "cpu"
+    ) -> PRADOT:
         """Attach a backbone to banks trained on its features (e.g. in a sweep trial)."""
         return cls(prototypes.config, backbone=backbone, device=device, prototypes=prototypes)
 
@@ -405,8 +475,9 @@ class PRADOT(nn.Module):
         """The seeded, shuffled, drop_last batches of every epoch (see :meth:`PrototypeModel.epoch_batches`)."""
         return self.prototypes.epoch_batches(n_images)
 
-    def fit(self, data: Dataset | DataLoader, callback=None, progress: bool = True,
-            num_workers: int | None = None) -> list[EpochStats]:
+    def fit(
+        self, data: Dataset | DataLoader, callback=None, progress: bool = True, num_workers: int | None = None
+    ) -> list[EpochStats]:
         """Learn the prototypes, recomputing backbone features for every batch (the authors' way).
 
         ``data`` is a Dataset of ``{"image": (3, S, S) float in [0, 1]}`` items or a DataLoader over one
@@ -418,13 +489,15 @@ class PRADOT(nn.Module):
             num_workers = data.num_workers if num_workers is None else num_workers
             data = data.dataset
         schedule = self.epoch_batches(len(data))
-        loader = DataLoader(data, batch_sampler=[idx.tolist() for epoch in schedule for idx in epoch],
-                            num_workers=num_workers or 0)
+        loader = DataLoader(
+            data, batch_sampler=[idx.tolist() for epoch in schedule for idx in epoch], num_workers=num_workers or 0
+        )
         feats = (self.backbone(batch["image"].to(self.device_)) for batch in loader)
         return self.prototypes.train_schedule(schedule, feats, callback, progress)
 
-    def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor], callback=None,
-                     progress: bool = True) -> list[EpochStats]:
+    def fit_features(
+        self, features: Mapping[int, np.ndarray | torch.Tensor], callback=None, progress: bool = True
+    ) -> list[EpochStats]:
         """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache)."""
         return self.prototypes.fit_features(features, callback=callback, progress=progress)
 
@@ -444,9 +517,17 @@ class PRADOT(nn.Module):
     def describe(self) -> dict:
         """What an ensemble records of this member: kind, backbone, stages, image size and hyper-parameters."""
         c = self.config
-        return {"kind": "pradot", "backbone": c.backbone, "stages": list(c.stages), "alpha": float(c.alpha),
-                "n": c.n, "image_size": int(c.image_size), "aggregation": int(c.aggregation),
-                "concat_stages": bool(c.concat_stages), "smoothing_sigma": float(c.smoothing_sigma)}
+        return {
+            "kind": "pradot",
+            "backbone": c.backbone,
+            "stages": list(c.stages),
+            "alpha": float(c.alpha),
+            "n": c.n,
+            "image_size": int(c.image_size),
+            "aggregation": int(c.aggregation),
+            "concat_stages": bool(c.concat_stages),
+            "smoothing_sigma": float(c.smoothing_sigma),
+        }
 
     @torch.no_grad()
     def stage_maps(self, images, batch_size: int = 16) -> dict[int, torch.Tensor]:
@@ -454,13 +535,14 @@ class PRADOT(nn.Module):
         images = self.prepare(images)
         out = {s: [] for s in self.prototypes.bank_stages}
         for i in range(0, len(images), batch_size):
-            for s, m in self.prototypes.stage_maps(self.backbone(images[i:i + batch_size].to(self.device_))).items():
+            for s, m in self.prototypes.stage_maps(self.backbone(images[i : i + batch_size].to(self.device_))).items():
                 out[s].append(m)
         return {s: torch.cat(v) for s, v in out.items()}
 
     @torch.no_grad()
-    def score_features(self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_features(
+        self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`score` from precomputed backbone features ``{stage: (B, D, H, W)}``."""
         return self.prototypes.maps_from_features(features, batch_size)
 
@@ -477,8 +559,11 @@ class PRADOT(nn.Module):
     def state(self, include_backbone: bool = True) -> dict:
         """The dict :meth:`save` writes: format, config, banks, backbone name/stages and (by default) its
         weights."""
-        return {"format": FORMAT, **self.prototypes.state(),
-                "backbone": backbone_state(self.backbone, include_backbone)}
+        return {
+            "format": FORMAT,
+            **self.prototypes.state(),
+            "backbone": backbone_state(self.backbone, include_backbone),
+        }
 
     def save(self, path: str | Path, include_backbone: bool = True) -> Path:
         """One file with the config, each bank (with its own self-describing config) and, by default,
@@ -486,14 +571,13 @@ class PRADOT(nn.Module):
         return save_state(self.state(include_backbone), path)
 
     @classmethod
-    def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None
-                   ) -> "PRADOT":
+    def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> PRADOT:
         """Inverse of :meth:`state`; ``backbone`` replaces the stored one (e.g. a shared network)."""
         prototypes = PrototypeModel.from_state(state, device=device)
         backbone = restore_backbone(state["backbone"], backbone)
         return cls.from_prototypes(prototypes, backbone, device=device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "PRADOT":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> PRADOT:
         """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a PRADOT model file)."""
         return cls.from_state(load_state(path, FORMAT), device=device, backbone=backbone)

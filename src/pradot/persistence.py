@@ -17,8 +17,15 @@ from typing import Any, Protocol
 
 import torch
 
-from .checkpoint import (ENSEMBLE_FORMAT, ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, MODEL_FORMAT, file_format, file_info,
-                         load_state)
+from .checkpoint import (
+    ENSEMBLE_FORMAT,
+    ENSEMBLE_FORMATS,
+    MEMORY_BANK_FORMAT,
+    MODEL_FORMAT,
+    file_format,
+    file_info,
+    load_state,
+)
 from .device import resolve_device
 from .ensemble import Ensemble
 from .fewshot import FOCT, FOCT_FORMAT
@@ -71,14 +78,18 @@ def load_scoring_model(path: str | Path, device: str | torch.device | None = "cp
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a directory; a scoring model is one file (a PRADOT .pt or an ensemble .pt, "
-                         f"formats {servable_formats()})")
+        raise ValueError(
+            f"{path} is a directory; a scoring model is one file (a PRADOT .pt or an ensemble .pt, "
+            f"formats {servable_formats()})"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     fmt = file_format(path)
     cls = SCORING_FORMATS.get(fmt)
     if cls is None:
-        raise ValueError(f"{path} has format {fmt!r}: neither a PRADOT model file ({MODEL_FORMAT!r}, PRADOT.save) "
-                         f"nor a PRADOT ensemble file ({ENSEMBLE_FORMAT!r}, Ensemble.save) nor a memory bank "
-                         f"({MEMORY_BANK_FORMAT!r}, MemoryBankModel.save); servable formats: {servable_formats()}")
+        raise ValueError(
+            f"{path} has format {fmt!r}: neither a PRADOT model file ({MODEL_FORMAT!r}, PRADOT.save) "
+            f"nor a PRADOT ensemble file ({ENSEMBLE_FORMAT!r}, Ensemble.save) nor a memory bank "
+            f"({MEMORY_BANK_FORMAT!r}, MemoryBankModel.save); servable formats: {servable_formats()}"
+        )
     return cls.from_state(load_state(path, fmt), device=resolve_device(device)).eval()

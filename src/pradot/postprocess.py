@@ -14,13 +14,20 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TRUNCATE", "check_sigma", "gaussian_kernel1d", "gaussian_smooth", "standardise", "check_weights",
-           "weighted_fusion"]
+__all__ = [
+    "TRUNCATE",
+    "check_sigma",
+    "gaussian_kernel1d",
+    "gaussian_smooth",
+    "standardise",
+    "check_weights",
+    "weighted_fusion",
+]
 
 #: the Gaussian is cut at this many standard deviations (scipy's default)
 TRUNCATE = 4.0

@@ -14,12 +14,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cost import (check_alpha, feature_cost, grid_coordinates, grid_normalised_cost, normalised_cost,
-                   spatial_cost)
+from .cost import check_alpha, feature_cost, grid_coordinates, grid_normalised_cost, normalised_cost, spatial_cost
 from .transport import SinkhornResult, sinkhorn, transport_cost
 
-__all__ = ["BankConfig", "PrototypeBank", "prototype_coordinates", "ema_update", "barycentric_coordinates",
-           "StepStats"]
+__all__ = ["BankConfig", "PrototypeBank", "prototype_coordinates", "ema_update", "barycentric_coordinates", "StepStats"]
 
 
 def prototype_coordinates(height: int, width: int, n: float, device=None) -> torch.Tensor:
@@ -72,7 +70,7 @@ class BankConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BankConfig":
+    def from_dict(cls, d: dict) -> BankConfig:
         return cls(**{**d, "grid": tuple(d["grid"])})
 
 
@@ -89,8 +87,9 @@ def ema_update(p: torch.Tensor, plan: torch.Tensor, z: torch.Tensor, eta: float)
     return eta * p + (1.0 - eta) * bary.to(p.dtype)
 
 
-def barycentric_coordinates(rho: torch.Tensor, plan: torch.Tensor, c: torch.Tensor, eta: float,
-                            cells: int) -> torch.Tensor:
+def barycentric_coordinates(
+    rho: torch.Tensor, plan: torch.Tensor, c: torch.Tensor, eta: float, cells: int
+) -> torch.Tensor:
     """Optional learnable coordinates: the EMA of Eq. 5 applied to barycentric positions, averaged over
     the prototypes that share a cell (prototype index ``k * cells + cell``).
 
@@ -146,16 +145,19 @@ class PrototypeBank(torch.nn.Module):
         """(B, D, H, W) feature maps -> z: (B*H*W, D) and c: (B*H*W, 2), row-major per image."""
         B, D, H, W = feats.shape
         if (H, W) != tuple(self.config.grid) or D != self.config.dim:
-            raise ValueError(f"stage {self.config.stage} features are {D}x{H}x{W}, the bank expects "
-                             f"{self.config.dim}x{self.config.grid[0]}x{self.config.grid[1]}: "
-                             f"same backbone and image size as in training?")
+            raise ValueError(
+                f"stage {self.config.stage} features are {D}x{H}x{W}, the bank expects "
+                f"{self.config.dim}x{self.config.grid[0]}x{self.config.grid[1]}: "
+                f"same backbone and image size as in training?"
+            )
         z = feats.permute(0, 2, 3, 1).reshape(B * H * W, D)
         c = self.grid_coords.repeat(B, 1)
         return z, c
 
     @torch.no_grad()
-    def step(self, feats: torch.Tensor, warm: tuple | None = None, warm_start: bool = False,
-             solver=sinkhorn) -> StepStats:
+    def step(
+        self, feats: torch.Tensor, warm: tuple | None = None, warm_start: bool = False, solver=sinkhorn
+    ) -> StepStats:
         """One training step of Algorithm 1 on a batch: cost (Eq. 3), OT plan (Eq. 4), update (Eq. 5).
 
         Args:
@@ -164,8 +166,13 @@ class PrototypeBank(torch.nn.Module):
         z, c = self.embeddings(feats)
         z = z.to(self.features.dtype)
         M = self.grid_cost(z)  # (B*H*W, P)
-        res: SinkhornResult = solver(M, self.config.epsilon, self.config.sinkhorn_iters,
-                                     warm_start=warm if warm_start else None, return_result=True)
+        res: SinkhornResult = solver(
+            M,
+            self.config.epsilon,
+            self.config.sinkhorn_iters,
+            warm_start=warm if warm_start else None,
+            return_result=True,
+        )
         loss = transport_cost(M, res.plan)
         del M
         old = self.features
@@ -178,13 +185,15 @@ class PrototypeBank(torch.nn.Module):
         return StepStats(loss, change, (res.f.detach(), res.g.detach()))
 
     def state(self) -> dict:
-        return {"config": self.config.to_dict(), "features": self.features.detach().cpu(),
-                "coords": self.coords.detach().cpu()}
+        return {
+            "config": self.config.to_dict(),
+            "features": self.features.detach().cpu(),
+            "coords": self.coords.detach().cpu(),
+        }
 
     @classmethod
-    def from_state(cls, state: dict, device=None) -> "PrototypeBank":
+    def from_state(cls, state: dict, device=None) -> PrototypeBank:
         bank = cls(BankConfig.from_dict(state["config"]), seed=0, device=device)
         bank.features.copy_(state["features"].to(bank.features.device))
         bank.coords.copy_(state["coords"].to(bank.coords.device))
         return bank
-

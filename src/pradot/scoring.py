@@ -16,8 +16,17 @@ import torch.nn.functional as F
 from .cost import _unit, spatial_cost
 from .prototypes import PrototypeBank
 
-__all__ = ["SCORING_PATHS", "assignment_scores", "assignment_scores_reference", "cell_copies", "release_workspace",
-           "stage_maps", "upsample_maps", "fuse_maps", "image_scores"]
+__all__ = [
+    "SCORING_PATHS",
+    "assignment_scores",
+    "assignment_scores_reference",
+    "cell_copies",
+    "release_workspace",
+    "stage_maps",
+    "upsample_maps",
+    "fuse_maps",
+    "image_scores",
+]
 
 
 def assignment_scores_reference(bank: PrototypeBank, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +40,7 @@ def assignment_scores_reference(bank: PrototypeBank, feats: torch.Tensor) -> tup
     B, _, H, W = feats.shape
     out, idx = [], []
     for b in range(B):
-        z, c = bank.embeddings(feats[b:b + 1])
+        z, c = bank.embeddings(feats[b : b + 1])
         M = bank.cost(z.to(bank.features.dtype), c)  # (H*W, P), Eq. 3 normalised over this image
         s, j = M.min(dim=1)
         out.append(s)
@@ -69,8 +78,9 @@ SCORING_PATHS = ("auto", "cells", "general")
 
 
 @torch.no_grad()
-def assignment_scores(bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8,
-                      path: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def assignment_scores(
+    bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8, path: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6 for a batch: ``S_i = min_j M_ij`` with M the Eq. 3 cost normalised per image.
 
     ``M = w (1 - cos) + a Ms / max(Ms)`` with ``w = (1 - a) / max(1 - cos) = (1 - a) / (1 - min cos)``
@@ -106,8 +116,10 @@ def assignment_scores(bank: PrototypeBank, feats: torch.Tensor, chunk: int = 8,
     dev = pn.device
     n = None if path == "general" else cell_copies(bank)
     if path == "cells" and n is None:
-        raise ValueError("path='cells' needs prototypes that are n copies of the feature grid "
-                         "(integer n >= 1, fixed coordinates); this bank has learnt coordinates or n < 1")
+        raise ValueError(
+            "path='cells' needs prototypes that are n copies of the feature grid "
+            "(integer n >= 1, fixed coordinates); this bank has learnt coordinates or n < 1"
+        )
     rho = bank.grid_coords if n is not None else bank.coords  # the distinct prototype positions
     ms = spatial_cost(bank.grid_coords, rho)  # (HW, HW) on the fast path, else (HW, P); same for every image
     ms_max = float(ms.max())
@@ -173,23 +185,23 @@ def _scores_cells(zn, pn, ms_scaled, a, n, B, HW, chunk):
     pn_cells = pn.view(n, HW, D).transpose(0, 1).contiguous()  # (HW, n, D): the copies of each cell
     for s in range(0, B, nb):
         b = min(nb, B - s)
-        z = zn[s * HW:(s + b) * HW]
+        z = zn[s * HW : (s + b) * HW]
         for r in range(0, b * HW, rows_per_block):
             e = min(b * HW, r + rows_per_block)
-            c = torch.matmul(z[r:e], pnT, out=buf[:e - r])  # (R, P), P = n * HW, index k * HW + cell
+            c = torch.matmul(z[r:e], pnT, out=buf[: e - r])  # (R, P), P = n * HW, index k * HW + cell
             torch.amax(c.view(e - r, n, HW), dim=1, out=maxcos[r:e])  # over the copies of each cell
             torch.amin(c, dim=1, out=rowmin[r:e])
-        w = _feature_weights(rowmin[:b * HW].view(b, HW).amin(dim=1), a)  # (b,)
-        m = maxcos[:b * HW].view(b, HW, HW)
+        w = _feature_weights(rowmin[: b * HW].view(b, HW).amin(dim=1), a)  # (b,)
+        m = maxcos[: b * HW].view(b, HW, HW)
         m.mul_(-w[:, None, None])
         if ms_scaled is not None:
             m.add_(ms_scaled[None])
         val, cell = m.min(dim=2)  # (b, HW)
-        scores[s:s + b] = val + w[:, None]
+        scores[s : s + b] = val + w[:, None]
         # which copy won at the winning cell: the one with the largest cosine there (n dot products)
-        cd = torch.index_select(pn_cells, 0, cell.reshape(-1), out=cand[:b * HW])  # (b*HW, n, D)
-        k = torch.bmm(cd, z[:, :, None], out=cand_cos[:b * HW]).argmax(dim=1)[:, 0]  # (b*HW,)
-        index[s:s + b] = k.view(b, HW) * HW + cell
+        cd = torch.index_select(pn_cells, 0, cell.reshape(-1), out=cand[: b * HW])  # (b*HW, n, D)
+        k = torch.bmm(cd, z[:, :, None], out=cand_cos[: b * HW]).argmax(dim=1)[:, 0]  # (b*HW,)
+        index[s : s + b] = k.view(b, HW) * HW + cell
     return scores, index
 
 
@@ -202,7 +214,7 @@ def _scores_general(zn, pn, ms_scaled, a, B, HW, chunk):
     scores, index = [], []
     for s in range(0, B, nb):
         b = min(nb, B - s)
-        cos = torch.matmul(zn[s * HW:(s + b) * HW], pn.T, out=buf[:b * HW]).view(b, HW, P)
+        cos = torch.matmul(zn[s * HW : (s + b) * HW], pn.T, out=buf[: b * HW]).view(b, HW, P)
         w = _feature_weights(cos.amin(dim=(1, 2)), a)  # (b,)
         # M = w (1 - cos) + ms_scaled = w - w cos + ms_scaled; min_j over the part that depends on j.
         cos.mul_(-w[:, None, None])

@@ -61,8 +61,9 @@ import contextlib
 import io
 import math
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,8 +112,9 @@ DEFAULT_MAX_IN_FLIGHT = 1
 DEFAULT_WAIT_S = 30.0
 #: allocations from this size up are given back to the OS when freed (:func:`return_large_blocks`)
 DEFAULT_MMAP_THRESHOLD = 4 * 1024 * 1024
-EXPECTED_PAYLOAD = ('{"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG/JPEG>"], ...]}, '
-                    '"params": {"return_map": false}}')
+EXPECTED_PAYLOAD = (
+    '{"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG/JPEG>"], ...]}, "params": {"return_map": false}}'
+)
 
 
 class InvalidRequest(ValueError):
@@ -144,16 +146,20 @@ def _b64decode(text: str, max_bytes: int) -> bytes:
     if not s:
         raise InvalidRequest("the image is empty (zero bytes); send the base64 encoding of a PNG or JPEG file")
     if len(s) > (max_bytes * 4) // 3 + 4:
-        raise InvalidRequest(f"the payload is {len(s)} base64 characters, more than the {max_bytes} bytes "
-                             f"allowed; send a smaller (e.g. JPEG or downscaled) image")
+        raise InvalidRequest(
+            f"the payload is {len(s)} base64 characters, more than the {max_bytes} bytes "
+            f"allowed; send a smaller (e.g. JPEG or downscaled) image"
+        )
     if "-" in s or "_" in s:  # URL-safe alphabet
         s = s.translate(str.maketrans("-_", "+/"))
     s += "=" * (-len(s) % 4)
     try:
         return base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"the value is not valid base64 ({exc}); send the image file's bytes base64-encoded, "
-                             f"e.g. base64.b64encode(open('x.png', 'rb').read()).decode()") from None
+        raise InvalidRequest(
+            f"the value is not valid base64 ({exc}); send the image file's bytes base64-encoded, "
+            f"e.g. base64.b64encode(open('x.png', 'rb').read()).decode()"
+        ) from None
 
 
 def _payload_bytes(value: Any, max_bytes: int) -> bytes:
@@ -183,8 +189,9 @@ def _png_size(data: bytes) -> tuple[int, int] | tuple[None, None]:
 
 
 @contextlib.contextmanager
-def _opened(value: Any, max_pixels: int, max_bytes: int,
-            on_size: Callable[[int, int], None] | None = None) -> Iterator[Image.Image]:
+def _opened(
+    value: Any, max_pixels: int, max_bytes: int, on_size: Callable[[int, int], None] | None = None
+) -> Iterator[Image.Image]:
     """The request value as a PIL image with its pixels loaded (see :func:`decode_image` for the checks).
     ``on_size(width, height)`` is called after the header is read, before any pixel is decoded (it may raise
     to refuse the image). The image is closed (its memory freed) when the block ends."""
@@ -199,20 +206,25 @@ def _opened(value: Any, max_pixels: int, max_bytes: int,
         w, h = _png_size(data)
         if w == 0 or h == 0:
             raise InvalidRequest(f"the image has zero size ({w}x{h}); send a non-empty image") from None
-        raise InvalidRequest(f"the data ({len(data)} bytes, starting {data[:8]!r}) is not an image PIL can read "
-                             f"in the allowed formats {', '.join(ALLOWED_FORMATS)}; send a PNG or JPEG file, "
-                             f"base64-encoded") from None
+        raise InvalidRequest(
+            f"the data ({len(data)} bytes, starting {data[:8]!r}) is not an image PIL can read "
+            f"in the allowed formats {', '.join(ALLOWED_FORMATS)}; send a PNG or JPEG file, "
+            f"base64-encoded"
+        ) from None
     except Exception as exc:  # corrupt header: SyntaxError, OSError, ValueError, struct.error, ...
-        raise InvalidRequest(f"the image header is corrupt ({type(exc).__name__}: {exc}); send a valid PNG or "
-                             f"JPEG file") from None
+        raise InvalidRequest(
+            f"the image header is corrupt ({type(exc).__name__}: {exc}); send a valid PNG or JPEG file"
+        ) from None
     del data
     with img:
         w, h = img.size
         if w <= 0 or h <= 0:
             raise InvalidRequest(f"the image has zero size ({w}x{h}); send a non-empty image")
         if w * h > max_pixels:
-            raise InvalidRequest(f"the image is {w}x{h} = {w * h} pixels, more than the {max_pixels} allowed; "
-                                 f"downscale it before sending")
+            raise InvalidRequest(
+                f"the image is {w}x{h} = {w * h} pixels, more than the {max_pixels} allowed; "
+                f"downscale it before sending"
+            )
         if on_size is not None:
             on_size(w, h)
         try:
@@ -220,8 +232,10 @@ def _opened(value: Any, max_pixels: int, max_bytes: int,
         except Image.DecompressionBombError as exc:
             raise InvalidRequest(f"the image is too large ({exc}); downscale it") from None
         except Exception as exc:  # OSError("image file is truncated"), zlib errors, ...
-            raise InvalidRequest(f"the {img.format} image ({w}x{h}) cannot be decoded, it is truncated or corrupt "
-                                 f"({type(exc).__name__}: {exc}); send the complete file") from None
+            raise InvalidRequest(
+                f"the {img.format} image ({w}x{h}) cannot be decoded, it is truncated or corrupt "
+                f"({type(exc).__name__}: {exc}); send the complete file"
+            ) from None
         yield img
 
 
@@ -231,8 +245,10 @@ def _rgb(img: Image.Image) -> np.ndarray:
     try:
         rgb = to_rgb_array(upright(img))
     except Exception as exc:  # noqa: BLE001 - a mode PIL loads but cannot convert
-        raise InvalidRequest(f"the {img.format} image ({img.mode}) cannot be converted to RGB "
-                             f"({type(exc).__name__}: {exc}); send an 8-bit RGB PNG or JPEG") from None
+        raise InvalidRequest(
+            f"the {img.format} image ({img.mode}) cannot be converted to RGB "
+            f"({type(exc).__name__}: {exc}); send an 8-bit RGB PNG or JPEG"
+        ) from None
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     return rgb if rgb.flags.writeable else rgb.copy()
 
@@ -272,7 +288,8 @@ def encode_mask(mask: np.ndarray) -> str:
     """(H, W) bool -> base64 of an 8-bit grayscale PNG, 255 where True."""
     buf = io.BytesIO()
     Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(
-        buf, format="PNG", compress_level=3)
+        buf, format="PNG", compress_level=3
+    )
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -282,8 +299,9 @@ def resize_map(amap, size: tuple[int, int]) -> np.ndarray:
     h, w = int(size[0]), int(size[1])
     m = torch.as_tensor(amap).float()[None, None]
     if (h, w) != tuple(m.shape[-2:]):
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False,
-                          antialias=h < m.shape[-2] or w < m.shape[-1])
+        m = F.interpolate(
+            m, size=(h, w), mode="bilinear", align_corners=False, antialias=h < m.shape[-2] or w < m.shape[-1]
+        )
     return m[0, 0].cpu().numpy()
 
 
@@ -340,7 +358,7 @@ def _mask_bytes(h: int, w: int) -> int:
 class _Budget:
     """A request's budgets, charged as each row's header is read (before its pixels are decoded)."""
 
-    def __init__(self, scorer: "Scorer", map_format: str | None, masks: bool = False):
+    def __init__(self, scorer: Scorer, map_format: str | None, masks: bool = False):
         self.scorer, self.map_format, self.masks = scorer, map_format, masks
         self.pixels = self.bytes = 0
 
@@ -348,9 +366,11 @@ class _Budget:
         sc = self.scorer
         self.pixels += w * h
         if self.pixels > sc.max_request_pixels:
-            raise RequestTooLarge(f"the request's images hold more than the {sc.max_request_pixels} decoded pixels "
-                                  f"allowed per request (max_request_pixels; this row brings the total to "
-                                  f"{self.pixels}); send fewer or smaller images per request")
+            raise RequestTooLarge(
+                f"the request's images hold more than the {sc.max_request_pixels} decoded pixels "
+                f"allowed per request (max_request_pixels; this row brings the total to "
+                f"{self.pixels}); send fewer or smaller images per request"
+            )
         if self.map_format is not None or self.masks:
             mh, mw = map_size(h, w, sc.max_map_side)
             self.bytes += _map_bytes(mh, mw, self.map_format) if self.map_format is not None else 0
@@ -361,7 +381,8 @@ class _Budget:
                     f"the maps asked for would exceed the {sc.max_response_bytes} bytes of maps allowed per answer "
                     f"(max_response_bytes; {self.bytes} bytes with this row, map_format={self.map_format!r}, maps "
                     f"at most {sc.max_map_side} px a side); ask for the maps of fewer or smaller images per "
-                    f"request{other}")
+                    f"request{other}"
+                )
 
 
 class Scorer:
@@ -372,11 +393,20 @@ class Scorer:
         ValueError: a budget that is not a positive number.
     """
 
-    def __init__(self, model: ScoringModel, calibration: Calibration, batch_size: int = 8,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_rows: int = 256, map_alpha: float = 0.5,
-                 max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS, max_map_side: int = DEFAULT_MAX_MAP_SIDE,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 wait_s: float = DEFAULT_WAIT_S):
+    def __init__(
+        self,
+        model: ScoringModel,
+        calibration: Calibration,
+        batch_size: int = 8,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_rows: int = 256,
+        map_alpha: float = 0.5,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+        max_map_side: int = DEFAULT_MAX_MAP_SIDE,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        wait_s: float = DEFAULT_WAIT_S,
+    ):
         size = int(model.config.image_size)
         if size < 1:
             raise ValueError(f"model image_size must be positive, got {size}")
@@ -392,9 +422,15 @@ class Scorer:
         self.max_response_bytes = int(max_response_bytes)
         self.max_in_flight = int(max_in_flight)
         self.wait_s = float(wait_s)
-        budgets = {"batch_size": self.batch_size, "max_pixels": self.max_pixels, "max_rows": self.max_rows,
-                   "max_request_pixels": self.max_request_pixels, "max_map_side": self.max_map_side,
-                   "max_response_bytes": self.max_response_bytes, "max_in_flight": self.max_in_flight}
+        budgets = {
+            "batch_size": self.batch_size,
+            "max_pixels": self.max_pixels,
+            "max_rows": self.max_rows,
+            "max_request_pixels": self.max_request_pixels,
+            "max_map_side": self.max_map_side,
+            "max_response_bytes": self.max_response_bytes,
+            "max_in_flight": self.max_in_flight,
+        }
         bad = {k: v for k, v in budgets.items() if v < 1}
         if bad or not (self.wait_s >= 0):
             raise ValueError(f"serving budgets must be >= 1 (wait_s >= 0), got {bad or {'wait_s': wait_s}}")
@@ -407,8 +443,9 @@ class Scorer:
         mh, mw = map_size(h, w, self.max_map_side)
         return _Row((h, w), tensor, _resized(img, (mw, mh)) if keep_image else None)
 
-    def validate(self, images: Iterable[Any], keep_images: bool = False, map_format: str | None = None,
-                 masks: bool = False) -> list[_Row]:
+    def validate(
+        self, images: Iterable[Any], keep_images: bool = False, map_format: str | None = None, masks: bool = False
+    ) -> list[_Row]:
         """Decode every row (one at a time) within the request's budgets; one :class:`InvalidRequest` listing
         all bad rows (by index), or :class:`RequestTooLarge` as soon as a budget is exceeded.
 
@@ -418,8 +455,10 @@ class Scorer:
         if not values:
             raise InvalidRequest(f"the request has no images; expected payload: {EXPECTED_PAYLOAD}")
         if len(values) > self.max_rows:
-            raise RequestTooLarge(f"the request has {len(values)} images, more than the {self.max_rows} allowed "
-                                  f"per request (max_rows); split it into several requests")
+            raise RequestTooLarge(
+                f"the request has {len(values)} images, more than the {self.max_rows} allowed "
+                f"per request (max_rows); split it into several requests"
+            )
         budget = _Budget(self, map_format, masks)
         rows: list[_Row] = []
         errors: list[str] = []
@@ -457,9 +496,16 @@ class Scorer:
         except ValueError as exc:
             raise InvalidRequest(f"bad operating point: {exc}") from None
 
-    def predict(self, images: Sequence[Any], return_map: bool = False, map_format: str = "png",
-                return_mask: bool = False, quantile: float | None = None,
-                threshold: float | None = None, online_update: bool = False) -> list[dict]:
+    def predict(
+        self,
+        images: Sequence[Any],
+        return_map: bool = False,
+        map_format: str = "png",
+        return_mask: bool = False,
+        quantile: float | None = None,
+        threshold: float | None = None,
+        online_update: bool = False,
+    ) -> list[dict]:
         """Score request rows -> one dict per row (see the module docstring). Validates the parameters and all
         rows first.
 
@@ -471,37 +517,59 @@ class Scorer:
             if not isinstance(flag, (bool, np.bool_)):
                 raise InvalidRequest(f"{name} must be true or false, got {flag!r}")
         if online_update and not getattr(self.model, "online_memory", False):
-            raise InvalidRequest("online_update=true needs a few-shot (FOCT) model with an online memory; this "
-                                 f"model ({type(self.model).__name__}) has none: send online_update=false")
+            raise InvalidRequest(
+                "online_update=true needs a few-shot (FOCT) model with an online memory; this "
+                f"model ({type(self.model).__name__}) has none: send online_update=false"
+            )
         map_format = str(map_format).lower()
         if map_format not in MAP_FORMATS:
             raise InvalidRequest(f"map_format must be one of {list(MAP_FORMATS)}, got {map_format!r}")
         op = self.operating_point(quantile, threshold)
         if not self._slots.acquire(timeout=self.wait_s):
-            raise ServerBusy(f"the server is scoring {self.max_in_flight} request(s) already (max_in_flight) and "
-                             f"this one waited {self.wait_s:g} s (wait_s) for its turn; retry later")
+            raise ServerBusy(
+                f"the server is scoring {self.max_in_flight} request(s) already (max_in_flight) and "
+                f"this one waited {self.wait_s:g} s (wait_s) for its turn; retry later"
+            )
         try:
             return self._predict(images, bool(return_map), map_format, bool(return_mask), op, bool(online_update))
         finally:
             self._slots.release()
 
-    def _predict(self, images: Sequence[Any], return_map: bool, map_format: str, return_mask: bool,
-                 op: OperatingPoint, online_update: bool = False) -> list[dict]:
-        rows = self.validate(images, keep_images=return_map and map_format == "png",
-                             map_format=map_format if return_map else None, masks=return_mask)
+    def _predict(
+        self,
+        images: Sequence[Any],
+        return_map: bool,
+        map_format: str,
+        return_mask: bool,
+        op: OperatingPoint,
+        online_update: bool = False,
+    ) -> list[dict]:
+        rows = self.validate(
+            images,
+            keep_images=return_map and map_format == "png",
+            map_format=map_format if return_map else None,
+            masks=return_mask,
+        )
         cal = self.calibration
         out: list[dict] = []
         for start in range(0, len(rows), self.batch_size):
-            batch = rows[start:start + self.batch_size]
+            batch = rows[start : start + self.batch_size]
             with torch.no_grad():
                 x = torch.stack([r.tensor for r in batch])
-                maps, scores = (self.model.score(x, update=True, update_below=cal.threshold) if online_update
-                                else self.model.score(x))
+                maps, scores = (
+                    self.model.score(x, update=True, update_below=cal.threshold)
+                    if online_update
+                    else self.model.score(x)
+                )
             scores = torch.as_tensor(scores).detach().float().cpu().numpy().reshape(-1)
             for j, row in enumerate(batch):
                 raw = float(scores[j])
-                rec = {"score": float(cal.normalise(raw, op.threshold)), "raw_score": raw,
-                       "is_anomaly": bool(raw > op.threshold), "threshold": op.threshold}
+                rec = {
+                    "score": float(cal.normalise(raw, op.threshold)),
+                    "raw_score": raw,
+                    "is_anomaly": bool(raw > op.threshold),
+                    "threshold": op.threshold,
+                }
                 if return_map or return_mask:
                     m = self._map_at_size(torch.as_tensor(maps[j]).detach(), row)
                     if return_map:

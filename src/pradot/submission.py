@@ -25,9 +25,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,16 @@ from .calibration import Calibration
 from .data.base import Sample, image_size_of
 from .data.mvtec_ad2 import PRIVATE_SPLITS, PUBLIC_TEST, MVTecAD2Dataset
 
-__all__ = ["MAPS_DIR", "THRESHOLDED_DIR", "SubmissionSummary", "upsample_map", "submission_paths",
-           "write_submission_maps", "write_mvtec_ad2_submission", "main"]
+__all__ = [
+    "MAPS_DIR",
+    "THRESHOLDED_DIR",
+    "SubmissionSummary",
+    "upsample_map",
+    "submission_paths",
+    "write_submission_maps",
+    "write_mvtec_ad2_submission",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,9 @@ def upsample_map(amap: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.n
     m = torch.as_tensor(np.asarray(amap, dtype=np.float32))[None, None]
     h, w = int(size[0]), int(size[1])
     if (h, w) != tuple(m.shape[-2:]):
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False,
-                          antialias=h < m.shape[-2] or w < m.shape[-1])
+        m = F.interpolate(
+            m, size=(h, w), mode="bilinear", align_corners=False, antialias=h < m.shape[-2] or w < m.shape[-1]
+        )
     return m[0, 0].numpy()
 
 
@@ -78,8 +87,9 @@ def submission_paths(out_dir: str | Path, category: str, sample: Sample) -> tupl
     return out / MAPS_DIR / rel.with_suffix(".tiff"), out / THRESHOLDED_DIR / rel.with_suffix(".png")
 
 
-def write_submission_maps(out_dir: str | Path, category: str, samples: Sequence[Sample], maps: np.ndarray,
-                          threshold: float) -> int:
+def write_submission_maps(
+    out_dir: str | Path, category: str, samples: Sequence[Sample], maps: np.ndarray, threshold: float
+) -> int:
     """Write each sample's map upsampled to its image's size: the float16 TIFF and the thresholded PNG
     (``map > threshold`` -> 255). Returns how many maps had values beyond the float16 range (clipped)."""
     import tifffile
@@ -99,9 +109,16 @@ def write_submission_maps(out_dir: str | Path, category: str, samples: Sequence[
     return clipped
 
 
-def write_mvtec_ad2_submission(model, calibration: Calibration, dataset: MVTecAD2Dataset, out_dir: str | Path,
-                               splits: Sequence[str] = PRIVATE_SPLITS, batch_size: int = 8,
-                               evaluate_public: bool = False, progress: bool = False) -> SubmissionSummary:
+def write_mvtec_ad2_submission(
+    model,
+    calibration: Calibration,
+    dataset: MVTecAD2Dataset,
+    out_dir: str | Path,
+    splits: Sequence[str] = PRIVATE_SPLITS,
+    batch_size: int = 8,
+    evaluate_public: bool = False,
+    progress: bool = False,
+) -> SubmissionSummary:
     """Score ``splits`` of an MVTec AD 2 category with ``model`` (anything with ``score`` and
     ``config.image_size``) and write them in the submission format; the threshold is ``calibration``'s.
 
@@ -115,36 +132,54 @@ def write_mvtec_ad2_submission(model, calibration: Calibration, dataset: MVTecAD
     for split in splits:
         samples = dataset.samples("test") if split == PUBLIC_TEST else dataset.private_samples(split)
         scored = score_samples(model, samples, size, batch_size, progress=progress)
-        summary.clipped_maps += write_submission_maps(out_dir, dataset.category, samples, scored.maps,
-                                                      summary.threshold)
+        summary.clipped_maps += write_submission_maps(
+            out_dir, dataset.category, samples, scored.maps, summary.threshold
+        )
         summary.images[split] = len(samples)
         log.info("%s/%s: %d maps written", dataset.category, split, len(samples))
     if summary.clipped_maps:
-        log.warning("%d maps had values beyond the float16 range (+-%g) and were clipped", summary.clipped_maps,
-                    FLOAT16_MAX)
+        log.warning(
+            "%d maps had values beyond the float16 range (+-%g) and were clipped", summary.clipped_maps, FLOAT16_MAX
+        )
     if evaluate_public:
         samples = dataset.samples("test")
         scored = score_samples(model, samples, size, batch_size, progress=progress)
-        metrics, notes = dataset_metrics(dataset, samples, list(scored.maps), gt_size=size,
-                                         threshold=summary.threshold)
-        summary.public_metrics = {**metrics, "notes": notes, "threshold": summary.threshold,
-                                  "evaluated_at": f"{size}x{size} (the model's input size)"}
+        metrics, notes = dataset_metrics(dataset, samples, list(scored.maps), gt_size=size, threshold=summary.threshold)
+        summary.public_metrics = {
+            **metrics,
+            "notes": notes,
+            "threshold": summary.threshold,
+            "evaluated_at": f"{size}x{size} (the model's input size)",
+        }
     return summary
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pradot.submission",
-                                description="Write an MVTec AD 2 submission (float16 TIFF maps + thresholded PNGs).")
-    p.add_argument("--model", required=True, help="a PRADOT or ensemble model file (a registered model's "
-                                                  "artifacts/pradot_model.pt)")
+    p = argparse.ArgumentParser(
+        prog="python -m pradot.submission",
+        description="Write an MVTec AD 2 submission (float16 TIFF maps + thresholded PNGs).",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a PRADOT or ensemble model file (a registered model's artifacts/pradot_model.pt)",
+    )
     p.add_argument("--calibration", required=True, help="calibration.json (its threshold thresholds the maps)")
     p.add_argument("--dataset-root", required=True, help="the folder that holds the MVTec AD 2 categories")
     p.add_argument("--category", required=True)
     p.add_argument("--output-dir", required=True, help="the submission folder")
-    p.add_argument("--splits", nargs="+", default=list(PRIVATE_SPLITS),
-                   choices=[*PRIVATE_SPLITS, PUBLIC_TEST], help="splits to write (default: both private splits)")
-    p.add_argument("--evaluate-public", action="store_true",
-                   help="also write OUT/public_metrics.json: AU-PRO_0.05, SegF1, image AUROC on test_public")
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        default=list(PRIVATE_SPLITS),
+        choices=[*PRIVATE_SPLITS, PUBLIC_TEST],
+        help="splits to write (default: both private splits)",
+    )
+    p.add_argument(
+        "--evaluate-public",
+        action="store_true",
+        help="also write OUT/public_metrics.json: AU-PRO_0.05, SegF1, image AUROC on test_public",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
@@ -160,8 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = load_dataset("mvtec_ad2", args.dataset_root, args.category)
         calibration = Calibration.load(args.calibration)
         model = load_scoring_model(args.model, device=args.device)
-        summary = write_mvtec_ad2_submission(model, calibration, dataset, args.output_dir, args.splits,
-                                             args.batch_size, evaluate_public=args.evaluate_public)
+        summary = write_mvtec_ad2_submission(
+            model,
+            calibration,
+            dataset,
+            args.output_dir,
+            args.splits,
+            args.batch_size,
+            evaluate_public=args.evaluate_public,
+        )
     except (FileNotFoundError, ValueError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -169,8 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.output_dir) / "public_metrics.json"
         path.write_text(json.dumps(summary.public_metrics, indent=2) + "\n")
         print(f"wrote {path}")
-    print(json.dumps({"output_dir": str(summary.out_dir), "threshold": summary.threshold, "images": summary.images,
-                      "clipped_maps": summary.clipped_maps}, indent=2))
+    print(
+        json.dumps(
+            {
+                "output_dir": str(summary.out_dir),
+                "threshold": summary.threshold,
+                "images": summary.images,
+                "clipped_maps": summary.clipped_maps,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

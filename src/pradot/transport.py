@@ -28,8 +28,15 @@ import torch
 
 from .buffers import empty_matrix
 
-__all__ = ["SinkhornResult", "numba_available", "sinkhorn", "sinkhorn_backend", "sinkhorn_log", "sinkhorn_profile",
-           "transport_cost"]
+__all__ = [
+    "SinkhornResult",
+    "numba_available",
+    "sinkhorn",
+    "sinkhorn_backend",
+    "sinkhorn_log",
+    "sinkhorn_profile",
+    "transport_cost",
+]
 
 
 @dataclass
@@ -65,14 +72,22 @@ def transport_cost(M: torch.Tensor, plan: torch.Tensor) -> float:
     """
     if M.shape != plan.shape:
         raise ValueError(f"cost {tuple(M.shape)} and plan {tuple(plan.shape)} differ in shape")
-    if (M.device.type == "cpu" and plan.device.type == "cpu" and M.dtype == plan.dtype and M.ndim == 2
-            and M.numel() >= NUMBA_MIN_ELEMENTS and M.is_contiguous() and plan.is_contiguous()
-            and M.dtype in (torch.float32, torch.float64) and _numba_kernels() is not None):
+    if (
+        M.device.type == "cpu"
+        and plan.device.type == "cpu"
+        and M.dtype == plan.dtype
+        and M.ndim == 2
+        and M.numel() >= NUMBA_MIN_ELEMENTS
+        and M.is_contiguous()
+        and plan.is_contiguous()
+        and M.dtype in (torch.float32, torch.float64)
+        and _numba_kernels() is not None
+    ):
         kern = _numba_kernels()["dot"]
         Mn, Tn = M.detach().numpy(), plan.detach().numpy()
         parts = _split_rows(M.shape[0], None)
         sums = np.zeros(len(parts))
-        _run_parts(kern, [(Mn[s:e], Tn[s:e], sums[k:k + 1]) for k, (s, e) in enumerate(parts)])
+        _run_parts(kern, [(Mn[s:e], Tn[s:e], sums[k : k + 1]) for k, (s, e) in enumerate(parts)])
         return float(sums.sum())
     return float((M * plan).sum())
 
@@ -290,8 +305,15 @@ def sinkhorn_backend(M: torch.Tensor, backend: str = "auto") -> str:
     return _pick_backend(backend, M)
 
 
-def sinkhorn_profile(M: torch.Tensor, eps: float, *, backend: str = "auto", block_rows: int = 256,
-                     threads: int | None = None, repeats: int = 3) -> dict:
+def sinkhorn_profile(
+    M: torch.Tensor,
+    eps: float,
+    *,
+    backend: str = "auto",
+    block_rows: int = 256,
+    threads: int | None = None,
+    repeats: int = 3,
+) -> dict:
     """Milliseconds spent in each phase of a :func:`sinkhorn` solve of ``M``, each phase run on its own
     exactly as the solver runs it (a profile: where a solve's time goes, without a profiler).
 
@@ -317,20 +339,24 @@ def sinkhorn_profile(M: torch.Tensor, eps: float, *, backend: str = "auto", bloc
     N, P = M.shape
     dev = M.device
     reps, iter_reps = max(1, int(repeats)), max(10, int(repeats))
-    prof = {"input_check": _median_ms(lambda: _check(M, eps, 1), dev, reps),
-            "initial_column_min": _median_ms(lambda: _colmin(M, None, None, threads, nb), dev, reps)}
+    prof = {
+        "input_check": _median_ms(lambda: _check(M, eps, 1), dev, reps),
+        "initial_column_min": _median_ms(lambda: _colmin(M, None, None, threads, nb), dev, reps),
+    }
     f = torch.zeros(N, dtype=M.dtype, device=dev)
     g = _colmin(M, None, None, threads, nb) + eps * math.log(1.0 / P)
     built = []
-    prof["kernel_build"] = _median_ms(lambda: built.append(_build_kernel(M, f, g, eps, None, None, threads, nb)),
-                                      dev, 1)
+    prof["kernel_build"] = _median_ms(
+        lambda: built.append(_build_kernel(M, f, g, eps, None, None, threads, nb)), dev, 1
+    )
     K = built.pop()
     prof["kernel_rebuild"] = _median_ms(lambda: _build_kernel(M, f, g, eps, K, None, threads, nb), dev, reps)
     passes = _Passes(K, backend, block_rows, threads)
     u = torch.ones(N, dtype=M.dtype, device=dev)
     v = torch.ones(P, dtype=M.dtype, device=dev)
-    prof["iteration_pass"] = _median_ms(lambda: passes.row_then_col(v, 1.0 / N, 1.0 / P, True), dev, iter_reps,
-                                        warmup=1)
+    prof["iteration_pass"] = _median_ms(
+        lambda: passes.row_then_col(v, 1.0 / N, 1.0 / P, True), dev, iter_reps, warmup=1
+    )
     prof["iteration_check"] = _median_ms(lambda: _worst(u, v), dev, iter_reps)
     prof["final_scaling"] = _median_ms(lambda: passes.scale(u, v), dev, reps)  # u = v = 1: K unchanged
     prof["backend"] = backend
@@ -339,6 +365,7 @@ def sinkhorn_profile(M: torch.Tensor, eps: float, *, backend: str = "auto", bloc
 
 def _median_ms(fn, device: torch.device, repeats: int, warmup: int = 0) -> float:
     """Median wall time of ``fn()`` in milliseconds (GPU work synchronised before and after each call)."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -417,11 +444,13 @@ def _numba_kernels():
             # which sends the solver to its log-domain step) instead of raising ZeroDivisionError
             opts = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp"})
             exact = dict(nogil=True, cache=True, error_model="numpy")  # elementwise: IEEE arithmetic, as torch's
-            _numba_state["kernels"] = {"fused": numba.njit(**opts)(_fused_rows_py),
-                                       "scale": numba.njit(**exact)(_scale_py),
-                                       "affine": numba.njit(**exact)(_affine_py),
-                                       "colmin": numba.njit(**exact)(_colmin_py),
-                                       "dot": numba.njit(**opts)(_dot_py)}
+            _numba_state["kernels"] = {
+                "fused": numba.njit(**opts)(_fused_rows_py),
+                "scale": numba.njit(**exact)(_scale_py),
+                "affine": numba.njit(**exact)(_affine_py),
+                "colmin": numba.njit(**exact)(_colmin_py),
+                "dot": numba.njit(**opts)(_dot_py),
+            }
         except Exception:  # noqa: BLE001 - any failure means: use the torch path
             _numba_state["kernels"] = None
     return _numba_state["kernels"]
@@ -584,14 +613,15 @@ class _Passes:
             vn, un = v.numpy(), u.numpy()
             for acc in self.accs:
                 acc.zero_()
-            _run_parts(self.fused, [(self.Kn[s:e], vn, a_, un[s:e], acc.numpy())
-                                    for (s, e), acc in zip(self.parts, self.accs)])
+            _run_parts(
+                self.fused, [(self.Kn[s:e], vn, a_, un[s:e], acc.numpy()) for (s, e), acc in zip(self.parts, self.accs)]
+            )
             acc = self.accs[0] if len(self.accs) == 1 else torch.stack(self.accs).sum(0)
             return u, acc.reciprocal().mul_(b)
         acc = torch.zeros(P, dtype=K.dtype, device=K.device)
         for s in range(0, N, self.block_rows):
-            Kr = K[s:s + self.block_rows]
-            ur = u[s:s + self.block_rows]
+            Kr = K[s : s + self.block_rows]
+            ur = u[s : s + self.block_rows]
             torch.mv(Kr, v, out=ur)
             ur.reciprocal_().mul_(a)
             acc.addmv_(Kr.T, ur)
@@ -604,15 +634,25 @@ class _Passes:
             for acc in self.accs:
                 acc.zero_()
             un, vn = u.numpy(), v.numpy()
-            _run_parts(self.scale_kernel, [(self.Kn[s:e], un[s:e], vn, acc.numpy())
-                                           for (s, e), acc in zip(self.parts, self.accs)])
+            _run_parts(
+                self.scale_kernel,
+                [(self.Kn[s:e], un[s:e], vn, acc.numpy()) for (s, e), acc in zip(self.parts, self.accs)],
+            )
             return self.accs[0].clone() if len(self.accs) == 1 else torch.stack(self.accs).sum(0)
         K.mul_(u[:, None]).mul_(v[None, :])
         return K.sum(0)
 
 
-def _build_kernel(M: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, out: torch.Tensor | None,
-                  chunk_rows: int | None, threads: int | None = None, use_numba: bool = False) -> torch.Tensor:
+def _build_kernel(
+    M: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    eps: float,
+    out: torch.Tensor | None,
+    chunk_rows: int | None,
+    threads: int | None = None,
+    use_numba: bool = False,
+) -> torch.Tensor:
     """K = exp((f_i + g_j - M_ij) / eps) with no (N, P) temporaries (in place on ``out``).
 
     With numba (CPU, large matrices) the exponent is written in one pass over M and exponentiated in
@@ -638,8 +678,9 @@ def _build_kernel(M: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
     return out
 
 
-def _colmin(M: torch.Tensor, f: torch.Tensor | None, chunk_rows: int | None,
-            threads: int | None = None, use_numba: bool = False) -> torch.Tensor:
+def _colmin(
+    M: torch.Tensor, f: torch.Tensor | None, chunk_rows: int | None, threads: int | None = None, use_numba: bool = False
+) -> torch.Tensor:
     """min_i (M_ij - f_i): (P,) without (N, P) temporaries (``f=None``: f = 0)."""
     N, P = M.shape
     if f is None:
@@ -659,7 +700,7 @@ def _colmin(M: torch.Tensor, f: torch.Tensor | None, chunk_rows: int | None,
     buf = torch.empty(min(rows, N), P, dtype=M.dtype, device=M.device)  # reused: no allocation per chunk
     for s in range(0, N, rows):
         e = min(N, s + rows)
-        blk = torch.sub(M[s:e], f[s:e, None], out=buf[:e - s])
+        blk = torch.sub(M[s:e], f[s:e, None], out=buf[: e - s])
         torch.amin(blk, dim=0, out=part if s else out)
         if s:
             torch.minimum(out, part, out=out)
@@ -677,7 +718,7 @@ def _lse_rows_out(M: torch.Tensor, f: torch.Tensor, eps: float, chunk_rows: int 
     """LSE_i((f_i - M_ij) / eps), reducing over the rows in chunks: (P,)."""
     N, P = M.shape
     rows = _auto_rows(P, chunk_rows) if M.device.type == "cpu" else (int(chunk_rows) if chunk_rows else N)
-    parts = [torch.logsumexp((f[s:s + rows, None] - M[s:s + rows]) / eps, dim=0) for s in range(0, N, rows)]
+    parts = [torch.logsumexp((f[s : s + rows, None] - M[s : s + rows]) / eps, dim=0) for s in range(0, N, rows)]
     return torch.logsumexp(torch.stack(parts), dim=0)
 
 
@@ -685,4 +726,4 @@ def _lse_cols_out(M: torch.Tensor, g: torch.Tensor, eps: float, chunk_rows: int 
     """LSE_j((g_j - M_ij) / eps), reducing over the columns, rows in chunks: (N,)."""
     N, P = M.shape
     rows = _auto_rows(P, chunk_rows) if M.device.type == "cpu" else (int(chunk_rows) if chunk_rows else N)
-    return torch.cat([torch.logsumexp((g[None, :] - M[s:s + rows]) / eps, dim=1) for s in range(0, N, rows)])
+    return torch.cat([torch.logsumexp((g[None, :] - M[s : s + rows]) / eps, dim=1) for s in range(0, N, rows)])

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -202,8 +203,9 @@ def _off(ax) -> None:
 # 1. anomaly-map overlays
 
 
-def heatmap_rgb(amap: Any, vmin: float, vmax: float, image: Any = None, alpha: float = 0.5,
-                cmap: str = DEFAULT_CMAP) -> np.ndarray:
+def heatmap_rgb(
+    amap: Any, vmin: float, vmax: float, image: Any = None, alpha: float = 0.5, cmap: str = DEFAULT_CMAP
+) -> np.ndarray:
     """Colour an anomaly map, optionally blended over its image.
 
     Args:
@@ -250,9 +252,18 @@ def heatmap_rgb(amap: Any, vmin: float, vmax: float, image: Any = None, alpha: f
     return rgb.astype(np.uint8)
 
 
-def overlay_figure(images: Any, maps: Any, titles: Sequence[str] | None = None, vmin: float | None = None,
-                   vmax: float | None = None, masks: Any = None, cmap: str = DEFAULT_CMAP, alpha: float = 0.5,
-                   ncols: int | None = None, panel_size: float = 3.0) -> Figure:
+def overlay_figure(
+    images: Any,
+    maps: Any,
+    titles: Sequence[str] | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    masks: Any = None,
+    cmap: str = DEFAULT_CMAP,
+    alpha: float = 0.5,
+    ncols: int | None = None,
+    panel_size: float = 3.0,
+) -> Figure:
     """Grid of test images with their anomaly maps overlaid (one shared colour scale and colour bar).
 
     Args:
@@ -280,9 +291,9 @@ def overlay_figure(images: Any, maps: Any, titles: Sequence[str] | None = None, 
     nrows, nc = _grid_shape(len(imgs), ncols)
     fig = _new_figure(panel_size * nc + 0.9, panel_size * nrows + (0.3 if titles else 0.0))
     axes = fig.subplots(nrows, nc, squeeze=False).ravel()
-    for ax in axes[len(imgs):]:
+    for ax in axes[len(imgs) :]:
         fig.delaxes(ax)
-    for k, ax in enumerate(axes[:len(imgs)]):
+    for k, ax in enumerate(axes[: len(imgs)]):
         img, m = imgs[k], mps[k]
         ax.imshow(img, interpolation="nearest")
         ax.imshow(m, cmap=cmap, norm=norm, alpha=alpha, extent=_extent(img.shape[:2]), interpolation="bilinear")
@@ -291,8 +302,7 @@ def overlay_figure(images: Any, maps: Any, titles: Sequence[str] | None = None, 
         if titles is not None:
             ax.set_title(str(titles[k]), fontsize=9)
         _off(ax)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[:len(imgs)]), shrink=0.85,
-                 label="anomaly score")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[: len(imgs)]), shrink=0.85, label="anomaly score")
     return fig
 
 
@@ -300,8 +310,15 @@ def overlay_figure(images: Any, maps: Any, titles: Sequence[str] | None = None, 
 # 2. assignment arrows (Fig. 4)
 
 
-def assignment_figure(image: Any, bank, feats: Any, title: str | None = None, cmap: str = DEFAULT_CMAP,
-                      show_map: bool = False, panel_size: float = 5.0) -> Figure:
+def assignment_figure(
+    image: Any,
+    bank,
+    feats: Any,
+    title: str | None = None,
+    cmap: str = DEFAULT_CMAP,
+    show_map: bool = False,
+    panel_size: float = 5.0,
+) -> Figure:
     """Embedding-to-prototype assignment of Eq. 6 (paper Fig. 4).
 
     For every embedding of the ``H x W`` grid an arrow goes from its cell to the coordinates of the
@@ -346,26 +363,65 @@ def assignment_figure(image: Any, bank, feats: Any, title: str | None = None, cm
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(img, interpolation="nearest")
     if show_map:
-        ax.imshow(scores.reshape(H, W), cmap=cmap, norm=norm, alpha=0.35, extent=_extent(img.shape[:2]),
-                  interpolation="nearest")
+        ax.imshow(
+            scores.reshape(H, W),
+            cmap=cmap,
+            norm=norm,
+            alpha=0.35,
+            extent=_extent(img.shape[:2]),
+            interpolation="nearest",
+        )
     arrows = ~is_dot
     # shaft width scales with the cell so that dense grids stay readable
     width = min(0.006, 0.12 * min(cell) / max(img.shape[:2]))
-    q = ax.quiver(start[arrows, 1], start[arrows, 0], d[arrows, 1], d[arrows, 0], scores[arrows],
-                  cmap=cmap, norm=norm, angles="xy", scale_units="xy", scale=1.0, width=width,
-                  headwidth=3.5, headlength=4.0, headaxislength=3.5, pivot="tail", zorder=3)
+    q = ax.quiver(
+        start[arrows, 1],
+        start[arrows, 0],
+        d[arrows, 1],
+        d[arrows, 0],
+        scores[arrows],
+        cmap=cmap,
+        norm=norm,
+        angles="xy",
+        scale_units="xy",
+        scale=1.0,
+        width=width,
+        headwidth=3.5,
+        headlength=4.0,
+        headaxislength=3.5,
+        pivot="tail",
+        zorder=3,
+    )
     cell_pt = min(cell) * 0.8 * panel_size * 72.0 / max(img.shape[:2])  # cell size in points
-    sc = ax.scatter(start[is_dot, 1], start[is_dot, 0], c=scores[is_dot], cmap=cmap, norm=norm,
-                    s=float(np.clip(0.3 * cell_pt, 1.5, 7.0)) ** 2, edgecolors="none", zorder=3)
+    sc = ax.scatter(
+        start[is_dot, 1],
+        start[is_dot, 0],
+        c=scores[is_dot],
+        cmap=cmap,
+        norm=norm,
+        s=float(np.clip(0.3 * cell_pt, 1.5, 7.0)) ** 2,
+        edgecolors="none",
+        zorder=3,
+    )
     ax.set_xlim(-0.5, img.shape[1] - 0.5)
     ax.set_ylim(img.shape[0] - 0.5, -0.5)
-    ax.set_title(title if title is not None else
-                 f"stage {bank.config.stage}, alpha={bank.config.alpha:g}: {int(arrows.sum())} moved, "
-                 f"{int(is_dot.sum())} in place", fontsize=10)
+    ax.set_title(
+        title
+        if title is not None
+        else f"stage {bank.config.stage}, alpha={bank.config.alpha:g}: {int(arrows.sum())} moved, "
+        f"{int(is_dot.sum())} in place",
+        fontsize=10,
+    )
     _off(ax)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.85, label="anomaly score (Eq. 6)")
-    fig.pradot_info = {"scores": scores, "assignment": idx, "n_arrows": int(arrows.sum()),
-                       "n_dots": int(is_dot.sum()), "quiver": q, "dots": sc}
+    fig.pradot_info = {
+        "scores": scores,
+        "assignment": idx,
+        "n_arrows": int(arrows.sum()),
+        "n_dots": int(is_dot.sum()),
+        "quiver": q,
+        "dots": sc,
+    }
     return fig
 
 
@@ -374,8 +430,9 @@ def assignment_figure(image: Any, bank, feats: Any, title: str | None = None, cm
 
 
 @torch.no_grad()
-def prototype_patches(bank, train_features: Any, train_images: Any | Callable[[int], Any], chunk: int = 16,
-                      return_index: bool = False):
+def prototype_patches(
+    bank, train_features: Any, train_images: Any | Callable[[int], Any], chunk: int = 16, return_index: bool = False
+):
     """Each prototype drawn as the training-image patch whose feature has the highest cosine similarity
     with it (paper Fig. 5, left).
 
@@ -396,14 +453,16 @@ def prototype_patches(bank, train_features: Any, train_images: Any | Callable[[i
         raise ValueError("no training features")
     D, H, W = (int(s) for s in train_features[0].shape)
     if (H, W) != tuple(bank.config.grid) or D != int(bank.features.shape[1]):
-        raise ValueError(f"training features are {D}x{H}x{W}, the bank expects "
-                         f"{int(bank.features.shape[1])}x{bank.config.grid[0]}x{bank.config.grid[1]}")
+        raise ValueError(
+            f"training features are {D}x{H}x{W}, the bank expects "
+            f"{int(bank.features.shape[1])}x{bank.config.grid[0]}x{bank.config.grid[1]}"
+        )
     pn = bank.features.detach().float().cpu()
     pn = pn / pn.norm(dim=1, keepdim=True).clamp_min(1e-8)  # (P, D)
     best = torch.full((pn.shape[0],), -float("inf"))
     best_at = torch.zeros(pn.shape[0], dtype=torch.long)  # flat index image * HW + cell
     for s in range(0, n_img, chunk):
-        f = train_features[s:s + chunk]
+        f = train_features[s : s + chunk]
         # np.array copies: cached features are read-only memmaps, which torch.from_numpy warns about
         f = f.detach().cpu().float() if isinstance(f, torch.Tensor) else torch.from_numpy(np.array(f, np.float32))
         b = f.shape[0]
@@ -455,12 +514,18 @@ def _mosaic(patches: np.ndarray, rows: int, cols: int, gap: int = 0) -> np.ndarr
     for r in range(rows):
         for c in range(cols):
             y, x = r * (ph + gap), c * (pw + gap)
-            out[y:y + ph, x:x + pw] = patches[r * cols + c]
+            out[y : y + ph, x : x + pw] = patches[r * cols + c]
     return out
 
 
-def prototype_figure(patches: np.ndarray, grid: tuple[int, int], n: float, max_cells: int = 6,
-                     max_per_cell: int = 16, panel_size: float = 5.0) -> Figure:
+def prototype_figure(
+    patches: np.ndarray,
+    grid: tuple[int, int],
+    n: float,
+    max_cells: int = 6,
+    max_per_cell: int = 16,
+    panel_size: float = 5.0,
+) -> Figure:
     """Show reconstructed prototypes (the output of :func:`prototype_patches`).
 
     * ``n == 1`` (or ``n < 1``): one axes with the prototypes tiled at their grid positions, i.e. the
@@ -486,8 +551,9 @@ def prototype_figure(patches: np.ndarray, grid: tuple[int, int], n: float, max_c
         return fig
     cells_n = gh * gw
     m = max(1, min(int(max_cells), cells_n))
-    cells = np.unique(np.round(np.linspace(0, cells_n - 1, m + 2)[1:-1]).astype(int)) if m < cells_n \
-        else np.arange(cells_n)
+    cells = (
+        np.unique(np.round(np.linspace(0, cells_n - 1, m + 2)[1:-1]).astype(int)) if m < cells_n else np.arange(cells_n)
+    )
     per = min(k, int(max_per_cell))
     ph, pw = patches.shape[1:3]
     row_w = per * pw + (per - 1)
@@ -502,8 +568,7 @@ def prototype_figure(patches: np.ndarray, grid: tuple[int, int], n: float, max_c
         ax.set_ylabel(f"({c // gw},{c % gw})", rotation=0, ha="right", va="center", fontsize=8)
         ax.set_xlim(-0.5, row_w - 0.5)
     axes[-1].set_xlabel("prototype k of the cell", fontsize=8)
-    fig.suptitle(f"prototypes of {len(cells)} cells (row, col)" + (f", {per} of {k}" if per < k else ""),
-                 fontsize=10)
+    fig.suptitle(f"prototypes of {len(cells)} cells (row, col)" + (f", {per} of {k}" if per < k else ""), fontsize=10)
     return fig
 
 
@@ -511,8 +576,9 @@ def prototype_figure(patches: np.ndarray, grid: tuple[int, int], n: float, max_c
 # 4. restored images (Fig. 5 right)
 
 
-def restore_image(assignment: Any, patches: np.ndarray, grid: tuple[int, int],
-                  image_size: int | tuple[int, int]) -> np.ndarray:
+def restore_image(
+    assignment: Any, patches: np.ndarray, grid: tuple[int, int], image_size: int | tuple[int, int]
+) -> np.ndarray:
     """Replace every patch of a test image by the reconstruction patch of its assigned prototype.
 
     Args:
@@ -542,9 +608,16 @@ def restore_image(assignment: Any, patches: np.ndarray, grid: tuple[int, int],
     return patches[proto, oy[:, None], ox[None, :]].astype(np.uint8)
 
 
-def restoration_figure(images: Any, restored: Any, maps: Any = None, titles: Sequence[str] | None = None,
-                       vmin: float | None = None, vmax: float | None = None, cmap: str = DEFAULT_CMAP,
-                       panel_size: float = 2.6) -> Figure:
+def restoration_figure(
+    images: Any,
+    restored: Any,
+    maps: Any = None,
+    titles: Sequence[str] | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = DEFAULT_CMAP,
+    panel_size: float = 2.6,
+) -> Figure:
     """Rows of ``original | restored | anomaly map`` (the map overlaid on the original; shared scale).
 
     Args:
@@ -577,8 +650,7 @@ def restoration_figure(images: Any, restored: Any, maps: Any = None, titles: Seq
         if titles is not None:
             axes[r, 0].set_ylabel(str(titles[r]), fontsize=8)
     if mps is not None:
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, 2].tolist(), shrink=0.85,
-                     label="anomaly score")
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, 2].tolist(), shrink=0.85, label="anomaly score")
     return fig
 
 
@@ -603,10 +675,14 @@ def abnormal_embeddings(mask: Any, grid: tuple[int, int], threshold: float = 0.3
     return (counts / area > float(threshold)).reshape(-1)
 
 
-_CORNERS = np.array([[0.12, 0.35, 0.85],   # top-left: blue
-                     [0.15, 0.70, 0.25],   # top-right: green
-                     [0.85, 0.15, 0.20],   # bottom-left: red
-                     [0.98, 0.75, 0.10]])  # bottom-right: yellow
+_CORNERS = np.array(
+    [
+        [0.12, 0.35, 0.85],  # top-left: blue
+        [0.15, 0.70, 0.25],  # top-right: green
+        [0.85, 0.15, 0.20],  # bottom-left: red
+        [0.98, 0.75, 0.10],
+    ]
+)  # bottom-right: yellow
 
 
 def position_colors(coords: Any) -> np.ndarray:
@@ -614,12 +690,12 @@ def position_colors(coords: Any) -> np.ndarray:
     (top-left blue, top-right green, bottom-left red, bottom-right yellow)."""
     c = np.clip(_numpy(coords).astype(np.float64), 0.0, 1.0)
     r, q = c[:, :1], c[:, 1:2]
-    return ((1 - r) * (1 - q) * _CORNERS[0] + (1 - r) * q * _CORNERS[1] + r * (1 - q) * _CORNERS[2]
-            + r * q * _CORNERS[3])
+    return (1 - r) * (1 - q) * _CORNERS[0] + (1 - r) * q * _CORNERS[1] + r * (1 - q) * _CORNERS[2] + r * q * _CORNERS[3]
 
 
-def _subsample(n_emb: int, n_proto: int, abnormal: np.ndarray, max_points: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _subsample(
+    n_emb: int, n_proto: int, abnormal: np.ndarray, max_points: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic subsample: the budget is split in proportion to the two sets; embeddings keep
     abnormal ones first (up to half of their share) so that they stay visible."""
     total = n_emb + n_proto
@@ -630,16 +706,26 @@ def _subsample(n_emb: int, n_proto: int, abnormal: np.ndarray, max_points: int,
     keep_e = min(n_emb, max_points - keep_p)
     ab, no = np.nonzero(abnormal)[0], np.nonzero(~abnormal)[0]
     take_ab = min(len(ab), max(keep_e // 2, keep_e - len(no)))
-    e = np.concatenate([rng.choice(ab, take_ab, replace=False),
-                        rng.choice(no, keep_e - take_ab, replace=False)])
+    e = np.concatenate([rng.choice(ab, take_ab, replace=False), rng.choice(no, keep_e - take_ab, replace=False)])
     p = rng.choice(n_proto, keep_p, replace=False)
     return np.sort(e), np.sort(p)
 
 
-def umap_figure(embeddings: Any, embedding_coords: Any, abnormal: Any, prototypes: Any, prototype_coords: Any,
-                alpha: float, squared: bool = True, max_points: int = 2000, seed: int = 0,
-                n_neighbors: int = 15, min_dist: float = 0.1, title: str | None = None,
-                panel_size: float = 6.0) -> Figure:
+def umap_figure(
+    embeddings: Any,
+    embedding_coords: Any,
+    abnormal: Any,
+    prototypes: Any,
+    prototype_coords: Any,
+    alpha: float,
+    squared: bool = True,
+    max_points: int = 2000,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    title: str | None = None,
+    panel_size: float = 6.0,
+) -> Figure:
     """UMAP of test embeddings and prototypes with cost (1) as the metric (paper Fig. 6).
 
     The pairwise matrix over the union of (sub-sampled) embeddings and prototypes is
@@ -687,8 +773,14 @@ def umap_figure(embeddings: Any, embedding_coords: Any, abnormal: Any, prototype
         warnings.filterwarnings("ignore", message=".*precomputed.*")
         warnings.filterwarnings("ignore", message=".*n_jobs.*")
         warnings.filterwarnings("ignore", message=".*disconnected.*")
-        reducer = umap.UMAP(n_components=2, metric="precomputed", n_neighbors=int(min(n_neighbors, len(X) - 1)),
-                            min_dist=min_dist, random_state=int(seed), init="spectral")
+        reducer = umap.UMAP(
+            n_components=2,
+            metric="precomputed",
+            n_neighbors=int(min(n_neighbors, len(X) - 1)),
+            min_dist=min_dist,
+            random_state=int(seed),
+            init="spectral",
+        )
         emb2 = np.asarray(reducer.fit_transform(dist), dtype=np.float64)
 
     ne = len(ei)
@@ -700,12 +792,23 @@ def umap_figure(embeddings: Any, embedding_coords: Any, abnormal: Any, prototype
     ax = fig.add_subplot(gs[:, 0])
     size = float(np.clip(16000.0 / max(len(X), 1), 8.0, 50.0))
     ax.scatter(pe[~abk, 0], pe[~abk, 1], c=col_e[~abk], s=size, marker="o", linewidths=0, alpha=0.8, zorder=2)
-    ax.scatter(pe[abk, 0], pe[abk, 1], c=col_e[abk], s=size * 3.0, marker="x", linewidths=1.8, zorder=4,
-               path_effects=[patheffects.withStroke(linewidth=3.2, foreground="black")])
-    ax.scatter(pp[:, 0], pp[:, 1], c=col_p, s=size * 1.5, marker="D", edgecolors="black", linewidths=0.4,
-               alpha=0.75, zorder=3)
-    ax.set_title(title if title is not None else f"UMAP of test embeddings and prototypes, cost (1), "
-                 f"alpha={alpha:g}", fontsize=10)
+    ax.scatter(
+        pe[abk, 0],
+        pe[abk, 1],
+        c=col_e[abk],
+        s=size * 3.0,
+        marker="x",
+        linewidths=1.8,
+        zorder=4,
+        path_effects=[patheffects.withStroke(linewidth=3.2, foreground="black")],
+    )
+    ax.scatter(
+        pp[:, 0], pp[:, 1], c=col_p, s=size * 1.5, marker="D", edgecolors="black", linewidths=0.4, alpha=0.75, zorder=3
+    )
+    ax.set_title(
+        title if title is not None else f"UMAP of test embeddings and prototypes, cost (1), alpha={alpha:g}",
+        fontsize=10,
+    )
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     ax.set_xticks([])
@@ -720,9 +823,11 @@ def umap_figure(embeddings: Any, embedding_coords: Any, abnormal: Any, prototype
     key.set_title("grid position", fontsize=8)
     lg = fig.add_subplot(gs[1, 1])
     lg.axis("off")
-    handles = [Line2D([], [], ls="", marker="o", color="0.4", label=f"normal\nembedding ({int((~abk).sum())})"),
-               Line2D([], [], ls="", marker="x", color="0.2", mew=1.8, label=f"abnormal\nembedding ({int(abk.sum())})"),
-               Line2D([], [], ls="", marker="D", mfc="0.7", mec="black", label=f"prototype ({len(pp)})")]
+    handles = [
+        Line2D([], [], ls="", marker="o", color="0.4", label=f"normal\nembedding ({int((~abk).sum())})"),
+        Line2D([], [], ls="", marker="x", color="0.2", mew=1.8, label=f"abnormal\nembedding ({int(abk.sum())})"),
+        Line2D([], [], ls="", marker="D", mfc="0.7", mec="black", label=f"prototype ({len(pp)})"),
+    ]
     lg.legend(handles=handles, loc="upper left", fontsize=7, frameon=False, borderaxespad=0)
     fig.pradot_info = {"embedding_index": ei, "prototype_index": pi, "projection": emb2}
     return fig
@@ -732,8 +837,13 @@ def umap_figure(embeddings: Any, embedding_coords: Any, abnormal: Any, prototype
 # 6. curves
 
 
-def roc_figure(labels: Any, scores: Any, by_type: Mapping[str, tuple[Any, Any]] | None = None,
-               title: str = "image-level ROC", panel_size: float = 4.5) -> Figure:
+def roc_figure(
+    labels: Any,
+    scores: Any,
+    by_type: Mapping[str, tuple[Any, Any]] | None = None,
+    title: str = "image-level ROC",
+    panel_size: float = 4.5,
+) -> Figure:
     """ROC curves (``sklearn.metrics.roc_curve``) with the AUROC in the legend.
 
     Args:
@@ -767,8 +877,9 @@ def roc_figure(labels: Any, scores: Any, by_type: Mapping[str, tuple[Any, Any]] 
     return fig
 
 
-def pro_figure(curves: Mapping[str, tuple[Any, Any]], max_fpr: float = 0.3, title: str = "sPRO",
-               panel_size: float = 4.5) -> Figure:
+def pro_figure(
+    curves: Mapping[str, tuple[Any, Any]], max_fpr: float = 0.3, title: str = "sPRO", panel_size: float = 4.5
+) -> Figure:
     """(s)PRO curves over the FPR, up to ``min(1, 1.5 max_fpr)``, with the normalised area up to the
     integration limit (``pradot.metrics.area_under_curve``) in the legend and a vertical line there.
 
@@ -821,8 +932,13 @@ def training_curves_figure(history: Sequence[Any], panel_size: float = 4.0) -> F
     stages = sorted({s for h in history for s in _field(h, "ot_loss")})
     for s in stages:
         ep = [e for e, h in zip(epochs, history) if s in _field(h, "ot_loss")]
-        ax_l.plot(ep, [_field(h, "ot_loss")[s] for h in history if s in _field(h, "ot_loss")], marker="o",
-                  ms=3, label=f"stage {s}")
+        ax_l.plot(
+            ep,
+            [_field(h, "ot_loss")[s] for h in history if s in _field(h, "ot_loss")],
+            marker="o",
+            ms=3,
+            label=f"stage {s}",
+        )
         ch = [(e, _field(h, "change").get(s)) for e, h in zip(epochs, history)]
         ch = [(e, v) for e, v in ch if v is not None and v > 0]
         if ch:
@@ -846,8 +962,9 @@ def training_curves_figure(history: Sequence[Any], panel_size: float = 4.0) -> F
 # 7. models side by side (ensemble promotion)
 
 
-def metrics_bar_figure(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], title: str = "",
-                       highlight_last: bool = True) -> Figure:
+def metrics_bar_figure(
+    rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], title: str = "", highlight_last: bool = True
+) -> Figure:
     """Grouped bars: one group per metric, one bar per model.
 
     Args:
@@ -863,8 +980,14 @@ def metrics_bar_figure(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]
     x = np.arange(len(metrics))
     for j, r in enumerate(rows):
         vals = [float(r.get(k, float("nan"))) for k in metrics]
-        ax.bar(x + j * width - 0.4 + width / 2, vals, width, label=str(r["model"]), alpha=0.85,
-               color=("black" if highlight_last and j == len(rows) - 1 else None))
+        ax.bar(
+            x + j * width - 0.4 + width / 2,
+            vals,
+            width,
+            label=str(r["model"]),
+            alpha=0.85,
+            color=("black" if highlight_last and j == len(rows) - 1 else None),
+        )
     ax.set_xticks(x, list(metrics), rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("value")
@@ -874,9 +997,17 @@ def metrics_bar_figure(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]
     return fig
 
 
-def comparison_figure(images: Any, maps: Sequence[Any], labels: Sequence[str], scores: Sequence[Any],
-                      titles: Sequence[str] | None = None, masks: Any = None, cmap: str = DEFAULT_CMAP,
-                      alpha: float = 0.5, panel_size: float = 2.2) -> Figure:
+def comparison_figure(
+    images: Any,
+    maps: Sequence[Any],
+    labels: Sequence[str],
+    scores: Sequence[Any],
+    titles: Sequence[str] | None = None,
+    masks: Any = None,
+    cmap: str = DEFAULT_CMAP,
+    alpha: float = 0.5,
+    panel_size: float = 2.2,
+) -> Figure:
     """One row per image: the image (ground truth outlined) and each model's map over it.
 
     Args:
@@ -889,8 +1020,10 @@ def comparison_figure(images: Any, maps: Sequence[Any], labels: Sequence[str], s
     imgs = [to_rgb_uint8(i) for i in _as_list(images)]
     per_model = [[_numpy(m).astype(np.float64).squeeze() for m in _as_list(ms)] for ms in maps]
     if not imgs or any(len(ms) != len(imgs) for ms in per_model) or len(labels) != len(per_model):
-        raise ValueError(f"need N >= 1 images and N maps per model with one label each, got {len(imgs)} images, "
-                         f"{[len(ms) for ms in per_model]} maps, {len(labels)} labels")
+        raise ValueError(
+            f"need N >= 1 images and N maps per model with one label each, got {len(imgs)} images, "
+            f"{[len(ms) for ms in per_model]} maps, {len(labels)} labels"
+        )
     mks = [None] * len(imgs) if masks is None else list(_as_list(masks))
     ranges = [(float(np.percentile(np.stack(ms), 1)), float(np.percentile(np.stack(ms), 99.9))) for ms in per_model]
     cols = 1 + len(per_model)
@@ -905,10 +1038,10 @@ def comparison_figure(images: Any, maps: Sequence[Any], labels: Sequence[str], s
         for c, (ms, lab, sc) in enumerate(zip(per_model, labels, scores), start=1):
             lo, hi = ranges[c - 1]
             axes[r, c].imshow(img)
-            axes[r, c].imshow(ms[r], cmap=cmap, alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1e-9,
-                              extent=_extent(img.shape[:2]))
+            axes[r, c].imshow(
+                ms[r], cmap=cmap, alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1e-9, extent=_extent(img.shape[:2])
+            )
             axes[r, c].set_title(f"{lab}\n{float(_numpy(sc)[r]):.3f}", fontsize=7)
     for ax in axes.ravel():
         ax.set_axis_off()
     return fig
-

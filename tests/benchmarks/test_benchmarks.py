@@ -23,8 +23,24 @@ from benchmarks.ot import PROFILE_KEYS
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "benchmarks"
 # one thread: on a busy shared machine, torch's multi-threaded small ops spin in barriers (5x slower)
-TINY = ["--image-size", "64", "--train-images", "16", "--score-images", "2", "--repeats", "1", "--epochs", "1",
-        "--stages", "3", "--subsample-rows", "200", "--threads", "1"]
+TINY = [
+    "--image-size",
+    "64",
+    "--train-images",
+    "16",
+    "--score-images",
+    "2",
+    "--repeats",
+    "1",
+    "--epochs",
+    "1",
+    "--stages",
+    "3",
+    "--subsample-rows",
+    "200",
+    "--threads",
+    "1",
+]
 EPS_KEYS = {"0.001", "0.01", "0.1"}
 
 
@@ -39,8 +55,18 @@ def full_run(data_root, tmp_path_factory):
     directory. (The ResNet50 shape is measured by the in-process run below.)"""
     tmp = tmp_path_factory.mktemp("benchmark-run")
     out = tmp / "result.json"
-    cmd = [sys.executable, str(PACKAGE / "run.py"), *TINY, "--skip-resnet", "--data-root", str(data_root),
-           "--work-dir", str(tmp), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        str(PACKAGE / "run.py"),
+        *TINY,
+        "--skip-resnet",
+        "--data-root",
+        str(data_root),
+        "--work-dir",
+        str(tmp),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout, out
@@ -48,8 +74,21 @@ def full_run(data_root, tmp_path_factory):
 
 def test_every_section_writes_its_keys(full_run):
     r, stdout, _ = full_run
-    assert {"command", "argv", "date", "setting", "scale", "machine", "memory", "cost_matrix", "ot", "epoch",
-            "scoring", "total_s", "targets"} <= set(r)
+    assert {
+        "command",
+        "argv",
+        "date",
+        "setting",
+        "scale",
+        "machine",
+        "memory",
+        "cost_matrix",
+        "ot",
+        "epoch",
+        "scoring",
+        "total_s",
+        "targets",
+    } <= set(r)
     assert r["setting"] == "cpu" and r["total_s"] > 0
     assert {"cpu_count", "torch", "numba_kernels", "git_commit", "load_average_end"} <= set(r["machine"])
     assert set(r["memory"]) == {"after_ot", "after_epoch", "after_scoring"}
@@ -63,8 +102,18 @@ def test_ot_section_agrees_with_pot(full_run):
     assert cm["max_abs_diff"] < 1e-5  # the in-place Eq. 3 builder is the formula
     assert ot["oracle"] == "pot_sinkhorn_log" and ot["pot_backend"] == "torch"
     assert ot["shape"][0] == 16 * 64 and ot["shape"][1] == 4 * 64  # batch 16, n=4, 8x8 grid at 64 px
-    for key in ("ours_s", "ours_first_call_s", "ours_torch_blocked_s", "ours_torch_s", "pot_float64_s",
-                "pot_float32_s", "ours_after_pot_s", "floor_1pass_s", "speedup_vs_pot_float64", "mv_ms"):
+    for key in (
+        "ours_s",
+        "ours_first_call_s",
+        "ours_torch_blocked_s",
+        "ours_torch_s",
+        "pot_float64_s",
+        "pot_float32_s",
+        "ours_after_pot_s",
+        "floor_1pass_s",
+        "speedup_vs_pot_float64",
+        "mv_ms",
+    ):
         assert ot[key] > 0, key
     assert ot["ours_backend"] in ("numba", "torch-blocked")
     assert ot["agreement"] < 1e-3
@@ -83,8 +132,15 @@ def test_epoch_section_caches_and_gives_the_same_prototypes(full_run):
     assert ep["train_images"] == 16 and ep["stages"] == [3]
     assert ep["cache_hits_misses"] == [1, 1]  # built once, read once per timed epoch
     assert ep["prototypes_max_abs_diff_cached_vs_uncached"] < 1e-5
-    for key in ("uncached_epoch_s", "cached_epoch_s", "uncached_feature_s", "cached_ot_s", "cache_build_s",
-                "speedup_cached_vs_uncached", "speedup_bound_1_plus_features_over_ot"):
+    for key in (
+        "uncached_epoch_s",
+        "cached_epoch_s",
+        "uncached_feature_s",
+        "cached_ot_s",
+        "cache_build_s",
+        "speedup_cached_vs_uncached",
+        "speedup_bound_1_plus_features_over_ot",
+    ):
         assert ep[key] > 0, key
     assert "epoch_speedup_with_cache >= 5 (stage 3)" in r["targets"]
 
@@ -93,8 +149,13 @@ def test_scoring_section_times_both_paths_and_the_backbone(full_run):
     r, _, _ = full_run
     sc = r["scoring"]
     assert sc["fast_path"] is True and sc["images"] == 2 and sc["prototypes"] == 16 * 64
-    for key in ("backbone_forward_ms_per_image", "assignment_scores_ms_per_image", "scoring_total_ms_per_image",
-                "general_path_ms_per_image", "ratio_scoring_to_backbone"):
+    for key in (
+        "backbone_forward_ms_per_image",
+        "assignment_scores_ms_per_image",
+        "scoring_total_ms_per_image",
+        "general_path_ms_per_image",
+        "ratio_scoring_to_backbone",
+    ):
         assert sc[key] > 0, key
     assert set(sc["times_ms_per_image"]) == {"backbone", "scores", "scores_and_upsampling"}
     assert "resnet50" not in sc  # --skip-resnet
@@ -104,17 +165,24 @@ def test_mlflow_logging(full_run, monkeypatch):
     """What ``--mlflow`` logs (a stand-in for the mlflow module: the real one is the slow test below)."""
     r, _, out = full_run
     logged = {}
-    fake = types.SimpleNamespace(start_run=lambda run_name: contextlib.nullcontext(logged.update(name=run_name)),
-                                 log_params=lambda p: logged.update(params=p),
-                                 log_metrics=lambda m: logged.update(metrics=m),
-                                 log_artifact=lambda a: logged.update(artifact=a))
+    fake = types.SimpleNamespace(
+        start_run=lambda run_name: contextlib.nullcontext(logged.update(name=run_name)),
+        log_params=lambda p: logged.update(params=p),
+        log_metrics=lambda m: logged.update(metrics=m),
+        log_artifact=lambda a: logged.update(artifact=a),
+    )
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     run.log_to_mlflow(r, out)
     assert logged["name"] == "benchmark-cpu" and logged["artifact"] == str(out)
     assert {"setting", "device", "cpu_count", "torch", "threads", "command"} == set(logged["params"])
     metrics = logged["metrics"]
-    assert {"ot.ours_s", "ot.agreement", "scoring.ratio_scoring_to_backbone",
-            "epoch.stage_3.speedup_cached_vs_uncached", "memory.after_ot.process_peak_rss_mb"} <= set(metrics)
+    assert {
+        "ot.ours_s",
+        "ot.agreement",
+        "scoring.ratio_scoring_to_backbone",
+        "epoch.stage_3.speedup_cached_vs_uncached",
+        "memory.after_ot.process_peak_rss_mb",
+    } <= set(metrics)
     assert all(re.fullmatch(r"[A-Za-z0-9_.:/ -]+", k) for k in metrics), "names MLflow refuses"
 
 
@@ -127,8 +195,22 @@ def keep_threads():
 
 def test_ot_without_pot_and_resnet_scoring_in_process(data_root, tmp_path, capsys, keep_threads):
     out = tmp_path / "ot.json"
-    assert run.main(["--sections ot,scoring --skip-pot", *TINY, "--data-root", str(data_root), "--work-dir",
-                     str(tmp_path), "--output", str(out), ""]) == 0  # MLflow's one-string form of the arguments
+    assert (
+        run.main(
+            [
+                "--sections ot,scoring --skip-pot",
+                *TINY,
+                "--data-root",
+                str(data_root),
+                "--work-dir",
+                str(tmp_path),
+                "--output",
+                str(out),
+                "",
+            ]
+        )
+        == 0
+    )  # MLflow's one-string form of the arguments
     r = json.loads(out.read_text())
     assert set(r) >= {"ot", "cost_matrix", "scoring"} and "epoch" not in r
     assert "resnet50_error" not in r["scoring"] and r["scoring"]["resnet50"]["dim"] == 512
@@ -150,7 +232,7 @@ def test_cli_options_and_mlproject_entry(tmp_path):
         run.parse_args(["--sections", "ot,bogus"])
     assert flat_metrics({"a (b)": {"c, d/e": 1, "s": "x", "nan": float("nan")}}) == {"a_b.c__d_e": 1.0}
     mlproject = (REPO / "MLproject").read_text()
-    entry = mlproject[mlproject.index("  benchmark:"):]
+    entry = mlproject[mlproject.index("  benchmark:") :]
     assert 'command: "python -m benchmarks.run {args}"' in entry.split("\n\n")[0]
 
 
@@ -159,13 +241,40 @@ def test_mlflow_entry_point(data_root, tmp_path):
     """``mlflow run . -e benchmark -P args=...`` from the repository root, logging to MLflow (--mlflow)."""
     venv_bin = Path(sys.executable).parent
     out = tmp_path / "result.json"
-    args = " ".join([*TINY, "--skip-resnet", "--sections", "ot,epoch", "--data-root", str(data_root),
-                     "--work-dir", str(tmp_path), "--output", str(out), "--mlflow"])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    args = " ".join(
+        [
+            *TINY,
+            "--skip-resnet",
+            "--sections",
+            "ot,epoch",
+            "--data-root",
+            str(data_root),
+            "--work-dir",
+            str(tmp_path),
+            "--output",
+            str(out),
+            "--mlflow",
+        ]
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("MLFLOW_RUN_ID", None)
-    cmd = [str(venv_bin / "mlflow"), "run", str(REPO), "-e", "benchmark", "--env-manager", "local",
-           "--experiment-name", "benchmark", "-P", f"args={args}"]
+    cmd = [
+        str(venv_bin / "mlflow"),
+        "run",
+        str(REPO),
+        "-e",
+        "benchmark",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "benchmark",
+        "-P",
+        f"args={args}",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads(out.read_text())["ot"]["agreement"] < 1e-3
@@ -176,6 +285,7 @@ def test_mlflow_entry_point(data_root, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the package's shape
+
 
 def _modules():
     return sorted(PACKAGE.glob("*.py"))
@@ -207,8 +317,9 @@ def test_module_size_and_public_pradot_names_only(path):
             base = node.value
             while isinstance(base, ast.Attribute):
                 base = base.value
-            assert not (isinstance(base, ast.Name) and base.id in pradot_modules), \
+            assert not (isinstance(base, ast.Name) and base.id in pradot_modules), (
                 f"{path.name}:{node.lineno} uses private {node.attr}"
+            )
 
 
 def test_the_old_pipeline_script_is_gone():
@@ -221,9 +332,35 @@ def test_quality_comparison_at_a_tiny_size(tmp_path):
     from benchmarks import quality
 
     out = tmp_path / "quality.json"
-    assert quality.main(["--categories", "fastener_kit", "--image-size", "64", "--epochs", "1", "--n", "1",
-                         "--batch-ratio", "4", "--n-train", "8", "--n-validation", "4", "--n-test", "3",
-                         "--weight-step", "0.5", "--data-root", str(tmp_path / "data"), "--output", str(out)]) == 0
+    assert (
+        quality.main(
+            [
+                "--categories",
+                "fastener_kit",
+                "--image-size",
+                "64",
+                "--epochs",
+                "1",
+                "--n",
+                "1",
+                "--batch-ratio",
+                "4",
+                "--n-train",
+                "8",
+                "--n-validation",
+                "4",
+                "--n-test",
+                "3",
+                "--weight-step",
+                "0.5",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert r["command"].startswith("python -m benchmarks.quality") and "machine" in r
     sec = r["categories"]["fastener_kit"]
@@ -242,10 +379,37 @@ def test_selection_variants_at_a_tiny_size(tmp_path):
     from benchmarks import quality, selection_variants
 
     out = tmp_path / "variants.json"
-    assert selection_variants.main(["--category", "screw_bag", "--patch-fractions", "0.15:0.3,0.05:0.12",
-                                    "--output", str(out), "--image-size", "64", "--epochs", "1", "--n", "1",
-                                    "--batch-ratio", "4", "--n-train", "8", "--n-validation", "4", "--n-test", "3",
-                                    "--weight-step", "0.5", "--data-root", str(tmp_path / "data")]) == 0
+    assert (
+        selection_variants.main(
+            [
+                "--category",
+                "screw_bag",
+                "--patch-fractions",
+                "0.15:0.3,0.05:0.12",
+                "--output",
+                str(out),
+                "--image-size",
+                "64",
+                "--epochs",
+                "1",
+                "--n",
+                "1",
+                "--batch-ratio",
+                "4",
+                "--n-train",
+                "8",
+                "--n-validation",
+                "4",
+                "--n-test",
+                "3",
+                "--weight-step",
+                "0.5",
+                "--data-root",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert set(r["choices"]) == {"0.15-0.3", "0.05-0.12"}
     for choice in r["choices"].values():

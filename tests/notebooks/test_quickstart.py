@@ -19,12 +19,14 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from pipelines import train
 
-    assert train.main(["experiment=ci", "data=synthetic", f"cache.dir={tmp_path}/cache",
-                       "evaluation.figures=false"]) == 0
+    assert (
+        train.main(["experiment=ci", "data=synthetic", f"cache.dir={tmp_path}/cache", "evaluation.figures=false"]) == 0
+    )
 
     nb = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}
+    ).execute()
     outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "pradot-synthetic-screw_bag v1" in outputs
     assert "logical_anomalies" in outputs and "mean" in outputs

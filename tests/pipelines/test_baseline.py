@@ -39,19 +39,28 @@ def test_baseline_run_registers_a_servable_memory_bank(tmp_path, monkeypatch, ca
     assert "registered as " + NAME + " v1" in capsys.readouterr().out
     (v,) = client.search_model_versions(f"name='{NAME}'")
     tags = registry.VersionTags.from_tags(v.tags)
-    assert (tags.kind, tags.aggregation, tags.smoothing_sigma, tags.coreset_ratio, tags.stages) == \
-        ("memory_bank", 3, 4.0, 1.0, (2,))
+    assert (tags.kind, tags.aggregation, tags.smoothing_sigma, tags.coreset_ratio, tags.stages) == (
+        "memory_bank",
+        3,
+        4.0,
+        1.0,
+        (2,),
+    )
     run = client.get_run(v.run_id)
     assert run.data.tags["pradot.entry_point"] == "baseline" and "image_auroc" in run.data.metrics
-    assert run.data.params["memory_bank.aggregation"] == "3" and not [k for k in run.data.params if k.startswith("model.")]
+    assert run.data.params["memory_bank.aggregation"] == "3" and not [
+        k for k in run.data.params if k.startswith("model.")
+    ]
     figs = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"anomaly_overlays.png", "roc.png"} <= figs
     # served with the single-bank contract; the served map is the model's
     img = next(p for p in sorted((tmp_path / "data" / "screw_bag" / "test" / "structural_anomalies").glob("*.png")))
     with tracking_uri(uri):
         pyf = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
-        pred = pyf.predict(pd.DataFrame({"image": [base64.b64encode(img.read_bytes()).decode()]}),
-                           params={"return_map": True, "map_format": "npy"})
+        pred = pyf.predict(
+            pd.DataFrame({"image": [base64.b64encode(img.read_bytes()).decode()]}),
+            params={"return_map": True, "map_format": "npy"},
+        )
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path / "dl")))
     model = load_scoring_model(next(local.rglob("*.pt")))
     assert isinstance(model, MemoryBankModel)

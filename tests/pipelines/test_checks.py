@@ -12,34 +12,43 @@ def _settings(*overrides):
     return config.train_settings(config.compose("train", config.parse_overrides(["experiment=ci", *overrides])))
 
 
-@pytest.mark.parametrize("override, phrase", [
-    ("model.epochs=0", r"model\.epochs=0 is out of range: it must be an integer >= 1 .*-P epochs=<value>"),
-    ("model.epochs=1.5", r"model\.epochs=1\.5 is not an integer"),
-    ("model.batch_ratio=0", r"model\.batch_ratio=0 is out of range: it must be a number in \(0, 1024\]"),
-    ("model.batch_ratio=-3", r"model\.batch_ratio=-3 is out of range"),
-    ("model.n=1e9", r"model\.n=1000000000\.0 is out of range: it must be a number in \(0, 1024\].*-P n=<value>"),
-    ("model.n=0", r"model\.n=0 is out of range"),
-    ("model.alpha=2", r"model\.alpha=2 is out of range: it must be a number in \[0, 1\]"),
-    ("model.epsilon=0", r"model\.epsilon=0 is out of range: it must be a number > 0"),
-    ("model.sinkhorn_iters=0", r"model\.sinkhorn_iters=0 is out of range"),
-    ("model.eta=nan", r"model\.eta=nan is out of range"),
-    ("calibration.quantile=2", r"calibration\.quantile=2 is out of range: it must be a number in \(0, 1\] .*"
-                               r'-P overrides="calibration\.quantile=<value>"'),
-    ("calibration.quantile=0", r"calibration\.quantile=0 is out of range"),
-    ("evaluation.batch_size=0", r"evaluation\.batch_size=0 is out of range: it must be an integer >= 1"),
-    ("evaluation.n_overlays=-1", r"evaluation\.n_overlays=-1 is out of range"),
-    ("data.image_size=100000", r"data\.image_size=100000 is out of range: it must be an integer in \[16, 4096\] "
-                               r"\(pixels a side.*-P image_size=<value>"),
-    ("data.image_size=8", r"data\.image_size=8 is out of range"),
-    ("data.validation_fraction=1", r"data\.validation_fraction=1 is out of range"),
-    ("num_workers=-1", r"num_workers=-1 is out of range"),
-    ("model.n=16", r"model settings: batch size 8 < n=16"),  # B >= n (the paper), named
-    ("tracking.model_name=../../x", r"tracking\.model_name='\.\./\.\./x' cannot be a registered model name"),
-    ("tracking.model_name=a:b", r"cannot be a registered model name"),
-    ("category=a/b", r"category='a/b' must be one folder name .*-P category=<value>"),
-    ("category=..", r"category='\.\.' must be one folder name"),
-    ("category=a:b", r"tracking\.model_name='pradot-synthetic-a:b' cannot be"),  # the default name made from it
-])
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        ("model.epochs=0", r"model\.epochs=0 is out of range: it must be an integer >= 1 .*-P epochs=<value>"),
+        ("model.epochs=1.5", r"model\.epochs=1\.5 is not an integer"),
+        ("model.batch_ratio=0", r"model\.batch_ratio=0 is out of range: it must be a number in \(0, 1024\]"),
+        ("model.batch_ratio=-3", r"model\.batch_ratio=-3 is out of range"),
+        ("model.n=1e9", r"model\.n=1000000000\.0 is out of range: it must be a number in \(0, 1024\].*-P n=<value>"),
+        ("model.n=0", r"model\.n=0 is out of range"),
+        ("model.alpha=2", r"model\.alpha=2 is out of range: it must be a number in \[0, 1\]"),
+        ("model.epsilon=0", r"model\.epsilon=0 is out of range: it must be a number > 0"),
+        ("model.sinkhorn_iters=0", r"model\.sinkhorn_iters=0 is out of range"),
+        ("model.eta=nan", r"model\.eta=nan is out of range"),
+        (
+            "calibration.quantile=2",
+            r"calibration\.quantile=2 is out of range: it must be a number in \(0, 1\] .*"
+            r'-P overrides="calibration\.quantile=<value>"',
+        ),
+        ("calibration.quantile=0", r"calibration\.quantile=0 is out of range"),
+        ("evaluation.batch_size=0", r"evaluation\.batch_size=0 is out of range: it must be an integer >= 1"),
+        ("evaluation.n_overlays=-1", r"evaluation\.n_overlays=-1 is out of range"),
+        (
+            "data.image_size=100000",
+            r"data\.image_size=100000 is out of range: it must be an integer in \[16, 4096\] "
+            r"\(pixels a side.*-P image_size=<value>",
+        ),
+        ("data.image_size=8", r"data\.image_size=8 is out of range"),
+        ("data.validation_fraction=1", r"data\.validation_fraction=1 is out of range"),
+        ("num_workers=-1", r"num_workers=-1 is out of range"),
+        ("model.n=16", r"model settings: batch size 8 < n=16"),  # B >= n (the paper), named
+        ("tracking.model_name=../../x", r"tracking\.model_name='\.\./\.\./x' cannot be a registered model name"),
+        ("tracking.model_name=a:b", r"cannot be a registered model name"),
+        ("category=a/b", r"category='a/b' must be one folder name .*-P category=<value>"),
+        ("category=..", r"category='\.\.' must be one folder name"),
+        ("category=a:b", r"tracking\.model_name='pradot-synthetic-a:b' cannot be"),  # the default name made from it
+    ],
+)
 def test_bad_training_values_are_refused_naming_the_key(override, phrase):
     if override == "model.n=16":
         override = "model.n=16 model.batch_ratio=0.5"
@@ -86,11 +95,14 @@ def test_names_are_refused_where_mlflow_would_refuse_them(store):
         assert ours == mlflow_ok, alias
 
 
-@pytest.mark.parametrize("override, phrase", [
-    ("alias=latest", r"alias='latest' cannot be a model alias.*-P alias=<value>"),
-    ("ensemble_name=../up", r"ensemble_name='\.\./up' cannot be a registered model name"),
-    ("calibration.quantile=5", r"calibration\.quantile=5 is out of range"),
-])
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        ("alias=latest", r"alias='latest' cannot be a model alias.*-P alias=<value>"),
+        ("ensemble_name=../up", r"ensemble_name='\.\./up' cannot be a registered model name"),
+        ("calibration.quantile=5", r"calibration\.quantile=5 is out of range"),
+    ],
+)
 def test_promote_options_and_settings_are_checked(override, phrase):
     cfg = config.compose("promote", config.parse_overrides(["experiment=ci", override]))
     with pytest.raises(ConfigError, match=phrase):
@@ -126,8 +138,12 @@ def test_every_entry_point_refuses_before_any_run(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("PRADOT_SYNTHETIC_ROOT", str(tmp_path / "synthetic"))
     monkeypatch.chdir(tmp_path)
     with tracking_uri(uri):
-        for main, bad in ((train.main, "model.epochs=0"), (train.main, "data.image_size=100000"),
-                          (promote.main, "alias=v2"), (promote.main, "evaluation.batch_size=0")):
+        for main, bad in (
+            (train.main, "model.epochs=0"),
+            (train.main, "data.image_size=100000"),
+            (promote.main, "alias=v2"),
+            (promote.main, "evaluation.batch_size=0"),
+        ):
             assert main(["data=synthetic", "experiment=ci", bad]) == 2
             err = capsys.readouterr().err
             line = err.strip().splitlines()[0]
@@ -163,8 +179,16 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_features(tmp_pat
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
-    rc = train.main(["data=synthetic", "experiment=ci", f"data.root={tmp_path}/synthetic", f"cache.dir={tmp_path}/c",
-                     "model.n=4", "model.batch_ratio=8"])
+    rc = train.main(
+        [
+            "data=synthetic",
+            "experiment=ci",
+            f"data.root={tmp_path}/synthetic",
+            f"cache.dir={tmp_path}/c",
+            "model.n=4",
+            "model.batch_ratio=8",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "error: the batch size 32 (model.n=4) is larger than the 16 training images" in err, err
     assert not list((tmp_path / "c").glob("*/stage*.npy"))  # no feature was extracted

@@ -8,10 +8,24 @@ from pradot.model import PRADOTConfig
 
 
 def test_parse_overrides_quotes_values_hydra_would_split_or_refuse():
-    out = config.parse_overrides(["members=a/1,b/2", "data_root=/x/(1)", "backbone.stages=[2,3]", "seed=",
-                                  "--category", "screw_bag", "tracking.model_name=it's"])
-    assert out == ["members='a/1,b/2'", "data_root='/x/(1)'", "backbone.stages=[2,3]", "category=screw_bag",
-                   "tracking.model_name='it\\'s'"]
+    out = config.parse_overrides(
+        [
+            "members=a/1,b/2",
+            "data_root=/x/(1)",
+            "backbone.stages=[2,3]",
+            "seed=",
+            "--category",
+            "screw_bag",
+            "tracking.model_name=it's",
+        ]
+    )
+    assert out == [
+        "members='a/1,b/2'",
+        "data_root='/x/(1)'",
+        "backbone.stages=[2,3]",
+        "category=screw_bag",
+        "tracking.model_name='it\\'s'",
+    ]
     cfg = config.compose("promote", out)
     assert cfg.members == "a/1,b/2" and cfg.data_root == "/x/(1)" and list(cfg.backbone.stages) == [2, 3]
     assert cfg.tracking.model_name == "it's"
@@ -40,7 +54,9 @@ def test_typed_settings_from_the_composed_config():
     s = config.train_settings(cfg)
     assert isinstance(s.data, DataSpec) and isinstance(s.model, PRADOTConfig)
     assert s.data.root == "/d" and s.data.kind == "synthetic" and s.model.alpha == 0.5
-    assert s.model.stages == (2, 3) and s.model.batch_size == 8 and s.tracking.model_name == "pradot-synthetic-screw_bag"
+    assert (
+        s.model.stages == (2, 3) and s.model.batch_size == 8 and s.tracking.model_name == "pradot-synthetic-screw_bag"
+    )
     assert s.evaluation.n_overlays == 2 and s.cache_dir and s.fail_at_epoch is None
     member = config.with_overrides(cfg, {"backbone.stages": (2,), "model.alpha": 0.0})
     assert config.model_config(member).stages == (2,) and config.model_config(member).alpha == 0.0
@@ -49,7 +65,9 @@ def test_typed_settings_from_the_composed_config():
         config.model_config(config.compose("train", ["model.alpha=2"]))
 
 
-@pytest.mark.parametrize("value, stages", [([2, 3], (2, 3)), ("2,3", (2, 3)), ("[3]", (3,)), ("2+3", (2, 3)), (2, (2,))])
+@pytest.mark.parametrize(
+    "value, stages", [([2, 3], (2, 3)), ("2,3", (2, 3)), ("[3]", (3,)), ("2+3", (2, 3)), (2, (2,))]
+)
 def test_parse_stages_forms(value, stages):
     assert config.parse_stages(value) == stages
 
@@ -69,9 +87,13 @@ def test_promote_and_reproduce_options():
     assert config.model_config(config.compose("train", ["experiment=best"])).aggregation == 3
     paper = config.model_config(config.compose("train", ["experiment=paper"]))
     assert (paper.aggregation, paper.concat_stages, paper.smoothing_sigma) == (1, False, 0.0)
-    for bad, phrase in (("normalisation=zscore", "per_member"), ("force=maybe", "true or false"),
-                        ("fusion=vote", "search"), ("selection.weight_step=0.3", "divide 1"),
-                        ("select_by=image_auroc", "validation metrics only")):
+    for bad, phrase in (
+        ("normalisation=zscore", "per_member"),
+        ("force=maybe", "true or false"),
+        ("fusion=vote", "search"),
+        ("selection.weight_step=0.3", "divide 1"),
+        ("select_by=image_auroc", "validation metrics only"),
+    ):
         with pytest.raises(config.ConfigError, match=phrase):
             config.promote_options(config.compose("promote", [bad]))
     grid = config.reproduce_grid(config.compose("reproduce", config.parse_overrides(["stages=3", "alphas=0,0.3"])))
@@ -81,10 +103,17 @@ def test_promote_and_reproduce_options():
             config.reproduce_grid(config.compose("reproduce", config.parse_overrides([bad])))
 
 
-@pytest.mark.parametrize("root, override, suggestion", [
-    ("train", "model.alpah=0.3", "did you mean model.alpha?"),
-    ("sweep", "sweep.search_space.model.alpah={type:uniform,low:0,high:1}", "did you mean sweep.search_space.model.alpha"),
-])
+@pytest.mark.parametrize(
+    "root, override, suggestion",
+    [
+        ("train", "model.alpah=0.3", "did you mean model.alpha?"),
+        (
+            "sweep",
+            "sweep.search_space.model.alpah={type:uniform,low:0,high:1}",
+            "did you mean sweep.search_space.model.alpha",
+        ),
+    ],
+)
 def test_a_misspelt_key_gets_the_closest_existing_ones(root, override, suggestion):
     """Hydra's own hint for an unknown key is to append it with +; for a typo the existing key is the fix."""
     with pytest.raises(config.ConfigError) as e:

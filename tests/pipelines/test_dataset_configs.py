@@ -14,7 +14,12 @@ def test_each_kind_has_its_data_config(kind):
 
 
 def test_loader_options_reach_the_data_spec():
-    spec = config.data_spec(config.compose("train", config.parse_overrides(
-        ["data=real_iad", "workdir=/w", "overrides=data.options.views=C1,C3 data.options.json_dir=splits"])))
-    assert spec.options == {"variant": "realiad_jsons", "resolution": "1024", "views": "C1,C3",
-                            "json_dir": "/w/splits"}
+    spec = config.data_spec(
+        config.compose(
+            "train",
+            config.parse_overrides(
+                ["data=real_iad", "workdir=/w", "overrides=data.options.views=C1,C3 data.options.json_dir=splits"]
+            ),
+        )
+    )
+    assert spec.options == {"variant": "realiad_jsons", "resolution": "1024", "views": "C1,C3", "json_dir": "/w/splits"}

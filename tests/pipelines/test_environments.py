@@ -16,8 +16,12 @@ VENV_BIN = Path(sys.executable).parent
 
 def _env(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "PYTHONPATH")}
-    env.update({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+    env.update(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     return env
 
 
@@ -37,9 +41,21 @@ def test_mlflow_run_with_uv_trains_the_ci_recipe(tmp_path):
     """The literal command a user without conda runs, with uv (a dev dependency). The first run on a machine
     downloads the environment's packages from PyPI (about 2.5 GB, a minute here); later runs reuse it."""
     assert shutil.which("uv", path=str(VENV_BIN)), "uv is a dev dependency: make setup installs it"
-    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "uv", "--experiment-name", "uv",
-           "-P", "dataset=synthetic", "-P", f"data_root={tmp_path}/synthetic",
-           "-P", f"overrides=experiment=ci cache.dir={tmp_path}/cache evaluation.figures=false"]
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "run",
+        str(REPO),
+        "--env-manager",
+        "uv",
+        "--experiment-name",
+        "uv",
+        "-P",
+        "dataset=synthetic",
+        "-P",
+        f"data_root={tmp_path}/synthetic",
+        "-P",
+        f"overrides=experiment=ci cache.dir={tmp_path}/cache evaluation.figures=false",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     from mlflow import MlflowClient

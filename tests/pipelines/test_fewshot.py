@@ -44,17 +44,20 @@ def test_the_ci_recipe_is_the_tiny_protocol():
     assert (ad.foct.top_foreground, ad.foct.top_background, ad.foct.capacity) == (6, 23, 58)
 
 
-@pytest.mark.parametrize("override,phrase", [
-    ("fewshot.shots=[0,1]", "positive integers"),
-    ("fewshot.shots=abc", "positive integers"),
-    ("fewshot.splits=0", "fewshot.splits"),
-    ("fewshot.query_order=random", "query_order"),
-    ("+fewshot.foct.alpha=0.1", "unknown fewshot.foct keys"),
-    ("fewshot.foct.foreground=saliency", "foreground must be one of"),
-    ("fewshot.foct.compression=1.5", "lambda"),
-    ("fewshot.foct.foreground=sam", "sam_checkpoint"),
-    ("fewshot.foct.online=maybe", "true or false"),
-])
+@pytest.mark.parametrize(
+    "override,phrase",
+    [
+        ("fewshot.shots=[0,1]", "positive integers"),
+        ("fewshot.shots=abc", "positive integers"),
+        ("fewshot.splits=0", "fewshot.splits"),
+        ("fewshot.query_order=random", "query_order"),
+        ("+fewshot.foct.alpha=0.1", "unknown fewshot.foct keys"),
+        ("fewshot.foct.foreground=saliency", "foreground must be one of"),
+        ("fewshot.foct.compression=1.5", "lambda"),
+        ("fewshot.foct.foreground=sam", "sam_checkpoint"),
+        ("fewshot.foct.online=maybe", "true or false"),
+    ],
+)
 def test_bad_settings_are_refused_before_any_run(override, phrase):
     with pytest.raises(ConfigError, match=phrase):
         plan_of(override)
@@ -126,9 +129,23 @@ def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path, capsys):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_RUN_ID", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)
-    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "fewshot", "--env-manager", "local",
-           "--experiment-name", "fewshot-e2e", "-P", "recipe=ci", "-P", f"data_root={tmp_path}/synthetic",
-           "-P", f"overrides=cache.dir={tmp_path}/cache"]
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "run",
+        str(REPO),
+        "-e",
+        "fewshot",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "fewshot-e2e",
+        "-P",
+        "recipe=ci",
+        "-P",
+        f"data_root={tmp_path}/synthetic",
+        "-P",
+        f"overrides=cache.dir={tmp_path}/cache",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "| foct | 1 | 2 |" in proc.stdout and "as foct-synthetic-screw_bag v1" in proc.stdout
@@ -139,11 +156,22 @@ def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path, capsys):
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert sorted((r.data.params["shots"], r.data.params["split"]) for r in children) == \
-        [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")]
+    assert sorted((r.data.params["shots"], r.data.params["split"]) for r in children) == [
+        ("1", "0"),
+        ("1", "1"),
+        ("2", "0"),
+        ("2", "1"),
+    ]
     child = children[0]
-    for key in ("image_auroc", "pixel_auroc", "image_f1_max", "pixel_f1_max", "au_spro_0.05", "seconds_per_query",
-                "episodic_memory_max"):
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "image_f1_max",
+        "pixel_f1_max",
+        "au_spro_0.05",
+        "seconds_per_query",
+        "episodic_memory_max",
+    ):
         assert key in child.data.metrics, key
     assert child.data.metrics["episodic_memory_max"] < 10  # capacity L = 10 in the ci recipe
     assert len(client.get_metric_history(child.info.run_id, "query_seconds")) == 12  # one per test image
@@ -180,14 +208,21 @@ def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path, capsys):
     from pipelines import export, predict
 
     with tracking_uri(uri):
-        argv = ["model_uri=models:/foct-synthetic-screw_bag/1", f"input={root / 'validation' / 'good'}",
-                f"output={tmp_path / 'predicted'}", "tracking.enabled=false", "write.overlays=false"]
+        argv = [
+            "model_uri=models:/foct-synthetic-screw_bag/1",
+            f"input={root / 'validation' / 'good'}",
+            f"output={tmp_path / 'predicted'}",
+            "tracking.enabled=false",
+            "write.overlays=false",
+        ]
         assert predict.main(argv) == 0
         rows = list(csv.DictReader(open(tmp_path / "predicted" / "scores.csv")))
         assert len(rows) == len(normals) and all(float(r["threshold"]) == version_threshold(served) for r in rows)
         onnx = tmp_path / "foct.onnx"
-        assert export.main(["model_uri=models:/foct-synthetic-screw_bag/1", f"output={onnx}",
-                            "tracking.enabled=false"]) == 2
+        assert (
+            export.main(["model_uri=models:/foct-synthetic-screw_bag/1", f"output={onnx}", "tracking.enabled=false"])
+            == 2
+        )
     assert not onnx.exists()
     assert "FOCT model; ONNX export supports PRADOT models" in capsys.readouterr().err
 
@@ -204,7 +239,7 @@ def _scene(seed: int, blotch: bool = False, size: int = 96) -> np.ndarray:
     img = 0.5 + 0.15 * np.sin(40 * xx + g.uniform(-0.2, 0.2))[..., None] * np.array([1.0, 0.8, 0.6])
     img = img + g.normal(0, 0.02, (size, size, 3))
     if blotch:
-        img[(yy - 0.5) ** 2 + (xx - 0.6) ** 2 < 0.15 ** 2] = [0.9, 0.1, 0.8]
+        img[(yy - 0.5) ** 2 + (xx - 0.6) ** 2 < 0.15**2] = [0.9, 0.1, 0.8]
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
@@ -224,8 +259,16 @@ def test_served_fewshot_model_keeps_its_online_state_per_process(tmp_path, effne
     def tensor(rgb):
         return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
 
-    cfg = FOCTConfig(backbone="efficientnet_lite0", image_size=96, top_foreground=2, top_background=4, capacity=12,
-                     hidden=16, steps=3, lr=1e-3)
+    cfg = FOCTConfig(
+        backbone="efficientnet_lite0",
+        image_size=96,
+        top_foreground=2,
+        top_background=4,
+        capacity=12,
+        hidden=16,
+        steps=3,
+        lr=1e-3,
+    )
     model = FOCT(cfg, backbone=effnet_fewshot).fit(torch.stack([tensor(_scene(i)) for i in range(2)]))
     _, val = model.score(torch.stack([tensor(_scene(10 + i)) for i in range(6)]))
     path = model.save(tmp_path / "foct.pt")
@@ -233,19 +276,46 @@ def test_served_fewshot_model_keeps_its_online_state_per_process(tmp_path, effne
     with tracking_uri(uri):
         exp = mlflow.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=exp):
-            mlflow_model.log_pradot_model(path, Calibration.calibrate(val.numpy(), 1.0), registered_model_name="foct-serve",
-                                          input_example_image=_scene(7))
+            mlflow_model.log_pradot_model(
+                path,
+                Calibration.calibrate(val.numpy(), 1.0),
+                registered_model_name="foct-serve",
+                input_example_image=_scene(7),
+            )
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_RUN_ID", None)
     with open(tmp_path / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/foct-serve/1",
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                "models:/foct-serve/1",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                "1",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def ask(images, **params):
-        body = {"dataframe_split": {"columns": ["image"], "data": [[b64(file_bytes(Image.fromarray(i)))] for i in images]}}
+        body = {
+            "dataframe_split": {"columns": ["image"], "data": [[b64(file_bytes(Image.fromarray(i)))] for i in images]}
+        }
         if params:
             body["params"] = params
         status, text = http("POST", f"{url}/invocations", body)

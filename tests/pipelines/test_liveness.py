@@ -45,8 +45,14 @@ def store(tmp_path, monkeypatch):
 
 
 def _start_child(tmp_path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD], cwd=tmp_path, env=dict(os.environ), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     line = proc.stdout.readline()
     assert line.startswith("RUN "), (line, proc.stderr.read() if proc.poll() is not None else "")
     return proc, line.split()[1]
@@ -79,8 +85,10 @@ def test_the_next_entry_run_closes_the_run_of_a_killed_process(store, tmp_path):
             pass
         closed = store.get_run(orphan)
         assert closed.info.status == "FAILED"
-        assert f"process {proc.pid} on {socket.gethostname()} ended without closing the run" in \
-            closed.data.tags[liveness.ORPHAN_TAG]
+        assert (
+            f"process {proc.pid} on {socket.gethostname()} ended without closing the run"
+            in closed.data.tags[liveness.ORPHAN_TAG]
+        )
         assert store.get_run(live_run).info.status == "RUNNING"  # its process is alive: untouched
         assert store.get_run(run.run_id).info.status == "FINISHED"
     finally:

@@ -4,8 +4,8 @@ by ``mlflow models serve`` over HTTP."""
 import base64
 import io
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,11 +61,23 @@ def test_pyfunc_predict_contract_and_errors(mlflow_model):
     assert e.value.error_code == "INVALID_PARAMETER_VALUE" and "row 1: the value is not valid base64" in e.value.message
     sig = mlflow_model.SIGNATURE
     assert sig.inputs.input_names() == ["image"]
-    assert sig.outputs.input_names() == ["score", "raw_score", "is_anomaly", "threshold", "anomaly_map", "mask",
-                                         "mask_threshold"]
-    assert {p.name: p.default for p in sig.params.params} == {"return_map": False, "map_format": "png",
-                                                              "return_mask": False, "quantile": None,
-                                                              "threshold": None, "online_update": False}
+    assert sig.outputs.input_names() == [
+        "score",
+        "raw_score",
+        "is_anomaly",
+        "threshold",
+        "anomaly_map",
+        "mask",
+        "mask_threshold",
+    ]
+    assert {p.name: p.default for p in sig.params.params} == {
+        "return_map": False,
+        "map_format": "png",
+        "return_mask": False,
+        "quantile": None,
+        "threshold": None,
+        "online_update": False,
+    }
     reqs = mlflow_model.default_pip_requirements()
     assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
 
@@ -81,13 +93,13 @@ def scene(seed: int, blotch: bool = False, h: int = 144, w: int = 192) -> np.nda
     img = 0.5 + 0.15 * np.sin(40 * xx + g.uniform(-0.2, 0.2))[..., None] * np.array([1.0, 0.8, 0.6])
     img = img + g.normal(0, 0.02, (h, w, 3))
     if blotch:
-        img[(yy - 0.5) ** 2 + (xx - 0.7) ** 2 < 0.15 ** 2] = [0.9, 0.1, 0.8]
+        img[(yy - 0.5) ** 2 + (xx - 0.7) ** 2 < 0.15**2] = [0.9, 0.1, 0.8]
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 def blotch_mask(h=144, w=192) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w] / float(min(h, w))
-    return (yy - 0.5) ** 2 + (xx - 0.7) ** 2 < 0.15 ** 2
+    return (yy - 0.5) ** 2 + (xx - 0.7) ** 2 < 0.15**2
 
 
 def as_input(rgb: np.ndarray) -> torch.Tensor:
@@ -114,8 +126,9 @@ def served(tmp_path_factory, effnet, mlflow_model):
         def __getitem__(self, i):
             return {"image": train_images[i], "label": 0, "index": i}
 
-    cfg = PRADOTConfig(backbone=effnet.name, stages=tuple(effnet.stages), image_size=SIZE, n=2, batch_size=8,
-                       epochs=2, eta=0.5)
+    cfg = PRADOTConfig(
+        backbone=effnet.name, stages=tuple(effnet.stages), image_size=SIZE, n=2, batch_size=8, epochs=2, eta=0.5
+    )
     model = PRADOT(cfg, backbone=effnet)
     model.fit(Images(), progress=False)
     val_maps, val_scores = model.score(torch.stack([as_input(scene(100 + i)) for i in range(8)]))
@@ -126,8 +139,13 @@ def served(tmp_path_factory, effnet, mlflow_model):
     with tracking_uri(uri):
         exp_id = mlflow.create_experiment("serving", artifact_location=(tmp / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=exp_id):
-            info = mlflow_model.log_pradot_model(model_path, calibration, registered_model_name="pradot-serving-test",
-                                                 input_example_image=scene(7), extra_tags={"test": "serving"})
+            info = mlflow_model.log_pradot_model(
+                model_path,
+                calibration,
+                registered_model_name="pradot-serving-test",
+                input_example_image=scene(7),
+                extra_tags={"test": "serving"},
+            )
         version = mlflow.MlflowClient().get_model_version("pradot-serving-test", "1")
         assert version.tags.get("test") == "serving"
     assert info.registered_model_version is not None and int(info.registered_model_version) == 1
@@ -136,8 +154,23 @@ def served(tmp_path_factory, effnet, mlflow_model):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_RUN_ID", None)
     log_path = tmp / "server.log"
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/pradot-serving-test/1",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/pradot-serving-test/1",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -198,15 +231,18 @@ def test_served_model_returns_maps_at_the_input_size(served):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["not-base64", "not-an-image", "zero-size", "huge", "truncated", "missing-column",
-                                  "bad-param"])
+@pytest.mark.parametrize(
+    "case", ["not-base64", "not-an-image", "zero-size", "huge", "truncated", "missing-column", "bad-param"]
+)
 def test_served_model_refuses_bad_payloads(served, case, huge_png):
     png = file_bytes(Image.fromarray(scene(5)))
-    rows = {"not-base64": ("%%% definitely not base64 %%%", "not valid base64"),
-            "not-an-image": (b64(b"hello, I am text"), "not an image"),
-            "zero-size": ("", "empty"),
-            "huge": (b64(huge_png), "10000x10000"),
-            "truncated": (b64(png[: len(png) // 3]), "truncated")}
+    rows = {
+        "not-base64": ("%%% definitely not base64 %%%", "not valid base64"),
+        "not-an-image": (b64(b"hello, I am text"), "not an image"),
+        "zero-size": ("", "empty"),
+        "huge": (b64(huge_png), "10000x10000"),
+        "truncated": (b64(png[: len(png) // 3]), "truncated"),
+    }
     t0 = time.monotonic()
     if case in rows:
         value, phrase = rows[case]
@@ -237,8 +273,9 @@ def test_pyfunc_answers_413_over_budget_and_503_when_busy(mlflow_model):
     from mlflow.exceptions import MlflowException
 
     wrapper = mlflow_model.PradotPyfunc()
-    wrapper.scorer = Scorer(FakeModel(), Calibration(0.5, 0.0, 1.0, 0.99, 3), max_request_pixels=100,
-                            max_in_flight=1, wait_s=0.05)
+    wrapper.scorer = Scorer(
+        FakeModel(), Calibration(0.5, 0.0, 1.0, 0.99, 3), max_request_pixels=100, max_in_flight=1, wait_s=0.05
+    )
     good = b64(file_bytes(Image.fromarray(np.full((8, 8, 3), 200, np.uint8))))
     with pytest.raises(MlflowException) as e:
         wrapper.predict(None, pd.DataFrame({"image": [good, good]}))  # 128 decoded pixels > 100
@@ -259,15 +296,27 @@ def test_model_config_sets_the_budgets(mlflow_model, tiny_backbone, tmp_path):
     cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
     model = PRADOT(cfg, backbone=tiny_backbone).save(tmp_path / "m.pt")
     cal = Calibration(0.5, 0.0, 1.0, 0.99, 3).save(tmp_path / "c.json")
-    budgets = {"max_request_pixels": 7, "max_map_side": 64, "max_response_bytes": 5, "max_in_flight": 3,
-               "wait_s": 2.5, "max_rows": 9}
+    budgets = {
+        "max_request_pixels": 7,
+        "max_map_side": 64,
+        "max_response_bytes": 5,
+        "max_in_flight": 3,
+        "wait_s": 2.5,
+        "max_rows": 9,
+    }
     wrapper = mlflow_model.PradotPyfunc()
-    wrapper.load_context(SimpleNamespace(model_config={"device": "cpu", **budgets},
-                                         artifacts={"model": str(model), "calibration": str(cal)}))
+    wrapper.load_context(
+        SimpleNamespace(
+            model_config={"device": "cpu", **budgets}, artifacts={"model": str(model), "calibration": str(cal)}
+        )
+    )
     assert {k: getattr(wrapper.scorer, k) for k in budgets} == budgets
     wrapper.load_context(SimpleNamespace(model_config={}, artifacts={"model": str(model), "calibration": str(cal)}))
-    assert (wrapper.scorer.max_request_pixels, wrapper.scorer.max_map_side, wrapper.scorer.max_in_flight) == \
-        (100_000_000, 1024, 1)  # the safe defaults
+    assert (wrapper.scorer.max_request_pixels, wrapper.scorer.max_map_side, wrapper.scorer.max_in_flight) == (
+        100_000_000,
+        1024,
+        1,
+    )  # the safe defaults
 
 
 @pytest.mark.slow
@@ -339,15 +388,18 @@ def test_served_quantile_moves_is_anomaly_as_the_stored_quantiles_say(served):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("params, phrase", [
-    ({"quantile": 1.5}, r"quantile must lie in \[0.5, 1\]"),
-    ({"quantile": 0.2}, r"quantile must lie in \[0.5, 1\]"),
-    ({"quantile": float("nan")}, "finite"),
-    ({"quantile": "high"}, "quantile"),
-    ({"threshold": "x"}, "threshold"),
-    ({"quantile": 0.9, "threshold": 0.5}, "not both"),
-    ({"return_mask": "yes"}, "return_mask"),
-])
+@pytest.mark.parametrize(
+    "params, phrase",
+    [
+        ({"quantile": 1.5}, r"quantile must lie in \[0.5, 1\]"),
+        ({"quantile": 0.2}, r"quantile must lie in \[0.5, 1\]"),
+        ({"quantile": float("nan")}, "finite"),
+        ({"quantile": "high"}, "quantile"),
+        ({"threshold": "x"}, "threshold"),
+        ({"quantile": 0.9, "threshold": 0.5}, "not both"),
+        ({"return_mask": "yes"}, "return_mask"),
+    ],
+)
 def test_served_model_refuses_bad_operating_points_with_400_and_stays_up(served, params, phrase):
     status, text = invocations(served, [encode_png(scene(8))], **params)
     assert status == 400, (status, text[:500])
@@ -388,10 +440,14 @@ def test_predict_folder_writes_the_served_models_scores(served, tmp_path, monkey
     assert "base64" not in errors[0]["error"] and "re-save the file as PNG or JPEG" in errors[0]["error"]
     for rel, row in rows.items():
         stem = Path(rel).with_suffix("").as_posix()
-        assert (row["map"], row["mask"], row["overlay"]) == (f"maps/{stem}.tiff", f"masks/{stem}.png",
-                                                             f"overlays/{stem}.png")
-        status, text = invocations(served, [b64((images / rel).read_bytes())], return_map=True, map_format="npy",
-                                   return_mask=True)
+        assert (row["map"], row["mask"], row["overlay"]) == (
+            f"maps/{stem}.tiff",
+            f"masks/{stem}.png",
+            f"overlays/{stem}.png",
+        )
+        status, text = invocations(
+            served, [b64((images / rel).read_bytes())], return_map=True, map_format="npy", return_mask=True
+        )
         assert status == 200, text[:300]
         pred = json.loads(text)["predictions"][0]
         assert float(row["raw_score"]) == pytest.approx(pred["raw_score"], rel=1e-6, abs=1e-7)
@@ -464,12 +520,29 @@ def test_mlflow_run_predict_resolves_paths_where_it_was_started(served, tmp_path
     import csv
 
     _predict_folder(tmp_path / "images")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served.uri,
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": served.uri,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("MLFLOW_RUN_ID", None)
-    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "predict",
-           "-P", "model_uri=models:/pradot-serving-test/1", "-P", "input=images", "-P", "output=results",
-           "-P", "quantile=0.9"]
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "run",
+        str(REPO),
+        "--env-manager",
+        "local",
+        "-e",
+        "predict",
+        "-P",
+        "model_uri=models:/pradot-serving-test/1",
+        "-P",
+        "input=images",
+        "-P",
+        "output=results",
+        "-P",
+        "quantile=0.9",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "results" / "scores.csv")))

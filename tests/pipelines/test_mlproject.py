@@ -12,9 +12,16 @@ from pipelines import config
 REPO = Path(__file__).resolve().parents[2]
 
 #: script -> the conf root its entry point composes
-ROOTS = {"pipelines/train.py": "train", "pipelines/promote.py": "promote", "pipelines/reproduce.py": "reproduce",
-         "pipelines/baseline.py": "baseline", "pipelines/fewshot.py": "fewshot", "pipelines/sweep.py": "sweep",
-         "pipelines/predict.py": "predict", "pipelines/export.py": "export"}
+ROOTS = {
+    "pipelines/train.py": "train",
+    "pipelines/promote.py": "promote",
+    "pipelines/reproduce.py": "reproduce",
+    "pipelines/baseline.py": "baseline",
+    "pipelines/fewshot.py": "fewshot",
+    "pipelines/sweep.py": "sweep",
+    "pipelines/predict.py": "predict",
+    "pipelines/export.py": "export",
+}
 
 
 def _project():
@@ -38,8 +45,9 @@ def test_every_entry_point_composes_with_its_default_parameters(name, tmp_path, 
         return
     script = argv[1]
     assert script in ROOTS, f"{name}: {script} has no conf root in this test; add it"
-    assert "workdir" in entry.parameters and entry.parameters["workdir"].type == "path", \
+    assert "workdir" in entry.parameters and entry.parameters["workdir"].type == "path", (
         f"entry point {name} must pass workdir (type path) so relative paths resolve where mlflow run was started"
+    )
     overrides = config.parse_overrides(argv[2:])
     if ROOTS[script] == "sweep":
         from pipelines.sweep.space import alias_overrides

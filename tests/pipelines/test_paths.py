@@ -17,9 +17,24 @@ from pipelines import config
 from pradot.data import DatasetError, load_dataset
 from tests.pipelines.test_train import client_for, mlflow_run
 
-AWKWARD = ["/data/My Data", "/data/a,b", "/data/(1)", "/data/Bäder/日本", "/data/it's", r"C:\data\x", "/data/a=b",
-           "/data/$x", "/data/[x]", "/data/{x}", "/data/a#b", "~/data", " /data/lead", "/data/trail ",
-           "/data/a\\'b", "/data/end\\"]
+AWKWARD = [
+    "/data/My Data",
+    "/data/a,b",
+    "/data/(1)",
+    "/data/Bäder/日本",
+    "/data/it's",
+    r"C:\data\x",
+    "/data/a=b",
+    "/data/$x",
+    "/data/[x]",
+    "/data/{x}",
+    "/data/a#b",
+    "~/data",
+    " /data/lead",
+    "/data/trail ",
+    "/data/a\\'b",
+    "/data/end\\",
+]
 
 
 @pytest.mark.parametrize("value", AWKWARD)
@@ -29,8 +44,15 @@ def test_one_argument_is_one_value(value):
 
 
 def test_typed_values_and_interpolations_keep_their_meaning():
-    out = config.parse_overrides(["model.alpha=0.5", "backbone.stages=[2,3]", "tracking.register=false",
-                                  "backbone.weights_path=null", "tracking.model_name=${category}-x"])
+    out = config.parse_overrides(
+        [
+            "model.alpha=0.5",
+            "backbone.stages=[2,3]",
+            "tracking.register=false",
+            "backbone.weights_path=null",
+            "tracking.model_name=${category}-x",
+        ]
+    )
     cfg = config.compose("train", out)
     assert cfg.model.alpha == 0.5 and list(cfg.backbone.stages) == [2, 3] and cfg.tracking.register is False
     assert cfg.backbone.weights_path is None and cfg.tracking.model_name == "screw_bag-x"
@@ -54,17 +76,28 @@ def test_relative_paths_are_resolved_against_workdir_or_the_current_folder(tmp_p
     assert cfg.data.root == str(tmp_path / "data" / "synthetic")  # the conf default, where the user stands
     assert cfg.workdir == str(tmp_path)  # logged with the config: where relative paths were resolved
     user = tmp_path / "user dir"
-    cfg = config.compose("sweep", config.parse_overrides(
-        [f"workdir={user}", "data_root=d", "backbone.weights_path=~/w.pth", "data.root=file:///x/y",
-         "cache.dir=/abs/cache", "sweep.resume_from=runs/s1"]))
+    cfg = config.compose(
+        "sweep",
+        config.parse_overrides(
+            [
+                f"workdir={user}",
+                "data_root=d",
+                "backbone.weights_path=~/w.pth",
+                "data.root=file:///x/y",
+                "cache.dir=/abs/cache",
+                "sweep.resume_from=runs/s1",
+            ]
+        ),
+    )
     assert cfg.workdir == str(user) and cfg.data_root == str(user / "d")
     # the sweep's folders too; a cloud URI stays a URI (Tune reads it)
     assert cfg.sweep.storage_path == str(user / ".ray_results") and cfg.sweep.resume_from == str(user / "runs/s1")
     assert config.compose("sweep", ["sweep.storage_path=s3://bucket/sweeps"]).sweep.storage_path == "s3://bucket/sweeps"
     assert cfg.backbone.weights_path == os.path.expanduser("~/w.pth")
     assert cfg.data.root == "file:///x/y" and cfg.cache.dir == "/abs/cache"  # URIs and absolute paths stay
-    assert config.train_settings(config.compose("train", [f"workdir={user}", "data_root=d"])).data.root == \
-        str(user / "d")
+    assert config.train_settings(config.compose("train", [f"workdir={user}", "data_root=d"])).data.root == str(
+        user / "d"
+    )
 
 
 def test_library_errors_show_the_absolute_path(tmp_path, monkeypatch):
@@ -90,16 +123,24 @@ def _folder_dataset(root: Path) -> None:
         Image.fromarray(m).save(cat / "ground_truth" / "scratch" / f"{i}_mask.png")
 
 
-TINY = ("overrides=backbone=efficientnet_lite0 backbone.stages=[2] data.image_size=64 model.n=1 model.batch_ratio=4 "
-        "model.epochs=1 evaluation.figures=false evaluation.n_overlays=2 tracking.register=false "
-        "tracking.include_backbone=false cache.dir='my cache/features'")
+TINY = (
+    "overrides=backbone=efficientnet_lite0 backbone.stages=[2] data.image_size=64 model.n=1 model.batch_ratio=4 "
+    "model.epochs=1 evaluation.figures=false evaluation.n_overlays=2 tracking.register=false "
+    "tracking.include_backbone=false cache.dir='my cache/features'"
+)
 
 
 @pytest.mark.slow
 def test_mlflow_run_with_a_relative_data_root_that_has_a_space(tmp_path):
     _folder_dataset(tmp_path / "My Data (2024), Bäder")
-    proc = mlflow_run(tmp_path, "dataset=folder", "data_root=My Data (2024), Bäder", "category=part", TINY,
-                      env_extra={"PRADOT_DATA_ROOT": ""})
+    proc = mlflow_run(
+        tmp_path,
+        "dataset=folder",
+        "data_root=My Data (2024), Bäder",
+        "category=part",
+        TINY,
+        env_extra={"PRADOT_DATA_ROOT": ""},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     (run,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name("e2e").experiment_id])
     assert run.info.status == "FINISHED"
@@ -111,8 +152,9 @@ def test_mlflow_run_with_a_relative_data_root_that_has_a_space(tmp_path):
 
 
 def test_mlflow_run_error_shows_the_absolute_path(tmp_path):
-    proc = mlflow_run(tmp_path, "dataset=folder", "data_root=no such (dir)", "category=part", TINY,
-                      env_extra={"PRADOT_DATA_ROOT": ""})
+    proc = mlflow_run(
+        tmp_path, "dataset=folder", "data_root=no such (dir)", "category=part", TINY, env_extra={"PRADOT_DATA_ROOT": ""}
+    )
     assert proc.returncode != 0
     assert f"data root {tmp_path / 'no such (dir)'} does not exist" in proc.stderr, proc.stderr[-3000:]
 

@@ -42,9 +42,18 @@ def _register(ns, model, metric: float, label: str) -> str:
         path = model.save(ns.tmp / f"{label}.pt")
         cal = Calibration(threshold=1.0, low=0.0, high=2.0, quantile=0.99, n_images=6)
         c = model.config
-        tags = registry.VersionTags(dataset="synthetic", category="screw_bag", run_id=run.info.run_id, threshold=1.0,
-                                    backbone=c.backbone, stages=c.stages, image_size=c.image_size, alpha=c.alpha,
-                                    n=c.n, metrics={"image_auroc": metric})
+        tags = registry.VersionTags(
+            dataset="synthetic",
+            category="screw_bag",
+            run_id=run.info.run_id,
+            threshold=1.0,
+            backbone=c.backbone,
+            stages=c.stages,
+            image_size=c.image_size,
+            alpha=c.alpha,
+            n=c.n,
+            metrics={"image_auroc": metric},
+        )
         uri = registry.log_model(path, cal, tags)
     return registry.register(uri, NAME, tags)  # after the run ended, as train does
 
@@ -67,9 +76,9 @@ def store(tmp_path_factory):
 
     from pradot import PRADOT
     from pradot.backbone import load_backbone
+    from pradot.data import ImageDataset
     from pradot.engine import open_splits
     from pradot.features import extract_features
-    from pradot.data import ImageDataset
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
     client = MlflowClient()
@@ -79,8 +88,7 @@ def store(tmp_path_factory):
     cfg = config.compose("promote", overrides)
     spec, base = config.data_spec(cfg), config.model_config(cfg)
     splits = open_splits(spec)
-    ns = SimpleNamespace(tmp=tmp, client=client, cfg=cfg, overrides=overrides, spec=spec, splits=splits,
-                         mlflow=mlflow)
+    ns = SimpleNamespace(tmp=tmp, client=client, cfg=cfg, overrides=overrides, spec=spec, splits=splits, mlflow=mlflow)
 
     bb = {st: load_backbone("efficientnet_lite0", st) for st in [(2,), (3,), (2, 3)]}
     train_ds = ImageDataset(splits.train, spec.image_size)
@@ -136,16 +144,27 @@ def test_promote_default_selection_registers_champion_and_serves(store, capsys):
     assert run.data.tags["pradot.entry_point"] == "promote"
     assert run.data.tags["pradot.selection_split"] == "validation+pseudo"
     arts = {a.path for d in ("comparison", "figures") for a in ns.client.list_artifacts(run.info.run_id, d)}
-    assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/choice.json",
-            "figures/metrics_bar.png", "figures/overlays_members_vs_ensemble.png"} <= arts
-    choice = json.loads(Path(ns.mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="comparison/choice.json")).read_text())
+    assert {
+        "comparison/comparison.csv",
+        "comparison/comparison.md",
+        "comparison/choice.json",
+        "figures/metrics_bar.png",
+        "figures/overlays_members_vs_ensemble.png",
+    } <= arts
+    choice = json.loads(
+        Path(
+            ns.mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="comparison/choice.json")
+        ).read_text()
+    )
     by_ref = {c["ref"]: c for c in choice["candidates"]}
     # the broken (2, 0) bank loses its group on the validation objective
-    assert by_ref[f"{NAME}/{ns.versions['bad']}"]["validation"]["val_objective"] < \
-        by_ref[f"{NAME}/{ns.versions['s2a0']}"]["validation"]["val_objective"]
-    csv_text = Path(ns.mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                           artifact_path="comparison/comparison.csv")).read_text()
+    assert (
+        by_ref[f"{NAME}/{ns.versions['bad']}"]["validation"]["val_objective"]
+        < by_ref[f"{NAME}/{ns.versions['s2a0']}"]["validation"]["val_objective"]
+    )
+    csv_text = Path(
+        ns.mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="comparison/comparison.csv")
+    ).read_text()
     # header, the four group winners (three single-stage banks, the multi-stage bank), the baseline (none is
     # registered: fitted by promote), the ensemble
     lines = csv_text.strip().splitlines()
@@ -241,8 +260,12 @@ def test_reproduce_refuses_overrides_it_sets(capsys):
     assert "model.alpha is set by reproduce" in capsys.readouterr().err
     assert reproduce.main(["category=x", "tracking.register=false"]) == 2
     assert "must be registered" in capsys.readouterr().err
-    cfg = config.compose("reproduce", config.parse_overrides(["category=x", "data=synthetic", "metric=au_spro_0.05",
-                                                              "experiment=ci", "stages=2", "alphas=0,0.5"]))
+    cfg = config.compose(
+        "reproduce",
+        config.parse_overrides(
+            ["category=x", "data=synthetic", "metric=au_spro_0.05", "experiment=ci", "stages=2", "alphas=0,0.5"]
+        ),
+    )
     grid = config.reproduce_grid(cfg)
     assert grid.members() == [(2, 0.0), (2, 0.5)]
     assert config.promote_options(cfg).metric == "au_spro_0.05"
@@ -260,10 +283,10 @@ def test_champion_served_in_a_fresh_process(store):
         "import json, sys, pandas as pd, mlflow.pyfunc\n"
         f"m = mlflow.pyfunc.load_model('models:/{ENS}@champion')\n"
         f"p = m.predict(pd.DataFrame({{'image': [{_b64(img.image_path)!r}]}}))\n"
-        "print(json.dumps(p.iloc[0][['score', 'raw_score']].astype(float).to_dict()))\n")
+        "print(json.dumps(p.iloc[0][['score', 'raw_score']].astype(float).to_dict()))\n"
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{ns.tmp}/mlflow.db"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ns.tmp,
-                         timeout=240)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ns.tmp, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert np.isfinite(out["raw_score"])
@@ -273,8 +296,11 @@ def test_select_by_ranks_sweep_registered_versions(store):
     """Sweep-registered versions carry metric.val_auroc: select_by=val_auroc keeps the best of each group by it
     (versions without the tag are excluded) before promote scores them; test metrics cannot choose."""
     ns = store
-    opts = config.promote_options(config.compose("promote", config.parse_overrides(
-        ["select_by=val_auroc", "metric=image_auroc", "experiment=ci"])))
+    opts = config.promote_options(
+        config.compose(
+            "promote", config.parse_overrides(["select_by=val_auroc", "metric=image_auroc", "experiment=ci"])
+        )
+    )
     assert opts.select_by == "val_auroc" and opts.metric == "image_auroc" and opts.selection_metric == "val_objective"
     # an unset MLproject parameter
     assert config.promote_options(config.compose("promote", config.parse_overrides(["select_by="]))).select_by is None
@@ -309,8 +335,12 @@ def _shuffled_test_labels(monkeypatch, seed: int):
         splits = real(spec)
         rng = np.random.default_rng(seed)
         perm = rng.permutation(len(splits.test))
-        test = [dataclasses.replace(s, label=splits.test[j].label, anomaly_type=splits.test[j].anomaly_type,
-                                    defects=splits.test[j].defects) for s, j in zip(splits.test, perm)]
+        test = [
+            dataclasses.replace(
+                s, label=splits.test[j].label, anomaly_type=splits.test[j].anomaly_type, defects=splits.test[j].defects
+            )
+            for s, j in zip(splits.test, perm)
+        ]
         assert [s.label for s in test] != [s.label for s in splits.test]
         return dataclasses.replace(splits, test=test)
 
@@ -355,14 +385,14 @@ def test_served_maps_equal_offline_maps(store, capsys):
 
     ns = store
     if not ns.client.search_model_versions(f"name='{ENS}'"):
-        assert promote.main([*ns.overrides, "fusion=search", "normalisation=per_member"]) == 0, \
-            capsys.readouterr().err
+        assert promote.main([*ns.overrides, "fusion=search", "normalisation=per_member"]) == 0, capsys.readouterr().err
     v = _latest(ns)
     img = next(s for s in ns.splits.test if s.label == 1)
     assert read_image(img.image_path).shape[:2] == (96, 96)  # the model's size: no resizing anywhere
     pyf = mlflow.pyfunc.load_model(f"models:/{ENS}/{v.version}")
-    pred = pyf.predict(pd.DataFrame({"image": [_b64(img.image_path)]}), params={"return_map": True,
-                                                                               "map_format": "npy"})
+    pred = pyf.predict(
+        pd.DataFrame({"image": [_b64(img.image_path)]}), params={"return_map": True, "map_format": "npy"}
+    )
     served = np.load(io.BytesIO(base64.b64decode(pred["anomaly_map"][0])))
     art = Path(ns.mlflow.artifacts.download_artifacts(f"models:/{ENS}/{v.version}", dst_path=str(ns.tmp / "dl2")))
     model = load_scoring_model(next(p for p in art.rglob("*.pt")))
@@ -383,9 +413,13 @@ def test_mlflow_run_reproduce_end_to_end_serves_the_promoted_ensemble(tmp_path):
     from tests.helpers import tracking_uri
     from tests.pipelines.test_train import client_for, mlflow_run
 
-    proc = mlflow_run(tmp_path, "dataset=synthetic", f"data_root={tmp_path}/data",
-                      f"overrides=experiment=ci cache.dir={tmp_path}/cache stages=2 alphas=0,0.3 "
-                      f"evaluation.figures=false", entry="reproduce")
+    proc = mlflow_run(
+        tmp_path,
+        "dataset=synthetic",
+        f"data_root={tmp_path}/data",
+        f"overrides=experiment=ci cache.dir={tmp_path}/cache stages=2 alphas=0,0.3 evaluation.figures=false",
+        entry="reproduce",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "== PRADOT reproduce finished ==" in proc.stdout and "[baseline]" in proc.stdout
     client = client_for(tmp_path)
@@ -402,8 +436,9 @@ def test_mlflow_run_reproduce_end_to_end_serves_the_promoted_ensemble(tmp_path):
         pyf = mlflow.pyfunc.load_model(f"models:/{ENS}@champion")
         pred = pyf.predict(pd.DataFrame({"image": [_b64(img)]}))
     assert list(pred.columns[:4]) == ["score", "raw_score", "is_anomaly", "threshold"]
-    assert np.isfinite(pred["raw_score"][0]) and pred["threshold"][0] == pytest.approx(float(champion.tags["threshold"]))
-
+    assert np.isfinite(pred["raw_score"][0]) and pred["threshold"][0] == pytest.approx(
+        float(champion.tags["threshold"])
+    )
 
 
 def test_promote_skips_a_half_registered_version(store):

@@ -8,19 +8,46 @@ from pipelines.registry import VersionTags
 
 
 def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
-    bank = VersionTags(dataset="d", category="c", run_id="r", threshold=0.5, backbone="b", stages=(2, 3),
-                       image_size=96, alpha=0.3, n=4, eta=0.9, epsilon=0.01, batch_size=16, epochs=2,
-                       metrics={"image_auroc": 0.912345678})
+    bank = VersionTags(
+        dataset="d",
+        category="c",
+        run_id="r",
+        threshold=0.5,
+        backbone="b",
+        stages=(2, 3),
+        image_size=96,
+        alpha=0.3,
+        n=4,
+        eta=0.9,
+        epsilon=0.01,
+        batch_size=16,
+        epochs=2,
+        metrics={"image_auroc": 0.912345678},
+    )
     tags = bank.to_tags()
     assert tags["stages"] == "2,3" and tags["alpha"] == "0.3" and tags["metric.image_auroc"] == "0.91235"
     assert "members" not in tags and "sweep_rank" not in tags  # unset fields are not written
     back = VersionTags.from_tags(tags)
     assert back == VersionTags(**{**bank.__dict__, "metrics": {"image_auroc": 0.91235}})
-    sweep = bank.with_updates(sweep_run_id="p", sweep_rank=1, trial_id="t1", objective="pseudo", batch_ratio=4.0,
-                              epochs_trained=2, calibration_source="validation")
+    sweep = bank.with_updates(
+        sweep_run_id="p",
+        sweep_rank=1,
+        trial_id="t1",
+        objective="pseudo",
+        batch_ratio=4.0,
+        epochs_trained=2,
+        calibration_source="validation",
+    )
     assert VersionTags.from_tags(sweep.to_tags()).sweep_rank == 1
-    ens = VersionTags(kind="ensemble", members=("m/1", "m/2"), member_stages=((2,), (3,)), member_alphas=(0.0, 0.3),
-                      normalisation="none", selection="explicit", stages=(2, 3))
+    ens = VersionTags(
+        kind="ensemble",
+        members=("m/1", "m/2"),
+        member_stages=((2,), (3,)),
+        member_alphas=(0.0, 0.3),
+        normalisation="none",
+        selection="explicit",
+        stages=(2, 3),
+    )
     t = ens.to_tags()
     assert t["pradot.kind"] == "ensemble" and t["n_members"] == "2" and t["member_stages"] == "2;3"
     back = VersionTags.from_tags(t)
@@ -28,8 +55,17 @@ def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
 
 
 def test_version_tags_read_versions_of_earlier_releases():
-    old = {"alpha": "0", "n": "16", "stages": "[2]", "backbone": "resnet50", "metric.image_auroc": "0.8",
-           "metric.bad": "n/a", "threshold": "nan", "pradot.format": "pradot-model-v1", "val_auroc": "0.7"}
+    old = {
+        "alpha": "0",
+        "n": "16",
+        "stages": "[2]",
+        "backbone": "resnet50",
+        "metric.image_auroc": "0.8",
+        "metric.bad": "n/a",
+        "threshold": "nan",
+        "pradot.format": "pradot-model-v1",
+        "val_auroc": "0.7",
+    }
     t = VersionTags.from_tags(old)
     assert (t.alpha, t.n, t.stages, t.backbone) == (0.0, 16.0, (2,), "resnet50")
     assert t.metrics == {"image_auroc": 0.8} and t.threshold is None and t.kind == "bank"
@@ -64,6 +100,7 @@ def test_registration_is_one_call_after_the_run_with_every_tag(store, tmp_path, 
 
     cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
     path = PRADOT(cfg, backbone=tiny_backbone).save(tmp_path / "m.pt")
+
     def no_later_tags(*args, **kwargs):
         raise AssertionError("a version tag was set after the version was created")
 
@@ -71,8 +108,15 @@ def test_registration_is_one_call_after_the_run_with_every_tag(store, tmp_path, 
     with registry.registration("atomic"):
         assert store.get_registered_model("atomic").name == "atomic"  # claimed before the work
         with tracking.entry_run("r", "e", entry_point="main") as run:
-            tags = VersionTags(dataset="d", category="c", run_id=run.run_id, threshold=0.5, stages=(2,), alpha=0.3,
-                               metrics={"image_auroc": 0.9})
+            tags = VersionTags(
+                dataset="d",
+                category="c",
+                run_id=run.run_id,
+                threshold=0.5,
+                stages=(2,),
+                alpha=0.3,
+                metrics={"image_auroc": 0.9},
+            )
             uri = registry.log_model(path, Calibration(0.5, 0.0, 1.0, 0.99, 3), tags)
         assert store.search_model_versions("name='atomic'") == []  # nothing registered while the run ran
         version = registry.register(uri, "atomic", tags)

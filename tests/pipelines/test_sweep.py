@@ -76,33 +76,67 @@ def services(tmp_path_factory):
         temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
         port = _free_port()
         ray_log = root / "ray.log"
-        ray_cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                   "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-                   f"--temp-dir={temp_dir}", f"--dashboard-port={_free_port()}",
-                   f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-                   f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                   "--object-store-memory=500000000"]
+        ray_cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            f"--dashboard-port={_free_port()}",
+            f"--node-manager-port={_free_port()}",
+            f"--object-manager-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            "--object-store-memory=500000000",
+        ]
         # Ray resolves 127.0.0.1 to the machine's network address unless clustering is off (its single-machine
         # mode): then every Ray server listens on 127.0.0.1 only. A token of our own (not ~/.ray/auth_token,
         # which other Ray users of this machine share); no drain wait at shutdown.
-        ray_env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-                   "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-                   "RAY_USAGE_STATS_ENABLED": "0"}
+        ray_env = {
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
         env = {**os.environ, **ray_env}
         env.pop("RAY_ADDRESS", None)
-        ray_proc = subprocess.Popen(ray_cmd, stdout=open(ray_log, "w"), stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+        ray_proc = subprocess.Popen(
+            ray_cmd, stdout=open(ray_log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         procs.append(ray_proc)
 
         mlflow_port = _free_port()
         mlflow_log = root / "mlflow.log"
         mlflow_proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--workers", "1"], stdout=open(mlflow_log, "w"), stderr=subprocess.STDOUT, cwd=root,
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root}/mlflow.db",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            stdout=open(mlflow_log, "w"),
+            stderr=subprocess.STDOUT,
+            cwd=root,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no background job workers
-            start_new_session=True)
+            start_new_session=True,
+        )
         procs.append(mlflow_proc)
         uri = f"http://127.0.0.1:{mlflow_port}"
 
@@ -115,8 +149,13 @@ def services(tmp_path_factory):
         _make_data(root / "data")
         wait_for(lambda: "block forever" in ray_log.read_text(), 120, "ray head", ray_proc, ray_log)
         wait_for(mlflow_up, 120, "mlflow server", mlflow_proc, mlflow_log)
-        yield {"root": root, "ray_address": f"127.0.0.1:{port}", "tracking_uri": uri, "data": root / "data",
-               "env": {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{port}", "MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"}}
+        yield {
+            "root": root,
+            "ray_address": f"127.0.0.1:{port}",
+            "tracking_uri": uri,
+            "data": root / "data",
+            "env": {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{port}", "MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"},
+        }
     finally:
         for p in reversed(procs):
             _stop(p)
@@ -128,8 +167,14 @@ def _run_sweep(services, args, timeout: float = 400) -> subprocess.CompletedProc
     """`python pipelines/sweep.py ARGS` on the test cluster, tracked by the test server."""
     env = {**os.environ, **services["env"]}
     env.pop("MLFLOW_RUN_ID", None)
-    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "sweep.py"), *args], env=env,
-                          cwd=services["root"], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "sweep.py"), *args],
+        env=env,
+        cwd=services["root"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     log = services["root"] / f"sweep-{len(list(services['root'].glob('sweep-*.log')))}.log"
     log.write_text(f"$ sweep.py {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
     print(f"sweep output: {log}\n{proc.stderr[-4000:]}")  # shown when a test fails
@@ -160,14 +205,30 @@ def full_sweep(services):
     """4 trials, 2 at a time, ASHA, top 2 registered; run once, checked by several tests."""
     cache = services["root"] / "cache-full"
     t0 = time.time()
-    proc = _run_sweep(services, [*CI, f"data.root={services['data']}", f"cache.dir={cache}",
-                                 f"sweep.storage_path={services['root'] / 'ray_results'}", "sweep.name=full",
-                                 "tracking.experiment_name=sweep-full"])
+    proc = _run_sweep(
+        services,
+        [
+            *CI,
+            f"data.root={services['data']}",
+            f"cache.dir={cache}",
+            f"sweep.storage_path={services['root'] / 'ray_results'}",
+            "sweep.name=full",
+            "tracking.experiment_name=sweep-full",
+        ],
+    )
     rc, seconds = proc.returncode, time.time() - t0
     client = _client(services)
     parents, children = _runs(client, "sweep-full")
-    return {"rc": rc, "client": client, "parents": parents, "children": children, "cache": cache,
-            "seconds": seconds, "path": services["root"] / "ray_results" / "full", "stdout": proc.stdout}
+    return {
+        "rc": rc,
+        "client": client,
+        "parents": parents,
+        "children": children,
+        "cache": cache,
+        "seconds": seconds,
+        "path": services["root"] / "ray_results" / "full",
+        "stdout": proc.stdout,
+    }
 
 
 def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
@@ -188,8 +249,12 @@ def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
         assert 0.0 <= c.data.metrics["val_auroc"] <= 1.0
         # the objective promote chooses by: detection and localisation of both pseudo-anomaly styles
         assert {"val_aupro_structural", "val_aupro_logical"} <= set(c.data.metrics)
-        expected = np.mean([(c.data.metrics[f"val_auroc_{s}"] + c.data.metrics[f"val_aupro_{s}"]) / 2
-                            for s in ("structural", "logical")])
+        expected = np.mean(
+            [
+                (c.data.metrics[f"val_auroc_{s}"] + c.data.metrics[f"val_aupro_{s}"]) / 2
+                for s in ("structural", "logical")
+            ]
+        )
         assert c.data.metrics["val_objective"] == pytest.approx(expected, abs=1e-6)
         history = client.get_metric_history(c.info.run_id, "val_objective")
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # one value per epoch
@@ -213,13 +278,15 @@ def test_sweep_logs_one_parent_and_a_child_run_per_trial(full_sweep):
 def test_sweep_registers_the_top_k_trials(full_sweep):
     assert full_sweep["rc"] == 0
     client, parent = full_sweep["client"], full_sweep["parents"][0]
-    versions = [v for v in client.search_model_versions(f"name='{MODEL_NAME}'")
-                if v.tags.get("sweep_run_id") == parent.info.run_id]
+    versions = [
+        v
+        for v in client.search_model_versions(f"name='{MODEL_NAME}'")
+        if v.tags.get("sweep_run_id") == parent.info.run_id
+    ]
     assert len(versions) == 2  # sweep=ci: top_k=2
     finals = {c.info.run_id: c.data.metrics["val_objective"] for c in full_sweep["children"]}
     best_two = sorted(finals.values(), reverse=True)[:2]
-    assert sorted((float(v.tags["val_objective"]) for v in versions), reverse=True) == pytest.approx(best_two,
-                                                                                                       abs=1e-5)
+    assert sorted((float(v.tags["val_objective"]) for v in versions), reverse=True) == pytest.approx(best_two, abs=1e-5)
     for v in versions:
         assert v.run_id in finals  # logged in the trial's own run
         assert {"alpha", "n", "stages", "config", "trial_id"} <= set(v.tags)
@@ -254,12 +321,26 @@ def test_interrupted_sweep_resumes_and_finishes_the_remaining_trials(services):
     client = _client(services)
     storage = services["root"] / "ray_results"
     path = storage / "resume"
-    common = [f"data.root={services['data']}", f"cache.dir={services['root'] / 'cache-resume'}",
-              f"sweep.storage_path={storage}"]
-    proc = _run_sweep(services, [*CI, *common, "sweep.name=resume", "tracking.experiment_name=sweep-resume",
-                 "sweep.num_samples=3", "sweep.max_concurrent_trials=1", "sweep.stop_after_trials=1",
-                 "sweep.top_k=0", "sweep.scheduler.type=fifo",
-                 "sweep.feature_store=object_store"])
+    common = [
+        f"data.root={services['data']}",
+        f"cache.dir={services['root'] / 'cache-resume'}",
+        f"sweep.storage_path={storage}",
+    ]
+    proc = _run_sweep(
+        services,
+        [
+            *CI,
+            *common,
+            "sweep.name=resume",
+            "tracking.experiment_name=sweep-resume",
+            "sweep.num_samples=3",
+            "sweep.max_concurrent_trials=1",
+            "sweep.stop_after_trials=1",
+            "sweep.top_k=0",
+            "sweep.scheduler.type=fifo",
+            "sweep.feature_store=object_store",
+        ],
+    )
     assert proc.returncode == 3  # interrupted
     assert "sweep.resume=true" in proc.stderr
     (parent,), children = _runs(client, "sweep-resume")
@@ -300,18 +381,45 @@ def test_ctrl_c_under_mlflow_run_interrupts_the_running_trial_and_resume_finishe
     resume continues that trial in the same MLflow run, each epoch logged once."""
     client = _client(services)
     storage = services["root"] / "ray_results"
-    overrides = " ".join([*CI, f"data.root={services['data']}", f"cache.dir={services['root'] / 'cache-ctrlc'}",
-                          f"sweep.storage_path={storage}", "sweep.name=ctrlc", "sweep.num_samples=2",
-                          "sweep.max_concurrent_trials=1", "sweep.scheduler.type=fifo", "sweep.top_k=1",
-                          "model.epochs=40", "sweep.feature_store=object_store"])
+    overrides = " ".join(
+        [
+            *CI,
+            f"data.root={services['data']}",
+            f"cache.dir={services['root'] / 'cache-ctrlc'}",
+            f"sweep.storage_path={storage}",
+            "sweep.name=ctrlc",
+            "sweep.num_samples=2",
+            "sweep.max_concurrent_trials=1",
+            "sweep.scheduler.type=fifo",
+            "sweep.top_k=1",
+            "model.epochs=40",
+            "sweep.feature_store=object_store",
+        ]
+    )
     env = {**os.environ, **services["env"], "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_RUN_ID", None)
     log = services["root"] / "ctrlc.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(BIN / "mlflow"), "run", str(REPO), "-e", "sweep", "--env-manager", "local",
-                                 "--experiment-name", "sweep-ctrlc", "-P", f"overrides={overrides}"],
-                                cwd=services["root"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "run",
+                str(REPO),
+                "-e",
+                "sweep",
+                "--env-manager",
+                "local",
+                "--experiment-name",
+                "sweep-ctrlc",
+                "-P",
+                f"overrides={overrides}",
+            ],
+            cwd=services["root"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def training():  # a trial has logged its second epoch (and has many more to go)
         exp = client.get_experiment_by_name("sweep-ctrlc")
@@ -331,8 +439,9 @@ def test_ctrl_c_under_mlflow_run_interrupts_the_running_trial_and_resume_finishe
     (parent,), children = _runs(client, "sweep-ctrlc")
     # the sweep ends its run KILLED; `mlflow run` then sets FAILED on the run it started whatever its status
     # (MLflow compares the status string with integer codes: mlflow/mlflow#1832): the tag says what happened
-    assert parent.info.status in ("KILLED", "FAILED") and parent.data.tags["pradot.sweep_state"] == "interrupted", \
-        text[-3000:]
+    assert parent.info.status in ("KILLED", "FAILED") and parent.data.tags["pradot.sweep_state"] == "interrupted", text[
+        -3000:
+    ]
     assert "sweep interrupted after 0 of 2 trials" in text, text[-3000:]
     (cut,) = [c for c in children if c.data.tags["pradot.trial_status"] == "interrupted"]
     assert cut.info.status == "KILLED" and 2 <= int(cut.data.tags["pradot.epochs_trained"]) < 40
@@ -360,16 +469,21 @@ def offline(tmp_path, monkeypatch):
     return {"db": db, "tmp": tmp_path}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["sweep.search_space=null"], "sweep.search_space is empty"),
-    (["sweep.num_samples=0"], "sweep.num_samples must be an integer >= 1"),
-    (["sweep.metric=val_aucroc"], "sweep.metric 'val_aucroc' is not reported"),
-    (["+sweep.search_space.lr={type:loguniform,low:0.001,high:0.1}"], "unknown parameter(s) ['lr']"),
-    (["sweep.search_space.alpha={type:uniform,low:0,high:2}"],
-     "sweep.search_space.model.alpha: 2: alpha must lie in [0, 1]"),
-    (["sweep.objective=test", "sweep.metric=val_auroc"], "not reported by the trials (objective=test)"),
-    (["sweep.search_space.n.values=[16]"], "training split has only 16 images"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.search_space=null"], "sweep.search_space is empty"),
+        (["sweep.num_samples=0"], "sweep.num_samples must be an integer >= 1"),
+        (["sweep.metric=val_aucroc"], "sweep.metric 'val_aucroc' is not reported"),
+        (["+sweep.search_space.lr={type:loguniform,low:0.001,high:0.1}"], "unknown parameter(s) ['lr']"),
+        (
+            ["sweep.search_space.alpha={type:uniform,low:0,high:2}"],
+            "sweep.search_space.model.alpha: 2: alpha must lie in [0, 1]",
+        ),
+        (["sweep.objective=test", "sweep.metric=val_auroc"], "not reported by the trials (objective=test)"),
+        (["sweep.search_space.n.values=[16]"], "training split has only 16 images"),
+    ],
+)
 def test_bad_input_is_refused_before_anything_starts(offline, capsys, overrides, message, tmp_path_factory):
     data = tmp_path_factory.getbasetemp() / "bad-input-data"
     rc = _sweep([*CI, f"data.root={data}", *overrides])
@@ -382,14 +496,22 @@ def test_bad_input_is_refused_before_anything_starts(offline, capsys, overrides,
     assert not (offline["tmp"] / ".ray_results").exists()
 
 
-@pytest.mark.parametrize("env, message", [
-    # a tracking server on this machine's loopback address, trials on other machines: the fix is in the message
-    ({"RAY_ADDRESS": "10.255.255.1:6379", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"},
-     "is on a loopback address: trials on the other nodes"),
-    # a SQLite store and an existing cluster, even one whose only node is this machine's (nodes may join later)
-    ({"RAY_ADDRESS": "127.0.0.1:6379"}, "is a local file/SQLite store, but the Ray cluster at 127.0.0.1:6379"),
-    ({"RAY_ADDRESS": "FREE_PORT", "MLFLOW_TRACKING_URI": "http://10.255.255.2:5000"}, "cannot reach the Ray cluster"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        # a tracking server on this machine's loopback address, trials on other machines: the fix is in the message
+        (
+            {"RAY_ADDRESS": "10.255.255.1:6379", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"},
+            "is on a loopback address: trials on the other nodes",
+        ),
+        # a SQLite store and an existing cluster, even one whose only node is this machine's (nodes may join later)
+        ({"RAY_ADDRESS": "127.0.0.1:6379"}, "is a local file/SQLite store, but the Ray cluster at 127.0.0.1:6379"),
+        (
+            {"RAY_ADDRESS": "FREE_PORT", "MLFLOW_TRACKING_URI": "http://10.255.255.2:5000"},
+            "cannot reach the Ray cluster",
+        ),
+    ],
+)
 def test_cluster_settings_are_refused_before_any_trial(offline, capsys, env, message, tmp_path_factory, monkeypatch):
     data = tmp_path_factory.getbasetemp() / "bad-input-data"
     for k, v in env.items():

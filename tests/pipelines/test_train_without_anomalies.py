@@ -32,8 +32,11 @@ def test_status_of_the_test_metrics():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("test_good, cause", [(0, "the test split is empty"), (3, "no anomalous images")],
-                         ids=["no test folder", "test/good only"])
+@pytest.mark.parametrize(
+    "test_good, cause",
+    [(0, "the test split is empty"), (3, "no anomalous images")],
+    ids=["no test folder", "test/good only"],
+)
 def test_normal_only_folder_trains_calibrates_registers(tmp_path, test_good, cause):
     rng = np.random.default_rng(0)
     cat = tmp_path / "data" / "line7"
@@ -47,13 +50,27 @@ def test_normal_only_folder_trains_calibrates_registers(tmp_path, test_good, cau
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PRADOT_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("MLFLOW_RUN_ID", None)
-    cmd = [sys.executable, str(REPO / "pipelines" / "train.py"), "data=folder", f"data_root={tmp_path / 'data'}",
-           "category=line7", "backbone=efficientnet_lite0", "backbone.stages=[2]", "data.image_size=64", "model.n=1",
-           "model.batch_ratio=4", "model.epochs=1", "evaluation.figures=false", "evaluation.n_overlays=2",
-           "data.validation_fraction=0.2", "tracking.model_name=line7", "tracking.include_backbone=false"]
+    cmd = [
+        sys.executable,
+        str(REPO / "pipelines" / "train.py"),
+        "data=folder",
+        f"data_root={tmp_path / 'data'}",
+        "category=line7",
+        "backbone=efficientnet_lite0",
+        "backbone.stages=[2]",
+        "data.image_size=64",
+        "model.n=1",
+        "model.batch_ratio=4",
+        "model.epochs=1",
+        "evaluation.figures=false",
+        "evaluation.n_overlays=2",
+        "data.validation_fraction=0.2",
+        "tracking.model_name=line7",
+        "tracking.include_backbone=false",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    summary = proc.stdout[proc.stdout.index("== PRADOT run finished =="):]
+    summary = proc.stdout[proc.stdout.index("== PRADOT run finished ==") :]
     assert "registered as line7 v1" in summary and "metrics        : (none: see the notes)" in summary
     assert "note           : " in summary and cause in summary
 
@@ -66,8 +83,10 @@ def test_normal_only_folder_trains_calibrates_registers(tmp_path, test_good, cau
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["pradot.test_metrics"] == "skipped" and cause in run.data.tags["pradot.test_metrics_note"]
-    assert run.data.tags["pradot.calibration_n_images"] == "2" and run.data.tags["pradot.calibration_source"] == \
-        "validation"
+    assert (
+        run.data.tags["pradot.calibration_n_images"] == "2"
+        and run.data.tags["pradot.calibration_source"] == "validation"
+    )
     notes = Path(client.download_artifacts(run.info.run_id, "metrics/notes.txt", str(tmp_path))).read_text()
     assert cause in notes
     assert not [k for k in run.data.metrics if k.startswith(("image_auroc", "pixel_auroc", "au_pro"))]

@@ -22,7 +22,7 @@ def test_greedy_radius_within_twice_the_optimum(seed, k):
     # squared distances: the 2x guarantee on distances is 4x on their squares
     r, opt = covering_radius(x, idx), brute_force_radius(x, k)
     assert opt <= r + 1e-6
-    assert r ** 0.5 <= 2 * opt ** 0.5 + 1e-6
+    assert r**0.5 <= 2 * opt**0.5 + 1e-6
 
 
 def test_greedy_picks_the_farthest_point_each_time():

@@ -28,6 +28,7 @@ H, W = 12, 16  # non-square on purpose: catches (H, W) / (W, H) mix-ups
 # helpers
 # ---------------------------------------------------------------------------------------------
 
+
 def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
@@ -88,6 +89,7 @@ def make_ad(root: Path, category: str = "bottle") -> Path:
 # MVTec LOCO
 # ---------------------------------------------------------------------------------------------
 
+
 def test_loco_index(tmp_path):
     ds = load_dataset("mvtec_loco", make_loco(tmp_path), "screw_bag")
     assert (ds.kind, ds.category, ds.root) == ("mvtec_loco", "screw_bag", tmp_path)
@@ -100,7 +102,10 @@ def test_loco_index(tmp_path):
     assert [s.relative_id for s in test] == ["good/000", "logical_anomalies/000", "structural_anomalies/000"]
     assert [s.label for s in test] == [0, 1, 1]
     logical = test[1]
-    assert [(d.defect_name, d.pixel_value) for d in logical.defects] == [("missing_nut", 255), ("additional_screw", 120)]
+    assert [(d.defect_name, d.pixel_value) for d in logical.defects] == [
+        ("missing_nut", 255),
+        ("additional_screw", 120),
+    ]
     assert logical.defects[0].saturation_threshold == 40.0 and logical.defects[0].relative_saturation is False
     assert logical.defects[1].relative_saturation is True
     assert test[2].defects[0] == DefectChannel(
@@ -139,7 +144,13 @@ def test_loco_only_the_configured_value_is_selected(tmp_path):
     ds = load_dataset("mvtec_loco", tmp_path, "screw_bag")
     sample = ds.samples("test")[2]
     # same file, pretend another pixel value was configured: nothing matches
-    other = Sample(sample.image_path, "test", sample.anomaly_type, 1, (DefectChannel(sample.defects[0].mask_path, "x", 51, 1.0, True),))
+    other = Sample(
+        sample.image_path,
+        "test",
+        sample.anomaly_type,
+        1,
+        (DefectChannel(sample.defects[0].mask_path, "x", 51, 1.0, True),),
+    )
     assert not ds.load_channels(other).any()
 
 
@@ -174,7 +185,10 @@ def test_loco_missing_defects_config(tmp_path):
 
 def test_mask_size_mismatch(tmp_path):
     make_loco(tmp_path)
-    _png(tmp_path / "screw_bag" / "ground_truth" / "structural_anomalies" / "000" / "000.png", _mask(50, (0, 2, 0, 2), h=10, w=10))
+    _png(
+        tmp_path / "screw_bag" / "ground_truth" / "structural_anomalies" / "000" / "000.png",
+        _mask(50, (0, 2, 0, 2), h=10, w=10),
+    )
     ds = load_dataset("mvtec_loco", tmp_path, "screw_bag")
     with pytest.raises(DatasetError) as err:
         ds.load_channels(ds.samples("test")[2])
@@ -232,6 +246,7 @@ def test_unknown_kind():
 # MVTec AD / MPDD
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["mvtec_ad", "mpdd"])
 def test_ad_layout(tmp_path, kind):
     ds = load_dataset(kind, make_ad(tmp_path), "bottle")
@@ -242,7 +257,12 @@ def test_ad_layout(tmp_path, kind):
     s = test[1]
     assert s.label == 1 and len(s.defects) == 1
     d = s.defects[0]
-    assert (d.defect_name, d.pixel_value, d.saturation_threshold, d.relative_saturation) == ("broken_large", None, 1.0, True)
+    assert (d.defect_name, d.pixel_value, d.saturation_threshold, d.relative_saturation) == (
+        "broken_large",
+        None,
+        1.0,
+        True,
+    )
     assert d.mask_path.name == "000_mask.png"
     ch = ds.load_channels(s)
     assert ch.shape == (1, H, W) and ch.sum() == 9 + 8  # both the 255 and the 1 pixels
@@ -280,6 +300,7 @@ def test_split_validation(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # VisA
 # ---------------------------------------------------------------------------------------------
+
 
 def make_visa(root: Path) -> Path:
     rows = ["object,split,label,image,mask"]
@@ -336,6 +357,7 @@ def test_visa_errors(tmp_path):
 # generic folders
 # ---------------------------------------------------------------------------------------------
 
+
 def make_folder(root: Path, with_all_masks: bool) -> Path:
     cat = root / "widgets"
     for i in range(3):
@@ -375,6 +397,7 @@ def test_folder_without_some_masks(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # read_image conversions
 # ---------------------------------------------------------------------------------------------
+
 
 def test_read_image_rgb_and_resize(tmp_path):
     arr = _rgb(1)
@@ -463,6 +486,7 @@ def test_read_image_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # ImageDataset and augmentation
 # ---------------------------------------------------------------------------------------------
+
 
 def test_image_dataset(tmp_path):
     ds = load_dataset("mvtec_loco", make_loco(tmp_path), "screw_bag")

@@ -21,8 +21,17 @@ from pradot.ensemble import Ensemble
 
 def member(stages, alpha, size=32, seed=0, backbone=None):
     bb = backbone if backbone is not None else load_backbone("tiny_random", stages)
-    cfg = PRADOTConfig(backbone="tiny_random", stages=stages, image_size=size, alpha=alpha, n=1, batch_size=4,
-                       epochs=1, eta=0.5, seed=seed)
+    cfg = PRADOTConfig(
+        backbone="tiny_random",
+        stages=stages,
+        image_size=size,
+        alpha=alpha,
+        n=1,
+        batch_size=4,
+        epochs=1,
+        eta=0.5,
+        seed=seed,
+    )
     m = PRADOT(cfg, backbone=bb)
     g = torch.Generator().manual_seed(100 + seed)
     m.fit_features(m.backbone(torch.rand(8, 3, size, size, generator=g)), progress=False)
@@ -37,8 +46,12 @@ def _flat(stats):
 def members():
     """The paper's grid on a tiny backbone: (stage 1, 0), (1, 0.3), (2, 0), (2, 0.3)."""
     bb1, bb2 = load_backbone("tiny_random", (1,)), load_backbone("tiny_random", (2,))
-    return [member((1,), 0.0, backbone=bb1), member((1,), 0.3, backbone=bb1, seed=1),
-            member((2,), 0.0, backbone=bb2, seed=2), member((2,), 0.3, backbone=bb2, seed=3)]
+    return [
+        member((1,), 0.0, backbone=bb1),
+        member((1,), 0.3, backbone=bb1, seed=1),
+        member((2,), 0.0, backbone=bb2, seed=2),
+        member((2,), 0.3, backbone=bb2, seed=3),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +103,15 @@ def test_per_member_normalisation(members, images):
     again = Ensemble(members, normalisation="per_member")
     assert _flat(again.fit_normalisation([val[:3], val[3:]])) == pytest.approx(_flat(stats))
     again2 = Ensemble(members, normalisation="per_member")
-    assert _flat(again2.fit_normalisation(member_maps=[m.score(val)[0].numpy() for m in members])) == \
-        pytest.approx(_flat(stats))
+    assert _flat(again2.fit_normalisation(member_maps=[m.score(val)[0].numpy() for m in members])) == pytest.approx(
+        _flat(stats)
+    )
     # standardised: each member's validation maps have mean 0 and std 1 after normalisation
     for k, m in enumerate(members):
         zk = ens._normalise(k, m.score(val)[0]).double()
-        assert float(zk.mean()) == pytest.approx(0.0, abs=1e-5) and float(zk.std(unbiased=False)) == pytest.approx(1.0, rel=1e-4)
+        assert float(zk.mean()) == pytest.approx(0.0, abs=1e-5) and float(zk.std(unbiased=False)) == pytest.approx(
+            1.0, rel=1e-4
+        )
 
 
 def test_save_load_round_trip_dedupes_backbone_weights(members, images, tmp_path):
@@ -135,8 +151,9 @@ def test_served_by_the_scorer_with_the_single_bank_contract(members, tmp_path):
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     _, val = ens.score(torch.rand(4, 3, 32, 32))
-    out = Scorer(ens, Calibration.calibrate(val, 0.99)).predict([base64.b64encode(buf.getvalue()).decode()],
-                                                                return_map=True, map_format="npy")
+    out = Scorer(ens, Calibration.calibrate(val, 0.99)).predict(
+        [base64.b64encode(buf.getvalue()).decode()], return_map=True, map_format="npy"
+    )
     assert set(out[0]) == {"score", "raw_score", "is_anomaly", "threshold", "anomaly_map"}
     amap = np.load(io.BytesIO(base64.b64decode(out[0]["anomaly_map"])))
     assert amap.shape == (40, 50) and np.isfinite(out[0]["raw_score"])

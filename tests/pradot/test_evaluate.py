@@ -80,8 +80,20 @@ def write_maps(maps_root: Path, maps: dict, ext: str = ".tiff") -> None:
 
 
 def _cli(root, maps_root, out, *extra):
-    return main(["--dataset-root", str(root), "--category", CAT, "--anomaly-maps", str(maps_root),
-                 "--output-dir", str(out), "--no-progress", *extra])
+    return main(
+        [
+            "--dataset-root",
+            str(root),
+            "--category",
+            CAT,
+            "--anomaly-maps",
+            str(maps_root),
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_loco_perfect_maps_give_one(tmp_path, capsys):
@@ -113,8 +125,7 @@ def test_loco_random_maps_resized_map_reported_and_values_match(tmp_path, caplog
     small = rng.normal(size=(H // 2, W // 2)).astype(np.float32)  # another size -> resized
     maps[("good", "001")] = small
     write_maps(tmp_path / "maps", maps)
-    res = evaluate(tmp_path / "data", CAT, tmp_path / "maps", tmp_path / "out",
-                   max_fprs=(0.05, 0.3), progress=False)
+    res = evaluate(tmp_path / "data", CAT, tmp_path / "maps", tmp_path / "out", max_fprs=(0.05, 0.3), progress=False)
     warned = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "pradot.evaluate"]
     assert warned and "resized" in warned[0].getMessage()
     assert res["resized_maps"] == 1
@@ -126,8 +137,9 @@ def test_loco_random_maps_resized_map_reported_and_values_match(tmp_path, caplog
     # the same metrics computed in memory from the arrays we wrote
     keys = sorted(truth, key=lambda k: (k[0] != "good", k[0], k[1]))
     in_mem = [resize_bilinear(maps[k], (H, W)) for k in keys]
-    want = loco_metrics(in_mem, [k[0] for k in keys], [truth[k] for k in keys],
-                        [_saturations(*k) for k in keys], max_fprs=(0.05, 0.3))
+    want = loco_metrics(
+        in_mem, [k[0] for k in keys], [truth[k] for k in keys], [_saturations(*k) for k in keys], max_fprs=(0.05, 0.3)
+    )
     for t, v in want["classification"]["auc_roc"].items():
         assert res["classification"]["auc_roc"][t] == pytest.approx(v)
     for t, d in want["localization"]["auc_spro"].items():

@@ -14,8 +14,17 @@ from PIL import Image
 from pradot import PRADOT, PRADOTConfig
 from pradot.calibration import Calibration
 from pradot.ensemble import Ensemble
-from pradot.export import (ExportScorer, OnnxScorer, PILBilinearResize, assignment_map, bank_constants, export_onnx,
-                           exportable, nearest_distance, read_metadata)
+from pradot.export import (
+    ExportScorer,
+    OnnxScorer,
+    PILBilinearResize,
+    assignment_map,
+    bank_constants,
+    export_onnx,
+    exportable,
+    nearest_distance,
+    read_metadata,
+)
 from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 from pradot.scoring import assignment_scores
 from pradot.serving import Scorer, encode_png, map_size, resize_map
@@ -44,16 +53,27 @@ def test_resize_is_pil_bilinear_bit_for_bit():
 def trained_bank(n, alpha, learn=False, seed=0):
     from pradot.model import FeatureShape, PrototypeModel
 
-    cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=n, alpha=alpha, batch_size=4, epochs=2,
-                       eta=0.5, learn_coordinates=learn, seed=seed)
+    cfg = PRADOTConfig(
+        backbone="tiny_random",
+        stages=(2,),
+        image_size=32,
+        n=n,
+        alpha=alpha,
+        batch_size=4,
+        epochs=2,
+        eta=0.5,
+        learn_coordinates=learn,
+        seed=seed,
+    )
     feats = torch.rand(8, 24, 4, 4, generator=torch.Generator().manual_seed(seed))
     model = PrototypeModel(cfg, {2: FeatureShape(24, (4, 4))})
     model.fit_features({2: feats}, progress=False)
     return model.banks["2"]
 
 
-@pytest.mark.parametrize("n, alpha, learn", [(2, 0.3, False), (1, 0.0, False), (0.5, 0.3, False), (2, 0.5, True),
-                                             (1, 1.0, False)])
+@pytest.mark.parametrize(
+    "n, alpha, learn", [(2, 0.3, False), (1, 0.0, False), (0.5, 0.3, False), (2, 0.5, True), (1, 1.0, False)]
+)
 def test_assignment_map_is_eq6_of_the_library(n, alpha, learn):
     bank = trained_bank(n, alpha, learn)
     prototypes_t, spatial, a, copies = bank_constants(bank)
@@ -90,11 +110,13 @@ def models():
     common = dict(backbone="efficientnet_lite0", stages=(2, 3), image_size=64, batch_size=4, epochs=1)
     m1 = PRADOT(PRADOTConfig(n=2, alpha=0.3, **common), backbone=bb)
     m1.fit(train, progress=False)
-    m2 = PRADOT(PRADOTConfig(n=0.5, alpha=0.0, aggregation=3, concat_stages=True, smoothing_sigma=2.0, **common),
-                backbone=bb)
+    m2 = PRADOT(
+        PRADOTConfig(n=0.5, alpha=0.0, aggregation=3, concat_stages=True, smoothing_sigma=2.0, **common), backbone=bb
+    )
     m2.fit(train, progress=False)
-    mb = MemoryBankModel(MemoryBankConfig(backbone="efficientnet_lite0", stages=(2, 3), image_size=64),
-                         backbone=bb).fit(train, progress=False)
+    mb = MemoryBankModel(
+        MemoryBankConfig(backbone="efficientnet_lite0", stages=(2, 3), image_size=64), backbone=bb
+    ).fit(train, progress=False)
     ens = Ensemble([m1, m2, mb], normalisation="per_member", weights=[0.5, 0.25, 0.25])
     ens.fit_normalisation(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
     return SimpleNamespace(pradot=m1, options=m2, memory_bank=mb, ensemble=ens)
@@ -142,8 +164,15 @@ def test_onnxruntime_equals_the_pyfunc_on_images_of_several_sizes(models, tmp_pa
         maps, scores = model.score(val)
         cal = Calibration.calibrate(scores, 0.9, pixel_maps=maps)
         wrapper = PradotPyfunc()
-        wrapper.load_context(SimpleNamespace(model_config={"device": "cpu"}, artifacts={
-            "model": str(model.save(tmp_path / f"{kind}.pt")), "calibration": str(cal.save(tmp_path / f"{kind}.json"))}))
+        wrapper.load_context(
+            SimpleNamespace(
+                model_config={"device": "cpu"},
+                artifacts={
+                    "model": str(model.save(tmp_path / f"{kind}.pt")),
+                    "calibration": str(cal.save(tmp_path / f"{kind}.json")),
+                },
+            )
+        )
         path = export_onnx(model, tmp_path / f"{kind}.onnx", calibration=cal, metadata={"source_model": kind})
         meta = read_metadata(path)
         assert float(meta["image_threshold"]) == cal.threshold and float(meta["pixel_threshold"]) == cal.pixel_threshold
@@ -153,8 +182,9 @@ def test_onnxruntime_equals_the_pyfunc_on_images_of_several_sizes(models, tmp_pa
 
         for h, w in SIZES:
             img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
-            rec = wrapper.predict(None, pd.DataFrame({"image": [encode_png(img)]}),
-                                  params={"return_map": True, "map_format": "npy"}).iloc[0]
+            rec = wrapper.predict(
+                None, pd.DataFrame({"image": [encode_png(img)]}), params={"return_map": True, "map_format": "npy"}
+            ).iloc[0]
             served = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
             omaps, oscores = onnx_model.score(img)
             mine = resize_map(omaps[0], (h, w))

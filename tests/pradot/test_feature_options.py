@@ -20,7 +20,7 @@ def _aggregate_direct(x: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros_like(x, dtype=np.float64)
     for i in range(H):
         for j in range(W):
-            block = x[:, :, max(0, i - r):i + r + 1, max(0, j - r):j + r + 1]
+            block = x[:, :, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1]
             out[:, :, i, j] = block.reshape(B, D, -1).mean(-1)
     return out
 
@@ -38,8 +38,9 @@ def _bilinear_direct(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             sx = max((j + 0.5) * w / W - 0.5, 0.0)
             x0 = min(int(np.floor(sx)), w - 1)
             x1, fx = min(x0 + 1, w - 1), sx - x0
-            out[:, :, i, j] = ((1 - fy) * ((1 - fx) * x[:, :, y0, x0] + fx * x[:, :, y0, x1])
-                               + fy * ((1 - fx) * x[:, :, y1, x0] + fx * x[:, :, y1, x1]))
+            out[:, :, i, j] = (1 - fy) * ((1 - fx) * x[:, :, y0, x0] + fx * x[:, :, y0, x1]) + fy * (
+                (1 - fx) * x[:, :, y1, x0] + fx * x[:, :, y1, x1]
+            )
     return out
 
 
@@ -64,8 +65,9 @@ def test_concatenation_upsamples_the_coarser_stage_bilinearly_to_the_finest_grid
     opts = FeatureOptions(aggregation=3, concat=True)
     out = opts.apply({2: f2, 3: f3}, (2, 3))
     assert list(out) == [2] and opts.bank_stages((2, 3)) == (2,)
-    expected = np.concatenate([_aggregate_direct(f2.numpy(), 3),
-                               _bilinear_direct(_aggregate_direct(f3.numpy(), 3), (8, 8))], axis=1)
+    expected = np.concatenate(
+        [_aggregate_direct(f2.numpy(), 3), _bilinear_direct(_aggregate_direct(f3.numpy(), 3), (8, 8))], axis=1
+    )
     np.testing.assert_allclose(out[2].numpy(), expected, rtol=1e-5, atol=1e-5)
     assert opts.bank_shapes({2: (3, (8, 8)), 3: (5, (4, 4))}, (2, 3)) == {2: (8, (8, 8))}
     assert FeatureOptions(concat=True).bank_stages((3,)) == (3,)  # one stage: nothing to concatenate
@@ -80,8 +82,9 @@ def test_bad_aggregation_is_refused(bad):
 
 
 def _config(**kw):
-    base = dict(backbone="tiny_random", stages=(1, 2), image_size=32, alpha=0.3, n=1, batch_size=4, epochs=2,
-                eta=0.5, seed=0)
+    base = dict(
+        backbone="tiny_random", stages=(1, 2), image_size=32, alpha=0.3, n=1, batch_size=4, epochs=2, eta=0.5, seed=0
+    )
     return PRADOTConfig(**{**base, **kw})
 
 
@@ -120,9 +123,12 @@ def test_pradot_with_options_trains_the_same_from_cached_features_as_from_images
     from pradot.scoring import assignment_scores_reference, upsample_maps
 
     raw = bb(test)
-    z = torch.from_numpy(np.concatenate([_aggregate_direct(raw[1].numpy(), 3),
-                                         _bilinear_direct(_aggregate_direct(raw[2].numpy(), 3), (8, 8))],
-                                        axis=1)).float()
+    z = torch.from_numpy(
+        np.concatenate(
+            [_aggregate_direct(raw[1].numpy(), 3), _bilinear_direct(_aggregate_direct(raw[2].numpy(), 3), (8, 8))],
+            axis=1,
+        )
+    ).float()
     ref, _ = assignment_scores_reference(a.banks["1"], z)
     torch.testing.assert_close(maps, upsample_maps(ref.reshape(2, 8, 8), 32), rtol=1e-4, atol=1e-5)
     # saved with the model
@@ -135,9 +141,20 @@ def test_engine_train_model_cached_equals_uncached_with_options(tmp_path):
     from pradot.engine import DataSpec, open_splits, train_model
     from pradot.features import FeatureCache
 
-    spec = DataSpec("synthetic", str(tmp_path / "data"), "screw_bag", 64,
-                    generator={"image_size": 64, "n_train": 8, "n_validation": 0, "n_test_good": 1,
-                               "n_test_logical": 1, "n_test_structural": 1})
+    spec = DataSpec(
+        "synthetic",
+        str(tmp_path / "data"),
+        "screw_bag",
+        64,
+        generator={
+            "image_size": 64,
+            "n_train": 8,
+            "n_validation": 0,
+            "n_test_good": 1,
+            "n_test_logical": 1,
+            "n_test_structural": 1,
+        },
+    )
     splits = open_splits(spec)
     cfg = _config(image_size=64, aggregation=3, stages=(2,), smoothing_sigma=2.0)
     bb = load_backbone("tiny_random", (2,))
@@ -164,6 +181,8 @@ def test_old_model_files_without_the_options_load_and_score_as_before(tmp_path):
     from pradot.scoring import assignment_scores_reference, upsample_maps
 
     raw = bb(test)
-    ref = [upsample_maps(assignment_scores_reference(m.banks[str(s)], raw[s])[0].reshape(3, *raw[s].shape[-2:]), 32)
-           for s in (1, 2)]
+    ref = [
+        upsample_maps(assignment_scores_reference(m.banks[str(s)], raw[s])[0].reshape(3, *raw[s].shape[-2:]), 32)
+        for s in (1, 2)
+    ]
     torch.testing.assert_close(maps, (ref[0] + ref[1]) / 2, rtol=1e-4, atol=1e-5)

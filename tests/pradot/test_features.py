@@ -46,8 +46,7 @@ def images(tmp_path):
 def _features(paths, cache, tmp_path):
     spec = DataSpec(kind="folder", root=str(tmp_path / "data"), category="cat", image_size=32)
     backbone = load_backbone("tiny_random", (2,))
-    feats = train_features(backbone, spec, [Sample(p, "train", "good", 0) for p in paths], cache, "cpu",
-                           progress=False)
+    feats = train_features(backbone, spec, [Sample(p, "train", "good", 0) for p in paths], cache, "cpu", progress=False)
     return {s: np.array(a) for s, a in feats.items()}
 
 

@@ -25,7 +25,7 @@ def _evalset(seed=0, n_normal=6):
     masks = np.zeros((len(groups), S, S), bool)
     for i in range(n_normal, len(groups)):
         y, x = rng.integers(0, S - 5, size=2)
-        masks[i, y:y + 5, x:x + 5] = True
+        masks[i, y : y + 5, x : x + 5] = True
     return groups, styles, masks, rng
 
 
@@ -46,8 +46,13 @@ def test_pseudo_metrics_are_the_direct_formulas():
         objective.append((auroc + pro) / 2)
     assert out["val_objective"] == pytest.approx(np.mean(objective))
     # scores only: exactly the sweep's keys (val_auroc, per kind, per style)
-    assert set(pseudo_metrics(groups, styles, scores)) == {"val_auroc", "val_auroc_noise", "val_auroc_shuffle",
-                                                          "val_auroc_structural", "val_auroc_logical"}
+    assert set(pseudo_metrics(groups, styles, scores)) == {
+        "val_auroc",
+        "val_auroc_noise",
+        "val_auroc_shuffle",
+        "val_auroc_structural",
+        "val_auroc_logical",
+    }
     with pytest.raises(ValueError, match="one map and one mask"):
         pseudo_metrics(groups, styles, scores, maps=maps)
 
@@ -71,9 +76,11 @@ def test_choose_fusion_maximises_the_objective_over_the_grid():
     groups, styles, masks, rng = _evalset(1)
     st = np.array(styles)[:, None, None]
     base = [rng.random(masks.shape) for _ in range(3)]
-    cands = [base[0] + 1.5 * (masks & (st == "structural")),
-             100 * (base[1] + 1.5 * (masks & (st == "logical"))),
-             base[2]]
+    cands = [
+        base[0] + 1.5 * (masks & (st == "structural")),
+        100 * (base[1] + 1.5 * (masks & (st == "logical"))),
+        base[2],
+    ]
     choice = choose_fusion(cands, groups, styles, masks, step=0.25)
     assert choice.members == [0, 1] and choice.weights[2] == 0
     singles = {w: v for w, v in choice.tried if sum(x > 0 for x in w) == 1}
@@ -85,8 +92,9 @@ def test_choose_fusion_maximises_the_objective_over_the_grid():
         if abs(sum(w) - 1) > 1e-9:
             continue
         fused = sum(wi * zi for wi, zi in zip(w, z))
-        v = pseudo_metrics(groups, styles, fused.reshape(len(fused), -1).max(1), maps=fused,
-                           masks=masks)["val_objective"]
+        v = pseudo_metrics(groups, styles, fused.reshape(len(fused), -1).max(1), maps=fused, masks=masks)[
+            "val_objective"
+        ]
         key = (round(v, 9), -sum(x > 0 for x in w))
         if best is None or key > best[0]:
             best = (key, w)

@@ -55,8 +55,14 @@ def _oracle(bb, train, test, cfg: MemoryBankConfig, keep=None):
 
 @pytest.mark.parametrize("concat,aggregation,sigma", [(True, 3, 4.0), (False, 1, 0.0), (False, 3, 2.0)])
 def test_scores_are_the_nearest_neighbour_distances(bb, train_images, test_images, concat, aggregation, sigma):
-    cfg = MemoryBankConfig(backbone="tiny_random", stages=(1, 2), image_size=32, aggregation=aggregation,
-                           concat_stages=concat, smoothing_sigma=sigma)
+    cfg = MemoryBankConfig(
+        backbone="tiny_random",
+        stages=(1, 2),
+        image_size=32,
+        aggregation=aggregation,
+        concat_stages=concat,
+        smoothing_sigma=sigma,
+    )
     mb = MemoryBankModel(cfg, backbone=bb).fit_features(bb(train_images))
     maps, scores = mb.score(test_images, batch_size=2)
     ref_maps, ref_scores = _oracle(bb, train_images, test_images, cfg)
@@ -69,8 +75,9 @@ def test_scores_are_the_nearest_neighbour_distances(bb, train_images, test_image
 
 
 def test_coreset_bank_is_the_greedy_coreset(bb, train_images, test_images):
-    cfg = MemoryBankConfig(backbone="tiny_random", stages=(1, 2), image_size=32, coreset_ratio=0.25,
-                           projection_dim=8, seed=3)
+    cfg = MemoryBankConfig(
+        backbone="tiny_random", stages=(1, 2), image_size=32, coreset_ratio=0.25, projection_dim=8, seed=3
+    )
     mb = MemoryBankModel(cfg, backbone=bb).fit_features(bb(train_images))
     full = FeatureOptions(3, True).apply(bb(train_images), (1, 2))[1]
     flat = full.permute(0, 2, 3, 1).reshape(-1, full.shape[1])
@@ -107,21 +114,34 @@ def test_files_fit_from_images_and_errors(bb, train_images, test_images, tmp_pat
     with pytest.raises(ValueError, match="missing"):
         MemoryBankModel(cfg, backbone=bb).fit_features({1: bb(train_images)[1]})
     with pytest.raises(ValueError, match="not a memory bank file"):
-        MemoryBankModel.load(PRADOT(PRADOTConfig(backbone="tiny_random", stages=(1, 2), image_size=32, n=1,
-                                                 batch_size=2), backbone=bb).save(tmp_path / "p.pt"))
+        MemoryBankModel.load(
+            PRADOT(
+                PRADOTConfig(backbone="tiny_random", stages=(1, 2), image_size=32, n=1, batch_size=2), backbone=bb
+            ).save(tmp_path / "p.pt")
+        )
 
 
 def _pradot(bb, stages, alpha, images, seed=0):
-    cfg = PRADOTConfig(backbone="tiny_random", stages=stages, image_size=32, alpha=alpha, n=1, batch_size=3,
-                       epochs=1, eta=0.5, seed=seed)
+    cfg = PRADOTConfig(
+        backbone="tiny_random",
+        stages=stages,
+        image_size=32,
+        alpha=alpha,
+        n=1,
+        batch_size=3,
+        epochs=1,
+        eta=0.5,
+        seed=seed,
+    )
     m = PRADOT(cfg, backbone=bb)
     m.fit_features(bb(images), progress=False)
     return m.eval()
 
 
 def test_memory_bank_is_an_ensemble_member_next_to_pradot_banks(bb, train_images, test_images, tmp_path):
-    mb = MemoryBankModel(MemoryBankConfig(backbone="tiny_random", stages=(1, 2), image_size=32),
-                         backbone=bb).fit_features(bb(train_images))
+    mb = MemoryBankModel(
+        MemoryBankConfig(backbone="tiny_random", stages=(1, 2), image_size=32), backbone=bb
+    ).fit_features(bb(train_images))
     pr = _pradot(bb, (1, 2), 0.3, train_images)
     ens = Ensemble([pr, mb], normalisation="per_member", weights=[0.7, 0.3], labels=["p/1", "mb/1"])
     ens.fit_normalisation(train_images)
@@ -149,5 +169,6 @@ def test_ensemble_files_of_the_previous_format_load_and_score_as_before(bb, trai
     assert isinstance(old, Ensemble) and old.weights is None
     expected = torch.stack([m.score(test_images)[0] for m in members]).mean(0)
     torch.testing.assert_close(old.score(test_images)[0], expected, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(Ensemble.load(tmp_path / "v1.pt").score(test_images)[1].numpy(),
-                                  old.score(test_images)[1].numpy())
+    np.testing.assert_array_equal(
+        Ensemble.load(tmp_path / "v1.pt").score(test_images)[1].numpy(), old.score(test_images)[1].numpy()
+    )

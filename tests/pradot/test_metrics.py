@@ -93,7 +93,7 @@ def _random_loco_set(rng, n_good=3, n_bad=4, shape=(12, 10), quantize=None):
             for c in range(n_ch):
                 y0, x0 = rng.integers(0, shape[0] - 2), rng.integers(0, shape[1] - 2)
                 h, w = rng.integers(1, 6), rng.integers(1, 6)
-                ch[c, y0:y0 + h, x0:x0 + w] = True
+                ch[c, y0 : y0 + h, x0 : x0 + w] = True
                 m[ch[c]] += rng.uniform(0, 2)  # defects tend to score higher
                 sat.append(specs[int(rng.integers(len(specs)))])
         maps.append(m)
@@ -202,8 +202,7 @@ def test_saturation_coerce_and_validation():
 def test_perfect_map_gives_one_and_constant_map_gives_half():
     rng = np.random.default_rng(5)
     maps, channels, sats = _random_loco_set(rng)
-    perfect = [ch.any(axis=0).astype(float) if len(ch) else np.zeros(m.shape)
-               for m, ch in zip(maps, channels)]
+    perfect = [ch.any(axis=0).astype(float) if len(ch) else np.zeros(m.shape) for m, ch in zip(maps, channels)]
     res = au_spro(perfect, channels, sats, MAX_FPRS)
     for f in MAX_FPRS:
         assert res[f] == pytest.approx(1.0, abs=1e-12)
@@ -367,8 +366,7 @@ def test_loco_metrics_shape_and_consistency():
     for t in ("logical_anomalies", "structural_anomalies"):
         assert set(spro[t]) == {"0.01", "0.05", "0.1", "0.3", "1.0"}
         idx = [i for i, ti in enumerate(types) if ti in ("good", t)]
-        ref_f, ref_y = ref_spro_points([maps[i] for i in idx], [channels[i] for i in idx],
-                                       [sats[i] for i in idx])
+        ref_f, ref_y = ref_spro_points([maps[i] for i in idx], [channels[i] for i in idx], [sats[i] for i in idx])
         for f in MAX_FPRS:
             assert spro[t][str(f)] == pytest.approx(ref_auc(ref_f, ref_y, f), abs=1e-6)
         sel = [i for i in idx]

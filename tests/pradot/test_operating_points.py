@@ -30,17 +30,23 @@ def test_pixel_threshold_and_the_quantile_table_are_numpys_quantiles():
     np.testing.assert_allclose(cal.image_quantiles, np.quantile(scores, cal.levels))
     np.testing.assert_allclose(cal.pixel_quantiles, np.quantile(maps.ravel(), cal.levels), rtol=1e-6)
     assert cal.pixel_quantiles[-1] == pytest.approx(maps.max()) and cal.image_quantiles[0] == pytest.approx(
-        np.median(scores))
+        np.median(scores)
+    )
     same, _, _ = calibrated()  # pixel_quantile defaults to the image quantile
-    assert same.pixel_quantile == 0.99 and same.pixel_threshold == pytest.approx(np.quantile(maps.ravel(), 0.99),
-                                                                                rel=1e-6)
+    assert same.pixel_quantile == 0.99 and same.pixel_threshold == pytest.approx(
+        np.quantile(maps.ravel(), 0.99), rel=1e-6
+    )
 
 
 def test_operating_points_read_the_table():
     cal, scores, maps = calibrated()
     op = cal.operating_point()
-    assert (op.threshold, op.mask_threshold, op.quantile, op.source) == (cal.threshold, cal.pixel_threshold, 0.99,
-                                                                         "calibrated")
+    assert (op.threshold, op.mask_threshold, op.quantile, op.source) == (
+        cal.threshold,
+        cal.pixel_threshold,
+        0.99,
+        "calibrated",
+    )
     at = cal.operating_point(quantile=0.99)  # a stored level: the calibrated thresholds exactly
     assert (at.threshold, at.mask_threshold) == (cal.threshold, cal.pixel_threshold)
     op = cal.operating_point(quantile=0.9)
@@ -53,15 +59,18 @@ def test_operating_points_read_the_table():
     assert (raw.threshold, raw.mask_threshold, raw.quantile) == (0.123, 0.123, None)
 
 
-@pytest.mark.parametrize("kwargs, phrase", [
-    ({"quantile": 0.3}, r"quantile must lie in \[0.5, 1\]"),
-    ({"quantile": 1.5}, r"quantile must lie in \[0.5, 1\]"),
-    ({"quantile": float("nan")}, "finite"),
-    ({"threshold": float("inf")}, "finite"),
-    ({"quantile": "0.99"}, "must be a number"),
-    ({"threshold": True}, "must be a number"),
-    ({"quantile": 0.99, "threshold": 1.0}, "not both"),
-])
+@pytest.mark.parametrize(
+    "kwargs, phrase",
+    [
+        ({"quantile": 0.3}, r"quantile must lie in \[0.5, 1\]"),
+        ({"quantile": 1.5}, r"quantile must lie in \[0.5, 1\]"),
+        ({"quantile": float("nan")}, "finite"),
+        ({"threshold": float("inf")}, "finite"),
+        ({"quantile": "0.99"}, "must be a number"),
+        ({"threshold": True}, "must be a number"),
+        ({"quantile": 0.99, "threshold": 1.0}, "not both"),
+    ],
+)
 def test_bad_operating_points_are_refused(kwargs, phrase):
     cal, _, _ = calibrated()
     with pytest.raises(ValueError, match=phrase):
@@ -131,13 +140,16 @@ def test_request_quantiles_move_is_anomaly_as_the_stored_table_says():
     assert seen == sorted(seen, reverse=True) and seen[0] >= 6 and seen[-1] == 0
 
 
-@pytest.mark.parametrize("params, phrase", [
-    ({"quantile": 0.1}, r"quantile must lie in \[0.5, 1\]"),
-    ({"quantile": float("nan")}, "finite"),
-    ({"quantile": "high"}, "must be a number"),
-    ({"quantile": 0.9, "threshold": 0.3}, "not both"),
-    ({"return_mask": "yes"}, "return_mask must be true or false"),
-])
+@pytest.mark.parametrize(
+    "params, phrase",
+    [
+        ({"quantile": 0.1}, r"quantile must lie in \[0.5, 1\]"),
+        ({"quantile": float("nan")}, "finite"),
+        ({"quantile": "high"}, "must be a number"),
+        ({"quantile": 0.9, "threshold": 0.3}, "not both"),
+        ({"return_mask": "yes"}, "return_mask must be true or false"),
+    ],
+)
 def test_bad_request_parameters_are_invalid_requests(params, phrase):
     scorer = Scorer(FakeModel(size=8), calibrated()[0])
     img = b64(file_bytes(Image.fromarray(np.zeros((5, 5, 3), np.uint8))))
@@ -173,7 +185,14 @@ def test_requests_are_read_upright_like_read_image(tmp_path):
     amap = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
     assert amap.shape == (40, 20)
     expected = torch.nn.functional.interpolate(
-        torch.from_numpy(np.array(Image.fromarray(upright).resize((8, 8), Image.BILINEAR))).permute(2, 0, 1)
-        .float()[None].div(255).mean(1, keepdim=True), size=(40, 20), mode="bilinear", align_corners=False)[0, 0]
+        torch.from_numpy(np.array(Image.fromarray(upright).resize((8, 8), Image.BILINEAR)))
+        .permute(2, 0, 1)
+        .float()[None]
+        .div(255)
+        .mean(1, keepdim=True),
+        size=(40, 20),
+        mode="bilinear",
+        align_corners=False,
+    )[0, 0]
     np.testing.assert_allclose(amap, expected.numpy(), atol=1e-6)
     np.testing.assert_array_equal(decode_image(encode_png(upright)), upright)

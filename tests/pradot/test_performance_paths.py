@@ -11,8 +11,8 @@ import ot
 import pytest
 import torch
 
-from pradot import cost as cost_module
 from pradot import buffers, scoring, transport
+from pradot import cost as cost_module
 from pradot.prototypes import BankConfig, PrototypeBank
 from pradot.scoring import assignment_scores, assignment_scores_reference, cell_copies
 from pradot.transport import sinkhorn, sinkhorn_log
@@ -21,8 +21,16 @@ from pradot.transport import sinkhorn, sinkhorn_log
 
 
 def make_bank(alpha, n, grid=(5, 4), dim=6, seed=0, learn_coordinates=False):
-    cfg = BankConfig(stage=2, alpha=alpha, n=n, grid=grid, dim=dim, backbone="test", image_size=32,
-                     learn_coordinates=learn_coordinates)
+    cfg = BankConfig(
+        stage=2,
+        alpha=alpha,
+        n=n,
+        grid=grid,
+        dim=dim,
+        backbone="test",
+        image_size=32,
+        learn_coordinates=learn_coordinates,
+    )
     bank = PrototypeBank(cfg, seed=seed)
     bank.features.copy_(torch.randn(bank.features.shape, generator=torch.Generator().manual_seed(seed + 1)))
     return bank
@@ -43,7 +51,7 @@ def check_against_reference(bank, feats, **kw):
     # the returned prototype attains the minimum of the reference cost matrix (ties may pick another one)
     B, _, H, W = feats.shape
     for b in range(B):
-        z, c = bank.embeddings(feats[b:b + 1])
+        z, c = bank.embeddings(feats[b : b + 1])
         M = bank.cost(z, c)
         assert torch.allclose(M.gather(1, j[b][:, None])[:, 0], s_ref[b], atol=1e-5)
     return s, j, s_ref, j_ref
@@ -141,8 +149,15 @@ def test_identical_features_give_a_finite_cost():
 
 def pot_plan(M: torch.Tensor, eps: float, n_iter: int = 100) -> np.ndarray:
     N, P = M.shape
-    return ot.bregman.sinkhorn(np.full(N, 1 / N), np.full(P, 1 / P), M.double().numpy(), reg=eps,
-                               method="sinkhorn_log", numItermax=n_iter, stopThr=0.0)
+    return ot.bregman.sinkhorn(
+        np.full(N, 1 / N),
+        np.full(P, 1 / P),
+        M.double().numpy(),
+        reg=eps,
+        method="sinkhorn_log",
+        numItermax=n_iter,
+        stopThr=0.0,
+    )
 
 
 def rel_diff(T, ref) -> float:

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from pradot import PRADOT, PRADOTConfig
-from pradot.checkpoint import (ENSEMBLE_FORMAT, ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, MODEL_FORMAT, file_format,
-                               load_state, save_state)
+from pradot.checkpoint import (
+    ENSEMBLE_FORMAT,
+    ENSEMBLE_FORMATS,
+    MEMORY_BANK_FORMAT,
+    MODEL_FORMAT,
+    file_format,
+    load_state,
+    save_state,
+)
 from pradot.ensemble import Ensemble
 from pradot.fewshot import FOCT_FORMAT
 from pradot.persistence import load_scoring_model, servable_formats
@@ -40,8 +47,9 @@ def test_load_scoring_model_dispatches_on_the_file_format(model, tmp_path):
     assert ENSEMBLE_FORMAT in ENSEMBLE_FORMATS and "pradot-ensemble-v1" in ENSEMBLE_FORMATS
     # anything else: a clear error naming both formats
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="'something-else'.*neither a PRADOT model file.*pradot-model-v1.*"
-                                         "pradot-ensemble-v1"):
+    with pytest.raises(
+        ValueError, match="'something-else'.*neither a PRADOT model file.*pradot-model-v1.*pradot-ensemble-v1"
+    ):
         load_scoring_model(tmp_path / "other.pt")
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ValueError, match="not a torch file"):

@@ -29,7 +29,7 @@ def test_gaussian_smoothing_equals_scipy_gaussian_filter(sigma):
 def test_gaussian_kernel_is_the_normalised_formula():
     k = gaussian_kernel1d(2.0)
     x = np.arange(-8, 9)
-    ref = np.exp(-x ** 2 / 8.0)
+    ref = np.exp(-(x**2) / 8.0)
     np.testing.assert_allclose(k.numpy(), ref / ref.sum(), rtol=1e-12)
     with pytest.raises(ValueError, match=">= 0"):
         gaussian_smooth(torch.zeros(1, 4, 4), -1)
@@ -51,8 +51,18 @@ def test_standardise_and_weighted_fusion_formulas():
 
 def _member(stages, alpha, sigma=0.0, seed=0, bb=None):
     bb = bb or load_backbone("tiny_random", stages)
-    cfg = PRADOTConfig(backbone="tiny_random", stages=stages, image_size=32, alpha=alpha, n=1, batch_size=4,
-                       epochs=1, eta=0.5, seed=seed, smoothing_sigma=sigma)
+    cfg = PRADOTConfig(
+        backbone="tiny_random",
+        stages=stages,
+        image_size=32,
+        alpha=alpha,
+        n=1,
+        batch_size=4,
+        epochs=1,
+        eta=0.5,
+        seed=seed,
+        smoothing_sigma=sigma,
+    )
     m = PRADOT(cfg, backbone=bb)
     m.fit_features(bb(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))), progress=False)
     return m.eval()
@@ -61,8 +71,9 @@ def _member(stages, alpha, sigma=0.0, seed=0, bb=None):
 def test_model_smoothing_is_applied_to_the_map_and_saved(tmp_path):
     bb = load_backbone("tiny_random", (1,))
     plain = _member((1,), 0.3, bb=bb)
-    smooth = PRADOT.from_state({**plain.state(), "config": {**plain.state()["config"], "smoothing_sigma": 3.0}},
-                               backbone=bb)
+    smooth = PRADOT.from_state(
+        {**plain.state(), "config": {**plain.state()["config"], "smoothing_sigma": 3.0}}, backbone=bb
+    )
     images = torch.rand(2, 3, 32, 32)
     raw, _ = plain.score(images)
     maps, scores = smooth.score(images)
@@ -79,8 +90,11 @@ def test_ensemble_weights_normalisation_and_member_smoothing_saved_and_served(tm
     from pradot.persistence import load_scoring_model
 
     bb = load_backbone("tiny_random", (1,))
-    members = [_member((1,), 0.0, bb=bb), _member((1,), 0.3, sigma=2.0, seed=1, bb=bb),
-               _member((1,), 0.5, seed=2, bb=bb)]
+    members = [
+        _member((1,), 0.0, bb=bb),
+        _member((1,), 0.3, sigma=2.0, seed=1, bb=bb),
+        _member((1,), 0.5, seed=2, bb=bb),
+    ]
     val = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     ens = Ensemble(members, normalisation="per_member", weights=[0.2, 0.8, 0.0])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pradot.data.pseudo_anomalies import (KIND_STYLE, KINDS, ArrayImageDataset, make_pseudo_anomalies,
-                                          pseudo_identity)
+from pradot.data.pseudo_anomalies import KIND_STYLE, KINDS, ArrayImageDataset, make_pseudo_anomalies, pseudo_identity
 
 
 def _scene(seed: int, size: int = 64) -> np.ndarray:

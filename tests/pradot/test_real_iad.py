@@ -39,9 +39,11 @@ def make_real_iad(root: Path, resolution: str = "256") -> Path:
     (one defective sample in train)."""
     base = root / f"realiad_{resolution}" / CAT
     train = [_entry("OK", s, v, "OK") for s in (1, 3) for v in range(1, 6)]
-    test = ([_entry("OK", 4, v, "OK") for v in range(1, 6)]
-            + [_entry("NG/AK", 2, v, "AK") for v in range(1, 6)]
-            + [_entry("NG/QS", 5, v, "QS") for v in range(1, 6)])
+    test = (
+        [_entry("OK", 4, v, "OK") for v in range(1, 6)]
+        + [_entry("NG/AK", 2, v, "AK") for v in range(1, 6)]
+        + [_entry("NG/QS", 5, v, "QS") for v in range(1, 6)]
+    )
     for i, e in enumerate(train + test):
         _jpg(base / e["image_path"], i)
         if e["mask_path"]:
@@ -51,9 +53,11 @@ def make_real_iad(root: Path, resolution: str = "256") -> Path:
             (base / e["mask_path"]).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(m).save(base / e["mask_path"])
     meta = {"prefix": CAT, "normal_class": "OK"}
-    variants = {"realiad_jsons": {"meta": meta, "train": train, "test": test},
-                "realiad_jsons_sv": {"meta": meta, "train": train[::5], "test": test[::5]},
-                "realiad_jsons_fuiad_0.1": {"meta": meta, "train": train + test[5:10], "test": test[:5] + test[10:]}}
+    variants = {
+        "realiad_jsons": {"meta": meta, "train": train, "test": test},
+        "realiad_jsons_sv": {"meta": meta, "train": train[::5], "test": test[::5]},
+        "realiad_jsons_fuiad_0.1": {"meta": meta, "train": train + test[5:10], "test": test[:5] + test[10:]},
+    }
     for variant, doc in variants.items():
         path = root / "realiad_jsons" / variant / f"{CAT}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +73,10 @@ def test_every_view_is_a_sample(tmp_path):
     assert len(test) == 15 and [s.anomaly_type for s in test].count("good") == 5
     ak = [s for s in test if s.anomaly_type == "AK"]
     assert len(ak) == 5 and all(s.label == 1 and s.defects for s in ak)
-    assert ak[0].image_path == tmp_path / "realiad_256" / CAT / "NG" / "AK" / "S0002" / \
-        f"{CAT}_0002_NG_C1_2023102110{2:02d}01.jpg"
+    assert (
+        ak[0].image_path
+        == tmp_path / "realiad_256" / CAT / "NG" / "AK" / "S0002" / f"{CAT}_0002_NG_C1_2023102110{2:02d}01.jpg"
+    )
     assert ak[0].defects[0].mask_path == ak[0].image_path.with_suffix(".png")
     assert ds.load_channels(ak[1]).sum() == 24 and ds.load_channels(ak[0]).sum() == 0  # C1: blank
     assert len({ds.sample_group(s) for s in test}) == 3
@@ -88,8 +94,9 @@ def test_views_and_variants(tmp_path):
     assert len(sv.samples("train")) == 2 and len(sv.samples("test")) == 3
     fuiad = load_dataset("real_iad", tmp_path, CAT, resolution="256", variant="realiad_jsons_fuiad_0.1")
     assert sorted(s.label for s in fuiad.samples("train")) == [0] * 10 + [1] * 5  # kept: the protocol's point
-    explicit = load_dataset("real_iad", tmp_path, CAT, resolution="256",
-                            json_dir=tmp_path / "realiad_jsons" / "realiad_jsons_sv")
+    explicit = load_dataset(
+        "real_iad", tmp_path, CAT, resolution="256", json_dir=tmp_path / "realiad_jsons" / "realiad_jsons_sv"
+    )
     assert explicit.json_path == sv.json_path
 
 
@@ -117,8 +124,14 @@ def test_per_image_and_per_sample_auroc(tmp_path):
 
 def test_open_splits_with_loader_options(tmp_path):
     make_real_iad(tmp_path)
-    spec = DataSpec(kind="real_iad", root=str(tmp_path), category=CAT, image_size=32, validation_fraction=0.25,
-                    options={"resolution": "256", "views": "C2,C4"})
+    spec = DataSpec(
+        kind="real_iad",
+        root=str(tmp_path),
+        category=CAT,
+        image_size=32,
+        validation_fraction=0.25,
+        options={"resolution": "256", "views": "C2,C4"},
+    )
     splits = open_splits(spec)
     assert len(splits.train) + len(splits.validation) == 4 and len(splits.validation) == 1
     assert len(splits.test) == 6
@@ -126,14 +139,23 @@ def test_open_splits_with_loader_options(tmp_path):
 
 def test_errors_say_what_was_expected(tmp_path):
     make_real_iad(tmp_path)
-    with pytest.raises(DatasetError, match=r"Image folders found under .*: realiad_256 \(choose one with the "
-                                           r"resolution option"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Image folders found under .*: realiad_256 \(choose one with the "
+        r"resolution option",
+    ):
         load_dataset("real_iad", tmp_path, CAT)  # default resolution 1024
-    with pytest.raises(DatasetError, match=r"Split files in .*realiad_jsons/realiad_jsons found: audiojack\. "
-                                           r"Known real_iad categories: audiojack, bottle_cap"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Split files in .*realiad_jsons/realiad_jsons found: audiojack\. "
+        r"Known real_iad categories: audiojack, bottle_cap",
+    ):
         load_dataset("real_iad", tmp_path, "bottle_cap", resolution="256")
-    with pytest.raises(DatasetError, match=r"variant 'realiad_jsons_xx' not found.*Variants found under .*: "
-                                           r"realiad_jsons, realiad_jsons_fuiad_0\.1, realiad_jsons_sv"):
+    with pytest.raises(
+        DatasetError,
+        match=r"variant 'realiad_jsons_xx' not found.*Variants found under .*: "
+        r"realiad_jsons, realiad_jsons_fuiad_0\.1, realiad_jsons_sv",
+    ):
         load_dataset("real_iad", tmp_path, CAT, resolution="256", variant="realiad_jsons_xx")
     doc_path = tmp_path / "realiad_jsons" / "realiad_jsons" / f"{CAT}.json"
     doc = json.loads(doc_path.read_text())
@@ -158,8 +180,19 @@ def test_the_evaluator_takes_the_loaders_options(tmp_path, capsys):
         path = maps / CAT / "test" / s.anomaly_type / f"{s.image_path.stem}.tiff"
         path.parent.mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(path, np.full((H, W), 1.0 if s.label else 0.0, np.float32))
-    argv = ["--dataset", "real_iad", "--dataset-root", str(tmp_path), "--category", CAT, "--anomaly-maps",
-            str(maps), "--output-dir", str(tmp_path / "out"), "--no-progress"]
+    argv = [
+        "--dataset",
+        "real_iad",
+        "--dataset-root",
+        str(tmp_path),
+        "--category",
+        CAT,
+        "--anomaly-maps",
+        str(maps),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main([*argv, "--option", "resolution=256", "--option", "views=C1,C3"]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["image_auroc"] == 1.0

@@ -10,8 +10,16 @@ from pradot.scoring import SCORING_PATHS, assignment_scores, cell_copies
 
 
 def grid_bank(alpha: float, n, learn_coordinates: bool = False) -> PrototypeBank:
-    cfg = BankConfig(stage=2, alpha=alpha, n=n, grid=(4, 3), dim=5, backbone="test", image_size=32,
-                     learn_coordinates=learn_coordinates)
+    cfg = BankConfig(
+        stage=2,
+        alpha=alpha,
+        n=n,
+        grid=(4, 3),
+        dim=5,
+        backbone="test",
+        image_size=32,
+        learn_coordinates=learn_coordinates,
+    )
     bank = PrototypeBank(cfg, seed=0)
     bank.features.copy_(torch.randn(bank.features.shape, generator=torch.Generator().manual_seed(1)))
     return bank

@@ -27,9 +27,16 @@ def test_decode_accepts_base64_variants_and_raw_bytes():
     rgb = rgb_image()
     png = file_bytes(Image.fromarray(rgb))
     urlsafe = base64.urlsafe_b64encode(png).decode().rstrip("=")
-    mime = "\n".join(b64(png)[i:i + 76] for i in range(0, len(b64(png)), 76))  # line-wrapped base64
-    for value in (b64(png), urlsafe, mime, f"data:image/png;base64,{b64(png)}", f"DATA:image/png;base64,{urlsafe}",
-                  png, b64(png).encode()):
+    mime = "\n".join(b64(png)[i : i + 76] for i in range(0, len(b64(png)), 76))  # line-wrapped base64
+    for value in (
+        b64(png),
+        urlsafe,
+        mime,
+        f"data:image/png;base64,{b64(png)}",
+        f"DATA:image/png;base64,{urlsafe}",
+        png,
+        b64(png).encode(),
+    ):
         out = decode_image(value)
         assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
         np.testing.assert_array_equal(out, rgb)
@@ -54,21 +61,37 @@ def test_decode_converts_grayscale_rgba_palette_16bit_to_rgb():
     assert out.shape == (20, 30, 3) and out[5, 5, 0] == 255 and out[0, 0, 0] == 0  # full 16-bit range scaled
 
 
-@pytest.mark.parametrize("value, phrase", [
-    ("%%% not base64 %%%", "not valid base64"),
-    ("QUJD*", "not valid base64"),
-    ("", "empty"),
-    ("   ", "empty"),
-    ("data:image/png;base64,", "empty"),
-    ("data:image/png,rawtext", "data URL must be base64"),
-    (None, "missing"),
-    (float("nan"), "missing"),
-    (42, "expected a base64 string"),
-    (b64(b"just some text, not an image"), "not an image"),
-    (b64(craft_png(0, 0, idat=zlib.compress(b""))), "zero size"),
-    (b64(craft_png(0, 40, idat=zlib.compress(b""))), "zero size"),
-], ids=["not-base64", "bad-char", "empty", "blank", "empty-data-url", "data-url-not-base64", "none", "nan",
-        "int", "text", "zero-size", "zero-width"])
+@pytest.mark.parametrize(
+    "value, phrase",
+    [
+        ("%%% not base64 %%%", "not valid base64"),
+        ("QUJD*", "not valid base64"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("data:image/png;base64,", "empty"),
+        ("data:image/png,rawtext", "data URL must be base64"),
+        (None, "missing"),
+        (float("nan"), "missing"),
+        (42, "expected a base64 string"),
+        (b64(b"just some text, not an image"), "not an image"),
+        (b64(craft_png(0, 0, idat=zlib.compress(b""))), "zero size"),
+        (b64(craft_png(0, 40, idat=zlib.compress(b""))), "zero size"),
+    ],
+    ids=[
+        "not-base64",
+        "bad-char",
+        "empty",
+        "blank",
+        "empty-data-url",
+        "data-url-not-base64",
+        "none",
+        "nan",
+        "int",
+        "text",
+        "zero-size",
+        "zero-width",
+    ],
+)
 def test_decode_refuses_bad_payloads(value, phrase):
     with pytest.raises(InvalidRequest, match=phrase):
         decode_image(value)
@@ -135,8 +158,10 @@ def test_scorer_normalises_scores_and_batches():
     model = FakeModel(size=8)
     scorer = Scorer(model, cal, batch_size=2)
     levels = [0.1, 0.45, 0.5, 0.6, 0.9]  # flat grey images of different sizes
-    imgs = [b64(file_bytes(Image.fromarray(np.full((10 + 3 * i, 17, 3), round(v * 255), np.uint8))))
-            for i, v in enumerate(levels)]
+    imgs = [
+        b64(file_bytes(Image.fromarray(np.full((10 + 3 * i, 17, 3), round(v * 255), np.uint8))))
+        for i, v in enumerate(levels)
+    ]
     out = scorer.predict(imgs)
     assert [c[0] for c in model.calls] == [(2, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]
     assert all(c[1] == torch.float32 and 0.0 <= c[2] and c[3] <= 1.0 for c in model.calls)
@@ -158,8 +183,9 @@ def test_scorer_resizes_the_map_back_to_the_input():
     black = b64(file_bytes(Image.fromarray(np.zeros((H, W, 3), np.uint8))))
     (rec,) = scorer.predict([black], return_map=True, map_format="npy")
     amap = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
-    expected = F.interpolate(torch.linspace(0, 1, S).expand(S, S)[None, None], size=(H, W), mode="bilinear",
-                             align_corners=False)[0, 0].numpy()
+    expected = F.interpolate(
+        torch.linspace(0, 1, S).expand(S, S)[None, None], size=(H, W), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     assert amap.shape == (H, W) and amap.dtype == np.float32
     np.testing.assert_allclose(amap, expected, atol=1e-6)
     (rec,) = scorer.predict([black], return_map=True)
@@ -192,14 +218,19 @@ def test_scorer_validates_every_row_before_scoring():
 # ---------------------------------------------------------------------------------- request budgets
 def _flat_png(w: int, h: int, fill: int = 90) -> str:
     """A flat RGB PNG written row by row (small on the wire, w x h pixels when decoded), base64."""
-    from tests.helpers import png_chunk
     import struct
+
+    from tests.helpers import png_chunk
 
     row = b"\x00" + bytes([fill]) * (3 * w)
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    return b64(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-               + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+    return b64(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +260,11 @@ def test_a_request_over_its_pixel_budget_is_refused_before_decoding_more(big_fla
     scorer = Scorer(model, Calibration(0.5, 0.0, 1.0, 0.99, 3), max_request_pixels=60_000_000)
     assert len(scorer.validate([big_flat, big_flat])) == 2  # 50 MP: within the budget
     truncated = big_flat[: len(big_flat) // 2]  # the third row's header says 25 MP: refused before its pixels
-    with pytest.raises(RequestTooLarge, match=r"row 2: .*more than the 60000000 decoded pixels allowed per request "
-                                              r"\(max_request_pixels; this row brings the total to 75000000\)"):
+    with pytest.raises(
+        RequestTooLarge,
+        match=r"row 2: .*more than the 60000000 decoded pixels allowed per request "
+        r"\(max_request_pixels; this row brings the total to 75000000\)",
+    ):
         scorer.predict([big_flat, big_flat, truncated])
     assert model.calls == []
     assert isinstance(RequestTooLarge("x"), InvalidRequest)  # a client error (HTTP 413 when served)
@@ -246,8 +280,11 @@ def test_returned_bytes_are_budgeted_from_the_headers():
     row = _flat_png(1024, 1024)  # a 1024 x 1024 npy map: 4 MiB, 5.3 MiB as base64
     assert len(scorer.predict([row, row], return_map=True, map_format="npy")) == 2
     calls = len(model.calls)
-    with pytest.raises(RequestTooLarge, match=r"row 2: the maps asked for would exceed the 13631488 bytes of maps "
-                                              r"allowed per answer \(max_response_bytes"):
+    with pytest.raises(
+        RequestTooLarge,
+        match=r"row 2: the maps asked for would exceed the 13631488 bytes of maps "
+        r"allowed per answer \(max_response_bytes",
+    ):
         scorer.predict([row, row, row], return_map=True, map_format="npy")
     assert len(model.calls) == calls  # refused before scoring
     assert len(scorer.predict([row, row, row], return_map=True)) == 3  # PNG maps: 3 bytes a pixel fit
@@ -283,8 +320,11 @@ def test_work_in_flight_is_bounded_per_process():
     busy = threading.Thread(target=impatient.predict, args=([row],))
     busy.start()
     time.sleep(0.1)
-    with pytest.raises(ServerBusy, match=r"scoring 1 request\(s\) already \(max_in_flight\) and this one waited "
-                                         r"0.05 s \(wait_s\)"):
+    with pytest.raises(
+        ServerBusy,
+        match=r"scoring 1 request\(s\) already \(max_in_flight\) and this one waited "
+        r"0.05 s \(wait_s\)",
+    ):
         impatient.predict([row])
     busy.join()
     assert len(impatient.predict([row])) == 1  # free again

@@ -75,7 +75,7 @@ def test_config_entries_and_saturation(small):
         if e["defect_name"].startswith("missing_"):
             # official LOCO convention: a missing object saturates at the object's area (absolute)
             assert e["relative_saturation"] is False
-            assert e["saturation_threshold"] == areas[e["defect_name"][len("missing_"):]]
+            assert e["saturation_threshold"] == areas[e["defect_name"][len("missing_") :]]
         else:
             assert e["relative_saturation"] is True and e["saturation_threshold"] == 1.0
     ds = load_dataset("synthetic", small, "screw_bag")
@@ -176,8 +176,24 @@ def test_generate_refuses_foreign_folder_and_bad_args(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    argv = ["--root", str(tmp_path), "--seed", "4", "--image-size", "64", "--n-train", "2", "--n-validation", "0",
-            "--n-test-good", "1", "--n-test-logical", "1", "--n-test-structural", "1"]
+    argv = [
+        "--root",
+        str(tmp_path),
+        "--seed",
+        "4",
+        "--image-size",
+        "64",
+        "--n-train",
+        "2",
+        "--n-validation",
+        "0",
+        "--n-test-good",
+        "1",
+        "--n-test-logical",
+        "1",
+        "--n-test-structural",
+        "1",
+    ]
     assert syn.main(argv) == 0
     out = capsys.readouterr().out
     assert "5 images" in out and str(tmp_path / "screw_bag") in out

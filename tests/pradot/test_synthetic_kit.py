@@ -94,7 +94,7 @@ def test_free_band_is_plain_board_in_normal_images(small):
     """Nothing lies between the rows in normal images: the band looks like the board everywhere."""
     for p in sorted((small / CAT / "train" / "good").glob("*.png")):
         img = np.asarray(Image.open(p)).astype(float)
-        band = img[int(kit.FREE_Y) - 10:int(kit.FREE_Y) + 10]
+        band = img[int(kit.FREE_Y) - 10 : int(kit.FREE_Y) + 10]
         assert band.mean(axis=2).max() < 125 and band.std() < 12  # dark, textured board: no metal part
 
 
@@ -119,28 +119,47 @@ def test_a_memory_bank_of_patches_does_not_localise_what_local_prototypes_do(tmp
 
     from pradot import PRADOT, PRADOTConfig
     from pradot.backbone import load_backbone
+    from pradot.data import ImageDataset
     from pradot.engine import DataSpec, open_splits
     from pradot.features import extract_features
-    from pradot.data import ImageDataset
     from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
     from pradot.metrics.dataset import dataset_metrics, flat_metrics
 
-    spec = DataSpec("synthetic", str(tmp_path), CAT, 128,
-                    generator=dict(n_train=30, n_validation=0, n_test_good=8, n_test_logical=12, n_test_structural=8))
+    spec = DataSpec(
+        "synthetic",
+        str(tmp_path),
+        CAT,
+        128,
+        generator=dict(n_train=30, n_validation=0, n_test_good=8, n_test_logical=12, n_test_structural=8),
+    )
     splits = open_splits(spec)
     bb = load_backbone("efficientnet_lite0", (2,))
     train = extract_features(bb, ImageDataset(splits.train, 128), progress=False)
     test = extract_features(bb, ImageDataset(splits.test, 128), progress=False)
     torch.manual_seed(0)
-    pr = PRADOT(PRADOTConfig(backbone="efficientnet_lite0", stages=(2,), image_size=128, alpha=0.3, n=2,
-                             batch_size=8, epochs=6, eta=0.8, aggregation=3), backbone=bb)
+    pr = PRADOT(
+        PRADOTConfig(
+            backbone="efficientnet_lite0",
+            stages=(2,),
+            image_size=128,
+            alpha=0.3,
+            n=2,
+            batch_size=8,
+            epochs=6,
+            eta=0.8,
+            aggregation=3,
+        ),
+        backbone=bb,
+    )
     pr.fit_features(train, progress=False)
-    mb = MemoryBankModel(MemoryBankConfig(backbone="efficientnet_lite0", stages=(2,), image_size=128,
-                                          smoothing_sigma=0.0), backbone=bb).fit_features(train)
+    mb = MemoryBankModel(
+        MemoryBankConfig(backbone="efficientnet_lite0", stages=(2,), image_size=128, smoothing_sigma=0.0), backbone=bb
+    ).fit_features(train)
 
     def metrics(model):
-        maps = model.maps_from_features(test)[0] if isinstance(model, MemoryBankModel) else \
-            model.score_features(test)[0]
+        maps = (
+            model.maps_from_features(test)[0] if isinstance(model, MemoryBankModel) else model.score_features(test)[0]
+        )
         return flat_metrics(dataset_metrics(splits.dataset, splits.test, list(maps.numpy()), gt_size=128)[0])
 
     p, m = metrics(pr), metrics(mb)

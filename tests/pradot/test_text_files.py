@@ -49,12 +49,14 @@ def test_latin1_bytes_that_cp1252_leaves_undefined_still_read():
 
 def test_valid_utf8_is_never_read_as_cp1252():
     # "Ã©" is what é in UTF-8 looks like when misread as cp1252: the reader must not produce it
-    assert decode_text("é".encode("utf-8")) == ("é", "utf-8")
+    assert decode_text("é".encode()) == ("é", "utf-8")
 
 
 def test_csv_rows_strip_whitespace_and_skip_blank_lines_for_any_delimiter(tmp_path):
-    expected = [{"object": "candle", "split": "train", "image": "candle/a b.JPG"},
-                {"object": "pcb1", "split": "test", "image": "pcb1/x,y.JPG"}]
+    expected = [
+        {"object": "candle", "split": "train", "image": "candle/a b.JPG"},
+        {"object": "pcb1", "split": "test", "image": "pcb1/x,y.JPG"},
+    ]
     for delim in (",", ";", "\t"):
         buf = io.StringIO()
         w = csv.writer(buf, delimiter=delim, lineterminator="\r\n")
@@ -111,12 +113,14 @@ def _visa(root: Path, encode, eol: str, header: str = "object,split,label,image,
 @pytest.mark.parametrize("name, encode", ENCODINGS, ids=[e[0] for e in ENCODINGS])
 def test_visa_split_csv_from_a_spreadsheet(tmp_path, name, encode):
     clean = load_dataset("visa", _visa(tmp_path / "clean", ENCODINGS[0][1], "\n"), "candle")
-    messy = load_dataset("visa", _visa(tmp_path / "messy", encode, "\r\n", " object , split,label ,image, mask "),
-                         "candle")
+    messy = load_dataset(
+        "visa", _visa(tmp_path / "messy", encode, "\r\n", " object , split,label ,image, mask "), "candle"
+    )
     for split in ("train", "test"):
         a, b = clean.samples(split), messy.samples(split)
-        assert [(s.relative_id, s.label, s.image_path.relative_to(tmp_path / "clean")) for s in a] == \
-               [(s.relative_id, s.label, s.image_path.relative_to(tmp_path / "messy")) for s in b]
+        assert [(s.relative_id, s.label, s.image_path.relative_to(tmp_path / "clean")) for s in a] == [
+            (s.relative_id, s.label, s.image_path.relative_to(tmp_path / "messy")) for s in b
+        ]
     assert messy.load_channels(messy.samples("test")[0]).sum() == 6
 
 
@@ -135,8 +139,11 @@ def test_defects_config_and_calibration_json_from_any_editor(tmp_path, name, enc
     config.write_bytes(encode(json.dumps(LOCO_CONFIG, indent=2).replace("\n", "\r\n")))
     ds = load_dataset("mvtec_loco", root, "screw_bag")
     assert sorted(ds.defects_config()) == [50, 120, 255]
-    assert [d.defect_name for s in ds.samples("test") for d in s.defects] == \
-           ["missing_nut", "additional_screw", "scratch"]
+    assert [d.defect_name for s in ds.samples("test") for d in s.defects] == [
+        "missing_nut",
+        "additional_screw",
+        "scratch",
+    ]
     cal = Calibration.calibrate(np.arange(200.0), 0.99)
     path = tmp_path / "calibration.json"
     path.write_bytes(encode(json.dumps(cal.to_dict()).replace(",", ",\r\n")))

@@ -66,8 +66,15 @@ def test_engine_threshold_metrics_names_and_one_class():
 
     labels, scores = np.array([0, 0, 1, 1, 0, 1]), np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
     out = threshold_metrics(labels, scores, 0.3)
-    assert set(out) == {"test_recall_at_threshold", "test_fpr_at_threshold", "test_aupr", "test_f1_max",
-                        "test_f1_optimal_threshold", "test_f1_at_threshold", "test_precision_at_threshold"}
+    assert set(out) == {
+        "test_recall_at_threshold",
+        "test_fpr_at_threshold",
+        "test_aupr",
+        "test_f1_max",
+        "test_f1_optimal_threshold",
+        "test_f1_at_threshold",
+        "test_precision_at_threshold",
+    }
     assert out["test_fpr_at_threshold"] == pytest.approx(1 / 3) and out["test_recall_at_threshold"] == 1.0
     assert set(threshold_metrics(labels, scores, 0.3, prefix="val")) == {k.replace("test_", "val_") for k in out}
     assert threshold_metrics([0, 0], [0.1, 0.2], 0.3) == {}

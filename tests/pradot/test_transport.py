@@ -6,14 +6,22 @@ import pytest
 import torch
 
 from pradot import transport
-from pradot.transport import NUMBA_MIN_ELEMENTS, numba_available, sinkhorn_backend, sinkhorn_profile
-from pradot.transport import sinkhorn, sinkhorn_log, transport_cost
+from pradot.transport import (
+    NUMBA_MIN_ELEMENTS,
+    numba_available,
+    sinkhorn,
+    sinkhorn_backend,
+    sinkhorn_log,
+    sinkhorn_profile,
+    transport_cost,
+)
 
 
 def pot_plan(M: torch.Tensor, eps: float, n_iter: int = 100) -> np.ndarray:
     N, P = M.shape
-    return ot.bregman.sinkhorn(np.full(N, 1 / N), np.full(P, 1 / P), M.double().numpy(), reg=eps,
-                               method="sinkhorn_log", numItermax=n_iter)
+    return ot.bregman.sinkhorn(
+        np.full(N, 1 / N), np.full(P, 1 / P), M.double().numpy(), reg=eps, method="sinkhorn_log", numItermax=n_iter
+    )
 
 
 def rel_diff(T: torch.Tensor, ref: np.ndarray) -> float:
@@ -123,8 +131,15 @@ def test_sinkhorn_backend_on_gpu():
         sinkhorn_backend(M, "torch-blocked")
 
 
-PROFILE_PHASES = ("input_check", "initial_column_min", "kernel_build", "kernel_rebuild", "iteration_pass",
-                  "iteration_check", "final_scaling")
+PROFILE_PHASES = (
+    "input_check",
+    "initial_column_min",
+    "kernel_build",
+    "kernel_rebuild",
+    "iteration_pass",
+    "iteration_check",
+    "final_scaling",
+)
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch", "torch-blocked", "numba"])

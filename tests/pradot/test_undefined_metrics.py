@@ -41,11 +41,11 @@ def make_ad(root: Path, n_good: int = 3, bad_masks: tuple[str, ...] = ("box", "b
         _png(cat / "test" / "scratch" / f"{i:03d}.png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
         m = np.zeros((H, W), np.uint8)
         if kind == "box":
-            m[4 + i:9 + i, 3:8] = 255
+            m[4 + i : 9 + i, 3:8] = 255
         if kind != "none":
             _png(cat / "ground_truth" / "scratch" / f"{i:03d}_mask.png", m)
         a = rng.random((H, W)).astype(np.float32)
-        a[4 + i:9 + i, 3:8] += 0.8
+        a[4 + i : 9 + i, 3:8] += 0.8
         maps[("scratch", f"{i:03d}")] = a
     return root, maps
 
@@ -79,10 +79,13 @@ def test_some_blank_masks_keep_pixel_metrics_with_a_note(tmp_path):
     assert "1 anomalous test images have blank masks" in note and "001_mask.png" in note
 
 
-@pytest.mark.parametrize("n_good, bad, cause", [
-    (3, (), "no anomalous images (all 3 are good)"),
-    (0, ("box", "box"), "no good images (all 2 are anomalous)"),
-])
+@pytest.mark.parametrize(
+    "n_good, bad, cause",
+    [
+        (3, (), "no anomalous images (all 3 are good)"),
+        (0, ("box", "box"), "no good images (all 2 are anomalous)"),
+    ],
+)
 def test_one_class_at_image_level(tmp_path, n_good, bad, cause):
     root, maps = make_ad(tmp_path, n_good=n_good, bad_masks=bad)
     ds, samples, (metrics, notes) = _metrics(root, maps)
@@ -99,8 +102,10 @@ def test_unannotated_anomalies_and_empty_splits(tmp_path):
     root, maps = make_ad(tmp_path, bad_masks=("box", "none"))
     ds, samples, (metrics, notes) = _metrics(root, maps, kind="folder")
     assert set(metrics) == {"image_auroc"} and "1 anomalous test images have no ground-truth mask" in notes[0]
-    assert dataset_metrics(ds, [], []) == ({}, ["test metrics skipped: the test split is empty (no test images), "
-                                                "so no metric is defined"])
+    assert dataset_metrics(ds, [], []) == (
+        {},
+        ["test metrics skipped: the test split is empty (no test images), so no metric is defined"],
+    )
 
 
 def test_loco_style_data_without_anomalies_is_skipped_with_a_note(tmp_path):
@@ -119,16 +124,31 @@ def _write_maps(maps_root: Path, maps: dict) -> None:
         tifffile.imwrite(p, a)
 
 
-@pytest.mark.parametrize("bad_masks, expected_keys, phrase", [
-    (("blank", "blank", "blank"), {"image_auroc"}, "masks of all 3 anomalous test images are blank"),
-    ((), set(), "no anomalous images"),
-])
+@pytest.mark.parametrize(
+    "bad_masks, expected_keys, phrase",
+    [
+        (("blank", "blank", "blank"), {"image_auroc"}, "masks of all 3 anomalous test images are blank"),
+        ((), set(), "no anomalous images"),
+    ],
+)
 def test_evaluator_writes_metrics_json_with_notes(tmp_path, bad_masks, expected_keys, phrase, capsys):
     root, maps = make_ad(tmp_path / "data", bad_masks=bad_masks)
     _write_maps(tmp_path / "maps", maps)
-    rc = evaluate_main(["--dataset", "mvtec_ad", "--dataset-root", str(root), "--category", "part",
-                        "--anomaly-maps", str(tmp_path / "maps"), "--output-dir", str(tmp_path / "out"),
-                        "--no-progress"])
+    rc = evaluate_main(
+        [
+            "--dataset",
+            "mvtec_ad",
+            "--dataset-root",
+            str(root),
+            "--category",
+            "part",
+            "--anomaly-maps",
+            str(tmp_path / "maps"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "out" / "metrics.json").read_text())
     numbers = {k for k, v in result.items() if isinstance(v, float) and k != "resized_maps"}

@@ -33,6 +33,7 @@ def _renders(fig):
 
 # ------------------------------------------------------------------ array helpers
 
+
 def test_block_edges_floor_rounding():
     assert viz.block_edges(20, 4).tolist() == [0, 5, 10, 15, 20]
     assert viz.block_edges(22, 4).tolist() == [0, 6, 11, 16, 22]  # round(i * 5.5), half to even
@@ -89,9 +90,11 @@ def test_prototype_patches_picks_the_exact_block(tmp_path):
 
     mm.flush()
     readonly = np.load(tmp_path / "f.npy", mmap_mode="r")  # as the feature cache hands them out
-    outs = [viz.prototype_patches(bank, feats, images, return_index=True),
-            viz.prototype_patches(bank, torch.from_numpy(feats), get_image, chunk=1, return_index=True),
-            viz.prototype_patches(bank, mm, list(images), chunk=2, return_index=True)]
+    outs = [
+        viz.prototype_patches(bank, feats, images, return_index=True),
+        viz.prototype_patches(bank, torch.from_numpy(feats), get_image, chunk=1, return_index=True),
+        viz.prototype_patches(bank, mm, list(images), chunk=2, return_index=True),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "non-writable array" warning from torch
         outs.append(viz.prototype_patches(bank, readonly, images, chunk=2, return_index=True))
@@ -108,7 +111,7 @@ def test_prototype_patches_picks_the_exact_block(tmp_path):
         assert (img_i * H * W + cell_i == best).all()
         for k in range(bank.n_prototypes):
             i, j = divmod(int(best[k] % (H * W)), W)
-            assert (patches[k] == images[best[k] // (H * W)][5 * i:5 * i + 5, 5 * j:5 * j + 5]).all()
+            assert (patches[k] == images[best[k] // (H * W)][5 * i : 5 * i + 5, 5 * j : 5 * j + 5]).all()
     assert set(calls) == set(outs[1][1][0].tolist())  # only the winning images were read
 
 
@@ -140,7 +143,7 @@ def test_restore_image_places_assigned_patches():
     a = assignment.reshape(H, W).numpy()
     for i in range(H):
         for j in range(W):
-            assert (out[6 * i:6 * i + 6, 4 * j:4 * j + 4] == patches[a[i, j]]).all(), (i, j)
+            assert (out[6 * i : 6 * i + 6, 4 * j : 4 * j + 4] == patches[a[i, j]]).all(), (i, j)
     with pytest.raises(ValueError):
         viz.restore_image([0, 1], patches, (H, W), 12)
     with pytest.raises(ValueError):
@@ -184,6 +187,7 @@ def test_position_colors_distinct_corners():
 
 
 # ------------------------------------------------------------------ figures
+
 
 def test_overlay_figure_axes_scale_and_contours():
     rng = np.random.default_rng(0)
@@ -264,7 +268,9 @@ def test_prototype_figure_layouts():
     row = fig.axes[0].images[0].get_array()
     assert row.shape == (4, 3 * 4 + 2, 3)
     # the row of cell c shows prototypes c, c + 12, c + 24
-    c = int(fig.axes[0].get_ylabel().strip("()").split(",")[0]) * 4 + int(fig.axes[0].get_ylabel().strip("()").split(",")[1])
+    c = int(fig.axes[0].get_ylabel().strip("()").split(",")[0]) * 4 + int(
+        fig.axes[0].get_ylabel().strip("()").split(",")[1]
+    )
     assert (row[:, 0:4] == p3[c]).all() and (row[:, 5:9] == p3[c + 12]).all() and (row[:, 10:14] == p3[c + 24]).all()
     assert len(viz.prototype_figure(p3, (3, 4), 3, max_cells=50).axes) == 12
     assert len(viz.prototype_figure(p1[:4], (4, 4), 0.5).axes) == 1  # n < 1: 2x2 coarse grid
@@ -399,6 +405,8 @@ def test_training_curves_figure():
 
 
 def test_import_is_light():
-    code = ("import sys, pradot.viz; bad = [m for m in ('mlflow', 'ray', 'matplotlib.pyplot', 'umap') "
-            "if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, pradot.viz; bad = [m for m in ('mlflow', 'ray', 'matplotlib.pyplot', 'umap') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -23,9 +23,9 @@ Uniqueness: maps are written as ``<anomaly_type>/<stem>.tiff`` and AD-style mask
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -267,7 +267,9 @@ class AnomalyDataset:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={len(v)}" for s, v in self._splits.items())
-        return f"{type(self).__name__}(kind={self.kind!r}, root={str(self.root)!r}, category={self.category!r}, {counts})"
+        return (
+            f"{type(self).__name__}(kind={self.kind!r}, root={str(self.root)!r}, category={self.category!r}, {counts})"
+        )
 
 
 def check_unique(samples: Sequence[Sample], split: str) -> list[Sample]:
@@ -286,13 +288,15 @@ def check_unique(samples: Sequence[Sample], split: str) -> list[Sample]:
                 f"{split} images {other} and {s.image_path} share the file stem {s.image_id!r} in {s.anomaly_type!r}: "
                 f"their {shared} would be the same file (<category>/test/{s.relative_id}.tiff). Rename one of them "
                 f"(e.g. to {s.image_id}_{s.image_path.suffix.lstrip('.').lower()}{s.image_path.suffix}) or remove "
-                f"the duplicate.")
+                f"the duplicate."
+            )
         for d in s.defects:
             owner = masks.setdefault(d.mask_path, s.image_path)
             if owner != s.image_path:
                 raise DatasetError(
                     f"{split} images {owner} and {s.image_path} resolve to the same ground-truth mask {d.mask_path}; "
-                    f"give each anomalous image its own mask (<stem>_mask.png next to the others).")
+                    f"give each anomalous image its own mask (<stem>_mask.png next to the others)."
+                )
     return samples
 
 

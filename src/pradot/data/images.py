@@ -17,8 +17,9 @@ the image is resized with PIL's bilinear filter, which antialiases when downsamp
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +116,8 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             image = self.augment(image=image)["image"]
             if image.shape[:2] != self.image_size:
-                raise ValueError(f"augmentation changed the image size to {image.shape[:2]}, expected {self.image_size}")
+                raise ValueError(
+                    f"augmentation changed the image size to {image.shape[:2]}, expected {self.image_size}"
+                )
         label = item.label if isinstance(item, Sample) else 0
         return {"image": to_tensor(image), "label": int(label), "index": int(index)}

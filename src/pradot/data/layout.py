@@ -10,28 +10,85 @@ from pathlib import Path
 
 from .base import DATA_ROOT_ENV, GOOD, AnomalyDataset, DatasetError, DefectChannel, Sample, list_files, list_subdirs
 
-__all__ = ["KNOWN_CATEGORIES", "LAYOUTS", "resolve_root", "category_error", "category_dir", "good_samples",
-           "ad_channel", "CategoryFolderDataset"]
+__all__ = [
+    "KNOWN_CATEGORIES",
+    "LAYOUTS",
+    "resolve_root",
+    "category_error",
+    "category_dir",
+    "good_samples",
+    "ad_channel",
+    "CategoryFolderDataset",
+]
 
 KNOWN_CATEGORIES: dict[str, tuple[str, ...]] = {
     "mvtec_loco": ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors"),
     "mvtec_ad": (
-        "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
-        "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+        "bottle",
+        "cable",
+        "capsule",
+        "carpet",
+        "grid",
+        "hazelnut",
+        "leather",
+        "metal_nut",
+        "pill",
+        "screw",
+        "tile",
+        "toothbrush",
+        "transistor",
+        "wood",
+        "zipper",
     ),
     "mpdd": ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
     "visa": (
-        "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
-        "pcb3", "pcb4", "pipe_fryum",
+        "candle",
+        "capsules",
+        "cashew",
+        "chewinggum",
+        "fryum",
+        "macaroni1",
+        "macaroni2",
+        "pcb1",
+        "pcb2",
+        "pcb3",
+        "pcb4",
+        "pipe_fryum",
     ),
     "synthetic": ("screw_bag", "fastener_kit"),
     "folder": (),
     "mvtec_ad2": ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"),
     "real_iad": (
-        "audiojack", "bottle_cap", "button_battery", "end_cap", "eraser", "fire_hood", "mint", "mounts", "pcb",
-        "phone_battery", "plastic_nut", "plastic_plug", "porcelain_doll", "regulator", "rolled_strip_base",
-        "sim_card_set", "switch", "tape", "terminalblock", "toothbrush", "toy", "toy_brick", "transistor1", "u_block",
-        "usb", "usb_adaptor", "vcpill", "wooden_beads", "woodstick", "zipper",
+        "audiojack",
+        "bottle_cap",
+        "button_battery",
+        "end_cap",
+        "eraser",
+        "fire_hood",
+        "mint",
+        "mounts",
+        "pcb",
+        "phone_battery",
+        "plastic_nut",
+        "plastic_plug",
+        "porcelain_doll",
+        "regulator",
+        "rolled_strip_base",
+        "sim_card_set",
+        "switch",
+        "tape",
+        "terminalblock",
+        "toothbrush",
+        "toy",
+        "toy_brick",
+        "transistor1",
+        "u_block",
+        "usb",
+        "usb_adaptor",
+        "vcpill",
+        "wooden_beads",
+        "woodstick",
+        "zipper",
     ),
 }
 
@@ -83,6 +140,7 @@ LAYOUTS: dict[str, str] = {
 # ---------------------------------------------------------------------------------------------
 # root / category resolution with helpful errors
 # ---------------------------------------------------------------------------------------------
+
 
 def resolve_root(root: str | Path | None, kind: str) -> Path:
     """``root`` as an absolute Path (relative: against the current folder; ``None`` or "": ``$PRADOT_DATA_ROOT``);
@@ -143,8 +201,10 @@ class CategoryFolderDataset(AnomalyDataset):
         """``<category>/test``, or a DatasetError that shows the expected layout."""
         test_dir = self.category_dir / "test"
         if not test_dir.is_dir():
-            raise DatasetError(f"{self.kind} category {self.category_dir} has no test folder {test_dir}.\n"
-                               f"Expected layout:\n{self.layout}")
+            raise DatasetError(
+                f"{self.kind} category {self.category_dir} has no test folder {test_dir}.\n"
+                f"Expected layout:\n{self.layout}"
+            )
         return test_dir
 
 

@@ -37,12 +37,21 @@ from .mvtec_ad2 import MVTecAD2Dataset
 from .real_iad import RealIADDataset
 from .text import TextFileError, read_csv_rows, read_json
 
-DATASET_KINDS: tuple[str, ...] = ("mvtec_loco", "mvtec_ad", "visa", "mpdd", "folder", "synthetic", "mvtec_ad2",
-                                  "real_iad")
+DATASET_KINDS: tuple[str, ...] = (
+    "mvtec_loco",
+    "mvtec_ad",
+    "visa",
+    "mpdd",
+    "folder",
+    "synthetic",
+    "mvtec_ad2",
+    "real_iad",
+)
 
 # ---------------------------------------------------------------------------------------------
 # MVTec LOCO AD
 # ---------------------------------------------------------------------------------------------
+
 
 def read_defects_config(path: Path) -> dict[int, dict[str, Any]]:
     """``defects_config.json`` as {pixel_value: entry}; DatasetError naming the file when malformed."""
@@ -156,6 +165,7 @@ class MVTecLOCODataset(CategoryFolderDataset):
 # MVTec AD / MPDD
 # ---------------------------------------------------------------------------------------------
 
+
 def _find_mask(folder: Path, stem: str) -> list[Path]:
     """Masks for ``stem`` in ``folder``: ``<stem>.<ext>``, ``<stem>_mask.<ext>`` / ``<stem>_*``, or a ``<stem>/`` folder."""
     sub = folder / stem
@@ -209,6 +219,7 @@ class MPDDDataset(MVTecADDataset):
 # ---------------------------------------------------------------------------------------------
 # VisA (official split csv)
 # ---------------------------------------------------------------------------------------------
+
 
 class VisADataset(AnomalyDataset):
     """VisA with its official split csv (``split_csv/1cls.csv``: object,split,label,image,mask).
@@ -265,20 +276,27 @@ class VisADataset(AnomalyDataset):
                     )
                 mask = self.root / row["mask"]
                 if not mask.is_file():
-                    raise DatasetError(f"anomalous image {image} has no ground-truth mask: expected {mask} (from {self.csv_path})")
+                    raise DatasetError(
+                        f"anomalous image {image} has no ground-truth mask: expected {mask} (from {self.csv_path})"
+                    )
                 self._splits[split].append(
                     Sample(image, split, self.ANOMALY_TYPE, 1, (ad_channel(mask, self.ANOMALY_TYPE),))
                 )
             else:
-                raise DatasetError(f"{self.csv_path}: unknown label {row['label']!r} for image {image}; expected normal/anomaly")
+                raise DatasetError(
+                    f"{self.csv_path}: unknown label {row['label']!r} for image {image}; expected normal/anomaly"
+                )
         anomalous_train = [s for s in self._splits["train"] if s.label == 1]
         if anomalous_train:
-            raise DatasetError(f"{self.csv_path}: the train split holds anomalous images, e.g. {anomalous_train[0].image_path}")
+            raise DatasetError(
+                f"{self.csv_path}: the train split holds anomalous images, e.g. {anomalous_train[0].image_path}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # generic folders
 # ---------------------------------------------------------------------------------------------
+
 
 class FolderDataset(CategoryFolderDataset):
     """Generic folder layout; test anomalies may lack masks (``has_masks`` then is False)."""
@@ -317,12 +335,15 @@ def _check_writable_root(root: Path) -> None:
     full = root.resolve()
     if full.exists() or full.parent.exists() or full.parent.parent.exists():
         return
-    raise DatasetError(f"the synthetic dataset is generated into its root folder, and neither {full} nor its parents "
-                       f"{full.parent} and {full.parent.parent} exist: a mistyped data_root? Create "
-                       f"{full.parent.parent} first if it is meant, or give an existing folder")
+    raise DatasetError(
+        f"the synthetic dataset is generated into its root folder, and neither {full} nor its parents "
+        f"{full.parent} and {full.parent.parent} exist: a mistyped data_root? Create "
+        f"{full.parent.parent} first if it is meant, or give an existing folder"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 class SyntheticDataset(MVTecLOCODataset):
     """The LOCO loader pointed at a generator output folder (``pradot.data.synthetic``).
@@ -334,7 +355,9 @@ class SyntheticDataset(MVTecLOCODataset):
     kind = "synthetic"
     layout = LAYOUTS["synthetic"]
 
-    def __init__(self, root: str | Path | None, category: str = "screw_bag", generate: bool = False, **generator_options: Any):
+    def __init__(
+        self, root: str | Path | None, category: str = "screw_bag", generate: bool = False, **generator_options: Any
+    ):
         if generate:
             from .synthetic import ensure_synthetic
 

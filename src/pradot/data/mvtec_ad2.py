@@ -53,9 +53,11 @@ class MVTecAD2Dataset(CategoryFolderDataset):
                 mask = public / GROUND_TRUTH / anomaly_type / f"{image.stem}_mask.png"
                 if not mask.is_file():
                     found = [p.name for p in list_files(mask.parent, MASK_EXTENSIONS)[:3]]
-                    raise DatasetError(f"anomalous test image {image} has no ground-truth mask: expected {mask} "
-                                       f"(masks found there: {', '.join(found) or 'none'}).\n"
-                                       f"Expected layout:\n{self.layout}")
+                    raise DatasetError(
+                        f"anomalous test image {image} has no ground-truth mask: expected {mask} "
+                        f"(masks found there: {', '.join(found) or 'none'}).\n"
+                        f"Expected layout:\n{self.layout}"
+                    )
                 test.append(Sample(image, "test", anomaly_type, 1, (ad_channel(mask, anomaly_type),)))
         self._splits["test"] = test
 

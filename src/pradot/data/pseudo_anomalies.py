@@ -35,18 +35,31 @@ features = extract_features(backbone, ArrayImageDataset(pa.images))
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["KINDS", "KIND_STYLE", "PSEUDO_VERSION", "PseudoAnomalies", "make_pseudo_anomalies", "assign_kinds",
-           "pseudo_identity", "ArrayImageDataset"]
+__all__ = [
+    "KINDS",
+    "KIND_STYLE",
+    "PSEUDO_VERSION",
+    "PseudoAnomalies",
+    "make_pseudo_anomalies",
+    "assign_kinds",
+    "pseudo_identity",
+    "ArrayImageDataset",
+]
 
 #: the kinds of synthetic anomalies, in their round-robin order
 KINDS: tuple[str, ...] = ("cutpaste", "noise", "blotch", "shuffle", "moved_patch")
-KIND_STYLE: dict[str, str] = {"cutpaste": "structural", "noise": "structural", "blotch": "structural",
-                              "shuffle": "logical", "moved_patch": "logical"}
+KIND_STYLE: dict[str, str] = {
+    "cutpaste": "structural",
+    "noise": "structural",
+    "blotch": "structural",
+    "shuffle": "logical",
+    "moved_patch": "logical",
+}
 #: bump when the generator changes, so cached features of old pseudo-anomalies are not reused
 PSEUDO_VERSION = 1
 
@@ -71,20 +84,33 @@ class PseudoAnomalies:
         return [KIND_STYLE[k] for k in self.kinds]
 
 
-def pseudo_identity(kinds: Sequence[str] = KINDS, per_image: int = 1, seed: int = 0,
-                    patch_fraction: tuple[float, float] = (0.15, 0.3), min_change: float = 0.06) -> dict:
+def pseudo_identity(
+    kinds: Sequence[str] = KINDS,
+    per_image: int = 1,
+    seed: int = 0,
+    patch_fraction: tuple[float, float] = (0.15, 0.3),
+    min_change: float = 0.06,
+) -> dict:
     """What the generated images depend on besides the normal images (for feature-cache keys)."""
-    return {"kinds": list(kinds), "per_image": int(per_image), "seed": int(seed),
-            "patch_fraction": [float(x) for x in patch_fraction], "min_change": float(min_change),
-            "version": PSEUDO_VERSION}
+    return {
+        "kinds": list(kinds),
+        "per_image": int(per_image),
+        "seed": int(seed),
+        "patch_fraction": [float(x) for x in patch_fraction],
+        "min_change": float(min_change),
+        "version": PSEUDO_VERSION,
+    }
 
 
 def assign_kinds(n_images: int, kinds: Sequence[str] = KINDS, per_image: int = 1) -> list[tuple[int, int, str]]:
     """(image index, anomaly index, kind) of every anomaly :func:`make_pseudo_anomalies` makes, in order
     (known without making them: labels and kinds of a cached evaluation set)."""
     kinds = list(kinds)
-    return [(i, j, kinds[(i * int(per_image) + j) % len(kinds)]) for i in range(int(n_images))
-            for j in range(int(per_image))]
+    return [
+        (i, j, kinds[(i * int(per_image) + j) % len(kinds)])
+        for i in range(int(n_images))
+        for j in range(int(per_image))
+    ]
 
 
 # ------------------------------------------------------------------------------------- regions
@@ -129,10 +155,16 @@ def _cutpaste(img, donor, rng, frac):
 
     H, W = img.shape[:2]
     y, x, h, w = _box(rng, H, W, frac, square=True)  # square: RandomRotate90 keeps the shape
-    patch = donor[y:y + h, x:x + w].copy()
-    aug = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0),
-                     A.ColorJitter(brightness=(0.7, 1.3), contrast=(0.7, 1.3), saturation=(0.6, 1.4),
-                                   hue=(-0.1, 0.1), p=1.0)], seed=_seed(rng))
+    patch = donor[y : y + h, x : x + w].copy()
+    aug = A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=1.0),
+            A.ColorJitter(brightness=(0.7, 1.3), contrast=(0.7, 1.3), saturation=(0.6, 1.4), hue=(-0.1, 0.1), p=1.0),
+        ],
+        seed=_seed(rng),
+    )
     patch = aug(image=patch)["image"]
     # paste somewhere else (away from where the patch was cut when possible)
     for _ in range(10):
@@ -140,9 +172,9 @@ def _cutpaste(img, donor, rng, frac):
         if not _boxes_overlap((ty, tx, h, w), (y, x, h, w)):
             break
     out = img.copy()
-    out[ty:ty + h, tx:tx + w] = patch
+    out[ty : ty + h, tx : tx + w] = patch
     mask = np.zeros((H, W), bool)
-    mask[ty:ty + h, tx:tx + w] = True
+    mask[ty : ty + h, tx : tx + w] = True
     return out, mask
 
 
@@ -151,8 +183,9 @@ def _noise(img, donor, rng, frac):
 
     H, W = img.shape[:2]
     mask = _ellipse(rng, H, W, frac)
-    aug = A.Compose([A.GaussNoise(std_range=(0.25, 0.5), mean_range=(0.0, 0.0), per_channel=True, p=1.0)],
-                    seed=_seed(rng))
+    aug = A.Compose(
+        [A.GaussNoise(std_range=(0.25, 0.5), mean_range=(0.0, 0.0), per_channel=True, p=1.0)], seed=_seed(rng)
+    )
     noisy = aug(image=img.copy())["image"]
     out = img.copy()
     out[mask] = noisy[mask]
@@ -177,7 +210,7 @@ def _shuffle(img, donor, rng, frac):
     t = max(2, h // g)
     h = w = t * g
     y, x = min(y, H - h), min(x, W - w)
-    tiles = [img[y + r * t:y + (r + 1) * t, x + c * t:x + (c + 1) * t].copy() for r in range(g) for c in range(g)]
+    tiles = [img[y + r * t : y + (r + 1) * t, x + c * t : x + (c + 1) * t].copy() for r in range(g) for c in range(g)]
     n = len(tiles)
     perm = rng.permutation(n)
     while np.any(perm == np.arange(n)):  # a derangement: every tile moves
@@ -185,9 +218,9 @@ def _shuffle(img, donor, rng, frac):
     out = img.copy()
     for k, src in enumerate(perm):
         r, c = divmod(k, g)
-        out[y + r * t:y + (r + 1) * t, x + c * t:x + (c + 1) * t] = tiles[src]
+        out[y + r * t : y + (r + 1) * t, x + c * t : x + (c + 1) * t] = tiles[src]
     mask = np.zeros((H, W), bool)
-    mask[y:y + h, x:x + w] = True
+    mask[y : y + h, x : x + w] = True
     return out, mask
 
 
@@ -202,23 +235,35 @@ def _moved_patch(img, donor, rng, frac):
             break
     out = img.copy()
     (ya, xa, _, _), (yb, xb, _, _) = a, b
-    pa, pb = img[ya:ya + h, xa:xa + w].copy(), img[yb:yb + h, xb:xb + w].copy()
-    out[yb:yb + h, xb:xb + w] = pa
-    out[ya:ya + h, xa:xa + w] = pb  # when the boxes overlap, the second write wins inside the union
+    pa, pb = img[ya : ya + h, xa : xa + w].copy(), img[yb : yb + h, xb : xb + w].copy()
+    out[yb : yb + h, xb : xb + w] = pa
+    out[ya : ya + h, xa : xa + w] = pb  # when the boxes overlap, the second write wins inside the union
     mask = np.zeros((H, W), bool)
-    mask[ya:ya + h, xa:xa + w] = True
-    mask[yb:yb + h, xb:xb + w] = True
+    mask[ya : ya + h, xa : xa + w] = True
+    mask[yb : yb + h, xb : xb + w] = True
     return out, mask
 
 
-_MAKERS: dict[str, Callable] = {"cutpaste": _cutpaste, "noise": _noise, "blotch": _blotch, "shuffle": _shuffle,
-                                "moved_patch": _moved_patch}
+_MAKERS: dict[str, Callable] = {
+    "cutpaste": _cutpaste,
+    "noise": _noise,
+    "blotch": _blotch,
+    "shuffle": _shuffle,
+    "moved_patch": _moved_patch,
+}
 
 
 # --------------------------------------------------------------------------------------- public
-def make_pseudo_anomalies(images: Sequence[np.ndarray] | np.ndarray, *, kinds: Sequence[str] = KINDS,
-                          per_image: int = 1, seed: int = 0, patch_fraction: tuple[float, float] = (0.15, 0.3),
-                          min_change: float = 0.06, attempts: int = 8) -> PseudoAnomalies:
+def make_pseudo_anomalies(
+    images: Sequence[np.ndarray] | np.ndarray,
+    *,
+    kinds: Sequence[str] = KINDS,
+    per_image: int = 1,
+    seed: int = 0,
+    patch_fraction: tuple[float, float] = (0.15, 0.3),
+    min_change: float = 0.06,
+    attempts: int = 8,
+) -> PseudoAnomalies:
     """Synthetic anomalies from normal images.
 
     Args:
@@ -277,8 +322,9 @@ def make_pseudo_anomalies(images: Sequence[np.ndarray] | np.ndarray, *, kinds: S
         out_kinds.append(kind)
         sources.append(i)
         donors.append(donor_idx)
-    return PseudoAnomalies(np.stack(out_images), np.stack(out_masks), out_kinds, np.asarray(sources),
-                           np.asarray(donors), int(seed))
+    return PseudoAnomalies(
+        np.stack(out_images), np.stack(out_masks), out_kinds, np.asarray(sources), np.asarray(donors), int(seed)
+    )
 
 
 class ArrayImageDataset:
@@ -297,5 +343,8 @@ class ArrayImageDataset:
     def __getitem__(self, index: int) -> dict:
         from .images import to_tensor
 
-        return {"image": to_tensor(np.asarray(self.images[index])), "label": int(self.labels[index]),
-                "index": int(index)}
+        return {
+            "image": to_tensor(np.asarray(self.images[index])),
+            "label": int(self.labels[index]),
+            "index": int(index),
+        }

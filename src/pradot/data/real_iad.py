@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .base import GOOD, AnomalyDataset, DatasetError, Sample, list_subdirs
 from .layout import LAYOUTS, ad_channel, category_error, resolve_root
@@ -71,8 +72,15 @@ class RealIADDataset(AnomalyDataset):
     has_saturation = False
     layout = LAYOUTS["real_iad"]
 
-    def __init__(self, root: str | Path | None, category: str, variant: str = "realiad_jsons",
-                 resolution: str | int = "1024", views: Any = None, json_dir: str | Path | None = None):
+    def __init__(
+        self,
+        root: str | Path | None,
+        category: str,
+        variant: str = "realiad_jsons",
+        resolution: str | int = "1024",
+        views: Any = None,
+        json_dir: str | Path | None = None,
+    ):
         root_path = resolve_root(root, self.kind)
         self.variant = str(variant)
         self.resolution = str(resolution)
@@ -92,7 +100,8 @@ class RealIADDataset(AnomalyDataset):
             raise DatasetError(
                 f"Real-IAD split folder for variant {self.variant!r} not found: looked in "
                 f"{' and '.join(str(f) for f in folders)}. Variants found under {root / JSON_FOLDER}: "
-                f"{', '.join(variants) or '(none)'}.\nExpected layout:\n{self.layout}")
+                f"{', '.join(variants) or '(none)'}.\nExpected layout:\n{self.layout}"
+            )
         found = sorted(p.stem for p in folder.glob("*.json"))
         raise category_error(self.kind, root, category, found, what=f"split files in {folder}")
 
@@ -109,7 +118,8 @@ class RealIADDataset(AnomalyDataset):
             f"Real-IAD images of {self.json_path.name} (prefix {prefix!r}) not found: looked for "
             f"{candidates[0] / prefix}. Image folders found under {self.root}: {', '.join(found) or '(none)'} "
             f"(choose one with the resolution option, e.g. resolution=512 for realiad_512).\n"
-            f"Expected layout:\n{self.layout}")
+            f"Expected layout:\n{self.layout}"
+        )
 
     # -- the index -------------------------------------------------------------------------
     def _index(self) -> None:
@@ -118,8 +128,10 @@ class RealIADDataset(AnomalyDataset):
         except TextFileError as exc:
             raise DatasetError(f"Real-IAD split file {exc}") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or "train" not in doc:
-            raise DatasetError(f"Real-IAD split file {self.json_path} must be an object with 'meta' and 'train' "
-                               f"(and 'test') lists; got keys {sorted(doc) if isinstance(doc, dict) else type(doc)}")
+            raise DatasetError(
+                f"Real-IAD split file {self.json_path} must be an object with 'meta' and 'train' "
+                f"(and 'test') lists; got keys {sorted(doc) if isinstance(doc, dict) else type(doc)}"
+            )
         meta = doc["meta"]
         normal = str(meta.get("normal_class", "OK"))
         folder = self._image_root(str(meta.get("prefix") or self.category))
@@ -131,13 +143,18 @@ class RealIADDataset(AnomalyDataset):
             self._splits[split] = [s for s in samples if self.views is None or view_of(s.image_path) in self.views]
         n_bad = sum(s.label for s in self._splits["train"])
         if n_bad:
-            log.info("%s: %d anomalous training images kept (the %s protocol trains on them)", self.json_path,
-                     n_bad, self.variant)
+            log.info(
+                "%s: %d anomalous training images kept (the %s protocol trains on them)",
+                self.json_path,
+                n_bad,
+                self.variant,
+            )
 
     def _sample(self, entry: Any, i: int, split: str, normal: str, folder: Path) -> Sample:
         if not isinstance(entry, dict) or not entry.get("image_path") or "anomaly_class" not in entry:
-            raise DatasetError(f"{self.json_path}: entry {i} of '{split}' needs 'image_path' and 'anomaly_class', "
-                               f"got {entry!r}")
+            raise DatasetError(
+                f"{self.json_path}: entry {i} of '{split}' needs 'image_path' and 'anomaly_class', got {entry!r}"
+            )
         image = folder / str(entry["image_path"]).replace("\\", "/")
         if not image.is_file():
             raise DatasetError(f"{self.json_path}: image {image} (entry {i} of '{split}') does not exist")
@@ -149,11 +166,11 @@ class RealIADDataset(AnomalyDataset):
             return Sample(image, split, anomaly_class, 1, ())
         mask = folder / str(mask_rel).replace("\\", "/")
         if not mask.is_file():
-            raise DatasetError(f"anomalous image {image} has no ground-truth mask: expected {mask} "
-                               f"(from {self.json_path})")
+            raise DatasetError(
+                f"anomalous image {image} has no ground-truth mask: expected {mask} (from {self.json_path})"
+            )
         return Sample(image, split, anomaly_class, 1, (ad_channel(mask, anomaly_class),))
 
     def sample_group(self, sample: Sample) -> str:
         """The physical sample an image shows: its ``S<id>`` folder (the five views of one part share it)."""
         return str(sample.image_path.parent)
-

@@ -44,22 +44,23 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from . import synthetic_parts as _parts
 from .synthetic_parts import (  # the parts and their damages, shared with the fastener kit scene
-    Canvas,
     LIGHT,
     NUT_R,
-    Part,
     SCREW_LENGTH,
     SHADOW_SHIFT,
     WASHER_R,
+    Canvas,
+    Part,
     _coverage,
     _damage_mask,
     _footprint,
@@ -126,6 +127,7 @@ TRAY_RGB = np.array([0.80, 0.79, 0.74])
 
 log = logging.getLogger(__name__)
 
+
 def _compartment_center(comp: int) -> tuple[float, float]:
     row, col = divmod(comp, 3)
     return (COL_EDGES[col] + COL_EDGES[col + 1]) / 2, (ROW_EDGES[row] + ROW_EDGES[row + 1]) / 2
@@ -155,7 +157,6 @@ def _jittered(ptype: str, comp: int, rng: np.random.Generator) -> Part:
     else:
         angle = rng.uniform(0.0, 360.0)
     return Part(ptype, cx, cy, angle, comp)
-
 
 
 @dataclass
@@ -220,10 +221,16 @@ def _draw(scene: Scene, canvas: Canvas) -> np.ndarray:
 # scenes and anomalies
 # ---------------------------------------------------------------------------------------------
 
+
 def _bag(rng: np.random.Generator, size: int) -> dict[str, Any]:
     n_streaks = int(rng.integers(0, 3))
     streaks = [
-        (float(rng.uniform(0, math.pi)), float(rng.uniform(-45, 45)), float(rng.uniform(0.02, 0.05)), float(rng.uniform(2, 5)))
+        (
+            float(rng.uniform(0, math.pi)),
+            float(rng.uniform(-45, 45)),
+            float(rng.uniform(0.02, 0.05)),
+            float(rng.uniform(2, 5)),
+        )
         for _ in range(n_streaks)
     ]
     return {
@@ -262,7 +269,9 @@ def part_areas(image_size: int) -> dict[str, int]:
     return areas
 
 
-def _logical(kind: str, rng: np.random.Generator, canvas: Canvas) -> tuple[list[Part], list[tuple[str, np.ndarray]], dict]:
+def _logical(
+    kind: str, rng: np.random.Generator, canvas: Canvas
+) -> tuple[list[Part], list[tuple[str, np.ndarray]], dict]:
     parts = _normal_parts(rng)
     if kind == "missing":
         comp = int(rng.integers(0, 6))
@@ -303,8 +312,9 @@ def _logical(kind: str, rng: np.random.Generator, canvas: Canvas) -> tuple[list[
     raise ValueError(f"unknown logical anomaly {kind!r}")
 
 
-
-def _structural(kind: str, rng: np.random.Generator, canvas: Canvas) -> tuple[list[Part], list[tuple[str, np.ndarray]], dict]:
+def _structural(
+    kind: str, rng: np.random.Generator, canvas: Canvas
+) -> tuple[list[Part], list[tuple[str, np.ndarray]], dict]:
     parts = _normal_parts(rng)
     min_area = max(6, int(round(8 * canvas.k**2)))
     for _ in range(50):
@@ -324,6 +334,7 @@ def _structural(kind: str, rng: np.random.Generator, canvas: Canvas) -> tuple[li
 # writing
 # ---------------------------------------------------------------------------------------------
 
+
 def defects_config(image_size: int, category: str = "screw_bag") -> list[dict[str, Any]]:
     """The ``defects_config.json`` entries of a scene for ``image_size``."""
     scene = _scene(category)
@@ -333,9 +344,14 @@ def defects_config(image_size: int, category: str = "screw_bag") -> list[dict[st
     entries = []
     for name, (value, relative, threshold) in DEFECTS.items():
         if threshold is None:
-            threshold = float(areas[name[len("missing_"):]])
+            threshold = float(areas[name[len("missing_") :]])
         entries.append(
-            {"defect_name": name, "pixel_value": value, "saturation_threshold": threshold, "relative_saturation": relative}
+            {
+                "defect_name": name,
+                "pixel_value": value,
+                "saturation_threshold": threshold,
+                "relative_saturation": relative,
+            }
         )
     return entries
 
@@ -346,14 +362,33 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def _params(category: str, seed: int, image_size: int, counts: dict[str, int]) -> dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "category": category, "seed": int(seed), "image_size": int(image_size), **counts}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "category": category,
+        "seed": int(seed),
+        "image_size": int(image_size),
+        **counts,
+    }
 
 
-def _checked_counts(category: str, seed: int, image_size: int, n_train: int, n_validation: int, n_test_good: int,
-                    n_test_logical: int, n_test_structural: int) -> dict[str, int]:
+def _checked_counts(
+    category: str,
+    seed: int,
+    image_size: int,
+    n_train: int,
+    n_validation: int,
+    n_test_good: int,
+    n_test_logical: int,
+    n_test_structural: int,
+) -> dict[str, int]:
     """The split sizes as a dict, after checking every argument."""
-    counts = {"n_train": int(n_train), "n_validation": int(n_validation), "n_test_good": int(n_test_good),
-              "n_test_logical": int(n_test_logical), "n_test_structural": int(n_test_structural)}
+    counts = {
+        "n_train": int(n_train),
+        "n_validation": int(n_validation),
+        "n_test_good": int(n_test_good),
+        "n_test_logical": int(n_test_logical),
+        "n_test_structural": int(n_test_structural),
+    }
     _check_args(category, seed, image_size, counts)
     return counts
 
@@ -388,8 +423,9 @@ def _render(kind: str, rng: np.random.Generator, canvas: Canvas):
     return _to_uint8(_draw(scene, canvas)), channels, info
 
 
-def _write_all(out: Path, seed: int, image_size: int, counts: dict[str, int], progress: bool,
-               category: str = "screw_bag") -> dict[str, Any]:
+def _write_all(
+    out: Path, seed: int, image_size: int, counts: dict[str, int], progress: bool, category: str = "screw_bag"
+) -> dict[str, Any]:
     canvas = Canvas(image_size)
     scene = _scene(category)
     logical, structural = (scene.LOGICAL_KINDS, scene.STRUCTURAL_KINDS) if scene else (LOGICAL_KINDS, STRUCTURAL_KINDS)
@@ -446,8 +482,9 @@ def generate(
     a reader never sees half a dataset. An existing ``<root>/<category>`` made by this generator is
     replaced; any other non-empty folder there is left alone (ValueError).
     """
-    counts = _checked_counts(category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical,
-                             n_test_structural)
+    counts = _checked_counts(
+        category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical, n_test_structural
+    )
     root = Path(root).expanduser()
     target = root / category
     if target.exists() and any(target.iterdir()) and not (target / STAMP_NAME).is_file():
@@ -462,8 +499,9 @@ def generate(
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
         scene = _scene(category)
         (tmp / "README.txt").write_text(
-            scene.describe(seed, image_size) if scene else
-            "Synthetic MVTec LOCO-style screw_bag scene generated by pradot.data.synthetic "
+            scene.describe(seed, image_size)
+            if scene
+            else "Synthetic MVTec LOCO-style screw_bag scene generated by pradot.data.synthetic "
             f"(seed={seed}, image_size={image_size}).\n"
         )
         params = _params(category, int(seed), int(image_size), counts)
@@ -509,16 +547,20 @@ def ensure_synthetic(
     progress: bool = False,
 ) -> Path:
     """``<root>/<category>``, generated only when it is missing or its stamp has other parameters."""
-    counts = _checked_counts(category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical,
-                             n_test_structural)
+    counts = _checked_counts(
+        category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical, n_test_structural
+    )
     target = Path(root).expanduser() / category
     wanted, found = _params(category, int(seed), int(image_size), counts), _read_stamp(target)
     if found == wanted:
         return target
     if found is not None:  # another recipe's copy: say so, it is replaced (same parameters make it again)
         changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
-        log.warning("regenerating %s: it was generated with other parameters (%s); give data.root another folder "
-                    "to keep both", target, ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+        log.warning(
+            "regenerating %s: it was generated with other parameters (%s); give data.root another folder to keep both",
+            target,
+            ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()),
+        )
     return generate(root, category, int(seed), int(image_size), progress=progress, **counts)
 
 
@@ -526,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pradot-synthetic",
         description="Generate a synthetic MVTec LOCO-style dataset (logical + structural anomalies): the screw_bag "
-                    "scene or the fastener_kit scene.",
+        "scene or the fastener_kit scene.",
     )
     parser.add_argument("--root", required=True, help="folder that will hold <category>/")
     parser.add_argument("--category", default="screw_bag", choices=SCENES)

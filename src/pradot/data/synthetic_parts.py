@@ -294,7 +294,12 @@ def _structural_damage(kind: str, part: Part, canvas: Canvas, rng: np.random.Gen
         common = {"zig": rng.uniform(0.8, 1.5), "zig_period": rng.uniform(1.5, 2.5), "zig_phase": rng.uniform(0, 1)}
         if part.is_screw:
             return {"kind": "broken_part", "cut": rng.uniform(0.45, 0.65), **common}
-        return {"kind": "broken_part", "phi": rng.uniform(-math.pi, math.pi), "half_width": math.radians(rng.uniform(35, 50)), **common}
+        return {
+            "kind": "broken_part",
+            "phi": rng.uniform(-math.pi, math.pi),
+            "half_width": math.radians(rng.uniform(35, 50)),
+            **common,
+        }
     if kind == "dent":
         r = rng.uniform(3.2, 4.2)
         c = _interior_point(part, canvas, rng, depth=0.8 * k)
@@ -332,8 +337,9 @@ def _damage_mask(part: Part, canvas: Canvas) -> np.ndarray:
     return out
 
 
-def scene_parts(kind: str, rng: np.random.Generator, canvas: Canvas, normal, logical, structural,
-                logical_kinds) -> tuple[list, list[tuple[str, np.ndarray]], dict[str, Any]]:
+def scene_parts(
+    kind: str, rng: np.random.Generator, canvas: Canvas, normal, logical, structural, logical_kinds
+) -> tuple[list, list[tuple[str, np.ndarray]], dict[str, Any]]:
     """A scene's parts with their ground truth: ``kind`` "" (``normal(rng)``, no channel), a logical kind
     (``logical(kind, rng, canvas)``) or a structural one (``structural(...)``) -> (parts, channels, info)."""
     if not kind:

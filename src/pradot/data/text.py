@@ -27,8 +27,9 @@ import codecs
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["TextFileError", "decode_text", "read_text", "read_json", "read_csv_rows"]
 
@@ -46,7 +47,7 @@ _LATIN1_FALLBACK = "pradot-latin1"
 
 def _latin1(error: UnicodeDecodeError) -> tuple[str, int]:
     """Error handler: the bytes cp1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) read as Latin-1."""
-    return error.object[error.start:error.end].decode("latin-1"), error.end
+    return error.object[error.start : error.end].decode("latin-1"), error.end
 
 
 codecs.register_error(_LATIN1_FALLBACK, _latin1)
@@ -76,7 +77,7 @@ def decode_text(data: bytes) -> tuple[str, str]:
     for bom, name in _BOMS:
         if data.startswith(bom):
             encoding = name
-            text = data[len(bom):].decode(name, errors="strict")
+            text = data[len(bom) :].decode(name, errors="strict")
             break
     if text is None and (guess := _utf16_without_bom(data)):
         try:

@@ -78,8 +78,9 @@ def ct_cost(cost: torch.Tensor, d: torch.Tensor, rho: float = 0.5) -> torch.Tens
     if cost.shape != d.shape or cost.ndim != 2:
         raise ValueError(f"cost and d must be the same (m, n) matrix, got {tuple(cost.shape)} and {tuple(d.shape)}")
     if not 0.0 <= float(rho) <= 1.0:
-        raise ValueError(f"rho (the CT trade-off between forward and backward navigators) must lie in [0, 1], "
-                         f"got {rho!r}")
+        raise ValueError(
+            f"rho (the CT trade-off between forward and backward navigators) must lie in [0, 1], got {rho!r}"
+        )
     m, n = cost.shape
     forward = (forward_transport(d) * cost).sum() / m
     backward = (backward_transport(d) * cost.t()).sum() / n

@@ -62,7 +62,7 @@ class NavigatorDistance(nn.Module):
             g = torch.Generator().manual_seed(int(seed))
             self.fc1 = nn.Linear(self.dim, self.hidden)
             self.fc2 = nn.Linear(self.hidden, self.dim)
-            bound = 1.0 / self.dim ** 0.5  # nn.Linear's default range, drawn from a seeded generator
+            bound = 1.0 / self.dim**0.5  # nn.Linear's default range, drawn from a seeded generator
             with torch.no_grad():
                 self.fc1.weight.uniform_(-bound, bound, generator=g)
                 self.fc1.bias.uniform_(-bound, bound, generator=g)
@@ -88,8 +88,15 @@ class NavigatorDistance(nn.Module):
         return (sq.clamp_min(0.0) + 1e-6).sqrt()
 
 
-def fit_distance(base: NavigatorDistance, memory: torch.Tensor, queries: torch.Tensor, cost: torch.Tensor,
-                 steps: int = 100, lr: float = 1e-4, rho: float = 0.5) -> NavigatorDistance:
+def fit_distance(
+    base: NavigatorDistance,
+    memory: torch.Tensor,
+    queries: torch.Tensor,
+    cost: torch.Tensor,
+    steps: int = 100,
+    lr: float = 1e-4,
+    rho: float = 0.5,
+) -> NavigatorDistance:
     """phi* for one query: a copy of ``base`` optimised with Adam to minimise the CT distance (FOCT Eq. 4)
     between ``memory`` (n, C) and ``queries`` (m, C) (``cost``: their (m, n) Euclidean costs). ``base`` is
     not changed, so every query starts from the same phi. A linear distance (or ``steps=0``) is returned

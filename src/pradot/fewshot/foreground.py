@@ -28,8 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FOREGROUNDS", "ForegroundError", "MaskSource", "AllForeground", "BorderContrast", "SamForeground",
-           "mask_source", "otsu_threshold"]
+__all__ = [
+    "FOREGROUNDS",
+    "ForegroundError",
+    "MaskSource",
+    "AllForeground",
+    "BorderContrast",
+    "SamForeground",
+    "mask_source",
+    "otsu_threshold",
+]
 
 FOREGROUNDS = ("border", "none", "sam")
 
@@ -130,22 +138,29 @@ class SamForeground:
 
     def __init__(self, checkpoint: str | Path | None, model_type: str = "vit_b", device: str | torch.device = "cpu"):
         if not checkpoint:
-            raise ForegroundError("foreground=sam needs SAM weights on disk: set foct.sam_checkpoint=/path/to/"
-                                  "sam_vit_b_01ec64.pth (they are never downloaded), or use foreground=border "
-                                  "(no weights) or foreground=none")
+            raise ForegroundError(
+                "foreground=sam needs SAM weights on disk: set foct.sam_checkpoint=/path/to/"
+                "sam_vit_b_01ec64.pth (they are never downloaded), or use foreground=border "
+                "(no weights) or foreground=none"
+            )
         path = Path(checkpoint).expanduser()
         if not path.is_file():
-            raise ForegroundError(f"SAM weights not found at {path}; give the path of a downloaded checkpoint "
-                                  f"(e.g. sam_vit_b_01ec64.pth) in foct.sam_checkpoint, or use "
-                                  f"foreground=border (no weights)")
+            raise ForegroundError(
+                f"SAM weights not found at {path}; give the path of a downloaded checkpoint "
+                f"(e.g. sam_vit_b_01ec64.pth) in foct.sam_checkpoint, or use "
+                f"foreground=border (no weights)"
+            )
         if model_type not in self.MODEL_TYPES:
-            raise ForegroundError(f"sam_model_type must be one of {list(self.MODEL_TYPES)} (matching the "
-                                  f"checkpoint), got {model_type!r}")
+            raise ForegroundError(
+                f"sam_model_type must be one of {list(self.MODEL_TYPES)} (matching the checkpoint), got {model_type!r}"
+            )
         try:
             self._sam_module = importlib.import_module("segment_anything")
         except ImportError:
-            raise ForegroundError("foreground=sam needs the segment-anything package: pip install "
-                                  "segment-anything (or use foreground=border, which needs nothing)") from None
+            raise ForegroundError(
+                "foreground=sam needs the segment-anything package: pip install "
+                "segment-anything (or use foreground=border, which needs nothing)"
+            ) from None
         self.checkpoint, self.model_type, self.device = str(path), model_type, torch.device(device)
         self._predictor = None
 
@@ -160,8 +175,9 @@ class SamForeground:
         predictor = self._predictor_()
         predictor.set_image(image, image_format="RGB")
         h, w = image.shape[:2]
-        masks, quality, _ = predictor.predict(box=np.array([0, 0, w - 1, h - 1], dtype=np.float32),
-                                              multimask_output=True)
+        masks, quality, _ = predictor.predict(
+            box=np.array([0, 0, w - 1, h - 1], dtype=np.float32), multimask_output=True
+        )
         return np.asarray(masks[int(np.argmax(quality))], dtype=bool)
 
     def masks(self, features: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,8 +195,9 @@ class SamForeground:
         return {"name": self.name, "checkpoint": self.checkpoint, "model_type": self.model_type}
 
 
-def mask_source(name: str, *, sam_checkpoint: str | None = None,
-                sam_model_type: str = "vit_b", device: str | torch.device = "cpu") -> MaskSource:
+def mask_source(
+    name: str, *, sam_checkpoint: str | None = None, sam_model_type: str = "vit_b", device: str | torch.device = "cpu"
+) -> MaskSource:
     """The mask source called ``name`` (one of :data:`FOREGROUNDS`).
 
     Raises:

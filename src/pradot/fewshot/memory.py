@@ -20,8 +20,15 @@ import torch
 
 from ..coreset import greedy_coreset
 
-__all__ = ["SemanticMemory", "split_foreground", "subsample", "semantic_memory", "topk_augmentation",
-           "compress", "EpisodicMemory"]
+__all__ = [
+    "SemanticMemory",
+    "split_foreground",
+    "subsample",
+    "semantic_memory",
+    "topk_augmentation",
+    "compress",
+    "EpisodicMemory",
+]
 
 
 def split_foreground(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +77,14 @@ class SemanticMemory:
         return int(self.features.shape[0])
 
 
-def semantic_memory(features: torch.Tensor, masks: torch.Tensor, foreground_ratio: float = 0.10,
-                    background_ratio: float = 0.075, projection_dim: int | None = 128,
-                    seed: int = 0) -> SemanticMemory:
+def semantic_memory(
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    foreground_ratio: float = 0.10,
+    background_ratio: float = 0.075,
+    projection_dim: int | None = 128,
+    seed: int = 0,
+) -> SemanticMemory:
     """The foreground-aware semantic memory (FOCT section 4.1): Eq. 3, then the foreground features
     subsampled at ``foreground_ratio`` (alpha, paper 10 %) and the background at ``background_ratio``
     (beta, paper 7.5 %), concatenated. With all-foreground masks this is plain coreset subsampling at alpha
@@ -90,8 +102,9 @@ def semantic_memory(features: torch.Tensor, masks: torch.Tensor, foreground_rati
     return SemanticMemory(torch.cat([fore, back]).float().contiguous(), flags)
 
 
-def topk_augmentation(pi_n: torch.Tensor, foreground: torch.Tensor, k_foreground: int = 10,
-                      k_background: int = 40) -> torch.Tensor:
+def topk_augmentation(
+    pi_n: torch.Tensor, foreground: torch.Tensor, k_foreground: int = 10, k_background: int = 40
+) -> torch.Tensor:
     """Indices of the query features that augment the episodic memory (FOCT Eq. 6):
     ``idx = TopK(max_i pi_n(M_i | f_j))``, the query features with the largest transport probability to
     one memory item (those most relevant to the normal features), ``k_foreground`` from the query's
@@ -145,8 +158,9 @@ class EpisodicMemory:
         ValueError: capacity < 1 or compression outside (0, 1).
     """
 
-    def __init__(self, dim: int, capacity: int = 100, compression: float = 0.25, projection_dim: int | None = 128,
-                 seed: int = 0):
+    def __init__(
+        self, dim: int, capacity: int = 100, compression: float = 0.25, projection_dim: int | None = 128, seed: int = 0
+    ):
         if int(capacity) < 1:
             raise ValueError(f"the episodic memory's capacity L must be >= 1, got {capacity!r}")
         if not 0.0 < float(compression) < 1.0:
@@ -167,8 +181,9 @@ class EpisodicMemory:
         """M^e_t = [M^e_{t-1}, delta] (Eq. 6's Delta M^e_t, (K, C)); compressed when it reaches capacity."""
         self.features = torch.cat([self.features, delta.detach().to(self.features)])
         if len(self) >= self.capacity:
-            self.features = compress(self.features, self.compressed_size, self.projection_dim,
-                                     self.seed + self.compressions).contiguous()
+            self.features = compress(
+                self.features, self.compressed_size, self.projection_dim, self.seed + self.compressions
+            ).contiguous()
             self.compressions += 1
 
     def reset(self) -> None:

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -96,16 +96,24 @@ class FOCTConfig:
             (self.distance in DISTANCES, f"distance must be one of {list(DISTANCES)}, got {self.distance!r}"),
             (len(self.stages) > 0, "at least one backbone stage is needed (paper: 2 and 3)"),
             (int(self.image_size) >= 16, f"image_size must be >= 16, got {self.image_size}"),
-            (0 < float(self.foreground_ratio) <= 1 and 0 < float(self.background_ratio) <= 1,
-             f"foreground_ratio and background_ratio (alpha, beta) must lie in (0, 1], got "
-             f"{self.foreground_ratio}, {self.background_ratio}"),
+            (
+                0 < float(self.foreground_ratio) <= 1 and 0 < float(self.background_ratio) <= 1,
+                f"foreground_ratio and background_ratio (alpha, beta) must lie in (0, 1], got "
+                f"{self.foreground_ratio}, {self.background_ratio}",
+            ),
             (int(self.capacity) >= 1, f"capacity (L) must be >= 1, got {self.capacity}"),
             (0 < float(self.compression) < 1, f"compression (lambda) must lie in (0, 1), got {self.compression}"),
-            (int(self.top_foreground) >= 0 and int(self.top_background) >= 0
-             and int(self.top_foreground) + int(self.top_background) >= 1,
-             f"top_foreground + top_background (K) must be >= 1, got {self.top_foreground}, {self.top_background}"),
+            (
+                int(self.top_foreground) >= 0
+                and int(self.top_background) >= 0
+                and int(self.top_foreground) + int(self.top_background) >= 1,
+                f"top_foreground + top_background (K) must be >= 1, got {self.top_foreground}, {self.top_background}",
+            ),
             (0 <= float(self.rho) <= 1, f"rho must lie in [0, 1], got {self.rho}"),
-            (int(self.steps) >= 0 and float(self.lr) > 0, f"steps >= 0 and lr > 0 are required, got {self.steps}, {self.lr}"),
+            (
+                int(self.steps) >= 0 and float(self.lr) > 0,
+                f"steps >= 0 and lr > 0 are required, got {self.steps}, {self.lr}",
+            ),
             (int(self.hidden) >= 1 and int(self.patch_size) >= 1, "hidden and patch_size must be >= 1"),
             (float(self.temperature) > 0, f"temperature must be > 0, got {self.temperature}"),
         ]
@@ -148,14 +156,26 @@ class FOCT(nn.Module):
     #: the model has an online memory that ``score(update=True)`` calibrates (the served ``online_update``)
     online_memory = True
 
-    def __init__(self, config: FOCTConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu",
-                 masks: MaskSource | None = None):
+    def __init__(
+        self,
+        config: FOCTConfig,
+        backbone: Backbone | None = None,
+        device: str | torch.device = "cpu",
+        masks: MaskSource | None = None,
+    ):
         super().__init__()
         self.config = config
         self.device_ = torch.device(device)
-        self.mask_source = masks if masks is not None else mask_source(
-            config.foreground, sam_checkpoint=config.sam_checkpoint,
-            sam_model_type=config.sam_model_type, device=self.device_)
+        self.mask_source = (
+            masks
+            if masks is not None
+            else mask_source(
+                config.foreground,
+                sam_checkpoint=config.sam_checkpoint,
+                sam_model_type=config.sam_model_type,
+                device=self.device_,
+            )
+        )
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
         if tuple(self.backbone.stages) != tuple(config.stages):
             raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
@@ -174,8 +194,12 @@ class FOCT(nn.Module):
 
     def patches(self, features: Mapping[int, np.ndarray | torch.Tensor]) -> torch.Tensor:
         """Backbone features ``{stage: (B, D, H, W)}`` -> patch features (B, C, h, w) on the device."""
-        feats = {s: torch.as_tensor(np.asarray(features[s]) if not isinstance(features[s], torch.Tensor)
-                                    else features[s]).to(self.device_) for s in self.config.stages}
+        feats = {
+            s: torch.as_tensor(
+                np.asarray(features[s]) if not isinstance(features[s], torch.Tensor) else features[s]
+            ).to(self.device_)
+            for s in self.config.stages
+        }
         return patch_features(feats, self.config.stages, self.config.patch_size, self.config.feature_dim)
 
     def prepare(self, images) -> torch.Tensor:
@@ -192,19 +216,20 @@ class FOCT(nn.Module):
         """Backbone features of prepared images, ``batch_size`` at a time: ``{stage: (B, D, H, W)}``."""
         out: dict[int, list] = {s: [] for s in self.config.stages}
         for i in range(0, len(images), batch_size):
-            for s, f in self.backbone(images[i:i + batch_size].to(self.device_)).items():
+            for s, f in self.backbone(images[i : i + batch_size].to(self.device_)).items():
                 out[s].append(f)
         return {s: torch.cat(v) for s, v in out.items()}
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, support, batch_size: int = 16) -> "FOCT":
+    def fit(self, support, batch_size: int = 16) -> FOCT:
         """Build the semantic memory from k support images (k, 3, H, W) in [0, 1]; empty episodic memory."""
         images = self.prepare(support)
         return self.fit_features(self.features(images, batch_size), images)
 
     @torch.no_grad()
-    def fit_features(self, features: Mapping[int, np.ndarray | torch.Tensor],
-                     images: torch.Tensor | None = None) -> "FOCT":
+    def fit_features(
+        self, features: Mapping[int, np.ndarray | torch.Tensor], images: torch.Tensor | None = None
+    ) -> FOCT:
         """Like :meth:`fit` from the support's backbone features ``{stage: (k, D, H, W)}`` (e.g. cached);
         ``images`` (k, 3, S, S) are needed only by mask sources that read pixels (SAM).
 
@@ -216,16 +241,22 @@ class FOCT(nn.Module):
             raise ValueError("few-shot fitting needs at least one support image")
         cfg = self.config
         masks = self.mask_source.masks(x, images).to(x.device)
-        self.semantic = semantic_memory(x, masks, cfg.foreground_ratio, cfg.background_ratio, cfg.projection_dim,
-                                        cfg.seed)
+        self.semantic = semantic_memory(
+            x, masks, cfg.foreground_ratio, cfg.background_ratio, cfg.projection_dim, cfg.seed
+        )
         support = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
         scale = kernel_scale(self.semantic.features, support) * float(cfg.temperature)
         self.distance = NavigatorDistance(x.shape[1], cfg.hidden, cfg.distance, scale, cfg.seed).to(self.device_)
         self.episodic = EpisodicMemory(x.shape[1], cfg.capacity, cfg.compression, cfg.projection_dim, cfg.seed)
         self.episodic.features = self.episodic.features.to(self.device_)
         self.queries_seen = 0
-        log.info("FOCT semantic memory: %d features (%d foreground) from %d support images, kernel scale %.4g",
-                 len(self.semantic), int(self.semantic.foreground.sum()), len(x), scale)
+        log.info(
+            "FOCT semantic memory: %d features (%d foreground) from %d support images, kernel scale %.4g",
+            len(self.semantic),
+            int(self.semantic.foreground.sum()),
+            len(x),
+            scale,
+        )
         return self
 
     def reset_memory(self) -> None:
@@ -257,8 +288,13 @@ class FOCT(nn.Module):
             return anomaly_scores(cost, d), forward_transport(d[:, :n])
 
     @torch.no_grad()
-    def score_features(self, features: Mapping[int, np.ndarray | torch.Tensor], images: torch.Tensor | None = None,
-                       update: bool = False, update_below: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_features(
+        self,
+        features: Mapping[int, np.ndarray | torch.Tensor],
+        images: torch.Tensor | None = None,
+        update: bool = False,
+        update_below: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps (B, S, S) and image scores (B,) (CPU) from backbone features ``{stage: (B, D, H, W)}`` of B
         query images, scored one after the other in order; with ``update`` each query then calibrates the
         episodic memory (Eq. 6/7), unless its score exceeds ``update_below``."""
@@ -296,8 +332,9 @@ class FOCT(nn.Module):
         return torch.stack(patch), torch.stack(scores)
 
     @torch.no_grad()
-    def score(self, images, update: bool = False, update_below: float | None = None,
-              batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(
+        self, images, update: bool = False, update_below: float | None = None, batch_size: int = 16
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, S, S) at ``image_size`` and image scores (B,) (max patch score, Eq. 8).
 
         Args:
@@ -320,8 +357,12 @@ class FOCT(nn.Module):
             "config": asdict(self.config),
             "semantic": {"features": self.semantic.features.cpu(), "foreground": self.semantic.foreground.cpu()},
             "episodic": {"features": self.episodic.features.cpu(), "compressions": self.episodic.compressions},
-            "distance": {"kind": self.distance.kind, "dim": self.distance.dim, "hidden": self.distance.hidden,
-                         "state_dict": {k: v.cpu() for k, v in self.distance.state_dict().items()}},
+            "distance": {
+                "kind": self.distance.kind,
+                "dim": self.distance.dim,
+                "hidden": self.distance.hidden,
+                "state_dict": {k: v.cpu() for k, v in self.distance.state_dict().items()},
+            },
             "masks": self.mask_source.spec(),
             "queries_seen": int(self.queries_seen),
             "backbone": backbone_state(self.backbone, include_backbone),
@@ -331,7 +372,7 @@ class FOCT(nn.Module):
         return save_state(self.state(include_backbone), path)
 
     @classmethod
-    def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "FOCT":
+    def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> FOCT:
         """Inverse of :meth:`state`; ``backbone`` replaces the stored one."""
         cfg = dict(state["config"])
         cfg["stages"] = tuple(cfg["stages"])
@@ -339,20 +380,22 @@ class FOCT(nn.Module):
         backbone = restore_backbone(state["backbone"], backbone)
         model = cls(config, backbone=backbone, device=device)
         dev = model.device_
-        model.semantic = SemanticMemory(state["semantic"]["features"].float().to(dev),
-                                        state["semantic"]["foreground"].bool())
+        model.semantic = SemanticMemory(
+            state["semantic"]["features"].float().to(dev), state["semantic"]["foreground"].bool()
+        )
         dist = state["distance"]
         model.distance = NavigatorDistance(dist["dim"], dist["hidden"], dist["kind"], seed=config.seed)
         model.distance.load_state_dict(dist["state_dict"])
         model.distance.to(dev)
-        model.episodic = EpisodicMemory(dist["dim"], config.capacity, config.compression, config.projection_dim,
-                                        config.seed)
+        model.episodic = EpisodicMemory(
+            dist["dim"], config.capacity, config.compression, config.projection_dim, config.seed
+        )
         model.episodic.features = state["episodic"]["features"].float().to(dev)
         model.episodic.compressions = int(state["episodic"].get("compressions", 0))
         model.queries_seen = int(state.get("queries_seen", 0))
         return model
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "FOCT":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> FOCT:
         """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a FOCT model file)."""
         return cls.from_state(load_state(path, FOCT_FORMAT, what="FOCT model"), device=device, backbone=backbone)

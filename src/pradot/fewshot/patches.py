@@ -11,7 +11,7 @@ Maps: patch scores (h, w) -> bilinear upsampling to the input size -> Gaussian s
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,12 @@ from scipy import ndimage
 __all__ = ["patch_features", "upsample_scores", "gaussian_smooth", "score_maps"]
 
 
-def patch_features(features: Mapping[int, np.ndarray | torch.Tensor], stages: Sequence[int], patch_size: int = 3,
-                   feature_dim: int | None = None) -> torch.Tensor:
+def patch_features(
+    features: Mapping[int, np.ndarray | torch.Tensor],
+    stages: Sequence[int],
+    patch_size: int = 3,
+    feature_dim: int | None = None,
+) -> torch.Tensor:
     """Locally aggregated multi-stage patch features.
 
     Args:
@@ -40,8 +44,10 @@ def patch_features(features: Mapping[int, np.ndarray | torch.Tensor], stages: Se
         raise ValueError(f"features of stages {missing} are missing (have {sorted(features)})")
     if int(patch_size) < 1 or int(patch_size) % 2 == 0:
         raise ValueError(f"patch_size must be an odd number >= 1, got {patch_size!r}")
-    maps = [torch.as_tensor(np.asarray(features[s]) if not isinstance(features[s], torch.Tensor) else features[s])
-            .float() for s in stages]
+    maps = [
+        torch.as_tensor(np.asarray(features[s]) if not isinstance(features[s], torch.Tensor) else features[s]).float()
+        for s in stages
+    ]
     h, w = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
     out = []
     for m in maps:
@@ -62,8 +68,9 @@ def patch_features(features: Mapping[int, np.ndarray | torch.Tensor], stages: Se
 
 def upsample_scores(scores: torch.Tensor, size: int) -> torch.Tensor:
     """(B, h, w) patch scores -> (B, size, size), bilinear."""
-    return F.interpolate(scores[:, None].float(), size=(int(size), int(size)), mode="bilinear",
-                         align_corners=False)[:, 0]
+    return F.interpolate(scores[:, None].float(), size=(int(size), int(size)), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:

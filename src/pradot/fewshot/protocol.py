@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,14 +27,25 @@ from ..metrics.pro import Saturation
 from ..metrics.report import loco_metrics
 from .model import FOCT, FOCTConfig
 
-__all__ = ["Variant", "VARIANT_NAMES", "variant_name", "ablation_variants", "support_indices", "query_order",
-           "SplitResult", "run_split", "fewshot_metrics", "summarise", "SUMMARY_METRICS", "markdown_table"]
+__all__ = [
+    "Variant",
+    "VARIANT_NAMES",
+    "variant_name",
+    "ablation_variants",
+    "support_indices",
+    "query_order",
+    "SplitResult",
+    "run_split",
+    "fewshot_metrics",
+    "summarise",
+    "SUMMARY_METRICS",
+    "markdown_table",
+]
 
 #: the rows of the paper's Table 3, in its order
 VARIANT_NAMES = ("vanilla", "ct", "oct", "foct")
 #: metrics shown in the summary table (those present)
-SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "image_f1_max", "pixel_f1_max", "au_spro_0.05",
-                   "seconds_per_query")
+SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "image_f1_max", "pixel_f1_max", "au_spro_0.05", "seconds_per_query")
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,7 @@ class Variant:
 
 def variant_name(online: bool, foreground: str, distance: str) -> str:
     """Table 3's name of a switch combination (vanilla / ct / oct / foct), else ``distance-online-foreground``."""
-    names = {(False, "none", "linear"): "vanilla", (False, "none", "learned"): "ct",
-             (True, "none", "learned"): "oct"}
+    names = {(False, "none", "linear"): "vanilla", (False, "none", "learned"): "ct", (True, "none", "learned"): "oct"}
     if (online, foreground, distance) in names:
         return names[(online, foreground, distance)]
     if online and distance == "learned" and foreground != "none":
@@ -66,15 +76,26 @@ def ablation_variants(config: FOCTConfig, ablation: bool) -> list[Variant]:
     online memory, no foreground), CT (learned distance), OCT (+ online memory), FOCT (+ foreground: the
     configured mask source, ``border`` when the configuration has none)."""
     if not ablation:
-        return [Variant(variant_name(config.online, config.foreground, config.distance), config.online,
-                        config.foreground, config.distance)]
+        return [
+            Variant(
+                variant_name(config.online, config.foreground, config.distance),
+                config.online,
+                config.foreground,
+                config.distance,
+            )
+        ]
     fg = config.foreground if config.foreground != "none" else "border"
-    return [Variant("vanilla", False, "none", "linear"), Variant("ct", False, "none", "learned"),
-            Variant("oct", True, "none", "learned"), Variant(variant_name(True, fg, "learned"), True, fg, "learned")]
+    return [
+        Variant("vanilla", False, "none", "linear"),
+        Variant("ct", False, "none", "learned"),
+        Variant("oct", True, "none", "learned"),
+        Variant(variant_name(True, fg, "learned"), True, fg, "learned"),
+    ]
 
 
-def support_indices(n_train: int, shots: int, split: int, seed: int = 0, max_shots: int | None = None,
-                    splits: int | None = None) -> np.ndarray:
+def support_indices(
+    n_train: int, shots: int, split: int, seed: int = 0, max_shots: int | None = None, splits: int | None = None
+) -> np.ndarray:
     """Indices (sorted) of the ``shots`` support images of ``split``.
 
     With ``max_shots`` and ``splits`` (the protocol's largest shot count and number of splits) and enough
@@ -93,9 +114,9 @@ def support_indices(n_train: int, shots: int, split: int, seed: int = 0, max_sho
         if int(shots) > int(max_shots):
             raise ValueError(f"shots={shots} exceeds max_shots={max_shots}")
         perm = np.random.default_rng(int(seed)).permutation(int(n_train))
-        return np.sort(perm[int(split) * int(max_shots):][:int(shots)])
+        return np.sort(perm[int(split) * int(max_shots) :][: int(shots)])
     perm = np.random.default_rng([int(seed), int(split)]).permutation(int(n_train))
-    return np.sort(perm[:int(shots)])
+    return np.sort(perm[: int(shots)])
 
 
 def query_order(n_test: int, split: int, seed: int = 0, shuffle: bool = True) -> np.ndarray:
@@ -123,10 +144,18 @@ def _rows(features: Mapping[int, np.ndarray | torch.Tensor], index) -> dict[int,
     return {s: torch.as_tensor(np.ascontiguousarray(np.asarray(f[index]))) for s, f in features.items()}
 
 
-def run_split(config: FOCTConfig, backbone, support_features: Mapping[int, np.ndarray], test_features:
-              Mapping[int, np.ndarray], order: Sequence[int], *, device="cpu", masks=None,
-              support_images: torch.Tensor | None = None,
-              test_image: Callable[[int], torch.Tensor] | None = None) -> SplitResult:
+def run_split(
+    config: FOCTConfig,
+    backbone,
+    support_features: Mapping[int, np.ndarray],
+    test_features: Mapping[int, np.ndarray],
+    order: Sequence[int],
+    *,
+    device="cpu",
+    masks=None,
+    support_images: torch.Tensor | None = None,
+    test_image: Callable[[int], torch.Tensor] | None = None,
+) -> SplitResult:
     """Fit FOCT on the support's features, then stream the test images in ``order`` (one query at a time;
     the memory is updated when ``config.online``).
 
@@ -179,9 +208,14 @@ def fewshot_metrics(dataset, samples, maps: np.ndarray, scores: np.ndarray) -> t
     out["pixel_auroc"] = pixel_auroc(masks, maps)
     out["pixel_f1_max"] = pixel_f1_max(masks, maps)
     if dataset.has_saturation:
-        loco = loco_metrics(list(maps), [s.anomaly_type for s in samples], channels,
-                            [[Saturation.coerce(d) for d in s.defects] for s in samples],
-                            image_scores=scores, max_fprs=(0.05,))
+        loco = loco_metrics(
+            list(maps),
+            [s.anomaly_type for s in samples],
+            channels,
+            [[Saturation.coerce(d) for d in s.defects] for s in samples],
+            image_scores=scores,
+            max_fprs=(0.05,),
+        )
         flat = flat_metrics(loco)
         flat.pop("image_auroc", None)  # LOCO's mean over types; ours is all anomalies vs good
         out.update(flat)

@@ -23,8 +23,8 @@ import json
 import shutil
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -46,8 +46,10 @@ def structural_ad_copy(source: str | Path, out: str | Path, category: str = "scr
     src = Path(source).expanduser() / category
     meta_path = src / "metadata.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"no synthetic scene at {src} (metadata.json missing); generate it first: "
-                                f"python -m pradot.data.synthetic --root {source} --category {category}")
+        raise FileNotFoundError(
+            f"no synthetic scene at {src} (metadata.json missing); generate it first: "
+            f"python -m pradot.data.synthetic --root {source} --category {category}"
+        )
     target = Path(out).expanduser() / category
     stamp = {"source": str(src.resolve()), "metadata": meta_path.read_text()}
     if (target / STAMP).is_file() and json.loads((target / STAMP).read_text()) == stamp:
@@ -88,8 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source", required=True, help="root of a generated synthetic scene (holds <category>/)")
     p.add_argument("--out", required=True, help="root of the AD-layout copy")
     p.add_argument("--category", default="screw_bag")
-    p.add_argument("--generate", type=int, default=None, metavar="SIZE",
-                   help="first generate the source scene at SIZE px (reused when it exists with the same parameters)")
+    p.add_argument(
+        "--generate",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="first generate the source scene at SIZE px (reused when it exists with the same parameters)",
+    )
     a = p.parse_args(argv)
     if a.generate is not None:
         from pradot.data.synthetic import ensure_synthetic

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
@@ -59,9 +59,7 @@ def _binary_labels_and_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
         only = "anomalous (1)" if n_pos else "normal (0)"
-        raise ValueError(
-            f"AUROC is undefined when only one class is present: all {y.size} labels are {only}"
-        )
+        raise ValueError(f"AUROC is undefined when only one class is present: all {y.size} labels are {only}")
     return y, s
 
 

@@ -4,7 +4,7 @@ MVTec AD keys) and their flat names for tracking."""
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,8 +21,14 @@ log = logging.getLogger(__name__)
 AD_DEFAULT_MAX_FPRS: tuple[float, ...] = (0.3,)
 
 
-def dataset_metrics(ds, samples, maps, max_fprs: Sequence[float] | None = None,
-                    gt_size: int | Sequence[int] | None = None, threshold: float | None = None) -> tuple[dict, list[str]]:
+def dataset_metrics(
+    ds,
+    samples,
+    maps,
+    max_fprs: Sequence[float] | None = None,
+    gt_size: int | Sequence[int] | None = None,
+    threshold: float | None = None,
+) -> tuple[dict, list[str]]:
     """Metrics of in-memory maps for ``samples`` of a dataset: LOCO-style (official metrics.json shape)
     when the dataset has saturation thresholds, AD-style (image/pixel AUROC, AU-PRO) otherwise.
 
@@ -60,8 +66,10 @@ def dataset_metrics(ds, samples, maps, max_fprs: Sequence[float] | None = None,
     image_note = _one_class_note(labels)
     if ds.has_saturation:
         if image_note:
-            return {}, _noted(notes, f"test metrics skipped: {image_note}; AUROC and AU-sPRO compare the good "
-                                     f"images with each anomaly type")
+            return {}, _noted(
+                notes,
+                f"test metrics skipped: {image_note}; AUROC and AU-sPRO compare the good images with each anomaly type",
+            )
         limits = tuple(max_fprs) if max_fprs else DEFAULT_MAX_FPRS
         return loco_metrics(maps, types, channels, saturations, max_fprs=limits), notes
     limits = tuple(max_fprs) if max_fprs else (getattr(ds, "default_max_fprs", None) or AD_DEFAULT_MAX_FPRS)
@@ -107,21 +115,28 @@ def _pixel_note(samples, labels, channels, masks, notes: list[str]) -> str | Non
     """Why pixel metrics are undefined, or None (then blank masks among others get a note of their own)."""
     unannotated = [s.image_path for s, y, ch in zip(samples, labels, channels) if y == 1 and len(ch) == 0]
     if unannotated:
-        return (f"{len(unannotated)} anomalous test images have no ground-truth mask ({_shown(unannotated)}); "
-                f"only image-level metrics are reported")
+        return (
+            f"{len(unannotated)} anomalous test images have no ground-truth mask ({_shown(unannotated)}); "
+            f"only image-level metrics are reported"
+        )
     blank = [d.mask_path for s, y, m in zip(samples, labels, masks) if y == 1 and not m.any() for d in s.defects]
     n_bad = sum(1 for y in labels if y == 1)
     n_pos = sum(int(np.count_nonzero(m)) for m in masks)
     if n_pos == 0:
         if n_bad == 0:
             return "the test split has no anomalous images, so no ground-truth pixel is anomalous"
-        return (f"no ground-truth pixel is anomalous: the masks of all {n_bad} anomalous test images are blank "
-                f"(all 0 at the evaluation size): {_shown(blank)}")
+        return (
+            f"no ground-truth pixel is anomalous: the masks of all {n_bad} anomalous test images are blank "
+            f"(all 0 at the evaluation size): {_shown(blank)}"
+        )
     if n_pos == sum(m.size for m in masks):
         return "every ground-truth pixel is anomalous (no normal pixel to compare with)"
     if blank:
-        _noted(notes, f"{len(blank)} anomalous test images have blank masks (all 0 at the evaluation size): "
-                      f"{_shown(blank)}; their pixels count as normal in pixel_auroc and they add no region to au_pro")
+        _noted(
+            notes,
+            f"{len(blank)} anomalous test images have blank masks (all 0 at the evaluation size): "
+            f"{_shown(blank)}; their pixels count as normal in pixel_auroc and they add no region to au_pro",
+        )
     return None
 
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -86,7 +87,7 @@ class Saturation:
         return float(min(self.threshold, defect_area))
 
     @classmethod
-    def coerce(cls, spec: Any) -> "Saturation":
+    def coerce(cls, spec: Any) -> Saturation:
         """Accept a Saturation, a ``(threshold, relative)`` tuple, a mapping with keys
         ``saturation_threshold``/``relative_saturation`` (or ``threshold``/``relative``), or any
         object with attributes ``saturation_threshold`` and ``relative_saturation`` (e.g.
@@ -133,7 +134,7 @@ class SproCurve:
         max_fpr = _check_max_fpr(max_fpr, self.fpr)
         return _auc_sorted(self.fpr, self.spro, max_fpr) / max_fpr
 
-    def truncate(self, max_fpr: float) -> "SproCurve":
+    def truncate(self, max_fpr: float) -> SproCurve:
         """The part of the curve with FPR <= max_fpr, ending with an interpolated point at
         ``max_fpr`` when no curve point lies exactly there."""
         max_fpr = _check_max_fpr(max_fpr, self.fpr)
@@ -243,8 +244,9 @@ def _as_map(a: Any, i: int) -> np.ndarray:
     return a
 
 
-def _curve(scores_list: list[np.ndarray], normal_list: list[np.ndarray],
-           regions: list[tuple[int, np.ndarray, float]]) -> SproCurve:
+def _curve(
+    scores_list: list[np.ndarray], normal_list: list[np.ndarray], regions: list[tuple[int, np.ndarray, float]]
+) -> SproCurve:
     """Exact curve over all distinct scores.
 
     scores_list / normal_list: per image, flattened scores and defect-free masks.
@@ -331,7 +333,10 @@ def _prepare_channels(maps, channels, saturations):
     if empty:
         warnings.warn(
             f"{len(empty)} empty ground-truth channel(s) skipped (no defect pixel), first "
-            f"(image, channel): {empty[:5]}", RuntimeWarning, stacklevel=3)
+            f"(image, channel): {empty[:5]}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return scores_list, normal_list, regions
 
 
@@ -352,8 +357,9 @@ def spro_curve(maps, channels, saturations=None, max_fpr: float = 1.0) -> SproCu
     return curve if max_fpr >= 1.0 else curve.truncate(max_fpr)
 
 
-def au_spro(maps, channels_per_image, saturation_per_channel=None,
-            max_fprs: Sequence[float] = DEFAULT_MAX_FPRS) -> dict[float, float]:
+def au_spro(
+    maps, channels_per_image, saturation_per_channel=None, max_fprs: Sequence[float] = DEFAULT_MAX_FPRS
+) -> dict[float, float]:
     """AU-sPRO for several integration limits: ``{max_fpr: area / max_fpr}``.
 
     Arguments as in :func:`spro_curve`; the curve is computed once.

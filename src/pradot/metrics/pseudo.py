@@ -17,7 +17,7 @@ split.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,15 +43,32 @@ def resize_for_evaluation(maps, masks, size: int | None):
     import torch
     import torch.nn.functional as F
 
-    m = F.interpolate(torch.from_numpy(maps)[:, None], size=(int(size), int(size)), mode="bilinear",
-                      align_corners=False, antialias=True)[:, 0].numpy()
-    k = F.interpolate(torch.from_numpy(masks.astype(np.uint8))[:, None], size=(int(size), int(size)),
-                      mode="nearest")[:, 0].numpy().astype(bool)
+    m = F.interpolate(
+        torch.from_numpy(maps)[:, None],
+        size=(int(size), int(size)),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )[:, 0].numpy()
+    k = (
+        F.interpolate(torch.from_numpy(masks.astype(np.uint8))[:, None], size=(int(size), int(size)), mode="nearest")[
+            :, 0
+        ]
+        .numpy()
+        .astype(bool)
+    )
     return m, k
 
 
-def pseudo_metrics(groups: Sequence[str], styles: Sequence[str], scores, maps=None, masks=None,
-                   max_fpr: float = DEFAULT_MAX_FPR, size: int | None = None) -> dict[str, float]:
+def pseudo_metrics(
+    groups: Sequence[str],
+    styles: Sequence[str],
+    scores,
+    maps=None,
+    masks=None,
+    max_fpr: float = DEFAULT_MAX_FPR,
+    size: int | None = None,
+) -> dict[str, float]:
     """The validation metrics of one model on a pseudo-anomaly set (see the module docstring).
 
     Args:

@@ -6,7 +6,7 @@ in-memory maps from the training pipeline as well as by ``pradot.evaluate``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,9 +21,15 @@ def fpr_key(max_fpr: float) -> str:
     return str(float(max_fpr))
 
 
-def loco_metrics(maps, anomaly_types: Sequence[str], channels, saturations,
-                 image_scores=None, max_fprs: Sequence[float] = DEFAULT_MAX_FPRS,
-                 good: str = GOOD) -> dict:
+def loco_metrics(
+    maps,
+    anomaly_types: Sequence[str],
+    channels,
+    saturations,
+    image_scores=None,
+    max_fprs: Sequence[float] = DEFAULT_MAX_FPRS,
+    good: str = GOOD,
+) -> dict:
     """MVTec LOCO metrics in the official ``metrics.json`` shape::
 
         {"classification": {"auc_roc": {"logical_anomalies": x, "structural_anomalies": y,
@@ -48,7 +54,8 @@ def loco_metrics(maps, anomaly_types: Sequence[str], channels, saturations,
     if not (len(anomaly_types) == len(channels) == len(saturations) == n):
         raise ValueError(
             f"length mismatch: {n} maps, {len(anomaly_types)} types, {len(channels)} channel "
-            f"arrays, {len(saturations)} saturation lists")
+            f"arrays, {len(saturations)} saturation lists"
+        )
     scores = image_scores_from_maps(maps) if image_scores is None else np.asarray(image_scores, float)
     if scores.shape != (n,):
         raise ValueError(f"expected {n} image scores, got shape {scores.shape}")
@@ -59,17 +66,17 @@ def loco_metrics(maps, anomaly_types: Sequence[str], channels, saturations,
     auc_spro: dict[str, dict[str, float]] = {}
     for t in defect_types:
         idx = [i for i, ti in enumerate(types) if ti in (good, t)]
-        res = au_spro([maps[i] for i in idx], [channels[i] for i in idx],
-                      [saturations[i] for i in idx], max_fprs=max_fprs)
+        res = au_spro(
+            [maps[i] for i in idx], [channels[i] for i in idx], [saturations[i] for i in idx], max_fprs=max_fprs
+        )
         auc_spro[t] = {fpr_key(f): float(v) for f, v in res.items()}
-    auc_spro["mean"] = {
-        fpr_key(f): float(np.mean([auc_spro[t][fpr_key(f)] for t in defect_types])) for f in max_fprs
-    }
+    auc_spro["mean"] = {fpr_key(f): float(np.mean([auc_spro[t][fpr_key(f)] for t in defect_types])) for f in max_fprs}
     return {"classification": {"auc_roc": auc_roc}, "localization": {"auc_spro": auc_spro}}
 
 
-def ad_metrics(maps, masks, labels=None, image_scores=None, max_fprs: Sequence[float] = (0.3,),
-               connectivity: int = 8) -> dict:
+def ad_metrics(
+    maps, masks, labels=None, image_scores=None, max_fprs: Sequence[float] = (0.3,), connectivity: int = 8
+) -> dict:
     """MVTec-AD-style metrics: ``{"image_auroc", "pixel_auroc", "au_pro_<max_fpr>"...}``
     (default key ``"au_pro_0.3"``).
 
@@ -83,8 +90,7 @@ def ad_metrics(maps, masks, labels=None, image_scores=None, max_fprs: Sequence[f
     n = len(maps)
     if len(masks) != n:
         raise ValueError(f"got {n} maps but {len(masks)} masks")
-    masks = [np.zeros(np.shape(a), bool) if m is None else np.asarray(m, bool)
-             for m, a in zip(masks, maps)]
+    masks = [np.zeros(np.shape(a), bool) if m is None else np.asarray(m, bool) for m, a in zip(masks, maps)]
     y = np.array([m.any() for m in masks]) if labels is None else np.asarray(labels)
     scores = image_scores_from_maps(maps) if image_scores is None else np.asarray(image_scores, float)
     return {"image_auroc": float(image_auroc(y, scores)), **pixel_metrics(maps, masks, max_fprs, connectivity)}

@@ -10,15 +10,16 @@ positives); a pixel is predicted anomalous when its map value is strictly greate
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["segmentation_counts", "seg_f1"]
 
 
-def segmentation_counts(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray],
-                        threshold: float) -> tuple[int, int, int]:
+def segmentation_counts(
+    masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray], threshold: float
+) -> tuple[int, int, int]:
     """Pooled pixel counts ``(true positives, false positives, false negatives)`` of ``maps > threshold``.
 
     Args:

@@ -34,8 +34,10 @@ def _checked(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(s)):
         raise ValueError("scores contain non-finite values (NaN or inf)")
     if y.min(initial=1) == y.max(initial=0):
-        raise ValueError(f"threshold metrics need normal and anomalous images; all {y.size} labels are "
-                         f"{'anomalous' if y.size and y[0] else 'normal'}")
+        raise ValueError(
+            f"threshold metrics need normal and anomalous images; all {y.size} labels are "
+            f"{'anomalous' if y.size and y[0] else 'normal'}"
+        )
     return y, s
 
 
@@ -78,7 +80,11 @@ def threshold_report(labels, scores, threshold: float) -> dict[str, float]:
     pred = s > float(threshold)
     f1_max, best = best_f1(y, s)
     tp = int(np.sum(pred & (y == 1)))
-    return {"aupr": average_precision(y, s), "f1_max": f1_max, "f1_optimal_threshold": best,
-            "f1_at_threshold": f1_at_threshold(y, s, threshold),
-            "precision_at_threshold": tp / int(pred.sum()) if pred.any() else 0.0,
-            "recall_at_threshold": tp / int((y == 1).sum())}
+    return {
+        "aupr": average_precision(y, s),
+        "f1_max": f1_max,
+        "f1_optimal_threshold": best,
+        "f1_at_threshold": f1_at_threshold(y, s, threshold),
+        "precision_at_threshold": tp / int(pred.sum()) if pred.any() else 0.0,
+        "recall_at_threshold": tp / int((y == 1).sum()),
+    }

@@ -34,8 +34,9 @@ class Service:
     def __init__(self, cmd: list[str], log: Path, env: dict, cwd=None):
         self.cmd, self.log = cmd, Path(log)
         self._out = open(log, "w")  # noqa: SIM115 - the process writes it until stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
 
     @property
     def alive(self) -> bool:
@@ -121,10 +122,25 @@ class RayCluster:
 # ------------------------------------------------------------------------------- tracking server
 def mlflow_server(root: Path, env: dict) -> tuple[Service, str]:
     port = free_port()
-    server = Service([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                      "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                      "--workers", "1"], root / "mlflow.log", {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                     cwd=root)
+    server = Service(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        root / "mlflow.log",
+        {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        cwd=root,
+    )
     return server, f"http://127.0.0.1:{port}"
 
 
@@ -132,8 +148,16 @@ class AuthProxy:
     """An HTTP proxy in front of the tracking server that answers 401 to any request without the given
     basic-auth credentials (as a server with authentication does); counts the refusals."""
 
-    _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-            "content-length"}
+    _HOP = {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "content-length",
+    }
 
     def __init__(self, upstream: str, user: str, password: str):
         host, port = upstream.split("//", 1)[1].split(":")

@@ -25,15 +25,17 @@ small = {"num_cpus": num_cpus, "num_gpus": 0, "object_store_memory": 100 * 1024 
 if role == "head":
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={**small, "gcs_server_port": int(where),
-                                                            "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={**small, "gcs_server_port": int(where), "include_dashboard": False}
+    )
     node, address = cluster.head_node, cluster.address
 else:
     import ray._private.node
     import ray._private.parameter
 
-    params = ray._private.parameter.RayParams(**small, gcs_address=where, min_worker_port=0, max_worker_port=0,
-                                              include_log_monitor=False, node_manager_port=0)
+    params = ray._private.parameter.RayParams(
+        **small, gcs_address=where, min_worker_port=0, max_worker_port=0, include_log_monitor=False, node_manager_port=0
+    )
     node, address = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True), where
 
 with open(out + ".tmp", "w") as f:

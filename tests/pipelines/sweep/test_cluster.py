@@ -23,8 +23,11 @@ def test_workers_get_this_checkout_unless_it_is_installed(monkeypatch):
     if cluster._importable_elsewhere("pipelines") and cluster._importable_elsewhere("pradot"):
         assert env is None  # this very checkout is installed: Ray's prestarted workers import it
     else:
-        assert env["env_vars"]["PYTHONPATH"].split(os.pathsep) == [str(cluster.REPO), str(cluster.REPO / "src"),
-                                                                     "/elsewhere"]
+        assert env["env_vars"]["PYTHONPATH"].split(os.pathsep) == [
+            str(cluster.REPO),
+            str(cluster.REPO / "src"),
+            "/elsewhere",
+        ]
     assert cluster._importable_elsewhere("json") and not cluster._importable_elsewhere("no_such_package_xyz")
     assert "pipelines" in sys.modules  # found here through the checkout, which a worker elsewhere does not have
 
@@ -37,10 +40,22 @@ def test_workers_get_the_drivers_tracking_credentials(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     monkeypatch.setenv("UNRELATED_SECRET", "no")
     env = cluster.worker_runtime_env()["env_vars"]
-    assert {k: env[k] for k in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                                "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_HTTP_REQUEST_TIMEOUT")} == {
-        "MLFLOW_TRACKING_TOKEN": "t0k", "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "pw",
-        "MLFLOW_TRACKING_INSECURE_TLS": "true", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    assert {
+        k: env[k]
+        for k in (
+            "MLFLOW_TRACKING_TOKEN",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_TRACKING_INSECURE_TLS",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        )
+    } == {
+        "MLFLOW_TRACKING_TOKEN": "t0k",
+        "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": "pw",
+        "MLFLOW_TRACKING_INSECURE_TLS": "true",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    }
     assert "UNRELATED_SECRET" not in env
 
 
@@ -51,11 +66,22 @@ def test_feature_store_follows_the_cluster():
     assert cluster.Cluster(None, 1).feature_store("object_store") == "object_store"
 
 
-@pytest.mark.parametrize("uri, kind", [
-    ("databricks", "databricks"), ("databricks-uc", "databricks"), ("databricks://profile", "databricks"),
-    ("databricks-uc://profile", "databricks"), ("sqlite:///mlflow.db", "local"), ("mlruns", "local"),
-    ("/abs/mlruns", "local"), ("file:///abs/mlruns", "local"), ("http://127.0.0.1:5000", "server"),
-    ("https://tracking.example.com", "server"), ("postgresql://u:p@db:5432/mlflow", "server")])
+@pytest.mark.parametrize(
+    "uri, kind",
+    [
+        ("databricks", "databricks"),
+        ("databricks-uc", "databricks"),
+        ("databricks://profile", "databricks"),
+        ("databricks-uc://profile", "databricks"),
+        ("sqlite:///mlflow.db", "local"),
+        ("mlruns", "local"),
+        ("/abs/mlruns", "local"),
+        ("file:///abs/mlruns", "local"),
+        ("http://127.0.0.1:5000", "server"),
+        ("https://tracking.example.com", "server"),
+        ("postgresql://u:p@db:5432/mlflow", "server"),
+    ],
+)
 def test_tracking_stores_by_mlflows_uri_rules(uri, kind):
     assert cluster.store_kind(uri) == kind
 
@@ -84,8 +110,12 @@ def test_local_stores_are_refused_on_any_existing_cluster():
 
 
 def test_loopback_servers_are_refused_unless_every_node_is_on_this_machine():
-    for uri in ("http://127.0.0.1:5000", "http://localhost:5000", "https://[::1]:5000",
-                "postgresql://u:p@localhost/mlflow"):
+    for uri in (
+        "http://127.0.0.1:5000",
+        "http://localhost:5000",
+        "https://[::1]:5000",
+        "postgresql://u:p@localhost/mlflow",
+    ):
         with pytest.raises(SweepError, match="loopback address") as e:
             cluster.check_tracking_for_cluster(uri, 1, "10.0.0.1:6379")
         assert "export MLFLOW_TRACKING_URI=http://" in str(e.value) and "--host 0.0.0.0" in str(e.value)

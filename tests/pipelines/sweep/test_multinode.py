@@ -35,8 +35,16 @@ REPO = Path(__file__).resolve().parents[3]
 MODEL = "pradot-synthetic-screw_bag"
 EPOCHS = 10
 # FIFO and 2 trials (TPE's first trials are seeded random draws): the registered banks depend only on the seed
-SWEEP = ["experiment=ci", "sweep=ci", "sweep.scheduler.type=fifo", "sweep.num_samples=2",
-         "sweep.max_concurrent_trials=2", f"model.epochs={EPOCHS}", "sweep.top_k=1", "sweep.seed=0"]
+SWEEP = [
+    "experiment=ci",
+    "sweep=ci",
+    "sweep.scheduler.type=fifo",
+    "sweep.num_samples=2",
+    "sweep.max_concurrent_trials=2",
+    f"model.epochs={EPOCHS}",
+    "sweep.top_k=1",
+    "sweep.seed=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +52,12 @@ def sim(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     # the nodes are other machines: no tracking settings, no Ray settings of this process, no checkout on the path
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_", "PYTHONPATH"))}
-    ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0",
-               "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    ray_env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
     started, password = [], uuid.uuid4().hex
     try:
         server, upstream = mlflow_server(root, base)
@@ -65,30 +77,58 @@ def sim(tmp_path_factory):
                 return False
 
         wait_for(up, 120, "mlflow server", server.proc, server.log)
-        driver = {**os.environ, **ray_env, "RAY_ADDRESS": cluster.address, "RAY_TMPDIR": str(cluster.temp_dir),
-                  "MLFLOW_TRACKING_URI": proxy.uri, "MLFLOW_TRACKING_USERNAME": "alice",
-                  "MLFLOW_TRACKING_PASSWORD": password, "TQDM_DISABLE": "1"}
+        driver = {
+            **os.environ,
+            **ray_env,
+            "RAY_ADDRESS": cluster.address,
+            "RAY_TMPDIR": str(cluster.temp_dir),
+            "MLFLOW_TRACKING_URI": proxy.uri,
+            "MLFLOW_TRACKING_USERNAME": "alice",
+            "MLFLOW_TRACKING_PASSWORD": password,
+            "TQDM_DISABLE": "1",
+        }
         for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
             driver.pop(k, None)
         for shared in ("results", "cache"):  # the shared storage: a test may mount over it before any sweep ran
             (root / shared).mkdir(exist_ok=True)
-        yield SimpleNamespace(root=root, cluster=cluster, proxy=proxy, upstream=upstream, ids=ids, driver=driver,
-                              results=root / "results", cache=root / "cache")
+        yield SimpleNamespace(
+            root=root,
+            cluster=cluster,
+            proxy=proxy,
+            upstream=upstream,
+            ids=ids,
+            driver=driver,
+            results=root / "results",
+            cache=root / "cache",
+        )
     finally:
         for s in reversed(started):
             s.stop()
 
 
 def _args(sim, name: str, *extra: str) -> list[str]:
-    return [*SWEEP, f"data.root={sim.root / 'data'}", f"cache.dir={sim.cache}", f"sweep.storage_path={sim.results}",
-            f"sweep.name={name}", f"tracking.experiment_name={name}", *extra]
+    return [
+        *SWEEP,
+        f"data.root={sim.root / 'data'}",
+        f"cache.dir={sim.cache}",
+        f"sweep.storage_path={sim.results}",
+        f"sweep.name={name}",
+        f"tracking.experiment_name={name}",
+        *extra,
+    ]
 
 
 def _sweep(sim, name: str, *extra: str, env=None, background: bool = False):
     """``python pipelines/sweep.py ...`` as a user runs it on the cluster; its output in ``<root>/<name>.log``."""
     with open(sim.root / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "sweep.py"), *_args(sim, name, *extra)],
-                                env=env or sim.driver, cwd=sim.root, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "pipelines" / "sweep.py"), *_args(sim, name, *extra)],
+            env=env or sim.driver,
+            cwd=sim.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     if not background:
         proc.wait(600)
     return proc
@@ -110,8 +150,10 @@ def _runs(sim, name: str):
     client = _client(sim)
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
-    return ([r for r in runs if r.data.tags.get("pradot.sweep") == "true"],
-            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+    return (
+        [r for r in runs if r.data.tags.get("pradot.sweep") == "true"],
+        [r for r in runs if "mlflow.parentRunId" in r.data.tags],
+    )
 
 
 def _registered_bank(sim, parent_id: str) -> dict:
@@ -122,8 +164,9 @@ def _registered_bank(sim, parent_id: str) -> dict:
 
     (v,) = [v for v in _client(sim).search_model_versions(f"name='{MODEL}'") if v.tags.get("sweep_run_id") == parent_id]
     source = _client(sim).get_model_version_download_uri(MODEL, v.version)
-    folder = mlflow.artifacts.download_artifacts(source, tracking_uri=sim.upstream,
-                                                 dst_path=str(sim.root / f"dl-{v.version}"))
+    folder = mlflow.artifacts.download_artifacts(
+        source, tracking_uri=sim.upstream, dst_path=str(sim.root / f"dl-{v.version}")
+    )
     model = PRADOT.load(next(Path(folder).rglob("*.pt")))
     return {s: model.banks[s].features.clone() for s in model.banks}
 
@@ -137,7 +180,8 @@ def _final_banks(sim, name: str) -> dict[str, dict]:
         last = max(trial.glob("checkpoint_*"), key=lambda p: p.name)
         meta = json.loads((last / "trial.json").read_text())
         out[json.dumps(meta["hparams"], sort_keys=True)] = {
-            s: b["features"] for s, b in load_state(last / "model.pt")["banks"].items()}
+            s: b["features"] for s, b in load_state(last / "model.pt")["banks"].items()
+        }
     return out
 
 
@@ -161,11 +205,17 @@ def test_trials_land_on_both_nodes_and_their_runs_and_versions_reach_the_server(
     assert {c.data.tags["pradot.node_id"] for c in calm.children} == {sim.ids["a"], sim.ids["b"]}
     for c in calm.children:  # where each ran and why it ended
         t = c.data.tags
-        assert (c.info.status, t["pradot.trial_status"], t["pradot.epochs_trained"]) == ("FINISHED", "completed",
-                                                                                          str(EPOCHS))
+        assert (c.info.status, t["pradot.trial_status"], t["pradot.epochs_trained"]) == (
+            "FINISHED",
+            "completed",
+            str(EPOCHS),
+        )
         assert t["pradot.hostname"] and int(t["pradot.pid"]) > 0 and t["pradot.attempts"] == "1"
-    (version,) = [v for v in _client(sim).search_model_versions(f"name='{MODEL}'")
-                  if v.tags.get("sweep_run_id") == parent.info.run_id]
+    (version,) = [
+        v
+        for v in _client(sim).search_model_versions(f"name='{MODEL}'")
+        if v.tags.get("sweep_run_id") == parent.info.run_id
+    ]
     assert version.run_id in {c.info.run_id for c in calm.children} and version.tags["sweep_rank"] == "1"
     # every request of the driver and of the trials carried the credentials, which only the driver had
     assert sim.proxy.refused == []
@@ -183,8 +233,13 @@ def test_a_node_lost_mid_trial_is_retried_from_its_checkpoint_with_the_same_bank
     client, killed, deadline = _client(sim), None, time.time() + 400
     while killed is None and time.time() < deadline and proc.poll() is None:
         _, children = _runs(sim, "lost")
-        on_b = [c for c in children if c.data.tags.get("pradot.node_id") == sim.ids["b"]
-                and c.info.status == "RUNNING" and 3 <= c.data.metrics.get("epoch", 0) < EPOCHS - 1]
+        on_b = [
+            c
+            for c in children
+            if c.data.tags.get("pradot.node_id") == sim.ids["b"]
+            and c.info.status == "RUNNING"
+            and 3 <= c.data.metrics.get("epoch", 0) < EPOCHS - 1
+        ]
         if on_b:
             sim.cluster.nodes["b"].kill()  # the machine dies: raylet, object store and the trial's worker
             killed = on_b[0]
@@ -233,10 +288,14 @@ def test_a_trial_lost_after_its_retries_stops_the_sweep_until_resumed(sim, calm)
     assert parent.info.status == "FAILED" and parent.data.tags["pradot.sweep_state"] == "incomplete"
     assert parent.data.tags["pradot.lost_trials"] == child.data.tags["pradot.trial_id"]
     assert (child.info.status, child.data.tags["pradot.trial_status"], child.data.tags["pradot.failure"]) == (
-        "FAILED", "failed", "infrastructure")
+        "FAILED",
+        "failed",
+        "infrastructure",
+    )
     assert "Actor" in child.data.tags["pradot.error"]  # Ray's word for the dead worker
-    assert not [v for v in client.search_model_versions(f"name='{MODEL}'")
-                if v.tags.get("sweep_run_id") == parent.info.run_id]
+    assert not [
+        v for v in client.search_model_versions(f"name='{MODEL}'") if v.tags.get("sweep_run_id") == parent.info.run_id
+    ]
     import pandas as pd
 
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "sweep/trials.csv", str(sim.root / "lost0-dl")))
@@ -247,7 +306,10 @@ def test_a_trial_lost_after_its_retries_stops_the_sweep_until_resumed(sim, calm)
     assert proc.returncode == 0, out
     run = client.get_run(child.info.run_id)
     assert (run.info.status, run.data.tags["pradot.trial_status"], run.data.tags["pradot.attempts"]) == (
-        "FINISHED", "completed", "2")
+        "FINISHED",
+        "completed",
+        "2",
+    )
     assert int(run.data.tags["pradot.restored_from_epoch"]) >= 3 and "pradot.error" not in run.data.tags
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")) == list(range(1, EPOCHS + 1))
     (bank,) = _final_banks(sim, "lost0").items()

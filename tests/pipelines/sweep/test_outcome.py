@@ -22,17 +22,24 @@ def _trial(tmp_path, trial_id, status, epoch=None, failures=0, error=None):
     if isinstance(error, str):
         text = tmp_path / f"{trial_id}.txt"
         text.write_text(f"Failure # 1 (occurred at x)\n{error}\n")
-    return SimpleNamespace(trial_id=trial_id, status=status, last_result={"epoch": epoch, "val_auroc": 0.5} if epoch
-                           else {}, config={"model.alpha": 0.1}, num_failures=failures,
-                           pickled_error_file=str(pickled) if pickled else None,
-                           error_file=str(text) if text else None, get_pickled_error=lambda: None,
-                           get_error=lambda: None)
+    return SimpleNamespace(
+        trial_id=trial_id,
+        status=status,
+        last_result={"epoch": epoch, "val_auroc": 0.5} if epoch else {},
+        config={"model.alpha": 0.1},
+        num_failures=failures,
+        pickled_error_file=str(pickled) if pickled else None,
+        error_file=str(text) if text else None,
+        get_pickled_error=lambda: None,
+        get_error=lambda: None,
+    )
 
 
 def _run(run_id, status="RUNNING", tags=None):
-    return SimpleNamespace(info=SimpleNamespace(run_id=run_id, status=status),
-                           data=SimpleNamespace(tags={"pradot.node_id": f"node-{run_id}", "pradot.hostname": "h",
-                                                      **(tags or {})}))
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, status=status),
+        data=SimpleNamespace(tags={"pradot.node_id": f"node-{run_id}", "pradot.hostname": "h", **(tags or {})}),
+    )
 
 
 class _Client:
@@ -48,26 +55,36 @@ class _Client:
 
 def test_every_trial_is_recorded_and_its_run_closed_as_tune_ended_it(tmp_path):
     own_error = RayTaskError("trial_main", "Traceback ...", ValueError("alpha out of range"))
-    trials = [_trial(tmp_path, "done", "TERMINATED", 10), _trial(tmp_path, "asha", "TERMINATED", 2),
-              _trial(tmp_path, "dead", "ERROR", 3, failures=3, error="ActorDiedError: The actor died unexpectedly"),
-              _trial(tmp_path, "bug", "ERROR", 1, failures=1, error=own_error),
-              _trial(tmp_path, "never", "ERROR", None, failures=1, error="NodeDiedError: node gone"),
-              _trial(tmp_path, "waiting", "PENDING")]
+    trials = [
+        _trial(tmp_path, "done", "TERMINATED", 10),
+        _trial(tmp_path, "asha", "TERMINATED", 2),
+        _trial(tmp_path, "dead", "ERROR", 3, failures=3, error="ActorDiedError: The actor died unexpectedly"),
+        _trial(tmp_path, "bug", "ERROR", 1, failures=1, error=own_error),
+        _trial(tmp_path, "never", "ERROR", None, failures=1, error="NodeDiedError: node gone"),
+        _trial(tmp_path, "waiting", "PENDING"),
+    ]
     grid = SimpleNamespace(_experiment_analysis=SimpleNamespace(trials=trials))
     found = {t: _run(t) for t in ("done", "asha", "dead", "bug", "waiting")}  # "never" died before its run
     found["done"] = _run("done", "FINISHED", {"pradot.trial_status": "completed", "pradot.epochs_trained": "10"})
     records = {r.trial_id: r for r in outcome.trial_records(grid, found, budget=10, interrupted=True)}
     assert {k: (r.label, r.failure, r.lost, r.attempts) for k, r in records.items()} == {
-        "done": ("completed", "", False, 1), "asha": ("stopped_early", "", False, 1),
-        "dead": ("failed", "infrastructure", True, 3), "bug": ("failed", "error", False, 1),
-        "never": ("failed", "infrastructure", True, 1), "waiting": ("interrupted", "", False, 1)}
+        "done": ("completed", "", False, 1),
+        "asha": ("stopped_early", "", False, 1),
+        "dead": ("failed", "infrastructure", True, 3),
+        "bug": ("failed", "error", False, 1),
+        "never": ("failed", "infrastructure", True, 1),
+        "waiting": ("interrupted", "", False, 1),
+    }
     assert records["bug"].error == "ValueError: alpha out of range"  # the trial's own error, unwrapped
 
     client = _Client()
     outcome.close_runs(list(records.values()), client)
     assert "done" not in client.ended  # closed already as it should be: untouched
-    assert client.ended["asha"] == {"pradot.trial_status": "stopped_early", "pradot.epochs_trained": "2",
-                                    "status": "FINISHED"}
+    assert client.ended["asha"] == {
+        "pradot.trial_status": "stopped_early",
+        "pradot.epochs_trained": "2",
+        "status": "FINISHED",
+    }
     assert client.ended["dead"]["status"] == "FAILED" and client.ended["dead"]["pradot.failure"] == "infrastructure"
     assert client.ended["bug"]["pradot.failure"] == "error" and client.ended["waiting"]["status"] == "KILLED"
 
@@ -92,23 +109,37 @@ def test_a_trial_stopped_by_the_interrupt_is_unfinished_whatever_the_grid_says(t
     assert outcome.unfinished(saved) == ["cut"] and outcome.unfinished({"a": "TERMINATED", "b": "ERROR"}) == []
     # an error is final whatever was saved before it (a worker killed with no retry left)
     assert outcome.trial_status("ERROR", "RUNNING") == "ERROR" and outcome.trial_status("PENDING", None) == "PENDING"
-    assert outcome.trial_status("TERMINATED", "PENDING") == "PENDING" and outcome.trial_status("TERMINATED", None) == \
-        "TERMINATED"
+    assert (
+        outcome.trial_status("TERMINATED", "PENDING") == "PENDING"
+        and outcome.trial_status("TERMINATED", None) == "TERMINATED"
+    )
     found = {t: _run(t, "FINISHED", {"pradot.trial_status": "stopped_early"}) for t in ("asha", "cut")}
     records = {r.trial_id: r for r in outcome.trial_records(grid, found, budget=8, interrupted=True, saved=saved)}
     assert {k: (r.tune_status, r.label, r.run_status) for k, r in records.items()} == {
-        "asha": ("TERMINATED", "stopped_early", "FINISHED"), "cut": ("RUNNING", "interrupted", "KILLED")}
+        "asha": ("TERMINATED", "stopped_early", "FINISHED"),
+        "cut": ("RUNNING", "interrupted", "KILLED"),
+    }
     client = _Client()
     outcome.close_runs(list(records.values()), client)
-    assert client.ended["cut"] == {"pradot.trial_status": "interrupted", "pradot.epochs_trained": "3",
-                                   "status": "KILLED"}
-    assert client.ended["asha"]["pradot.trial_status"] == "stopped_early" and client.ended["asha"]["status"] == "FINISHED"
+    assert client.ended["cut"] == {
+        "pradot.trial_status": "interrupted",
+        "pradot.epochs_trained": "3",
+        "status": "KILLED",
+    }
+    assert (
+        client.ended["asha"]["pradot.trial_status"] == "stopped_early" and client.ended["asha"]["status"] == "FINISHED"
+    )
 
 
-@pytest.mark.parametrize("error, kind", [
-    (OSError("storage unreachable"), "infrastructure"), (ValueError("x"), "error"),
-    (RayTaskError("f", "tb", FileNotFoundError("cache")), "infrastructure"),
-    (RayTaskError("f", "tb", RuntimeError("bug")), "error")])
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (OSError("storage unreachable"), "infrastructure"),
+        (ValueError("x"), "error"),
+        (RayTaskError("f", "tb", FileNotFoundError("cache")), "infrastructure"),
+        (RayTaskError("f", "tb", RuntimeError("bug")), "error"),
+    ],
+)
 def test_failure_kinds(error, kind):
     assert runs.failure_kind(error) == kind
     assert tuner.error_tags(error)["pradot.failure"] == kind
@@ -116,8 +147,22 @@ def test_failure_kinds(error, kind):
 
 def test_a_sweep_that_lost_trials_exits_non_zero():
     def result(state):
-        return SweepResult(state, "p", "/f", "u", "val_auroc", "synthetic", "screw_bag", 4, 4, 3, 1, 1,
-                           notice="1 trial(s) lost", best={"val_auroc": 0.9})
+        return SweepResult(
+            state,
+            "p",
+            "/f",
+            "u",
+            "val_auroc",
+            "synthetic",
+            "screw_bag",
+            4,
+            4,
+            3,
+            1,
+            1,
+            notice="1 trial(s) lost",
+            best={"val_auroc": 0.9},
+        )
 
     assert result("incomplete").exit_code == cli.EXIT_FAILED and "1 trial(s) lost" in result("incomplete").summary()
     assert result("interrupted").exit_code == cli.EXIT_INTERRUPTED and result("finished").exit_code == cli.EXIT_OK
@@ -128,11 +173,25 @@ def test_the_promote_hint_carries_the_sweeps_own_overrides():
     reg = [{"name": "pradot-synthetic-screw_bag", "version": "2", "trial_id": "t", "val_objective": 0.8}]
 
     def hint(overrides):
-        r = SweepResult("finished", "p", "/f", "u", "val_objective", "synthetic", "screw_bag", 4, 4, 4,
-                        registered=reg, best={"val_objective": 0.8}, overrides=overrides)
+        r = SweepResult(
+            "finished",
+            "p",
+            "/f",
+            "u",
+            "val_objective",
+            "synthetic",
+            "screw_bag",
+            4,
+            4,
+            4,
+            registered=reg,
+            best={"val_objective": 0.8},
+            overrides=overrides,
+        )
         return next(line for line in r.summary().splitlines() if line.startswith("next"))
 
     assert hint(["experiment=cpu_demo", "data_root=/d"]).endswith(
-        '-P select_by=val_objective -P overrides="experiment=cpu_demo data_root=/d"')
+        '-P select_by=val_objective -P overrides="experiment=cpu_demo data_root=/d"'
+    )
     assert hint([]).endswith("-P select_by=val_objective")
     assert "(plus the sweep's data and training overrides)" in hint(None)  # a resumed sweep: not known here

@@ -6,8 +6,14 @@ import pytest
 
 from pipelines import config
 from pipelines.checks import ConfigError
-from pipelines.sweep.plan import (RaySettings, SchedulerSettings, TrialResources, check_against_data, metric_keys,
-                                  sweep_plan)
+from pipelines.sweep.plan import (
+    RaySettings,
+    SchedulerSettings,
+    TrialResources,
+    check_against_data,
+    metric_keys,
+    sweep_plan,
+)
 from pipelines.sweep.space import SweepError
 
 CI = ["experiment=ci", "sweep=ci"]
@@ -38,44 +44,66 @@ def test_the_ci_plan():
 
 
 def test_plan_options():
-    plan, _ = _plan("sweep.scheduler.type=fifo", "model.epochs=5", "sweep.objective=test",
-                    "sweep.resources.gpu=0.5", "sweep.stop_after_trials=2", "sweep.time_budget_s=60",
-                    "sweep.resume=true", "sweep.resume_from=/x", "sweep.name=s1", "sweep.feature_store=object_store",
-                    "+sweep.search_space.backbone.stages={type:choice,values:[[2],[2,3]]}")
+    plan, _ = _plan(
+        "sweep.scheduler.type=fifo",
+        "model.epochs=5",
+        "sweep.objective=test",
+        "sweep.resources.gpu=0.5",
+        "sweep.stop_after_trials=2",
+        "sweep.time_budget_s=60",
+        "sweep.resume=true",
+        "sweep.resume_from=/x",
+        "sweep.name=s1",
+        "sweep.feature_store=object_store",
+        "+sweep.search_space.backbone.stages={type:choice,values:[[2],[2,3]]}",
+    )
     assert plan.scheduler.to_dict() == {"type": "fifo"} and plan.milestones == (5,)
     assert plan.metric == "test_auroc" and plan.resources.gpu == 0.5
-    assert (plan.stop_after_trials, plan.time_budget_s, plan.resume, plan.resume_from, plan.name) == \
-        (2, 60.0, True, "/x", "s1")
+    assert (plan.stop_after_trials, plan.time_budget_s, plan.resume, plan.resume_from, plan.name) == (
+        2,
+        60.0,
+        True,
+        "/x",
+        "s1",
+    )
     assert plan.stage_sets == ((2,), (2, 3)) and plan.union_stages() == (2, 3)
     plan, _ = _plan("model.epochs=9", "sweep.scheduler.grace_period=1", "sweep.scheduler.reduction_factor=3")
     assert plan.milestones == (1, 3, 9) and plan.budget == 9
     assert (plan.max_failures, plan.allow_lost_trials, plan.checkpoint_every) == (2, False, 1)  # the defaults
-    plan, _ = _plan("model.epochs=9", "sweep.scheduler.max_t=4", "sweep.max_failures=0",
-                    "sweep.allow_lost_trials=true", "sweep.checkpoint_every=3")
+    plan, _ = _plan(
+        "model.epochs=9",
+        "sweep.scheduler.max_t=4",
+        "sweep.max_failures=0",
+        "sweep.allow_lost_trials=true",
+        "sweep.checkpoint_every=3",
+    )
     assert (plan.budget, plan.max_failures, plan.allow_lost_trials, plan.checkpoint_every) == (4, 0, True, 3)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["sweep.num_samples=0"], "sweep.num_samples must be an integer >= 1"),
-    (["sweep.max_concurrent_trials=1.5"], "sweep.max_concurrent_trials must be an integer >= 1"),
-    (["sweep.top_k=-1"], "sweep.top_k must be an integer >= 0"),
-    (["sweep.objective=loss"], "sweep.objective must be one of ['pseudo', 'test']"),
-    (["sweep.mode=up"], "sweep.mode must be max or min"),
-    (["sweep.metric=test_auroc"], "sweep.metric 'test_auroc' is not reported by the trials (objective=pseudo)"),
-    (["sweep.pseudo_anomalies.kinds=[dent]"], "sweep.pseudo_anomalies.kinds: unknown ['dent']"),
-    (["sweep.pseudo_anomalies.patch_fraction=[0.5,0.2]"], "patch_fraction must be [min, max]"),
-    (["model.epochs=0"], "model.epochs must be >= 1 for a sweep"),
-    (["sweep.scheduler.type=hyperband"], "sweep.scheduler.type must be asha or fifo"),
-    (["sweep.scheduler.max_t=5"], "sweep.scheduler.max_t=5 exceeds model.epochs=2"),
-    (["sweep.scheduler.grace_period=3"], "sweep.scheduler.grace_period=3 exceeds max_t=2"),
-    (["sweep.resources.cpu=0"], "sweep.resources.cpu: 0 must be > 0"),
-    (["sweep.resources.gpu=-1"], "sweep.resources.gpu: -1.0 must be >= 0"),
-    (["sweep.feature_store=s3"], "sweep.feature_store must be auto, disk or object_store"),
-    (["sweep.stop_after_trials=-2"], "sweep.stop_after_trials must be an integer >= 1"),
-    (["sweep.max_failures=-1"], "sweep.max_failures must be an integer >= 0"),
-    (["sweep.checkpoint_every=0"], "sweep.checkpoint_every must be an integer >= 1"),
-    (["sweep.allow_lost_trials=maybe"], "sweep.allow_lost_trials must be true or false"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.num_samples=0"], "sweep.num_samples must be an integer >= 1"),
+        (["sweep.max_concurrent_trials=1.5"], "sweep.max_concurrent_trials must be an integer >= 1"),
+        (["sweep.top_k=-1"], "sweep.top_k must be an integer >= 0"),
+        (["sweep.objective=loss"], "sweep.objective must be one of ['pseudo', 'test']"),
+        (["sweep.mode=up"], "sweep.mode must be max or min"),
+        (["sweep.metric=test_auroc"], "sweep.metric 'test_auroc' is not reported by the trials (objective=pseudo)"),
+        (["sweep.pseudo_anomalies.kinds=[dent]"], "sweep.pseudo_anomalies.kinds: unknown ['dent']"),
+        (["sweep.pseudo_anomalies.patch_fraction=[0.5,0.2]"], "patch_fraction must be [min, max]"),
+        (["model.epochs=0"], "model.epochs must be >= 1 for a sweep"),
+        (["sweep.scheduler.type=hyperband"], "sweep.scheduler.type must be asha or fifo"),
+        (["sweep.scheduler.max_t=5"], "sweep.scheduler.max_t=5 exceeds model.epochs=2"),
+        (["sweep.scheduler.grace_period=3"], "sweep.scheduler.grace_period=3 exceeds max_t=2"),
+        (["sweep.resources.cpu=0"], "sweep.resources.cpu: 0 must be > 0"),
+        (["sweep.resources.gpu=-1"], "sweep.resources.gpu: -1.0 must be >= 0"),
+        (["sweep.feature_store=s3"], "sweep.feature_store must be auto, disk or object_store"),
+        (["sweep.stop_after_trials=-2"], "sweep.stop_after_trials must be an integer >= 1"),
+        (["sweep.max_failures=-1"], "sweep.max_failures must be an integer >= 0"),
+        (["sweep.checkpoint_every=0"], "sweep.checkpoint_every must be an integer >= 1"),
+        (["sweep.allow_lost_trials=maybe"], "sweep.allow_lost_trials must be true or false"),
+    ],
+)
 def test_bad_settings_are_refused(overrides, message):
     with pytest.raises((SweepError, ConfigError)) as e:  # both are bad input: exit 2 with the message
         _plan(*overrides)
@@ -89,13 +117,21 @@ def test_the_training_configs_own_values_are_checked():
 
 def test_metric_keys():
     keys = metric_keys("pseudo", ["cutpaste", "shuffle"])
-    assert {"val_auroc", "val_auroc_cutpaste", "val_auroc_shuffle", "val_auroc_logical",
-            "val_auroc_structural", "ot_loss", "epoch"} <= set(keys)
+    assert {
+        "val_auroc",
+        "val_auroc_cutpaste",
+        "val_auroc_shuffle",
+        "val_auroc_logical",
+        "val_auroc_structural",
+        "ot_loss",
+        "epoch",
+    } <= set(keys)
     assert "val_auroc_structural" not in metric_keys("pseudo", ["cutpaste", "noise"])  # one style only
     assert {"test_auroc", "test_auroc_logical_anomalies"} <= set(metric_keys("test", test_types=["logical_anomalies"]))
     assert "val_objective" not in keys
-    assert {"val_aupro_logical", "val_aupro_structural", "val_objective"} <= \
-        set(metric_keys("pseudo", ["cutpaste", "shuffle"], localisation=True))
+    assert {"val_aupro_logical", "val_aupro_structural", "val_objective"} <= set(
+        metric_keys("pseudo", ["cutpaste", "shuffle"], localisation=True)
+    )
 
 
 def test_localisation_setting():

@@ -17,8 +17,9 @@ def test_reopen_parent_and_the_run_mlflow_run_made(tmp_path, monkeypatch):
     exp = client.create_experiment("sweeps", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, run_name="sweep-synthetic-screw_bag", tags={"pradot.sweep_state": "interrupted"})
     outer = client.create_run(exp, run_name="sassy-roo-115")  # what `mlflow run -e sweep -P resume=true` starts
-    resume = Resume(folder=Path(tmp_path / "ray_results" / "sweep"), parent_run_id=parent.info.run_id,
-                    tracking_uri=uri, config={})
+    resume = Resume(
+        folder=Path(tmp_path / "ray_results" / "sweep"), parent_run_id=parent.info.run_id, tracking_uri=uri, config={}
+    )
     monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
     reopen_parent(resume, uri)
     tags = client.get_run(outer.info.run_id).data.tags

@@ -10,25 +10,54 @@ import torch
 from pipelines import config
 from pipelines.sweep.evalset import EvalSet, FeatureStore
 from pipelines.sweep.plan import sweep_plan
-from pipelines.sweep.trial import (CHECKPOINT_META, CHECKPOINT_MODEL, CHECKPOINT_SCORES, TrialContext, TrialRun,
-                                   _Trial, trial_setup)
+from pipelines.sweep.trial import (
+    CHECKPOINT_META,
+    CHECKPOINT_MODEL,
+    CHECKPOINT_SCORES,
+    TrialContext,
+    TrialRun,
+    _Trial,
+    trial_setup,
+)
 
-PSEUDO = EvalSet("pseudo", "validation+pseudo", labels=(0, 0, 0, 1, 1, 1, 1),
-                 groups=("good",) * 3 + ("cutpaste", "noise", "shuffle", "moved_patch"),
-                 styles=("good",) * 3 + ("structural", "structural", "logical", "logical"), loco_style=False,
-                 calibration_split="validation+pseudo", calibration_source="validation")
+PSEUDO = EvalSet(
+    "pseudo",
+    "validation+pseudo",
+    labels=(0, 0, 0, 1, 1, 1, 1),
+    groups=("good",) * 3 + ("cutpaste", "noise", "shuffle", "moved_patch"),
+    styles=("good",) * 3 + ("structural", "structural", "logical", "logical"),
+    loco_style=False,
+    calibration_split="validation+pseudo",
+    calibration_source="validation",
+)
 SCORES = [0.1, 0.2, 0.3, 0.25, 0.9, 0.05, 0.5]
 
 
 def test_pseudo_objective_metrics():
     out = PSEUDO.evaluate(SCORES)
     # 3 normals x 4 anomalies: cutpaste beats 2 normals, noise 3, shuffle 0, moved_patch 3
-    assert out == pytest.approx({"val_auroc": 8 / 12, "val_auroc_cutpaste": 2 / 3, "val_auroc_noise": 1.0,
-                                 "val_auroc_shuffle": 0.0, "val_auroc_moved_patch": 1.0,
-                                 "val_auroc_structural": 5 / 6, "val_auroc_logical": 3 / 6})
+    assert out == pytest.approx(
+        {
+            "val_auroc": 8 / 12,
+            "val_auroc_cutpaste": 2 / 3,
+            "val_auroc_noise": 1.0,
+            "val_auroc_shuffle": 0.0,
+            "val_auroc_moved_patch": 1.0,
+            "val_auroc_structural": 5 / 6,
+            "val_auroc_logical": 3 / 6,
+        }
+    )
     np.testing.assert_array_equal(PSEUDO.normal_scores(SCORES), [0.1, 0.2, 0.3])
-    one_style = EvalSet("pseudo", "validation+pseudo", (0, 1), ("good", "noise"), ("good", "structural"), False,
-                        "validation+pseudo", "validation")
+    one_style = EvalSet(
+        "pseudo",
+        "validation+pseudo",
+        (0, 1),
+        ("good", "noise"),
+        ("good", "structural"),
+        False,
+        "validation+pseudo",
+        "validation",
+    )
     assert one_style.evaluate([0.0, 1.0]) == {"val_auroc": 1.0, "val_auroc_noise": 1.0}  # no per-style metric
 
 
@@ -70,22 +99,48 @@ def test_test_objective_metrics(loco_style, expected):
 def ctx():
     cfg = config.compose("sweep", ["experiment=ci", "sweep=ci", "model.epochs=2"])
     plan = sweep_plan(cfg)
-    return TrialContext(train_config=config.training_view(cfg), space=plan.space, evalset=PSEUDO,
-                        features=FeatureStore("disk", "/nowhere", {}), metric=plan.metric, milestones=(1, 2),
-                        tracking_uri="sqlite:///unused.db", parent_run_id="p", experiment_id="0", data_params={})
+    return TrialContext(
+        train_config=config.training_view(cfg),
+        space=plan.space,
+        evalset=PSEUDO,
+        features=FeatureStore("disk", "/nowhere", {}),
+        metric=plan.metric,
+        milestones=(1, 2),
+        tracking_uri="sqlite:///unused.db",
+        parent_run_id="p",
+        experiment_id="0",
+        data_params={},
+    )
 
 
 def test_a_trial_is_the_training_config_with_the_sampled_values(ctx):
-    setup = trial_setup(ctx, {"model.alpha": 0.25, "model.n": 2, "model.batch_ratio": 4, "model.eta": 0.5,
-                              "model.epsilon": 0.05})
+    setup = trial_setup(
+        ctx, {"model.alpha": 0.25, "model.n": 2, "model.batch_ratio": 4, "model.eta": 0.5, "model.epsilon": 0.05}
+    )
     m = setup.model
-    assert (m.alpha, m.n, m.eta, m.epsilon, m.batch_size, m.stages, m.backbone) == \
-        (0.25, 2, 0.5, 0.05, 8, (2,), "efficientnet_lite0")
+    assert (m.alpha, m.n, m.eta, m.epsilon, m.batch_size, m.stages, m.backbone) == (
+        0.25,
+        2,
+        0.5,
+        0.05,
+        8,
+        (2,),
+        "efficientnet_lite0",
+    )
     params = setup.params()
     assert params["model.alpha"] == "0.25" and params["backbone.stages"] == "[2]" and params["model.batch_size"] == "8"
     assert params["model.batch_ratio"] == "4" and not [k for k in params if k.startswith(("sweep.", "data."))]
-    assert setup.hparams() == {"alpha": 0.25, "n": 2, "eta": 0.5, "epsilon": 0.05, "batch_ratio": 4,
-                               "sinkhorn_iters": 100, "stages": [2], "backbone": "efficientnet_lite0", "batch_size": 8}
+    assert setup.hparams() == {
+        "alpha": 0.25,
+        "n": 2,
+        "eta": 0.5,
+        "epsilon": 0.05,
+        "batch_ratio": 4,
+        "sinkhorn_iters": 100,
+        "stages": [2],
+        "backbone": "efficientnet_lite0",
+        "batch_size": 8,
+    }
     assert ctx.train_config.model.alpha != 0.25  # the training config itself is untouched
 
 
@@ -123,8 +178,10 @@ class _Features:
 
     def __init__(self):
         g = np.random.default_rng(0)
-        self.arrays = {"train": g.random((16, 8, 6, 6), dtype=np.float32),
-                       PSEUDO.split: g.random((7, 8, 6, 6), dtype=np.float32)}
+        self.arrays = {
+            "train": g.random((16, 8, 6, 6), dtype=np.float32),
+            PSEUDO.split: g.random((7, 8, 6, 6), dtype=np.float32),
+        }
 
     def load(self, backbone, split, stages):
         return {int(s): self.arrays[split] for s in stages}
@@ -159,13 +216,17 @@ class _Tune:
 
         monkeypatch.setattr(tune, "report", self.report)
         monkeypatch.setattr(tune, "get_checkpoint", lambda: self.restore)
-        monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1",
-                                                                          get_trial_name=lambda: "trial_main_t1"))
+        monkeypatch.setattr(
+            tune,
+            "get_context",
+            lambda: SimpleNamespace(get_trial_id=lambda: "t1", get_trial_name=lambda: "trial_main_t1"),
+        )
 
 
 @pytest.mark.parametrize("every, restart", [(1, 3), (2, 2)])
-def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_once(ctx, tmp_path, monkeypatch, every,
-                                                                                   restart):
+def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_once(
+    ctx, tmp_path, monkeypatch, every, restart
+):
     """The essence of case fault-06 (a resumed or retried trial): killed right after reporting epoch 3 of
     6, then restarted with its last checkpoint (epoch 3, or 2 with sweep.checkpoint_every=2), the trial
     trains the epochs after it only, its MLflow run holds every epoch exactly once (epoch 3 was reported
@@ -178,17 +239,27 @@ def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_onc
     from pipelines.sweep import runs, trial
     from pradot.checkpoint import load_state
 
-    monkeypatch.setattr(runs, "where_tags", lambda: {"pradot.node_id": "n1", "pradot.hostname": "h",
-                                                     "pradot.pid": "1", "pradot.node_ip": "127.0.0.1"})
+    monkeypatch.setattr(
+        runs,
+        "where_tags",
+        lambda: {"pradot.node_id": "n1", "pradot.hostname": "h", "pradot.pid": "1", "pradot.node_ip": "127.0.0.1"},
+    )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     sampled = {"model.alpha": 0.4, "model.n": 1, "model.batch_ratio": 4, "model.eta": 0.6, "model.epsilon": 0.05}
     six = config.with_overrides(ctx.train_config, {"model.epochs": 6})
 
     def attempt(parent, tune_side):
         tune_side.install(monkeypatch)
-        c = dataclasses.replace(ctx, train_config=six, features=_Features(), milestones=(6,),
-                                tracking_uri=client.tracking_uri, parent_run_id=parent, experiment_id=exp,
-                                checkpoint_every=every)
+        c = dataclasses.replace(
+            ctx,
+            train_config=six,
+            features=_Features(),
+            milestones=(6,),
+            tracking_uri=client.tracking_uri,
+            parent_run_id=parent,
+            experiment_id=exp,
+            checkpoint_every=every,
+        )
         trial.trial_main(sampled, c)
 
     exp = client.create_experiment("restart", artifact_location=str(tmp_path / "artifacts"))
@@ -207,8 +278,11 @@ def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_onc
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc"))
     assert steps == [1, 2, 3, 4, 5, 6]
     tags = run.data.tags
-    assert (run.info.status, tags["pradot.trial_status"], tags["pradot.epochs_trained"]) == ("FINISHED", "completed",
-                                                                                            "6")
+    assert (run.info.status, tags["pradot.trial_status"], tags["pradot.epochs_trained"]) == (
+        "FINISHED",
+        "completed",
+        "6",
+    )
     assert tags["pradot.attempts"] == "2" and tags["pradot.restored_from_epoch"] == str(restart)
     assert "pradot.error" not in tags and tags["pradot.hostname"] == "h"  # the failed attempt's tags are gone
     restarted = load_state(tmp_path / "b" / "epoch_6" / CHECKPOINT_MODEL)["banks"]
@@ -228,15 +302,20 @@ def test_a_failed_trial_is_tagged_with_where_and_why(ctx, tmp_path, monkeypatch)
 
     from pipelines.sweep import runs, trial
 
-    monkeypatch.setattr(runs, "where_tags", lambda: {"pradot.node_id": "n1", "pradot.hostname": "h",
-                                                     "pradot.pid": "7", "pradot.node_ip": "127.0.0.1"})
+    monkeypatch.setattr(
+        runs,
+        "where_tags",
+        lambda: {"pradot.node_id": "n1", "pradot.hostname": "h", "pradot.pid": "7", "pradot.node_ip": "127.0.0.1"},
+    )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("fail", artifact_location=str(tmp_path / "artifacts"))
     _Tune(tmp_path).install(monkeypatch)
-    missing = FeatureStore("disk", str(tmp_path / "no-cache"), {"efficientnet_lite0/train": {"split": "train",
-                                                                                             "stages": [2]}})
-    c = dataclasses.replace(ctx, features=missing, tracking_uri=client.tracking_uri, parent_run_id="p",
-                            experiment_id=exp)
+    missing = FeatureStore(
+        "disk", str(tmp_path / "no-cache"), {"efficientnet_lite0/train": {"split": "train", "stages": [2]}}
+    )
+    c = dataclasses.replace(
+        ctx, features=missing, tracking_uri=client.tracking_uri, parent_run_id="p", experiment_id=exp
+    )
     with pytest.raises(OSError, match="are not in"):
         trial.trial_main({"model.alpha": 0.4, "model.n": 1, "model.batch_ratio": 4}, c)
     tags = runs.find_trial_runs(client, exp, "p")["t1"].data.tags

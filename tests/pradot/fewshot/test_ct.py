@@ -24,8 +24,9 @@ def test_cost_is_the_euclidean_distance(small):
     c = euclidean_cost(q, mem)
     for j in range(5):
         for i in range(3):
-            assert float(c[j, i]) == pytest.approx(math.sqrt(sum((float(q[j, k]) - float(mem[i, k])) ** 2
-                                                                 for k in range(4))), rel=1e-5)
+            assert float(c[j, i]) == pytest.approx(
+                math.sqrt(sum((float(q[j, k]) - float(mem[i, k])) ** 2 for k in range(4))), rel=1e-5
+            )
 
 
 def test_forward_and_backward_transport_eq5(small):

@@ -10,8 +10,14 @@ import pytest
 import torch
 from skimage.filters import threshold_otsu
 
-from pradot.fewshot.foreground import (AllForeground, BorderContrast, ForegroundError, SamForeground, mask_source,
-                                       otsu_threshold)
+from pradot.fewshot.foreground import (
+    AllForeground,
+    BorderContrast,
+    ForegroundError,
+    SamForeground,
+    mask_source,
+    otsu_threshold,
+)
 
 
 def test_otsu_matches_scikit_image():
@@ -88,8 +94,10 @@ def test_sam_glue_prompts_the_whole_image_and_downsamples_the_best_mask(tmp_path
         def eval(self):
             return self
 
-    fake = types.SimpleNamespace(sam_model_registry={"vit_b": lambda checkpoint: calls.setdefault("ckpt", checkpoint)
-                                                     and Model()}, SamPredictor=Predictor)
+    fake = types.SimpleNamespace(
+        sam_model_registry={"vit_b": lambda checkpoint: calls.setdefault("ckpt", checkpoint) and Model()},
+        SamPredictor=Predictor,
+    )
     monkeypatch.setitem(sys.modules, "segment_anything", fake)
     src = SamForeground(weights, "vit_b")
     images = torch.zeros(1, 3, 32, 48)

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from pradot.coreset import covering_radius, greedy_coreset
-from pradot.fewshot.memory import (EpisodicMemory, compress, semantic_memory, split_foreground, subsample,
-                                   topk_augmentation)
+from pradot.fewshot.memory import (
+    EpisodicMemory,
+    compress,
+    semantic_memory,
+    split_foreground,
+    subsample,
+    topk_augmentation,
+)
 
 
 def test_split_foreground_eq3():
@@ -69,7 +75,7 @@ def test_compress_eq7_uses_the_coreset_and_covers_within_twice_the_optimum():
         idx = torch.tensor([int(torch.nonzero((x == r).all(1))[0]) for r in kept])
         optimum = min(covering_radius(x, torch.tensor(c)) for c in itertools.combinations(range(11), k))
         # greedy k-center: radius <= 2 x optimum for the distance, 4 x for Eq. 7's squared distance
-        assert covering_radius(x, idx) ** 0.5 <= 2 * optimum ** 0.5 + 1e-6
+        assert covering_radius(x, idx) ** 0.5 <= 2 * optimum**0.5 + 1e-6
 
 
 def test_episodic_memory_stays_below_capacity_over_a_long_stream():

@@ -24,20 +24,30 @@ def scene(seed: int, blotch: tuple[float, float] | None = None, size: int = SIZE
     img = 0.5 + 0.15 * np.sin(40 * xx + g.uniform(-0.2, 0.2))[..., None] * np.array([1.0, 0.8, 0.6])
     img = img + g.normal(0, 0.02, (size, size, 3))
     if blotch is not None:
-        img[(yy - blotch[0]) ** 2 + (xx - blotch[1]) ** 2 < 0.12 ** 2] = [0.9, 0.1, 0.8]
+        img[(yy - blotch[0]) ** 2 + (xx - blotch[1]) ** 2 < 0.12**2] = [0.9, 0.1, 0.8]
     return torch.from_numpy(np.clip(img, 0, 1)).permute(2, 0, 1).float()
 
 
 def blotch_cells(blotch, grid: int) -> torch.Tensor:
     """The patch cells a blotch covers: (grid * grid,) bool."""
     yy, xx = np.mgrid[:SIZE, :SIZE] / float(SIZE)
-    m = torch.from_numpy(((yy - blotch[0]) ** 2 + (xx - blotch[1]) ** 2 < 0.12 ** 2).astype(np.float32))
+    m = torch.from_numpy(((yy - blotch[0]) ** 2 + (xx - blotch[1]) ** 2 < 0.12**2).astype(np.float32))
     return (F.adaptive_max_pool2d(m[None, None], grid)[0, 0] > 0).flatten()
 
 
 def config(**kw):
-    base = dict(backbone="efficientnet_lite0", stages=(2, 3), image_size=SIZE, top_foreground=2, top_background=4,
-                capacity=12, hidden=16, steps=3, lr=1e-3, foreground="border")
+    base = dict(
+        backbone="efficientnet_lite0",
+        stages=(2, 3),
+        image_size=SIZE,
+        top_foreground=2,
+        top_background=4,
+        capacity=12,
+        hidden=16,
+        steps=3,
+        lr=1e-3,
+        foreground="border",
+    )
     return FOCTConfig(**{**base, **kw})
 
 
@@ -57,9 +67,14 @@ def test_patch_features_average_neighbourhoods_and_upsample_coarse_stages():
 
 
 def test_config_refuses_bad_values():
-    for bad, phrase in [({"foreground": "salient"}, "foreground"), ({"distance": "cos"}, "distance"),
-                        ({"capacity": 0}, "capacity"), ({"compression": 1.0}, "lambda"), ({"rho": 2}, "rho"),
-                        ({"top_foreground": 0, "top_background": 0}, "K")]:
+    for bad, phrase in [
+        ({"foreground": "salient"}, "foreground"),
+        ({"distance": "cos"}, "distance"),
+        ({"capacity": 0}, "capacity"),
+        ({"compression": 1.0}, "lambda"),
+        ({"rho": 2}, "rho"),
+        ({"top_foreground": 0, "top_background": 0}, "K"),
+    ]:
         with pytest.raises(ValueError, match=phrase):
             config(**bad)
 
@@ -120,7 +135,7 @@ def test_online_memory_is_bounded_and_time_per_query_does_not_grow(effnet_23, su
     sizes, seconds = [], []
     for i in range(50):
         t0 = time.process_time()  # CPU time: robust to other processes on a shared machine
-        model.score_features({s: f[i:i + 1] for s, f in feats.items()}, update=True)
+        model.score_features({s: f[i : i + 1] for s, f in feats.items()}, update=True)
         seconds.append(time.process_time() - t0)
         sizes.append(len(model.episodic))
     assert max(sizes) < 10 and model.episodic.compressions >= 10 and model.queries_seen == 50

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from pradot.fewshot import FOCTConfig
-from pradot.fewshot.protocol import (ablation_variants, fewshot_metrics, markdown_table, query_order, summarise,
-                                     support_indices, variant_name)
+from pradot.fewshot.protocol import (
+    ablation_variants,
+    fewshot_metrics,
+    markdown_table,
+    query_order,
+    summarise,
+    support_indices,
+    variant_name,
+)
 
 
 def test_supports_are_seeded_nested_and_differ_between_splits():
@@ -48,9 +55,10 @@ def test_variants_are_table3_rows():
 
 
 def test_summary_mean_and_std_over_splits():
-    rows = [{"variant": "foct", "shots": 1, "split": s, "image_auroc": v, "seconds_per_query": 0.1}
-            for s, v in enumerate([0.7, 0.8, 0.9])] + [{"variant": "foct", "shots": 2, "split": 0, "image_auroc": 0.5,
-                                                         "seconds_per_query": 0.2}]
+    rows = [
+        {"variant": "foct", "shots": 1, "split": s, "image_auroc": v, "seconds_per_query": 0.1}
+        for s, v in enumerate([0.7, 0.8, 0.9])
+    ] + [{"variant": "foct", "shots": 2, "split": 0, "image_auroc": 0.5, "seconds_per_query": 0.2}]
     out = summarise(rows)
     assert [(r["variant"], r["shots"], r["splits"]) for r in out] == [("foct", 1, 3), ("foct", 2, 1)]
     assert out[0]["image_auroc_mean"] == pytest.approx(0.8)
@@ -65,11 +73,22 @@ def test_metrics_of_a_scored_split(tmp_path):
     perfectly at pixel level."""
     from pradot.data import load_dataset
 
-    ds = load_dataset("synthetic", tmp_path, "screw_bag", generate=True, image_size=64, n_train=2, n_validation=1,
-                      n_test_good=3, n_test_logical=2, n_test_structural=2)
+    ds = load_dataset(
+        "synthetic",
+        tmp_path,
+        "screw_bag",
+        generate=True,
+        image_size=64,
+        n_train=2,
+        n_validation=1,
+        n_test_good=3,
+        n_test_logical=2,
+        n_test_structural=2,
+    )
     test = ds.samples("test")
-    masks = np.stack([np.asarray(ds.load_channels(s, size=64), bool).any(0) if s.defects else np.zeros((64, 64), bool)
-                      for s in test])
+    masks = np.stack(
+        [np.asarray(ds.load_channels(s, size=64), bool).any(0) if s.defects else np.zeros((64, 64), bool) for s in test]
+    )
     maps = masks.astype(np.float32) + 0.01 * np.random.default_rng(0).random(masks.shape).astype(np.float32)
     scores = np.array([s.label for s in test], float) + 0.1
     m, notes = fewshot_metrics(ds, test, maps, scores)
@@ -89,8 +108,10 @@ def test_blank_or_missing_masks_skip_the_pixel_metrics_with_a_note():
         def load_channels(self, sample, size=None):
             return np.zeros((len(sample.defects), size, size), bool)
 
-    samples = [SimpleNamespace(label=0, defects=(), anomaly_type="good"),
-               SimpleNamespace(label=1, defects=("d",), anomaly_type="bad")]
+    samples = [
+        SimpleNamespace(label=0, defects=(), anomaly_type="good"),
+        SimpleNamespace(label=1, defects=("d",), anomaly_type="bad"),
+    ]
     maps = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
     m, notes = fewshot_metrics(Blank(), samples, maps, np.array([0.1, 0.9]))
     assert m == {"image_auroc": 1.0, "image_f1_max": 1.0} and "all blank" in notes[0]

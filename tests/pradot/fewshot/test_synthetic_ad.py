@@ -9,8 +9,18 @@ from pradot.fewshot.synthetic_ad import structural_ad_copy
 
 
 def test_structural_ad_copy(tmp_path):
-    loco = load_dataset("synthetic", tmp_path / "loco", "screw_bag", generate=True, image_size=64, n_train=3,
-                        n_validation=1, n_test_good=2, n_test_logical=2, n_test_structural=4)
+    loco = load_dataset(
+        "synthetic",
+        tmp_path / "loco",
+        "screw_bag",
+        generate=True,
+        image_size=64,
+        n_train=3,
+        n_validation=1,
+        n_test_good=2,
+        n_test_logical=2,
+        n_test_structural=4,
+    )
     target = structural_ad_copy(tmp_path / "loco", tmp_path / "ad")
     ad = load_dataset("mvtec_ad", tmp_path / "ad", "screw_bag")
     assert len(ad.samples("train")) == 3
