@@ -198,7 +198,8 @@ class ExportResult:
                 "\n== PRADOT export finished ==",
                 f"model     : {self.model_uri}",
                 f"onnx      : {self.path}" + logged,
-                f"parity    : maps {self.parity['map_max_abs']:.2e}, raw scores {self.parity['score_max_abs']:.2e} (max abs "
+                f"parity    : maps {self.parity['map_max_abs']:.2e}, "
+                f"raw scores {self.parity['score_max_abs']:.2e} (max abs "
                 f"difference over the map's range), onnxruntime vs the served pyfunc",
                 f"run it    : python -c \"from pradot.export import OnnxScorer; print(OnnxScorer('{self.path}')"
                 f".metadata['image_threshold'])\"",

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_MODULE_LINES = 400
+MAX_MODULE_LINES = 500  # formatted lines (ruff format, 120 columns)
 MAX_FUNCTION_LINES = 80
 PACKAGES = {"pradot": REPO / "src" / "pradot", "pipelines": REPO / "pipelines", "benchmarks": REPO / "benchmarks"}
 

@@ -183,7 +183,7 @@ def _compare(cands: list[Candidate], choice: Choice, ens, splits, settings, opts
     mlflow.log_text(table, "comparison/comparison.md")
     mlflow.log_dict(comparison.documents, "comparison/metrics.json")
     mlflow.log_metrics(comparison.ensemble)
-    for k, i in enumerate(rows):
+    for k in range(len(rows)):
         mlflow.log_metrics({f"candidate{k}_{key}": v for key, v in comparison.flats[k].items() if key in SHOWN_METRICS})
     log.info("comparison on the test split (after the choice):\n%s", table)
     log_comparison_figures(

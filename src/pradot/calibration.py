@@ -13,8 +13,8 @@ exceed only when the sample is expected to hold at least one normal from that ta
 With fewer, the tail is usually not in the sample at all: the threshold is (an interpolation toward) the
 largest of the n scores, and even the largest is exceeded by a new normal with probability 1 / (n + 1)
 (exchangeable scores) >= 1 - q -- 0.5 for one image -- so the false-positive rate cannot reach 1 - q
-(and with very few images the normalised score saturates at 0 or 1). ``calibrate`` then logs a warning that says how many normals
-the quantile needs; ``n_images`` records the sample size in every saved calibration (and so in the
+(and with very few images the normalised score saturates at 0 or 1). ``calibrate`` then logs a warning that
+says how many normals the quantile needs; ``n_images`` records the sample size in every saved calibration (and so in the
 logged model's calibration and metadata). q = 1 (the maximum) is exempt from the rule.
 
 Pixel threshold and operating points. Given the normals' anomaly maps (``pixel_maps``), ``calibrate`` also

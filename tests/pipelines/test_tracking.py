@@ -18,7 +18,7 @@ def test_entry_run_logs_and_fails_with_its_log(store, tmp_path):
         with tracking.entry_run("bad", "e", entry_point="main") as run:
             with tracking.entry_run("child", "e", entry_point="main", nested=True) as child:
                 pass
-            1 / 0
+            raise ZeroDivisionError
     r = store.get_run(run.run_id)
     assert r.info.status == "FAILED"
     assert store.get_run(child.run_id).data.tags["mlflow.parentRunId"] == run.run_id

@@ -233,7 +233,10 @@ def test_assignment_figure_arrows_and_dots():
     assert len(dots) == 1 and len(dots[0].get_offsets()) == H * W - 3
     # arrows go from the cell's pixel centre to the prototype cell's centre (10 rows x 8 columns per cell)
     q = quivers[0]
-    centre = lambda c: np.array([(c % W) * 8 + 3.5, (c // W) * 10 + 4.5])  # (x, y)
+
+    def centre(c):  # (x, y)
+        return np.array([(c % W) * 8 + 3.5, (c // W) * 10 + 4.5])
+
     for k, (cell, proto) in enumerate(sorted(moved.items())):
         assert q.X[k] == pytest.approx(centre(cell)[0]) and q.Y[k] == pytest.approx(centre(cell)[1])
         assert (q.U[k], q.V[k]) == pytest.approx(tuple(centre(proto) - centre(cell)))
@@ -323,7 +326,10 @@ def test_umap_figure_uses_the_fused_cost(fake_umap, squared):
     assert fake_umap["kwargs"]["metric"] == "precomputed"
     assert X.shape == (52, 52)
     assert np.allclose(X, X.T) and (np.diag(X) == 0).all() and (X >= 0).all()
-    t = lambda a: torch.as_tensor(a, dtype=torch.float64)
+
+    def t(a):
+        return torch.as_tensor(a, dtype=torch.float64)
+
     block = fused_cost(t(z), t(c), t(p), t(rho), 0.3, squared=squared).numpy()
     assert np.allclose(X[:40, 40:], block)
     zz = fused_cost(t(z), t(c), t(z), t(c), 0.3, squared=squared).numpy()
@@ -347,7 +353,10 @@ def test_umap_figure_subsamples_deterministically(fake_umap):
     assert (i1["embedding_index"] == i2["embedding_index"]).all()
     assert (i1["prototype_index"] == i2["prototype_index"]).all()
     assert ab[i1["embedding_index"]].sum() == 4  # the rare abnormal embeddings are kept
-    t = lambda a: torch.as_tensor(a, dtype=torch.float64)
+
+    def t(a):
+        return torch.as_tensor(a, dtype=torch.float64)
+
     e, q = i1["embedding_index"], i1["prototype_index"]
     assert np.allclose(X[:60, 60:], fused_cost(t(z[e]), t(c[e]), t(p[q]), t(rho[q]), 0.5).numpy())
     f3 = viz.umap_figure(z, c, ab, p, rho, alpha=0.5, max_points=80, seed=4)
@@ -385,7 +394,7 @@ def test_pro_figure_limit_line_and_area():
     fpr = np.linspace(0, 1, 21)
     fig = viz.pro_figure({"logical": (fpr, np.sqrt(fpr)), "structural": (fpr, fpr)}, max_fpr=0.3)
     ax = fig.axes[0]
-    vlines = [l for l in ax.get_lines() if np.allclose(l.get_xdata(), 0.3) and len(set(l.get_xdata())) == 1]
+    vlines = [ln for ln in ax.get_lines() if np.allclose(ln.get_xdata(), 0.3) and len(set(ln.get_xdata())) == 1]
     assert len(vlines) == 1
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0].endswith(f"{area_under_curve(fpr, np.sqrt(fpr), 0.3):.3f}")

@@ -165,7 +165,10 @@ def category_error(kind: str, root: Path, category: str, found: list[str], what:
     """The error for a category not found under ``root``: what was found, the known categories, the layout."""
     found_txt = ", ".join(found) if found else "(none)"
     known = KNOWN_CATEGORIES.get(kind, ())
-    msg = f"category {category!r} of dataset kind {kind!r} not found under {root}. {what.capitalize()} found: {found_txt}."
+    msg = (
+        f"category {category!r} of dataset kind {kind!r} not found under {root}. "
+        f"{what.capitalize()} found: {found_txt}."
+    )
     if known:
         msg += f" Known {kind} categories: {', '.join(known)}."
     if (root / "train").is_dir() or (root / "test").is_dir():

@@ -167,7 +167,8 @@ class MVTecLOCODataset(CategoryFolderDataset):
 
 
 def _find_mask(folder: Path, stem: str) -> list[Path]:
-    """Masks for ``stem`` in ``folder``: ``<stem>.<ext>``, ``<stem>_mask.<ext>`` / ``<stem>_*``, or a ``<stem>/`` folder."""
+    """Masks for ``stem`` in ``folder``: ``<stem>.<ext>``, ``<stem>_mask.<ext>`` / ``<stem>_*``, or a ``<stem>/``
+    folder."""
     sub = folder / stem
     if sub.is_dir():
         return list_files(sub, MASK_EXTENSIONS)
@@ -203,7 +204,8 @@ class MVTecADDataset(CategoryFolderDataset):
                 masks = _find_mask(gt_dir, image.stem)
                 if not masks:
                     raise DatasetError(
-                        f"anomalous test image {image} has no ground-truth mask: expected {gt_dir / (image.stem + '_mask.png')}"
+                        f"anomalous test image {image} has no ground-truth mask: "
+                        f"expected {gt_dir / (image.stem + '_mask.png')}"
                         f"\nExpected layout:\n{self.layout}"
                     )
                 test.append(Sample(image, "test", anomaly_type, 1, (ad_channel(masks[0], anomaly_type),)))
@@ -258,7 +260,7 @@ class VisADataset(AnomalyDataset):
         if not mine:
             raise category_error(self.kind, self.root, self.category, objects, what=f"objects in {self.csv_path.name}")
         split_names = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
-        for line, row in enumerate(mine):
+        for row in mine:
             split = split_names.get(row["split"].lower())
             if split is None:
                 raise DatasetError(f"{self.csv_path}: unknown split {row['split']!r} for image {row['image']}")

@@ -521,7 +521,8 @@ def generate(
     if progress:
         print(
             f"synthetic {category}: {n} images ({counts['n_train']} train, {counts['n_validation']} validation, "
-            f"{counts['n_test_good']} good / {counts['n_test_logical']} logical / {counts['n_test_structural']} structural "
+            f"{counts['n_test_good']} good / {counts['n_test_logical']} logical / "
+            f"{counts['n_test_structural']} structural "
             f"test) at {image_size}px, seed {seed}, in {time.perf_counter() - start:.1f}s -> {target}"
         )
     return target

@@ -8,8 +8,9 @@ using a ReLU-activated MLP"):
     T(x)     = x / sigma                                           (linear: the ablation's fixed measurement)
 
 ``sigma`` puts the features in units of a normal feature's typical distance to its nearest memory item
-(measured on the support when the semantic memory is built, :func:`pradot.fewshot.model.kernel_scale`), so ``exp(-d)`` is a soft nearest-neighbour kernel whatever the backbone's
-feature scale. The residual form starts the learned distance at the linear one; Adam then adapts it to
+(measured on the support when the semantic memory is built, :func:`pradot.fewshot.model.kernel_scale`), so
+``exp(-d)`` is a soft nearest-neighbour kernel whatever the backbone's feature scale. The residual form starts
+the learned distance at the linear one; Adam then adapts it to
 each query by minimising the CT distance (Eq. 4) between the semantic memory and the query's features.
 The distance is symmetric, so the forward and backward navigators share it.
 

@@ -125,8 +125,8 @@ class FOCTConfig:
 def kernel_scale(memory: torch.Tensor, support: torch.Tensor) -> float:
     """The unit of the navigators' distance before the temperature: the median Euclidean distance from
     the support's patch features to their nearest memory item, over the patches not in the memory (a
-    normal feature's typical matching distance); the median nearest-neighbour distance within the memory when every patch is in it; 1 when
-    neither exists."""
+    normal feature's typical matching distance); the median nearest-neighbour distance within the memory when
+    every patch is in it; 1 when neither exists."""
     d = torch.cdist(support.float(), memory.float()).min(dim=1).values
     d = d[d > 1e-6]
     if len(d):
