@@ -12,7 +12,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 500  # formatted lines (ruff format, 120 columns)
-MAX_FUNCTION_LINES = 80
 PACKAGES = {"pradot": REPO / "src" / "pradot", "pipelines": REPO / "pipelines", "benchmarks": REPO / "benchmarks"}
 
 
@@ -55,20 +54,14 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def test_orchestration_modules_and_functions_are_small():
-    too_long, long_functions = [], []
+def test_orchestration_modules_are_small():
+    """Module size in formatted lines; function size is ruff's (C901 complexity, PLR0915 statements)."""
+    too_long = []
     for path in sorted((REPO / "pipelines").rglob("*.py")):
-        text = path.read_text()
-        n = len(text.splitlines())
+        n = len(path.read_text().splitlines())
         if n > MAX_MODULE_LINES:
             too_long.append(f"{path.relative_to(REPO)}: {n} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
-                    long_functions.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {length} lines")
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
-    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
 
 
 def test_no_import_cycles():
