@@ -169,7 +169,7 @@ def _draw(scene: Scene, canvas: Canvas) -> np.ndarray:
         rgb[ys, xs] = rgb[ys, xs] * (1 - a) + prgb * a
     # translucent bag: low-frequency brightness and a few soft highlights, over everything
     low = np.asarray(
-        Image.fromarray(bag["low"].astype(np.float32)).resize((canvas.size, canvas.size), Image.BILINEAR),
+        Image.fromarray(bag["low"].astype(np.float32)).resize((canvas.size, canvas.size), Image.Resampling.BILINEAR),
         dtype=np.float64,
     )
     rgb *= (1.0 + 0.035 * low)[..., None]
