@@ -3,13 +3,10 @@ charged as its rows' headers are read, and the budgets a batch of maps needs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .encode import map_size
 from .errors import RequestTooLarge
-
-if TYPE_CHECKING:
-    from .scorer import Scorer
 
 __all__ = [
     "BUDGET_NAMES",
@@ -57,10 +54,18 @@ def mask_bytes(h: int, w: int) -> int:
     return 4 * ((h * w + h + 1024 + 2) // 3)
 
 
+class _Limits(Protocol):
+    """The budgets a request is charged against (a :class:`~pradot.serving.Scorer` has them)."""
+
+    max_request_pixels: int
+    max_map_side: int
+    max_response_bytes: int
+
+
 class _Budget:
     """A request's budgets, charged as each row's header is read (before its pixels are decoded)."""
 
-    def __init__(self, scorer: Scorer, map_format: str | None, masks: bool = False):
+    def __init__(self, scorer: _Limits, map_format: str | None, masks: bool = False):
         self.scorer, self.map_format, self.masks = scorer, map_format, masks
         self.pixels = self.bytes = 0
 
