@@ -62,7 +62,6 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from pradot.serving import (
-    DEFAULT_MMAP_THRESHOLD,
     EXPECTED_PAYLOAD,
     Calibration,
     InvalidRequest,
@@ -72,7 +71,6 @@ from pradot.serving import (
     encode_png,
     load_scoring_model,
     model_file_info,
-    return_large_blocks,
     servable_formats,
 )
 
@@ -141,6 +139,27 @@ SCORER_CONFIG = (
 )
 
 
+#: allocations from this size up are given back to the OS when freed (:func:`return_large_blocks`)
+DEFAULT_MMAP_THRESHOLD = 4 * 1024 * 1024
+
+
+def return_large_blocks(threshold: int = DEFAULT_MMAP_THRESHOLD) -> bool:
+    """Make the C allocator (glibc) serve allocations of ``threshold`` bytes and more with ``mmap``, so they go
+    back to the OS when freed. By default glibc raises that threshold up to 32 MiB as large blocks are freed,
+    and a server's request threads then keep decoded images in their own heaps: measured on 6 threads
+    scoring 25 MP images, +615 MB resident at the peak and +375 MB after, against +190 MB and +50 MB with a
+    4 MiB threshold. Process-wide: the server calls it once at start (:meth:`PradotPyfunc.load_context`).
+    Returns False where it is not available (not glibc)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # glibc's M_MMAP_THRESHOLD
+    return bool(mallopt(m_mmap_threshold, int(threshold)))
+
+
 class PayloadTooLarge(MlflowException):
     """A request over its budgets: HTTP 413 (MLflow's error codes have no 413; its scoring server answers
     with the exception's ``get_http_status_code()``)."""
@@ -160,7 +179,7 @@ class PradotPyfunc(mlflow.pyfunc.PythonModel):
     :class:`pradot.serving.Scorer` (:data:`SCORER_CONFIG`): ``batch_size``, ``max_pixels``, ``max_rows``,
     ``max_request_pixels``, ``max_map_side``, ``max_response_bytes``, ``max_in_flight``, ``wait_s``, and
     ``mmap_threshold`` (bytes, default 4 MiB, 0 = the C library's default; see
-    :func:`pradot.serving.return_large_blocks`).
+    :func:`return_large_blocks`).
     """
 
     def load_context(self, context):
