@@ -63,6 +63,8 @@ def memory_bank_config(cfg):
             projection_dim=(int(mb["projection_dim"]) if mb.get("projection_dim") is not None else None),
             smoothing_sigma=float(mb.get("smoothing_sigma", 4.0)),
             seed=int(cfg.seed),
+            aggregation_border=str(mb.get("aggregation_border", "zero")),
+            align_corners=bool(mb.get("align_corners", False)),
         )
     except ValueError as e:
         raise config.ConfigError(f"memory_bank: {e}") from None
