@@ -313,9 +313,8 @@ def category_section(args, category: str, root: Path) -> dict:
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    log(
-        f"{category}: done in {out['seconds']:.0f}s; selected {sel['members']} w={sel['weights']}; with padim {sel_p['members']} w={sel_p['weights']}"
-    )
+    log(f"{category}: done in {out['seconds']:.0f}s; selected {sel['members']} w={sel['weights']}")
+    log(f"{category}: with PaDiM a candidate: {sel_p['members']} w={sel_p['weights']}")
     return out
 
 
