@@ -5,9 +5,10 @@ concatenation (PatchCore, Roth et al. 2022, section 3.1, "locally aware patch fe
   features around it (stride 1, the grid keeps its size). At the border the mean is over the cells that lie
   inside the grid (``border="inside"``, the default), or over all ``k x k`` cells with those outside the grid
   counted as zeros (``border="zero"``: PatchCore's official code and anomalib, a zero-padded average pool).
-  Zero padding shrinks the border features towards 0, which makes them distinct from inner ones: a memory
-  bank then matches border cells mostly with border cells (measured in ``benchmarks/quality.py``: it is
-  what puts the memory bank at parity with the direct PatchCore recipe). ``k = 1`` leaves the features
+  The inside mean leaves border features means of fewer cells, noisier than inner ones; in a memory bank
+  they then carry the largest distances of normal images (the maximum of every normal map at the border on
+  the embedded data); zero padding shrinks them and their distances (``benchmarks/README.md``, issue 25:
+  the memory bank's parity with the direct PatchCore recipe). ``k = 1`` leaves the features
   unchanged: the paper's PRADOT.
 * :func:`concat_stages`: several stages (each aggregated on its own grid first, as PatchCore does) become
   one feature map at the finest stage's grid: the coarser stages are upsampled bilinearly
