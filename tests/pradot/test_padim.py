@@ -98,7 +98,7 @@ def test_maps_are_the_direct_mahalanobis_distances(bb, train_images, test_images
 
 def test_random_channel_subset(bb, train_images, test_images):
     cfg = PaDiMConfig(backbone="tiny_random", stages=(1, 2), image_size=32, n_channels=7, seed=5)
-    pd = PaDiMModel(cfg, backbone=bb).fit_features(bb(train_images))
+    pd = PaDiMModel(cfg, backbone=bb).fit_features(bb(train_images), chunk=5)  # the subset applies to every chunk
     again = PaDiMModel(cfg, backbone=bb).fit_features(bb(train_images))
     assert pd.channels is not None and len(pd.channels) == 7 and len(set(pd.channels.tolist())) == 7
     assert torch.equal(pd.channels, again.channels)  # drawn from the seed
