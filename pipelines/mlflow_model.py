@@ -31,8 +31,9 @@ PyPI packages; with ``--env-manager local`` the current environment is used.
 
 Ensembles: ``load_context`` loads the ``model`` artifact with :func:`pradot.persistence.load_scoring_model`,
 which dispatches on the file's ``"format"``: ``pradot-model-v1`` (``PRADOT.save``) and
-``pradot-ensemble-v1``/``-v2`` (``pradot.ensemble.Ensemble.save``) and ``pradot-memory-bank-v1``
-(``pradot.memory_bank.MemoryBankModel.save``) are served by this same class and contract.
+``pradot-ensemble-v1``/``-v2`` (``pradot.ensemble.Ensemble.save``), ``pradot-memory-bank-v1``
+(``pradot.memory_bank.MemoryBankModel.save``) and ``pradot-padim-v1`` (``pradot.padim.PaDiMModel.save``) are
+served by this same class and contract.
 This file is the model's code (copied into every logged model): it imports only ``pradot`` and MLflow,
 never the rest of ``pipelines``.
 

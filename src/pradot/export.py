@@ -233,7 +233,7 @@ class _Backbone(nn.Module):
 
 class _MemberHead(nn.Module):
     """One member's map from its backbone's features: feature options, per-bank scores, upsampling to its
-    image size (bilinear, ``align_corners=True``), mean over banks, Gaussian smoothing."""
+    image size (bilinear, ``align_corners`` of the member's config, else True), mean over banks, Gaussian smoothing."""
 
     def __init__(self, model):
         super().__init__()
@@ -242,6 +242,7 @@ class _MemberHead(nn.Module):
         self.options, self.bank_stages = banks.options, tuple(banks.bank_stages)
         self.stages = tuple(model.config.stages)
         self.size, self.sigma = int(model.config.image_size), float(model.config.smoothing_sigma)
+        self.align_corners = bool(getattr(model.config, "align_corners", True))  # memory banks may set False
         self.meta: dict[int, tuple] = {}
         for s in self.bank_stages:
             if self.kind == "memory_bank":
@@ -273,9 +274,12 @@ class _MemberHead(nn.Module):
         bank_feats = self.options.apply({s: feats[s] for s in self.stages}, self.stages)
         S = self.size
         maps = [
-            F.interpolate(self.stage_map(s, bank_feats[s])[:, None], size=(S, S), mode="bilinear", align_corners=True)[
-                :, 0
-            ]
+            F.interpolate(
+                self.stage_map(s, bank_feats[s])[:, None],
+                size=(S, S),
+                mode="bilinear",
+                align_corners=self.align_corners,
+            )[:, 0]
             for s in self.bank_stages
         ]
         return gaussian_smooth(fuse_maps(maps), self.sigma)
