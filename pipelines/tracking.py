@@ -43,6 +43,8 @@ __all__ = [
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: loggers too chatty for a run log
 _QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "numba", "git")
+#: a log record with this attribute true (``extra={FILE_ONLY: True}``) goes to the run log, not the console
+FILE_ONLY = "pradot_file_only"
 
 
 def setup_tracking() -> str:
@@ -102,6 +104,7 @@ def run_log(name: str = "run.log") -> Iterator[Path]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter("[pradot] %(message)s"))
+    stream.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.addHandler(handler)
@@ -189,7 +192,8 @@ def entry_run(
             raise
         except BaseException as e:
             user_error = isinstance(e, (ValueError, FileNotFoundError))
-            log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not user_error)
+            # the run log keeps it (with the traceback); the console gets the entry point's one error line
+            log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not user_error, extra={FILE_ONLY: True})
             raise
         finally:
             mlflow.log_artifact(str(logfile), "logs")
