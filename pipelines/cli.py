@@ -30,9 +30,11 @@ class UsageError(ValueError):
 #: errors that mean "the input was wrong": exit 2 with the message, no traceback
 USER_ERRORS = (UsageError, DatasetError, BackboneError, DeviceError, FileNotFoundError, ValueError)
 #: extra hint printed under a dataset error
+#: the command that works without any download: the embedded data with the recipe sized for it (make demo)
+SYNTHETIC_COMMAND = 'mlflow run . --env-manager local -P dataset=synthetic -P overrides="experiment=cpu_demo"'
 DATA_HINT = (
-    "With the MLflow project: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT), or try the "
-    "embedded dataset with -P dataset=synthetic."
+    f"Your data: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT). Or try the embedded data with the "
+    f"recipe sized for it (minutes on a CPU): {SYNTHETIC_COMMAND}"
 )
 
 
