@@ -77,6 +77,7 @@ class PromotionResult:
                 f"({self.decision.reason})",
                 f"serve it  : mlflow models serve -m {self.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
                 + ("" if self.decision.moved else f"   (this ensemble; @{self.alias} still serves v{holder})"),
+                "            (the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200)",
                 f"look at it: {tracking.ui_hint(self.tracking_uri)}",
                 *([f"WARNING   : {self.warning}"] if self.warning else []),
             ]

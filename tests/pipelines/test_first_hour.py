@@ -51,3 +51,24 @@ def test_a_batch_too_large_for_the_embedded_data_gives_the_recipe_and_is_printed
     assert "the batch size 100" in line and f"For the embedded data: {cli.SYNTHETIC_COMMAND}" in line
     assert proc.stderr.count("the batch size 100") == 1  # the run log keeps its own copy; the console one line
     assert "Traceback" not in proc.stderr
+
+
+def test_nested_run_logs_print_each_line_once_and_keep_it_in_both_files(capsys):
+    """A run inside a run (reproduce's members, promote inside reproduce) has one console: each log line is
+    printed once, and written to both runs' logs; a record marked file-only reaches the files only."""
+    import logging
+
+    from pipelines.tracking import FILE_ONLY, run_log
+
+    log = logging.getLogger("pipelines.test_first_hour")
+    with run_log() as outer, run_log() as inner:
+        log.info("one line")
+        log.error("run failed: only in the logs", extra={FILE_ONLY: True})
+    err = capsys.readouterr().err
+    assert err.count("[pradot] one line") == 1 and "only in the logs" not in err
+    for path in (outer, inner):
+        text = path.read_text()
+        assert "one line" in text and "run failed: only in the logs" in text
+    with run_log():
+        log.info("again")
+    assert capsys.readouterr().err.count("[pradot] again") == 1  # the console handler went with its block

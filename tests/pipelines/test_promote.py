@@ -207,6 +207,7 @@ def test_promote_worse_members_keeps_the_champion(store, capsys):
     assert reason.startswith("kept:") and "v1" in reason
     assert ns.client.get_run(new.tags["run_id"]).data.tags["pradot.promotion"] == reason
     assert "kept on v1" in out.out
+    assert "the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200" in out.out
     # the broken bank is below the memory bank promote fitted: the summary says so plainly, the run is tagged
     choice = json.loads(
         Path(
