@@ -66,6 +66,8 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
     except USER_ERRORS as e:
         # the embedded dataset's own errors (e.g. a mistyped root) do not need it suggested back
         hint = f"\n{DATA_HINT}" if isinstance(e, DatasetError) and "synthetic dataset" not in str(e) else ""
+        if isinstance(e, BackboneError):
+            hint = f"\nA recipe that needs no download (the embedded data, EfficientNet-Lite0): {SYNTHETIC_COMMAND}"
         if len(started_runs()) > runs_before:
             note = f"\n({failure_note})" if failure_note else ""
         elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run exists already

@@ -105,4 +105,5 @@ def test_training_refuses_an_unreachable_backbone_before_any_work(tmp_path):
     assert "Traceback" not in proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert "backbone=resnet50 needs ImageNet weights" in line and "HF_HUB_OFFLINE is set" in line
+    assert "needs no download (the embedded data, EfficientNet-Lite0): mlflow run . --env-manager local" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before any run was recorded
