@@ -30,9 +30,11 @@ class UsageError(ValueError):
 #: errors that mean "the input was wrong": exit 2 with the message, no traceback
 USER_ERRORS = (UsageError, DatasetError, BackboneError, DeviceError, FileNotFoundError, ValueError)
 #: extra hint printed under a dataset error
+#: the command that works without any download: the embedded data with the recipe sized for it (make demo)
+SYNTHETIC_COMMAND = 'mlflow run . --env-manager local -P dataset=synthetic -P overrides="experiment=cpu_demo"'
 DATA_HINT = (
-    "With the MLflow project: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT), or try the "
-    "embedded dataset with -P dataset=synthetic."
+    f"Your data: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT). Or try the embedded data with the "
+    f"recipe sized for it (minutes on a CPU): {SYNTHETIC_COMMAND}"
 )
 
 
@@ -64,6 +66,8 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
     except USER_ERRORS as e:
         # the embedded dataset's own errors (e.g. a mistyped root) do not need it suggested back
         hint = f"\n{DATA_HINT}" if isinstance(e, DatasetError) and "synthetic dataset" not in str(e) else ""
+        if isinstance(e, BackboneError):
+            hint = f"\nA recipe that needs no download (the embedded data, EfficientNet-Lite0): {SYNTHETIC_COMMAND}"
         if len(started_runs()) > runs_before:
             note = f"\n({failure_note})" if failure_note else ""
         elif os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run exists already

@@ -22,6 +22,7 @@ from pipelines import checks
 from pipelines.argv import CONF_DIR, parse_overrides
 from pipelines.checks import ConfigError
 from pipelines.paths import not_utf8_message, resolve_paths
+from pradot.backbone import check_weights
 from pradot.engine import DataSpec, batch_size_for
 from pradot.model import PRADOTConfig
 
@@ -297,6 +298,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     Raises:
         ConfigError: a value out of range or a name the registry refuses (the message names the key).
         pradot.device.DeviceError: ``device`` names a device this machine does not have.
+        pradot.backbone.BackboneError: the backbone's weights are neither here nor downloadable now.
     """
     from pradot.device import resolve_device
 
@@ -321,7 +323,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
             hi=1,
             why="the pixel threshold is this quantile of the validation normals' map pixels",
         )
-    return TrainSettings(
+    settings = TrainSettings(
         data=data_spec(cfg),
         model=_checked_model(cfg),
         device=str(cfg.device),
@@ -334,6 +336,10 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         fail_at_epoch=int(fail_at) if fail_at is not None else None,
         calibration_pixel_quantile=pixel_q,
     )
+    # last, after the settings' own checks: the backbone's weights can be had (one line, not a download
+    # retried for minutes in the middle of the run)
+    check_weights(settings.model.backbone, settings.weights_path)
+    return settings
 
 
 # ------------------------------------------------------------------------------------- promote

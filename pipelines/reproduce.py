@@ -71,6 +71,7 @@ class ReproduceResult:
                 f"ensemble  : {p.ensemble_name} v{p.version}; {p.decision.reason}",
                 f"serve it  : mlflow models serve -m {p.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
                 + ("" if p.decision.moved else f"   (this ensemble; @{p.alias} still serves v{p.decision.previous})"),
+                "            (the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200)",
             ]
         )
 

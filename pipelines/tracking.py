@@ -43,6 +43,8 @@ __all__ = [
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: loggers too chatty for a run log
 _QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "numba", "git")
+#: a log record with this attribute true (``extra={FILE_ONLY: True}``) goes to the run log, not the console
+FILE_ONLY = "pradot_file_only"
 
 
 def setup_tracking() -> str:
@@ -92,6 +94,10 @@ def store_hint(model_uri: str) -> str:
     return f" (looked up in the tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI for another)"
 
 
+class _Console(logging.StreamHandler):
+    """The console handler of :func:`run_log` (one, however deeply runs nest)."""
+
+
 @contextlib.contextmanager
 def run_log(name: str = "run.log") -> Iterator[Path]:
     """Capture the loggers (and warnings) to a file for the lifetime of the block; the caller logs it as
@@ -100,12 +106,15 @@ def run_log(name: str = "run.log") -> Iterator[Path]:
     path = folder / name
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter("[pradot] %(message)s"))
     root = logging.getLogger()
+    stream: logging.Handler | None = None
+    if not any(isinstance(h, _Console) for h in root.handlers):  # a nested run (reproduce's members): one console
+        stream = _Console(sys.stderr)
+        stream.setFormatter(logging.Formatter("[pradot] %(message)s"))
+        stream.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
+        root.addHandler(stream)
     root.setLevel(logging.INFO)
     root.addHandler(handler)
-    root.addHandler(stream)
     for noisy in _QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)
@@ -114,7 +123,8 @@ def run_log(name: str = "run.log") -> Iterator[Path]:
     finally:
         handler.flush()
         root.removeHandler(handler)
-        root.removeHandler(stream)
+        if stream is not None:
+            root.removeHandler(stream)
         logging.captureWarnings(False)
 
 
@@ -189,7 +199,8 @@ def entry_run(
             raise
         except BaseException as e:
             user_error = isinstance(e, (ValueError, FileNotFoundError))
-            log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not user_error)
+            # the run log keeps it (with the traceback); the console gets the entry point's one error line
+            log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not user_error, extra={FILE_ONLY: True})
             raise
         finally:
             mlflow.log_artifact(str(logfile), "logs")

@@ -230,6 +230,17 @@ def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, tes
     return model_uri, (tags if settings.tracking.register else None)
 
 
+def _batch_fits(m, kind: str, n_train: int) -> None:
+    """A batch needs that many training images (:func:`checks.batch_fits_data`); on the embedded synthetic
+    data the error also gives the recipe sized for it."""
+    try:
+        checks.batch_fits_data(m.batch_size, m.n, None, n_train)
+    except checks.ConfigError as e:
+        if kind != "synthetic":
+            raise
+        raise checks.ConfigError(f"{e}. For the embedded data: {cli.SYNTHETIC_COMMAND}") from None
+
+
 def _tracked_run(settings: config.TrainSettings, params: dict[str, str], resolved_yaml: str, nested: bool, device):
     """The MLflow run: train, evaluate, log (the model unregistered). Returns (run, model URI, version tags or
     None, metrics, timings, notes)."""
@@ -257,7 +268,7 @@ def _tracked_run(settings: config.TrainSettings, params: dict[str, str], resolve
         log.info("dataset %s / %s (root %s)", spec.kind, spec.category, spec.root)
         splits = open_splits(spec)
         log.info("train %d, validation %d, test %d images", len(splits.train), len(splits.validation), len(splits.test))
-        checks.batch_fits_data(m.batch_size, m.n, None, len(splits.train))  # before any feature is extracted
+        _batch_fits(m, spec.kind, len(splits.train))  # before any feature is extracted
         mlflow.log_params(
             {
                 "data.n_train": len(splits.train),

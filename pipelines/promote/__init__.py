@@ -25,8 +25,9 @@ Candidates:
   training) so that the comparison table always has the baseline's row; it is said in the row's label and in
   the run's ``promote.baseline`` param. Promote scores every candidate on the evaluation set and keeps the best
   per group (PRADOT banks by stage(s) and alpha = 0 vs alpha > 0; memory banks by stages).
-* ``select_by=<val_* tag>``: per group, only the version with the best such tag (e.g. ``val_objective`` of
-  sweep-registered versions) is scored. Test metrics are refused here.
+* ``select_by=<val_* tag>``: per group, of the versions with such a tag (e.g. ``val_objective`` of
+  sweep-registered versions) only the best is scored; versions without it stay candidates. Test metrics are
+  refused here. The summary warns when the chosen model is below the memory-bank baseline on the objective.
 * ``members=name/version,...`` (also ``models:/name/version`` or ``name@alias``): exactly these candidates (a
   missing one is an error naming the versions that exist); the baseline stays a row (and a candidate under
   ``fusion=search``).

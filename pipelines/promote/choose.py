@@ -19,7 +19,7 @@ from pipelines.promote.select import Member, PromotionError, Selection, download
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Candidate", "Choice", "load_candidates", "score_on_set", "choose", "set_objective"]
+__all__ = ["Candidate", "Choice", "load_candidates", "score_on_set", "choose", "set_objective", "below_baseline"]
 
 
 @dataclass
@@ -186,3 +186,19 @@ def choose(cands: Sequence[Candidate], opts, pset: objective.PseudoSet, explicit
         f"{opts.weight_step}): {key}={fc.value:.4f}"
     )
     return Choice(members, weights, stats, winners, "search on the validation objective", fc.metrics, notes)
+
+
+def below_baseline(cands: Sequence[Candidate], value: float, key: str) -> str | None:
+    """A plain sentence when the chosen model's ``value`` of the validation objective ``key`` is below the
+    memory-bank baseline's (the best baseline candidate), else ``None``."""
+    base = [c for c in cands if c.is_baseline and key in c.metrics]
+    if not base:
+        return None
+    best = max(base, key=lambda c: c.metrics[key])
+    if value >= best.metrics[key]:
+        return None
+    return (
+        f"the chosen model is BELOW the memory-bank baseline on the validation objective ({key} {value:.4f} < "
+        f"{best.metrics[key]:.4f} for {best.label}): the trained banks do not beat it on this data; look at the "
+        f"table above, and serve the baseline or train other banks if the test split agrees"
+    )

@@ -15,7 +15,15 @@ from pathlib import Path
 
 from pipelines import cli, config, objective, registry, tracking
 from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
-from pipelines.promote.choose import Candidate, Choice, choose, load_candidates, score_on_set, set_objective
+from pipelines.promote.choose import (
+    Candidate,
+    Choice,
+    below_baseline,
+    choose,
+    load_candidates,
+    score_on_set,
+    set_objective,
+)
 from pipelines.promote.compare import SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv, to_markdown
 from pipelines.promote.select import PromotionError, Selection, select_members
 
@@ -42,6 +50,7 @@ class PromotionResult:
     member_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     weights: list[float] | None = None
     exit_code: int = cli.EXIT_OK
+    warning: str | None = None  # e.g. the chosen model is below the memory-bank baseline (choose.below_baseline)
 
     @property
     def model_uri(self) -> str:
@@ -68,7 +77,9 @@ class PromotionResult:
                 f"({self.decision.reason})",
                 f"serve it  : mlflow models serve -m {self.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
                 + ("" if self.decision.moved else f"   (this ensemble; @{self.alias} still serves v{holder})"),
+                "            (the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200)",
                 f"look at it: {tracking.ui_hint(self.tracking_uri)}",
+                *([f"WARNING   : {self.warning}"] if self.warning else []),
             ]
         )
 
@@ -354,6 +365,7 @@ class _Promoted:
     member_metrics: dict[str, dict[str, float]]
     weights: list[float] | None
     holder_value: object
+    warning: str | None = None
 
 
 def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config) -> _Promoted:
@@ -378,6 +390,9 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
         ens = _ensemble(cands, choice, opts)
         val_metrics = set_objective(_fused(ens, [cands[i].maps for i in choice.members])[0], pset, opts.eval_size)
         _log_choice(cands, choice, val_metrics, opts, pset)
+        if warning := below_baseline(cands, val_metrics[opts.objective], opts.objective):
+            log.warning("%s", warning)
+            mlflow.set_tag("pradot.below_baseline", "true")
         comparison, table, ens_test = _compare(cands, choice, ens, splits, settings, opts, val_metrics)  # report
         calibration, calib_source = _calibrate(settings, ens, cands, choice, pset, splits)
         mlflow.set_tag("pradot.calibration_source", calib_source)
@@ -398,6 +413,7 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
         {cands[i].name: cands[i].metrics for i in choice.members},
         choice.weights,
         _champion_value(opts, pset, ens.image_size, settings.evaluation.batch_size),
+        warning,
     )
 
 
@@ -435,6 +451,7 @@ def run_promotion(
         p.table,
         p.member_metrics,
         p.weights,
+        warning=p.warning,
     )
 
 

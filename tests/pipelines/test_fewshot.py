@@ -349,3 +349,13 @@ def effnet_fewshot():
     from pradot.backbone import load_backbone
 
     return load_backbone("efficientnet_lite0", (2, 3))
+
+
+def test_the_cpu_recipes_calibrate_a_quantile_their_normals_can_carry():
+    """fewshot=cpu (and cpu_ad) calibrate on fewshot.calibration_images normals: at least what the quantile
+    needs (pradot.calibration.min_normals), so the project's own small-sample warning does not fire."""
+    from pradot.calibration import min_normals
+
+    for recipe in ("cpu", "cpu_ad"):
+        plan = fewshot_plan(config.compose("fewshot", [f"fewshot={recipe}"]))
+        assert plan.calibration_images >= min_normals(plan.calibration_quantile), recipe

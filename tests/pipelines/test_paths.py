@@ -95,9 +95,9 @@ def test_relative_paths_are_resolved_against_workdir_or_the_current_folder(tmp_p
     assert config.compose("sweep", ["sweep.storage_path=s3://bucket/sweeps"]).sweep.storage_path == "s3://bucket/sweeps"
     assert cfg.backbone.weights_path == os.path.expanduser("~/w.pth")
     assert cfg.data.root == "file:///x/y" and cfg.cache.dir == "/abs/cache"  # URIs and absolute paths stay
-    assert config.train_settings(config.compose("train", [f"workdir={user}", "data_root=d"])).data.root == str(
-        user / "d"
-    )
+    assert config.train_settings(
+        config.compose("train", [f"workdir={user}", "data_root=d", "backbone=efficientnet_lite0"])
+    ).data.root == str(user / "d")
 
 
 def test_library_errors_show_the_absolute_path(tmp_path, monkeypatch):

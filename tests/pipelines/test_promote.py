@@ -207,6 +207,32 @@ def test_promote_worse_members_keeps_the_champion(store, capsys):
     assert reason.startswith("kept:") and "v1" in reason
     assert ns.client.get_run(new.tags["run_id"]).data.tags["pradot.promotion"] == reason
     assert "kept on v1" in out.out
+    assert "the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200" in out.out
+    # the broken bank is below the memory bank promote fitted: the summary says so plainly, the run is tagged
+    choice = json.loads(
+        Path(
+            ns.mlflow.artifacts.download_artifacts(run_id=new.tags["run_id"], artifact_path="comparison/choice.json")
+        ).read_text()
+    )
+    (base,) = [c for c in choice["candidates"] if c["baseline"]]
+    assert choice["ensemble_validation"]["val_objective"] < base["validation"]["val_objective"]
+    assert "WARNING   : the chosen model is BELOW the memory-bank baseline on the validation objective" in out.out
+    assert ns.client.get_run(new.tags["run_id"]).data.tags["pradot.below_baseline"] == "true"
+
+
+def test_below_baseline_compares_with_the_best_baseline_only():
+    from pipelines.promote.choose import Candidate, below_baseline
+
+    def cand(label, value, baseline):
+        return Candidate(
+            label, label, None, None, ("g",), "bank", metrics={"val_objective": value}, is_baseline=baseline
+        )
+
+    cands = [cand("bank", 0.9, False), cand("MB a", 0.7, True), cand("MB b", 0.8, True)]
+    assert below_baseline(cands, 0.8, "val_objective") is None  # a tie is not below
+    msg = below_baseline(cands, 0.75, "val_objective")
+    assert msg and "0.7500 < 0.8000 for MB b" in msg
+    assert below_baseline(cands[:1], 0.1, "val_objective") is None  # no baseline among the candidates
 
 
 def test_promote_without_members_is_a_clear_error(store, capsys):
@@ -294,7 +320,8 @@ def test_champion_served_in_a_fresh_process(store):
 
 def test_select_by_ranks_sweep_registered_versions(store):
     """Sweep-registered versions carry metric.val_auroc: select_by=val_auroc keeps the best of each group by it
-    (versions without the tag are excluded) before promote scores them; test metrics cannot choose."""
+    before promote scores them; versions without the tag (a model trained with `mlflow run .`) stay candidates,
+    scored on promote's objective like the others; test metrics cannot choose."""
     ns = store
     opts = config.promote_options(
         config.compose(
@@ -312,12 +339,14 @@ def test_select_by_ranks_sweep_registered_versions(store):
         for key, val in sweep_like.items():
             ns.client.set_model_version_tag(NAME, ns.versions[key], "metric.val_auroc", str(val))
         sel = select_best(ns.client, NAME, "val_auroc", "synthetic", "screw_bag")
-        assert [m.ref for m in sel.members] == [f"{NAME}/{ns.versions[k]}" for k in ("bad", "s3a3")]
-        assert any(f"{NAME}/{ns.versions['s2a3']}: no metric.val_auroc" in e for e in sel.excluded)
+        # the tagged: the best per group by the tag; then the untagged, every one of them
+        assert [m.ref for m in sel.members] == [f"{NAME}/{ns.versions[k]}" for k in ("bad", "s3a3", "s2a3", "multi")]
+        assert not sel.excluded
+        assert any(f"{NAME}/{ns.versions['s2a3']}: no val_auroc tag; a candidate all the same" in n for n in sel.notes)
         every = select_best(ns.client, NAME, None, "synthetic", "screw_bag")  # the default: every version
         assert sorted(m.ref for m in every.members) == sorted(f"{NAME}/{v}" for v in ns.versions.values())
-        with pytest.raises(PromotionError, match="none can be a member"):
-            select_best(ns.client, NAME, "val_nothing", "synthetic", "screw_bag")
+        nothing = select_best(ns.client, NAME, "val_nothing", "synthetic", "screw_bag")  # no version has the tag
+        assert sorted(m.ref for m in nothing.members) == sorted(m.ref for m in every.members)
     finally:
         for key in sweep_like:
             ns.client.delete_model_version_tag(NAME, ns.versions[key], "metric.val_auroc")

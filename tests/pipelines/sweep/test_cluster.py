@@ -144,3 +144,68 @@ def test_cluster_address_and_its_probe(monkeypatch):
     with pytest.raises(SweepError, match=f"cannot reach the Ray cluster at '{address}' \\(\\$RAY_ADDRESS\\)"):
         cluster.probe_address(address)
     assert time.perf_counter() - t0 < 10
+
+
+def _machine_address() -> str:
+    """The address ``ray start`` registers a node of this machine under (Ray's own resolution)."""
+    from ray._private.services import node_ip_address_from_perspective
+
+    return node_ip_address_from_perspective()
+
+
+def test_a_loopback_server_is_accepted_when_the_nodes_are_this_machines_network_address():
+    here = _machine_address()
+    assert cluster.on_this_host(here) and cluster.on_this_host("127.0.0.1") and cluster.on_this_host("localhost")
+    assert not cluster.on_this_host("203.0.113.7")  # TEST-NET-3: no interface of any machine holds it
+    assert not cluster.on_this_host("no-such-host.invalid")
+    # `ray start --head` then RAY_ADDRESS=127.0.0.1:P (or the address ray start prints): the node is this machine
+    cluster.check_tracking_for_cluster("http://127.0.0.1:5000", 1, "127.0.0.1:6379", [here])
+    cluster.check_tracking_for_cluster("http://127.0.0.1:5000", 1, f"{here}:6379", [here])
+    with pytest.raises(SweepError, match="loopback address"):
+        cluster.check_tracking_for_cluster("http://127.0.0.1:5000", 2, "127.0.0.1:6379", [here, "203.0.113.7"])
+
+
+def test_the_drivers_ray_token_is_found_in_rays_order_and_passed_on(tmp_path):
+    home = tmp_path / "home"
+    assert cluster.ray_token_source({}, home=home) is None
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("abc")
+    assert cluster.ray_token_source({}, home=home) == str(home / ".ray" / "auth_token")
+    other = tmp_path / "tok"
+    other.write_text("def")
+    assert cluster.ray_token_source({"RAY_AUTH_TOKEN_PATH": str(other)}, home=home) == f"$RAY_AUTH_TOKEN_PATH ({other})"
+    assert cluster.ray_token_source({"RAY_AUTH_TOKEN": "x", "RAY_AUTH_TOKEN_PATH": str(other)}) == "$RAY_AUTH_TOKEN"
+
+    env = {"RAY_AUTH_TOKEN": "x"}
+    assert cluster.use_token_auth(env) == "$RAY_AUTH_TOKEN" and env["RAY_AUTH_MODE"] == "token"
+    env = {"RAY_AUTH_TOKEN": "x", "RAY_AUTH_MODE": "disabled"}  # the user's explicit choice stays
+    assert cluster.use_token_auth(env) is None and env["RAY_AUTH_MODE"] == "disabled"
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")}
+    assert cluster.use_token_auth(env) is None and "RAY_AUTH_MODE" not in env
+
+
+def test_failures_to_join_become_one_line_with_the_cause_and_the_fix(tmp_path):
+    from ray.exceptions import AuthenticationError
+
+    def failed(cause: BaseException) -> ConnectionError:
+        try:
+            try:
+                raise cause
+            except Exception as inner:
+                raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from inner
+        except ConnectionError as e:
+            return e
+
+    auth = AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect.")
+    no_token = str(cluster.join_error("127.0.0.1:6379", failed(auth), {"HOME": str(tmp_path)}))
+    assert "requires token authentication and this driver has no token" in no_token
+    assert "~/.ray/auth_token" in no_token and "RAY_AUTH_TOKEN=" in no_token and "\n" not in no_token
+    wrong = str(cluster.join_error("127.0.0.1:6379", failed(auth), {"RAY_AUTH_TOKEN": "x"}))
+    assert "refused this driver's token ($RAY_AUTH_TOKEN)" in wrong
+    off = str(cluster.join_error("127.0.0.1:6379", failed(auth), {"RAY_AUTH_TOKEN": "x", "RAY_AUTH_MODE": "disabled"}))
+    assert "RAY_AUTH_MODE=disabled here: unset RAY_AUTH_MODE" in off
+    node = RuntimeError("No node info found matching attributes: '' when trying to resolve node to connect to.")
+    msg = str(cluster.join_error("10.0.0.1:6379", failed(node)))
+    assert "no node of it runs on this machine" in msg and "`ray start --address=10.0.0.1:6379`" in msg
+    other = str(cluster.join_error("10.0.0.1:6379", failed(RuntimeError("boom\nlast words"))))
+    assert other == "cannot join the Ray cluster at '10.0.0.1:6379': RuntimeError: last words"
