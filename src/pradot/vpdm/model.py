@@ -70,7 +70,9 @@ class VPDM(nn.Module):
             raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
         self.channels = stage_channels(self.backbone.channels, config.stages)
         self.prototypes = nn.Parameter(torch.zeros(config.n_prototypes, self.channels))
-        self.denoiser = Denoiser(self.channels, config.width, config.blocks)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
+            torch.manual_seed(int(config.seed))
+            self.denoiser = Denoiser(self.channels, config.width, config.blocks)
         self.register_buffer("mean", torch.zeros(self.channels))
         self.register_buffer("std", torch.ones(self.channels))
         self.schedule = NoiseSchedule.linear(config.timesteps, config.beta_start, config.beta_end)

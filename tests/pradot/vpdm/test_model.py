@@ -128,3 +128,14 @@ def test_ablation_options_train_and_score(option, one_thread):
     assert torch.isfinite(maps).all() and torch.isfinite(scores).all()
     if option.get("condition") == "low_pass":  # no prototypes, no transport
         assert model.history[0]["ot"] == 0.0
+
+
+def test_initial_weights_depend_on_the_seed_only():
+    torch.manual_seed(123)
+    a = VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (0,)))
+    torch.manual_seed(456)
+    b = VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (0,)))
+    c = VPDM(VPDMConfig(**(TINY | {"seed": 1})), backbone=load_backbone("tiny_random", (0,)))
+    sa, sb, sc = (m.denoiser.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
