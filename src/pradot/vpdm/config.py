@@ -27,7 +27,10 @@ class VPDMConfig:
     VPOT: ``downsample`` (paper: 4), ``n_prototypes`` K (paper: 50), Sinkhorn ``ot_eps`` (Eq. 11 prints weight 1)
     and ``ot_iter`` iterations, ``ot_weight`` of the OT loss in Eq. 17 (paper: 1; 0 = "without OT loss").
     Diffusion: ``timesteps`` T (paper: 1000) on a linear schedule ``beta_start``..``beta_end`` (1e-4..0.02),
-    ``sampling_steps`` of Algorithm 2 (respaced; T = the paper), ``sigma`` of the sampler ("beta": Algorithm 2).
+    ``sampling_steps`` of Algorithm 2 (respaced; T = the paper), ``sigma`` of the sampler ("beta": Algorithm 2),
+    ``clip_x0``: clamp Algorithm 2's estimate of ``x^0`` to the per-channel range of the training features (not in
+    the paper; DDPM's clamp of images to [-1, 1]; without it an imperfect network's error, divided by
+    ``sqrt(alpha^t)`` ~ 0.006 at t = T, can make the reconstruction diverge).
     Network (not in the paper, see :mod:`pradot.vpdm.network`): ``width``, ``blocks``.
     Training (Algorithm 1): Adam ``lr`` (paper: 1e-3), ``batch_size`` (paper: 32), ``epochs`` (not in the paper).
     Scoring (Sec. 3.4): the map's ``score_pool`` px average pool before the max; optional Gaussian
@@ -51,6 +54,7 @@ class VPDMConfig:
     beta_end: float = 0.02
     sampling_steps: int = 1000
     sigma: str = "beta"
+    clip_x0: bool = True
     width: int = 128
     blocks: int = 6
     lr: float = 1e-3

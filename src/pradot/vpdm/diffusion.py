@@ -171,7 +171,7 @@ def sample(
     noise: Callable[[tuple[int, ...]], torch.Tensor],
     sigma: str = "beta",
     y_process: torch.Tensor | None = None,
-    clip_x0: float | None = None,
+    clip_x0: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Algorithm 2: ``x^T ~ N(y_hat, I)`` (Eq. 12), then for the schedule's steps from last to first the
     estimate ``X^t`` (:func:`predict_x0`) and ``x^{t-1} = gamma_0 X^t + gamma_1 x^t + gamma_2 y_hat + sigma_t
@@ -185,7 +185,8 @@ def sample(
         sigma: ``"beta"`` (Algorithm 2: sqrt(beta^t)) or ``"beta_tilde"`` (the posterior's own variance).
         y_process: the condition in the process equations when it differs from the network's (the "DDPM
             instead of the vague endpoint" ablation passes zeros); default ``y_hat``.
-        clip_x0: clamp ``X^t`` to [-clip_x0, clip_x0] (None: no clamp, as the paper).
+        clip_x0: ``(low, high)`` bounds broadcastable to ``y_hat`` that clamp ``X^t`` (DDPM clamps images to
+            [-1, 1]; None: no clamp, as the paper prints Algorithm 2).
     Returns:
         the reconstruction ``x^0_rec``, ``y_hat``'s shape.
     """
@@ -201,7 +202,7 @@ def sample(
         t = torch.full((B,), int(schedule.timesteps[i]), dtype=torch.long, device=y_hat.device)
         x0 = predict_x0(x, yp, eps_model(x, y_hat, t), alpha[i])
         if clip_x0 is not None:
-            x0 = x0.clamp(-clip_x0, clip_x0)
+            x0 = torch.maximum(torch.minimum(x0, clip_x0[1]), clip_x0[0])
         if i == 0:
             return x0
         x = c["gamma0"][i] * x0 + c["gamma1"][i] * x + c["gamma2"][i] * yp

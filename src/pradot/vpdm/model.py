@@ -60,6 +60,8 @@ class VPDM(nn.Module):
 
     mean: torch.Tensor  # (C,) feature means of the training set (buffers)
     std: torch.Tensor  # (C,) feature standard deviations
+    low: torch.Tensor  # (C,) per-channel minimum of the standardised training features (the x^0 clamp)
+    high: torch.Tensor  # (C,) per-channel maximum
 
     def __init__(self, config: VPDMConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
         super().__init__()
@@ -75,6 +77,8 @@ class VPDM(nn.Module):
             self.denoiser = Denoiser(self.channels, config.width, config.blocks)
         self.register_buffer("mean", torch.zeros(self.channels))
         self.register_buffer("std", torch.ones(self.channels))
+        self.register_buffer("low", torch.full((self.channels,), -float("inf")))
+        self.register_buffer("high", torch.full((self.channels,), float("inf")))
         self.schedule = NoiseSchedule.linear(config.timesteps, config.beta_start, config.beta_end)
         self.history: list[dict] = []  # per epoch: loss, eps loss, OT loss, seconds
         self.fitted = False
@@ -127,23 +131,35 @@ class VPDM(nn.Module):
         return {"loss": l_eps + self.config.ot_weight * l_ot, "eps": l_eps, "ot": l_ot}
 
     def _standardisation(self, features, n: int, chunk: int) -> None:
-        if not self.config.standardise:
-            return
-        s1 = torch.zeros(self.channels, dtype=torch.float64)
-        s2 = torch.zeros(self.channels, dtype=torch.float64)
-        count = 0
-        for i in range(0, n, chunk):
-            x = grid_features(
-                {s: features[s][i : i + chunk] for s in self.config.stages}, self.config.stages, self.config.grid
-            )
-            x = x.double().transpose(0, 1).reshape(self.channels, -1)
-            s1 += x.sum(1)
-            s2 += (x * x).sum(1)
-            count += x.shape[1]
-        mean = s1 / count
-        std = (s2 / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
-        self.mean.copy_(mean.float())
-        self.std.copy_(std.float())
+        """Per-channel mean and standard deviation (when ``standardise``), then the per-channel range of the
+        standardised training features (the clamp of Algorithm 2's ``x^0`` estimate)."""
+        stages, grid = self.config.stages, self.config.grid
+
+        def batches():
+            for i in range(0, n, chunk):
+                yield grid_features({s: features[s][i : i + chunk] for s in stages}, stages, grid)
+
+        if self.config.standardise:
+            s1 = torch.zeros(self.channels, dtype=torch.float64)
+            s2 = torch.zeros(self.channels, dtype=torch.float64)
+            count = 0
+            for x in batches():
+                x = x.double().transpose(0, 1).reshape(self.channels, -1)
+                s1 += x.sum(1)
+                s2 += (x * x).sum(1)
+                count += x.shape[1]
+            mean = s1 / count
+            std = (s2 / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+            self.mean.copy_(mean.float())
+            self.std.copy_(std.float())
+        low = torch.full((self.channels,), float("inf"))
+        high = torch.full((self.channels,), -float("inf"))
+        for x in batches():
+            z = ((x.to(self.device_) - self.mean[:, None, None]) / self.std[:, None, None]).transpose(0, 1).flatten(1)
+            low = torch.minimum(low, z.amin(1).cpu())
+            high = torch.maximum(high, z.amax(1).cpu())
+        self.low.copy_(low)
+        self.high.copy_(high)
 
     def _init_prototypes(self, features, n: int, generator: torch.Generator) -> None:
         """Prototypes drawn from the training images' downsampled features (the paper initialises them at
@@ -246,8 +262,15 @@ class VPDM(nn.Module):
         self._check_fitted()
         y_hat, _ = self.condition(x0)
         schedule = self.schedule.respaced(steps or self.config.sampling_steps)
+        clip = (self.low[:, None, None], self.high[:, None, None]) if self.config.clip_x0 else None
         rec = sample(
-            self.denoiser, y_hat, schedule, self._noise(len(x0)), self.config.sigma, self._process_condition(y_hat)
+            self.denoiser,
+            y_hat,
+            schedule,
+            self._noise(len(x0)),
+            self.config.sigma,
+            self._process_condition(y_hat),
+            clip_x0=clip,
         )
         return rec, y_hat
 
@@ -317,6 +340,8 @@ class VPDM(nn.Module):
             "denoiser": {k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()},
             "mean": self.mean.cpu(),
             "std": self.std.cpu(),
+            "low": self.low.cpu(),
+            "high": self.high.cpu(),
             "history": [dict(r) for r in self.history],
             "backbone": backbone_state(self.backbone, include_backbone),
         }
@@ -335,6 +360,8 @@ class VPDM(nn.Module):
             model.prototypes.copy_(torch.as_tensor(state["prototypes"]))
             model.mean.copy_(torch.as_tensor(state["mean"]))
             model.std.copy_(torch.as_tensor(state["std"]))
+            model.low.copy_(torch.as_tensor(state["low"]))
+            model.high.copy_(torch.as_tensor(state["high"]))
         model.denoiser.load_state_dict(dict(state["denoiser"]))
         model.history = [dict(r) for r in state.get("history", [])]
         model.fitted = bool(state.get("fitted", True))

@@ -133,3 +133,15 @@ def test_respacing_keeps_the_cumulative_products():
         SCHEDULE.respaced(0)
     with pytest.raises(ValueError, match="sampling steps"):
         SCHEDULE.respaced(1001)
+
+
+def test_clamped_x0_estimate_stays_in_bounds_and_keeps_an_exact_oracle():
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(1, 2, 3, 3, generator=g, dtype=torch.float64) - 0.5  # inside [-0.5, 0.5]
+    y = torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64)
+    noise = lambda shape: torch.randn(shape, generator=g, dtype=torch.float64)  # noqa: E731
+    bounds = (torch.tensor(-0.5, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64))
+    rec = sample(_oracle(x0), y, SCHEDULE.respaced(10), noise, clip_x0=bounds)
+    assert torch.allclose(rec, x0, atol=1e-8)
+    wild = sample(lambda x, yy, t: torch.full_like(x, 50.0), y, SCHEDULE.respaced(10), noise, clip_x0=bounds)
+    assert wild.abs().max() <= 0.5
