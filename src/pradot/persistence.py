@@ -32,6 +32,7 @@ from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
 from .padim import PADIM_FORMAT, PaDiMModel
+from .vpdm import VPDM, VPDM_FORMAT
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
 
@@ -50,6 +51,7 @@ SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier e
 SCORING_FORMATS[MEMORY_BANK_FORMAT] = MemoryBankModel  # the memory-bank baseline (pradot.memory_bank)
 SCORING_FORMATS[FOCT_FORMAT] = FOCT  # a few-shot model (pradot.fewshot)
 SCORING_FORMATS[PADIM_FORMAT] = PaDiMModel  # the Gaussian-per-position baseline (pradot.padim)
+SCORING_FORMATS[VPDM_FORMAT] = VPDM  # one model for many categories (pradot.vpdm)
 
 
 def servable_formats() -> list[str]:
