@@ -136,8 +136,6 @@ def _banks(args, feats, aggregation: int, sigma: float) -> list:
 
 def _maps(model, feats: dict) -> np.ndarray:
     stages = model.config.stages
-    if hasattr(model, "score_features"):
-        return model.score_features({s: feats[s] for s in stages})[0].numpy()
     return model.maps_from_features({s: feats[s] for s in stages})[0].numpy()
 
 

@@ -189,12 +189,12 @@ def train_model(
             callback=callback,
             progress=progress,
             num_workers=num_workers,
-        )
+        ).history_
         t2 = t1
     else:
         feats = train_features(backbone, spec, samples, cache, device, num_workers, weights_path, progress)
         t2 = time.perf_counter()
-        history = model.fit_features(feats, callback=callback, progress=progress)
+        history = model.fit_features(feats, callback=callback, progress=progress).history_
     t3 = time.perf_counter()
     timings = {
         "backbone_load_seconds": t1 - t0,

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
+from .io import atomic_write
 
 __all__ = ["extract_features", "file_digest", "files_fingerprint", "FeatureCache"]
 
@@ -233,11 +233,5 @@ class FeatureCache:
     @staticmethod
     def _write(folder: Path, name: str, write) -> None:
         """Write ``folder/name`` under a temporary name, then rename it into place (atomic on one filesystem)."""
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(folder / name) as tmp, open(tmp, "wb") as f:
+            write(f)

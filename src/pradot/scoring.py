@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 
 import torch
-import torch.nn.functional as F
 
 from .cost import _unit, spatial_cost
+from .maps import resize_maps
 from .prototypes import PrototypeBank
 
 __all__ = [
@@ -234,10 +234,9 @@ def stage_maps(bank: PrototypeBank, feats: torch.Tensor) -> torch.Tensor:
 
 
 def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) -> (B, S, S): bilinear, align_corners=True (the authors' code)."""
-    if isinstance(size, int):
-        size = (size, size)
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=True)[:, 0]
+    """(B, h, w) -> (B, S, S): bilinear, align_corners=True (the authors' code; :func:`pradot.maps.resize_maps`
+    with ``"align_corners"``)."""
+    return resize_maps(maps, size, "align_corners")
 
 
 def fuse_maps(maps: list[torch.Tensor]) -> torch.Tensor:
