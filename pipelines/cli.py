@@ -2,8 +2,11 @@
 
 Each entry point's ``main(argv)`` is ``run_entry(run, argv, ...)`` where ``run(argv)`` composes its
 config, does the work and returns a result whose ``summary()`` is printed. Exit codes: 0 done, 1 the work
-failed, 2 bad input (the message says what to change; nothing was registered), 3 interrupted (Ctrl+C or
-SIGTERM; the run ends KILLED; a sweep is resumable).
+failed (a ``RuntimeError``: its message; any other error, a bug, propagates with its traceback, also kept
+in the run's log), 2 bad input (an :class:`pradot.errors.InputError`
+or one of :data:`USER_ERRORS`: the message says what to change; nothing was registered), 3 interrupted
+(Ctrl+C or SIGTERM; the run ends KILLED; a sweep is resumable). ``-h`` / ``--help`` prints the usage and
+exits 0.
 """
 
 from __future__ import annotations
@@ -11,24 +14,39 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from pradot.backbone import BackboneError
 from pradot.data import DatasetError
-from pradot.device import DeviceError
+from pradot.errors import InputError, is_input_error
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "UsageError", "Result", "run_entry"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERRUPTED",
+    "USER_ERRORS",
+    "UsageError",
+    "Result",
+    "is_user_error",
+    "run_entry",
+    "usage",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad input to an entry point (options, registry contents, sweep settings); the message says what
     was wrong and how to fix it."""
 
 
-#: errors that mean "the input was wrong": exit 2 with the message, no traceback
-USER_ERRORS = (UsageError, DatasetError, BackboneError, DeviceError, FileNotFoundError, ValueError)
+#: errors that mean "the input was wrong": exit 2 with the message, no traceback. InputError covers every
+#: error class of the taxonomy (UsageError, ConfigError, DeviceError, ...); the others predate it.
+USER_ERRORS = (InputError, DatasetError, BackboneError, FileNotFoundError)
+#: the options that print the usage
+HELP_OPTIONS = ("-h", "--help")
 #: extra hint printed under a dataset error
 DATA_HINT = (
     "With the MLflow project: -P data_root=/path/to/data (or export PRADOT_DATA_ROOT), or try the "
@@ -44,6 +62,29 @@ class Result(Protocol):
     def summary(self) -> str: ...
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means bad input (exit 2, no traceback): see :data:`USER_ERRORS`."""
+    return is_input_error(exc, USER_ERRORS)
+
+
+def usage(run: Callable, prog: str | None = None) -> str:
+    """The ``--help`` text of an entry point: its usage line, the first paragraph of its module's docstring,
+    how overrides are written and the exit codes."""
+    module = sys.modules.get(getattr(run, "__module__", ""), None)
+    doc = (getattr(module, "__doc__", None) or "").strip().split("\n\n")[0]
+    prog = prog or Path(sys.argv[0]).name or "pradot"
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    return (
+        f"usage: {prog} [key=value ...] [--key value ...] [overrides='key=value key=value']\n\n"
+        f"{doc}\n\n"
+        f"Settings are Hydra overrides of the entry point's config (files under {conf}), e.g. "
+        f"data=synthetic category=screw_bag seed=1; a value is taken as written (quote it in the shell when it "
+        f"holds spaces). Misspelt keys are refused with suggestions.\n\n"
+        f"exit codes: 0 done, 1 failed (traceback in the run's log), 2 bad input (the message says what to "
+        f"change), 3 interrupted (Ctrl+C or SIGTERM)"
+    )
+
+
 def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = None, failure_note: str = "") -> int:
     """Run ``run(argv)`` (default ``sys.argv[1:]``), print the summary or the error, return the exit code.
 
@@ -51,6 +92,9 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
     from pipelines.tracking import started_runs
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in HELP_OPTIONS for a in argv):
+        print(usage(run))
+        return EXIT_OK
     runs_before = len(started_runs())
     try:
         result = run(argv)
@@ -61,7 +105,12 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not is_user_error(e):
+            if isinstance(e, RuntimeError):  # the work failed (its message says why; the run log has the rest)
+                print(f"\nerror: {e}", file=sys.stderr)
+                return EXIT_FAILED
+            raise  # a bug: Python prints the traceback and exits with 1
         # the embedded dataset's own errors (e.g. a mistyped root) do not need it suggested back
         hint = f"\n{DATA_HINT}" if isinstance(e, DatasetError) and "synthetic dataset" not in str(e) else ""
         if len(started_runs()) > runs_before:
@@ -75,8 +124,5 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
             note = "\n(nothing was registered nor recorded: refused before any MLflow run started)"
         print(f"\nerror: {e}{hint}{note}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except RuntimeError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        return EXIT_FAILED
     print(result.summary())
     return result.exit_code

@@ -237,7 +237,7 @@ class MemoryBankModel(nn.Module, FeatureModel):
             "backbone": backbone_state(self.backbone, include_backbone),
         }
 
-    def save(self, path: str | Path, include_backbone: bool = True) -> Path:
+    def save(self, path: str | Path, include_backbone: bool = True, **options) -> Path:
         """One self-describing file (format ``pradot-memory-bank-v1``)."""
         return save_state(self.state(include_backbone), path)
 
@@ -257,9 +257,9 @@ class MemoryBankModel(nn.Module, FeatureModel):
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None
+        cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None, **options
     ) -> MemoryBankModel:
-        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a memory-bank file)."""
+        """Read a :meth:`save` file. Raises FileNotFoundError / InputError (not a memory-bank file)."""
         return cls.from_state(
             load_state(path, MEMORY_BANK_FORMAT, what="memory bank"), device=device, backbone=backbone
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .base import ScoringModel
 from .checkpoint import (
     ENSEMBLE_FORMAT,
     ENSEMBLE_FORMATS,
@@ -27,10 +28,9 @@ from .checkpoint import (
     file_info,
     load_state,
 )
-from .base import ScoringModel
 from .device import resolve_device
-from .errors import InputError
 from .ensemble import Ensemble
+from .errors import InputError
 from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
