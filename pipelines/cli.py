@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from pradot.backbone import BackboneError
+from pipelines.errors import USER_ERRORS, is_user_error
 from pradot.data import DatasetError
-from pradot.errors import InputError, is_input_error
+from pradot.errors import InputError
 
 __all__ = [
     "EXIT_OK",
@@ -42,9 +42,6 @@ class UsageError(InputError):
     was wrong and how to fix it."""
 
 
-#: errors that mean "the input was wrong": exit 2 with the message, no traceback. InputError covers every
-#: error class of the taxonomy (UsageError, ConfigError, DeviceError, ...); the others predate it.
-USER_ERRORS = (InputError, DatasetError, BackboneError, FileNotFoundError)
 #: the options that print the usage
 HELP_OPTIONS = ("-h", "--help")
 #: extra hint printed under a dataset error
@@ -60,11 +57,6 @@ class Result(Protocol):
     exit_code: int
 
     def summary(self) -> str: ...
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` means bad input (exit 2, no traceback): see :data:`USER_ERRORS`."""
-    return is_input_error(exc, USER_ERRORS)
 
 
 def usage(run: Callable, prog: str | None = None) -> str:

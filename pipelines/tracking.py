@@ -188,7 +188,7 @@ def entry_run(
             log.error("run interrupted (Ctrl+C or SIGTERM): it is ended KILLED")
             raise
         except BaseException as e:
-            from pipelines.cli import is_user_error
+            from pipelines.errors import is_user_error
 
             user_error = is_user_error(e)  # bad input: the message says it all; anything else: traceback
             log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not user_error)
