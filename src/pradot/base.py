@@ -120,11 +120,6 @@ class Model(ABC):
         """The side, in pixels, of the square images the model scores and of its maps (``config.image_size``)."""
         return int(self.config.image_size)
 
-    @property
-    def device_(self) -> torch.device:
-        """Deprecated name of :attr:`device`."""
-        return self.device
-
     def check_fitted(self) -> None:
         """Raise :class:`~pradot.errors.NotFittedError` unless the model is fitted."""
         if not self.fitted:
