@@ -282,7 +282,7 @@ class PrototypeModel(nn.Module, FeatureScorer):
         """Kind, backbone, stages, image size and hyper-parameters (what an ensemble records of a member)."""
         c = self.config
         return {
-            "kind": "pradot",
+            "kind": self.KIND,
             "backbone": c.backbone,
             "stages": list(c.stages),
             "alpha": float(c.alpha),
@@ -443,7 +443,7 @@ class PRADOT(nn.Module, FeatureModel):
 
     def describe(self) -> dict:
         """What an ensemble records of this member: kind, backbone, stages, image size and hyper-parameters."""
-        return self.prototypes.describe()
+        return {**self.prototypes.describe(), "kind": self.KIND}
 
     # ------------------------------------------------------------------ persistence
     def state(self, include_backbone: bool = True) -> dict:

@@ -65,6 +65,18 @@ def test_a_value_error_that_is_not_bad_input_is_a_bug_with_its_traceback(capsys)
     assert not cli.is_user_error(ValueError("x")) and cli.is_user_error(InputError("x"))
 
 
+def test_a_value_error_of_the_data_package_is_still_bad_input(capsys):
+    """The data package predates InputError: its ValueErrors (an unknown augmentation, ...) keep exit code 2."""
+    from pradot.data.augment import build_train_augmentation
+
+    def run(argv):
+        build_train_augmentation("no_such_augmentation")
+
+    rc = cli.run_entry(run, [])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_BAD_INPUT, err
+
+
 def test_a_failed_run_exits_1_with_its_message(capsys):
     assert cli.run_entry(_raising(NotFittedError("call fit first")), []) == cli.EXIT_FAILED
     assert "error: call fit first" in capsys.readouterr().err
