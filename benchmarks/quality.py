@@ -50,6 +50,9 @@ SHOWN = (
     "image_auroc",
     "au_spro_0.05",
 )
+METRIC_PREFIXES = ("image_auroc", "pixel_auroc", "au_pro", "au_spro_0.05")
+#: the baseline rows of the table
+ROWS = ("memory bank", "memory bank (before)", "direct recipe", "padim", "padim ledoit-wolf")
 PSEUDO_KINDS = ("cutpaste", "noise", "blotch", "shuffle", "moved_patch")
 
 
@@ -104,7 +107,8 @@ def _metrics(splits, maps, size: int) -> dict:
     from pradot.metrics.dataset import dataset_metrics, flat_metrics
 
     flat = flat_metrics(dataset_metrics(splits.dataset, splits.test, list(np.asarray(maps)), gt_size=size)[0])
-    return {k: round(float(flat[k]), 4) for k in SHOWN if k in flat}
+    keep = [k for k in flat if k.startswith(METRIC_PREFIXES)]
+    return {k: round(float(flat[k]), 4) for k in dict.fromkeys([*SHOWN, *keep]) if k in flat}
 
 
 def _banks(args, feats, aggregation: int, sigma: float) -> list:
@@ -127,10 +131,47 @@ def _banks(args, feats, aggregation: int, sigma: float) -> list:
             smoothing_sigma=sigma,
         )
         m = PRADOT(cfg, backbone=load_backbone(args.backbone, (stage,)))
+        t0 = time.perf_counter()
         m.fit_features({stage: feats["train"][stage]}, progress=False)
-        out.append(
-            (f"s{stage} a{alpha:g}" + (f" k{aggregation} sigma{sigma:g}" if aggregation > 1 or sigma else ""), m.eval())
-        )
+        label = f"s{stage} a{alpha:g}" + (f" k{aggregation} sigma{sigma:g}" if aggregation > 1 or sigma else "")
+        FIT_SECONDS[label] = time.perf_counter() - t0
+        out.append((label, m.eval()))
+    return out
+
+
+#: label -> seconds to fit on the cached training features (filled as the models are fitted)
+FIT_SECONDS: dict[str, float] = {}
+
+
+def _direct_recipe(train: dict, test: dict, size: int, sigma: float = 4.0) -> tuple[np.ndarray, float, float]:
+    """The PatchCore recipe of issue 25 written directly (no pradot code): stride-8 and stride-16 features,
+    3x3 zero-padded average pooling, stage 3 interpolated onto stage 2's grid and concatenated, the full bank,
+    scikit-learn's exact L2 nearest neighbour, bilinear upsampling, scipy's Gaussian filter (sigma 4).
+    Returns (test maps, fit seconds, score seconds)."""
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+    from sklearn.neighbors import NearestNeighbors
+
+    def embed(f):
+        p2, p3 = (F.avg_pool2d(torch.as_tensor(np.asarray(f[s])).float(), 3, 1, 1) for s in (2, 3))
+        e = torch.cat([p2, F.interpolate(p3, size=p2.shape[-2:], mode="bilinear")], 1)
+        return e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]).numpy(), e.shape
+
+    t0 = time.perf_counter()
+    index = NearestNeighbors(n_neighbors=1).fit(embed(train)[0])
+    t1 = time.perf_counter()
+    q, (B, _, H, W) = embed(test)
+    d = torch.from_numpy(index.kneighbors(q)[0][:, 0].astype(np.float32)).reshape(B, 1, H, W)
+    up = F.interpolate(d, size=(size, size), mode="bilinear")[:, 0].numpy()
+    maps = np.stack([gaussian_filter(m, sigma, mode="reflect") for m in up])
+    return maps, t1 - t0, time.perf_counter() - t1
+
+
+def _timed(label: str, fit):
+    """``fit()`` with its seconds recorded under ``label``."""
+    t0 = time.perf_counter()
+    out = fit()
+    FIT_SECONDS[label] = time.perf_counter() - t0
     return out
 
 
@@ -153,11 +194,49 @@ def _fuse(models, maps, weights=None, stats=None, normalisation="none") -> np.nd
     return ens.fuse([torch.from_numpy(m) for m in maps])[0].numpy()
 
 
+def _select(cands, test, pseudo_maps, evalset, step: float) -> tuple[dict, np.ndarray, list[int]]:
+    """promote fusion=search on the candidates' pseudo-set maps; the test maps of the chosen fusion."""
+    from pradot.fusion import choose_fusion
+
+    groups, styles, masks = evalset
+    choice = choose_fusion(pseudo_maps, groups, styles, masks, normalisation="per_member", step=step)
+    chosen = choice.members
+    fused = _fuse(
+        [cands[i][1] for i in chosen],
+        [test[cands[i][0]] for i in chosen],
+        weights=[choice.weights[i] for i in chosen],
+        stats=[choice.stats[i] for i in chosen],
+        normalisation="per_member",
+    )
+    info = {
+        "members": [cands[i][0] for i in chosen],
+        "weights": [choice.weights[i] for i in chosen],
+        "validation": {k: round(v, 4) for k, v in choice.metrics.items()},
+    }
+    return info, fused, list(chosen)
+
+
+def _baselines(args, bb, feats) -> list:
+    """The memory bank (the project's defaults, and its rules before issue 25) and the PaDiM-style models."""
+    from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
+    from pradot.padim import PaDiMConfig, PaDiMModel
+
+    S, out = args.image_size, []
+    for label, extra in (
+        ("memory bank", {}),
+        ("memory bank (before)", dict(aggregation_border="inside", align_corners=True)),
+    ):
+        cfg = MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed, **extra)
+        out.append((label, _timed(label, lambda c=cfg: MemoryBankModel(c, backbone=bb).fit_features(feats["train"]))))
+    for label, cov in (("padim", "eps"), ("padim ledoit-wolf", "ledoit_wolf")):
+        cfg = PaDiMConfig(backbone=args.backbone, stages=(2, 3), image_size=S, covariance=cov, seed=args.seed)
+        out.append((label, _timed(label, lambda c=cfg: PaDiMModel(c, backbone=bb).fit_features(feats["train"]))))
+    return out
+
+
 def category_section(args, category: str, root: Path) -> dict:
     from pradot.backbone import load_backbone
     from pradot.engine import DataSpec, open_splits
-    from pradot.fusion import choose_fusion
-    from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 
     S, t0 = args.image_size, time.perf_counter()
     gen = {
@@ -171,75 +250,99 @@ def category_section(args, category: str, root: Path) -> dict:
     splits = open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
     bb = load_backbone(args.backbone, (2, 3))
     images, groups, styles, masks = _pseudo_set(splits, S, args.seed)
-    feats = {
-        "train": _features(bb, splits.train, S),
-        "test": _features(bb, splits.test, S),
-        "pseudo": _features(bb, images, S),
-    }
+    feats = {"train": _features(bb, splits.train, S)}
+    t_bb = time.perf_counter()
+    feats["test"] = _features(bb, splits.test, S)
+    backbone_per_image = (time.perf_counter() - t_bb) / len(splits.test)
+    feats["pseudo"] = _features(bb, images, S)
     log(f"{category}: features in {time.perf_counter() - t0:.0f}s")
+    FIT_SECONDS.clear()
     paper = _banks(args, feats, 1, 0.0)
     recipe = _banks(args, feats, args.aggregation, args.sigma)
-    mb = MemoryBankModel(
-        MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed), backbone=bb
-    ).fit_features(feats["train"])
+    baselines = _baselines(args, bb, feats)
     log(f"{category}: models fitted at {time.perf_counter() - t0:.0f}s")
-    test = {lab: _maps(m, feats["test"]) for lab, m in [*paper, *recipe, ("memory bank", mb)]}
-    cands = [*recipe, ("memory bank", mb)]
-    cand_maps = [_maps(m, feats["pseudo"]) for _, m in cands]  # the choice: validation + pseudo only
-    choice = choose_fusion(cand_maps, groups, styles, masks, normalisation="per_member", step=args.weight_step)
-    chosen = choice.members
-    selected = _fuse(
-        [cands[i][1] for i in chosen],
-        [test[cands[i][0]] for i in chosen],
-        weights=[choice.weights[i] for i in chosen],
-        stats=[choice.stats[i] for i in chosen],
-        normalisation="per_member",
+    test, score_seconds = {}, {}
+    for lab, m in [*paper, *recipe, *baselines]:
+        t1 = time.perf_counter()
+        test[lab] = _maps(m, feats["test"])
+        score_seconds[lab] = time.perf_counter() - t1
+    test["direct recipe"], FIT_SECONDS["direct recipe"], score_seconds["direct recipe"] = _direct_recipe(
+        feats["train"], feats["test"], S
     )
+    models = dict([*recipe, *baselines])
+    cands = [*recipe, ("memory bank", models["memory bank"])]
+    pseudo = {lab: _maps(m, feats["pseudo"]) for lab, m in [*cands, ("padim", models["padim"])]}
+    evalset = (groups, styles, masks)
+    sel, sel_maps, chosen = _select(cands, test, [pseudo[lab] for lab, _ in cands], evalset, args.weight_step)
+    cands_p = [*cands, ("padim", models["padim"])]
+    sel_p, sel_p_maps, chosen_p = _select(cands_p, test, [pseudo[lab] for lab, _ in cands_p], evalset, args.weight_step)
+    n_train, n_test = len(splits.train), len(splits.test)
+
+    def timing(fit_labels, score_labels) -> dict:
+        return {
+            "fit_seconds_per_train_image": round(sum(FIT_SECONDS[x] for x in fit_labels) / n_train, 5),
+            "score_seconds_per_test_image": round(sum(score_seconds[x] for x in score_labels) / n_test, 5),
+        }
+
+    paper_labels = [lab for lab, _ in paper]
     out = {
         "paper_ensemble": _metrics(splits, _fuse([m for _, m in paper], [test[lab] for lab, _ in paper]), S),
-        "selected": {
-            "members": [cands[i][0] for i in chosen],
-            "weights": [choice.weights[i] for i in chosen],
-            "validation": {k: round(v, 4) for k, v in choice.metrics.items()},
-            "metrics": _metrics(splits, selected, S),
-        },
+        "selected": {**sel, "metrics": _metrics(splits, sel_maps, S)},
+        "selected_with_padim": {**sel_p, "metrics": _metrics(splits, sel_p_maps, S)},
         "baseline": _metrics(splits, test["memory bank"], S),
         "models": {lab: _metrics(splits, m, S) for lab, m in test.items()},
+        "timing": {
+            "backbone_seconds_per_image": round(backbone_per_image, 5),
+            "note": "fit: on cached backbone features (every candidate for the selections); score: from features "
+            "(the chosen members for the selections); add backbone_seconds_per_image for images",
+            "paper_ensemble": timing(paper_labels, paper_labels),
+            "selected": timing([lab for lab, _ in cands], [cands[i][0] for i in chosen]),
+            "selected_with_padim": timing([lab for lab, _ in cands_p], [cands_p[i][0] for i in chosen_p]),
+            **{lab: timing([lab], [lab]) for lab in test},
+        },
         "candidates_validation": {
-            lab: round(float(_objective(m, groups, styles, masks)), 4) for (lab, _), m in zip(cands, cand_maps)
+            lab: round(float(_objective(pseudo[lab], groups, styles, masks)), 4) for lab in pseudo
         },
         "n_images": {
-            "train": len(splits.train),
+            "train": n_train,
             "validation": len(splits.validation),
-            "test": len(splits.test),
+            "test": n_test,
             "pseudo_anomalies": len(images) - len(splits.validation),
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    log(
-        f"{category}: done in {out['seconds']:.0f}s; selected {out['selected']['members']} "
-        f"w={out['selected']['weights']}"
-    )
+    log(f"{category}: done in {out['seconds']:.0f}s; selected {sel['members']} w={sel['weights']}")
+    log(f"{category}: with PaDiM a candidate: {sel_p['members']} w={sel_p['weights']}")
     return out
 
 
 def table(result: dict) -> str:
-    """Markdown: per category, the three models' image AUROC / AU-sPRO@0.05 per anomaly type."""
+    """Markdown: per category, each model's image AUROC / AU-sPRO@0.05 per anomaly type and its seconds per image."""
     lines = []
     for cat, sec in result["categories"].items():
         lines += [
             f"\n{cat}",
             "| model | logical: image AUROC | logical: AU-sPRO@0.05 | structural: image AUROC | "
-            "structural: AU-sPRO@0.05 |",
-            "|---|---|---|---|---|",
+            "structural: AU-sPRO@0.05 | fit s/img | score s/img |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for name, m in (
-            ("paper ensemble", sec["paper_ensemble"]),
-            ("selected", sec["selected"]["metrics"]),
-            ("memory-bank baseline", sec["baseline"]),
-        ):
-            lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in SHOWN[:4]) + " |")
+        rows = [
+            ("paper ensemble", sec["paper_ensemble"], "paper_ensemble"),
+            ("selected (experiment=best)", sec["selected"]["metrics"], "selected"),
+            ("selected, PaDiM a candidate", sec["selected_with_padim"]["metrics"], "selected_with_padim"),
+            *[(lab, sec["models"][lab], lab) for lab in ROWS if lab in sec["models"]],
+        ]
+        for name, m, tkey in rows:
+            t = sec["timing"][tkey]
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{m[k]:.3f}" for k in SHOWN[:4])
+                + f" | {t['fit_seconds_per_train_image']:.4f} | {t['score_seconds_per_test_image']:.4f} |"
+            )
         lines.append(f"selected: {sec['selected']['members']} weights {sec['selected']['weights']}")
+        lines.append(
+            f"with PaDiM: {sec['selected_with_padim']['members']} weights {sec['selected_with_padim']['weights']}"
+        )
     return "\n".join(lines)
 
 

@@ -1,5 +1,7 @@
 """MLflow entry point `baseline`: a PatchCore-style memory bank (``pradot.memory_bank``) on the same backbone
-features as PRADOT, evaluated like a PRADOT bank and registered as ``<model name>-baseline``.
+features as PRADOT, evaluated like a PRADOT bank and registered as ``<model name>-baseline``; with
+``memory_bank=padim`` the PaDiM-style model (``pradot.padim``) instead, registered as ``<model name>-padim``
+(version tag ``kind=memory_bank``, ``config.baseline=padim``; promote takes it with ``members=...``).
 
     python pipelines/baseline.py [hydra overrides...]          # e.g. data=synthetic experiment=ci
     mlflow run . -e baseline -P dataset=synthetic -P overrides="experiment=ci"
@@ -34,14 +36,38 @@ log = logging.getLogger(__name__)
 __all__ = ["BaselineRun", "baseline_name", "memory_bank_config", "fit_baseline", "run_baseline", "run", "main"]
 
 
-def baseline_name(model: str) -> str:
-    """The registered memory-bank baseline of a model name: ``<model name>-baseline``."""
-    return f"{model}-baseline"
+def baseline_name(model: str, kind: str = "memory_bank") -> str:
+    """The registered baseline of a model name: ``<model name>-baseline`` (the memory bank, what promote takes
+    by default), ``<model name>-padim`` (the PaDiM-style model)."""
+    return f"{model}-padim" if kind == "padim" else f"{model}-baseline"
+
+
+def baseline_kind(mb_config) -> str:
+    """``"padim"`` for a :class:`pradot.padim.PaDiMConfig`, else ``"memory_bank"``."""
+    from pradot.padim import PaDiMConfig
+
+    return "padim" if isinstance(mb_config, PaDiMConfig) else "memory_bank"
+
+
+def _padim_config(cfg, mb, stages):
+    from pradot.padim import PaDiMConfig
+
+    return PaDiMConfig(
+        backbone=str(cfg.backbone.name),
+        stages=stages,
+        image_size=int(cfg.data.image_size),
+        n_channels=(int(mb["n_channels"]) if mb.get("n_channels") is not None else None),
+        covariance=str(mb.get("covariance", "eps")),
+        eps=float(mb.get("eps", 0.01)),
+        smoothing_sigma=float(mb.get("smoothing_sigma", 4.0)),
+        seed=int(cfg.seed),
+    )
 
 
 def memory_bank_config(cfg):
-    """The memory-bank baseline's settings (the composed ``memory_bank`` group) on the training config's backbone
-    and image size (as ``pipelines.sweep.plan.sweep_plan`` builds the sweep's).
+    """The baseline's settings (the composed ``memory_bank`` group) on the training config's backbone and image
+    size (as ``pipelines.sweep.plan.sweep_plan`` builds the sweep's): a ``MemoryBankConfig``, or with
+    ``memory_bank.kind=padim`` (``memory_bank=padim``) a ``PaDiMConfig``.
 
     Raises:
         pipelines.config.ConfigError: a bad value (the message names the key).
@@ -52,7 +78,14 @@ def memory_bank_config(cfg):
     stages = config.parse_stages(
         mb.get("stages") if mb.get("stages") is not None else cfg.backbone.stages, "memory_bank.stages"
     )
+    kind = str(mb.get("kind", "memory_bank"))
+    if kind not in ("memory_bank", "padim"):
+        raise config.ConfigError(
+            f"memory_bank.kind must be memory_bank or padim (override memory_bank=padim), got {kind!r}"
+        )
     try:
+        if kind == "padim":
+            return _padim_config(cfg, mb, stages)
         return MemoryBankConfig(
             backbone=str(cfg.backbone.name),
             stages=stages,
@@ -63,6 +96,8 @@ def memory_bank_config(cfg):
             projection_dim=(int(mb["projection_dim"]) if mb.get("projection_dim") is not None else None),
             smoothing_sigma=float(mb.get("smoothing_sigma", 4.0)),
             seed=int(cfg.seed),
+            aggregation_border=str(mb.get("aggregation_border", "zero")),
+            align_corners=bool(mb.get("align_corners", False)),
         )
     except ValueError as e:
         raise config.ConfigError(f"memory_bank: {e}") from None
@@ -95,24 +130,30 @@ class BaselineRun:
 
 
 def fit_baseline(settings: config.TrainSettings, mb_config, train_samples, device, progress: bool = True):
-    """A memory bank filled with the training images' features (from the feature cache when it is on)."""
+    """A memory bank (or PaDiM-style model) fitted on the training images' features (from the feature cache when
+    it is on)."""
     from pradot.backbone import load_backbone
     from pradot.engine import train_features
     from pradot.features import FeatureCache
     from pradot.memory_bank import MemoryBankModel
+    from pradot.padim import PaDiMModel
 
     backbone = load_backbone(mb_config.backbone, mb_config.stages, weights_path=settings.weights_path, device=device)
     cache = FeatureCache(settings.cache_dir) if settings.cache_dir else None
     feats = train_features(
         backbone, settings.data, train_samples, cache, device, settings.num_workers, settings.weights_path, progress
     )
-    return MemoryBankModel(mb_config, backbone=backbone, device=device).fit_features(feats, progress=progress).eval()
+    cls = PaDiMModel if baseline_kind(mb_config) == "padim" else MemoryBankModel
+    return cls(mb_config, backbone=backbone, device=device).fit_features(feats, progress=progress).eval()
 
 
 def _params(mb_config) -> dict[str, str]:
     return {
-        f"memory_bank.{k}": str(list(v) if isinstance(v, tuple) else v)
-        for k, v in dataclasses.asdict(mb_config).items()
+        "memory_bank.kind": baseline_kind(mb_config),
+        **{
+            f"memory_bank.{k}": str(list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(mb_config).items()
+        },
     }
 
 
@@ -171,6 +212,7 @@ def _tracked_run(settings: config.TrainSettings, mb_config, params: dict[str, st
             "pradot.category": spec.category,
             "pradot.backbone": mb_config.backbone,
             "pradot.kind": "memory_bank",
+            "pradot.baseline_kind": baseline_kind(mb_config),
         },
     ) as run:
         tracking.log_resolved_params({**params, **_params(mb_config)})
@@ -187,12 +229,13 @@ def _tracked_run(settings: config.TrainSettings, mb_config, params: dict[str, st
         mlflow.log_metrics(
             {
                 "time_fit_seconds": time.perf_counter() - t0,
-                **{f"bank_size_stage{s}": len(m) for s, m in model.memory.items()},
+                **{f"bank_size_stage{s}": len(m) for s, m in getattr(model, "memory", {}).items()},
             }
         )
         with tempfile.TemporaryDirectory(prefix="pradot-baseline-") as tmp:
             flat, calibration = _evaluate_and_log(settings, model, splits, Path(tmp))
-            path = model.save(Path(tmp) / "memory_bank.pt", include_backbone=settings.tracking.include_backbone)
+            kind = baseline_kind(mb_config)
+            path = model.save(Path(tmp) / f"{kind}.pt", include_backbone=settings.tracking.include_backbone)
             tags = registry.VersionTags(
                 kind="memory_bank",
                 dataset=spec.kind,
@@ -202,9 +245,10 @@ def _tracked_run(settings: config.TrainSettings, mb_config, params: dict[str, st
                 backbone=mb_config.backbone,
                 stages=mb_config.stages,
                 image_size=mb_config.image_size,
-                aggregation=mb_config.aggregation,
+                aggregation=getattr(mb_config, "aggregation", None),
                 smoothing_sigma=mb_config.smoothing_sigma,
-                coreset_ratio=mb_config.coreset_ratio,
+                coreset_ratio=getattr(mb_config, "coreset_ratio", None),
+                config={"baseline": "padim", **dataclasses.asdict(mb_config)} if kind == "padim" else None,
                 metrics=flat,
             )
             model_uri = registry.log_model(path, calibration, tags, tracking.example_image(splits))
@@ -220,7 +264,7 @@ def run_baseline(
     from pradot.device import resolve_device
 
     device = resolve_device(settings.device)
-    name = baseline_name(settings.tracking.model_name) if settings.tracking.register else None
+    name = baseline_name(settings.tracking.model_name, baseline_kind(mb_config)) if settings.tracking.register else None
     with registry.registration(name):
         run, model_uri, tags, flat = _tracked_run(settings, mb_config, params, nested, device)
         version = registry.register(model_uri, name, tags) if name else None

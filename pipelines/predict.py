@@ -164,7 +164,7 @@ def load_model(settings: PredictSettings):
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
-    from pradot.serving import InvalidRequest, _map_bytes, _mask_bytes
+    from pradot.serving import InvalidRequest, batch_budgets
 
     side, bs = settings.max_map_side, settings.batch_size
     try:
@@ -175,13 +175,10 @@ def load_model(settings: PredictSettings):
             f"models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model or a model "
             f"folder){tracking.store_hint(settings.model_uri)}"
         ) from None
-    scorer = model.unwrap_python_model().scorer
-    # predict's budgets (a logged model_config only lets MLflow override the keys it was logged with)
-    scorer.max_map_side, scorer.max_rows = side, max(scorer.max_rows, bs)
-    scorer.max_request_pixels = max(scorer.max_request_pixels, bs * scorer.max_pixels)
-    scorer.max_response_bytes = max(
-        scorer.max_response_bytes, bs * (_map_bytes(side, side, "npy") + _mask_bytes(side, side))
-    )
+    served = model.unwrap_python_model()
+    # predict's budgets, as constructor arguments of a new Scorer (a logged model_config only lets MLflow
+    # override the keys it was logged with)
+    served.scorer = scorer = served.scorer.with_budgets(**batch_budgets(served.scorer.budgets, bs, side))
     try:
         scorer.operating_point(settings.quantile, settings.threshold)
     except InvalidRequest as exc:

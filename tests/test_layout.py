@@ -1,8 +1,8 @@
 """The shape of the code (issue 10): small orchestration modules and functions, no import cycles.
 
-Limits: no module under ``pipelines/`` over 400 lines, no function there over 80 lines; no cycle in the
-graph of imports between the project's own modules (``src/pradot``, ``pipelines``, ``benchmarks``), counting
-imports inside functions too.
+Limits: no module under ``src/`` or ``pipelines/`` over 500 formatted lines (function size is ruff's:
+C901 complexity, PLR0915 statements); no cycle in the graph of imports between the project's own modules
+(``src/pradot``, ``pipelines``, ``benchmarks``), counting imports inside functions too.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 500  # formatted lines (ruff format, 120 columns)
+#: modules allowed over the cap while they are being split (paths relative to the repository root)
+# src/pradot/model.py is being split in another branch (issue 21); the lead removes this exemption on merge.
+OVER_CAP_FOR_NOW = {"src/pradot/model.py"}
 PACKAGES = {"pradot": REPO / "src" / "pradot", "pipelines": REPO / "pipelines", "benchmarks": REPO / "benchmarks"}
 
 
@@ -54,14 +57,33 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def test_orchestration_modules_are_small():
-    """Module size in formatted lines; function size is ruff's (C901 complexity, PLR0915 statements)."""
-    too_long = []
-    for path in sorted((REPO / "pipelines").rglob("*.py")):
-        n = len(path.read_text().splitlines())
-        if n > MAX_MODULE_LINES:
-            too_long.append(f"{path.relative_to(REPO)}: {n} lines")
-    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
+def _too_long(repo: Path, folders: list[str]) -> list[str]:
+    """Modules under ``repo/<folder>`` over the cap (line counts of the files as committed: formatted by ruff)."""
+    out = []
+    for folder in folders:
+        for path in sorted((repo / folder).rglob("*.py")):
+            rel = path.relative_to(repo).as_posix()
+            n = len(path.read_text().splitlines())
+            if n > MAX_MODULE_LINES and rel not in OVER_CAP_FOR_NOW:
+                out.append(f"{rel}: {n} lines")
+    return out
+
+
+def test_modules_are_small():
+    """Module size in formatted lines, in the library and the orchestration; function size is ruff's (C901
+    complexity, PLR0915 statements)."""
+    too_long = _too_long(REPO, ["src", "pipelines"])
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split them by concept): {too_long}"
+
+
+def test_the_cap_sees_long_modules(tmp_path):
+    """The size check is not vacuous: a module one line over the cap is reported, one at the cap is not, and
+    the exemption is by path."""
+    (tmp_path / "src" / "pradot").mkdir(parents=True)
+    (tmp_path / "src" / "ok.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    (tmp_path / "src" / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (tmp_path / "src" / "pradot" / "model.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    assert _too_long(tmp_path, ["src"]) == [f"src/long.py: {MAX_MODULE_LINES + 1} lines"]
 
 
 def test_no_import_cycles():

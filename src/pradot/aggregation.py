@@ -3,8 +3,13 @@ concatenation (PatchCore, Roth et al. 2022, section 3.1, "locally aware patch fe
 
 * :func:`local_aggregate`: every feature of a stage's (H, W) grid is replaced by the mean of the ``k x k``
   features around it (stride 1, the grid keeps its size). At the border the mean is over the cells that lie
-  inside the grid (no zero padding, which would shrink border features towards 0). ``k = 1`` leaves the
-  features unchanged: the paper's PRADOT.
+  inside the grid (``border="inside"``, the default), or over all ``k x k`` cells with those outside the grid
+  counted as zeros (``border="zero"``: PatchCore's official code and anomalib, a zero-padded average pool).
+  The inside mean leaves border features means of fewer cells, noisier than inner ones; in a memory bank
+  they then carry the largest distances of normal images (the maximum of every normal map at the border on
+  the embedded data); zero padding shrinks them and their distances (``benchmarks/README.md``, issue 25:
+  the memory bank's parity with the direct PatchCore recipe). ``k = 1`` leaves the features
+  unchanged: the paper's PRADOT.
 * :func:`concat_stages`: several stages (each aggregated on its own grid first, as PatchCore does) become
   one feature map at the finest stage's grid: the coarser stages are upsampled bilinearly
   (``align_corners=False``) and concatenated along the channels, in stage order. One bank then sees
@@ -28,7 +33,15 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-__all__ = ["check_aggregation", "local_aggregate", "concat_stages", "stage_image_count", "FeatureOptions"]
+__all__ = [
+    "BORDERS",
+    "check_aggregation",
+    "check_border",
+    "local_aggregate",
+    "concat_stages",
+    "stage_image_count",
+    "FeatureOptions",
+]
 
 
 def check_aggregation(k) -> int:
@@ -45,19 +58,36 @@ def check_aggregation(k) -> int:
     return k_int
 
 
-def local_aggregate(features: torch.Tensor, k: int) -> torch.Tensor:
+#: how :func:`local_aggregate` treats cells outside the grid: left out of the mean, or counted as zeros
+BORDERS = ("inside", "zero")
+
+
+def check_border(border) -> str:
+    """``border`` if it is one of :data:`BORDERS`, else ValueError naming them."""
+    if border not in BORDERS:
+        raise ValueError(
+            f"aggregation border must be one of {BORDERS} ('inside': mean over the cells inside the grid; "
+            f"'zero': zero padding counted, PatchCore's), got {border!r}"
+        )
+    return str(border)
+
+
+def local_aggregate(features: torch.Tensor, k: int, border: str = "inside") -> torch.Tensor:
     """Local neighbourhood aggregation: (B, D, H, W) -> (B, D, H, W), each feature the mean of the ``k x k``
-    features centred on it (cells outside the grid are left out of the mean).
+    features centred on it; cells outside the grid are left out of the mean (``border="inside"``) or count
+    as zeros (``border="zero"``, PatchCore's ``avg_pool2d`` with zero padding).
 
     Raises:
-        ValueError: ``k`` is not an odd integer >= 1, or ``features`` is not 4-D.
+        ValueError: ``k`` is not an odd integer >= 1, ``border`` is not one of :data:`BORDERS`, or
+            ``features`` is not 4-D.
     """
     k = check_aggregation(k)
+    border = check_border(border)
     if features.ndim != 4:
         raise ValueError(f"features must be (B, D, H, W), got {tuple(features.shape)}")
     if k == 1:
         return features
-    return F.avg_pool2d(features, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
+    return F.avg_pool2d(features, kernel_size=k, stride=1, padding=k // 2, count_include_pad=border == "zero")
 
 
 def stage_image_count(features: Mapping[int, Any], stages: Sequence[int]) -> int:
@@ -101,8 +131,8 @@ def concat_stages(features: Mapping[int, torch.Tensor], stages: Sequence[int]) -
 @dataclass(frozen=True)
 class FeatureOptions:
     """What is done to backbone features before a bank: ``aggregation`` (k of :func:`local_aggregate`; 1 =
-    none) and ``concat`` (one bank of the stages concatenated at the finest grid, :func:`concat_stages`;
-    with a single stage it changes nothing).
+    none) with its ``border`` rule, and ``concat`` (one bank of the stages concatenated at the finest grid,
+    :func:`concat_stages`; with a single stage it changes nothing).
 
     Banks are keyed by stage: without ``concat`` one bank per stage; with it one bank keyed by the finest
     stage (the smallest index), holding every stage's channels.
@@ -110,9 +140,11 @@ class FeatureOptions:
 
     aggregation: int = 1
     concat: bool = False
+    border: str = "inside"
 
     def __post_init__(self):
         object.__setattr__(self, "aggregation", check_aggregation(self.aggregation))
+        object.__setattr__(self, "border", check_border(self.border))
         object.__setattr__(self, "concat", bool(self.concat))
 
     @property
@@ -128,7 +160,7 @@ class FeatureOptions:
     def apply(self, features: Mapping[int, torch.Tensor], stages: Sequence[int]) -> dict[int, torch.Tensor]:
         """``{stage: (B, D, H, W)}`` backbone features -> ``{bank stage: (B, D', H', W')}`` bank features."""
         stages = tuple(int(s) for s in stages)
-        agg = {s: local_aggregate(torch.as_tensor(features[s]), self.aggregation) for s in stages}
+        agg = {s: local_aggregate(torch.as_tensor(features[s]), self.aggregation, self.border) for s in stages}
         if self.concat and len(stages) > 1:
             return {min(stages): concat_stages(agg, sorted(stages))}
         return agg

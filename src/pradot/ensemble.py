@@ -69,13 +69,14 @@ from .errors import InputError, InputTypeError, NotFittedError
 from .maps import resize_maps
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
+from .padim import PADIM_FORMAT, PaDiMModel
 from .postprocess import check_weights, standardise, weighted_fusion
 from .scoring import fuse_maps, image_scores
 
 __all__ = ["ENSEMBLE_FORMAT", "MEMBER_CLASSES", "NORMALISATIONS", "EnsembleConfig", "Ensemble"]
 NORMALISATIONS = ("none", "per_member")
 #: member state format -> the class that reads it
-MEMBER_CLASSES = {MODEL_FORMAT: PRADOT, MEMORY_BANK_FORMAT: MemoryBankModel}
+MEMBER_CLASSES = {MODEL_FORMAT: PRADOT, MEMORY_BANK_FORMAT: MemoryBankModel, PADIM_FORMAT: PaDiMModel}
 
 
 @dataclass

@@ -54,7 +54,7 @@ from .calibration import Calibration
 from .cost import FEATURE_NORM_EPS, spatial_cost
 from .errors import InputError, InputTypeError
 from .io import atomic_write
-from .maps import gaussian_smooth, resize_maps
+from .maps import Convention, gaussian_smooth, resize_maps
 from .postprocess import standardise
 from .scoring import cell_copies, fuse_maps
 
@@ -236,7 +236,7 @@ class _Backbone(nn.Module):
 
 class _MemberHead(nn.Module):
     """One member's map from its backbone's features: feature options, per-bank scores, upsampling to its
-    image size (bilinear, ``align_corners=True``), mean over banks, Gaussian smoothing."""
+    image size (bilinear, ``align_corners`` of the member's config, else True), mean over banks, Gaussian smoothing."""
 
     def __init__(self, model):
         super().__init__()
@@ -245,6 +245,7 @@ class _MemberHead(nn.Module):
         self.options, self.bank_stages = banks.options, tuple(banks.bank_stages)
         self.stages = tuple(model.config.stages)
         self.size, self.sigma = int(model.config.image_size), float(model.config.smoothing_sigma)
+        self.align_corners = bool(getattr(model.config, "align_corners", True))  # memory banks may set False
         self.meta: dict[int, tuple] = {}
         for s in self.bank_stages:
             if self.kind == "memory_bank":
@@ -275,7 +276,8 @@ class _MemberHead(nn.Module):
     def forward(self, feats: Mapping[int, torch.Tensor]) -> torch.Tensor:
         bank_feats = self.options.apply({s: feats[s] for s in self.stages}, self.stages)
         S = self.size
-        maps = [resize_maps(self.stage_map(s, bank_feats[s]), S, "align_corners") for s in self.bank_stages]
+        convention: Convention = "align_corners" if self.align_corners else "half_pixel"
+        maps = [resize_maps(self.stage_map(s, bank_feats[s]), S, convention) for s in self.bank_stages]
         return gaussian_smooth(fuse_maps(maps), self.sigma)
 
 

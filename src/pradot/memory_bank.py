@@ -5,15 +5,22 @@ possible ensemble member.
 Method (PatchCore section 3):
 
 * **memory bank**: every patch feature of every training image, after local neighbourhood aggregation
-  (``aggregation``, PatchCore: 3) and, by default, with the stages concatenated at the finest grid
+  (``aggregation``, PatchCore: 3, zero-padded at the grid's border as in PatchCore's code:
+  ``aggregation_border``) and, by default, with the stages concatenated at the finest grid
   (:class:`pradot.aggregation.FeatureOptions`), optionally reduced to a greedy min-max coreset
   (``coreset_ratio`` < 1, :func:`pradot.coreset.greedy_coreset`, with a random projection to
   ``projection_dim`` dimensions for the selection);
 * **patch score**: the Euclidean distance of a test patch feature to its nearest neighbour in the bank
   (``scikit-learn``'s :class:`~sklearn.neighbors.NearestNeighbors`; ``torch.cdist`` is the test oracle);
-* **map**: the (H, W) patch scores upsampled bilinearly (``align_corners=True``, as PRADOT's maps) to the
-  input size, averaged over banks when the stages are not concatenated, then smoothed by a Gaussian of
+* **map**: the (H, W) patch scores upsampled bilinearly to the input size (``align_corners=False`` by default,
+  PatchCore's and anomalib's ``F.interpolate``: cell centres at their pixel positions; ``True`` as PRADOT's
+  maps), averaged over banks when the stages are not concatenated, then smoothed by a Gaussian of
   ``smoothing_sigma`` pixels (PatchCore: 4 at 224 px); the image score is the map's maximum.
+
+Defaults and the direct recipe: ``tests/pradot/test_memory_bank.py`` has an independent oracle of the recipe
+(torch average pooling and interpolation, scikit-learn nearest neighbours, scipy's Gaussian filter) that this
+model equals to float tolerance. Files written before ``aggregation_border`` and ``align_corners`` existed load
+with the rule they were fitted with (``"inside"``, ``True``).
 
 PatchCore's image-score reweighting by the neighbourhood density is left out: the image score is the max of
 the map, as for PRADOT, so the two are compared on the same rule.
@@ -40,24 +47,28 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from .aggregation import FeatureOptions, check_aggregation, stage_image_count
+from .aggregation import FeatureOptions, check_aggregation, check_border, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from .base import FeatureModel, as_tensor
 from .checkpoint import MEMORY_BANK_FORMAT, load_state, save_state
 from .coreset import greedy_coreset
 from .errors import InputError, NotFittedError
-from .maps import check_sigma, gaussian_smooth, resize_maps
+from .maps import Convention, check_sigma, gaussian_smooth, resize_maps
 from .scoring import fuse_maps
 
 __all__ = ["MEMORY_BANK_FORMAT", "MemoryBankConfig", "MemoryBankModel", "nearest_distances"]
 
 log = logging.getLogger(__name__)
 
+#: what memory-bank files written before these options existed were fitted and scored with
+LEGACY_OPTIONS = {"aggregation_border": "inside", "align_corners": True}
+
 
 @dataclass
 class MemoryBankConfig:
-    """Settings of a memory bank; the defaults are PatchCore's (stages 2+3, 3x3 aggregation, one concatenated
-    bank, sigma 4) with the full bank (``coreset_ratio`` = 1) and the project's offline backbone."""
+    """Settings of a memory bank; the defaults are PatchCore's (stages 2+3, 3x3 zero-padded aggregation, one
+    concatenated bank, bilinear map upsampling without corner alignment, sigma 4) with the full bank
+    (``coreset_ratio`` = 1) and the project's offline backbone."""
 
     backbone: str = "efficientnet_lite0"
     stages: tuple[int, ...] = (2, 3)
@@ -68,12 +79,16 @@ class MemoryBankConfig:
     projection_dim: int | None = 128  # random projection used by the coreset selection (None: none)
     smoothing_sigma: float = 4.0
     seed: int = 0
+    aggregation_border: str = "zero"  # cells outside the grid: "zero" (PatchCore) or "inside" (left out)
+    align_corners: bool = False  # bilinear map upsampling: False (PatchCore, anomalib) or True (PRADOT's maps)
 
     def __post_init__(self):
         self.stages = tuple(sorted({int(s) for s in self.stages}))
         if not self.stages:
             raise InputError("a memory bank needs at least one backbone stage (PatchCore: 2 and 3)")
         self.aggregation = check_aggregation(self.aggregation)
+        self.aggregation_border = check_border(self.aggregation_border)
+        self.align_corners = bool(self.align_corners)
         self.concat_stages = bool(self.concat_stages)
         self.smoothing_sigma = check_sigma(self.smoothing_sigma)
         r = float(self.coreset_ratio)
@@ -114,7 +129,7 @@ class MemoryBankModel(nn.Module, FeatureModel):
         if tuple(self.backbone.stages) != tuple(config.stages):
             raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
         self.backbone.to(self.device)
-        self.options = FeatureOptions(config.aggregation, config.concat_stages)
+        self.options = FeatureOptions(config.aggregation, config.concat_stages, config.aggregation_border)
         self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
         self.memory: dict[int, torch.Tensor] = {}  # bank stage -> (M, D) float32 on the CPU
         self._index: dict[int, object] = {}  # bank stage -> fitted NearestNeighbors (rebuilt after loading)
@@ -195,10 +210,11 @@ class MemoryBankModel(nn.Module, FeatureModel):
         return out
 
     def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """Per-bank maps -> (B, S, S): upsampled (bilinear, align_corners=True), averaged, then smoothed."""
+        """Per-bank maps -> (B, S, S): upsampled (bilinear, ``config.align_corners``), averaged, then smoothed."""
         S = int(self.config.image_size)
+        convention: Convention = "align_corners" if self.config.align_corners else "half_pixel"
         return gaussian_smooth(
-            fuse_maps([resize_maps(per_stage[s], S, "align_corners") for s in self.bank_stages]),
+            fuse_maps([resize_maps(per_stage[s], S, convention) for s in self.bank_stages]),
             self.config.smoothing_sigma,
         )
 
@@ -220,6 +236,8 @@ class MemoryBankModel(nn.Module, FeatureModel):
             "aggregation": int(c.aggregation),
             "concat_stages": bool(c.concat_stages),
             "smoothing_sigma": float(c.smoothing_sigma),
+            "aggregation_border": c.aggregation_border,
+            "align_corners": bool(c.align_corners),
             "coreset_ratio": float(c.coreset_ratio),
             "bank_size": {int(s): int(len(m)) for s, m in self.memory.items()},
         }
@@ -246,7 +264,7 @@ class MemoryBankModel(nn.Module, FeatureModel):
         cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None
     ) -> MemoryBankModel:
         """Inverse of :meth:`state`; ``backbone`` replaces the stored one (e.g. a shared network)."""
-        cfg = dict(state["config"])
+        cfg = {**LEGACY_OPTIONS, **state["config"]}  # files from before these options: the rule they were fitted with
         cfg["stages"] = tuple(cfg["stages"])
         config = MemoryBankConfig(**cfg)
         backbone = restore_backbone(state["backbone"], backbone)

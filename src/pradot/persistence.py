@@ -34,12 +34,15 @@ from .errors import InputError
 from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
+from .padim import PaDiMModel
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
 
 
 #: file format -> the class that reads it (``from_state``): every :class:`pradot.base.ScoringModel` kind
-SCORING_FORMATS: dict[str, type[ScoringModel]] = {cls.FORMAT: cls for cls in (PRADOT, MemoryBankModel, Ensemble, FOCT)}
+SCORING_FORMATS: dict[str, type[ScoringModel]] = {
+    cls.FORMAT: cls for cls in (PRADOT, MemoryBankModel, Ensemble, FOCT, PaDiMModel)
+}
 SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier ensemble files
 
 

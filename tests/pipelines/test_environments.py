@@ -71,10 +71,10 @@ def test_mlflow_run_with_uv_trains_the_ci_recipe(tmp_path):
 @pytest.mark.skipif(shutil.which("conda") is not None, reason="conda is installed: the literal command would use it")
 def test_literal_mlflow_run_without_conda_names_conda(tmp_path):
     """Without --env-manager MLflow takes the environment from MLproject's conda_env and needs conda; on a machine
-    without it MLflow stops before the project's code runs, with its own message (the README says to add
-    --env-manager uv or local)."""
+    without it MLflow stops before the project's code runs, with its own message (docs/how-to/environments.md
+    says to add --env-manager uv or local)."""
     cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO), "-P", "category=screw_bag"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "Could not find Conda executable" in proc.stderr, proc.stderr[-2000:]
-    readme = (REPO / "README.md").read_text()
-    assert "--env-manager uv" in readme and "Could not find Conda executable" in readme
+    page = (REPO / "docs" / "how-to" / "environments.md").read_text()
+    assert "--env-manager uv" in page and "Could not find Conda executable" in page

@@ -450,7 +450,8 @@ def test_predict_folder_writes_the_served_models_scores(served, tmp_path, monkey
         )
         assert status == 200, text[:300]
         pred = json.loads(text)["predictions"][0]
-        assert float(row["raw_score"]) == pytest.approx(pred["raw_score"], rel=1e-6, abs=1e-7)
+        # predict scores in batches, the server one image at a time: float32 sums differ in order (as the maps)
+        assert float(row["raw_score"]) == pytest.approx(pred["raw_score"], rel=1e-5, abs=1e-7)
         assert float(row["score"]) == pytest.approx(pred["score"], abs=1e-6)
         assert (row["is_anomaly"] == "True") == pred["is_anomaly"]
         assert float(row["threshold"]) == pytest.approx(served.calibration.threshold)

@@ -25,6 +25,7 @@ from pradot.errors import InputError
 from pradot.fewshot import FOCT, FOCTConfig
 from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 from pradot.model import PRADOT, PRADOTConfig, PrototypeModel
+from pradot.padim import PaDiMConfig, PaDiMModel
 from pradot.persistence import SCORING_FORMATS, load_scoring_model
 
 SIZE = 32
@@ -104,6 +105,14 @@ KINDS = [
         lambda: _images(3, 9),
     ),
     Kind("Ensemble", _make_ensemble, _fit_ensemble, lambda: _images(3, 9)),
+    Kind(
+        "PaDiMModel",
+        lambda: PaDiMModel(
+            PaDiMConfig(backbone="tiny_random", stages=STAGES, image_size=SIZE, n_channels=8), backbone=_backbone()
+        ),
+        _fit_features,
+        lambda: _images(3, 9),
+    ),
 ]
 _BY_NAME = {k.name: k for k in KINDS}
 

@@ -16,7 +16,6 @@ from pradot.ensemble import Ensemble
 from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 from pradot.persistence import load_scoring_model
 from pradot.postprocess import gaussian_smooth
-from pradot.scoring import upsample_maps
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +33,39 @@ def test_images():
     return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def _direct_recipe(train_feats, test_feats, stages, size, k=3, sigma=4.0, zero_pad=True, align=False, concat=True):
+    """The PatchCore recipe written directly, independent of pradot: per stage a k x k average pool (zero
+    padding counted when ``zero_pad``, torch's AvgPool2d), coarser stages interpolated bilinearly onto the
+    finest grid and concatenated (or one bank per stage), scikit-learn's exact nearest neighbour (L2) over
+    every training patch, bilinear upsampling to the input size, scipy's Gaussian filter, max of the map."""
+    from scipy.ndimage import gaussian_filter
+    from sklearn.neighbors import NearestNeighbors
+
+    def embed(feats):
+        pool = torch.nn.AvgPool2d(k, stride=1, padding=k // 2, count_include_pad=zero_pad)
+        pooled = [pool(feats[s].double()) for s in sorted(stages)]
+        if not concat:
+            return pooled
+        grid = pooled[0].shape[-2:]
+        return [torch.cat([torch.nn.functional.interpolate(p, size=grid, mode="bilinear") for p in pooled], 1)]
+
+    per_bank = []
+    for tr, te in zip(embed(train_feats), embed(test_feats)):
+        D, (B, _, H, W) = tr.shape[1], te.shape
+        nn_ = NearestNeighbors(n_neighbors=1, algorithm="brute").fit(tr.permute(0, 2, 3, 1).reshape(-1, D).numpy())
+        dist = nn_.kneighbors(te.permute(0, 2, 3, 1).reshape(-1, D).numpy())[0].reshape(B, 1, H, W)
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(dist), size=(size, size), mode="bilinear", align_corners=align
+        )
+        per_bank.append(up[:, 0].numpy())
+    maps = np.stack([gaussian_filter(m, sigma, mode="reflect") for m in np.mean(per_bank, 0)])
+    return torch.from_numpy(maps).float(), torch.from_numpy(maps.reshape(len(maps), -1).max(1)).float()
+
+
 def _oracle(bb, train, test, cfg: MemoryBankConfig, keep=None):
-    """Brute force: every training patch feature in the bank (or those at ``keep``), torch.cdist to each test
-    patch, min, upsample, mean over banks, smooth, max."""
-    opts = FeatureOptions(cfg.aggregation, cfg.concat_stages)
+    """Brute force on the model's own feature options (for the coreset): every training patch feature in the
+    bank (or those at ``keep``), torch.cdist to each test patch, min, upsample, mean over banks, smooth, max."""
+    opts = FeatureOptions(cfg.aggregation, cfg.concat_stages, cfg.aggregation_border)
     tr, te = opts.apply(bb(train), cfg.stages), opts.apply(bb(test), cfg.stages)
     maps = []
     for s in opts.bank_stages(cfg.stages):
@@ -47,14 +75,27 @@ def _oracle(bb, train, test, cfg: MemoryBankConfig, keep=None):
             bank = bank[keep]
         B, _, H, W = te[s].shape
         q = te[s].permute(0, 2, 3, 1).reshape(-1, D).double()
-        d = torch.cdist(q, bank).min(1).values.reshape(B, H, W).float()
-        maps.append(upsample_maps(d, cfg.image_size))
+        d = torch.cdist(q, bank).min(1).values.reshape(B, 1, H, W).float()
+        maps.append(
+            torch.nn.functional.interpolate(d, size=cfg.image_size, mode="bilinear", align_corners=cfg.align_corners)[
+                :, 0
+            ]
+        )
     m = gaussian_smooth(torch.stack(maps).mean(0), cfg.smoothing_sigma)
     return m, m.flatten(1).amax(1)
 
 
-@pytest.mark.parametrize("concat,aggregation,sigma", [(True, 3, 4.0), (False, 1, 0.0), (False, 3, 2.0)])
-def test_scores_are_the_nearest_neighbour_distances(bb, train_images, test_images, concat, aggregation, sigma):
+@pytest.mark.parametrize(
+    "concat,aggregation,sigma,border,align",
+    [
+        (True, 3, 4.0, "zero", False),
+        (False, 3, 2.0, "zero", False),
+        (True, 3, 4.0, "inside", True),
+        (False, 5, 1.0, "inside", False),
+    ],
+)
+def test_memory_bank_equals_the_direct_recipe(bb, train_images, test_images, concat, aggregation, sigma, border, align):
+    """Issue 25: the project's memory bank gives the direct recipe's maps and scores on the same features."""
     cfg = MemoryBankConfig(
         backbone="tiny_random",
         stages=(1, 2),
@@ -62,10 +103,14 @@ def test_scores_are_the_nearest_neighbour_distances(bb, train_images, test_image
         aggregation=aggregation,
         concat_stages=concat,
         smoothing_sigma=sigma,
+        aggregation_border=border,
+        align_corners=align,
     )
     mb = MemoryBankModel(cfg, backbone=bb).fit_features(bb(train_images))
     maps, scores = mb.score(test_images, batch_size=2)
-    ref_maps, ref_scores = _oracle(bb, train_images, test_images, cfg)
+    ref_maps, ref_scores = _direct_recipe(
+        bb(train_images), bb(test_images), (1, 2), 32, aggregation, sigma, border == "zero", align, concat
+    )
     torch.testing.assert_close(maps, ref_maps, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-4)
     n_patches = 6 * 8 * 8
@@ -74,12 +119,37 @@ def test_scores_are_the_nearest_neighbour_distances(bb, train_images, test_image
     assert float(mb.stage_maps(bb(train_images[:1]))[1].abs().max()) < 1e-3
 
 
+def test_default_is_patchcore_and_old_files_keep_their_rule(bb, train_images, test_images, tmp_path):
+    """The defaults are the recipe's (zero-padded pooling, align_corners=False), and a file written before those
+    options existed (no keys in its config) still scores with the rule it was fitted with."""
+    cfg = MemoryBankConfig(backbone="tiny_random", stages=(1, 2), image_size=32)
+    assert (cfg.aggregation_border, cfg.align_corners) == ("zero", False)
+    mb = MemoryBankModel(cfg, backbone=bb).fit_features(bb(train_images))
+    ref = _direct_recipe(bb(train_images), bb(test_images), (1, 2), 32)[0]
+    torch.testing.assert_close(mb.score(test_images)[0], ref, rtol=1e-4, atol=1e-4)
+    old = MemoryBankModel(
+        MemoryBankConfig(
+            backbone="tiny_random", stages=(1, 2), image_size=32, aggregation_border="inside", align_corners=True
+        ),
+        backbone=bb,
+    ).fit_features(bb(train_images))
+    state = old.state()
+    for key in ("aggregation_border", "align_corners"):
+        del state["config"][key]
+    save_state(state, tmp_path / "old.pt")
+    back = load_scoring_model(tmp_path / "old.pt")
+    assert (back.config.aggregation_border, back.config.align_corners) == ("inside", True)
+    torch.testing.assert_close(back.score(test_images)[0], old.score(test_images)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="border"):
+        MemoryBankConfig(aggregation_border="reflect")
+
+
 def test_coreset_bank_is_the_greedy_coreset(bb, train_images, test_images):
     cfg = MemoryBankConfig(
         backbone="tiny_random", stages=(1, 2), image_size=32, coreset_ratio=0.25, projection_dim=8, seed=3
     )
     mb = MemoryBankModel(cfg, backbone=bb).fit_features(bb(train_images))
-    full = FeatureOptions(3, True).apply(bb(train_images), (1, 2))[1]
+    full = FeatureOptions(3, True, "zero").apply(bb(train_images), (1, 2))[1]
     flat = full.permute(0, 2, 3, 1).reshape(-1, full.shape[1])
     keep = greedy_coreset(flat, int(round(0.25 * len(flat))), projection_dim=8, seed=3)
     torch.testing.assert_close(mb.memory[1], flat[keep], rtol=0, atol=0)

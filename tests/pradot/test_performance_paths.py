@@ -11,11 +11,11 @@ import ot
 import pytest
 import torch
 
-from pradot import buffers, scoring, transport
+from pradot import buffers, scoring
 from pradot import cost as cost_module
 from pradot.prototypes import BankConfig, PrototypeBank
 from pradot.scoring import assignment_scores, assignment_scores_reference, cell_copies
-from pradot.transport import sinkhorn, sinkhorn_log
+from pradot.transport import _cpu, sinkhorn, sinkhorn_log
 
 # ------------------------------------------------------------------------------------------ scoring
 
@@ -174,7 +174,7 @@ def structured_cost(N=300, P=120, seed=2):
     return M
 
 
-needs_numba = pytest.mark.skipif(transport._numba_kernels() is None, reason="numba is not installed")
+needs_numba = pytest.mark.skipif(_cpu._numba_kernels() is None, reason="numba is not installed")
 
 
 @needs_numba
@@ -228,11 +228,11 @@ def test_numba_backend_threads_warm_start_and_early_stop():
 @needs_numba
 def test_auto_backend_choice(monkeypatch):
     M = structured_cost()
-    assert transport._pick_backend("auto", M) == "torch-blocked"  # small: no numba dispatch overhead
-    monkeypatch.setattr(transport, "NUMBA_MIN_ELEMENTS", 1)
-    assert transport._pick_backend("auto", M) == "numba"
-    monkeypatch.setitem(transport._numba_state, "kernels", None)  # numba missing or broken
-    assert transport._pick_backend("auto", M) == "torch-blocked"
+    assert _cpu._pick_backend("auto", M) == "torch-blocked"  # small: no numba dispatch overhead
+    monkeypatch.setattr(_cpu, "NUMBA_MIN_ELEMENTS", 1)
+    assert _cpu._pick_backend("auto", M) == "numba"
+    monkeypatch.setitem(_cpu._numba_state, "kernels", None)  # numba missing or broken
+    assert _cpu._pick_backend("auto", M) == "torch-blocked"
     with pytest.raises(ValueError, match="numba"):
         sinkhorn(M, 0.1, backend="numba")
     with pytest.raises(ValueError, match="backend"):
@@ -256,11 +256,11 @@ def test_hugepage_buffers_give_the_same_plan(monkeypatch):
 
 def test_finiteness_check_without_temporaries():
     M = torch.full((4, 3), 3e38)  # finite entries whose float32 sum overflows
-    assert transport._all_finite(M)
+    assert _cpu._all_finite(M)
     M[2, 1] = float("inf")
-    assert not transport._all_finite(M)
+    assert not _cpu._all_finite(M)
     M[2, 1] = float("nan")
-    assert not transport._all_finite(M)
+    assert not _cpu._all_finite(M)
     with pytest.raises(ValueError, match="NaN"):
         sinkhorn(M, 0.1)
 

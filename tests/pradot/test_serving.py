@@ -346,3 +346,53 @@ def test_a_large_request_allocates_no_full_size_temporaries(big_flat):
         finally:
             tracemalloc.stop()
         assert peak < 64 * 2**20, (fmt, peak)
+
+
+# ------------------------------------------------------------------------------- budgets and imports
+def test_with_budgets_is_a_new_scorer_with_those_budgets():
+    from pradot.serving import BUDGET_NAMES
+
+    model, cal = FakeModel(size=8), Calibration(0.5, 0.0, 1.0, 0.99, 3)
+    scorer = Scorer(model, cal, max_rows=2, map_alpha=0.3)
+    wider = scorer.with_budgets(max_rows=5, wait_s=1.5)
+    assert wider is not scorer and wider.model is model and wider.calibration is cal and wider.map_alpha == 0.3
+    assert wider.budgets == {**scorer.budgets, "max_rows": 5, "wait_s": 1.5}
+    assert set(wider.budgets) == set(BUDGET_NAMES) and scorer.max_rows == 2  # the original is unchanged
+    with pytest.raises(ValueError, match="not serving budgets"):
+        scorer.with_budgets(max_rowz=3)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        scorer.with_budgets(max_rows=0)
+
+
+def test_batch_budgets_let_a_batch_of_maps_and_masks_through():
+    """``batch_budgets`` (what pradot-predict asks for) turns a scorer that refuses a batch of .npy maps and
+    masks into one that answers it; budgets already large enough are kept."""
+    from pradot.serving import RequestTooLarge, batch_budgets
+
+    tight = Scorer(FakeModel(size=8), Calibration(0.5, 0.0, 1.0, 0.99, 3), max_rows=1, max_response_bytes=10)
+    rows = [b64(file_bytes(Image.fromarray(rgb_image(64, 48, seed=k)))) for k in range(3)]
+    with pytest.raises(RequestTooLarge):
+        tight.predict(rows, return_map=True, map_format="npy", return_mask=True)
+    budgets = batch_budgets(tight.budgets, batch_size=3, max_map_side=32)
+    out = tight.with_budgets(**budgets).predict(rows, return_map=True, map_format="npy", return_mask=True)
+    maps = [np.load(io.BytesIO(base64.b64decode(r["anomaly_map"]))) for r in out]
+    assert [m.shape for m in maps] == [(32, 24)] * 3  # the longer side scaled to max_map_side
+    assert budgets["max_rows"] == 3 and budgets["max_map_side"] == 32
+    assert budgets["max_request_pixels"] == max(tight.max_request_pixels, 3 * tight.max_pixels)
+    roomy = Scorer(FakeModel(size=8), Calibration(0.5, 0.0, 1.0, 0.99, 3), max_rows=100)
+    assert batch_budgets(roomy.budgets, 3, 32)["max_response_bytes"] == roomy.max_response_bytes
+    assert batch_budgets(roomy.budgets, 3, 32)["max_rows"] == 100
+    with pytest.raises(ValueError, match="must be >= 1"):
+        batch_budgets(roomy.budgets, 0, 32)
+
+
+def test_serving_imports_no_matplotlib():
+    """The serving path (decode, score, PNG heat maps) needs NumPy and PIL only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pradot.serving; from pradot.serving.scorer import heatmap_rgb; "
+        "heatmap_rgb([[0.0, 1.0]], 0.0, 1.0); assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

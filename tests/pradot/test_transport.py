@@ -5,9 +5,9 @@ import ot
 import pytest
 import torch
 
-from pradot import transport
 from pradot.transport import (
     NUMBA_MIN_ELEMENTS,
+    _cpu,
     numba_available,
     sinkhorn,
     sinkhorn_backend,
@@ -114,7 +114,7 @@ def test_sinkhorn_backend_resolves_auto_and_checks_explicit_choices(monkeypatch)
     assert sinkhorn_backend(large) == ("numba" if numba_available() else "torch-blocked")
     with pytest.raises(ValueError, match="backend"):
         sinkhorn_backend(small, "cuda-magic")
-    monkeypatch.setitem(transport._numba_state, "kernels", None)  # numba missing or broken
+    monkeypatch.setitem(_cpu._numba_state, "kernels", None)  # numba missing or broken
     assert numba_available() is False
     assert sinkhorn_backend(large) == "torch-blocked"
     with pytest.raises(ValueError, match="numba"):

@@ -419,3 +419,25 @@ def test_import_is_light():
         "if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_jet_table_is_matplotlibs_without_matplotlib():
+    """The served heat map's colours (built from jet's segment data, no matplotlib) are matplotlib's to the bit,
+    and other colour maps still come from matplotlib."""
+    from matplotlib import colormaps
+
+    from pradot.viz.heatmap import colour_table
+
+    for name in ("jet", "viridis"):
+        cm = colormaps[name]
+        np.testing.assert_array_equal(colour_table(name), cm(np.arange(cm.N))[:, :3])
+    with pytest.raises(ValueError, match="unknown colour map"):
+        colour_table("no-such-map")
+
+
+def test_heatmap_path_imports_no_matplotlib():
+    code = (
+        "import sys, pradot.viz.heatmap, pradot.explain; from pradot.viz import heatmap_rgb; "
+        "heatmap_rgb([[0.0, 1.0]], 0.0, 1.0); assert 'matplotlib' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import DATA_ROOT_ENV, GOOD, AnomalyDataset, DatasetError, DefectChannel, Sample, list_files, list_subdirs
+from .base import (
+    DATA_ROOT_ENV,
+    GOOD,
+    MASK_EXTENSIONS,
+    AnomalyDataset,
+    DatasetError,
+    DefectChannel,
+    Sample,
+    list_files,
+    list_subdirs,
+)
 
 __all__ = [
     "KNOWN_CATEGORIES",
@@ -18,6 +28,7 @@ __all__ = [
     "category_dir",
     "good_samples",
     "ad_channel",
+    "find_mask",
     "CategoryFolderDataset",
 ]
 
@@ -216,3 +227,17 @@ def ad_channel(mask: Path, anomaly_type: str) -> DefectChannel:
     return DefectChannel(
         mask_path=mask, defect_name=anomaly_type, pixel_value=None, saturation_threshold=1.0, relative_saturation=True
     )
+
+
+def find_mask(folder: Path, stem: str) -> list[Path]:
+    """Masks for ``stem`` in ``folder``: ``<stem>.<ext>``, ``<stem>_mask.<ext>`` / ``<stem>_*``, or a ``<stem>/``
+    folder."""
+    sub = folder / stem
+    if sub.is_dir():
+        return list_files(sub, MASK_EXTENSIONS)
+    candidates = list_files(folder, MASK_EXTENSIONS)
+    exact = [p for p in candidates if p.stem in (stem, f"{stem}_mask")]
+    if exact:
+        return [sorted(exact, key=lambda p: (p.stem != stem, p.name))[0]]
+    prefixed = [p for p in candidates if p.stem.startswith(stem + "_") or p.stem.startswith(stem + "-")]
+    return prefixed[:1] if len(prefixed) == 1 else []

@@ -1,0 +1,141 @@
+"""The anomaly map as an RGB heat map (over its image): NumPy only, what a model server imports.
+
+No matplotlib on this path: the default colour map (``jet``) is built here from its published segment
+data; other colour maps are read from matplotlib when asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["DEFAULT_CMAP", "colour_table", "heatmap_rgb", "to_rgb_uint8"]
+
+#: default colour map of anomaly maps (the paper's figures use jet)
+DEFAULT_CMAP = "jet"
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def to_rgb_uint8(image: Any) -> np.ndarray:
+    """Any image -> ``(H, W, 3)`` uint8.
+
+    Accepts ``(H, W, 3)``, ``(H, W, 4)`` (alpha dropped), ``(H, W, 1)``, ``(H, W)`` and channel-first
+    ``(3, H, W)`` / ``(1, H, W)`` arrays or tensors; uint8 values as they are, floats taken in [0, 1]
+    (clipped; NaN -> 0).
+    """
+    a = _numpy(image)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an image of shape (H, W, 3), (H, W) or (3, H, W), got {a.shape}")
+    a = a[..., :3]
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    f = np.nan_to_num(a.astype(np.float64), nan=0.0)
+    return (np.clip(f, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+#: matplotlib's ``jet`` colour map as its segment data: per channel, (x, value) breakpoints of a piecewise-linear
+#: function on [0, 1] (matplotlib ``_cm.py``; the colour map of the paper's figures and of the served maps)
+_JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+_LUT_SIZE = 256
+
+
+def _jet_lut(n: int = _LUT_SIZE) -> np.ndarray:
+    """(n, 3) float64 colours of ``jet`` sampled at ``i / (n - 1)``: linear interpolation between the
+    breakpoints, in the order of operations matplotlib's ``LinearSegmentedColormap`` uses (so the uint8
+    colours are bit-identical to matplotlib's)."""
+    at = (n - 1) * np.linspace(0.0, 1.0, n)
+    out = np.empty((n, 3))
+    for k, channel in enumerate(("red", "green", "blue")):
+        xs, ys = np.asarray(_JET[channel]).T
+        xs = xs * (n - 1)
+        right = np.searchsorted(xs, at[1:-1])  # breakpoint at or after each inner sample
+        frac = (at[1:-1] - xs[right - 1]) / (xs[right] - xs[right - 1])
+        out[1:-1, k] = frac * (ys[right] - ys[right - 1]) + ys[right - 1]
+        out[0, k], out[-1, k] = ys[0], ys[-1]
+    return np.clip(out, 0.0, 1.0)
+
+
+def colour_table(cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """(N, 3) float RGB in [0, 1], the colours of a colour map in order: ``jet`` without matplotlib (the
+    server's default), any other matplotlib colour-map name through matplotlib (imported then).
+
+    Raises:
+        ValueError: ``cmap`` is not a matplotlib colour map.
+    """
+    if cmap == "jet":
+        return _jet_lut()
+    from matplotlib import colormaps
+
+    try:
+        colours = colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"unknown colour map {cmap!r}; use 'jet' or a matplotlib colour-map name") from None
+    return colours(np.arange(colours.N))[:, :3]
+
+
+def heatmap_rgb(
+    amap: Any, vmin: float, vmax: float, image: Any = None, alpha: float = 0.5, cmap: str = DEFAULT_CMAP
+) -> np.ndarray:
+    """Colour an anomaly map, optionally blended over its image.
+
+    Args:
+        amap: (H, W) anomaly map (array or tensor); non-finite values are drawn as ``vmin``.
+        vmin, vmax: values mapped to the two ends of the colour map (values outside are clipped).
+        image: optional (H, W, 3) image (uint8 or float [0, 1]) of the same size to blend under the map.
+        alpha: weight of the heat colours in the blend (ignored without ``image``).
+        cmap: a matplotlib colour-map name.
+    Returns:
+        (H, W, 3) uint8.
+
+    Works in float32 with the colour map's lookup table (no float64 full-size temporaries): about 40 bytes
+    per pixel at the peak, so the model server can draw large maps.
+    """
+    a = np.asarray(_numpy(amap), dtype=np.float32)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"anomaly map must be (H, W), got {a.shape}")
+    lo, hi = float(vmin), float(vmax)
+    span = hi - lo
+    lut = colour_table(cmap)  # the map's N colours, as matplotlib draws them
+    n_colours = len(lut)
+    if span > 0:  # index = floor(clip((a - lo) / span, 0, 1) * N), the top value on the last colour
+        t = np.where(np.isfinite(a), a, np.float32(lo))
+        t -= np.float32(lo)
+        t *= np.float32(n_colours / span)
+        np.clip(t, 0, n_colours - 1, out=t)
+        index = t.astype(np.int32)
+    else:
+        index = np.zeros(a.shape, np.int32)
+    if image is None:
+        return (np.clip(lut.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[index]
+    img = to_rgb_uint8(image)
+    if img.shape[:2] != a.shape:
+        raise ValueError(f"image {img.shape[:2]} and map {a.shape} sizes differ; resize one first")
+    al = float(np.clip(alpha, 0.0, 1.0))
+    rgb = lut.astype(np.float32)[index]  # float32 (H, W, 3)
+    rgb *= np.float32(al)
+    rgb += img * np.float32((1.0 - al) / 255.0)
+    np.clip(rgb, 0.0, 1.0, out=rgb)
+    rgb *= np.float32(255.0)
+    rgb += np.float32(0.5)
+    return rgb.astype(np.uint8)
