@@ -79,10 +79,10 @@ def epoch_section(ds, args, device: torch.device, scale: dict, stages: list[int]
         out["cache_build_s"] = time.perf_counter() - t
         for _ in range(max(1, args.epochs)):
             model = PRADOT(cfg, backbone=backbone, device=device)
-            unc.append(model.fit(dataset, progress=False)[0])
+            unc.append(model.fit(dataset, progress=False).history_[0])
             feats = features()  # a hit: the memory-mapped arrays
             model2 = PRADOT(cfg, backbone=backbone, device=device)
-            cac.append(model2.fit_features(feats, progress=False)[0])
+            cac.append(model2.fit_features(feats, progress=False).history_[0])
             del feats
         out["cache_hits_misses"] = [cache.hits, cache.misses]
         out["prototypes_max_abs_diff_cached_vs_uncached"] = max(

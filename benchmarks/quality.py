@@ -177,8 +177,6 @@ def _timed(label: str, fit):
 
 def _maps(model, feats: dict) -> np.ndarray:
     stages = model.config.stages
-    if hasattr(model, "score_features"):
-        return model.score_features({s: feats[s] for s in stages})[0].numpy()
     return model.maps_from_features({s: feats[s] for s in stages})[0].numpy()
 
 

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pradot.errors import InputError
+
 __all__ = [
     "ConfigError",
     "IMAGE_SIZE_RANGE",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad override or configuration value; the message names the key and how to fix it."""
 
 

@@ -175,7 +175,7 @@ def log_training_figures(
             ).float()
             / 255.0
         )
-        feats = model.prototypes.transform(model.backbone(test_imgs.to(model.device_)))[stage]
+        feats = model.prototypes.transform(model.backbone(test_imgs.to(model.device)))[stage]
         if train_features is not None and not model.prototypes.options.identity:  # the banks' features
             train_features = model.prototypes.transform(train_features)
     bank = model.banks[str(stage)]

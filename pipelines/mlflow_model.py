@@ -62,6 +62,7 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from pradot.errors import InputError
 from pradot.serving import (
     EXPECTED_PAYLOAD,
     Calibration,
@@ -286,7 +287,7 @@ def _example_rgb(image, size: int) -> np.ndarray:
     elif isinstance(image, np.ndarray):
         rgb = np.asarray(image)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"input_example_image array must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+            raise InputError(f"input_example_image array must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     else:
         rgb = decode_image(image)
     h, w = rgb.shape[:2]
@@ -339,7 +340,7 @@ def log_pradot_model(
         raise FileNotFoundError(f"no model file at {model_path}")
     info = model_file_info(model_path)
     if info.get("format") not in servable_formats():
-        raise ValueError(f"{model_path} has format {info.get('format')!r}; servable formats: {servable_formats()}")
+        raise InputError(f"{model_path} has format {info.get('format')!r}; servable formats: {servable_formats()}")
     cal = _as_calibration(calibration)
     config = dict(info.get("config") or {})
     image_size = int(config.get("image_size", 224))

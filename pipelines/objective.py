@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from pradot.errors import InputError
+
 __all__ = ["SPLIT", "GOOD", "PseudoOptions", "PseudoSet", "pseudo_groups", "build_pseudo_set", "evaluate"]
 
 #: the name of the evaluation split (tags, features' cache keys)
@@ -85,7 +87,7 @@ def build_pseudo_set(normals: Sequence, size: int, pseudo: Any, normals_source: 
     from pradot.data.pseudo_anomalies import make_pseudo_anomalies
 
     if not normals:
-        raise ValueError("the validation objective needs normal images to make pseudo-anomalies from")
+        raise InputError("the validation objective needs normal images to make pseudo-anomalies from")
     images = [read_image(s.image_path, size) for s in normals]
     made = make_pseudo_anomalies(
         images,

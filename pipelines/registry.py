@@ -20,6 +20,7 @@ from typing import Any
 
 from pipelines.checks import list_items
 from pipelines.tracking import setup_tracking
+from pradot.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def registration(name: str | None) -> Iterator[None]:
         created = True
     except MlflowException as e:
         if e.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
-            raise ValueError(f"the model registry refuses the registered model name {name!r}: {e.message}") from None
+            raise InputError(f"the model registry refuses the registered model name {name!r}: {e.message}") from None
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
     try:

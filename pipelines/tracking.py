@@ -198,8 +198,10 @@ def entry_run(
             log.error("run interrupted (Ctrl+C or SIGTERM): it is ended KILLED")
             raise
         except BaseException as e:
-            user_error = isinstance(e, (ValueError, FileNotFoundError))
-            # the run log keeps it (with the traceback); the console gets the entry point's one error line
+            from pipelines.errors import is_user_error
+
+            user_error = is_user_error(e)  # bad input: the message says it all; anything else: traceback
+            # the run log keeps it; the console gets the entry point's one error line
             log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not user_error, extra={FILE_ONLY: True})
             raise
         finally:

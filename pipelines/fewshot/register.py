@@ -87,8 +87,8 @@ def log_fewshot(
     needs = model.mask_source.needs_images
     model.fit_features(pool.take(support), images_of(pool.samples_at(support), config.image_size) if needs else None)
     cal = load_features(plan, backbone, cal_samples, range(len(cal_samples)), "calibration", device)
-    _, scores = model.score_features(
-        cal.take(range(len(cal_samples))), images_of(cal_samples, config.image_size) if needs else None, update=False
+    _, scores = model.maps_from_features(
+        cal.take(range(len(cal_samples))), images=images_of(cal_samples, config.image_size) if needs else None
     )
     calibration = Calibration.calibrate(scores.numpy(), plan.calibration_quantile)
     mlflow.set_tag("pradot.calibration_source", source)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 __all__ = [
     "BORDERS",
     "check_aggregation",
@@ -47,9 +49,9 @@ def check_aggregation(k) -> int:
     try:
         k_int = int(k)
     except (TypeError, ValueError):
-        raise ValueError(f"aggregation (the k x k neighbourhood) must be an odd integer >= 1, got {k!r}") from None
+        raise InputError(f"aggregation (the k x k neighbourhood) must be an odd integer >= 1, got {k!r}") from None
     if k_int != k or k_int < 1 or k_int % 2 == 0:
-        raise ValueError(
+        raise InputError(
             f"aggregation (the k x k neighbourhood) must be an odd integer >= 1 (1 = none, the paper; "
             f"3 = PatchCore's), got {k!r}"
         )
@@ -97,10 +99,10 @@ def stage_image_count(features: Mapping[int, Any], stages: Sequence[int]) -> int
     """
     missing = [s for s in stages if s not in features]
     if missing:
-        raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
+        raise InputError(f"features for stages {missing} are missing (have {sorted(features)})")
     counts = {s: len(features[s]) for s in stages}
     if len(set(counts.values())) != 1:
-        raise ValueError(f"stages have different numbers of images: {counts}")
+        raise InputError(f"stages have different numbers of images: {counts}")
     return next(iter(counts.values()))
 
 
@@ -114,10 +116,10 @@ def concat_stages(features: Mapping[int, torch.Tensor], stages: Sequence[int]) -
     stages = [int(s) for s in stages]
     missing = [s for s in stages if s not in features]
     if missing:
-        raise ValueError(f"features for stages {missing} are missing (have {sorted(features)})")
+        raise InputError(f"features for stages {missing} are missing (have {sorted(features)})")
     maps = [features[s] for s in stages]
     if any(m.shape[0] != maps[0].shape[0] for m in maps[1:]):  # no int(): a traced batch size stays symbolic
-        raise ValueError(f"stages have different batch sizes: {[tuple(m.shape) for m in maps]}")
+        raise InputError(f"stages have different batch sizes: {[tuple(m.shape) for m in maps]}")
     grid = max((tuple(m.shape[-2:]) for m in maps), key=lambda g: g[0] * g[1])
     out = [
         m if tuple(m.shape[-2:]) == grid else F.interpolate(m, size=grid, mode="bilinear", align_corners=False)

@@ -21,11 +21,15 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
+from .io import atomic_write
+
 __all__ = [
     "MODEL_FORMAT",
     "ENSEMBLE_FORMAT",
     "ENSEMBLE_FORMATS",
     "MEMORY_BANK_FORMAT",
+    "PROTOTYPES_FORMAT",
     "save_state",
     "load_state",
     "file_info",
@@ -43,6 +47,8 @@ ENSEMBLE_FORMAT = "pradot-ensemble-v2"
 ENSEMBLE_FORMATS = ("pradot-ensemble-v1", ENSEMBLE_FORMAT)
 #: a PatchCore-style memory bank (``pradot.memory_bank.MemoryBankModel.save``)
 MEMORY_BANK_FORMAT = "pradot-memory-bank-v1"
+#: PRADOT's banks alone, without a backbone (``pradot.model.PrototypeModel.save``; not servable)
+PROTOTYPES_FORMAT = "pradot-prototypes-v1"
 
 
 #: leaf types a state may hold besides tensors (what ``weights_only=True`` rebuilds)
@@ -80,10 +86,8 @@ def save_state(state: dict, path: str | Path) -> Path:
     """
     check_plain_state(state)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
@@ -92,7 +96,7 @@ def _read(path: Path, mmap: bool) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
-def _refusal(path: Path, what: str, exc: Exception) -> ValueError:
+def _refusal(path: Path, what: str, exc: Exception) -> InputError:
     """The error for a file ``torch.load(weights_only=True)`` cannot read: a pickled object is named (and
     was not loaded); anything else is "not a torch file"."""
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
@@ -102,14 +106,14 @@ def _refusal(path: Path, what: str, exc: Exception) -> ValueError:
             if found
             else "Python objects other than plain data and tensors"
         )
-        return ValueError(
+        return InputError(
             f"{path} is not a {what} file: it holds {held}; PRADOT model files hold only plain data "
             f"and tensors, and this file was not loaded because unpickling it could run code"
         )
     detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     if "WeightsUnpickler" in str(exc):
         detail = "not a torch.save archive"
-    return ValueError(f"{path} is not a {what} file (not a torch file: {type(exc).__name__}: {detail})")
+    return InputError(f"{path} is not a {what} file (not a torch file: {type(exc).__name__}: {detail})")
 
 
 def load_state(path: str | Path, expected_format: str | None = None, what: str = "PRADOT model") -> dict:
@@ -122,7 +126,7 @@ def load_state(path: str | Path, expected_format: str | None = None, what: str =
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a directory; give the {what} file itself")
+        raise InputError(f"{path} is a directory; give the {what} file itself")
     if not path.is_file():
         raise FileNotFoundError(f"no {what} file at {path}")
     try:
@@ -131,7 +135,7 @@ def load_state(path: str | Path, expected_format: str | None = None, what: str =
         raise _refusal(path, what, exc) from None
     found = state.get("format") if isinstance(state, dict) else type(state).__name__
     if not isinstance(state, dict) or (expected_format is not None and found != expected_format):
-        raise ValueError(f"{path} is not a {what} file (format {expected_format!r}; found {found!r})")
+        raise InputError(f"{path} is not a {what} file (format {expected_format!r}; found {found!r})")
     return state
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .buffers import empty_matrix
+from .errors import InputError
 
 __all__ = [
     "FEATURE_NORM_EPS",
@@ -33,9 +34,9 @@ def check_alpha(alpha: float) -> float:
     try:
         a = float(alpha)
     except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
+        raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
     if not (0.0 <= a <= 1.0):
-        raise ValueError(f"alpha must lie in [0, 1] (0 = global prototypes, >0 = local), got {alpha!r}")
+        raise InputError(f"alpha must lie in [0, 1] (0 = global prototypes, >0 = local), got {alpha!r}")
     return a
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 __all__ = ["DeviceError", "resolve_device"]
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """A device was asked for that this machine does not have; the message says what to use instead."""
 
 

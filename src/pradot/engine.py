@@ -20,6 +20,7 @@ from .backbone import Backbone, load_backbone
 from .calibration import Calibration
 from .data import AnomalyDataset, Sample, load_dataset, split_validation
 from .data.images import READER
+from .errors import InputError
 from .features import FeatureCache, files_fingerprint
 from .metrics.dataset import dataset_metrics
 from .model import PRADOT, EpochStats, PRADOTConfig
@@ -82,7 +83,7 @@ def open_splits(spec: DataSpec) -> Splits:
         train, validation = split_validation(train, spec.validation_fraction, seed=spec.seed)
     test = ds.samples("test")
     if not train:
-        raise ValueError(f"{spec.kind}/{spec.category}: the training split is empty")
+        raise InputError(f"{spec.kind}/{spec.category}: the training split is empty")
     return Splits(ds, train, validation, test)
 
 
@@ -95,9 +96,9 @@ def batch_size_for(n: float, batch_ratio: float) -> int:
     """
     ratio, n = float(batch_ratio), float(n)
     if not (math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"batch_ratio must be > 0 (batch size = batch_ratio x n images), got {batch_ratio!r}")
+        raise InputError(f"batch_ratio must be > 0 (batch size = batch_ratio x n images), got {batch_ratio!r}")
     if not math.isfinite(n):
-        raise ValueError(f"n must be a finite number of prototypes per cell, got {n!r}")
+        raise InputError(f"n must be a finite number of prototypes per cell, got {n!r}")
     return max(1, int(round(ratio * max(n, 1.0))))
 
 
@@ -189,12 +190,12 @@ def train_model(
             callback=callback,
             progress=progress,
             num_workers=num_workers,
-        )
+        ).history_
         t2 = t1
     else:
         feats = train_features(backbone, spec, samples, cache, device, num_workers, weights_path, progress)
         t2 = time.perf_counter()
-        history = model.fit_features(feats, callback=callback, progress=progress)
+        history = model.fit_features(feats, callback=callback, progress=progress).history_
     t3 = time.perf_counter()
     timings = {
         "backbone_load_seconds": t1 - t0,
@@ -281,7 +282,7 @@ def calibrate(
         source = "train (no validation images)"
     normal = np.array([s.label == 0 for s in scored.samples], dtype=bool)
     if not normal.any():
-        raise ValueError(f"calibration needs normal images: the {source} split has none")
+        raise InputError(f"calibration needs normal images: the {source} split has none")
     cal = Calibration.calibrate(
         scored.scores[normal], quantile, pixel_maps=scored.maps[normal], pixel_quantile=pixel_quantile
     )

@@ -31,9 +31,10 @@ Fusion rule (:meth:`Ensemble.fuse`):
 * every member post-processes its own map first (e.g. ``smoothing_sigma``), as it does alone;
 * the image score is the max of the fused map (as for a single model).
 
-Members: any scoring model with the member interface of :class:`pradot.model.PRADOT` and
-:class:`pradot.memory_bank.MemoryBankModel` (``backbone``, ``config.image_size``, ``prepare``,
-``maps_from_backbone``, ``describe``, ``state(include_backbone=False)`` with its ``"format"``).
+Members: feature models (:class:`pradot.base.FeatureModel`: ``backbone``, ``image_size``, ``prepare``,
+``maps_from_backbone``, ``describe``, ``state(include_backbone=False)`` with its ``"format"``) of a kind whose
+files an ensemble reads back (:data:`MEMBER_CLASSES`: :class:`pradot.model.PRADOT` and
+:class:`pradot.memory_bank.MemoryBankModel`). The ensemble itself is a :class:`pradot.base.ScoringModel`.
 
 Members that share identical backbone weights, stages and image size run the backbone once per batch
 (the paper's four members need two backbone passes, not four), and the saved file stores each distinct
@@ -60,10 +61,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .backbone import Backbone, load_backbone
+from .base import FeatureModel, ScoringModel
 from .checkpoint import ENSEMBLE_FORMAT, ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, MODEL_FORMAT, load_state, save_state
+from .errors import InputError, InputTypeError, NotFittedError
+from .maps import resize_maps
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
 from .padim import PADIM_FORMAT, PaDiMModel
@@ -94,13 +97,9 @@ class EnsembleConfig:
 
 
 def _resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, h, w) -> (B, size, size), bilinear (align_corners=False), antialiased when shrinking."""
-    if tuple(maps.shape[-2:]) == (size, size):
-        return maps
-    shrink = maps.shape[-1] > size or maps.shape[-2] > size
-    return F.interpolate(
-        maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
-    )[:, 0]
+    """(B, h, w) -> (B, size, size): the ensemble's convention (:func:`pradot.maps.resize_maps`,
+    ``"half_pixel_shrink"``)."""
+    return resize_maps(maps, size, "half_pixel_shrink")
 
 
 def _digest(t: torch.Tensor) -> str:
@@ -125,11 +124,11 @@ def _as_images(images) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
+        raise InputTypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
     return images
 
 
-class Ensemble(nn.Module):
+class Ensemble(nn.Module, ScoringModel):
     """Fusion of the anomaly maps of several scoring models (see the module docstring).
 
     Args:
@@ -142,8 +141,12 @@ class Ensemble(nn.Module):
         labels: optional names of the members (e.g. ``"pradot-mvtec_loco-screw_bag/3"``), saved with it.
         weights: optional fusion weights, one per member (>= 0, not all 0); ``None``: the plain mean.
     Raises:
-        TypeError: a member is not a scoring model of a known kind. ValueError: bad options.
+        InputTypeError: a member is not a feature model of a kind ensembles store (:data:`MEMBER_CLASSES`).
+        InputError: bad options.
     """
+
+    KIND = "ensemble"
+    FORMAT = ENSEMBLE_FORMAT
 
     def __init__(
         self,
@@ -156,19 +159,19 @@ class Ensemble(nn.Module):
         super().__init__()
         members = list(members)
         if not members:
-            raise ValueError("an ensemble needs at least one member (PRADOT models or memory banks)")
+            raise InputError("an ensemble needs at least one member (PRADOT models or memory banks)")
         kinds = tuple(MEMBER_CLASSES.values())
-        bad = [i for i, m in enumerate(members) if not isinstance(m, kinds)]
+        bad = [i for i, m in enumerate(members) if not (isinstance(m, FeatureModel) and m.FORMAT in MEMBER_CLASSES)]
         if bad:
-            raise TypeError(
+            raise InputTypeError(
                 f"ensemble members must be PRADOT models or memory banks "
                 f"({', '.join(c.__name__ for c in kinds)}); members {bad} are "
                 f"{[type(members[i]).__name__ for i in bad]}"
             )
         if normalisation not in NORMALISATIONS:
-            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+            raise InputError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
         if labels is not None and len(labels) != len(members):
-            raise ValueError(f"{len(labels)} labels for {len(members)} members")
+            raise InputError(f"{len(labels)} labels for {len(members)} members")
         self.members = nn.ModuleList(members)
         self.normalisation = normalisation
         self.labels = [str(x) for x in labels] if labels is not None else [f"member{i}" for i in range(len(members))]
@@ -198,8 +201,27 @@ class Ensemble(nn.Module):
         return int(self.config.image_size)
 
     @property
-    def device_(self) -> torch.device:
-        return self.members[0].device_
+    def device(self) -> torch.device:  # type: ignore[override]
+        """The first member's device."""
+        return self.members[0].device
+
+    @property
+    def fitted(self) -> bool:  # type: ignore[override]
+        """Every member is fitted."""
+        return all(m.fitted for m in self.members)
+
+    def describe(self) -> dict:
+        """Kind, backbone(s), stages, image size, fusion rule and the members' ``describe()``."""
+        c = self.config
+        return {
+            "kind": "ensemble",
+            "backbone": c.backbone,
+            "stages": list(c.stages),
+            "image_size": int(c.image_size),
+            "normalisation": self.normalisation,
+            "weights": list(self.weights) if self.weights is not None else None,
+            "members": [dict(m) for m in c.members],
+        }
 
     def __len__(self) -> int:
         return len(self.members)
@@ -207,13 +229,13 @@ class Ensemble(nn.Module):
     def set_stats(self, stats: Sequence[dict]) -> None:
         stats = [dict(s) for s in stats]
         if len(stats) != len(self.members):
-            raise ValueError(f"{len(stats)} normalisation statistics for {len(self.members)} members")
+            raise InputError(f"{len(stats)} normalisation statistics for {len(self.members)} members")
         for i, s in enumerate(stats):
             if "mean" not in s or "std" not in s:
-                raise ValueError(f"statistics of member {i} need 'mean' and 'std', got {sorted(s)}")
+                raise InputError(f"statistics of member {i} need 'mean' and 'std', got {sorted(s)}")
             mean, std = float(s["mean"]), float(s["std"])
             if not (math.isfinite(mean) and math.isfinite(std)) or std < 0:
-                raise ValueError(f"statistics of member {i} must be finite with std >= 0, got {s}")
+                raise InputError(f"statistics of member {i} must be finite with std >= 0, got {s}")
             s["mean"], s["std"] = mean, std
         self.stats = stats
 
@@ -234,7 +256,7 @@ class Ensemble(nn.Module):
             Sm = int(lead.config.image_size)
             per = {i: [] for i in idx}
             for b in range(0, len(prepared), batch_size):
-                feats = lead.backbone(prepared[b : b + batch_size].to(lead.device_))
+                feats = lead.backbone(prepared[b : b + batch_size].to(lead.device))
                 for i in idx:
                     per[i].append(self.members[i].maps_from_backbone(feats))
             for i in idx:
@@ -245,7 +267,7 @@ class Ensemble(nn.Module):
         if self.normalisation == "none":
             return maps
         if self.stats is None:
-            raise RuntimeError(
+            raise NotFittedError(
                 "normalisation='per_member' needs the members' statistics on validation normals: "
                 "call fit_normalisation(validation_images) (or pass stats=) first"
             )
@@ -257,7 +279,7 @@ class Ensemble(nn.Module):
         resize to the ensemble's size, normalise (``per_member``), average (weighted with ``weights``);
         image score = max."""
         if len(member_maps) != len(self.members):
-            raise ValueError(f"{len(member_maps)} member maps for {len(self.members)} members")
+            raise InputError(f"{len(member_maps)} member maps for {len(self.members)} members")
         S = self.image_size
         maps = [
             self._normalise(
@@ -282,9 +304,9 @@ class Ensemble(nn.Module):
         """``{"mean", "std", "n_images"}`` over all pixels of (N, S, S) maps."""
         x = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps).double()
         if x.numel() == 0:
-            raise ValueError("normalisation statistics need at least one validation map")
+            raise InputError("normalisation statistics need at least one validation map")
         if not torch.isfinite(x).all():
-            raise ValueError("validation maps contain non-finite values")
+            raise InputError("validation maps contain non-finite values")
         return {"mean": float(x.mean()), "std": float(x.std(unbiased=False)), "n_images": int(x.shape[0])}
 
     def fit_normalisation(self, images=None, member_maps: Sequence | None = None, batch_size: int = 16) -> list[dict]:
@@ -293,17 +315,17 @@ class Ensemble(nn.Module):
         member, e.g. from :meth:`member_maps`). Sets and returns ``stats`` (used when
         ``normalisation="per_member"``)."""
         if (images is None) == (member_maps is None):
-            raise ValueError("give exactly one of images= or member_maps=")
+            raise InputError("give exactly one of images= or member_maps=")
         if member_maps is None:
             if isinstance(images, (torch.Tensor, np.ndarray)):
                 member_maps = self.member_maps(images, batch_size)
             else:
                 parts = [self.member_maps(b, batch_size) for b in images]
                 if not parts:
-                    raise ValueError("normalisation statistics need at least one validation image")
+                    raise InputError("normalisation statistics need at least one validation image")
                 member_maps = [torch.cat([p[k] for p in parts]) for k in range(len(self.members))]
         if len(member_maps) != len(self.members):
-            raise ValueError(f"{len(member_maps)} member maps for {len(self.members)} members")
+            raise InputError(f"{len(member_maps)} member maps for {len(self.members)} members")
         S = self.image_size
         stats = [
             self.map_statistics(
@@ -315,7 +337,7 @@ class Ensemble(nn.Module):
         return self.stats  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ persistence
-    def state(self) -> dict:
+    def state(self, **options) -> dict:
         """The dict :meth:`save` writes (backbone weights deduplicated by content)."""
         tensors: dict[str, torch.Tensor] = {}
         members = []
@@ -339,18 +361,18 @@ class Ensemble(nn.Module):
             "tensors": tensors,
         }
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, **options) -> Path:
         """One file (format ``pradot-ensemble-v2``) with every member (banks, config, backbone weights
         stored once per distinct tensor), the normalisation statistics and the fusion weights."""
         return save_state(self.state(), path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Ensemble:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", **options) -> Ensemble:
         """Read a :meth:`save` file (or a ``pradot-ensemble-v1`` one). Raises FileNotFoundError / ValueError
         (not an ensemble file)."""
         state = load_state(path, what="PRADOT ensemble")
         if state.get("format") not in ENSEMBLE_FORMATS:
-            raise ValueError(
+            raise InputError(
                 f"{path} is not a PRADOT ensemble file (formats {list(ENSEMBLE_FORMATS)}; found "
                 f"{state.get('format')!r})"
             )
@@ -371,7 +393,7 @@ class Ensemble(nn.Module):
                 backbones[key] = load_backbone(bb["name"], tuple(bb["stages"]), state_dict=sd)
             fmt = ms.get("format", MODEL_FORMAT)
             if fmt not in MEMBER_CLASSES:
-                raise ValueError(f"ensemble member of unknown format {fmt!r} (known: {sorted(MEMBER_CLASSES)})")
+                raise InputError(f"ensemble member of unknown format {fmt!r} (known: {sorted(MEMBER_CLASSES)})")
             members.append(MEMBER_CLASSES[fmt].from_state(ms, device=device, backbone=backbones[key]))
         ens = cls(
             members,

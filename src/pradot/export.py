@@ -43,6 +43,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,10 +52,10 @@ import torch.nn.functional as F
 
 from .calibration import Calibration
 from .cost import FEATURE_NORM_EPS, spatial_cost
-from .ensemble import Ensemble, _resize_maps
-from .memory_bank import MemoryBankModel
-from .model import PRADOT
-from .postprocess import gaussian_smooth, standardise
+from .errors import InputError, InputTypeError
+from .io import atomic_write
+from .maps import Convention, gaussian_smooth, resize_maps
+from .postprocess import standardise
 from .scoring import cell_copies, fuse_maps
 
 __all__ = [
@@ -78,6 +79,8 @@ OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
 SUPPORTED = "PRADOT models, memory banks (MemoryBankModel) and ensembles of them (Ensemble)"
+#: the model kinds (``KIND``, :mod:`pradot.base`) that have an export head; ensembles of them export too
+HEAD_KINDS = ("pradot", "memory_bank")
 #: PIL's fixed-point precision for 8-bit resampling (Resample.c: PRECISION_BITS = 32 - 8 - 2)
 _PRECISION_BITS = 22
 #: bank rows per matrix product of the memory-bank search (bounds the graph's memory: rows x H*W floats)
@@ -237,7 +240,7 @@ class _MemberHead(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.kind = "memory_bank" if isinstance(model, MemoryBankModel) else "pradot"
+        self.kind = model.KIND
         banks = model if self.kind == "memory_bank" else model.prototypes
         self.options, self.bank_stages = banks.options, tuple(banks.bank_stages)
         self.stages = tuple(model.config.stages)
@@ -273,36 +276,30 @@ class _MemberHead(nn.Module):
     def forward(self, feats: Mapping[int, torch.Tensor]) -> torch.Tensor:
         bank_feats = self.options.apply({s: feats[s] for s in self.stages}, self.stages)
         S = self.size
-        maps = [
-            F.interpolate(
-                self.stage_map(s, bank_feats[s])[:, None],
-                size=(S, S),
-                mode="bilinear",
-                align_corners=self.align_corners,
-            )[:, 0]
-            for s in self.bank_stages
-        ]
+        convention: Convention = "align_corners" if self.align_corners else "half_pixel"
+        maps = [resize_maps(self.stage_map(s, bank_feats[s]), S, convention) for s in self.bank_stages]
         return gaussian_smooth(fuse_maps(maps), self.sigma)
 
 
 def exportable(model) -> bool:
     """Whether :func:`export_onnx` supports ``model`` (see :data:`SUPPORTED`): a PRADOT model, a memory bank,
     or an ensemble whose members are all one of those."""
-    if isinstance(model, Ensemble):
-        return all(isinstance(m, (PRADOT, MemoryBankModel)) for m in model.members)
-    return isinstance(model, (PRADOT, MemoryBankModel))
+    if getattr(model, "KIND", None) == "ensemble":
+        return all(getattr(m, "KIND", None) in HEAD_KINDS for m in model.members)
+    return getattr(model, "KIND", None) in HEAD_KINDS
 
 
-def _members(model) -> tuple[list, Ensemble | None]:
-    if isinstance(model, Ensemble):
+def _members(model) -> tuple[list, Any]:
+    """``(members, ensemble or None)``, by the models' ``KIND`` (:mod:`pradot.base`)."""
+    if getattr(model, "KIND", None) == "ensemble":
         members = list(model.members)
-        bad = [type(m).__name__ for m in members if not isinstance(m, (PRADOT, MemoryBankModel))]
+        bad = [type(m).__name__ for m in members if getattr(m, "KIND", None) not in HEAD_KINDS]
         if bad:
-            raise TypeError(f"ONNX export supports {SUPPORTED}; this ensemble has members of kind {bad}")
+            raise InputTypeError(f"ONNX export supports {SUPPORTED}; this ensemble has members of kind {bad}")
         return members, model
-    if isinstance(model, (PRADOT, MemoryBankModel)):
+    if getattr(model, "KIND", None) in HEAD_KINDS:
         return [model], None
-    raise TypeError(f"ONNX export supports {SUPPORTED}; got {type(model).__name__}")
+    raise InputTypeError(f"ONNX export supports {SUPPORTED}; got {type(model).__name__}")
 
 
 class ExportScorer(nn.Module):
@@ -310,7 +307,7 @@ class ExportScorer(nn.Module):
     and scores (B,), S = ``model.config.image_size``.
 
     Raises:
-        TypeError: a model (or ensemble member) of another kind than :data:`SUPPORTED`.
+        InputTypeError: a model (or ensemble member) of another kind than :data:`SUPPORTED`.
     """
 
     def __init__(self, model):
@@ -324,7 +321,7 @@ class ExportScorer(nn.Module):
         self.groups = [(int(members[runner].config.image_size), list(idx)) for runner, idx in groups]
         stats = ens.stats if ens is not None and ens.normalisation == "per_member" else None
         if ens is not None and ens.normalisation == "per_member" and stats is None:
-            raise ValueError("the ensemble normalises per member but has no statistics: fit_normalisation first")
+            raise InputError("the ensemble normalises per member but has no statistics: fit_normalisation first")
         self.stats = [(float(s["mean"]), float(s["std"])) for s in stats] if stats else None
         self.weights = list(ens.weights) if ens is not None and ens.weights is not None else None
         self.ensemble = ens is not None
@@ -340,7 +337,8 @@ class ExportScorer(nn.Module):
             )
             feats = backbone(x)
             for i in idx:
-                out[i] = _resize_maps(self.heads[i](feats), self.size) if self.ensemble else self.heads[i](feats)
+                head = self.heads[i](feats)
+                out[i] = resize_maps(head, self.size, "half_pixel_shrink") if self.ensemble else head
         return out  # type: ignore[return-value]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,7 +405,8 @@ def export_onnx(
     a failed export leaves no file.
 
     Raises:
-        TypeError: an unsupported model kind. RuntimeError: the exporter failed (its message is kept).
+        InputTypeError: an unsupported model kind (also a TypeError).
+        RuntimeError: the exporter failed (its message is kept).
     """
     import warnings
 
@@ -424,13 +423,12 @@ def export_onnx(
         1: torch.export.Dim("height", min=2, max=65536),
         2: torch.export.Dim("width", min=2, max=65536),
     }
-    tmp = path.with_name(path.name + ".partial")
     chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
     levels = [lg.level for lg in chatty]
     try:
         for lg in chatty:  # their INFO lines (one per deduplicated initializer, ...) would flood a run's log
             lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-        with warnings.catch_warnings(), torch.no_grad():
+        with atomic_write(path) as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 scorer,
@@ -443,13 +441,11 @@ def export_onnx(
                 dynamic_shapes=(dims,),
                 optimize=True,
             )
-        program.save(str(tmp), external_data=False)
-        proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, onnx_metadata(model, calibration, metadata))
-        onnx.save(proto, str(tmp))
-        tmp.replace(path)
+            program.save(str(tmp), external_data=False)
+            proto = onnx.load(str(tmp))
+            onnx.helper.set_model_props(proto, onnx_metadata(model, calibration, metadata))
+            onnx.save(proto, str(tmp))
     finally:
-        tmp.unlink(missing_ok=True)
         for lg, level in zip(chatty, levels):
             lg.setLevel(level)
     return path
@@ -478,12 +474,12 @@ class OnnxScorer:
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"expected uint8 RGB images (H, W, 3) or (B, H, W, 3), got {x.shape}")
+            raise InputError(f"expected uint8 RGB images (H, W, 3) or (B, H, W, 3), got {x.shape}")
         maps, scores = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         return maps, scores
 
     def is_anomaly(self, scores) -> np.ndarray:
         """``score > image_threshold`` (the calibrated threshold in the metadata)."""
         if self.calibration is None:
-            raise ValueError(f"{self.path} was exported without a calibration: no threshold in its metadata")
+            raise InputError(f"{self.path} was exported without a calibration: no threshold in its metadata")
         return np.asarray(scores) > self.calibration.threshold

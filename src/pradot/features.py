@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
+from .errors import InputError
+from .io import atomic_write
 
 __all__ = ["extract_features", "file_digest", "files_fingerprint", "FeatureCache"]
 
@@ -87,7 +88,7 @@ def extract_features(
             result[s][pos : pos + b] = f.cpu().numpy()
         pos += b
     if result is None:
-        raise ValueError("cannot extract features of an empty dataset")
+        raise InputError("cannot extract features of an empty dataset")
     return result
 
 
@@ -111,7 +112,7 @@ class FeatureCache:
     @staticmethod
     def _split(identity: dict) -> tuple[dict, list[int]]:
         if "stages" not in identity:
-            raise ValueError(f"a feature-cache identity needs its 'stages', got keys {sorted(identity)}")
+            raise InputError(f"a feature-cache identity needs its 'stages', got keys {sorted(identity)}")
         base = {k: v for k, v in identity.items() if k != "stages"}
         return base, sorted(int(s) for s in identity["stages"])
 
@@ -204,7 +205,7 @@ class FeatureCache:
         d = self.path(identity)
         missing = [s for s in stages if not self._stored(d, s)]
         if not set(missing) <= set(backbone.stages):
-            raise ValueError(f"the cache is asked for stages {stages} but the backbone gives {list(backbone.stages)}")
+            raise InputError(f"the cache is asked for stages {stages} but the backbone gives {list(backbone.stages)}")
         self.misses += 1
         log.info("extracting %s features of %d images (stages %s) into %s", backbone.name, len(dataset), missing, d)
         d.mkdir(parents=True, exist_ok=True)
@@ -233,11 +234,5 @@ class FeatureCache:
     @staticmethod
     def _write(folder: Path, name: str, write) -> None:
         """Write ``folder/name`` under a temporary name, then rename it into place (atomic on one filesystem)."""
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(folder / name) as tmp, open(tmp, "wb") as f:
+            write(f)

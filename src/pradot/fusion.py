@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import InputError
 from .metrics.pseudo import OBJECTIVE, pseudo_metrics
 
 __all__ = ["weight_grid", "FusionChoice", "choose_fusion", "normal_statistics"]
@@ -35,11 +36,11 @@ def weight_grid(k: int, step: float) -> list[tuple[float, ...]]:
         ValueError: ``k < 1`` or ``1 / step`` not a positive integer.
     """
     if int(k) < 1:
-        raise ValueError(f"need at least one candidate, got {k}")
+        raise InputError(f"need at least one candidate, got {k}")
     parts = 1.0 / float(step) if float(step) > 0 else 0.0
     m = int(round(parts))
     if m < 1 or abs(parts - m) > 1e-9:
-        raise ValueError(f"weight step must divide 1 (0.5, 0.25, 0.2, ...), got {step!r}")
+        raise InputError(f"weight step must divide 1 (0.5, 0.25, 0.2, ...), got {step!r}")
 
     def rec(n_left: int, slots: int):
         if slots == 1:
@@ -57,7 +58,7 @@ def normal_statistics(maps: np.ndarray, normal: np.ndarray) -> dict:
     """``{"mean", "std", "n_images"}`` of all pixels of the maps of the normal images (N, S, S)."""
     x = np.asarray(maps, dtype=np.float64)[np.asarray(normal, dtype=bool)]
     if x.size == 0:
-        raise ValueError("normalisation statistics need at least one normal validation image")
+        raise InputError("normalisation statistics need at least one normal validation image")
     return {"mean": float(x.mean()), "std": float(x.std()), "n_images": int(x.shape[0])}
 
 
@@ -106,12 +107,12 @@ def choose_fusion(
         ValueError: no candidate, maps of different shapes, or a bad normalisation / step.
     """
     if not candidate_maps:
-        raise ValueError("no candidate maps to choose a fusion from")
+        raise InputError("no candidate maps to choose a fusion from")
     shapes = {tuple(np.shape(m)) for m in candidate_maps}
     if len(shapes) != 1:
-        raise ValueError(f"candidates' maps differ in shape: {sorted(shapes)}")
+        raise InputError(f"candidates' maps differ in shape: {sorted(shapes)}")
     if normalisation not in ("none", "per_member"):
-        raise ValueError(f"normalisation must be 'none' or 'per_member', got {normalisation!r}")
+        raise InputError(f"normalisation must be 'none' or 'per_member', got {normalisation!r}")
     normal = np.asarray([str(g) == "good" for g in groups])
     stats = None
     z = [np.asarray(m, dtype=np.float32) for m in candidate_maps]

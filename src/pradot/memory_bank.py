@@ -45,16 +45,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .aggregation import FeatureOptions, check_aggregation, check_border, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
+from .base import FeatureModel, as_tensor
 from .checkpoint import MEMORY_BANK_FORMAT, load_state, save_state
 from .coreset import greedy_coreset
-from .model import as_tensor, prepare_images
-from .postprocess import check_sigma, gaussian_smooth
-from .scoring import fuse_maps, image_scores
+from .errors import InputError, NotFittedError
+from .maps import Convention, check_sigma, gaussian_smooth, resize_maps
+from .scoring import fuse_maps
 
 __all__ = ["MEMORY_BANK_FORMAT", "MemoryBankConfig", "MemoryBankModel", "nearest_distances"]
 
@@ -85,7 +85,7 @@ class MemoryBankConfig:
     def __post_init__(self):
         self.stages = tuple(sorted({int(s) for s in self.stages}))
         if not self.stages:
-            raise ValueError("a memory bank needs at least one backbone stage (PatchCore: 2 and 3)")
+            raise InputError("a memory bank needs at least one backbone stage (PatchCore: 2 and 3)")
         self.aggregation = check_aggregation(self.aggregation)
         self.aggregation_border = check_border(self.aggregation_border)
         self.align_corners = bool(self.align_corners)
@@ -93,12 +93,12 @@ class MemoryBankConfig:
         self.smoothing_sigma = check_sigma(self.smoothing_sigma)
         r = float(self.coreset_ratio)
         if not (math.isfinite(r) and 0.0 < r <= 1.0):
-            raise ValueError(f"coreset_ratio must lie in (0, 1] (1 = the full bank), got {self.coreset_ratio!r}")
+            raise InputError(f"coreset_ratio must lie in (0, 1] (1 = the full bank), got {self.coreset_ratio!r}")
         self.coreset_ratio = r
         if self.projection_dim is not None and int(self.projection_dim) < 1:
-            raise ValueError(f"projection_dim must be >= 1 or None, got {self.projection_dim!r}")
+            raise InputError(f"projection_dim must be >= 1 or None, got {self.projection_dim!r}")
         if int(self.image_size) < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+            raise InputError(f"image_size must be >= 16, got {self.image_size}")
 
 
 def nearest_distances(index, queries: torch.Tensor) -> torch.Tensor:
@@ -110,22 +110,25 @@ def nearest_distances(index, queries: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(dist[:, 0], dtype=np.float32))
 
 
-class MemoryBankModel(nn.Module):
+class MemoryBankModel(nn.Module, FeatureModel):
     """A frozen backbone and one memory bank per bank stage (see the module docstring).
 
-    Same scoring interface as :class:`pradot.model.PRADOT`: ``score(images) -> (maps, scores)``,
-    ``config.image_size``, ``prepare``, ``maps_from_backbone`` (ensemble member), ``state``/``from_state``,
-    ``save``/``load``.
+    A :class:`pradot.base.FeatureModel`, as :class:`pradot.model.PRADOT`: ``fit``/``fit_features`` (return
+    ``self``), ``score(images) -> (maps, scores)``, ``maps_from_features``, ``maps_from_backbone`` (ensemble
+    member), ``state``/``from_state``, ``save``/``load``.
     """
+
+    KIND = "memory_bank"
+    FORMAT = MEMORY_BANK_FORMAT
 
     def __init__(self, config: MemoryBankConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
         super().__init__()
         self.config = config
-        self.device_ = torch.device(device)
+        self.device = torch.device(device)
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
         if tuple(self.backbone.stages) != tuple(config.stages):
-            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
-        self.backbone.to(self.device_)
+            raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+        self.backbone.to(self.device)
         self.options = FeatureOptions(config.aggregation, config.concat_stages, config.aggregation_border)
         self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
         self.memory: dict[int, torch.Tensor] = {}  # bank stage -> (M, D) float32 on the CPU
@@ -145,11 +148,11 @@ class MemoryBankModel(nn.Module):
         training images, ``chunk`` images at a time; then the coreset when ``coreset_ratio`` < 1.
 
         Raises:
-            ValueError: a stage is missing, the stages have different image counts, or there is no image.
+            InputError: a stage is missing, the stages have different image counts, or there is no image.
         """
         n = stage_image_count(features, self.config.stages)
         if n == 0:
-            raise ValueError("the training set is empty: a memory bank needs at least one normal image")
+            raise InputError("the training set is empty: a memory bank needs at least one normal image")
         parts: dict[int, list[torch.Tensor]] = {s: [] for s in self.bank_stages}
         for i in range(0, n, chunk):
             batch = self.transform({s: features[s][i : i + chunk] for s in self.config.stages})
@@ -177,7 +180,7 @@ class MemoryBankModel(nn.Module):
         if isinstance(data, DataLoader):
             data = data.dataset
         feats = extract_features(
-            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device_, progress=progress
+            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device, progress=progress
         )
         return self.fit_features(feats, progress=progress)
 
@@ -190,15 +193,15 @@ class MemoryBankModel(nn.Module):
         return self._index[stage]
 
     # ------------------------------------------------------------------ scoring
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not self.fitted or not self.memory:
-            raise RuntimeError("the memory bank is empty: call fit(...) or fit_features(...) first")
+            raise NotFittedError("the memory bank is empty: call fit(...) or fit_features(...) first")
 
     @torch.no_grad()
     def stage_maps(self, features: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Patch scores per bank at feature resolution: backbone features ``{stage: (B, D, H, W)}`` ->
         ``{bank stage: (B, H, W)}`` (distance to the nearest bank feature, CPU)."""
-        self._check_fitted()
+        self.check_fitted()
         out = {}
         for s, f in self.transform(features).items():
             B, D, H, W = f.shape
@@ -209,48 +212,16 @@ class MemoryBankModel(nn.Module):
     def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """Per-bank maps -> (B, S, S): upsampled (bilinear, ``config.align_corners``), averaged, then smoothed."""
         S = int(self.config.image_size)
-        up = [
-            F.interpolate(
-                per_stage[s][:, None].float(), size=(S, S), mode="bilinear", align_corners=self.config.align_corners
-            )[:, 0]
-            for s in self.bank_stages
-        ]
-        return gaussian_smooth(fuse_maps(up), self.config.smoothing_sigma)
+        convention: Convention = "align_corners" if self.config.align_corners else "half_pixel"
+        return gaussian_smooth(
+            fuse_maps([resize_maps(per_stage[s], S, convention) for s in self.bank_stages]),
+            self.config.smoothing_sigma,
+        )
 
     @torch.no_grad()
     def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """The maps (B, S, S) from this model's backbone features (an ensemble's shared backbone pass)."""
         return self.fuse(self.stage_maps(features))
-
-    @torch.no_grad()
-    def maps_from_features(
-        self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps (B, S, S) and image scores (B,) from precomputed backbone features (e.g. the cache)."""
-        n = len(features[self.config.stages[0]])
-        out = [
-            self.maps_from_backbone({s: as_tensor(features[s][i : i + batch_size]) for s in self.config.stages})
-            for i in range(0, n, batch_size)
-        ]
-        S = int(self.config.image_size)
-        maps = torch.cat(out) if out else torch.zeros(0, S, S)
-        return maps, image_scores(maps)
-
-    def prepare(self, images) -> torch.Tensor:
-        """Images as the backbone takes them (:func:`pradot.model.prepare_images`)."""
-        return prepare_images(images, int(self.config.image_size))
-
-    @torch.no_grad()
-    def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B, S, S) at ``image_size`` and image scores (B,) (max of the map)."""
-        images = self.prepare(images)
-        S = int(self.config.image_size)
-        out = [
-            self.maps_from_backbone(self.backbone(images[i : i + batch_size].to(self.device_)))
-            for i in range(0, len(images), batch_size)
-        ]
-        maps = torch.cat(out) if out else torch.zeros(0, S, S)
-        return maps, image_scores(maps)
 
     def describe(self) -> dict:
         """What an ensemble records of this member."""
@@ -284,7 +255,7 @@ class MemoryBankModel(nn.Module):
             "backbone": backbone_state(self.backbone, include_backbone),
         }
 
-    def save(self, path: str | Path, include_backbone: bool = True) -> Path:
+    def save(self, path: str | Path, include_backbone: bool = True, **options) -> Path:
         """One self-describing file (format ``pradot-memory-bank-v1``)."""
         return save_state(self.state(include_backbone), path)
 
@@ -304,9 +275,9 @@ class MemoryBankModel(nn.Module):
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None
+        cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None, **options
     ) -> MemoryBankModel:
-        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a memory-bank file)."""
+        """Read a :meth:`save` file. Raises FileNotFoundError / InputError (not a memory-bank file)."""
         return cls.from_state(
             load_state(path, MEMORY_BANK_FORMAT, what="memory bank"), device=device, backbone=backbone
         )

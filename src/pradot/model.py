@@ -16,27 +16,26 @@ pipelines use for logging and for Tune's reports.
 from __future__ import annotations
 
 import logging
-import math
 import time
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .aggregation import FeatureOptions, check_aggregation, stage_image_count
+from .aggregation import FeatureOptions, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
-from .checkpoint import MODEL_FORMAT, load_state, save_state
-from .cost import check_alpha
-from .postprocess import check_sigma, gaussian_smooth
+from .base import FeatureModel, FeatureScorer, as_tensor, prepare_images
+from .checkpoint import MODEL_FORMAT, PROTOTYPES_FORMAT, load_state, save_state
+from .errors import InputError
+from .maps import gaussian_smooth, resize_maps
+from .model_config import EpochStats, FeatureShape, PRADOTConfig
 from .prototypes import BankConfig, PrototypeBank
-from .scoring import fuse_maps, image_scores, stage_maps, upsample_maps
+from .scoring import fuse_maps, stage_maps
 from .transport import sinkhorn
 
 __all__ = [
@@ -55,88 +54,7 @@ log = logging.getLogger(__name__)
 FORMAT = MODEL_FORMAT
 
 
-@dataclass
-class PRADOTConfig:
-    """Hyper-parameters of one PRADOT model. The defaults equal the paper's (and ``conf/``'s)."""
-
-    backbone: str = "resnet50"
-    stages: tuple[int, ...] = (2, 3)
-    image_size: int = 224
-    alpha: float = 0.3
-    n: float = 16
-    eta: float = 0.95
-    epsilon: float = 0.01
-    sinkhorn_iters: int = 100
-    batch_size: int = 64
-    epochs: int = 50
-    seed: int = 0
-    learn_coordinates: bool = False
-    warm_start: bool = False  # reuse Sinkhorn potentials across batches (the paper: no)
-    # feature options (pradot.aggregation) and post-processing (pradot.postprocess); the defaults are the paper's
-    aggregation: int = 1  # k x k local averaging of the backbone features before the banks (1: none)
-    concat_stages: bool = False  # one bank of the stages concatenated at the finest grid (False: a bank per stage)
-    smoothing_sigma: float = 0.0  # Gaussian smoothing of the map, in pixels at image_size (0: none)
-
-    def __post_init__(self):
-        self.stages = tuple(int(s) for s in self.stages)
-        check_alpha(self.alpha)
-        self.aggregation = check_aggregation(self.aggregation)
-        self.concat_stages = bool(self.concat_stages)
-        self.smoothing_sigma = check_sigma(self.smoothing_sigma)
-        if isinstance(self.n, float) and self.n.is_integer():
-            self.n = int(self.n)
-        if not (self.n > 0):
-            raise ValueError(f"n (prototypes per cell) must be > 0, got {self.n!r}")
-        if not (math.isfinite(float(self.epsilon)) and float(self.epsilon) > 0):
-            raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
-        if not (0.0 <= float(self.eta) <= 1.0):
-            raise ValueError(f"eta must lie in [0, 1], got {self.eta!r}")
-        if int(self.batch_size) < 1 or int(self.epochs) < 0 or int(self.image_size) < 16:
-            raise ValueError(
-                f"batch_size >= 1, epochs >= 0 and image_size >= 16 are required, got "
-                f"{self.batch_size}, {self.epochs}, {self.image_size}"
-            )
-        if self.n >= 1 and int(self.batch_size) < self.n:
-            raise ValueError(
-                f"batch size {self.batch_size} < n={self.n}: with fewer embeddings than prototypes per cell "
-                f"the transport plan splits every embedding over several prototypes and the barycentres "
-                f"collapse (the paper requires B >= n; it uses B = 4n). Raise batch_size (batch_ratio) or "
-                f"lower n."
-            )
-        if self.n >= 1 and int(self.batch_size) < 2 * self.n:
-            warnings.warn(
-                f"batch size {self.batch_size} < 2 n = {2 * self.n}: the paper's Fig. 3a shows a "
-                f"clear loss of accuracy below a batch/n ratio of 2",
-                stacklevel=3,
-            )
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    ot_loss: dict[int, float]  # stage -> mean <M, T> over the epoch's batches
-    change: dict[int, float]  # stage -> mean relative prototype change per batch
-    seconds: float
-    feature_seconds: float
-    ot_seconds: float
-
-
-@dataclass(frozen=True)
-class FeatureShape:
-    """What a bank needs of a backbone stage: the feature dimension D and the grid (H, W) at the model's
-    input size."""
-
-    dim: int
-    grid: tuple[int, int]
-
-    @classmethod
-    def of(cls, features) -> FeatureShape:
-        """From a (N, D, H, W) array or tensor of features."""
-        _, d, h, w = features.shape
-        return cls(int(d), (int(h), int(w)))
-
-
-class PrototypeModel(nn.Module):
+class PrototypeModel(nn.Module, FeatureScorer):
     """The prototype banks of a PRADOT model: training and scoring on backbone features.
 
     Backbone features go through the config's feature options first (:class:`pradot.aggregation.FeatureOptions`:
@@ -149,9 +67,16 @@ class PrototypeModel(nn.Module):
         device: where the banks live.
         bank_shapes: ``{bank stage: FeatureShape}`` of the banks themselves instead of ``shapes`` (a saved
             model's banks carry them).
+    Implements :class:`pradot.base.FeatureScorer` (``fit_features`` returns ``self``; the epochs' statistics
+    are ``history_``).
+
     Raises:
-        ValueError: a stage of ``config.stages`` has no shape.
+        InputError: a stage of ``config.stages`` has no shape.
     """
+
+    KIND = "prototypes"
+    #: the format of :meth:`save` files (banks only, no backbone; :class:`PRADOT` files are ``pradot-model-v1``)
+    FORMAT = PROTOTYPES_FORMAT
 
     def __init__(
         self,
@@ -168,14 +93,14 @@ class PrototypeModel(nn.Module):
             shapes = {int(k): v for k, v in (shapes or {}).items()}
             missing = [s for s in config.stages if int(s) not in shapes]
             if missing:
-                raise ValueError(f"no feature shape for stages {missing} (have {sorted(shapes)})")
+                raise InputError(f"no feature shape for stages {missing} (have {sorted(shapes)})")
             raw = {s: (shapes[s].dim, shapes[s].grid) for s in config.stages}
             bank_shapes = {s: FeatureShape(d, g) for s, (d, g) in self.options.bank_shapes(raw, config.stages).items()}
         bank_shapes = {int(k): v for k, v in bank_shapes.items()}
         if sorted(bank_shapes) != sorted(self.bank_stages):
-            raise ValueError(f"bank shapes for stages {sorted(bank_shapes)}, the config's banks are {self.bank_stages}")
+            raise InputError(f"bank shapes for stages {sorted(bank_shapes)}, the config's banks are {self.bank_stages}")
         self.config = config
-        self.device_ = torch.device(device)
+        self.device = torch.device(device)
         self.banks = nn.ModuleDict()
         for i, s in enumerate(self.bank_stages):
             sh = bank_shapes[s]
@@ -192,8 +117,9 @@ class PrototypeModel(nn.Module):
                 sinkhorn_iters=config.sinkhorn_iters,
                 learn_coordinates=config.learn_coordinates,
             )
-            self.banks[str(s)] = PrototypeBank(bc, seed=config.seed + i, device=self.device_)
+            self.banks[str(s)] = PrototypeBank(bc, seed=config.seed + i, device=self.device)
         self.fitted = False
+        self.history_: list[EpochStats] = []
 
     @classmethod
     def for_features(
@@ -205,16 +131,16 @@ class PrototypeModel(nn.Module):
     def transform(self, features: Mapping[int, np.ndarray | torch.Tensor]) -> dict[int, torch.Tensor]:
         """Backbone features ``{stage: (B, D, H, W)}`` -> the banks' features ``{bank stage: (B, D', H', W')}``
         (the feature options, on the model's device)."""
-        feats = {s: as_tensor(features[s]).to(self.device_) for s in self.config.stages}
+        feats = {s: as_tensor(features[s]).to(self.device) for s in self.config.stages}
         return feats if self.options.identity else self.options.apply(feats, self.config.stages)
 
     # ------------------------------------------------------------------ training
     def _check_train_size(self, n_images: int) -> int:
         bs = int(self.config.batch_size)
         if n_images == 0:
-            raise ValueError("the training set is empty")
+            raise InputError("the training set is empty")
         if n_images < bs:
-            raise ValueError(
+            raise InputError(
                 f"the training set has {n_images} images, fewer than the batch size {bs}; batches "
                 f"are drawn with drop_last, so no batch would be trained. Lower batch_size "
                 f"(batch_ratio x n) or add images."
@@ -242,7 +168,8 @@ class PrototypeModel(nn.Module):
     ) -> list[EpochStats]:
         """Algorithm 1 over a schedule (:meth:`epoch_batches`). ``batch_features`` yields
         ``{stage: (B, D, H, W)}`` for the schedule's batches in order; ``callback`` gets each epoch's stats,
-        numbered from ``first_epoch`` (> 1 when the schedule is the rest of an interrupted training)."""
+        numbered from ``first_epoch`` (> 1 when the schedule is the rest of an interrupted training).
+        Returns the epochs' statistics (also appended to ``history_``)."""
         history = []
         batch_features = iter(batch_features)
         warm = {s: None for s in self.bank_stages}
@@ -286,6 +213,7 @@ class PrototypeModel(nn.Module):
                 callback(stats)
         bar.close()
         self.fitted = True
+        self.history_.extend(history)
         return history
 
     def fit_features(
@@ -294,7 +222,7 @@ class PrototypeModel(nn.Module):
         callback=None,
         progress: bool = True,
         start_epoch: int = 0,
-    ) -> list[EpochStats]:
+    ) -> PrototypeModel:
         """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache).
 
         ``start_epoch``: continue a training that stopped after that many epochs, on a model restored
@@ -302,13 +230,17 @@ class PrototypeModel(nn.Module):
         same seeded schedule run, so the prototypes equal an uninterrupted fit's (with ``warm_start``
         off; with it on, the first batch after the restart solves from cold potentials).
 
+        Returns ``self``; the epochs' statistics are ``history_`` (reset unless ``start_epoch`` > 0).
+
         Raises:
-            ValueError: a stage is missing, the stages have different image counts, there are fewer
+            InputError: a stage is missing, the stages have different image counts, there are fewer
                 images than one batch, or ``start_epoch`` is not in ``[0, epochs]``.
         """
         if not 0 <= int(start_epoch) <= int(self.config.epochs):
-            raise ValueError(f"start_epoch must lie in [0, epochs={self.config.epochs}], got {start_epoch}")
+            raise InputError(f"start_epoch must lie in [0, epochs={self.config.epochs}], got {start_epoch}")
         n = stage_image_count(features, self.config.stages)
+        if int(start_epoch) == 0:
+            self.history_ = []
 
         schedule = self.epoch_batches(n)[int(start_epoch) :]
 
@@ -322,7 +254,8 @@ class PrototypeModel(nn.Module):
                         for s in self.config.stages
                     }
 
-        return self.train_schedule(schedule, batches(), callback, progress, first_epoch=int(start_epoch) + 1)
+        self.train_schedule(schedule, batches(), callback, progress, first_epoch=int(start_epoch) + 1)
+        return self
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -334,38 +267,55 @@ class PrototypeModel(nn.Module):
 
     def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """Per-bank maps ``{stage: (B, h, w)}`` -> the model's map (B, S, S): each upsampled to the input
-        size, averaged over the banks, then smoothed (``config.smoothing_sigma`` pixels; 0: not at all)."""
+        size (``align_corners``), averaged over the banks, then smoothed (``config.smoothing_sigma`` pixels;
+        0: not at all)."""
         S = int(self.config.image_size)
-        return gaussian_smooth(
-            fuse_maps([upsample_maps(per_stage[s], S) for s in self.bank_stages]), self.config.smoothing_sigma
-        )
+        maps = [resize_maps(per_stage[s], S, "align_corners") for s in self.bank_stages]
+        return gaussian_smooth(fuse_maps(maps), self.config.smoothing_sigma)
 
     @torch.no_grad()
-    def maps_from_features(
-        self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B, S, S) at the input size and image scores (B,) from backbone features
-        ``{stage: (B, D, H, W)}`` (arrays, memmaps or tensors), ``batch_size`` images at a time."""
-        n = len(features[self.config.stages[0]])
-        out = []
-        for i in range(0, n, batch_size):
-            batch = {s: as_tensor(features[s][i : i + batch_size]) for s in self.config.stages}
-            out.append(self.fuse(self.stage_maps(batch)))
-        if not out:
-            S = int(self.config.image_size)
-            maps = torch.zeros(0, S, S)
-        else:
-            maps = torch.cat(out)
-        return maps, image_scores(maps)
+    def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """The model's maps (B, S, S) from one batch of backbone features ``{stage: (B, D, H, W)}``."""
+        return self.fuse(self.stage_maps(features))
+
+    def describe(self) -> dict:
+        """Kind, backbone, stages, image size and hyper-parameters (what an ensemble records of a member)."""
+        c = self.config
+        return {
+            "kind": self.KIND,
+            "backbone": c.backbone,
+            "stages": list(c.stages),
+            "alpha": float(c.alpha),
+            "n": c.n,
+            "image_size": int(c.image_size),
+            "aggregation": int(c.aggregation),
+            "concat_stages": bool(c.concat_stages),
+            "smoothing_sigma": float(c.smoothing_sigma),
+        }
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
-        """``{"config", "banks", "fitted"}``: what a model file stores besides the backbone."""
+        """``{"config", "banks", "fitted"}``: what a model file stores besides the backbone (no ``"format"``:
+        :meth:`save` adds it, :class:`PRADOT` files have their own)."""
         return {
             "config": asdict(self.config),
             "banks": {s: self.banks[str(s)].state() for s in self.bank_stages},
             "fitted": self.fitted,
         }
+
+    def save(self, path: str | Path, **options) -> Path:
+        """One file of the banks (format ``pradot-prototypes-v1``), written atomically."""
+        return save_state({"format": self.FORMAT, **self.state()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", **options) -> PrototypeModel:
+        """Read a :meth:`save` file, or a bare :meth:`state` file (a sweep trial's checkpoint)."""
+        state = load_state(path, what="PRADOT prototypes")
+        if state.get("format", cls.FORMAT) != cls.FORMAT:
+            raise InputError(
+                f"{path} is not a PRADOT prototypes file (format {cls.FORMAT!r}; found {state['format']!r})"
+            )
+        return cls.from_state(state, device=device)
 
     @classmethod
     def from_state(cls, state: Mapping, device: str | torch.device = "cpu") -> PrototypeModel:
@@ -383,47 +333,15 @@ class PrototypeModel(nn.Module):
         return model
 
 
-def as_tensor(x) -> torch.Tensor:
-    """A tensor of ``x`` (tensor, array or memmap slice); read-only arrays (cached features) are copied first,
-    so torch never wraps memory it may not write."""
-    if isinstance(x, torch.Tensor):
-        return x
-    a = np.asarray(x)
-    return torch.from_numpy(a if a.flags.writeable else np.array(a))
+class PRADOT(nn.Module, FeatureModel):
+    """PRADOT model: a frozen backbone and a :class:`PrototypeModel` (a :class:`pradot.base.FeatureModel`).
 
-
-def prepare_images(images, size: int) -> torch.Tensor:
-    """(B, 3, H, W) (or (3, H, W)) float in [0, 1] or uint8, tensor or array -> float (B, 3, size, size):
-    resized (bilinear, antialiased) when needed. The one input rule of every scoring model.
-
-    Raises:
-        TypeError: not a tensor or array. ValueError: not RGB images of shape (B, 3, H, W).
+    ``fit(data)`` / ``fit_features(features)`` (both return ``self``; the epochs' statistics are
+    ``history_``), ``score(images) -> (maps, scores)``, ``maps_from_features``, ``save(path)``, ``load(path)``.
     """
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}")
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"expected RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}; "
-            f"convert grayscale/RGBA images to RGB first (pradot.data.read_image does)"
-        )
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    images = images.float()
-    S = int(size)
-    if images.shape[-2:] != (S, S):
-        images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
-    return images
 
-
-class PRADOT(nn.Module):
-    """PRADOT model: a frozen backbone and a :class:`PrototypeModel`.
-
-    ``fit(data)``, ``score(images) -> (maps, scores)``, ``save(path)``, ``load(path)``.
-    """
+    KIND = "pradot"
+    FORMAT = MODEL_FORMAT
 
     def __init__(
         self,
@@ -434,21 +352,21 @@ class PRADOT(nn.Module):
     ):
         super().__init__()
         self.config = config
-        self.device_ = torch.device(device)
+        self.device = torch.device(device)
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
-        self.backbone.to(self.device_)
+        self.backbone.to(self.device)
         if tuple(self.backbone.stages) != tuple(config.stages):
-            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+            raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
         if prototypes is None:
             shapes = {
                 s: FeatureShape(int(self.backbone.channels[s]), self.backbone.grid(s, config.image_size))
                 for s in config.stages
             }
-            prototypes = PrototypeModel(config, shapes, device=self.device_)
+            prototypes = PrototypeModel(config, shapes, device=self.device)
         elif tuple(prototypes.config.stages) != tuple(config.stages):
-            raise ValueError(f"prototype stages {prototypes.config.stages} != config stages {config.stages}")
-        self.prototypes = prototypes.to(self.device_)
-        self.prototypes.device_ = self.device_
+            raise InputError(f"prototype stages {prototypes.config.stages} != config stages {config.stages}")
+        self.prototypes = prototypes.to(self.device)
+        self.prototypes.device = self.device
 
     @classmethod
     def from_prototypes(
@@ -470,6 +388,11 @@ class PRADOT(nn.Module):
     def fitted(self, value: bool) -> None:
         self.prototypes.fitted = bool(value)
 
+    @property
+    def history_(self) -> list[EpochStats]:
+        """The statistics of every training epoch (:class:`EpochStats`), in order."""
+        return self.prototypes.history_
+
     # ------------------------------------------------------------------ training
     def epoch_batches(self, n_images: int) -> list[list[torch.Tensor]]:
         """The seeded, shuffled, drop_last batches of every epoch (see :meth:`PrototypeModel.epoch_batches`)."""
@@ -477,8 +400,9 @@ class PRADOT(nn.Module):
 
     def fit(
         self, data: Dataset | DataLoader, callback=None, progress: bool = True, num_workers: int | None = None
-    ) -> list[EpochStats]:
-        """Learn the prototypes, recomputing backbone features for every batch (the authors' way).
+    ) -> PRADOT:
+        """Learn the prototypes, recomputing backbone features for every batch (the authors' way); returns
+        ``self`` (the epochs' statistics: ``history_``).
 
         ``data`` is a Dataset of ``{"image": (3, S, S) float in [0, 1]}`` items or a DataLoader over one
         (its dataset and num_workers are used). Batches are PRADOT's own: shuffled with the config's
@@ -492,83 +416,44 @@ class PRADOT(nn.Module):
         loader = DataLoader(
             data, batch_sampler=[idx.tolist() for epoch in schedule for idx in epoch], num_workers=num_workers or 0
         )
-        feats = (self.backbone(batch["image"].to(self.device_)) for batch in loader)
-        return self.prototypes.train_schedule(schedule, feats, callback, progress)
+        feats = (self.backbone(batch["image"].to(self.device)) for batch in loader)
+        self.prototypes.history_ = []
+        self.prototypes.train_schedule(schedule, feats, callback, progress)
+        return self
 
     def fit_features(
         self, features: Mapping[int, np.ndarray | torch.Tensor], callback=None, progress: bool = True
-    ) -> list[EpochStats]:
-        """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache)."""
-        return self.prototypes.fit_features(features, callback=callback, progress=progress)
+    ) -> PRADOT:
+        """Learn the prototypes from precomputed features ``{stage: (N, D, H, W)}`` (e.g. a memmap cache);
+        returns ``self``."""
+        self.prototypes.fit_features(features, callback=callback, progress=progress)
+        return self
 
     # ------------------------------------------------------------------ scoring
-    def prepare(self, images) -> torch.Tensor:
-        """Images as the backbone takes them (:func:`prepare_images` at ``config.image_size``)."""
-        return prepare_images(images, int(self.config.image_size))
-
-    _prepare = prepare  # the name of earlier releases
-
     @torch.no_grad()
     def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """The model's maps (B, S, S) from its backbone's features ``{stage: (B, D, H, W)}`` (what an ensemble
         calls once per shared backbone pass)."""
-        return self.prototypes.fuse(self.prototypes.stage_maps(features))
+        return self.prototypes.maps_from_backbone(features)
+
+    @torch.no_grad()
+    def stage_maps(self, features: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Per-bank Eq. 6 maps at feature resolution from backbone features: {bank stage: (B, H, W)}."""
+        return self.prototypes.stage_maps(features)
 
     def describe(self) -> dict:
         """What an ensemble records of this member: kind, backbone, stages, image size and hyper-parameters."""
-        c = self.config
-        return {
-            "kind": "pradot",
-            "backbone": c.backbone,
-            "stages": list(c.stages),
-            "alpha": float(c.alpha),
-            "n": c.n,
-            "image_size": int(c.image_size),
-            "aggregation": int(c.aggregation),
-            "concat_stages": bool(c.concat_stages),
-            "smoothing_sigma": float(c.smoothing_sigma),
-        }
-
-    @torch.no_grad()
-    def stage_maps(self, images, batch_size: int = 16) -> dict[int, torch.Tensor]:
-        """Per-bank Eq. 6 maps at feature resolution: {bank stage: (B, H, W)}."""
-        images = self.prepare(images)
-        out = {s: [] for s in self.prototypes.bank_stages}
-        for i in range(0, len(images), batch_size):
-            for s, m in self.prototypes.stage_maps(self.backbone(images[i : i + batch_size].to(self.device_))).items():
-                out[s].append(m)
-        return {s: torch.cat(v) for s, v in out.items()}
-
-    @torch.no_grad()
-    def score_features(
-        self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like :meth:`score` from precomputed backbone features ``{stage: (B, D, H, W)}``."""
-        return self.prototypes.maps_from_features(features, batch_size)
-
-    @torch.no_grad()
-    def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B, S, S) at the model's input size and image scores (B,) (max of the map).
-
-        ``images``: (B, 3, H, W) float in [0, 1] (or uint8), resized to ``image_size`` if needed.
-        """
-        maps = self.prototypes.fuse(self.stage_maps(images, batch_size))
-        return maps, image_scores(maps)
+        return {**self.prototypes.describe(), "kind": self.KIND}
 
     # ------------------------------------------------------------------ persistence
     def state(self, include_backbone: bool = True) -> dict:
         """The dict :meth:`save` writes: format, config, banks, backbone name/stages and (by default) its
-        weights."""
+        weights (so loading needs neither internet nor weight packages)."""
         return {
             "format": FORMAT,
             **self.prototypes.state(),
             "backbone": backbone_state(self.backbone, include_backbone),
         }
-
-    def save(self, path: str | Path, include_backbone: bool = True) -> Path:
-        """One file with the config, each bank (with its own self-describing config) and, by default,
-        the backbone's weights (so loading needs neither internet nor weight packages)."""
-        return save_state(self.state(include_backbone), path)
 
     @classmethod
     def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> PRADOT:
@@ -576,8 +461,3 @@ class PRADOT(nn.Module):
         prototypes = PrototypeModel.from_state(state, device=device)
         backbone = restore_backbone(state["backbone"], backbone)
         return cls.from_prototypes(prototypes, backbone, device=device)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> PRADOT:
-        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a PRADOT model file)."""
-        return cls.from_state(load_state(path, FORMAT), device=device, backbone=backbone)

@@ -44,15 +44,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .aggregation import FeatureOptions, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
+from .base import FeatureModel, as_tensor
 from .checkpoint import load_state, save_state
-from .model import as_tensor, prepare_images
-from .postprocess import check_sigma, gaussian_smooth
-from .scoring import image_scores
+from .errors import InputError, NotFittedError
+from .maps import check_sigma, gaussian_smooth, resize_maps
 
 __all__ = [
     "PADIM_FORMAT",
@@ -88,20 +87,20 @@ class PaDiMConfig:
     def __post_init__(self):
         self.stages = tuple(sorted({int(s) for s in self.stages}))
         if not self.stages:
-            raise ValueError("a PaDiM model needs at least one backbone stage (e.g. 2 and 3)")
+            raise InputError("a PaDiM model needs at least one backbone stage (e.g. 2 and 3)")
         if self.covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
+            raise InputError(f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
         e = float(self.eps)
         if not (math.isfinite(e) and e >= 0):
-            raise ValueError(f"eps (added to the covariance diagonal) must be a finite number >= 0, got {self.eps!r}")
+            raise InputError(f"eps (added to the covariance diagonal) must be a finite number >= 0, got {self.eps!r}")
         self.eps = e
         if self.n_channels is not None:
             if int(self.n_channels) != self.n_channels or int(self.n_channels) < 1:
-                raise ValueError(f"n_channels must be an integer >= 1 or None (all channels), got {self.n_channels!r}")
+                raise InputError(f"n_channels must be an integer >= 1 or None (all channels), got {self.n_channels!r}")
             self.n_channels = int(self.n_channels)
         self.smoothing_sigma = check_sigma(self.smoothing_sigma)
         if int(self.image_size) < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+            raise InputError(f"image_size must be >= 16, got {self.image_size}")
 
 
 def gaussian_parameters(
@@ -119,12 +118,12 @@ def gaussian_parameters(
         ValueError: fewer than two images, or an unknown ``covariance``.
     """
     if x.ndim != 3:
-        raise ValueError(f"embeddings must be (N, P, d), got {tuple(x.shape)}")
+        raise InputError(f"embeddings must be (N, P, d), got {tuple(x.shape)}")
     n, _, d = x.shape
     if n < 2:
-        raise ValueError(f"a Gaussian per position needs at least 2 training images, got {n}")
+        raise InputError(f"a Gaussian per position needs at least 2 training images, got {n}")
     if covariance not in COVARIANCES:
-        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        raise InputError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     x = x.double()
     mean = x.mean(0)
     if covariance == "eps":
@@ -151,17 +150,21 @@ def mahalanobis_map(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor
     return q.clamp_min(0).sqrt().transpose(0, 1)
 
 
-class PaDiMModel(nn.Module):
-    """A frozen backbone and one Gaussian per feature position (see the module docstring)."""
+class PaDiMModel(nn.Module, FeatureModel):
+    """A frozen backbone and one Gaussian per feature position (see the module docstring); a
+    :class:`pradot.base.FeatureModel`."""
+
+    KIND = "padim"
+    FORMAT = PADIM_FORMAT
 
     def __init__(self, config: PaDiMConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
         super().__init__()
         self.config = config
-        self.device_ = torch.device(device)
+        self.device = torch.device(device)
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
         if tuple(self.backbone.stages) != tuple(config.stages):
-            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
-        self.backbone.to(self.device_)
+            raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+        self.backbone.to(self.device)
         self.options = FeatureOptions(1, True)
         self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
         self.channels: torch.Tensor | None = None  # (d,) indices of the kept channels (None: all)
@@ -197,11 +200,11 @@ class PaDiMModel(nn.Module):
         the N >= 2 training images, ``chunk`` images at a time (:func:`gaussian_parameters`).
 
         Raises:
-            ValueError: a stage is missing, the stages have different image counts, or N < 2.
+            InputError: a stage is missing, the stages have different image counts, or N < 2.
         """
         n = stage_image_count(features, self.config.stages)
         if n < 2:
-            raise ValueError(f"a PaDiM model needs at least 2 normal training images, got {n}")
+            raise InputError(f"a PaDiM model needs at least 2 normal training images, got {n}")
         self.channels = None
         parts = []
         for i in range(0, n, chunk):
@@ -229,14 +232,14 @@ class PaDiMModel(nn.Module):
         if isinstance(data, DataLoader):
             data = data.dataset
         feats = extract_features(
-            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device_, progress=progress
+            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device, progress=progress
         )
         return self.fit_features(feats, progress=progress)
 
     # ------------------------------------------------------------------ scoring
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not self.fitted or self.mean is None or self.precision is None:
-            raise RuntimeError("the PaDiM model is not fitted: call fit(...) or fit_features(...) first")
+            raise NotFittedError("the PaDiM model is not fitted: call fit(...) or fit_features(...) first")
 
     @torch.no_grad()
     def stage_maps(self, features: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -244,14 +247,14 @@ class PaDiMModel(nn.Module):
         ``{bank stage: (B, H, W)}`` (CPU).
 
         Raises:
-            ValueError: the feature grid is not the one fitted (another image size).
+            InputError: the feature grid is not the one fitted (another image size).
         """
-        self._check_fitted()
+        self.check_fitted()
         out = {}
         for s, f in self.transform(features).items():
             B, _, H, W = f.shape
             if (H, W) != self.grid:
-                raise ValueError(
+                raise InputError(
                     f"features on a {H}x{W} grid, the model was fitted on {self.grid}: score images at "
                     f"image_size={self.config.image_size} (model.prepare resizes them)"
                 )
@@ -262,46 +265,13 @@ class PaDiMModel(nn.Module):
     def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """Per-bank maps -> (B, S, S): upsampled (bilinear, align_corners=False), then smoothed."""
         S = int(self.config.image_size)
-        up = [
-            F.interpolate(per_stage[s][:, None].float(), size=(S, S), mode="bilinear", align_corners=False)[:, 0]
-            for s in self.bank_stages
-        ]
+        up = [resize_maps(per_stage[s], S, "half_pixel") for s in self.bank_stages]
         return gaussian_smooth(torch.stack(up).mean(0), self.config.smoothing_sigma)
 
     @torch.no_grad()
     def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """The maps (B, S, S) from this model's backbone features (an ensemble's shared backbone pass)."""
         return self.fuse(self.stage_maps(features))
-
-    @torch.no_grad()
-    def maps_from_features(
-        self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps (B, S, S) and image scores (B,) from precomputed backbone features (e.g. the cache)."""
-        n = len(features[self.config.stages[0]])
-        out = [
-            self.maps_from_backbone({s: as_tensor(features[s][i : i + batch_size]) for s in self.config.stages})
-            for i in range(0, n, batch_size)
-        ]
-        S = int(self.config.image_size)
-        maps = torch.cat(out) if out else torch.zeros(0, S, S)
-        return maps, image_scores(maps)
-
-    def prepare(self, images) -> torch.Tensor:
-        """Images as the backbone takes them (:func:`pradot.model.prepare_images`)."""
-        return prepare_images(images, int(self.config.image_size))
-
-    @torch.no_grad()
-    def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B, S, S) at ``image_size`` and image scores (B,) (max of the map)."""
-        images = self.prepare(images)
-        S = int(self.config.image_size)
-        out = [
-            self.maps_from_backbone(self.backbone(images[i : i + batch_size].to(self.device_)))
-            for i in range(0, len(images), batch_size)
-        ]
-        maps = torch.cat(out) if out else torch.zeros(0, S, S)
-        return maps, image_scores(maps)
 
     def describe(self) -> dict:
         """What an ensemble records of this member."""
@@ -336,7 +306,7 @@ class PaDiMModel(nn.Module):
             "backbone": backbone_state(self.backbone, include_backbone),
         }
 
-    def save(self, path: str | Path, include_backbone: bool = True) -> Path:
+    def save(self, path: str | Path, include_backbone: bool = True, **options) -> Path:
         """One self-describing file (format ``pradot-padim-v1``)."""
         return save_state(self.state(include_backbone), path)
 
@@ -356,6 +326,8 @@ class PaDiMModel(nn.Module):
         return model.eval()
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> PaDiMModel:
-        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a PaDiM file)."""
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None, **options
+    ) -> PaDiMModel:
+        """Read a :meth:`save` file. Raises FileNotFoundError / InputError (not a PaDiM file)."""
         return cls.from_state(load_state(path, PADIM_FORMAT, what="PaDiM model"), device=device, backbone=backbone)

@@ -1,22 +1,24 @@
-"""Load any scoring model file the project writes: a PRADOT model, a memory bank or an ensemble.
+"""Load any scoring model file the project writes: a PRADOT model, a memory bank, an ensemble or a FOCT
+(few-shot) model.
 
 ```python
 from pradot.persistence import load_scoring_model
-model = load_scoring_model("model.pt", device="auto")   # PRADOT, MemoryBankModel or Ensemble, in eval mode
+model = load_scoring_model("model.pt", device="auto")   # PRADOT, MemoryBankModel, Ensemble or FOCT, in eval mode
 maps, scores = model.score(images)                      # (B, S, S), (B,) at model.config.image_size
 ```
 
-Both classes read and write their own dicts (``state`` / ``from_state``); :mod:`pradot.checkpoint`
-writes and reads the files; this module picks the class from the file's ``"format"``.
+Each class reads and writes its own dict (``state`` / ``from_state``, the contract of :mod:`pradot.base`);
+:mod:`pradot.checkpoint` writes and reads the files; this module picks the class from the file's ``"format"``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
+from .base import ScoringModel
 from .checkpoint import (
     ENSEMBLE_FORMAT,
     ENSEMBLE_FORMATS,
@@ -28,29 +30,21 @@ from .checkpoint import (
 )
 from .device import resolve_device
 from .ensemble import Ensemble
+from .errors import InputError
 from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
-from .padim import PADIM_FORMAT, PaDiMModel
+from .padim import PaDiMModel
 from .vpdm import VPDM, VPDM_FORMAT
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
 
 
-class ScoringModel(Protocol):
-    """What a served model offers: ``score`` and ``config.image_size``."""
-
-    config: Any  # with .image_size (int)
-
-    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-#: file format -> the class that reads it (``from_state``)
-SCORING_FORMATS: dict[str, Any] = {MODEL_FORMAT: PRADOT, ENSEMBLE_FORMAT: Ensemble}
+#: file format -> the class that reads it (``from_state``): every :class:`pradot.base.ScoringModel` kind
+SCORING_FORMATS: dict[str, type[ScoringModel]] = {
+    cls.FORMAT: cls for cls in (PRADOT, MemoryBankModel, Ensemble, FOCT, PaDiMModel)
+}
 SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier ensemble files
-SCORING_FORMATS[MEMORY_BANK_FORMAT] = MemoryBankModel  # the memory-bank baseline (pradot.memory_bank)
-SCORING_FORMATS[FOCT_FORMAT] = FOCT  # a few-shot model (pradot.fewshot)
-SCORING_FORMATS[PADIM_FORMAT] = PaDiMModel  # the Gaussian-per-position baseline (pradot.padim)
 SCORING_FORMATS[VPDM_FORMAT] = VPDM  # one model for many categories (pradot.vpdm)
 
 
@@ -69,20 +63,20 @@ def model_file_info(path: str | Path) -> dict[str, Any]:
 
 
 def load_scoring_model(path: str | Path, device: str | torch.device | None = "cpu") -> ScoringModel:
-    """Load a PRADOT model file (``pradot-model-v1``), a memory bank (``pradot-memory-bank-v1``) or an ensemble
-    file (``pradot-ensemble-v1``/``-v2``) as a scorer in eval mode: each has ``score(images) -> (maps, scores)``
-    and ``config.image_size``.
+    """Load a PRADOT model file (``pradot-model-v1``), a memory bank (``pradot-memory-bank-v1``), an ensemble
+    file (``pradot-ensemble-v1``/``-v2``) or a FOCT model (``pradot-foct-v1``) as a scorer in eval mode: a
+    :class:`pradot.base.ScoringModel` (``score(images) -> (maps, scores)``, ``image_size``, ``describe()``).
 
     Args:
         path: the model file.
         device: ``"cpu"``, ``"cuda"``, ... or ``"auto"`` (CUDA when available).
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: a folder, not a torch file, or another format (the message lists the servable ones).
+        InputError: a folder, not a torch file, or another format (the message lists the servable ones).
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(
+        raise InputError(
             f"{path} is a directory; a scoring model is one file (a PRADOT .pt or an ensemble .pt, "
             f"formats {servable_formats()})"
         )
@@ -91,9 +85,10 @@ def load_scoring_model(path: str | Path, device: str | torch.device | None = "cp
     fmt = file_format(path)
     cls = SCORING_FORMATS.get(fmt)
     if cls is None:
-        raise ValueError(
+        raise InputError(
             f"{path} has format {fmt!r}: neither a PRADOT model file ({MODEL_FORMAT!r}, PRADOT.save) "
             f"nor a PRADOT ensemble file ({ENSEMBLE_FORMAT!r}, Ensemble.save) nor a memory bank "
-            f"({MEMORY_BANK_FORMAT!r}, MemoryBankModel.save); servable formats: {servable_formats()}"
+            f"({MEMORY_BANK_FORMAT!r}, MemoryBankModel.save) nor a FOCT model ({FOCT_FORMAT!r}, FOCT.save); "
+            f"servable formats: {servable_formats()}"
         )
     return cls.from_state(load_state(path, fmt), device=resolve_device(device)).eval()

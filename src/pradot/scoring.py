@@ -11,9 +11,10 @@ from __future__ import annotations
 import threading
 
 import torch
-import torch.nn.functional as F
 
 from .cost import _unit, spatial_cost
+from .errors import InputError
+from .maps import resize_maps
 from .prototypes import PrototypeBank
 
 __all__ = [
@@ -106,7 +107,7 @@ def assignment_scores(
         path: the copy with the largest cosine at the winning cell).
     """
     if path not in SCORING_PATHS:
-        raise ValueError(f"path must be one of {SCORING_PATHS}, got {path!r}")
+        raise InputError(f"path must be one of {SCORING_PATHS}, got {path!r}")
     B, D, H, W = feats.shape
     bank.embeddings(feats[:1])  # shape check with a clear message
     a = float(bank.config.alpha)
@@ -116,7 +117,7 @@ def assignment_scores(
     dev = pn.device
     n = None if path == "general" else cell_copies(bank)
     if path == "cells" and n is None:
-        raise ValueError(
+        raise InputError(
             "path='cells' needs prototypes that are n copies of the feature grid "
             "(integer n >= 1, fixed coordinates); this bank has learnt coordinates or n < 1"
         )
@@ -234,16 +235,15 @@ def stage_maps(bank: PrototypeBank, feats: torch.Tensor) -> torch.Tensor:
 
 
 def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) -> (B, S, S): bilinear, align_corners=True (the authors' code)."""
-    if isinstance(size, int):
-        size = (size, size)
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=True)[:, 0]
+    """(B, h, w) -> (B, S, S): bilinear, align_corners=True (the authors' code; :func:`pradot.maps.resize_maps`
+    with ``"align_corners"``)."""
+    return resize_maps(maps, size, "align_corners")
 
 
 def fuse_maps(maps: list[torch.Tensor]) -> torch.Tensor:
     """Average of upsampled maps of several stages (or of ensemble members): list of (B, S, S) -> (B, S, S)."""
     if not maps:
-        raise ValueError("no maps to fuse")
+        raise InputError("no maps to fuse")
     return torch.stack(maps).mean(0)
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .calibration import Calibration
 from .data.base import Sample, image_size_of
 from .data.mvtec_ad2 import PRIVATE_SPLITS, PUBLIC_TEST, MVTecAD2Dataset
+from .maps import resize_maps
 
 __all__ = [
     "MAPS_DIR",
@@ -67,14 +67,10 @@ class SubmissionSummary:
 
 
 def upsample_map(amap: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """A 2-D map -> (H, W) float32, bilinear with half-pixel centres (antialiased when shrinking)."""
-    m = torch.as_tensor(np.asarray(amap, dtype=np.float32))[None, None]
-    h, w = int(size[0]), int(size[1])
-    if (h, w) != tuple(m.shape[-2:]):
-        m = F.interpolate(
-            m, size=(h, w), mode="bilinear", align_corners=False, antialias=h < m.shape[-2] or w < m.shape[-1]
-        )
-    return m[0, 0].numpy()
+    """A 2-D map -> (H, W) float32, bilinear with half-pixel centres, antialiased when shrinking
+    (:func:`pradot.maps.resize_maps`, ``"half_pixel_shrink"``)."""
+    m = torch.as_tensor(np.asarray(amap, dtype=np.float32))
+    return resize_maps(m, (int(size[0]), int(size[1])), "half_pixel_shrink").numpy()
 
 
 def submission_paths(out_dir: str | Path, category: str, sample: Sample) -> tuple[Path, Path]:

@@ -118,7 +118,7 @@ def test_pradot_with_options_trains_the_same_from_cached_features_as_from_images
     torch.testing.assert_close(a.banks["1"].features, b.banks["1"].features, rtol=0, atol=0)
     test = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     maps, scores = a.score(test)
-    torch.testing.assert_close(b.score_features(bb(test))[0], maps, rtol=0, atol=0)
+    torch.testing.assert_close(b.maps_from_features(bb(test))[0], maps, rtol=0, atol=0)
     # the map is Eq. 6 on the aggregated, concatenated features, upsampled (align_corners=True)
     from pradot.scoring import assignment_scores_reference, upsample_maps
 

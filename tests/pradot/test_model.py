@@ -213,8 +213,8 @@ def test_prototype_model_trains_and_scores_on_features_alone(effnet, tmp_path):
     feats = extract_features(effnet, Scenes(16), progress=False)
     banks = PrototypeModel.for_features(cfg, feats)
     assert banks.banks["2"].config.grid == FeatureShape.of(feats[2]).grid
-    history = banks.fit_features(feats, progress=False)
-    assert len(history) == 2 and banks.fitted
+    assert banks.fit_features(feats, progress=False) is banks
+    assert [s.epoch for s in banks.history_] == [1, 2] and banks.fitted
     reference = PRADOT(cfg, backbone=effnet)
     reference.fit_features(feats, progress=False)
     torch.testing.assert_close(banks.banks["2"].features, reference.banks["2"].features, rtol=0, atol=0)
@@ -261,7 +261,7 @@ def test_training_continued_from_a_saved_state_equals_an_uninterrupted_one(tmp_p
         sinkhorn_iters=30,
     )
     full = PrototypeModel.for_features(cfg, feats)
-    assert [s.epoch for s in full.fit_features(feats, progress=False)] == [1, 2, 3, 4]
+    assert [s.epoch for s in full.fit_features(feats, progress=False).history_] == [1, 2, 3, 4]
     first = PrototypeModel.for_features(cfg, feats)
     with pytest.raises(Killed):
         first.fit_features(feats, progress=False, callback=kill_after_epoch_2)

@@ -157,9 +157,7 @@ def test_a_memory_bank_of_patches_does_not_localise_what_local_prototypes_do(tmp
     ).fit_features(train)
 
     def metrics(model):
-        maps = (
-            model.maps_from_features(test)[0] if isinstance(model, MemoryBankModel) else model.score_features(test)[0]
-        )
+        maps = model.maps_from_features(test)[0]
         return flat_metrics(dataset_metrics(splits.dataset, splits.test, list(maps.numpy()), gt_size=128)[0])
 
     p, m = metrics(pr), metrics(mb)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 __all__ = [
     "FOREGROUNDS",
     "ForegroundError",
@@ -42,7 +44,7 @@ __all__ = [
 FOREGROUNDS = ("border", "none", "sam")
 
 
-class ForegroundError(ValueError):
+class ForegroundError(InputError):
     """A mask source cannot be built (unknown name, missing SAM weights or package); the message says how
     to fix it."""
 

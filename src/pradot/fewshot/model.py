@@ -39,8 +39,10 @@ import torch
 import torch.nn as nn
 
 from ..backbone import Backbone, backbone_state, load_backbone, restore_backbone
+from ..base import FeatureModel
 from ..checkpoint import load_state, save_state
-from ..model import prepare_images
+from ..errors import InputError, NotFittedError
+from ..maps import check_sigma
 from .ct import anomaly_scores, euclidean_cost, forward_transport
 from .distance import DISTANCES, NavigatorDistance, fit_distance
 from .foreground import FOREGROUNDS, MaskSource, mask_source
@@ -119,7 +121,8 @@ class FOCTConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise InputError(message)
+        self.smoothing_sigma = check_sigma(self.smoothing_sigma)
 
 
 def kernel_scale(memory: torch.Tensor, support: torch.Tensor) -> float:
@@ -141,8 +144,10 @@ def kernel_scale(memory: torch.Tensor, support: torch.Tensor) -> float:
     return 1.0
 
 
-class FOCT(nn.Module):
-    """Few-shot model: ``fit(support)``, ``score(images, update=False) -> (maps, scores)``, ``state``/``save``.
+class FOCT(nn.Module, FeatureModel):
+    """Few-shot model (a :class:`pradot.base.FeatureModel`): ``fit(support)``, ``score(images, update=False) ->
+    (maps, scores)``, ``maps_from_features``, ``state``/``save``. The image score is Eq. 8's maximum patch
+    score (before upsampling and smoothing), not the maximum of the map.
 
     Args:
         config: :class:`FOCTConfig`.
@@ -153,6 +158,8 @@ class FOCT(nn.Module):
             config; checked here, before any work).
     """
 
+    KIND = "foct"
+    FORMAT = FOCT_FORMAT
     #: the model has an online memory that ``score(update=True)`` calibrates (the served ``online_update``)
     online_memory = True
 
@@ -165,7 +172,7 @@ class FOCT(nn.Module):
     ):
         super().__init__()
         self.config = config
-        self.device_ = torch.device(device)
+        self.device = torch.device(device)
         self.mask_source = (
             masks
             if masks is not None
@@ -173,13 +180,13 @@ class FOCT(nn.Module):
                 config.foreground,
                 sam_checkpoint=config.sam_checkpoint,
                 sam_model_type=config.sam_model_type,
-                device=self.device_,
+                device=self.device,
             )
         )
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
         if tuple(self.backbone.stages) != tuple(config.stages):
-            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
-        self.backbone.to(self.device_)
+            raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+        self.backbone.to(self.device)
         self.semantic: SemanticMemory | None = None
         self.episodic: EpisodicMemory | None = None
         self.distance: NavigatorDistance | None = None
@@ -197,26 +204,17 @@ class FOCT(nn.Module):
         feats = {
             s: torch.as_tensor(
                 np.asarray(features[s]) if not isinstance(features[s], torch.Tensor) else features[s]
-            ).to(self.device_)
+            ).to(self.device)
             for s in self.config.stages
         }
         return patch_features(feats, self.config.stages, self.config.patch_size, self.config.feature_dim)
-
-    def prepare(self, images) -> torch.Tensor:
-        """(B, 3, H, W) (or (3, H, W)) float in [0, 1] or uint8 -> float (B, 3, S, S) at ``image_size``
-        (:func:`pradot.model.prepare_images`, the input rule of every scoring model).
-
-        Raises:
-            TypeError / ValueError: not an RGB image tensor.
-        """
-        return prepare_images(images, int(self.config.image_size))
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 16) -> dict[int, torch.Tensor]:
         """Backbone features of prepared images, ``batch_size`` at a time: ``{stage: (B, D, H, W)}``."""
         out: dict[int, list] = {s: [] for s in self.config.stages}
         for i in range(0, len(images), batch_size):
-            for s, f in self.backbone(images[i : i + batch_size].to(self.device_)).items():
+            for s, f in self.backbone(images[i : i + batch_size].to(self.device)).items():
                 out[s].append(f)
         return {s: torch.cat(v) for s, v in out.items()}
 
@@ -234,11 +232,12 @@ class FOCT(nn.Module):
         ``images`` (k, 3, S, S) are needed only by mask sources that read pixels (SAM).
 
         Raises:
-            ValueError: no support image.
+            InputError: no support image, or a stage missing.
         """
+        self.check_features(features)
         x = self.patches(features)
         if len(x) == 0:
-            raise ValueError("few-shot fitting needs at least one support image")
+            raise InputError("few-shot fitting needs at least one support image")
         cfg = self.config
         masks = self.mask_source.masks(x, images).to(x.device)
         self.semantic = semantic_memory(
@@ -246,9 +245,9 @@ class FOCT(nn.Module):
         )
         support = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
         scale = kernel_scale(self.semantic.features, support) * float(cfg.temperature)
-        self.distance = NavigatorDistance(x.shape[1], cfg.hidden, cfg.distance, scale, cfg.seed).to(self.device_)
+        self.distance = NavigatorDistance(x.shape[1], cfg.hidden, cfg.distance, scale, cfg.seed).to(self.device)
         self.episodic = EpisodicMemory(x.shape[1], cfg.capacity, cfg.compression, cfg.projection_dim, cfg.seed)
-        self.episodic.features = self.episodic.features.to(self.device_)
+        self.episodic.features = self.episodic.features.to(self.device)
         self.queries_seen = 0
         log.info(
             "FOCT semantic memory: %d features (%d foreground) from %d support images, kernel scale %.4g",
@@ -261,19 +260,19 @@ class FOCT(nn.Module):
 
     def reset_memory(self) -> None:
         """Empty the episodic memory (back to the fitted model)."""
-        self._check_fitted()
+        self.check_fitted()
         with self._lock:
             self.episodic.reset()
             self.queries_seen = 0
 
     def memory_bank(self) -> torch.Tensor:
         """M_t = [M^s, M^e_t] (n + L_t, C)."""
-        self._check_fitted()
+        self.check_fitted()
         return torch.cat([self.semantic.features, self.episodic.features])
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if self.semantic is None:
-            raise RuntimeError("the FOCT model has no semantic memory yet: call fit(support images) first")
+            raise NotFittedError("the FOCT model has no semantic memory yet: call fit(support images) first")
 
     # ------------------------------------------------------------------ scoring
     def _query(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,17 +287,26 @@ class FOCT(nn.Module):
             return anomaly_scores(cost, d), forward_transport(d[:, :n])
 
     @torch.no_grad()
-    def score_features(
+    def maps_from_features(
         self,
         features: Mapping[int, np.ndarray | torch.Tensor],
+        batch_size: int = 16,
+        *,
         images: torch.Tensor | None = None,
         update: bool = False,
         update_below: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps (B, S, S) and image scores (B,) (CPU) from backbone features ``{stage: (B, D, H, W)}`` of B
-        query images, scored one after the other in order; with ``update`` each query then calibrates the
-        episodic memory (Eq. 6/7), unless its score exceeds ``update_below``."""
-        self._check_fitted()
+        query images, scored one after the other in order (``batch_size`` is not used: each query is its own
+        Eq. 4 problem); with ``update`` each query then calibrates the episodic memory (Eq. 6/7), unless its
+        score exceeds ``update_below``; ``images`` (B, 3, S, S) are needed only by mask sources that read
+        pixels (SAM).
+
+        Raises:
+            InputError: a stage is missing. NotFittedError: before :meth:`fit`.
+        """
+        self.check_fitted()
+        self.check_features(features)
         x = self.patches(features)
         b, c, h, w = x.shape
         if update:
@@ -309,6 +317,10 @@ class FOCT(nn.Module):
             patch, scores = self._stream(x, None, None)
         maps = score_maps(patch.reshape(b, h, w).cpu(), int(self.config.image_size), self.config.smoothing_sigma)
         return maps, scores.cpu()
+
+    def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """The maps (B, S, S) of one batch of backbone features (memory unchanged)."""
+        return self.maps_from_features(features)[0]
 
     def _stream(self, x: torch.Tensor, fg: torch.Tensor | None, update_below: float | None):
         cfg = self.config
@@ -333,25 +345,49 @@ class FOCT(nn.Module):
 
     @torch.no_grad()
     def score(
-        self, images, update: bool = False, update_below: float | None = None, batch_size: int = 16
+        self, images, batch_size: int = 16, *, update: bool = False, update_below: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, S, S) at ``image_size`` and image scores (B,) (max patch score, Eq. 8).
 
         Args:
             images: (B, 3, H, W) float in [0, 1] (or uint8), resized to ``image_size`` if needed.
+            batch_size: images per backbone pass.
             update: online calibration of the episodic memory with these queries, in order (off by default).
             update_below: with ``update``, only images scoring at most this much update the memory.
+        Raises:
+            InputError: not RGB images. NotFittedError: before :meth:`fit`.
         """
-        self._check_fitted()
+        self.check_fitted()
         prepared = self.prepare(images)
         feats = self.features(prepared, batch_size)
-        return self.score_features(feats, prepared if self.mask_source.needs_images else None, update, update_below)
+        return self.maps_from_features(
+            feats,
+            images=prepared if self.mask_source.needs_images else None,
+            update=update,
+            update_below=update_below,
+        )
+
+    def describe(self) -> dict:
+        """Kind, backbone, stages, image size, the ablation switches and the memory sizes."""
+        c = self.config
+        return {
+            "kind": "foct",
+            "backbone": c.backbone,
+            "stages": list(c.stages),
+            "image_size": int(c.image_size),
+            "foreground": c.foreground,
+            "distance": c.distance,
+            "online": bool(c.online),
+            "smoothing_sigma": float(c.smoothing_sigma),
+            "semantic_size": len(self.semantic) if self.semantic is not None else 0,
+            "episodic_size": len(self.episodic.features) if self.episodic is not None else 0,
+        }
 
     # ------------------------------------------------------------------ persistence
     def state(self, include_backbone: bool = True) -> dict:
         """A plain dict (tensors, numbers, strings; ``torch.load(weights_only=True)`` reads it): format, config,
         memories, the fitted distance, the mask source and (by default) the backbone's weights."""
-        self._check_fitted()
+        self.check_fitted()
         return {
             "format": FOCT_FORMAT,
             "config": asdict(self.config),
@@ -369,6 +405,7 @@ class FOCT(nn.Module):
         }
 
     def save(self, path: str | Path, include_backbone: bool = True) -> Path:
+        """One self-describing file (format ``pradot-foct-v1``), written atomically."""
         return save_state(self.state(include_backbone), path)
 
     @classmethod
@@ -379,7 +416,7 @@ class FOCT(nn.Module):
         config = FOCTConfig(**cfg)
         backbone = restore_backbone(state["backbone"], backbone)
         model = cls(config, backbone=backbone, device=device)
-        dev = model.device_
+        dev = model.device
         model.semantic = SemanticMemory(
             state["semantic"]["features"].float().to(dev), state["semantic"]["foreground"].bool()
         )
@@ -397,5 +434,5 @@ class FOCT(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> FOCT:
-        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a FOCT model file)."""
+        """Read a :meth:`save` file. Raises FileNotFoundError / InputError (not a FOCT model file)."""
         return cls.from_state(load_state(path, FOCT_FORMAT, what="FOCT model"), device=device, backbone=backbone)

@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
+
+from ..maps import gaussian_smooth as _smooth
+from ..maps import resize_maps
 
 __all__ = ["patch_features", "upsample_scores", "gaussian_smooth", "score_maps"]
 
@@ -67,19 +69,15 @@ def patch_features(
 
 
 def upsample_scores(scores: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, h, w) patch scores -> (B, size, size), bilinear."""
-    return F.interpolate(scores[:, None].float(), size=(int(size), int(size)), mode="bilinear", align_corners=False)[
-        :, 0
-    ]
+    """(B, h, w) patch scores -> (B, size, size), bilinear with half-pixel centres (PatchCore's code;
+    :func:`pradot.maps.resize_maps` with ``"half_pixel"``)."""
+    return resize_maps(scores, int(size), "half_pixel")
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
-    """Gaussian smoothing of (B, H, W) maps with standard deviation ``sigma`` px (each map on its own,
-    borders reflected: ``scipy.ndimage.gaussian_filter``). ``sigma <= 0``: unchanged. Returns a CPU tensor."""
-    if float(sigma) <= 0:
-        return maps
-    arr = maps.detach().float().cpu().numpy()
-    return torch.from_numpy(ndimage.gaussian_filter(arr, sigma=(0.0, float(sigma), float(sigma)), mode="reflect"))
+    """Gaussian smoothing of (B, H, W) maps, sigma 4 px by default: :func:`pradot.maps.gaussian_smooth`
+    (``scipy.ndimage.gaussian_filter``'s filter, borders reflected) on the CPU."""
+    return _smooth(maps.detach().float().cpu(), sigma)
 
 
 def score_maps(patch_scores: torch.Tensor, size: int, sigma: float = 4.0) -> torch.Tensor:

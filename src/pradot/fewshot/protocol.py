@@ -176,7 +176,7 @@ def run_split(
         i = int(i)
         t0 = time.perf_counter()
         images = test_image(i) if (test_image is not None and model.mask_source.needs_images) else None
-        m, s = model.score_features(_rows(test_features, slice(i, i + 1)), images, update=config.online)
+        m, s = model.maps_from_features(_rows(test_features, slice(i, i + 1)), images=images, update=config.online)
         seconds[pos] = time.perf_counter() - t0
         sizes[pos] = len(model.episodic)
         maps[i], scores[i] = m[0].numpy(), float(s[0])

@@ -22,12 +22,13 @@ import argparse
 import json
 import shutil
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pradot.io import atomic_write
 
 __all__ = ["structural_ad_copy", "main"]
 
@@ -56,23 +57,23 @@ def structural_ad_copy(source: str | Path, out: str | Path, category: str = "scr
         return target
     ds = load_dataset("synthetic", Path(source), category)
     meta = json.loads(meta_path.read_text())
-    tmp = target.parent / f".tmp-{category}-{uuid.uuid4().hex[:8]}"
-    for s in ds.samples("train"):
-        _copy(s.image_path, tmp / "train" / "good" / s.image_path.name)
-    for s in ds.samples("test"):
-        if s.anomaly_type == "good":
-            _copy(s.image_path, tmp / "test" / "good" / s.image_path.name)
-        elif s.anomaly_type == "structural_anomalies":
-            kind = meta[f"structural_anomalies/{s.image_id}"]["anomaly"]
-            name = f"{s.image_id}.png"
-            _copy(s.image_path, tmp / "test" / kind / name)
-            mask = np.asarray(ds.load_channels(s), dtype=bool).any(axis=0)
-            (tmp / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / "ground_truth" / kind / f"{s.image_id}_mask.png")
-    (tmp / STAMP).write_text(json.dumps(stamp))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
+    with atomic_write(target, replace_folder=True) as tmp:
+        tmp.mkdir()
+        for s in ds.samples("train"):
+            _copy(s.image_path, tmp / "train" / "good" / s.image_path.name)
+        for s in ds.samples("test"):
+            if s.anomaly_type == "good":
+                _copy(s.image_path, tmp / "test" / "good" / s.image_path.name)
+            elif s.anomaly_type == "structural_anomalies":
+                kind = meta[f"structural_anomalies/{s.image_id}"]["anomaly"]
+                name = f"{s.image_id}.png"
+                _copy(s.image_path, tmp / "test" / kind / name)
+                mask = np.asarray(ds.load_channels(s), dtype=bool).any(axis=0)
+                (tmp / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(
+                    tmp / "ground_truth" / kind / f"{s.image_id}_mask.png"
+                )
+        (tmp / STAMP).write_text(json.dumps(stamp))
     return target
 
 

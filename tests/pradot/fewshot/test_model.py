@@ -135,7 +135,7 @@ def test_online_memory_is_bounded_and_time_per_query_does_not_grow(effnet_23, su
     sizes, seconds = [], []
     for i in range(50):
         t0 = time.process_time()  # CPU time: robust to other processes on a shared machine
-        model.score_features({s: f[i : i + 1] for s, f in feats.items()}, update=True)
+        model.maps_from_features({s: f[i : i + 1] for s, f in feats.items()}, update=True)
         seconds.append(time.process_time() - t0)
         sizes.append(len(model.episodic))
     assert max(sizes) < 10 and model.episodic.compressions >= 10 and model.queries_seen == 50
