@@ -84,6 +84,20 @@ def _link_reason(path: Path, exc: OSError) -> str:
     return f"cannot open it ({type(exc).__name__}: {printable(exc.strerror or exc)})"
 
 
+def _take_file(entry: os.DirEntry, root: Path, out: Listing, seen: dict[tuple[int, int], list[Path]]) -> None:
+    """A matched file name: remembered by device and inode, or skipped with its reason."""
+    path = Path(entry.path)
+    try:
+        fst = entry.stat()
+    except OSError as exc:
+        out.skipped.append((relative_name(path, root).as_posix(), _link_reason(path, exc)))
+        return
+    if not stat.S_ISREG(fst.st_mode):
+        out.skipped.append((relative_name(path, root).as_posix(), "not a regular file (a device, pipe or socket)"))
+        return
+    seen.setdefault((fst.st_dev, fst.st_ino), []).append(path)
+
+
 def walk(root: Path, comps: Sequence[str], *, hidden: bool, want=lambda name: True) -> Listing:
     """Every file under ``root`` whose path below it matches the glob components ``comps`` (``**`` = any
     folders, ``*``/``?``/``[...]`` within one name, as :func:`glob.glob` with ``recursive=True``; ``hidden``:
@@ -99,7 +113,7 @@ def walk(root: Path, comps: Sequence[str], *, hidden: bool, want=lambda name: Tr
         return out
     st = root.stat()
     seen_dirs = {(st.st_dev, st.st_ino): root}
-    seen_files: dict[tuple[int, int], Path] = {}
+    seen_files: dict[tuple[int, int], list[Path]] = {}
     stack: list[tuple[Path, set[int]]] = [(root, {0})]
     n = len(comps)
     while stack:
@@ -114,7 +128,10 @@ def walk(root: Path, comps: Sequence[str], *, hidden: bool, want=lambda name: Tr
             continue
         for entry in reversed(entries):
             path = Path(entry.path)
-            is_dir = entry.is_dir()
+            try:
+                is_dir = entry.is_dir()
+            except OSError:  # a link loop: matched as a name, reported below
+                is_dir = False
             nxt = _advance(states, comps, entry.name, is_dir, hidden)
             if not nxt:
                 continue
@@ -122,7 +139,11 @@ def walk(root: Path, comps: Sequence[str], *, hidden: bool, want=lambda name: Tr
             if is_dir:
                 if not any(i < n for i in reach):
                     continue
-                dst = entry.stat()
+                try:
+                    dst = entry.stat()
+                except OSError as exc:
+                    out.skipped.append((relative_name(path, root).as_posix() + "/", _link_reason(path, exc)))
+                    continue
                 key = (dst.st_dev, dst.st_ino)
                 if key in seen_dirs:
                     out.notes.append(
@@ -133,22 +154,13 @@ def walk(root: Path, comps: Sequence[str], *, hidden: bool, want=lambda name: Tr
                 seen_dirs[key] = path
                 stack.append((path, nxt))
             elif n in reach and want(entry.name):
-                rel = relative_name(path, root).as_posix()
-                try:
-                    fst = entry.stat()
-                except OSError as exc:
-                    out.skipped.append((rel, _link_reason(path, exc)))
-                    continue
-                if not stat.S_ISREG(fst.st_mode):
-                    out.skipped.append((rel, "not a regular file (a device, pipe or socket)"))
-                    continue
-                key = (fst.st_dev, fst.st_ino)
-                if key in seen_files:
-                    first = relative_name(seen_files[key], root).as_posix()
-                    out.skipped.append((rel, f"the same file as {first} (reached through a link): scored once"))
-                    continue
-                seen_files[key] = path
-                out.files.append(path)
+                _take_file(entry, root, out, seen_files)
+    for paths in seen_files.values():  # a file reached by several names: scored once, under the first name
+        first, *others = sorted(paths)
+        out.files.append(first)
+        for p in others:
+            why = f"the same file as {relative_name(first, root).as_posix()} (reached through a link): scored once"
+            out.skipped.append((relative_name(p, root).as_posix(), why))
     out.files.sort()
     out.skipped.sort()
     return out

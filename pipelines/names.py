@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["printable", "csv_cell", "FORMULA_STARTS"]
+__all__ = ["utf8_text", "printable", "csv_cell", "FORMULA_STARTS"]
 
 #: the first characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) evaluate a cell
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8: surrogate escapes of non-UTF-8 bytes (and lone surrogates) become ``\\xNN``
+    escapes; everything else, newlines included, is unchanged (for log records)."""
+    try:
+        raw = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", errors="surrogatepass")
+    return raw.decode("utf-8", errors="backslashreplace")
 
 
 def printable(name: str | os.PathLike) -> str:

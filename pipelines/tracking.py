@@ -95,6 +95,15 @@ def store_hint(model_uri: str) -> str:
     return f" (looked up in the tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI for another)"
 
 
+class _Utf8Formatter(logging.Formatter):
+    """Log records as valid UTF-8: a file name that is not UTF-8 is written with ``\\xNN`` escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from pipelines.names import utf8_text
+
+        return utf8_text(super().format(record))
+
+
 _LOG_FOLDER = re.compile(r"^pradot-log-(\d+)-")
 
 
@@ -126,7 +135,7 @@ def run_log(name: str = "run.log") -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix=f"pradot-log-{os.getpid()}-"))
     path = folder / name
     handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_Utf8Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter("[pradot] %(message)s"))
     root = logging.getLogger()
