@@ -203,7 +203,8 @@ def input_files(pattern: str) -> tuple[Path, list[Path]]:
 
 
 def check_output(output: Path, overwrite: bool, input_root: Path) -> bool:
-    """Refuse an output folder inside the input folder, or a non-empty one without ``overwrite``. Changes
+    """Refuse an output folder inside the input folder, or a non-empty one without ``overwrite`` (predict passes
+    ``overwrite or resume``). Changes
     nothing (:func:`prepare_output` does, once the model has loaded). Returns whether the folder has entries.
 
     Raises:
@@ -221,8 +222,8 @@ def check_output(output: Path, overwrite: bool, input_root: Path) -> bool:
     if entries and not overwrite:
         raise cli.UsageError(
             f"output folder {output} is not empty ({len(entries)} entries, e.g. {entries[:3]}); "
-            f"choose a new or empty folder, or pass overwrite=true to replace predict's files there "
-            f"({', '.join(OUTPUTS)})"
+            f"choose a new or empty folder, pass overwrite=true to replace predict's files there "
+            f"({', '.join(OUTPUTS)}), or resume=true to go on with a stopped predict run in it"
         )
     return bool(entries)
 
