@@ -305,34 +305,32 @@ class AliasDecision:
 ALIAS_LOCK_TIMEOUT_S = 6 * 3600
 
 
-def _lock_dir() -> Path:
-    """Where the alias locks live: beside a SQLite store's file (every process that writes the store can
-    write there), else ``$PRADOT_LOCK_DIR`` or ``~/.cache/pradot/locks``."""
+def _lock_dir(uri: str) -> Path:
+    """Where the alias locks of the registry at ``uri`` live: beside a SQLite store's file (every process
+    that writes the store can write there), else ``$PRADOT_LOCK_DIR`` or ``~/.cache/pradot/locks``."""
     import os
 
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///") :]).resolve().parent / ".pradot-locks"
     return Path(os.environ.get("PRADOT_LOCK_DIR") or Path.home() / ".cache" / "pradot" / "locks")
 
 
 @contextlib.contextmanager
-def alias_lock(name: str, alias: str, timeout: float = ALIAS_LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold the lock of ``alias`` of the registered model ``name`` (a file lock, :mod:`filelock`): the alias
-    decisions of one registered model happen one after another, across threads and processes of one
-    machine (or of machines sharing the lock folder).
+def alias_lock(name: str, alias: str, timeout: float = ALIAS_LOCK_TIMEOUT_S, uri: str | None = None) -> Iterator[None]:
+    """Hold the lock of ``alias`` of the registered model ``name`` in the registry at ``uri`` (default: the
+    tracking URI) (a file lock, :mod:`filelock`): the alias decisions of one registered model happen one
+    after another, across threads and processes of one machine (or of machines sharing the lock folder).
 
     Raises:
         TimeoutError: another promotion held it for ``timeout`` seconds.
     """
     import hashlib
 
+    import mlflow
     from filelock import FileLock
     from filelock import Timeout as LockTimeout
 
-    folder = _lock_dir()
+    folder = _lock_dir(uri or mlflow.get_registry_uri())
     folder.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{name}\0{alias}".encode()).hexdigest()[:20]
     lock = FileLock(str(folder / f"alias-{key}.lock"))
@@ -374,7 +372,7 @@ def decide_alias(
     moved it meanwhile, the decision is made again against the new holder (at most 3 times).
     """
     for _ in range(3):
-        with alias_lock(name, alias):
+        with alias_lock(name, alias, uri=getattr(client, "_registry_uri", None)):
             decision = _decide(client, name, version, alias, metric, value, force, holder_value)
         if not decision.moved or _holder(client, name, alias) == str(version):
             return decision

@@ -185,7 +185,13 @@ def test_overlapping_promotions_end_on_the_best_and_the_loser_says_why(store):
     def promote(version, delay):
         time.sleep(delay)
         out[version] = registry.decide_alias(
-            MlflowClient(), "m", version, "champion", "val_objective", value[version], holder_value=holder_value
+            MlflowClient(store.tracking_uri),
+            "m",
+            version,
+            "champion",
+            "val_objective",
+            value[version],
+            holder_value=holder_value,
         )
 
     threads = [threading.Thread(target=promote, args=("2", 0.0)), threading.Thread(target=promote, args=("3", 0.1))]
