@@ -4,7 +4,8 @@
     mlflow run . --env-manager local -e export -P model_uri=models:/pradot-synthetic-screw_bag/1
     pradot-export model_uri=runs:/<run id>/model output=screw_bag.onnx
 
-The model is loaded as the server loads it (``mlflow.pyfunc.load_model``); its scoring model and calibration
+The model's data artifacts are loaded with the installed pyfunc code (:func:`pipelines.trusted.load_pyfunc`;
+code bundled with a version is never run); its scoring model and calibration
 go to :func:`pradot.export.export_onnx` (resize, normalisation, backbone, banks or memory banks, the model's
 post-processing and fusion; the thresholds and quantile table in the file's metadata). Before anything is
 published the file is run with onnxruntime on the model's input example and on generated images of other
@@ -237,14 +238,14 @@ def _publish(path: Path, source: Source, checked: dict[str, float]) -> str | Non
 
 
 def _export(settings: ExportSettings, source: Source) -> ExportResult:
-    import mlflow.pyfunc
     from mlflow.artifacts import download_artifacts
 
+    from pipelines.trusted import load_pyfunc
     from pradot.export import SUPPORTED, export_onnx, exportable
 
     path = _output(settings, source)
     model_dir = settings.model_uri if Path(settings.model_uri).is_dir() else download_artifacts(settings.model_uri)
-    scorer = mlflow.pyfunc.load_model(model_dir, model_config={"device": "cpu"}).unwrap_python_model().scorer
+    scorer = load_pyfunc(model_dir, model_config={"device": "cpu"}).unwrap_python_model().scorer  # installed code
     if not exportable(scorer.model):
         raise cli.UsageError(
             f"{settings.model_uri} is a {type(scorer.model).__name__} model; ONNX export supports "

@@ -5,19 +5,23 @@
         -P input=new_parts -P output=out
     pradot-predict model_uri=runs:/<run id>/model input="parts/**/*.jpg" output=out
 
-The model is loaded with ``mlflow.pyfunc.load_model`` and every image goes through the pyfunc's ``predict``
-with base64 file bytes, as a request to ``mlflow models serve`` does: the scores are the served model's.
+The model's data artifacts are loaded with the installed pyfunc code (:func:`pipelines.trusted.load_pyfunc`:
+code bundled with a version is never run) and every image goes through the pyfunc's ``predict`` with base64
+file bytes, as a request to ``mlflow models serve`` does: the scores are the served model's.
 Writes, mirroring the input tree (``<rel>`` = the image's path under the input folder, without extension):
 
 * ``scores.csv``: path, score, raw_score, is_anomaly, threshold, mask_threshold and the files written;
 * ``maps/<rel>.tiff`` (float32, the raw anomaly map at the input's size up to ``max_map_side``),
   ``masks/<rel>.png`` (255 = map > mask threshold), ``overlays/<rel>.png`` (the heat map over the image);
-* ``errors.csv``: path and reason of every image that could not be scored (unreadable, corrupt, too large);
-  the others go on.
+* ``errors.csv``: path and reason of every name the input matched that was not scored (unreadable, corrupt,
+  too large, a dangling link or link loop, the same file reached twice, an output name clash); the others
+  go on. Names are written as text every reader accepts (:mod:`pipelines.names`);
+* ``predict.json``: the model and operating point, for ``resume=true`` (:mod:`pipelines.resume`).
 
 Images are read, scored and written ``batch_size`` at a time: memory does not grow with the folder. An
-output folder that is not empty is refused unless ``overwrite=true``. With ``tracking.enabled`` the run
-(params, counts, ``scores.csv``, ``errors.csv``) is logged to the tracking store.
+output folder that is not empty is refused unless ``overwrite=true`` (score everything again) or
+``resume=true`` (keep the complete rows of a stopped run with the same settings, score the rest). With
+``tracking.enabled`` the run (params, counts, ``scores.csv``, ``errors.csv``) is logged to the tracking store.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from typing import Any
 if __name__ == "__main__" and not __package__:  # `python pipelines/predict.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import checks, cli, config, tracking  # noqa: E402
-from pipelines.folders import check_output, input_files, output_stems, prepare_output, relative_name  # noqa: E402
+from pipelines import checks, cli, config, resume, tracking  # noqa: E402
+from pipelines.folders import check_output, list_input, output_stems, prepare_output, relative_name  # noqa: E402
+from pipelines.names import csv_cell, printable  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class PredictSettings:
     input: str
     output: Path
     overwrite: bool = False
+    resume: bool = False
     batch_size: int = 8
     quantile: float | None = None
     threshold: float | None = None
@@ -120,6 +126,11 @@ def predict_settings(cfg) -> PredictSettings:
         ),
         cfg.get("workdir"),
     )
+    if not _SCHEME.match(model_uri) and not Path(model_uri).is_dir():
+        raise checks.ConfigError(
+            f"model_uri {model_uri} is not a model folder (no such folder); give models:/<name>/<version>, "
+            f"models:/<name>@<alias>, runs:/<run id>/model or the folder of a logged model"
+        )
     inp = _required(cfg, "input", "a folder of images or a glob")
     out = Path(_required(cfg, "output", "a new or empty folder for the results"))
     quantile = cfg.get("quantile")
@@ -131,12 +142,19 @@ def predict_settings(cfg) -> PredictSettings:
     if threshold is not None:
         threshold = checks.number("threshold", threshold, why="a raw anomaly-score threshold")
     resolve_device(str(cfg.device))
+    overwrite = checks.boolean("overwrite", cfg.get("overwrite", False))
+    resume_run = checks.boolean("resume", cfg.get("resume", False))
+    if overwrite and resume_run:
+        raise checks.ConfigError(
+            "give overwrite=true (score everything again) or resume=true (keep what is done), not both"
+        )
     write, trk = cfg.get("write") or {}, cfg.get("tracking") or {}
     return PredictSettings(
         model_uri=model_uri,
         input=inp,
         output=out,
-        overwrite=checks.boolean("overwrite", cfg.get("overwrite", False)),
+        overwrite=overwrite,
+        resume=resume_run,
         batch_size=checks.number("batch_size", cfg.get("batch_size", 8), integer=True, lo=1, hi=256),
         quantile=quantile,
         threshold=threshold,
@@ -161,15 +179,15 @@ def load_model(settings: PredictSettings):
     Raises:
         UsageError: the operating point does not fit the model's calibration.
     """
-    import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
+    from pipelines.trusted import UntrustedModel, load_pyfunc
     from pradot.serving import InvalidRequest, batch_budgets
 
     side, bs = settings.max_map_side, settings.batch_size
     try:
-        model = mlflow.pyfunc.load_model(settings.model_uri, model_config={"device": settings.device})
-    except (MlflowException, OSError) as e:
+        model = load_pyfunc(settings.model_uri, model_config={"device": settings.device})
+    except (MlflowException, OSError, UntrustedModel) as e:
         raise cli.UsageError(
             f"cannot load the model {settings.model_uri}: {getattr(e, 'message', e)} (give "
             f"models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model or a model "
@@ -294,32 +312,59 @@ class PredictResult:
         )
 
 
-def _score_all(settings: PredictSettings, model, calibration, jobs, clashes, root: Path) -> PredictResult:
-    """Score ``jobs`` batch by batch, appending to scores.csv / errors.csv as they come."""
+def _expected(jobs, root: Path, settings: PredictSettings) -> dict[str, dict[str, tuple[str, Path | None]]]:
+    """For each job, by its ``path`` cell: the cell and file of each output it writes (resume's check)."""
+    wanted = {"map": (settings.write_maps, "maps", ".tiff"), "mask": (settings.write_masks, "masks", ".png")}
+    wanted["overlay"] = (settings.write_overlays, "overlays", ".png")
+    out = {}
+    for f, stem in jobs:
+        files = {}
+        for kind, (on, folder, ext) in wanted.items():
+            rel = f"{folder}/{stem}{ext}"
+            files[kind] = (csv_cell(rel), settings.output / rel) if on else ("", None)
+        out[csv_cell(relative_name(f, root).as_posix())] = files
+    return out
+
+
+def _score_all(
+    settings: PredictSettings, model, calibration, jobs, skipped, root: Path, resuming: bool
+) -> PredictResult:
+    """Score ``jobs`` batch by batch, appending to scores.csv / errors.csv as they come; ``resuming``: keep
+    the complete rows of the earlier run (:func:`pipelines.resume.completed_rows`) and score the rest. Every
+    name goes to the CSVs as :func:`pipelines.names.csv_cell` (escaped bytes, no formula)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    n_scored = n_anomalous = 0
+    kept = resume.completed_rows(settings.output, SCORE_COLUMNS, _expected(jobs, root, settings)) if resuming else {}
+    resume.rewrite_scores(settings.output, SCORE_COLUMNS, kept.values())
+    todo = [(f, stem) for f, stem in jobs if csv_cell(relative_name(f, root).as_posix()) not in kept]
+    if resuming:
+        log.info("resume: %d images kept from the earlier run, %d to score", len(kept), len(todo))
+    n_scored, n_anomalous = len(kept), sum(str(r[3]) == "True" for r in kept.values())
     with (
-        open(settings.output / "scores.csv", "w", newline="") as fs,
-        open(settings.output / "errors.csv", "w", newline="") as fe,
+        open(settings.output / "scores.csv", "a", newline="", encoding="utf-8") as fs,
+        open(settings.output / "errors.csv", "w", newline="", encoding="utf-8") as fe,
     ):
         scores, errors = csv.writer(fs), csv.writer(fe)
-        scores.writerow(SCORE_COLUMNS)
         errors.writerow(("path", "error"))
-        errors.writerows(clashes)
-        bar = tqdm(total=len(jobs) + len(clashes), desc="predict", unit="image", disable=None)
-        bar.update(len(clashes))
-        for batch in _batches(jobs, settings.batch_size):
+        errors.writerows((csv_cell(p), csv_cell(r)) for p, r in skipped)
+        n = len(jobs) + len(skipped)
+        bar = tqdm(total=n, desc="predict", unit="image", disable=None)
+        bar.update(n - len(todo))
+        for batch in _batches(todo, settings.batch_size):
             readable = [b for b in batch if b[2] is not None]
             results = iter(_predict(model, [b[2] for b in readable], settings.params) if readable else [])
             for f, stem, payload, read_error in batch:
-                rel = relative_name(f, root).as_posix()
+                rel = csv_cell(relative_name(f, root).as_posix())
                 rec = read_error or next(results)
                 if isinstance(rec, str):
-                    errors.writerow((rel, rec))
+                    errors.writerow((rel, csv_cell(rec)))
                     continue
-                files = _write(rec, stem, payload, settings, calibration)
+                try:
+                    files = _write(rec, stem, payload, settings, calibration)
+                except OSError as exc:  # e.g. a name the output file system refuses: this image only
+                    errors.writerow((rel, csv_cell(f"cannot write its outputs ({type(exc).__name__}: {exc})")))
+                    continue
                 scores.writerow(
                     (
                         rel,
@@ -328,9 +373,7 @@ def _score_all(settings: PredictSettings, model, calibration, jobs, clashes, roo
                         bool(rec["is_anomaly"]),
                         rec["threshold"],
                         rec["mask_threshold"],
-                        files.get("map", ""),
-                        files.get("mask", ""),
-                        files.get("overlay", ""),
+                        *(csv_cell(files.get(k, "")) for k in ("map", "mask", "overlay")),
                     )
                 )
                 n_scored += 1
@@ -339,10 +382,20 @@ def _score_all(settings: PredictSettings, model, calibration, jobs, clashes, roo
             fe.flush()
             bar.update(len(batch))
         bar.close()
-    n = len(jobs) + len(clashes)
     return PredictResult(
         settings.output, settings.model_uri, n, n_scored, n - n_scored, n_anomalous, time.perf_counter() - t0
     )
+
+
+def _manifest(settings: PredictSettings, model) -> dict[str, Any]:
+    """What ``predict.json`` records: what decides the scores and files (a resumed run must match it)."""
+    return {
+        "model_uri": settings.model_uri,
+        "model_uuid": getattr(model, "model_uuid", None),
+        "params": settings.params,
+        "max_map_side": settings.max_map_side,
+        "write": [settings.write_maps, settings.write_masks, settings.write_overlays],
+    }
 
 
 def run_prediction(settings: PredictSettings) -> PredictResult:
@@ -350,33 +403,44 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
     when ``settings.tracking``.
 
     Raises:
-        FileNotFoundError: no input image. UsageError: a bad output folder or operating point.
+        FileNotFoundError: no input image. UsageError: a bad output folder or operating point, or a
+        ``resume`` of a folder written with other settings.
     """
-    root, files = input_files(settings.input)
-    check_output(settings.output, settings.overwrite, root)
-    jobs, clashes = output_stems(files, root)
+    listing = list_input(settings.input)
+    root = listing.root
+    check_output(settings.output, settings.overwrite or settings.resume, root)
+    jobs, clashes = output_stems(listing.files, root)
+    skipped = sorted([*listing.skipped, *clashes])
+    for note in listing.notes:
+        log.info("input: %s", note)
     tracking.require_store(settings.model_uri)
     tracking.setup_tracking()
     model, scorer = load_model(settings)
-    prepare_output(settings.output)  # only now: a model that does not load leaves the output folder as it was
-    log.info("scoring %d images under %s with %s", len(files), root, settings.model_uri)
+    manifest = _manifest(settings, model)
+    resuming = settings.resume and resume.check_manifest(settings.output, manifest)
+    if not resuming:  # only now: a model that does not load leaves the output folder as it was
+        prepare_output(settings.output)
+    resume.write_manifest(settings.output, manifest)
+    log.info("scoring %d images under %s with %s", len(jobs), printable(root), printable(settings.model_uri))
     if not settings.tracking:
-        return _score_all(settings, model, scorer.calibration, jobs, clashes, root)
+        return _score_all(settings, model, scorer.calibration, jobs, skipped, root, resuming)
     import mlflow
 
-    with tracking.entry_run(f"predict-{settings.output.name}", settings.experiment_name, entry_point="predict") as run:
+    name = printable(settings.output.name)
+    with tracking.entry_run(f"predict-{name}", settings.experiment_name, entry_point="predict") as run:
         tracking.log_resolved_params(
             {
-                "model_uri": settings.model_uri,
-                "input": settings.input,
-                "output": str(settings.output),
+                "model_uri": printable(settings.model_uri),
+                "input": printable(settings.input),
+                "output": printable(settings.output),
+                "resume": settings.resume,
                 "batch_size": settings.batch_size,
                 "quantile": settings.quantile if settings.quantile is not None else "",
                 "threshold": settings.threshold if settings.threshold is not None else "",
                 "max_map_side": settings.max_map_side,
             }
         )
-        result = _score_all(settings, model, scorer.calibration, jobs, clashes, root)
+        result = _score_all(settings, model, scorer.calibration, jobs, skipped, root, resuming)
         mlflow.log_metrics(result.metrics)
         mlflow.log_artifact(str(settings.output / "scores.csv"), "predict")
         mlflow.log_artifact(str(settings.output / "errors.csv"), "predict")

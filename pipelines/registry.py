@@ -24,7 +24,16 @@ from pradot.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VersionTags", "log_model", "registration", "register", "incomplete", "AliasDecision", "decide_alias"]
+__all__ = [
+    "VersionTags",
+    "log_model",
+    "registration",
+    "register",
+    "incomplete",
+    "AliasDecision",
+    "alias_lock",
+    "decide_alias",
+]
 
 
 # ------------------------------------------------------------------------------------- registry tags
@@ -293,6 +302,56 @@ class AliasDecision:
     previous: str | None  # the version that held the alias before, if any
 
 
+#: how long a promotion waits for another one of the same registered model to finish deciding (seconds)
+ALIAS_LOCK_TIMEOUT_S = 6 * 3600
+
+
+def _lock_dir(uri: str) -> Path:
+    """Where the alias locks of the registry at ``uri`` live: beside a SQLite store's file (every process
+    that writes the store can write there), else ``$PRADOT_LOCK_DIR`` or ``~/.cache/pradot/locks``."""
+    import os
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).resolve().parent / ".pradot-locks"
+    return Path(os.environ.get("PRADOT_LOCK_DIR") or Path.home() / ".cache" / "pradot" / "locks")
+
+
+@contextlib.contextmanager
+def alias_lock(name: str, alias: str, timeout: float = ALIAS_LOCK_TIMEOUT_S, uri: str | None = None) -> Iterator[None]:
+    """Hold the lock of ``alias`` of the registered model ``name`` in the registry at ``uri`` (default: the
+    tracking URI) (a file lock, :mod:`filelock`): the alias decisions of one registered model happen one
+    after another, across threads and processes of one machine (or of machines sharing the lock folder).
+
+    Raises:
+        TimeoutError: another promotion held it for ``timeout`` seconds.
+    """
+    import hashlib
+
+    import mlflow
+    from filelock import FileLock
+    from filelock import Timeout as LockTimeout
+
+    folder = _lock_dir(uri or mlflow.get_registry_uri())
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{name}\0{alias}".encode()).hexdigest()[:20]
+    lock = FileLock(str(folder / f"alias-{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except LockTimeout:
+        log.info("waiting for another promotion of %s to finish deciding @%s (lock %s)", name, alias, lock.lock_file)
+        try:
+            lock.acquire(timeout=timeout)
+        except LockTimeout:
+            raise TimeoutError(
+                f"another promotion of {name} held the @{alias} lock {lock.lock_file} for {timeout:.0f} s; "
+                f"if no promotion is running, remove that file"
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def decide_alias(
     client,
     name: str,
@@ -306,7 +365,40 @@ def decide_alias(
     """Move ``alias`` to ``version`` when it beats the current holder on ``metric`` (strictly; the holder's
     ``metric.<metric>`` tag, or ``holder_value(version)`` when given: the holder's value measured now, e.g.
     re-scored on the same validation set; ``None`` from it falls back to the tag), or when ``force``; else keep
-    it. The reason says which and why."""
+    it. The reason says which and why.
+
+    Promotions do not race: the decision (read the holder, re-score it, move the alias) runs under
+    :func:`alias_lock`, so a second promotion compares with the first one's result, not with the holder
+    both started from. After a move the alias is read again; if a promotion that did not share the lock
+    moved it meanwhile, the decision is made again against the new holder (at most 3 times).
+    """
+    for _ in range(3):
+        with alias_lock(name, alias, uri=getattr(client, "_registry_uri", None)):
+            decision = _decide(client, name, version, alias, metric, value, force, holder_value)
+        if not decision.moved or _holder(client, name, alias) == str(version):
+            return decision
+        log.warning(
+            "@%s of %s was moved by another promotion while v%s was promoted: deciding again", alias, name, version
+        )
+    return AliasDecision(
+        False,
+        f"kept: @{alias} of {name} kept being moved by other promotions (not sharing this machine's lock); "
+        f"v{version} was not made {alias}",
+        _holder(client, name, alias),
+    )
+
+
+def _holder(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _decide(client, name, version, alias, metric, value, force, holder_value) -> AliasDecision:
+    """The decision of :func:`decide_alias`, unlocked."""
     from mlflow.exceptions import MlflowException
 
     try:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "setup_tracking",
     "run_log",
+    "remove_stale_logs",
     "EntryRun",
     "entry_run",
     "started_runs",
@@ -94,6 +97,35 @@ def store_hint(model_uri: str) -> str:
     return f" (looked up in the tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI for another)"
 
 
+class _Utf8Formatter(logging.Formatter):
+    """Log records as valid UTF-8: a file name that is not UTF-8 is written with ``\\xNN`` escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from pipelines.names import utf8_text
+
+        return utf8_text(super().format(record))
+
+
+_LOG_FOLDER = re.compile(r"^pradot-log-(\d+)-")
+
+
+def remove_stale_logs(tmp: str | None = None) -> list[Path]:
+    """Remove the run-log folders (``pradot-log-<pid>-*`` in the temporary folder) of this user's processes
+    that no longer exist (killed with SIGKILL, so their own clean-up never ran); returns them."""
+    from pipelines.liveness import process_alive
+
+    gone = []
+    with contextlib.suppress(OSError), os.scandir(tmp or tempfile.gettempdir()) as it:
+        for e in it:
+            m = _LOG_FOLDER.match(e.name)
+            with contextlib.suppress(OSError):
+                if m and e.is_dir(follow_symlinks=False) and e.stat(follow_symlinks=False).st_uid == os.getuid():
+                    if not process_alive(int(m.group(1))):
+                        shutil.rmtree(e.path, ignore_errors=True)
+                        gone.append(Path(e.path))
+    return gone
+
+
 class _Console(logging.StreamHandler):
     """The console handler of :func:`run_log` (one, however deeply runs nest)."""
 
@@ -101,11 +133,15 @@ class _Console(logging.StreamHandler):
 @contextlib.contextmanager
 def run_log(name: str = "run.log") -> Iterator[Path]:
     """Capture the loggers (and warnings) to a file for the lifetime of the block; the caller logs it as
-    an artifact, also when the run fails."""
-    folder = Path(tempfile.mkdtemp(prefix="pradot-log-"))
+    an artifact inside the block, also when the run fails. The file's folder (``pradot-log-<pid>-*`` in the
+    temporary folder) is removed when the block ends (success, error, Ctrl+C or SIGTERM); folders left by
+    processes killed with SIGKILL are removed by the next run (:func:`remove_stale_logs`). Names in the
+    log are written as escaped bytes when they are not UTF-8 (the log never fails on a file name)."""
+    remove_stale_logs()
+    folder = Path(tempfile.mkdtemp(prefix=f"pradot-log-{os.getpid()}-"))
     path = folder / name
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+    handler.setFormatter(_Utf8Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     stream: logging.Handler | None = None
     if not any(isinstance(h, _Console) for h in root.handlers):  # a nested run (reproduce's members): one console
@@ -125,7 +161,9 @@ def run_log(name: str = "run.log") -> Iterator[Path]:
         root.removeHandler(handler)
         if stream is not None:
             root.removeHandler(stream)
+        handler.close()
         logging.captureWarnings(False)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -220,8 +258,10 @@ def log_resolved_params(params: Mapping[str, Any]) -> None:
 
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     out = {}
+    from pipelines.names import printable
+
     for k, v in params.items():
-        v = str(v)[:6000]
+        v = printable(str(v))[:6000]
         if k in existing and existing[k] != v:
             out[f"resolved.{k}"] = v
         elif k not in existing:

@@ -124,6 +124,10 @@ def find_trial_runs(client, experiment_id: str, parent_run_id: str, trial_id: st
     return {r.data.tags.get(TRIAL_ID_TAG, ""): r for r in runs}
 
 
+#: the result key that names the metrics of a trial's report the driver logs to its MLflow run
+LOGGED_KEY = "pradot_logged_metrics"
+
+
 # ------------------------------------------------------------------------------------- the run
 class TrialRun:
     """The trial's nested MLflow run, written through a client (a worker has no active run).
@@ -133,6 +137,7 @@ class TrialRun:
 
     def __init__(self, client, run_id: str, logged_upto: int = 0):
         self.client, self.run_id, self.logged_upto = client, run_id, int(logged_upto)
+        self.reported_upto = int(logged_upto)  # the worker's side: the last epoch Tune took from this attempt
 
     @classmethod
     def open(

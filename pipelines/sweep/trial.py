@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from pipelines import config
 from pipelines.sweep.evalset import EvalSet, FeatureStore
-from pipelines.sweep.runs import EPOCHS_TAG, PARENT_TAG, STATUS_TAG, TrialRun, end_label, failure_tags
+from pipelines.sweep.runs import EPOCHS_TAG, LOGGED_KEY, PARENT_TAG, STATUS_TAG, TrialRun, end_label, failure_tags
 from pipelines.sweep.space import SearchSpace
 from pipelines.sweep.storage import NodeSetupError, check_from_this_node
 from pradot.model import PRADOTConfig
@@ -221,9 +221,11 @@ class _Trial:
 
     def on_epoch(self, stats) -> None:
         """Score, checkpoint (every ``checkpoint_every`` epochs and at the milestones: a retried or resumed
-        trial continues from its last one), report to Tune (which may stop the trial here), then log to
-        MLflow (an epoch is logged once it is reported, and only once: a restarted attempt recomputes the
-        epochs after its checkpoint without logging them again)."""
+        trial continues from its last one) and report the metrics with the checkpoint to Tune, as one step:
+        the driver logs an epoch to MLflow when Tune takes its result (:class:`pipelines.sweep.tuner.
+        SweepCallback`), so a kill or stop that lands between the report and anything after it cannot make
+        the MLflow run disagree with what Tune resumes from (an epoch Tune never took is not logged; one it
+        took is logged once, also when a restarted attempt reports it again)."""
         from ray import tune
 
         t0 = time.perf_counter()
@@ -236,11 +238,10 @@ class _Trial:
             if folder is not None:
                 self.write_checkpoint(folder, stats.epoch, scores, metrics)
             tune.report(
-                {**metrics, "mlflow_run_id": self.run.run_id},
+                {**metrics, "mlflow_run_id": self.run.run_id, LOGGED_KEY: ",".join(metrics)},
                 checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder is not None else None,
             )
-        except SystemExit:  # Tune stopped the trial; this epoch was reported
-            self._reported(stats.epoch, metrics)
+        except SystemExit:  # Tune stopped the trial: it took this epoch's result only if it logged it
             raise
         finally:
             if folder is not None:
@@ -250,8 +251,7 @@ class _Trial:
             raise _Done()  # ASHA's max_t: the scheduler stops the trial here anyway
 
     def _reported(self, epoch: int, metrics: dict) -> None:
-        self.epoch = int(epoch)
-        self.run.log_epoch(metrics, epoch)
+        self.epoch = self.run.reported_upto = int(epoch)
 
 
 def _load(ctx: TrialContext, backbone: str, split: str, stages) -> dict:
@@ -277,7 +277,8 @@ def _restored(ctx: TrialContext, run: TrialRun, device) -> tuple[Any, int]:
         model = PrototypeModel.from_state(load_state(Path(folder) / CHECKPOINT_MODEL), device=device)
     epoch = int(meta["epoch"])
     run.tags({"pradot.restored_from_epoch": str(epoch)})
-    run.log_epoch(meta["metrics"], epoch)  # reported with its checkpoint, but not logged before the worker died
+    run.reported_upto = epoch
+    run.log_epoch(meta["metrics"], epoch)  # Tune took it with this checkpoint; logged here unless the driver did
     log.info("trial %s continues from its checkpoint of epoch %d", meta["trial_id"], epoch)
     return model, epoch
 
@@ -328,10 +329,10 @@ def trial_main(sampled: dict, ctx: TrialContext) -> None:
     except SystemExit:  # Tune stopped the trial in tune.report (ASHA, or the sweep was interrupted)
         run.end(
             "FINISHED",
-            {STATUS_TAG: end_label(run.logged_upto, _budget(ctx, setup)), EPOCHS_TAG: str(run.logged_upto)},
+            {STATUS_TAG: end_label(run.reported_upto, _budget(ctx, setup)), EPOCHS_TAG: str(run.reported_upto)},
             unless_ended=True,
         )
         raise
     except BaseException as e:
-        run.end("FAILED", {**failure_tags(e), EPOCHS_TAG: str(run.logged_upto)}, unless_ended=True)
+        run.end("FAILED", {**failure_tags(e), EPOCHS_TAG: str(run.reported_upto)}, unless_ended=True)
         raise

@@ -21,6 +21,7 @@ from pipelines.sweep.runs import (
     ERROR_TAG,
     FAILURE_TAG,
     INFRASTRUCTURE,
+    LOGGED_KEY,
     STATUS_TAG,
     TRIAL_ERROR,
     TrialRun,
@@ -89,6 +90,7 @@ class SweepCallback(tune.Callback):
         self._client = None
         self._completed = 0
         self._signalled = False
+        self._logged: dict[str, TrialRun] = {}  # the trial runs this driver logged epochs to, by run id
 
     def __getstate__(self):  # pickled into Tune's tuner.pkl: only the stable part
         return {
@@ -126,6 +128,25 @@ class SweepCallback(tune.Callback):
             TrialRun(self.client, run.info.run_id).end(status, tags)
         except Exception as e:  # noqa: BLE001 - bookkeeping must not stop the sweep
             log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, e)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """Log an epoch's metrics to the trial's MLflow run when Tune takes its result: the run holds exactly
+        the epochs Tune took (with their checkpoints), each once, whenever a kill or stop lands. A restarted
+        trial reports again the epochs after its checkpoint: those already logged are not logged twice."""
+        run_id, names = result.get("mlflow_run_id"), str(result.get(LOGGED_KEY) or "")
+        if not run_id or not names:
+            return
+        try:
+            run = self._logged.get(run_id)
+            if run is None:
+                history = self.client.get_metric_history(run_id, "epoch")
+                run = self._logged[run_id] = TrialRun(
+                    self.client, run_id, max((int(m.step) for m in history), default=0)
+                )
+            metrics = {k: float(result[k]) for k in names.split(",") if isinstance(result.get(k), (int, float))}
+            run.log_epoch(metrics, int(result["epoch"]))
+        except Exception as e:  # noqa: BLE001 - bookkeeping must not stop the sweep
+            log.warning("could not log epoch %s of trial %s: %s", result.get("epoch"), trial.trial_id, e)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = int((trial.last_result or {}).get("epoch", 0))

@@ -154,3 +154,50 @@ def test_a_failed_run_leaves_nothing_in_the_registry(store):
     with pytest.raises(ValueError, match="registry refuses the registered model name 'a/b'"):
         with registry.registration("a/b"):
             pass
+
+
+def test_overlapping_promotions_end_on_the_best_and_the_loser_says_why(store):
+    """Two alias decisions that overlap (the holder's re-scoring takes a while): serialised per registered
+    model, the alias ends on the best candidate whatever the finishing order, and the other is kept out with
+    a reason that names the holder it lost to. Oracle: the candidates' own values."""
+    import threading
+    import time
+
+    from mlflow import MlflowClient
+
+    value = {"1": 0.5, "2": 0.9, "3": 0.8}
+    store.create_registered_model("m")
+    run = store.create_run(store.get_experiment_by_name("e").experiment_id)
+    for _ in value:
+        store.create_model_version("m", "file:///x", run_id=run.info.run_id)
+    store.set_registered_model_alias("m", "champion", "1")
+    inside, overlap = [], []
+
+    def holder_value(champ):
+        inside.append(1)
+        overlap.append(len(inside))
+        time.sleep(0.5)  # the re-scoring: the window in which the other promotion starts
+        inside.pop()
+        return value[str(champ.version)]
+
+    out = {}
+
+    def promote(version, delay):
+        time.sleep(delay)
+        out[version] = registry.decide_alias(
+            MlflowClient(store.tracking_uri),
+            "m",
+            version,
+            "champion",
+            "val_objective",
+            value[version],
+            holder_value=holder_value,
+        )
+
+    threads = [threading.Thread(target=promote, args=("2", 0.0)), threading.Thread(target=promote, args=("3", 0.1))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert max(overlap) == 1  # never two decisions at once
+    assert str(store.get_model_version_by_alias("m", "champion").version) == "2"
+    assert out["2"].moved and not out["3"].moved
+    assert out["3"].reason.startswith("kept:") and "v2" in out["3"].reason and "0.90000" in out["3"].reason

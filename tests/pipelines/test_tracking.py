@@ -44,3 +44,34 @@ def test_the_closing_summary_points_to_the_ui_that_exists():
 
     assert ui_hint("http://127.0.0.1:36973") == "open http://127.0.0.1:36973 (the tracking server's UI)"
     assert ui_hint("sqlite:////tmp/x/mlflow.db").startswith("mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db")
+
+
+def test_entry_runs_leave_no_run_log_folder(store, tmp_path, monkeypatch):
+    """Each entry run's temporary log folder is removed when it ends (success, error, Ctrl+C/SIGTERM); a
+    folder left by a process killed with SIGKILL (its PID gone) is removed by the next run; the log still
+    reaches MLflow, also for a name that is not UTF-8."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp / f"pradot-log-{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "run.log").write_text("left by a killed run")
+    mine = tmp / f"pradot-log-{os.getpid()}-alive"  # a live process's folder is left alone
+    mine.mkdir()
+    with tracking.entry_run("ok", "e", entry_point="predict") as run:
+        import logging
+
+        logging.getLogger("x").info("file %s", os.fsdecode(b"caf\xe9.png"))
+    for exc in (ValueError, KeyboardInterrupt):
+        with pytest.raises(exc):
+            with tracking.entry_run("bad", "e", entry_point="predict"):
+                raise exc
+    assert sorted(p.name for p in tmp.iterdir()) == [mine.name]
+    text = open(store.download_artifacts(run.run_id, "logs/run.log", str(tmp_path)), encoding="utf-8").read()
+    assert "caf\\xe9.png" in text

@@ -2,6 +2,7 @@
 plus the sampled values), and its checkpoint, which the driver turns into a servable PRADOT model."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -189,29 +190,38 @@ class _Features:
 
 class _Tune:
     """Tune's side of one attempt of trial ``t1``: reports are recorded, checkpoints persisted (copied) as
-    Tune does; ``die_after``: the worker dies right after Tune has that epoch's report and checkpoint."""
+    Tune does, and the driver's callback gets each result Tune takes (``driver``: a ``SweepCallback``);
+    ``die_after``: the worker dies right after Tune has that epoch's report and checkpoint; ``stop_at``:
+    ``(epoch, taken)``, Tune stops the trial in that epoch's report (``SystemExit``, as Ray does), after
+    taking its result (``taken``: a scheduler's stop on it) or without taking it (an interrupt that lands
+    between the report and Tune's processing: the checkpoint is on storage but never registered)."""
 
     class Died(Exception):
         pass
 
-    def __init__(self, store, restore_from=None, die_after=None):
+    def __init__(self, store, restore_from=None, die_after=None, driver=None, stop_at=None):
         from ray import tune
 
-        self.store, self.die_after, self.reports = store, die_after, []
+        self.store, self.die_after, self.driver, self.stop_at, self.reports = store, die_after, driver, stop_at, []
         self.restore = tune.Checkpoint.from_directory(str(restore_from)) if restore_from else None
 
     def report(self, metrics, checkpoint=None):
         import shutil
 
+        epoch = metrics["epoch"]
+        taken = self.stop_at is None or self.stop_at[0] != epoch or self.stop_at[1]
         if checkpoint is not None:
-            shutil.copytree(checkpoint.path, self.store / f"epoch_{metrics['epoch']}")
-        self.reports.append(metrics)
-        if metrics["epoch"] == self.die_after:
+            shutil.copytree(checkpoint.path, self.store / (f"epoch_{epoch}" if taken else f"untaken_{epoch}"))
+        if taken:
+            self.reports.append(metrics)
+            if self.driver is not None:
+                self.driver.on_trial_result(0, [], SimpleNamespace(trial_id="t1"), dict(metrics))
+        if self.stop_at is not None and self.stop_at[0] == epoch:
+            raise SystemExit(0)
+        if epoch == self.die_after:
             raise self.Died("the node died")
 
     def install(self, monkeypatch):
-        from types import SimpleNamespace
-
         from ray import tune
 
         monkeypatch.setattr(tune, "report", self.report)
@@ -229,9 +239,9 @@ def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_onc
 ):
     """The essence of case fault-06 (a resumed or retried trial): killed right after reporting epoch 3 of
     6, then restarted with its last checkpoint (epoch 3, or 2 with sweep.checkpoint_every=2), the trial
-    trains the epochs after it only, its MLflow run holds every epoch exactly once (epoch 3 was reported
-    but not logged before the kill), it is tagged completed with 2 attempts, and its bank equals an
-    uninterrupted trial's."""
+    trains the epochs after it only, its MLflow run holds every epoch exactly once (epoch 3 is reported
+    again by the restarted attempt with checkpoint_every=2), it is tagged completed with 2 attempts, and
+    its bank equals an uninterrupted trial's."""
     import dataclasses
 
     from mlflow import MlflowClient
@@ -262,15 +272,19 @@ def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_onc
         )
         trial.trial_main(sampled, c)
 
+    from pipelines.sweep.tuner import SweepCallback
+
     exp = client.create_experiment("restart", artifact_location=str(tmp_path / "artifacts"))
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
-    first = _Tune(tmp_path / "a", die_after=3)
+    driver = SweepCallback(client.tracking_uri, exp, "killed", 6)
+    first = _Tune(tmp_path / "a", die_after=3, driver=driver)
     with pytest.raises(_Tune.Died):
         attempt("killed", first)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"epoch_{e}" for e in range(every, 4, every)]
-    second = _Tune(tmp_path / "b", restore_from=tmp_path / "a" / f"epoch_{restart}")
+    driver = SweepCallback(client.tracking_uri, exp, "killed", 6)  # a resumed sweep: a new driver
+    second = _Tune(tmp_path / "b", restore_from=tmp_path / "a" / f"epoch_{restart}", driver=driver)
     attempt("killed", second)
-    attempt("reference", _Tune(tmp_path / "c"))
+    attempt("reference", _Tune(tmp_path / "c", driver=SweepCallback(client.tracking_uri, exp, "reference", 6)))
 
     assert [r["epoch"] for r in first.reports] == [1, 2, 3]
     assert [r["epoch"] for r in second.reports] == list(range(restart + 1, 7))
@@ -322,3 +336,64 @@ def test_a_failed_trial_is_tagged_with_where_and_why(ctx, tmp_path, monkeypatch)
     assert (tags["pradot.trial_status"], tags["pradot.failure"]) == ("failed", "infrastructure")
     assert tags["pradot.error"].startswith("NodeSetupError: the cached features") and tags["pradot.pid"] == "7"
     assert runs.failure_tags(ValueError("bad value"))["pradot.failure"] == "error"
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_a_stop_in_the_window_between_report_and_bookkeeping_neither_repeats_nor_skips_an_epoch(
+    ctx, tmp_path, monkeypatch, taken
+):
+    """Case fault-06 under load, placed on purpose: Tune stops the trial inside its report of epoch 3
+    (the interrupt), before taking that result (its checkpoint is on storage, unregistered) or after taking
+    it. The MLflow run holds exactly the epochs Tune took; the sweep resumed from Tune's last registered
+    checkpoint reports the next epoch once, trains to the end and ends with the uninterrupted trial's bank."""
+    import dataclasses
+
+    from mlflow import MlflowClient
+
+    from pipelines.sweep import runs, trial
+    from pipelines.sweep.tuner import SweepCallback
+    from pradot.checkpoint import load_state
+
+    monkeypatch.setattr(
+        runs,
+        "where_tags",
+        lambda: {"pradot.node_id": "n1", "pradot.hostname": "h", "pradot.pid": "1", "pradot.node_ip": "127.0.0.1"},
+    )
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("window", artifact_location=str(tmp_path / "artifacts"))
+    sampled = {"model.alpha": 0.4, "model.n": 1, "model.batch_ratio": 4, "model.eta": 0.6, "model.epsilon": 0.05}
+    c = dataclasses.replace(
+        ctx,
+        train_config=config.with_overrides(ctx.train_config, {"model.epochs": 6}),
+        features=_Features(),
+        milestones=(6,),
+        tracking_uri=client.tracking_uri,
+        experiment_id=exp,
+    )
+
+    def attempt(parent, tune_side):
+        tune_side.install(monkeypatch)
+        trial.trial_main(sampled, dataclasses.replace(c, parent_run_id=parent))
+
+    for d in "abc":
+        (tmp_path / d).mkdir()
+    first = _Tune(tmp_path / "a", driver=SweepCallback(client.tracking_uri, exp, "stopped", 6), stop_at=(3, taken))
+    with pytest.raises(SystemExit):
+        attempt("stopped", first)
+    run = runs.find_trial_runs(client, exp, "stopped")["t1"]
+    took = 3 if taken else 2
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")) == list(range(1, took + 1))
+    last = tmp_path / "a" / f"epoch_{took}"  # what Tune restores the resumed trial from
+    second = _Tune(tmp_path / "b", restore_from=last, driver=SweepCallback(client.tracking_uri, exp, "stopped", 6))
+    attempt("stopped", second)
+    attempt("reference", _Tune(tmp_path / "c", driver=SweepCallback(client.tracking_uri, exp, "reference", 6)))
+    assert [r["epoch"] for r in second.reports] == list(range(took + 1, 7))
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # each epoch once: none repeated, none skipped
+    ref = runs.find_trial_runs(client, exp, "reference")["t1"]
+    want = {m.step: m.value for m in client.get_metric_history(ref.info.run_id, "val_auroc")}
+    assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_auroc")} == want
+    restarted = load_state(tmp_path / "b" / "epoch_6" / CHECKPOINT_MODEL)["banks"]
+    reference = load_state(tmp_path / "c" / "epoch_6" / CHECKPOINT_MODEL)["banks"]
+    for s in reference:
+        torch.testing.assert_close(restarted[s]["features"], reference[s]["features"], rtol=0, atol=0)
