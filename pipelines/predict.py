@@ -244,7 +244,8 @@ def _write(rec: dict, stem: str, payload: str, settings: PredictSettings, calibr
     from PIL import Image
 
     from pradot.serving import decode_image
-    from pradot.viz import heatmap_rgb
+    from pradot.serving.scorer import overlay_label
+    from pradot.viz import annotate_overlay, heatmap_rgb
 
     out: dict[str, str] = {}
     amap = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
@@ -265,7 +266,9 @@ def _write(rec: dict, stem: str, payload: str, settings: PredictSettings, calibr
         else:
             rgb = Image.fromarray(decode_image(payload)).resize(amap.shape[::-1], Image.BILINEAR)
             vmin, vmax = calibration.raw_range(rec["threshold"])
-            Image.fromarray(heatmap_rgb(amap, vmin, vmax, image=np.asarray(rgb))).save(path)
+            overlay = heatmap_rgb(amap, vmin, vmax, image=np.asarray(rgb))
+            label = overlay_label(rec["score"], rec["is_anomaly"])
+            Image.fromarray(annotate_overlay(overlay, vmin, vmax, rec["threshold"], label)).save(path)
         out[kind] = rel
     return out
 

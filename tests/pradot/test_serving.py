@@ -197,6 +197,41 @@ def test_scorer_resizes_the_map_back_to_the_input():
     assert sorted(scorer.predict([black])[0]) == ["is_anomaly", "raw_score", "score", "threshold"]
 
 
+def test_map_formats_bare_heatmap_and_annotated_overlay():
+    """``heatmap`` is the bare colour-mapped map (what ``heatmap_rgb`` draws from the ``npy`` map); ``overlay``
+    (``png``, its earlier name) is the map over the image with the colour bar, the threshold's tick and the
+    score, at the image's size."""
+    from pradot.viz import heatmap_rgb
+
+    S, (H, W) = 8, (96, 128)
+    model = FakeModel(size=S, ramp=1.0)
+    cal = Calibration(threshold=0.5, low=0.0, high=1.0, quantile=0.99, n_images=10)
+    scorer = Scorer(model, cal)
+    black = b64(file_bytes(Image.fromarray(np.zeros((H, W, 3), np.uint8))))
+
+    def answer(fmt):
+        (rec,) = scorer.predict([black], return_map=True, map_format=fmt)
+        raw = base64.b64decode(rec["anomaly_map"])
+        return rec, (np.load(io.BytesIO(raw)) if fmt == "npy" else np.asarray(Image.open(io.BytesIO(raw))))
+
+    rec, amap = answer("npy")
+    vmin, vmax = cal.raw_range(rec["threshold"])
+    _, bare = answer("heatmap")
+    np.testing.assert_array_equal(bare, heatmap_rgb(amap, vmin, vmax))
+    _, overlay = answer("overlay")
+    _, png = answer("png")
+    np.testing.assert_array_equal(overlay, png)
+    assert overlay.shape == (H, W, 3)
+    plain = heatmap_rgb(amap, vmin, vmax, image=np.zeros((H, W, 3), np.uint8))
+    changed = (overlay != plain).any(-1)
+    assert changed[:, : W // 2].sum() > 0 and changed[H // 2 :, W // 4 : W * 3 // 4].sum() == 0  # label, bar only
+    bar = overlay[H // 5 : H - 4, W - 4].astype(int)  # the colour bar: vmax (red) at the top, vmin (blue) below
+    assert bar[0, 0] > bar[0, 2] + 50 and bar[-1, 2] > bar[-1, 0] + 50
+    assert (overlay[H // 2 :, W - 8 : W - 2] == 255).all(-1).any()  # threshold 0.5 of [0, 1]: tick in the lower half
+    with pytest.raises(InvalidRequest, match="map_format must be one of"):
+        scorer.predict([black], return_map=True, map_format="gif")
+
+
 def test_scorer_validates_every_row_before_scoring():
     model = FakeModel()
     scorer = Scorer(model, Calibration(1.0, 0.0, 2.0, 0.99, 3), max_rows=4)

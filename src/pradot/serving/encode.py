@@ -12,8 +12,10 @@ from PIL import Image
 
 __all__ = ["MAP_FORMATS", "encode_mask", "encode_png", "map_size", "resize_map"]
 
-#: formats of the returned anomaly map
-MAP_FORMATS = ("png", "npy")
+#: formats of the returned anomaly map: ``overlay`` (the heat map blended over the image, with its colour bar and
+#: the score; ``png`` is its earlier name), ``heatmap`` (the bare heat map as a PNG, same colours), ``npy`` (raw
+#: float32 values)
+MAP_FORMATS = ("overlay", "png", "heatmap", "npy")
 
 
 def encode_png(rgb: np.ndarray) -> str:

@@ -14,7 +14,7 @@ from PIL import Image
 from ..calibration import Calibration, OperatingPoint
 from ..data.base import upright
 from ..persistence import ScoringModel
-from ..viz.heatmap import heatmap_rgb
+from ..viz.heatmap import annotate_overlay, heatmap_rgb
 from .budget import (
     BUDGET_NAMES,
     DEFAULT_MAX_IN_FLIGHT,
@@ -36,6 +36,11 @@ class _Row:
     size: tuple[int, int]  # original (H, W)
     tensor: torch.Tensor  # (3, S, S) float in [0, 1]
     rgb: np.ndarray | None  # the image at its map's size, kept only for PNG map overlays
+
+
+def overlay_label(score: float, is_anomaly: bool) -> str:
+    """The text drawn on an overlay: the normalised score and the decision at the request's threshold."""
+    return f"score {score:.3f} {'ANOMALY' if is_anomaly else 'normal'}"
 
 
 class Scorer:
@@ -152,13 +157,17 @@ class Scorer:
         """The row's map at its map size (:func:`resize_map`)."""
         return resize_map(amap, map_size(*row.size, self.max_map_side))
 
-    def _anomaly_map(self, m: np.ndarray, row: _Row, map_format: str, threshold: float) -> str:
-        """A map at its returned size, encoded: ``.npy``, or a PNG heat map over the image (colour scale centred
-        on ``threshold``)."""
+    def _anomaly_map(self, m: np.ndarray, row: _Row, map_format: str, threshold: float, label: str) -> str:
+        """A map at its returned size, encoded: ``.npy``; a PNG heat map (``heatmap``); or the heat map over the
+        image with its colour bar, the threshold's tick and ``label`` (``overlay``, ``png``). The colour scale is
+        centred on ``threshold``."""
         if map_format == "npy":
             return _encode_npy(m)
         vmin, vmax = self.calibration.raw_range(threshold)
-        return encode_png(heatmap_rgb(m, vmin, vmax, image=row.rgb, alpha=self.map_alpha))
+        if map_format == "heatmap":
+            return encode_png(heatmap_rgb(m, vmin, vmax))
+        rgb = heatmap_rgb(m, vmin, vmax, image=row.rgb, alpha=self.map_alpha)
+        return encode_png(annotate_overlay(rgb, vmin, vmax, threshold, label))
 
     def operating_point(self, quantile=None, threshold=None) -> OperatingPoint:
         """The request's thresholds (:meth:`Calibration.operating_point`); InvalidRequest when they are bad."""
@@ -217,7 +226,7 @@ class Scorer:
     ) -> list[dict]:
         rows = self.validate(
             images,
-            keep_images=return_map and map_format == "png",
+            keep_images=return_map and map_format in ("png", "overlay"),
             map_format=map_format if return_map else None,
             masks=return_mask,
         )
@@ -244,7 +253,8 @@ class Scorer:
                 if return_map or return_mask:
                     m = self._map_at_size(torch.as_tensor(maps[j]).detach(), row)
                     if return_map:
-                        rec["anomaly_map"] = self._anomaly_map(m, row, map_format, op.threshold)
+                        label = overlay_label(rec["score"], rec["is_anomaly"])
+                        rec["anomaly_map"] = self._anomaly_map(m, row, map_format, op.threshold, label)
                         row.rgb = None  # drawn: the overlay image is not needed any more
                     if return_mask:
                         rec["mask"] = encode_mask(m > op.mask_threshold)

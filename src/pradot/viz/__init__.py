@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..explain import abnormal_embeddings, block_edges, prototype_patches, restore_image
     from .curves import pro_figure, roc_figure, training_curves_figure
-    from .heatmap import DEFAULT_CMAP, heatmap_rgb, to_rgb_uint8
+    from .heatmap import DEFAULT_CMAP, annotate_overlay, heatmap_rgb, to_rgb_uint8
     from .paper import assignment_figure, position_colors, prototype_figure, restoration_figure, umap_figure
     from .report import comparison_figure, metrics_bar_figure, overlay_figure
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "DEFAULT_CMAP": ".heatmap",
     "heatmap_rgb": ".heatmap",
+    "annotate_overlay": ".heatmap",
     "to_rgb_uint8": ".heatmap",
     "block_edges": "..explain",
     "prototype_patches": "..explain",
@@ -58,6 +59,7 @@ __all__ = [
     "to_rgb_uint8",
     "block_edges",
     "heatmap_rgb",
+    "annotate_overlay",
     "overlay_figure",
     "assignment_figure",
     "prototype_patches",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_CMAP", "colour_table", "heatmap_rgb", "to_rgb_uint8"]
+__all__ = ["DEFAULT_CMAP", "annotate_overlay", "colour_table", "heatmap_rgb", "to_rgb_uint8"]
 
 #: default colour map of anomaly maps (the paper's figures use jet)
 DEFAULT_CMAP = "jet"
@@ -139,3 +139,54 @@ def heatmap_rgb(
     rgb *= np.float32(255.0)
     rgb += np.float32(0.5)
     return rgb.astype(np.uint8)
+
+
+#: smallest image side (pixels) that gets a colour bar and a score label (below it they would hide the image)
+MIN_ANNOTATED_SIDE = 64
+
+
+def annotate_overlay(
+    rgb: np.ndarray,
+    vmin: float,
+    vmax: float,
+    threshold: float | None = None,
+    label: str | None = None,
+    cmap: str = DEFAULT_CMAP,
+) -> np.ndarray:
+    """Draw the colour scale (and a label such as the score and decision) onto a heat map, in place of its
+    right and top edges, so the picture keeps its size (one pixel of the picture per pixel of the image).
+
+    Args:
+        rgb: (H, W, 3) uint8 heat map or overlay (:func:`heatmap_rgb`).
+        vmin, vmax: the values at the bottom and the top of the colour bar (those :func:`heatmap_rgb` used).
+        threshold: drawn as a white tick across the bar where it falls (the decision threshold), if given.
+        label: text drawn at the top left on a dark band (PIL's built-in font), if given.
+        cmap: the colour map :func:`heatmap_rgb` used.
+    Returns:
+        (H, W, 3) uint8, a copy; ``rgb`` itself when either side is under :data:`MIN_ANNOTATED_SIDE`.
+    """
+    from PIL import Image, ImageDraw
+
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_ANNOTATED_SIDE:
+        return rgb
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    bar_w = max(4, w // 32)
+    top, bottom = (h // 10 if label else 2), h - 2
+    lut = (np.clip(colour_table(cmap), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    rows = bottom - top
+    index = ((1.0 - (np.arange(rows) + 0.5) / rows) * (len(lut) - 1) + 0.5).astype(int)  # vmax at the top
+    out[top:bottom, w - bar_w - 2 : w - 2] = lut[index][:, None, :]
+    out[top:bottom, w - bar_w - 3] = 0  # a black edge, visible over any colour
+    if threshold is not None and vmax > vmin:
+        frac = float(np.clip((threshold - vmin) / (vmax - vmin), 0.0, 1.0))
+        y = int(round(bottom - frac * (rows - 1))) - 1
+        out[max(top, y - 1) : min(bottom, y + 1), w - bar_w - 5 : w - 2] = 255
+    if label:
+        img = Image.fromarray(out)
+        draw = ImageDraw.Draw(img)
+        x0, y0, x1, y1 = draw.textbbox((3, 2), label)
+        draw.rectangle((0, 0, min(w - bar_w - 4, x1 + 3), y1 + 2), fill=(0, 0, 0))
+        draw.text((3, 2), label, fill=(255, 255, 255))
+        out = np.asarray(img)
+    return out
