@@ -2,8 +2,8 @@
 (:func:`pipelines.cli.run_entry`), logged without a traceback in the run log (:func:`pipelines.tracking.entry_run`).
 
 :class:`pradot.errors.InputError` covers the whole taxonomy (``UsageError``, ``ConfigError``, ``DeviceError``,
-...); ``DatasetError`` and ``BackboneError`` predate it and are listed here until their modules derive them
-from it; ``FileNotFoundError`` is a path the user gave. Until the data package raises ``InputError`` for its
+``DatasetError``, ``BackboneError``, ``TextFileError``, the server's ``InvalidRequest``, ...);
+``FileNotFoundError`` is a path the user gave. Until the data package raises ``InputError`` for its
 bad inputs (unknown split, category, augmentation, camera view, pseudo-anomaly kind, ...), a ``ValueError``
 raised by a module of :data:`LEGACY_INPUT_MODULES` counts as bad input too, as every ``ValueError`` did
 before. Every other error is a failure that keeps its traceback.
@@ -11,14 +11,12 @@ before. Every other error is a failure that keeps its traceback.
 
 from __future__ import annotations
 
-from pradot.backbone import BackboneError
-from pradot.data import DatasetError
 from pradot.errors import InputError, is_input_error
 
 __all__ = ["LEGACY_INPUT_MODULES", "USER_ERRORS", "is_user_error"]
 
 #: errors that mean "the input was wrong"
-USER_ERRORS: tuple[type[BaseException], ...] = (InputError, DatasetError, BackboneError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, FileNotFoundError)
 
 
 #: modules whose plain ``ValueError`` still means bad input (they predate :class:`pradot.errors.InputError`)

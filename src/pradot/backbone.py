@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import InputError
+
 __all__ = [
     "BackboneError",
     "Backbone",
@@ -50,7 +52,7 @@ BACKBONES = {
 }
 
 
-class BackboneError(RuntimeError):
+class BackboneError(InputError, RuntimeError):
     """A backbone cannot be built or its weights cannot be loaded."""
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from ..errors import InputError
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff")
@@ -37,7 +39,7 @@ GOOD = "good"
 DATA_ROOT_ENV = "PRADOT_DATA_ROOT"
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset on disk is missing, incomplete or malformed; the message says what and where."""
 
 

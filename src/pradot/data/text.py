@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = ["TextFileError", "decode_text", "read_text", "read_json", "read_csv_rows"]
 
 _BOMS: tuple[tuple[bytes, str], ...] = (
@@ -53,7 +55,7 @@ def _latin1(error: UnicodeDecodeError) -> tuple[str, int]:
 codecs.register_error(_LATIN1_FALLBACK, _latin1)
 
 
-class TextFileError(ValueError):
+class TextFileError(InputError):
     """A text file that cannot be read or parsed; the message names the file and what was wrong."""
 
 

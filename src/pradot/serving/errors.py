@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 __all__ = ["EXPECTED_PAYLOAD", "InvalidRequest", "RequestTooLarge", "ServerBusy"]
 
 EXPECTED_PAYLOAD = (
@@ -9,7 +11,7 @@ EXPECTED_PAYLOAD = (
 )
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(InputError):
     """A client error: the message says what was wrong and how to fix it (HTTP 400 when served)."""
 
 
