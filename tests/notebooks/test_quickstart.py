@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     data = tmp_path / "synthetic"

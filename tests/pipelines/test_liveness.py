@@ -32,10 +32,10 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch):
+def store(sqlite_uri, tmp_path, monkeypatch):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = mlflow.MlflowClient(uri)
     client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
