@@ -18,6 +18,18 @@ from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
 from pipelines.promote.choose import Candidate, Choice, choose, load_candidates, score_on_set, set_objective
 from pipelines.promote.compare import SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv, to_markdown
 from pipelines.promote.select import PromotionError, Selection, select_members
+from pipelines.tags import (
+    CALIBRATION_SOURCE,
+    CATEGORY,
+    DATASET,
+    ENSEMBLE,
+    EXCLUDED,
+    MEMBERS,
+    OBJECTIVE,
+    PROMOTION,
+    SELECTION,
+    SELECTION_SPLIT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +161,7 @@ def _log_choice(cands: list[Candidate], choice: Choice, val_metrics: dict, opts,
     }
     mlflow.log_dict(doc, "comparison/choice.json")
     mlflow.log_metrics({k: v for k, v in val_metrics.items()})
-    mlflow.set_tags({"pradot.selection_split": pset.split, "pradot.objective": opts.objective})
+    mlflow.set_tags({SELECTION_SPLIT: pset.split, OBJECTIVE: opts.objective})
     for n in choice.notes:
         log.info("%s", n)
 
@@ -274,8 +286,8 @@ def _register(name: str, model_uri: str, tags, opts, metrics, holder_value, run_
         opts.force,
         holder_value=holder_value,
     )
-    client.set_model_version_tag(name, version, "pradot.promotion", decision.reason)
-    for key, value in {"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"}.items():
+    client.set_model_version_tag(name, version, PROMOTION, decision.reason)
+    for key, value in {PROMOTION: decision.reason, ENSEMBLE: f"{name}/{version}"}.items():
         client.set_tag(run_id, key, value)
     log.info("%s", decision.reason)
     return version, decision
@@ -287,10 +299,10 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
     refs = [m.ref for m in sel.members]
     mlflow.set_tags(
         {
-            "pradot.dataset": settings.data.kind,
-            "pradot.category": settings.data.category,
-            "pradot.members": ",".join(refs)[:4900],
-            "pradot.selection": sel.mode,
+            DATASET: settings.data.kind,
+            CATEGORY: settings.data.category,
+            MEMBERS: ",".join(refs)[:4900],
+            SELECTION: sel.mode,
         }
     )
     mlflow.log_params(
@@ -310,7 +322,7 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         }
     )
     if sel.excluded:
-        mlflow.set_tag("pradot.excluded", "; ".join(sel.excluded)[:4900])
+        mlflow.set_tag(EXCLUDED, "; ".join(sel.excluded)[:4900])
         for e in sel.excluded:  # on the console too: a version left out silently looks like a bug
             log.warning("left out %s", e)
     for n in sel.notes:
@@ -380,7 +392,7 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
         _log_choice(cands, choice, val_metrics, opts, pset)
         comparison, table, ens_test = _compare(cands, choice, ens, splits, settings, opts, val_metrics)  # report
         calibration, calib_source = _calibrate(settings, ens, cands, choice, pset, splits)
-        mlflow.set_tag("pradot.calibration_source", calib_source)
+        mlflow.set_tag(CALIBRATION_SOURCE, calib_source)
         mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
         mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], ens_test.scores, calibration.threshold))
         metrics = {**comparison.ensemble, **val_metrics}
