@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Exact versions for a reproducible environment; pyproject.toml keeps the ranges library users install with.
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup test demo lint format check-latest lock clean-runs
+.PHONY: setup test test-network demo lint format check-latest lock clean-runs
 
 setup: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[mlops,dev]"
 	touch $(STAMP)
 
+# The whole suite, services included; only the tests that download from the package index are left out.
 test: setup
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q --durations=25 -m "not network" tests
+
+# The tests marked `network` (the uv environment built from PyPI, about 2.5 GB the first time).
+test-network: setup
+	$(PY) -m pytest -q --durations=25 -m network tests
 
 # The main job on the embedded synthetic dataset with the fast CPU experiment (minutes on 2 cores).
 demo: setup
@@ -29,6 +34,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

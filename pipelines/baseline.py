@@ -30,6 +30,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/baseline.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import cli, config, registry, tracking  # noqa: E402
+from pipelines.tags import BACKBONE, BASELINE_KIND, CALIBRATION_SOURCE, CATEGORY, DATASET, KIND
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _evaluate_and_log(settings: config.TrainSettings, model, splits, tmp: Path):
         validation=val,
         pixel_quantile=settings.calibration_pixel_quantile,
     )
-    mlflow.set_tag("pradot.calibration_source", result.source)
+    mlflow.set_tag(CALIBRATION_SOURCE, result.source)
     mlflow.log_dict(result.calibration.to_dict(), "model_files/calibration.json")
     mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], test.scores, result.calibration.threshold))
     return flat, result.calibration
@@ -208,11 +209,11 @@ def _tracked_run(settings: config.TrainSettings, mb_config, params: dict[str, st
         entry_point="baseline",
         nested=nested,
         tags={
-            "pradot.dataset": spec.kind,
-            "pradot.category": spec.category,
-            "pradot.backbone": mb_config.backbone,
-            "pradot.kind": "memory_bank",
-            "pradot.baseline_kind": baseline_kind(mb_config),
+            DATASET: spec.kind,
+            CATEGORY: spec.category,
+            BACKBONE: mb_config.backbone,
+            KIND: "memory_bank",
+            BASELINE_KIND: baseline_kind(mb_config),
         },
     ) as run:
         tracking.log_resolved_params({**params, **_params(mb_config)})

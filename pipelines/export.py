@@ -30,6 +30,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/export.py`: 
 
 from pipelines import checks, cli, config, tracking  # noqa: E402
 from pipelines.predict import model_location  # noqa: E402
+from pipelines.tags import ONNX, ONNX_PARITY, SOURCE_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +228,11 @@ def _publish(path: Path, source: Source, checked: dict[str, float]) -> str | Non
     client.log_artifact(source.run_id, str(path), "onnx")
     uri = f"runs:/{source.run_id}/onnx/{path.name}"
     if source.name:
-        client.set_model_version_tag(source.name, source.version, "pradot.onnx", uri)
+        client.set_model_version_tag(source.name, source.version, ONNX, uri)
         client.set_model_version_tag(
             source.name,
             source.version,
-            "pradot.onnx_parity",
+            ONNX_PARITY,
             f"map {checked['map_max_abs']:.2e}, score {checked['score_max_abs']:.2e}",
         )
     return uri
@@ -295,9 +296,7 @@ def run_export(settings: ExportSettings) -> ExportResult:
         result = _export(settings, source)
         mlflow.log_metrics({f"parity_{k}": v for k, v in result.parity.items()})
         result.artifact_uri = _publish(result.path, source, result.parity)
-        mlflow.set_tags(
-            {"pradot.onnx": result.artifact_uri or str(result.path), "pradot.source_model": settings.model_uri}
-        )
+        mlflow.set_tags({ONNX: result.artifact_uri or str(result.path), SOURCE_MODEL: settings.model_uri})
         result.run_id = run.run_id
     return result
 

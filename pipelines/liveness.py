@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.tags import HOST, ORPHANED, PID, PROCESS
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -39,7 +41,7 @@ __all__ = [
     "sigterm_stops_tune",
 ]
 
-HOST_TAG, PID_TAG, PROCESS_TAG, ORPHAN_TAG = "pradot.host", "pradot.pid", "pradot.process", "pradot.orphaned"
+HOST_TAG, PID_TAG, PROCESS_TAG, ORPHAN_TAG = HOST, PID, PROCESS, ORPHANED
 
 
 def _read(path: str) -> str | None:

@@ -345,7 +345,7 @@ def log_pradot_model(
     config = dict(info.get("config") or {})
     image_size = int(config.get("image_size", 224))
     tags = {str(k): str(v) for k, v in (extra_tags or {}).items()}
-    tags.setdefault("pradot.format", str(info["format"]))
+    tags.setdefault("pradot.format", str(info["format"]))  # pipelines.tags.FORMAT (this file imports only pradot)
     metadata = {
         "pradot": {
             "format": info["format"],

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.checks import list_items
+from pipelines.tags import KIND, REGISTERED
 from pipelines.tracking import setup_tracking
 from pradot.errors import InputError
 
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "VersionTags",
+    "KINDS",
     "log_model",
     "registration",
     "register",
@@ -37,10 +42,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------- registry tags
-def _stages_text(stages: Sequence[int]) -> str:
-    return ",".join(str(int(s)) for s in stages)
-
-
 def _number(text: str | None) -> float | None:
     try:
         x = float(text) if text not in (None, "") else None
@@ -49,163 +50,183 @@ def _number(text: str | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _tag(default: Any = None, sep: str = ",", key: str | None = None) -> Any:
+    """A :class:`VersionTags` field: its tag is the field's name (or ``key``); a tuple is written joined by
+    ``sep``. The field's type says how the value is written and read (:class:`_Codec`)."""
+    return field(default=default, metadata={"sep": sep, "key": key})
+
+
+KINDS = ("bank", "ensemble", "memory_bank", "fewshot")
+
+
 @dataclass
 class VersionTags:
     """The tags of a registered model version: what it is, how it was trained and chosen, its metrics.
 
     One schema for the banks ``main`` and ``sweep`` register, the memory banks ``baseline`` registers
-    (``kind="memory_bank"``) and the ensembles ``promote`` registers;
-    :meth:`to_tags` writes it, :meth:`from_tags` reads it back (also from versions registered by earlier
-    releases, which used the same keys).
+    (``kind="memory_bank"``), the ensembles ``promote`` registers and the few-shot models ``fewshot`` registers.
+    The tag of a field is its name; its type is its codec (:class:`_Codec`: text, number, integer, a tuple joined
+    by the field's separator, ``metric.<name>`` for the metrics, JSON for the config), so :meth:`to_tags` and
+    :meth:`from_tags` are exact inverses on every field, and read versions of earlier releases (same keys).
+    Three keys are not field names: ``pradot.kind`` (:data:`pipelines.tags.KIND`, written for every kind but a
+    bank), ``n_members`` (written for an ensemble) and the sweep's metric (``<sweep_metric>`` = ``sweep_score``).
     """
 
-    dataset: str = ""
-    category: str = ""
-    run_id: str = ""
-    threshold: float | None = None
-    kind: str = "bank"  # "bank" | "ensemble" | "memory_bank" | "fewshot"
-    backbone: str = ""
-    stages: tuple[int, ...] = ()
-    image_size: int | None = None
-    alpha: float | None = None
-    n: float | None = None
-    eta: float | None = None
-    epsilon: float | None = None
-    batch_size: int | None = None
-    epochs: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)  # -> "metric.<name>"
+    dataset: str = _tag("")
+    category: str = _tag("")
+    run_id: str = _tag("")
+    threshold: float | None = _tag()
+    kind: str = _tag("bank", key=KIND)  # one of KINDS
+    backbone: str = _tag("")
+    stages: tuple[int, ...] = _tag(())
+    image_size: int | None = _tag()
+    alpha: float | None = _tag()
+    n: float | None = _tag()
+    eta: float | None = _tag()
+    epsilon: float | None = _tag()
+    batch_size: int | None = _tag()
+    epochs: int | None = _tag()
+    metrics: dict[str, float] = field(default_factory=dict)  # -> "metric.<name>", rounded to 5 decimals
     # a bank chosen by a sweep
-    sweep_run_id: str | None = None
-    sweep_rank: int | None = None
-    trial_id: str | None = None
-    objective: str | None = None
-    batch_ratio: float | None = None
-    epochs_trained: int | None = None
-    calibration_source: str | None = None
-    sweep_metric: str | None = None  # the metric the sweep ranked by; with sweep_score -> tag "<sweep_metric>"
-    sweep_score: float | None = None
-    config: dict[str, Any] | None = None  # a sweep trial's hyper-parameters -> tag "config" (JSON)
+    sweep_run_id: str | None = _tag()
+    sweep_rank: int | None = _tag()
+    trial_id: str | None = _tag()
+    objective: str | None = _tag()
+    batch_ratio: float | None = _tag()
+    epochs_trained: int | None = _tag()
+    calibration_source: str | None = _tag()
+    sweep_metric: str | None = _tag()  # the metric the sweep ranked by; with sweep_score -> tag "<sweep_metric>"
+    sweep_score: float | None = _tag()  # rounded to 6 decimals
+    config: dict[str, Any] | None = _tag()  # a sweep trial's hyper-parameters -> tag "config" (JSON)
     # the evidence behind the threshold and the metrics
-    calibration_n_images: int | None = None  # normal images the threshold was calibrated on
-    test_metrics: str | None = None  # "complete" | "partial" | "skipped" (pipelines.train.test_metrics_status)
-    test_metrics_note: str | None = None  # why test metrics were skipped (the run's metrics/notes.txt, shortened)
+    calibration_n_images: int | None = _tag()  # normal images the threshold was calibrated on
+    test_metrics: str | None = _tag()  # "complete" | "partial" | "skipped" (pipelines.train.test_metrics_status)
+    test_metrics_note: str | None = _tag()  # why test metrics were skipped (the run's metrics/notes.txt, shortened)
     # an ensemble
-    members: tuple[str, ...] = ()
-    normalisation: str | None = None
-    member_stages: tuple[tuple[int, ...], ...] = ()
-    member_alphas: tuple[float, ...] = ()
-    selection: str | None = None
-    selection_metric: str | None = None
-    selection_split: str | None = None  # the split the choice was made on (validation+pseudo: no test label)
-    fusion: str | None = None  # mean | search
-    member_weights: tuple[float, ...] = ()
-    member_kinds: tuple[str, ...] = ()
+    members: tuple[str, ...] = _tag(())
+    normalisation: str | None = _tag()
+    member_stages: tuple[tuple[int, ...], ...] = _tag((), sep=";")  # "2;3" or "2,3;3"
+    member_alphas: tuple[float, ...] = _tag((), sep=";")  # nan for a member without alpha (a memory bank)
+    selection: str | None = _tag()
+    selection_metric: str | None = _tag()
+    selection_split: str | None = _tag()  # the split the choice was made on (validation+pseudo: no test label)
+    fusion: str | None = _tag()  # mean | search
+    member_weights: tuple[float, ...] = _tag((), sep=";")
+    member_kinds: tuple[str, ...] = _tag((), sep=";")
     # feature options and post-processing (banks and memory banks)
-    aggregation: int | None = None
-    smoothing_sigma: float | None = None
-    coreset_ratio: float | None = None
+    aggregation: int | None = _tag()
+    smoothing_sigma: float | None = _tag()
+    coreset_ratio: float | None = _tag()
     # a few-shot model (FOCT): its support
-    shots: int | None = None
-    support_split: int | None = None
-    support: tuple[str, ...] = ()
+    shots: int | None = _tag()
+    support_split: int | None = _tag()
+    support: tuple[str, ...] = _tag(())
 
-    _TEXT = (
-        "dataset",
-        "category",
-        "run_id",
-        "backbone",
-        "sweep_run_id",
-        "trial_id",
-        "objective",
-        "calibration_source",
-        "sweep_metric",
-        "normalisation",
-        "selection",
-        "selection_metric",
-        "test_metrics",
-        "test_metrics_note",
-        "selection_split",
-        "fusion",
-    )
-    _NUMBERS = ("threshold", "alpha", "n", "eta", "epsilon", "batch_ratio", "smoothing_sigma", "coreset_ratio")
-    _INTEGERS = (
-        "image_size",
-        "batch_size",
-        "epochs",
-        "sweep_rank",
-        "epochs_trained",
-        "calibration_n_images",
-        "aggregation",
-        "shots",
-        "support_split",
-    )
-    _KINDS = ("ensemble", "memory_bank", "fewshot")
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"VersionTags.kind={self.kind!r}: use one of {KINDS}")
 
     def to_tags(self) -> dict[str, str]:
-        """``{tag: str}``; fields left unset are not written."""
+        """``{tag: str}``; fields left unset (None, empty) are not written, nor ``kind`` of a bank."""
         tags: dict[str, str] = {}
-        for name in (*self._TEXT, *self._NUMBERS, *self._INTEGERS):
-            value = getattr(self, name)
-            if value not in (None, ""):
-                tags[name] = str(value)
-        if self.stages:
-            tags["stages"] = _stages_text(self.stages)
+        for f, codec in _codecs().items():
+            value = getattr(self, f.name)
+            if f.name == "sweep_score":
+                if self.sweep_metric and value is not None:
+                    tags[self.sweep_metric] = str(round(float(value), 6))
+            elif f.name == "metrics":
+                tags.update({f"metric.{k}": str(round(float(v), 5)) for k, v in value.items()})
+            elif not (value in (None, "", (), {}) or (f.name == "kind" and value == "bank")):
+                tags[f.metadata.get("key") or f.name] = codec.write(value)
         if self.kind == "ensemble":
-            tags["pradot.kind"] = "ensemble"
-            tags["members"] = ",".join(self.members)
             tags["n_members"] = str(len(self.members))
-            tags["member_stages"] = ";".join(_stages_text(s) for s in self.member_stages)
-            tags["member_alphas"] = ";".join(f"{a:g}" for a in self.member_alphas)
-            if self.member_weights:
-                tags["member_weights"] = ";".join(f"{w:g}" for w in self.member_weights)
-            if self.member_kinds:
-                tags["member_kinds"] = ";".join(self.member_kinds)
-        if self.kind == "memory_bank":
-            tags["pradot.kind"] = "memory_bank"
-        if self.kind == "fewshot":
-            tags["pradot.kind"] = "fewshot"
-            tags["support"] = ",".join(self.support)
-        if self.sweep_metric and self.sweep_score is not None:
-            tags[self.sweep_metric] = str(round(float(self.sweep_score), 6))
-        if self.config:
-            tags["config"] = json.dumps(self.config, sort_keys=True, default=str)
-        tags.update({f"metric.{k}": str(round(float(v), 5)) for k, v in self.metrics.items()})
         return tags
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> VersionTags:
         """Read :meth:`to_tags`' output; unknown tags are ignored, unreadable values left unset."""
-        out = cls(kind=tags["pradot.kind"] if tags.get("pradot.kind") in cls._KINDS else "bank")
-        for name in cls._TEXT:
-            if tags.get(name):
-                setattr(out, name, str(tags[name]))
-        for name in (*cls._NUMBERS, *cls._INTEGERS):
-            x = _number(tags.get(name))
-            if x is not None:
-                setattr(out, name, int(x) if name in cls._INTEGERS else x)
-        try:
-            out.stages = tuple(int(s) for s in list_items(str(tags.get("stages", ""))))
-        except ValueError:
-            out.stages = ()
-        out.metrics = {
-            k[len("metric.") :]: x for k, v in tags.items() if k.startswith("metric.") and (x := _number(v)) is not None
-        }
-        if tags.get("members"):
-            out.members = tuple(m for m in str(tags["members"]).split(",") if m)
-        weights = [_number(w) for w in str(tags.get("member_weights", "")).split(";") if w]
-        if weights and all(w is not None for w in weights):
-            out.member_weights = tuple(weights)
-        out.member_kinds = tuple(k for k in str(tags.get("member_kinds", "")).split(";") if k)
-        if tags.get("support"):
-            out.support = tuple(m for m in str(tags["support"]).split(",") if m)
-        if out.sweep_metric:
-            out.sweep_score = _number(tags.get(out.sweep_metric))
-        with contextlib.suppress(ValueError, TypeError):
-            out.config = json.loads(tags["config"]) if tags.get("config") else None
-        return out
+        values: dict[str, Any] = {}
+        for f, codec in _codecs().items():
+            if f.name == "metrics":
+                values["metrics"] = {
+                    k[len("metric.") :]: x
+                    for k, v in tags.items()
+                    if k.startswith("metric.") and (x := _number(v)) is not None
+                }
+                continue
+            key = (values.get("sweep_metric") or "") if f.name == "sweep_score" else (f.metadata.get("key") or f.name)
+            text = tags.get(key) if key else None
+            if text in (None, ""):
+                continue
+            with contextlib.suppress(ValueError, TypeError):
+                value = codec.read(str(text))
+                if value is not None:
+                    values[f.name] = value
+        if values.get("kind") not in KINDS:
+            values.pop("kind", None)
+        return cls(**values)
 
     def with_updates(self, **changes: Any) -> VersionTags:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """How one field's value becomes a tag string and back, chosen by the field's type. ``read`` raises
+    ValueError (or returns None) on a value it cannot read: the field is then left unset."""
+
+    write: Callable[[Any], str]
+    read: Callable[[str], Any]
+
+
+def _float_text(x: float) -> str:
+    return str(x)  # exact: float(str(x)) == x (an int given for a float field stays "4", as earlier releases wrote)
+
+
+def _finite(text: str) -> float:
+    x = _number(text)
+    if x is None:
+        raise ValueError(f"not a finite number: {text!r}")
+    return x
+
+
+def _codec_for(hint: Any, sep: str) -> _Codec:
+    """The codec of a field type: ``str``, ``float``, ``int`` (optional or not), ``tuple[X, ...]`` of those or of
+    ``tuple[int, ...]`` (joined by ``sep``, inner tuples by ``,``), ``dict[str, Any]`` (JSON)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = args
+        args = list(typing.get_args(hint))
+    if hint is str:
+        return _Codec(str, str)
+    if hint is float:
+        return _Codec(_float_text, _finite)
+    if hint is int:
+        return _Codec(str, lambda t: int(_finite(t)))
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        return _Codec(lambda d: json.dumps(d, sort_keys=True, default=str), json.loads)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = args[0]
+        if item is int:  # also "[2, 3]" and "2 3" as earlier releases wrote stages
+            return _Codec(lambda v: sep.join(str(int(s)) for s in v), lambda t: tuple(int(s) for s in list_items(t)))
+        if item is float:  # nan allowed: a member without the value
+            return _Codec(
+                lambda v: sep.join(_float_text(x) for x in v), lambda t: tuple(float(x) for x in t.split(sep))
+            )
+        if item is str:
+            return _Codec(lambda v: sep.join(v), lambda t: tuple(x for x in t.split(sep) if x))
+        inner = _codec_for(item, ",")
+        return _Codec(
+            lambda v: sep.join(inner.write(x) for x in v), lambda t: tuple(inner.read(x) for x in t.split(sep))
+        )
+    raise TypeError(f"VersionTags has no tag codec for the type {hint!r}")
+
+
+@functools.cache
+def _codecs() -> dict[dataclasses.Field, _Codec]:
+    hints = typing.get_type_hints(VersionTags)
+    return {f: _codec_for(hints[f.name], f.metadata.get("sep", ",")) for f in dataclasses.fields(VersionTags)}
 
 
 def log_model(model_path: str | Path, calibration, tags: VersionTags | None = None, example_image=None) -> str:
@@ -274,7 +295,7 @@ def register(model_uri: str, name: str, tags: VersionTags) -> str:
     version = str(mlflow.register_model(model_uri, name, tags={**logged, **tags.to_tags()}).version)
     log.info("registered model %s version %s", name, version)
     if tags.run_id:  # the run (ended) points to its version
-        mlflow.MlflowClient().set_tag(tags.run_id, "pradot.registered", f"{name}/{version}")
+        mlflow.MlflowClient().set_tag(tags.run_id, REGISTERED, f"{name}/{version}")
     return version
 
 

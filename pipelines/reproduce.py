@@ -39,6 +39,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/reproduce.py
 from pipelines import cli, config, tracking  # noqa: E402
 from pipelines.baseline import memory_bank_config, run_baseline  # noqa: E402
 from pipelines.promote.run import PromotionResult, run_promotion  # noqa: E402
+from pipelines.tags import BASELINE, CATEGORY, DATASET, ENSEMBLE, MEMBERS, PROMOTION
 from pipelines.train import run_training  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def run(argv: Sequence[str]) -> ReproduceResult:
         f"reproduce-{settings.data.kind}-{settings.data.category}",
         settings.tracking.experiment_name,
         entry_point="reproduce",
-        tags={"pradot.dataset": settings.data.kind, "pradot.category": settings.data.category},
+        tags={DATASET: settings.data.kind, CATEGORY: settings.data.category},
     ) as run:
         mlflow.log_params(
             {
@@ -128,11 +129,11 @@ def run(argv: Sequence[str]) -> ReproduceResult:
             }
         )
         members = [_train_member(cfg, s, a) for s, a in grid.members()]
-        mlflow.set_tag("pradot.members", ",".join(members))
+        mlflow.set_tag(MEMBERS, ",".join(members))
         print("\n== reproduce: the memory-bank baseline ==", flush=True)
         view = {k: v for k, v in config.flatten(config.training_view(cfg)).items() if not k.startswith("model.")}
         baseline = run_baseline(settings, memory_bank_config(cfg), view, nested=True)
-        mlflow.set_tag("pradot.baseline", f"{baseline.model_name}/{baseline.version}")
+        mlflow.set_tag(BASELINE, f"{baseline.model_name}/{baseline.version}")
         print(f"\n== reproduce: promoting {', '.join(members)} ==", flush=True)
         promotion = run_promotion(
             settings,
@@ -143,8 +144,8 @@ def run(argv: Sequence[str]) -> ReproduceResult:
         )
         mlflow.set_tags(
             {
-                "pradot.ensemble": f"{promotion.ensemble_name}/{promotion.version}",
-                "pradot.promotion": promotion.decision.reason,
+                ENSEMBLE: f"{promotion.ensemble_name}/{promotion.version}",
+                PROMOTION: promotion.decision.reason,
             }
         )
         mlflow.log_text(promotion.table, "comparison/comparison.md")

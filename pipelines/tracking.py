@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.tags import ENTRY_POINT
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -227,7 +229,7 @@ def entry_run(
         _STARTED.append(run.info.run_id)
         if liveness.ORPHAN_TAG in run.data.tags:  # reopened after it was closed as an orphan
             mlflow.MlflowClient().delete_tag(run.info.run_id, liveness.ORPHAN_TAG)
-        mlflow.set_tags({"pradot.entry_point": entry_point, **liveness.owner_tags(), **(tags or {})})
+        mlflow.set_tags({ENTRY_POINT: entry_point, **liveness.owner_tags(), **(tags or {})})
         entry = EntryRun(run.info.run_id, run.info.experiment_id, uri, logfile)
         try:
             yield entry

@@ -24,6 +24,16 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/train.py`: i
 
 from pipelines import checks, cli, config, registry, tracking  # noqa: E402
 from pipelines.figures import log_training_figures  # noqa: E402
+from pipelines.tags import (
+    BACKBONE,
+    CALIBRATION_N_IMAGES,
+    CALIBRATION_SOURCE,
+    CATEGORY,
+    DATASET,
+    DEVICE,
+    TEST_METRICS,
+    TEST_METRICS_NOTE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +150,10 @@ def _test_metrics(splits, test, pixel_threshold: float):
     status = test_metrics_status(flat, notes)
     mlflow.log_metrics(flat)
     mlflow.log_dict(metrics, "metrics/metrics.json")
-    mlflow.set_tag("pradot.test_metrics", status)
+    mlflow.set_tag(TEST_METRICS, status)
     if notes:
         mlflow.log_text("\n".join(notes) + "\n", "metrics/notes.txt")
-        mlflow.set_tag("pradot.test_metrics_note", "; ".join(notes)[:NOTE_CHARS])
+        mlflow.set_tag(TEST_METRICS_NOTE, "; ".join(notes)[:NOTE_CHARS])
     log.info("metrics (%s): %s", status, ", ".join(f"{k}={v:.4f}" for k, v in sorted(flat.items())) or "none")
     return flat, notes
 
@@ -164,7 +174,7 @@ def _calibrate(settings: config.TrainSettings, model, splits, test, val):
         pixel_quantile=settings.calibration_pixel_quantile,
     )
     cal = result.calibration
-    mlflow.set_tags({"pradot.calibration_source": result.source, "pradot.calibration_n_images": str(cal.n_images)})
+    mlflow.set_tags({CALIBRATION_SOURCE: result.source, CALIBRATION_N_IMAGES: str(cal.n_images)})
     mlflow.log_dict(cal.to_dict(), "model_files/calibration.json")
     mlflow.log_metrics(
         {
@@ -257,10 +267,10 @@ def _tracked_run(settings: config.TrainSettings, params: dict[str, str], resolve
         torch.manual_seed(spec.seed)
         mlflow.set_tags(
             {
-                "pradot.dataset": spec.kind,
-                "pradot.category": spec.category,
-                "pradot.backbone": m.backbone,
-                "pradot.device": str(device),
+                DATASET: spec.kind,
+                CATEGORY: spec.category,
+                BACKBONE: m.backbone,
+                DEVICE: str(device),
             }
         )
         tracking.log_resolved_params({**params, "model.batch_size": str(m.batch_size)})

@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run on CPU with tiny images and the offline EfficientNet-Lite0 backbone."""
 
 import os
+import sqlite3
 
 import pytest
 import torch
@@ -34,3 +35,31 @@ def _no_mlflow_run_state(monkeypatch):
     environment: start every test without them and restore the environment after it."""
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory):
+    """An empty MLflow SQLite database, migrated once per session (MLflow's Alembic migrations take seconds).
+
+    The ``Default`` experiment (id 0) is removed from it: its artifact location is an absolute path fixed at
+    creation, so MLflow recreates it, under the copy's own artifact root, when a copy is first opened.
+    """
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    store = mlflow.MlflowClient(f"sqlite:///{path}")
+    store.search_experiments()  # opens the tracking store: creates and migrates the tables
+    store.search_registered_models()  # the model registry store checks the same schema
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+        db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    return path
+
+
+@pytest.fixture()
+def sqlite_uri(mlflow_db_template, tmp_path):
+    """``sqlite:///<tmp_path>/mlflow.db``: this test's own MLflow store, a copy of the migrated template (what
+    a fresh store is, without the migrations). Subprocesses given this URI open it as they would a new one."""
+    from tests.helpers import copy_store
+
+    return copy_store(mlflow_db_template, tmp_path)

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import struct
 import time
@@ -82,6 +83,14 @@ def tracking_uri(uri: str):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def copy_store(template: Path, folder: Path) -> str:
+    """Copy the session's migrated MLflow database (fixture ``mlflow_db_template``) to ``folder/mlflow.db``;
+    returns its ``sqlite:///`` URI. A fresh store without MLflow's migrations (seconds each)."""
+    target = Path(folder) / "mlflow.db"
+    shutil.copyfile(template, target)
+    return f"sqlite:///{target}"
 
 
 class FakeModel:

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines import registry, tracking
 from pipelines.fewshot.data import FeatureSet, images_of, load_features
 from pipelines.fewshot.plan import FewShotPlan
+from pipelines.tags import CALIBRATION_SOURCE
 from pradot.fewshot.protocol import Variant
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def log_fewshot(
         cal.take(range(len(cal_samples))), images=images_of(cal_samples, config.image_size) if needs else None
     )
     calibration = Calibration.calibrate(scores.numpy(), plan.calibration_quantile)
-    mlflow.set_tag("pradot.calibration_source", source)
+    mlflow.set_tag(CALIBRATION_SOURCE, source)
     mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
     names = [str(Path(s.image_path).relative_to(splits.dataset.root)) for s in pool.samples_at(support)]
     tags = registry.VersionTags(

@@ -23,6 +23,7 @@ from pipelines import cli, config, registry, tracking
 from pipelines.fewshot.data import FeatureSet, images_of, load_features, support_pool
 from pipelines.fewshot.plan import FewShotPlan, check_against_data, fewshot_plan
 from pipelines.fewshot.register import Logged, Registered, log_fewshot
+from pipelines.tags import BACKBONE, CATEGORY, DATASET, FEWSHOT_VARIANT, METHOD, REGISTRATION
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _child(ctx: _Context, variant, shots: int, split: int) -> dict:
     )
     name = f"{variant.name}-{shots}shot-split{split}"
     with tracking.entry_run(
-        name, plan.experiment_name, entry_point="fewshot", nested=True, tags={"pradot.fewshot.variant": variant.name}
+        name, plan.experiment_name, entry_point="fewshot", nested=True, tags={FEWSHOT_VARIANT: variant.name}
     ) as run:
         names = [str(Path(s.image_path).relative_to(splits.dataset.root)) for s in ctx.pool.samples_at(support)]
         mlflow.log_params(
@@ -218,10 +219,10 @@ def run_fewshot(plan: FewShotPlan, params: dict[str, str], resolved_yaml: str) -
         with tracking.entry_run(plan.run_name, plan.experiment_name, entry_point="fewshot") as run:
             mlflow.set_tags(
                 {
-                    "pradot.dataset": plan.data.kind,
-                    "pradot.category": plan.data.category,
-                    "pradot.backbone": plan.foct.backbone,
-                    "pradot.method": "foct",
+                    DATASET: plan.data.kind,
+                    CATEGORY: plan.data.category,
+                    BACKBONE: plan.foct.backbone,
+                    METHOD: "foct",
                 }
             )
             tracking.log_resolved_params(params)
@@ -237,7 +238,7 @@ def run_fewshot(plan: FewShotPlan, params: dict[str, str], resolved_yaml: str) -
             logged = _log_model(plan, ctx, rows, run.run_id) if plan.register else None
         registered: Registered | None = logged.register(plan.model_name) if logged is not None else None
     if registered is not None:  # registry.register tags the run pradot.registered=<name>/<version>
-        mlflow.MlflowClient().set_tag(run.run_id, "pradot.registration", registered.note)
+        mlflow.MlflowClient().set_tag(run.run_id, REGISTRATION, registered.note)
     return FewShotRun(run.run_id, run.experiment_id, run.tracking_uri, table, rows, summary, registered)
 
 

@@ -26,6 +26,19 @@ from pipelines.promote.choose import (
 )
 from pipelines.promote.compare import SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv, to_markdown
 from pipelines.promote.select import PromotionError, Selection, select_members
+from pipelines.tags import (
+    BELOW_BASELINE,
+    CALIBRATION_SOURCE,
+    CATEGORY,
+    DATASET,
+    ENSEMBLE,
+    EXCLUDED,
+    MEMBERS,
+    OBJECTIVE,
+    PROMOTION,
+    SELECTION,
+    SELECTION_SPLIT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +173,7 @@ def _log_choice(cands: list[Candidate], choice: Choice, val_metrics: dict, opts,
     }
     mlflow.log_dict(doc, "comparison/choice.json")
     mlflow.log_metrics({k: v for k, v in val_metrics.items()})
-    mlflow.set_tags({"pradot.selection_split": pset.split, "pradot.objective": opts.objective})
+    mlflow.set_tags({SELECTION_SPLIT: pset.split, OBJECTIVE: opts.objective})
     for n in choice.notes:
         log.info("%s", n)
 
@@ -285,8 +298,8 @@ def _register(name: str, model_uri: str, tags, opts, metrics, holder_value, run_
         opts.force,
         holder_value=holder_value,
     )
-    client.set_model_version_tag(name, version, "pradot.promotion", decision.reason)
-    for key, value in {"pradot.promotion": decision.reason, "pradot.ensemble": f"{name}/{version}"}.items():
+    client.set_model_version_tag(name, version, PROMOTION, decision.reason)
+    for key, value in {PROMOTION: decision.reason, ENSEMBLE: f"{name}/{version}"}.items():
         client.set_tag(run_id, key, value)
     log.info("%s", decision.reason)
     return version, decision
@@ -298,10 +311,10 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
     refs = [m.ref for m in sel.members]
     mlflow.set_tags(
         {
-            "pradot.dataset": settings.data.kind,
-            "pradot.category": settings.data.category,
-            "pradot.members": ",".join(refs)[:4900],
-            "pradot.selection": sel.mode,
+            DATASET: settings.data.kind,
+            CATEGORY: settings.data.category,
+            MEMBERS: ",".join(refs)[:4900],
+            SELECTION: sel.mode,
         }
     )
     mlflow.log_params(
@@ -321,7 +334,7 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         }
     )
     if sel.excluded:
-        mlflow.set_tag("pradot.excluded", "; ".join(sel.excluded)[:4900])
+        mlflow.set_tag(EXCLUDED, "; ".join(sel.excluded)[:4900])
         for e in sel.excluded:  # on the console too: a version left out silently looks like a bug
             log.warning("left out %s", e)
     for n in sel.notes:
@@ -392,10 +405,10 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
         _log_choice(cands, choice, val_metrics, opts, pset)
         if warning := below_baseline(cands, val_metrics[opts.objective], opts.objective):
             log.warning("%s", warning)
-            mlflow.set_tag("pradot.below_baseline", "true")
+            mlflow.set_tag(BELOW_BASELINE, "true")
         comparison, table, ens_test = _compare(cands, choice, ens, splits, settings, opts, val_metrics)  # report
         calibration, calib_source = _calibrate(settings, ens, cands, choice, pset, splits)
-        mlflow.set_tag("pradot.calibration_source", calib_source)
+        mlflow.set_tag(CALIBRATION_SOURCE, calib_source)
         mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
         mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], ens_test.scores, calibration.threshold))
         metrics = {**comparison.ensemble, **val_metrics}

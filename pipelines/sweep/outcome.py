@@ -19,6 +19,7 @@ from typing import Any
 
 from pipelines.sweep.runs import EPOCHS_TAG, ERROR_TAG, FAILURE_TAG, INFRASTRUCTURE, STATUS_TAG, TrialRun, end_label
 from pipelines.sweep.tuner import error_tags, tune_error
+from pipelines.tags import HOSTNAME, NODE_ID, NODE_IP, PID
 
 __all__ = [
     "TrialRecord",
@@ -35,7 +36,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_WHERE = ("pradot.node_id", "pradot.node_ip", "pradot.hostname", "pradot.pid")
+_WHERE = (NODE_ID, NODE_IP, HOSTNAME, PID)
 
 
 @dataclass
@@ -176,9 +177,9 @@ def table(records: list[TrialRecord]):
                 "failure": r.failure,
                 "error": r.error,
                 "mlflow_run_id": r.run.info.run_id if r.run is not None else metrics.get("mlflow_run_id", ""),
-                "node_id": r.where.get("pradot.node_id", ""),
-                "hostname": r.where.get("pradot.hostname", ""),
-                "pid": r.where.get("pradot.pid", ""),
+                "node_id": r.where.get(NODE_ID, ""),
+                "hostname": r.where.get(HOSTNAME, ""),
+                "pid": r.where.get(PID, ""),
                 **{f"config/{k}": v for k, v in r.config.items()},
                 **{
                     k: v
@@ -194,7 +195,7 @@ def lost_notice(lost: list[TrialRecord], allowed: bool, resume_hint: str) -> str
     """What the sweep says about the trials it lost to infrastructure."""
     lines = [f"{len(lost)} trial(s) lost to infrastructure after their retries (sweep.max_failures):"]
     for r in lost:
-        where = r.where.get("pradot.hostname") or "?"
+        where = r.where.get(HOSTNAME) or "?"
         lines.append(
             f"  trial {r.trial_id} (last on {where}, {r.attempts} attempt(s), {r.epochs} epoch(s)): "
             f"{' '.join(r.error.split())[:300]}"

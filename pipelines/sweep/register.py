@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from pipelines import config, registry, tracking
 from pipelines.sweep.plan import SweepPlan
 from pipelines.sweep.trial import CHECKPOINT_META, CHECKPOINT_MODEL, CHECKPOINT_SCORES
+from pipelines.tags import REGISTERED_MODEL, REGISTERED_VERSION
 
 __all__ = ["ranked", "register_top_k"]
 
@@ -121,7 +122,7 @@ def _register(
         model_uri = registry.log_model(path, calibration, tags, example)
     version = registry.register(model_uri, name, tags)  # the trial's run has ended: one call, every tag
     client = mlflow.MlflowClient()
-    for key, text in {"pradot.registered_model": name, "pradot.registered_version": version}.items():
+    for key, text in {REGISTERED_MODEL: name, REGISTERED_VERSION: version}.items():
         client.set_tag(meta["mlflow_run_id"], key, text)
     log.info("registered %s v%s (trial %s, %s=%.4f)", name, version, meta["trial_id"], plan.metric, value)
     return {

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines import config
 from pipelines.sweep.space import SweepError
 from pipelines.sweep.storage import STATE_FILE, SweepFolder, find_resume_folder
+from pipelines.tags import RESUMED_SWEEP_RUN_ID, SWEEP_STATE
 
 __all__ = ["Resume", "resume_config", "write_state", "reopen_parent"]
 
@@ -96,13 +97,13 @@ def reopen_parent(resume: Resume, uri: str) -> None:
 
     client = MlflowClient(tracking_uri=uri)
     parent_id = resume.parent_run_id
-    if client.get_run(parent_id).data.tags.get("pradot.sweep_state") == "finished":
+    if client.get_run(parent_id).data.tags.get(SWEEP_STATE) == "finished":
         raise SweepError(
             f"the sweep in {resume.folder} has finished already (MLflow run {parent_id}); nothing to resume"
         )
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if env_run and env_run != parent_id:  # `mlflow run` made a run of its own: it only points to the sweep's
-        client.set_tag(env_run, "pradot.resumed_sweep_run_id", parent_id)
+        client.set_tag(env_run, RESUMED_SWEEP_RUN_ID, parent_id)
         client.set_tag(env_run, "mlflow.runName", f"resume-of-{client.get_run(parent_id).info.run_name}")
         client.set_tag(
             env_run,

@@ -31,6 +31,26 @@ from pipelines.sweep.resume import Resume, reopen_parent, resume_config, write_s
 from pipelines.sweep.space import SweepError, alias_overrides
 from pipelines.sweep.storage import STATE_FILE, SweepFolder, check_nodes, describe_problems, storage_location
 from pipelines.sweep.trial import TrialContext
+from pipelines.tags import (
+    BACKBONE,
+    BEST_RUN_ID,
+    BEST_TRIAL_ID,
+    CATEGORY,
+    DATASET,
+    FEATURE_STORE,
+    LOST_TRIALS,
+    METRIC,
+    NOTE,
+    OBJECTIVE,
+    RAY_ADDRESS,
+    RAY_NODES,
+    REGISTERED,
+    RESUMED,
+    SWEEP,
+    SWEEP_NAME,
+    SWEEP_PATH,
+    SWEEP_STATE,
+)
 
 __all__ = ["STATE_FILE", "SweepResult", "Resume", "run_sweep", "run", "main"]
 
@@ -223,28 +243,28 @@ def _describe_parent(s: _Sweep, run: tracking.EntryRun, cluster: Cluster, store:
     import mlflow
 
     if s.resume:
-        previous = mlflow.get_run(run.run_id).data.tags.get("pradot.resumed", "0")
-        mlflow.set_tags({"pradot.resumed": str(int(previous) + 1), "pradot.sweep_state": "running"})
+        previous = mlflow.get_run(run.run_id).data.tags.get(RESUMED, "0")
+        mlflow.set_tags({RESUMED: str(int(previous) + 1), SWEEP_STATE: "running"})
         return
     cfg, plan = s.cfg, s.plan
     mlflow.set_tags(
         {
-            "pradot.sweep": "true",
-            "pradot.objective": plan.objective,
-            "pradot.metric": plan.metric,
-            "pradot.dataset": str(cfg.data.kind),
-            "pradot.category": str(cfg.category),
-            "pradot.backbone": ",".join(plan.backbones),
-            "pradot.sweep_name": s.folder.name,
-            "pradot.sweep_path": s.folder.location,
-            "pradot.ray_nodes": str(cluster.n_nodes),
-            "pradot.ray_address": cluster.address or "local",
-            "pradot.feature_store": store,
+            SWEEP: "true",
+            OBJECTIVE: plan.objective,
+            METRIC: plan.metric,
+            DATASET: str(cfg.data.kind),
+            CATEGORY: str(cfg.category),
+            BACKBONE: ",".join(plan.backbones),
+            SWEEP_NAME: s.folder.name,
+            SWEEP_PATH: s.folder.location,
+            RAY_NODES: str(cluster.n_nodes),
+            RAY_ADDRESS: cluster.address or "local",
+            FEATURE_STORE: store,
         }
     )
     if plan.objective == "test":
         mlflow.set_tag(
-            "pradot.note",
+            NOTE,
             "objective=test: hyper-parameters chosen on the TEST labels (paper reproduction only, not a fair estimate)",
         )
     tracking.log_resolved_params(config.flatten(cfg))
@@ -361,14 +381,14 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
         len(lost),
     )
     if interrupted:
-        mlflow.set_tag("pradot.sweep_state", "interrupted")
+        mlflow.set_tag(SWEEP_STATE, "interrupted")
         return result
     if lost:
         result.notice = lost_notice(lost, plan.allow_lost_trials, result.resume_hint())
         log.warning("%d trial(s) lost to infrastructure: %s", len(lost), ", ".join(r.trial_id for r in lost))
-        mlflow.set_tags({"pradot.lost_trials": ",".join(r.trial_id for r in lost)})
+        mlflow.set_tags({LOST_TRIALS: ",".join(r.trial_id for r in lost)})
         if not plan.allow_lost_trials:
-            mlflow.set_tag("pradot.sweep_state", "incomplete")
+            mlflow.set_tag(SWEEP_STATE, "incomplete")
             result.state = "incomplete"
             return result
     if terminated == 0:
@@ -377,15 +397,15 @@ def _outcome(s: _Sweep, run: tracking.EntryRun, grid, elapsed: float) -> SweepRe
     mlflow.log_metric(f"best_{plan.metric}", float(best.metrics[plan.metric]))
     mlflow.set_tags(
         {
-            "pradot.best_trial_id": best.metrics.get("trial_id", ""),
-            "pradot.best_run_id": best.metrics.get("mlflow_run_id", ""),
-            "pradot.sweep_state": "finished",
+            BEST_TRIAL_ID: best.metrics.get("trial_id", ""),
+            BEST_RUN_ID: best.metrics.get("mlflow_run_id", ""),
+            SWEEP_STATE: "finished",
         }
     )
     result.registered = register_top_k(grid, plan, s.cfg, s.splits, run.run_id)
     log.info("registration done at %.1fs", time.perf_counter() - _T0)
     mlflow.log_dict({"registered": result.registered}, "sweep/registered.json")
-    mlflow.set_tag("pradot.registered", ",".join(f"{r['name']}/{r['version']}" for r in result.registered))
+    mlflow.set_tag(REGISTERED, ",".join(f"{r['name']}/{r['version']}" for r in result.registered))
     result.state, result.best_config = "finished", dict(best.config)
     result.best = {k: best.metrics.get(k) for k in (plan.metric, "trial_id", "mlflow_run_id")}
     return result

@@ -23,6 +23,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pipelines.tags import (
+    ATTEMPTS,
+    EPOCHS_TRAINED,
+    ERROR,
+    FAILURE,
+    HOSTNAME,
+    NODE_ID,
+    NODE_IP,
+    PID,
+    TRIAL_ID,
+    TRIAL_STATUS,
+)
+
 __all__ = [
     "PARENT_TAG",
     "TRIAL_ID_TAG",
@@ -43,11 +56,11 @@ __all__ = [
 ]
 
 PARENT_TAG = "mlflow.parentRunId"
-TRIAL_ID_TAG = "pradot.trial_id"
-STATUS_TAG = "pradot.trial_status"
-FAILURE_TAG = "pradot.failure"
-ERROR_TAG = "pradot.error"
-EPOCHS_TAG = "pradot.epochs_trained"
+TRIAL_ID_TAG = TRIAL_ID
+STATUS_TAG = TRIAL_STATUS
+FAILURE_TAG = FAILURE
+ERROR_TAG = ERROR
+EPOCHS_TAG = EPOCHS_TRAINED
 INFRASTRUCTURE, TRIAL_ERROR = "infrastructure", "error"
 _MAX_TAG = 4000
 
@@ -108,10 +121,10 @@ def where_tags() -> dict[str, str]:
 
     ctx = ray.get_runtime_context()
     return {
-        "pradot.node_id": ctx.get_node_id(),
-        "pradot.node_ip": ray.util.get_node_ip_address(),
-        "pradot.hostname": socket.gethostname(),
-        "pradot.pid": str(os.getpid()),
+        NODE_ID: ctx.get_node_id(),
+        NODE_IP: ray.util.get_node_ip_address(),
+        HOSTNAME: socket.gethostname(),
+        PID: str(os.getpid()),
     }
 
 
@@ -159,7 +172,7 @@ class TrialRun:
             history = retry(client.get_metric_history, found.info.run_id, "epoch")
             run = cls(client, found.info.run_id, max((int(m.step) for m in history), default=0))
             retry(client.update_run, run.run_id, status="RUNNING")
-            run.tags({**where, "pradot.attempts": str(int(found.data.tags.get("pradot.attempts", "1")) + 1)})
+            run.tags({**where, ATTEMPTS: str(int(found.data.tags.get(ATTEMPTS, "1")) + 1)})
             for stale in (FAILURE_TAG, ERROR_TAG):  # an earlier attempt's (the driver keeps it in retry_errors)
                 if stale in found.data.tags:
                     retry(client.delete_tag, run.run_id, stale)
@@ -168,7 +181,7 @@ class TrialRun:
             client.create_run,
             experiment_id,
             run_name=f"trial-{trial_id}",
-            tags={PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, "pradot.attempts": "1", **tags, **where},
+            tags={PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, ATTEMPTS: "1", **tags, **where},
         )
         run = cls(client, created.info.run_id)
         retry(client.log_batch, run.run_id, params=[Param(k, str(v)) for k, v in params.items()])

@@ -30,6 +30,19 @@ from pipelines.sweep.evalset import EvalSet, FeatureStore
 from pipelines.sweep.runs import EPOCHS_TAG, LOGGED_KEY, PARENT_TAG, STATUS_TAG, TrialRun, end_label, failure_tags
 from pipelines.sweep.space import SearchSpace
 from pipelines.sweep.storage import NodeSetupError, check_from_this_node
+from pipelines.tags import (
+    BACKBONE,
+    CATEGORY,
+    DATASET,
+    DEVICE,
+    ENTRY_POINT,
+    FEATURES,
+    NOTE,
+    OBJECTIVE,
+    RESTORED_FROM_EPOCH,
+    SWEEP_RUN_ID,
+    TRIAL_NAME,
+)
 from pradot.model import PRADOTConfig
 
 __all__ = [
@@ -122,17 +135,17 @@ def open_run(ctx: TrialContext, trial_id: str, trial_name: str, setup: TrialSetu
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
     tags = {
-        "pradot.sweep_run_id": ctx.parent_run_id,
-        "pradot.trial_name": trial_name,
-        "pradot.objective": ctx.objective,
-        "pradot.entry_point": "sweep-trial",
-        "pradot.features": ",".join(ctx.features.cache_keys),
-        "pradot.dataset": str(ctx.train_config.data.kind),
-        "pradot.category": str(ctx.train_config.category),
-        "pradot.backbone": setup.model.backbone,
+        SWEEP_RUN_ID: ctx.parent_run_id,
+        TRIAL_NAME: trial_name,
+        OBJECTIVE: ctx.objective,
+        ENTRY_POINT: "sweep-trial",
+        FEATURES: ",".join(ctx.features.cache_keys),
+        DATASET: str(ctx.train_config.data.kind),
+        CATEGORY: str(ctx.train_config.category),
+        BACKBONE: setup.model.backbone,
     }
     if ctx.objective == "test":
-        tags["pradot.note"] = "objective=test: hyper-parameters chosen on the test labels (paper reproduction only)"
+        tags[NOTE] = "objective=test: hyper-parameters chosen on the test labels (paper reproduction only)"
     params = {
         **setup.params(),
         "trial_id": trial_id,
@@ -276,7 +289,7 @@ def _restored(ctx: TrialContext, run: TrialRun, device) -> tuple[Any, int]:
         meta = json.loads((Path(folder) / CHECKPOINT_META).read_text())
         model = PrototypeModel.from_state(load_state(Path(folder) / CHECKPOINT_MODEL), device=device)
     epoch = int(meta["epoch"])
-    run.tags({"pradot.restored_from_epoch": str(epoch)})
+    run.tags({RESTORED_FROM_EPOCH: str(epoch)})
     run.reported_upto = epoch
     run.log_epoch(meta["metrics"], epoch)  # Tune took it with this checkpoint; logged here unless the driver did
     log.info("trial %s continues from its checkpoint of epoch %d", meta["trial_id"], epoch)
@@ -293,7 +306,7 @@ def _fit(trial_id: str, ctx: TrialContext, setup: TrialSetup, run: TrialRun) -> 
     train = _load(ctx, m.backbone, "train", m.stages)
     model, start = _restored(ctx, run, device)
     model = model if model is not None else PrototypeModel.for_features(m, train, device=device)
-    run.tags({"pradot.device": str(device)})
+    run.tags({DEVICE: str(device)})
     trial = _Trial(ctx, setup, run, trial_id, model, _load(ctx, m.backbone, ctx.evalset.split, m.stages), start)
     if start >= trial.budget:
         return trial  # it had trained its budget when its worker stopped

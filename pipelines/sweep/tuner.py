@@ -29,6 +29,7 @@ from pipelines.sweep.runs import (
     failure_tags,
     find_trial_runs,
 )
+from pipelines.tags import ATTEMPTS, HOSTNAME, NODE_ID, PID, RETRY_ERRORS
 
 __all__ = ["STOP_ENV", "tune_error", "error_tags", "SweepCallback", "build_tuner", "restore_tuner", "fit"]
 
@@ -186,11 +187,11 @@ class SweepCallback(tune.Callback):
             if run is None:
                 return
             t = run.data.tags
-            where = f"{t.get('pradot.hostname')} ({t.get('pradot.node_id', '')[:12]}) pid {t.get('pradot.pid')}"
-            line = f"attempt {t.get('pradot.attempts', '1')} on {where}: {tags[FAILURE_TAG]}: {tags[ERROR_TAG][:500]}"
-            earlier = t.get("pradot.retry_errors", "")
+            where = f"{t.get(HOSTNAME)} ({t.get(NODE_ID, '')[:12]}) pid {t.get(PID)}"
+            line = f"attempt {t.get(ATTEMPTS, '1')} on {where}: {tags[FAILURE_TAG]}: {tags[ERROR_TAG][:500]}"
+            earlier = t.get(RETRY_ERRORS, "")
             TrialRun(self.client, run.info.run_id).tags(
-                {STATUS_TAG: "retrying", "pradot.retry_errors": f"{earlier}\n{line}" if earlier else line}
+                {STATUS_TAG: "retrying", RETRY_ERRORS: f"{earlier}\n{line}" if earlier else line}
             )
         except Exception as e:  # noqa: BLE001
             log.warning("could not tag the MLflow run of trial %s: %s", trial.trial_id, e)

@@ -237,6 +237,7 @@ def test_cli_options_and_mlproject_entry(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_mlflow_entry_point(data_root, tmp_path):
     """``mlflow run . -e benchmark -P args=...`` from the repository root, logging to MLflow (--mlflow)."""
     venv_bin = Path(sys.executable).parent

@@ -21,6 +21,7 @@ def _texts(nb) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_quickstart_notebook_is_a_tour_that_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("PRADOT_SYNTHETIC_ROOT", str(tmp_path / "synthetic"))

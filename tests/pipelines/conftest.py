@@ -4,13 +4,16 @@ import pytest
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch):
+def store(sqlite_uri, tmp_path, monkeypatch):
+    """A client of this test's own MLflow store (a copy of the session's migrated template, see
+    ``tests/conftest.py``), set as MLFLOW_TRACKING_URI, with an experiment ``e`` whose artifacts go under
+    ``tmp_path``."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment writes it; restored after
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient(sqlite_uri)
     client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
     yield client
     while mlflow.active_run():

@@ -15,6 +15,7 @@ from pipelines import baseline, registry
 NAME = "pradot-synthetic-screw_bag-baseline"
 
 
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_baseline_run_registers_a_servable_memory_bank(tmp_path, monkeypatch, capsys):
     import mlflow
     import mlflow.pyfunc

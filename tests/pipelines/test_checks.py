@@ -174,6 +174,7 @@ def test_device_cuda_without_a_gpu_is_the_one_line_error(tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_a_batch_larger_than_the_training_set_is_refused_before_features(tmp_path, monkeypatch, capsys):
     from pipelines import train
 

@@ -121,6 +121,7 @@ def png_b64(path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_fewshot_protocol_end_to_end_and_the_served_model(tmp_path, capsys):
     import mlflow
     from mlflow import MlflowClient
@@ -244,6 +245,7 @@ def _scene(seed: int, blotch: bool = False, size: int = 96) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_served_fewshot_model_keeps_its_online_state_per_process(tmp_path, effnet_fewshot, mlflow_model):
     """`mlflow models serve` of a registered FOCT model: online_update=false never changes what the server
     answers; anomalous images sent with online_update=true change nothing either; normal ones do."""

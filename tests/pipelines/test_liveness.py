@@ -32,10 +32,10 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch):
+def store(sqlite_uri, tmp_path, monkeypatch):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = mlflow.MlflowClient(uri)
     client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -44,8 +44,8 @@ def store(tmp_path, monkeypatch):
         mlflow.end_run()
 
 
-def _start_child(tmp_path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
+def _spawn_child(tmp_path) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-c", CHILD],
         cwd=tmp_path,
         env=dict(os.environ),
@@ -53,9 +53,18 @@ def _start_child(tmp_path) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _run_of(proc: subprocess.Popen) -> str:
+    """The run id the child prints once its entry run has started."""
     line = proc.stdout.readline()
     assert line.startswith("RUN "), (line, proc.stderr.read() if proc.poll() is not None else "")
-    return proc, line.split()[1]
+    return line.split()[1]
+
+
+def _start_child(tmp_path) -> tuple[subprocess.Popen, str]:
+    proc = _spawn_child(tmp_path)
+    return proc, _run_of(proc)
 
 
 def test_sigterm_ends_the_run_killed_with_its_log(store, tmp_path):
@@ -75,8 +84,8 @@ def test_sigterm_ends_the_run_killed_with_its_log(store, tmp_path):
 
 
 def test_the_next_entry_run_closes_the_run_of_a_killed_process(store, tmp_path):
-    proc, orphan = _start_child(tmp_path)
-    live, live_run = _start_child(tmp_path)
+    proc, live = _spawn_child(tmp_path), _spawn_child(tmp_path)  # both start (import torch, MLflow) at once
+    orphan, live_run = _run_of(proc), _run_of(live)
     try:
         proc.kill()  # SIGKILL: nothing in the process runs, its run stays RUNNING
         proc.wait(timeout=30)

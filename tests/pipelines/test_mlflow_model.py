@@ -20,7 +20,18 @@ from PIL import Image
 from scipy import ndimage
 
 from pradot.serving import Calibration, Scorer, encode_png
-from tests.helpers import FakeModel, b64, craft_png, file_bytes, free_port, http, pinged, tracking_uri, wait_for
+from tests.helpers import (
+    FakeModel,
+    b64,
+    copy_store,
+    craft_png,
+    file_bytes,
+    free_port,
+    http,
+    pinged,
+    tracking_uri,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -109,7 +120,7 @@ def as_input(rgb: np.ndarray) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, effnet, mlflow_model):
+def served(tmp_path_factory, effnet, mlflow_model, mlflow_db_template):
     """Train a tiny PRADOT, calibrate it, log + register it in a local store, serve models:/<name>/1."""
     import mlflow
     from torch.utils.data import Dataset
@@ -135,7 +146,7 @@ def served(tmp_path_factory, effnet, mlflow_model):
     calibration = Calibration.calibrate(val_scores, quantile=0.99, pixel_maps=val_maps)
     model_path = model.save(tmp / "model.pt")
 
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = copy_store(mlflow_db_template, tmp)
     with tracking_uri(uri):
         exp_id = mlflow.create_experiment("serving", artifact_location=(tmp / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=exp_id):

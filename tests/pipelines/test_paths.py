@@ -131,6 +131,7 @@ TINY = (
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_mlflow_run_with_a_relative_data_root_that_has_a_space(tmp_path):
     _folder_dataset(tmp_path / "My Data (2024), Bäder")
     proc = mlflow_run(
@@ -151,6 +152,7 @@ def test_mlflow_run_with_a_relative_data_root_that_has_a_space(tmp_path):
     assert 0.0 <= run.data.metrics["seg_f1"] <= 1.0  # AD-style data with masks: SegF1 at the pixel threshold
 
 
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_mlflow_run_error_shows_the_absolute_path(tmp_path):
     proc = mlflow_run(
         tmp_path, "dataset=folder", "data_root=no such (dir)", "category=part", TINY, env_extra={"PRADOT_DATA_ROOT": ""}

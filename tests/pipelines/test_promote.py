@@ -59,13 +59,16 @@ def _register(ns, model, metric: float, label: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, mlflow_db_template):
     """A tmp tracking store with five registered versions of NAME:
     v1 (2, 0) good, v2 (2, 0.3) good, v3 (3, 0.3) good, v4 (2, 0) bad (constant prototypes, low tag),
     v5 (2+3, 0.3) multi-stage with the best tag (left out of the default selection)."""
     import dataclasses
 
+    from tests.helpers import copy_store
+
     tmp = tmp_path_factory.mktemp("promote")
+    copy_store(mlflow_db_template, tmp)  # sqlite:///{tmp}/mlflow.db, migrated
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
     mp.delenv("MLFLOW_RUN_ID", raising=False)
@@ -432,6 +435,7 @@ def test_served_maps_equal_offline_maps(store, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_mlflow_run_reproduce_end_to_end_serves_the_promoted_ensemble(tmp_path):
     """`mlflow run . -e reproduce` on the default CPU recipe (experiment=ci, two members to stay fast): members,
     the memory-bank baseline and the promotion are child runs; the champion is served with the single-bank

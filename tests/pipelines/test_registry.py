@@ -50,8 +50,119 @@ def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
     )
     t = ens.to_tags()
     assert t["pradot.kind"] == "ensemble" and t["n_members"] == "2" and t["member_stages"] == "2;3"
-    back = VersionTags.from_tags(t)
-    assert back.kind == "ensemble" and back.members == ("m/1", "m/2")
+    assert VersionTags.from_tags(t) == ens
+
+
+def _every_field_set(kind: str) -> VersionTags:
+    """A record of ``kind`` with every field away from its default (values a tag can hold exactly: metrics
+    with 5 decimals, the sweep score with 6)."""
+    return VersionTags(
+        dataset="mvtec_loco",
+        category="screw_bag",
+        run_id="r1",
+        threshold=0.123456789,
+        kind=kind,
+        backbone="wide_resnet50_2",
+        stages=(2, 3),
+        image_size=256,
+        alpha=0.3,
+        n=16.0,
+        eta=0.9,
+        epsilon=0.05,
+        batch_size=8,
+        epochs=40,
+        metrics={"image_auroc": 0.91235, "pixel_au_spro": 0.5},
+        sweep_run_id="p1",
+        sweep_rank=2,
+        trial_id="t_00003",
+        objective="pseudo",
+        batch_ratio=4.0,
+        epochs_trained=12,
+        calibration_source="validation",
+        sweep_metric="val_objective",
+        sweep_score=0.812345,
+        config={"model.alpha": 0.3, "model.n": 16, "backbone": "wide_resnet50_2"},
+        calibration_n_images=32,
+        test_metrics="partial",
+        test_metrics_note="no masks: pixel metrics skipped",
+        members=("m/1", "m/2", "m-baseline/1"),
+        normalisation="zscore",
+        member_stages=((2,), (2, 3), (3,)),
+        member_alphas=(0.0, 0.3, 1 / 3),
+        selection="explicit",
+        selection_metric="val_objective",
+        selection_split="validation+pseudo",
+        fusion="search",
+        member_weights=(0.5, 0.25, 0.25),
+        member_kinds=("bank", "bank", "memory_bank"),
+        aggregation=3,
+        smoothing_sigma=4.0,
+        coreset_ratio=0.1,
+        shots=4,
+        support_split=1,
+        support=("good/000.png", "good/007.png"),
+    )
+
+
+@pytest.mark.parametrize("kind", registry.KINDS)
+def test_version_tags_round_trip_whole_records_of_every_kind(kind):
+    """Every field survives the round trip, for every kind: the whole record comes back, member_stages and
+    member_alphas included (a field the codec forgot would differ from the record)."""
+    import dataclasses
+
+    record = _every_field_set(kind)
+    unset = [
+        f.name for f in dataclasses.fields(VersionTags) if getattr(record, f.name) == getattr(VersionTags(), f.name)
+    ]
+    assert unset == (["kind"] if kind == "bank" else []), unset  # the test sets every field
+    tags = record.to_tags()
+    assert all(isinstance(v, str) for v in tags.values())
+    assert VersionTags.from_tags(tags) == record
+    assert tags["member_stages"] == "2;2,3;3" and tags["val_objective"] == "0.812345"
+    assert ("pradot.kind" in tags) == (kind != "bank") and ("n_members" in tags) == (kind == "ensemble")
+
+
+def test_version_tags_keep_a_memory_bank_members_missing_alpha_and_refuse_an_unknown_kind():
+    ens = VersionTags(kind="ensemble", members=("m/1", "b/1"), member_alphas=(0.3, float("nan")))
+    back = VersionTags.from_tags(ens.to_tags())
+    assert back.member_alphas[0] == 0.3 and back.member_alphas[1] != back.member_alphas[1]  # nan
+    with pytest.raises(ValueError, match="kind='bnak'"):
+        VersionTags(kind="bnak")
+    assert VersionTags.from_tags({"pradot.kind": "something-new", "alpha": "0.5"}) == VersionTags(alpha=0.5)
+
+
+def test_every_pradot_tag_of_the_pipelines_is_named_once_in_tags_py():
+    """No ``"pradot.*"`` literal outside pipelines/tags.py (mlflow_model.py, which imports only pradot, keeps
+    its one: the same string as tags.FORMAT); every constant has its own value and a docstring."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from pipelines import tags
+
+    root = Path(tags.__file__).parent
+    source = (root / "tags.py").read_text()
+    names = {}
+    docs = {}
+    body = ast.parse(source).body
+    for node, after in zip(body, [*body[1:], None], strict=True):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            names[node.targets[0].id] = node.value.value
+            docs[node.targets[0].id] = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+    assert len(set(names.values())) == len(names) > 40
+    assert all(v.startswith("pradot.") for v in names.values())
+    assert all(docs.values()), [n for n, d in docs.items() if not d]
+    literal = re.compile(r"[\"'](pradot\.[a-z_.]+)[\"']")
+    outside = {}
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "tags.py":
+            continue
+        found = literal.findall(path.read_text())
+        if path.name == "mlflow_model.py":
+            assert set(found) <= {tags.FORMAT}, found
+        elif found:
+            outside[str(path.relative_to(root))] = found
+    assert not outside, f"use the constants of pipelines/tags.py: {outside}"
 
 
 def test_version_tags_read_versions_of_earlier_releases():

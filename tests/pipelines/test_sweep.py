@@ -67,8 +67,11 @@ def _make_data(data_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
+def services(tmp_path_factory, mlflow_db_template):
+    from tests.helpers import copy_store
+
     root = tmp_path_factory.mktemp("sweep")
+    copy_store(mlflow_db_template, root)  # the server's backend store, migrated
     procs, temp_dir = [], None
     try:
         # Ray head node: `ray start --block` stays in the foreground, so stopping it stops this cluster

@@ -48,6 +48,7 @@ def common_overrides(tmp_path, extra=""):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_mlflow_run_end_to_end(tmp_path):
     proc = mlflow_run(
         tmp_path, "dataset=synthetic", f"data_root={tmp_path}/synthetic", "alpha=0.3", common_overrides(tmp_path)
@@ -110,6 +111,7 @@ def test_mlflow_run_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_crashed_run_is_failed_with_its_log(tmp_path):
     proc = mlflow_run(
         tmp_path,
@@ -127,6 +129,7 @@ def test_crashed_run_is_failed_with_its_log(tmp_path):
     assert client.search_registered_models() == []
 
 
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_missing_data_is_a_clear_error_and_registers_nothing(tmp_path):
     env = {"PRADOT_DATA_ROOT": ""}
     proc = mlflow_run(tmp_path, "category=screw_bag", common_overrides(tmp_path), env_extra=env)

@@ -37,6 +37,7 @@ def test_status_of_the_test_metrics():
     [(0, "the test split is empty"), (3, "no anomalous images")],
     ids=["no test folder", "test/good only"],
 )
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_normal_only_folder_trains_calibrates_registers(tmp_path, test_good, cause):
     rng = np.random.default_rng(0)
     cat = tmp_path / "data" / "line7"

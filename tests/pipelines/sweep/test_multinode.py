@@ -48,7 +48,9 @@ SWEEP = [
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
+def sim(tmp_path_factory, mlflow_db_template):
+    from tests.helpers import copy_store
+
     root = tmp_path_factory.mktemp("multinode")
     # the nodes are other machines: no tracking settings, no Ray settings of this process, no checkout on the path
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_", "PYTHONPATH"))}
@@ -60,6 +62,7 @@ def sim(tmp_path_factory):
     }
     started, password = [], uuid.uuid4().hex
     try:
+        copy_store(mlflow_db_template, root)  # the server's backend store, migrated
         server, upstream = mlflow_server(root, base)
         started.append(server)
         proxy = AuthProxy(upstream, "alice", password)

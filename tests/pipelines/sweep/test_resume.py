@@ -9,6 +9,7 @@ from pipelines.sweep.resume import Resume, reopen_parent
 from pipelines.sweep.space import SweepError
 
 
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_reopen_parent_and_the_run_mlflow_run_made(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

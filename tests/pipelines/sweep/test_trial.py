@@ -234,6 +234,7 @@ class _Tune:
 
 
 @pytest.mark.parametrize("every, restart", [(1, 3), (2, 2)])
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_once(
     ctx, tmp_path, monkeypatch, every, restart
 ):
@@ -307,6 +308,7 @@ def test_a_restarted_trial_continues_from_its_checkpoint_and_logs_each_epoch_onc
     assert not torch.equal(halfway[2]["features"], reference[2]["features"])
 
 
+@pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_a_failed_trial_is_tagged_with_where_and_why(ctx, tmp_path, monkeypatch):
     """One set of failure tags: the trial's own error is ``error``; a node that lacks the cache is
     ``infrastructure`` (the same tags the driver writes for a node that died)."""
