@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .viz.heatmap import _numpy, to_rgb_uint8
+from .rgb import _numpy, to_rgb_uint8
 
 __all__ = ["abnormal_embeddings", "block_edges", "prototype_patches", "restore_image"]
 
