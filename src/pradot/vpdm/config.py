@@ -31,7 +31,9 @@ class VPDMConfig:
     ``clip_x0``: clamp Algorithm 2's estimate of ``x^0`` to the per-channel range of the training features (not in
     the paper; DDPM's clamp of images to [-1, 1]; without it an imperfect network's error, divided by
     ``sqrt(alpha^t)`` ~ 0.006 at t = T, can make the reconstruction diverge).
-    Network (not in the paper, see :mod:`pradot.vpdm.network`): ``width``, ``blocks``.
+    Network (not in the paper, see :mod:`pradot.vpdm.network`): ``width``, ``blocks``; ``eps_skip``: add the
+    Gaussian pass-through ``sqrt(1 - alpha^t) (x^t - y_hat)`` to the network's noise prediction
+    (:meth:`pradot.vpdm.VPDM.eps`) so that it learns a residual (not in the paper, which leaves the network open).
     Training (Algorithm 1): Adam ``lr`` (paper: 1e-3), ``batch_size`` (paper: 32), ``epochs`` (not in the paper).
     Scoring (Sec. 3.4): the map's ``score_pool`` px average pool before the max; optional Gaussian
     ``smoothing_sigma`` px (0: none, as the paper). ``standardise``: features standardised per channel with the
@@ -55,6 +57,7 @@ class VPDMConfig:
     sampling_steps: int = 1000
     sigma: str = "beta"
     clip_x0: bool = True
+    eps_skip: bool = True
     width: int = 128
     blocks: int = 6
     lr: float = 1e-3
