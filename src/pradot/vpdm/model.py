@@ -12,8 +12,9 @@ model.save("vpdm.pt"); VPDM.load("vpdm.pt")   # format pradot-vpdm-v1, read by p
 ```
 
 Training is Algorithm 1 (Eq. 17: the denoising loss plus the OT loss of Eq. 11, Adam on the prototypes and the
-network); scoring is Algorithm 2 from ``N(y_hat, I)`` with a respaced schedule of ``sampling_steps`` steps and
-the map of Sec. 3.4. Sampling noise is drawn per image from a generator seeded with ``config.seed``, so an
+network); scoring is Algorithm 2 from ``N(y_hat, I)`` (or, with ``start_step`` t0 < T, from the image's own
+``x^t0`` of Eq. 14) with a respaced schedule of ``sampling_steps`` steps and the map of Sec. 3.4. The noise
+prediction is the network's output plus the Gaussian pass-through of :meth:`VPDM.eps` (``eps_skip``). Sampling noise is drawn per image from a generator seeded with ``config.seed``, so an
 image's score does not depend on the other images of its batch and repeats exactly.
 """
 
@@ -276,15 +277,14 @@ class VPDM(nn.Module):
         y_hat, _ = self.condition(x0)
         schedule = self.schedule.respaced(steps or self.config.sampling_steps)
         clip = (self.low[:, None, None], self.high[:, None, None]) if self.config.clip_x0 else None
-        rec = sample(
-            self.eps,
-            y_hat,
-            schedule,
-            self._noise(len(x0)),
-            self.config.sigma,
-            self._process_condition(y_hat),
-            clip_x0=clip,
-        )
+        noise, yp, x_start = self._noise(len(x0)), self._process_condition(y_hat), None
+        start = int(self.config.start_step or self.config.timesteps)
+        if start < self.config.timesteps:  # Eq. 14 from the image's own x^0 at the last kept step <= start
+            keep = schedule.timesteps <= start
+            keep[0] = True  # at least the first step
+            schedule = NoiseSchedule(schedule.betas[keep], schedule.timesteps[keep])
+            x_start = q_sample(x0, yp, float(schedule.alpha[-1]), noise(tuple(x0.shape)).to(x0))
+        rec = sample(self.eps, y_hat, schedule, noise, self.config.sigma, yp, clip_x0=clip, x_start=x_start)
         return rec, y_hat
 
     @torch.no_grad()

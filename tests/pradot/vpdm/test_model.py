@@ -171,3 +171,19 @@ def test_files_without_eps_skip_load_without_it(trained):
     state = trained.state(include_backbone=False)
     del state["config"]["eps_skip"]
     assert VPDM.from_state(state, backbone=trained.backbone).config.eps_skip is False
+
+
+def test_start_step_starts_from_the_images_own_noised_features(trained, one_thread):
+    """``start_step`` t0 < T: Algorithm 2 from ``x^t0`` of Eq. 14. At t0 = 1 the chain is one step from
+    ``x^1`` (noise std ``sqrt(1 - alpha^1)`` = 0.01) so the reconstruction nearly equals the input; from T it
+    depends on the input only through ``y_hat``. The tiny case still separates its anomalies from t0 = T/2."""
+    x0 = trained.grid(features(4, 1))
+    near = VPDM.from_state(trained.state(include_backbone=False), backbone=trained.backbone)
+    near.config.start_step = 1
+    rec_near, _ = near.reconstruct(x0)
+    rec_far, _ = trained.reconstruct(x0)
+    assert float((rec_near - x0).abs().max()) < 0.1 < float((rec_far - x0).abs().max())
+    near.config.start_step = TINY["timesteps"] // 2
+    _, normal = near.maps_from_features(features(12, 1))
+    _, anomalous = near.maps_from_features(features(12, 2, anomalous=True))
+    assert roc_auc_score([0] * 12 + [1] * 12, torch.cat([normal, anomalous]).numpy()) >= 0.9
