@@ -14,8 +14,9 @@ model.save("vpdm.pt"); VPDM.load("vpdm.pt")   # format pradot-vpdm-v1, read by p
 Training is Algorithm 1 (Eq. 17: the denoising loss plus the OT loss of Eq. 11, Adam on the prototypes and the
 network); scoring is Algorithm 2 from ``N(y_hat, I)`` (or, with ``start_step`` t0 < T, from the image's own
 ``x^t0`` of Eq. 14) with a respaced schedule of ``sampling_steps`` steps and the map of Sec. 3.4. The noise
-prediction is the network's output plus the Gaussian pass-through of :meth:`VPDM.eps` (``eps_skip``). Sampling noise is drawn per image from a generator seeded with ``config.seed``, so an
-image's score does not depend on the other images of its batch and repeats exactly.
+prediction is the network's output plus the Gaussian pass-through of :meth:`VPDM.eps` (``eps_skip``).
+Sampling noise is drawn per image from a generator seeded with ``config.seed``, so an image's score does not
+depend on the other images of its batch and repeats exactly.
 """
 
 from __future__ import annotations
