@@ -30,7 +30,8 @@ class VPDMConfig:
     ``sampling_steps`` of Algorithm 2 (respaced; T = the paper), ``start_step``: 0 or T start Algorithm 2 from
     ``x^T ~ N(y_hat, I)`` (the paper); ``t0`` < T starts it from ``x^t0`` drawn by Eq. 14 from the image's own
     features (partial noising, not in the paper; the respaced steps above ``t0`` are skipped), ``sigma`` of the
-    sampler ("beta": Algorithm 2),
+    sampler ("beta": Algorithm 2), ``n_draws``: reconstructions per image (noise seeds ``seed + k``) whose maps
+    are averaged (1: the paper),
     ``clip_x0``: clamp Algorithm 2's estimate of ``x^0`` to the per-channel range of the training features (not in
     the paper; DDPM's clamp of images to [-1, 1]; without it an imperfect network's error, divided by
     ``sqrt(alpha^t)`` ~ 0.006 at t = T, can make the reconstruction diverge).
@@ -59,6 +60,7 @@ class VPDMConfig:
     beta_end: float = 0.02
     sampling_steps: int = 1000
     start_step: int = 0
+    n_draws: int = 1
     sigma: str = "beta"
     clip_x0: bool = True
     eps_skip: bool = True
@@ -83,7 +85,16 @@ class VPDMConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def _check_counts(self) -> None:
-        counts = ("image_size", "grid", "downsample", "n_prototypes", "ot_iter", "timesteps", "sampling_steps")
+        counts = (
+            "image_size",
+            "grid",
+            "downsample",
+            "n_prototypes",
+            "ot_iter",
+            "timesteps",
+            "sampling_steps",
+            "n_draws",
+        )
         for name in (*counts, "width", "blocks", "batch_size", "score_pool"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -139,6 +150,7 @@ RECIPES: dict[str, dict] = {
         "n_prototypes": 16,
         "sampling_steps": 20,
         "start_step": 400,
+        "n_draws": 4,
         "width": 64,
         "blocks": 4,
         "batch_size": 16,

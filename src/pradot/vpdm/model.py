@@ -266,19 +266,22 @@ class VPDM(nn.Module):
         if not self.fitted:
             raise RuntimeError("the VPDM model is not trained: call fit(...) or fit_features(...) first")
 
-    def _noise(self, batch: int):
-        gens = [torch.Generator().manual_seed(int(self.config.seed)) for _ in range(batch)]
+    def _noise(self, batch: int, draw: int = 0):
+        gens = [torch.Generator().manual_seed(int(self.config.seed) + int(draw)) for _ in range(batch)]
         return lambda shape: torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
 
     @torch.no_grad()
-    def reconstruct(self, x0: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(
+        self, x0: torch.Tensor, steps: int | None = None, draw: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Algorithm 2 on grid features ``x0`` (B, C, g, g): ``(x^0_rec, y_hat)``, with ``steps`` sampling steps
-        (default ``config.sampling_steps``) of the respaced schedule."""
+        (default ``config.sampling_steps``) of the respaced schedule; ``draw`` k seeds the noise with
+        ``config.seed + k``."""
         self._check_fitted()
         y_hat, _ = self.condition(x0)
         schedule = self.schedule.respaced(steps or self.config.sampling_steps)
         clip = (self.low[:, None, None], self.high[:, None, None]) if self.config.clip_x0 else None
-        noise, yp, x_start = self._noise(len(x0)), self._process_condition(y_hat), None
+        noise, yp, x_start = self._noise(len(x0), draw), self._process_condition(y_hat), None
         start = int(self.config.start_step or self.config.timesteps)
         if start < self.config.timesteps:  # Eq. 14 from the image's own x^0 at the last kept step <= start
             keep = schedule.timesteps <= start
@@ -290,9 +293,10 @@ class VPDM(nn.Module):
 
     @torch.no_grad()
     def maps_from_grid(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """Anomaly maps (B, S, S) of grid features ``x0``: Sec. 3.4's ``||x^0 - x^0_rec||_2`` up-sampled."""
-        rec, _ = self.reconstruct(x0, steps)
-        return image_map(anomaly_map(x0, rec).cpu(), self.config.image_size, self.config.smoothing_sigma)
+        """Anomaly maps (B, S, S) of grid features ``x0``: Sec. 3.4's ``||x^0 - x^0_rec||_2`` up-sampled, averaged
+        over ``config.n_draws`` reconstructions (noise seeds ``seed``, ``seed + 1``, ...)."""
+        S = torch.stack([anomaly_map(x0, self.reconstruct(x0, steps, k)[0]) for k in range(int(self.config.n_draws))])
+        return image_map(S.mean(0).cpu(), self.config.image_size, self.config.smoothing_sigma)
 
     @torch.no_grad()
     def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:

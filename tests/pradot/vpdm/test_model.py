@@ -11,6 +11,7 @@ from pradot.checkpoint import file_format
 from pradot.export import ExportScorer, exportable
 from pradot.persistence import load_scoring_model, servable_formats
 from pradot.vpdm import VPDM, VPDM_FORMAT, VPDMConfig
+from pradot.vpdm.scoring import anomaly_map, image_map
 
 TINY = dict(
     backbone="tiny_random",
@@ -187,3 +188,14 @@ def test_start_step_starts_from_the_images_own_noised_features(trained, one_thre
     _, normal = near.maps_from_features(features(12, 1))
     _, anomalous = near.maps_from_features(features(12, 2, anomalous=True))
     assert roc_auc_score([0] * 12 + [1] * 12, torch.cat([normal, anomalous]).numpy()) >= 0.9
+
+
+def test_n_draws_averages_the_maps_of_seeds_seed_to_seed_plus_n(trained, one_thread):
+    x0 = trained.grid(features(3, 1))
+    two = VPDM.from_state(trained.state(include_backbone=False), backbone=trained.backbone)
+    two.config.n_draws = 2
+    expected = (
+        anomaly_map(x0, trained.reconstruct(x0, draw=0)[0]) + anomaly_map(x0, trained.reconstruct(x0, draw=1)[0])
+    ) / 2
+    assert torch.allclose(two.maps_from_grid(x0), image_map(expected, TINY["image_size"]), atol=1e-5)
+    assert not torch.allclose(trained.reconstruct(x0, draw=0)[0], trained.reconstruct(x0, draw=1)[0])
