@@ -34,8 +34,9 @@ format) raises :class:`~pradot.errors.InputError`; scoring before ``fit`` raises
 Every model class of the project implements this (``tests/pradot/test_contract.py`` checks each one):
 :class:`pradot.model.PRADOT` and :class:`pradot.memory_bank.MemoryBankModel` (feature models),
 :class:`pradot.model.PrototypeModel` (a feature scorer: PRADOT's banks), :class:`pradot.fewshot.FOCT` (a
-feature model whose ``score`` may also update its memory) and :class:`pradot.ensemble.Ensemble` (a scoring
-model over members that are feature models).
+feature model whose ``score`` may also update its memory), :class:`pradot.padim.PaDiMModel` (a feature
+model), :class:`pradot.vpdm.VPDM` (a feature model, one model for many categories, whose image score is the max
+of the pooled map) and :class:`pradot.ensemble.Ensemble` (a scoring model over members that are feature models).
 """
 
 from __future__ import annotations

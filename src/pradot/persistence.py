@@ -1,9 +1,9 @@
-"""Load any scoring model file the project writes: a PRADOT model, a memory bank, an ensemble or a FOCT
-(few-shot) model.
+"""Load any scoring model file the project writes: a PRADOT model, a memory bank, an ensemble, a FOCT
+(few-shot) model, a PaDiM model or a VPDM model.
 
 ```python
 from pradot.persistence import load_scoring_model
-model = load_scoring_model("model.pt", device="auto")   # PRADOT, MemoryBankModel, Ensemble or FOCT, in eval mode
+model = load_scoring_model("model.pt", device="auto")   # any kind of SCORING_FORMATS, in eval mode
 maps, scores = model.score(images)                      # (B, S, S), (B,) at model.config.image_size
 ```
 
@@ -35,17 +35,16 @@ from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
 from .padim import PaDiMModel
-from .vpdm import VPDM, VPDM_FORMAT
+from .vpdm import VPDM
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
 
 
 #: file format -> the class that reads it (``from_state``): every :class:`pradot.base.ScoringModel` kind
 SCORING_FORMATS: dict[str, type[ScoringModel]] = {
-    cls.FORMAT: cls for cls in (PRADOT, MemoryBankModel, Ensemble, FOCT, PaDiMModel)
+    cls.FORMAT: cls for cls in (PRADOT, MemoryBankModel, Ensemble, FOCT, PaDiMModel, VPDM)
 }
 SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier ensemble files
-SCORING_FORMATS[VPDM_FORMAT] = VPDM  # one model for many categories (pradot.vpdm)
 
 
 def servable_formats() -> list[str]:
@@ -64,7 +63,8 @@ def model_file_info(path: str | Path) -> dict[str, Any]:
 
 def load_scoring_model(path: str | Path, device: str | torch.device | None = "cpu") -> ScoringModel:
     """Load a PRADOT model file (``pradot-model-v1``), a memory bank (``pradot-memory-bank-v1``), an ensemble
-    file (``pradot-ensemble-v1``/``-v2``) or a FOCT model (``pradot-foct-v1``) as a scorer in eval mode: a
+    file (``pradot-ensemble-v1``/``-v2``), a FOCT model (``pradot-foct-v1``), a PaDiM model
+    (``pradot-padim-v1``) or a VPDM model (``pradot-vpdm-v1``) as a scorer in eval mode: a
     :class:`pradot.base.ScoringModel` (``score(images) -> (maps, scores)``, ``image_size``, ``describe()``).
 
     Args:

@@ -27,6 +27,7 @@ from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 from pradot.model import PRADOT, PRADOTConfig, PrototypeModel
 from pradot.padim import PaDiMConfig, PaDiMModel
 from pradot.persistence import SCORING_FORMATS, load_scoring_model
+from pradot.vpdm import VPDM, VPDMConfig
 
 SIZE = 32
 STAGES = (1, 2)
@@ -65,6 +66,26 @@ def _fit_features(model):
     return model.fit_features(_train_features(), progress=False)
 
 
+def _vpdm_config() -> VPDMConfig:
+    """A tiny VPDM (4 x 4 grid, 20 timesteps, 2 sampling steps, one epoch): the contract, not the quality."""
+    return VPDMConfig(
+        backbone="tiny_random",
+        stages=STAGES,
+        image_size=SIZE,
+        grid=4,
+        downsample=2,
+        n_prototypes=4,
+        ot_iter=10,
+        timesteps=20,
+        sampling_steps=2,
+        width=8,
+        blocks=1,
+        epochs=1,
+        batch_size=4,
+        score_pool=4,
+    )
+
+
 def _make_ensemble():
     a = PRADOT(_pradot_config(), backbone=_backbone()).fit_features(_train_features(), progress=False)
     mb_config = MemoryBankConfig(backbone="tiny_random", stages=STAGES, image_size=SIZE, aggregation=1)
@@ -77,7 +98,7 @@ def _fit_ensemble(ens):
     return ens
 
 
-#: every model kind of the project (the lead adds PaDiM and VPDM here)
+#: every model kind of the project
 KINDS = [
     Kind("PRADOT", lambda: PRADOT(_pradot_config(), backbone=_backbone()), _fit_features, lambda: _images(3, 9)),
     Kind(
@@ -113,6 +134,7 @@ KINDS = [
         _fit_features,
         lambda: _images(3, 9),
     ),
+    Kind("VPDM", lambda: VPDM(_vpdm_config(), backbone=_backbone()), _fit_features, lambda: _images(3, 9)),
 ]
 _BY_NAME = {k.name: k for k in KINDS}
 

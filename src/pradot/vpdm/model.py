@@ -11,6 +11,10 @@ maps, scores = model.score(images)    # (B, S, S), (B,) at config.image_size
 model.save("vpdm.pt"); VPDM.load("vpdm.pt")   # format pradot-vpdm-v1, read by persistence.load_scoring_model
 ```
 
+``VPDM`` is a :class:`pradot.base.FeatureModel` (``KIND = "vpdm"``, ``FORMAT = "pradot-vpdm-v1"``); its image
+score is Sec. 3.4's max of the ``score_pool``-pooled map rather than the contract's plain max. Ensembles do not
+take it as a member (:data:`pradot.ensemble.MEMBER_CLASSES`) and ONNX export refuses it (no export head).
+
 Training is Algorithm 1 (Eq. 17: the denoising loss plus the OT loss of Eq. 11, Adam on the prototypes and the
 network); scoring is Algorithm 2 from ``N(y_hat, I)`` (or, with ``start_step`` t0 < T, from the image's own
 ``x^t0`` of Eq. 14) with a respaced schedule of ``sampling_steps`` steps and the map of Sec. 3.4. The noise
@@ -25,7 +29,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,8 +37,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pradot.backbone import Backbone, backbone_state, load_backbone, restore_backbone
-from pradot.checkpoint import load_state, save_state
-from pradot.model import prepare_images
+from pradot.base import FeatureModel
+from pradot.errors import InputError
 
 from .config import VPDMConfig
 from .diffusion import NoiseSchedule, q_sample, sample
@@ -52,13 +55,19 @@ log = logging.getLogger(__name__)
 VPDM_FORMAT = "pradot-vpdm-v1"
 
 
-class VPDM(nn.Module):
-    """Frozen backbone, vague prototypes ``beta`` (K, C) and the denoiser ``eps_theta`` (module docstring).
+class VPDM(nn.Module, FeatureModel):
+    """Frozen backbone, vague prototypes ``beta`` (K, C) and the denoiser ``eps_theta`` (module docstring); a
+    :class:`pradot.base.FeatureModel`: ``score(images) -> (maps, scores)``, ``image_size``, ``prepare``,
+    ``fit``/``fit_features``, ``maps_from_features``, ``maps_from_backbone``, ``describe``,
+    ``state``/``from_state``, ``save``/``load`` (``save(path, include_backbone=False)``,
+    ``load(path, device, backbone=...)``).
 
-    Same scoring interface as :class:`pradot.memory_bank.MemoryBankModel`: ``score(images) -> (maps, scores)``,
-    ``config.image_size``, ``prepare``, ``fit``/``fit_features``, ``maps_from_features``, ``maps_from_backbone``,
-    ``describe``, ``state``/``from_state``, ``save``/``load``.
+    Raises:
+        InputError: the backbone's stages differ from ``config.stages``.
     """
+
+    KIND = "vpdm"
+    FORMAT = VPDM_FORMAT
 
     mean: torch.Tensor  # (C,) feature means of the training set (buffers)
     std: torch.Tensor  # (C,) feature standard deviations
@@ -68,10 +77,10 @@ class VPDM(nn.Module):
     def __init__(self, config: VPDMConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
         super().__init__()
         self.config = config
-        self.device_ = torch.device(device)
+        self.device = torch.device(device)
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
         if tuple(self.backbone.stages) != tuple(config.stages):
-            raise ValueError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
+            raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
         self.channels = stage_channels(self.backbone.channels, config.stages)
         self.prototypes = nn.Parameter(torch.zeros(config.n_prototypes, self.channels))
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
@@ -84,17 +93,13 @@ class VPDM(nn.Module):
         self.schedule = NoiseSchedule.linear(config.timesteps, config.beta_start, config.beta_end)
         self.history: list[dict] = []  # per epoch: loss, eps loss, OT loss, seconds
         self.fitted = False
-        self.to(self.device_)
+        self.to(self.device)
 
     # ------------------------------------------------------------------ features
     def grid(self, features: Mapping[int, np.ndarray | torch.Tensor]) -> torch.Tensor:
         """Backbone features ``{stage: (B, D, H, W)}`` -> standardised grid features ``x^0`` (B, C, g, g)."""
-        x = grid_features(features, self.config.stages, self.config.grid).to(self.device_)
+        x = grid_features(features, self.config.stages, self.config.grid).to(self.device)
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
-
-    def prepare(self, images) -> torch.Tensor:
-        """Images as the backbone takes them (:func:`pradot.model.prepare_images`)."""
-        return prepare_images(images, int(self.config.image_size))
 
     # ------------------------------------------------------------------ VPOT (Sec. 3.1)
     def condition(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +175,7 @@ class VPDM(nn.Module):
         low = torch.full((self.channels,), float("inf"))
         high = torch.full((self.channels,), -float("inf"))
         for x in batches():
-            z = ((x.to(self.device_) - self.mean[:, None, None]) / self.std[:, None, None]).transpose(0, 1).flatten(1)
+            z = ((x.to(self.device) - self.mean[:, None, None]) / self.std[:, None, None]).transpose(0, 1).flatten(1)
             low = torch.minimum(low, z.amin(1).cpu())
             high = torch.maximum(high, z.amax(1).cpu())
         self.low.copy_(low)
@@ -195,19 +200,15 @@ class VPDM(nn.Module):
         training images of every category: per-channel statistics, prototype initialisation, then
         ``config.epochs`` epochs of Algorithm 1 (Adam, ``config.lr``, shuffled batches of ``config.batch_size``).
 
+        Returns:
+            ``self``, fitted; ``history`` holds one row per epoch (loss, eps, ot, epoch, seconds).
         Raises:
-            ValueError: a stage is missing, the stages disagree on the image count, or there is no image.
+            InputError: a stage is missing, the stages disagree on the image count, or there is no image.
         """
         c = self.config
-        missing = [s for s in c.stages if s not in features]
-        if missing:
-            raise ValueError(f"features lack stage(s) {missing}; VPDM needs stages {list(c.stages)}")
-        counts = {len(features[s]) for s in c.stages}
-        if len(counts) != 1:
-            raise ValueError(f"the stages hold different image counts {sorted(counts)}")
-        n = counts.pop()
+        n = self.check_features(features)
         if n == 0:
-            raise ValueError("the training set is empty: VPDM needs at least one normal image")
+            raise InputError("the training set is empty: VPDM needs at least one normal image")
         gen = torch.Generator().manual_seed(int(c.seed))
         torch.manual_seed(int(c.seed))
         self._standardisation(features, n, chunk)
@@ -256,16 +257,12 @@ class VPDM(nn.Module):
         if isinstance(data, DataLoader):
             data = data.dataset
         feats = extract_features(
-            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device_, progress=progress
+            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device, progress=progress
         )
         with torch.enable_grad():
             return self.fit_features(feats, progress=progress)
 
     # ------------------------------------------------------------------ scoring (Algorithm 2, Sec. 3.4)
-    def _check_fitted(self) -> None:
-        if not self.fitted:
-            raise RuntimeError("the VPDM model is not trained: call fit(...) or fit_features(...) first")
-
     def _noise(self, batch: int, draw: int = 0):
         gens = [torch.Generator().manual_seed(int(self.config.seed) + int(draw)) for _ in range(batch)]
         return lambda shape: torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
@@ -276,8 +273,11 @@ class VPDM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Algorithm 2 on grid features ``x0`` (B, C, g, g): ``(x^0_rec, y_hat)``, with ``steps`` sampling steps
         (default ``config.sampling_steps``) of the respaced schedule; ``draw`` k seeds the noise with
-        ``config.seed + k``."""
-        self._check_fitted()
+        ``config.seed + k``.
+
+        Raises:
+            NotFittedError: the model is not fitted."""
+        self.check_fitted()
         y_hat, _ = self.condition(x0)
         schedule = self.schedule.respaced(steps or self.config.sampling_steps)
         clip = (self.low[:, None, None], self.high[:, None, None]) if self.config.clip_x0 else None
@@ -307,9 +307,16 @@ class VPDM(nn.Module):
     def maps_from_features(
         self, features: Mapping[int, np.ndarray | torch.Tensor], batch_size: int = 16, steps: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps (B, S, S) and image scores (B,) from precomputed backbone features (e.g. the cache)."""
-        n = len(features[self.config.stages[0]])
-        S = int(self.config.image_size)
+        """Maps (B, S, S) float32 (CPU) and image scores (B,) (Sec. 3.4: max of the ``score_pool``-pooled map)
+        from precomputed backbone features ``{stage: (B, D, H, W)}`` (e.g. the cache), ``batch_size`` images at a
+        time, with ``steps`` sampling steps (default ``config.sampling_steps``).
+
+        Raises:
+            InputError: a stage is missing or the stages differ in image count. NotFittedError: not fitted.
+        """
+        n = self.check_features(features)
+        self.check_fitted()
+        S = self.image_size
         out = [
             self.maps_from_grid(self.grid({s: features[s][i : i + batch_size] for s in self.config.stages}), steps)
             for i in range(0, n, batch_size)
@@ -319,22 +326,23 @@ class VPDM(nn.Module):
 
     @torch.no_grad()
     def score(self, images, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B, S, S) at ``image_size`` and image scores (B,) (Sec. 3.4: max of the pooled map)."""
-        self._check_fitted()
-        images = self.prepare(images)
-        S = int(self.config.image_size)
-        out = [
-            self.maps_from_backbone(self.backbone(images[i : i + batch_size].to(self.device_)))
-            for i in range(0, len(images), batch_size)
-        ]
-        maps = torch.cat(out) if out else torch.zeros(0, S, S)
+        """Anomaly maps (B, S, S) float32 (CPU) at ``image_size`` and image scores (B,) (Sec. 3.4: max of the
+        ``score_pool``-pooled map) of (B, 3, H, W) images (float in [0, 1] or uint8, resized if needed).
+
+        Raises:
+            InputError: not RGB images. NotFittedError: the model is not fitted.
+        """
+        self.check_fitted()
+        _, feats = self.backbone_features(images, batch_size)
+        S = self.image_size
+        maps = torch.cat([self.maps_from_backbone(f) for f in feats]) if feats else torch.zeros(0, S, S)
         return maps, image_score(maps, self.config.score_pool)
 
     def describe(self) -> dict:
         """What an ensemble or a registry records of this model."""
         c = self.config
         return {
-            "kind": "vpdm",
+            "kind": self.KIND,
             "backbone": c.backbone,
             "stages": list(c.stages),
             "image_size": int(c.image_size),
@@ -351,7 +359,7 @@ class VPDM(nn.Module):
         cfg = asdict(self.config)
         cfg["stages"] = list(self.config.stages)
         return {
-            "format": VPDM_FORMAT,
+            "format": self.FORMAT,
             "config": cfg,
             "fitted": self.fitted,
             "prototypes": self.prototypes.detach().cpu().contiguous(),
@@ -363,10 +371,6 @@ class VPDM(nn.Module):
             "history": [dict(r) for r in self.history],
             "backbone": backbone_state(self.backbone, include_backbone),
         }
-
-    def save(self, path: str | Path, include_backbone: bool = True) -> Path:
-        """One self-describing file (format ``pradot-vpdm-v1``), readable with ``weights_only=True``."""
-        return save_state(self.state(include_backbone), path)
 
     @classmethod
     def from_state(cls, state: Mapping, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> VPDM:
@@ -385,8 +389,3 @@ class VPDM(nn.Module):
         model.history = [dict(r) for r in state.get("history", [])]
         model.fitted = bool(state.get("fitted", True))
         return model.eval()
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> VPDM:
-        """Read a :meth:`save` file. Raises FileNotFoundError / ValueError (not a VPDM file)."""
-        return cls.from_state(load_state(path, VPDM_FORMAT, what="VPDM model"), device=device, backbone=backbone)

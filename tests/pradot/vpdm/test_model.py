@@ -7,7 +7,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from pradot.backbone import load_backbone
+from pradot.base import FeatureModel
 from pradot.checkpoint import file_format
+from pradot.ensemble import MEMBER_CLASSES, Ensemble
+from pradot.errors import InputError, InputTypeError, NotFittedError
 from pradot.export import ExportScorer, exportable
 from pradot.persistence import load_scoring_model, servable_formats
 from pradot.vpdm import VPDM, VPDM_FORMAT, VPDMConfig
@@ -110,12 +113,35 @@ def test_export_refuses_vpdm_by_name(trained):
 
 def test_untrained_and_bad_features_are_refused():
     model = VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (0,)))
-    with pytest.raises(RuntimeError, match="not trained"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         model.score(torch.rand(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="stage"):
+    with pytest.raises(NotFittedError, match="not fitted"):
+        model.maps_from_features(features(1, 0))
+    with pytest.raises(InputError, match="missing"):
         model.fit_features({1: torch.zeros(2, 8, 8, 8)})
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         model.fit_features({0: torch.zeros(0, 8, 8, 8)})
+    with pytest.raises(InputError, match="backbone stages"):
+        VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (1,)))
+
+
+def test_is_a_feature_model_that_ensembles_refuse(trained):
+    """VPDM implements the model contract (:class:`pradot.base.FeatureModel`, checked in full by
+    ``tests/pradot/test_contract.py``) but is no ensemble member kind (``ensemble.MEMBER_CLASSES``)."""
+    assert isinstance(trained, FeatureModel) and trained.KIND == "vpdm" and trained.FORMAT == VPDM_FORMAT
+    assert VPDM_FORMAT not in MEMBER_CLASSES
+    with pytest.raises(InputTypeError, match="VPDM"):
+        Ensemble([trained])
+
+
+def test_load_without_stored_backbone_takes_the_given_one(trained, tmp_path, one_thread):
+    """``save(path, include_backbone=False)`` and ``load(path, backbone=...)`` (options of the contract's
+    save/load passed on to state/from_state) score as the original."""
+    path = trained.save(tmp_path / "light.pt", include_backbone=False)
+    loaded = VPDM.load(path, backbone=trained.backbone)
+    x = features(2, 3)
+    for a, b in zip(trained.maps_from_features(x), loaded.maps_from_features(x)):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(
