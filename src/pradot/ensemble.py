@@ -159,12 +159,12 @@ class Ensemble(nn.Module, ScoringModel):
         super().__init__()
         members = list(members)
         if not members:
-            raise InputError("an ensemble needs at least one member (PRADOT models or memory banks)")
+            raise InputError("an ensemble needs at least one member (PRADOT models, memory banks or PaDiM models)")
         kinds = tuple(MEMBER_CLASSES.values())
         bad = [i for i, m in enumerate(members) if not (isinstance(m, FeatureModel) and m.FORMAT in MEMBER_CLASSES)]
         if bad:
             raise InputTypeError(
-                f"ensemble members must be PRADOT models or memory banks "
+                f"ensemble members must be PRADOT models, memory banks or PaDiM models "
                 f"({', '.join(c.__name__ for c in kinds)}); members {bad} are "
                 f"{[type(members[i]).__name__ for i in bad]}"
             )
