@@ -31,6 +31,7 @@ from .ensemble import Ensemble
 from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
+from .vpdm import VPDM, VPDM_FORMAT
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
 
@@ -48,6 +49,7 @@ SCORING_FORMATS: dict[str, Any] = {MODEL_FORMAT: PRADOT, ENSEMBLE_FORMAT: Ensemb
 SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier ensemble files
 SCORING_FORMATS[MEMORY_BANK_FORMAT] = MemoryBankModel  # the memory-bank baseline (pradot.memory_bank)
 SCORING_FORMATS[FOCT_FORMAT] = FOCT  # a few-shot model (pradot.fewshot)
+SCORING_FORMATS[VPDM_FORMAT] = VPDM  # one model for many categories (pradot.vpdm)
 
 
 def servable_formats() -> list[str]:

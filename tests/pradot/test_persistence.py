@@ -16,6 +16,7 @@ from pradot.checkpoint import (
 from pradot.ensemble import Ensemble
 from pradot.fewshot import FOCT_FORMAT
 from pradot.persistence import load_scoring_model, servable_formats
+from pradot.vpdm import VPDM_FORMAT
 
 
 @pytest.fixture()
@@ -43,7 +44,7 @@ def test_load_scoring_model_dispatches_on_the_file_format(model, tmp_path):
     assert file_format(ens_path) == ENSEMBLE_FORMAT
     ens = load_scoring_model(ens_path)
     assert isinstance(ens, Ensemble) and len(ens) == 2 and not ens.training
-    assert servable_formats() == sorted([MODEL_FORMAT, *ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, FOCT_FORMAT])
+    assert servable_formats() == sorted([MODEL_FORMAT, *ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, FOCT_FORMAT, VPDM_FORMAT])
     assert ENSEMBLE_FORMAT in ENSEMBLE_FORMATS and "pradot-ensemble-v1" in ENSEMBLE_FORMATS
     # anything else: a clear error naming both formats
     torch.save({"format": "something-else"}, tmp_path / "other.pt")

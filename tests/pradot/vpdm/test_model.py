@@ -1,0 +1,141 @@
+"""``VPDM`` end to end on an easy synthetic case in feature space, and its scoring contract (score, files,
+persistence, export refusal)."""
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from pradot.backbone import load_backbone
+from pradot.checkpoint import file_format
+from pradot.export import ExportScorer, exportable
+from pradot.persistence import load_scoring_model, servable_formats
+from pradot.vpdm import VPDM, VPDM_FORMAT, VPDMConfig
+
+TINY = dict(
+    backbone="tiny_random",
+    stages=(0,),
+    image_size=32,
+    grid=8,
+    downsample=2,
+    n_prototypes=8,
+    ot_iter=30,
+    timesteps=100,
+    sampling_steps=10,
+    width=32,
+    blocks=2,
+    epochs=30,
+    batch_size=16,
+    score_pool=4,
+)
+
+
+@pytest.fixture()
+def one_thread():
+    """Small networks run faster on one thread than on two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def features(n, seed, anomalous=False):
+    """Two "categories" (smooth 8-channel templates on an 8 x 8 grid) with small noise; anomalies add a
+    strong random 3 x 3 patch."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randn(2, 8, 2, 2, generator=torch.Generator().manual_seed(123))
+    templates = torch.nn.functional.interpolate(templates, (8, 8), mode="bilinear") * 2
+    x = templates[torch.arange(n) % 2] + 0.1 * torch.randn(n, 8, 8, 8, generator=g)
+    if anomalous:
+        r = torch.randint(0, 6, (n, 2), generator=g)  # a 3 x 3 patch inside the 8 x 8 grid
+        for i in range(n):
+            x[i, :, r[i, 0] : r[i, 0] + 3, r[i, 1] : r[i, 1] + 3] += 5 * torch.randn(8, 1, 1, generator=g)
+    return {0: x}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (0,)))
+        return model.fit_features(features(48, 0), progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_fit_lowers_the_loss_and_scores_anomalies_above_normals(trained, one_thread):
+    eps = [r["eps"] for r in trained.history]
+    assert len(eps) == TINY["epochs"]
+    assert sum(eps[-3:]) / 3 < 0.5 * sum(eps[:3]) / 3
+    _, normal = trained.maps_from_features(features(12, 1))
+    _, anomalous = trained.maps_from_features(features(12, 2, anomalous=True))
+    auroc = roc_auc_score([0] * 12 + [1] * 12, torch.cat([normal, anomalous]).numpy())
+    assert auroc >= 0.9, auroc
+
+
+def test_score_contract_and_batch_independence(trained, one_thread):
+    images = torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    maps, scores = trained.score(images)
+    assert maps.shape == (3, 32, 32) and scores.shape == (3,)
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
+    maps2, scores2 = trained.score(images[1:2])  # alone: same noise, same answer
+    assert torch.allclose(maps2[0], maps[1], atol=1e-5) and torch.allclose(scores2, scores[1:2], atol=1e-5)
+
+
+def test_save_load_round_trip_through_persistence(trained, tmp_path, one_thread):
+    path = trained.save(tmp_path / "vpdm.pt")
+    assert file_format(path) == VPDM_FORMAT and VPDM_FORMAT in servable_formats()
+    loaded = load_scoring_model(path)
+    assert isinstance(loaded, VPDM) and loaded.fitted
+    assert loaded.history == trained.history
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(trained.score(images), loaded.score(images)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="not a VPDM model file"):
+        VPDM.load(_other_file(tmp_path))
+
+
+def _other_file(tmp_path):
+    torch.save({"format": "pradot-model-v1"}, tmp_path / "other.pt")
+    return tmp_path / "other.pt"
+
+
+def test_export_refuses_vpdm_by_name(trained):
+    assert not exportable(trained)
+    with pytest.raises(TypeError, match="VPDM"):
+        ExportScorer(trained)
+
+
+def test_untrained_and_bad_features_are_refused():
+    model = VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (0,)))
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.score(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="stage"):
+        model.fit_features({1: torch.zeros(2, 8, 8, 8)})
+    with pytest.raises(ValueError, match="empty"):
+        model.fit_features({0: torch.zeros(0, 8, 8, 8)})
+
+
+@pytest.mark.parametrize(
+    "option", [{"condition": "nearest"}, {"condition": "low_pass"}, {"endpoint": "standard"}, {"ot_weight": 0.0}]
+)
+def test_ablation_options_train_and_score(option, one_thread):
+    """Table 3's rows as options: each trains one epoch and scores with finite values."""
+    cfg = VPDMConfig(**(TINY | {"epochs": 1} | option))
+    model = VPDM(cfg, backbone=load_backbone("tiny_random", (0,))).fit_features(features(16, 0), progress=False)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in model.history)
+    maps, scores = model.maps_from_features(features(2, 1))
+    assert torch.isfinite(maps).all() and torch.isfinite(scores).all()
+    if option.get("condition") == "low_pass":  # no prototypes, no transport
+        assert model.history[0]["ot"] == 0.0
+
+
+def test_initial_weights_depend_on_the_seed_only():
+    torch.manual_seed(123)
+    a = VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (0,)))
+    torch.manual_seed(456)
+    b = VPDM(VPDMConfig(**TINY), backbone=load_backbone("tiny_random", (0,)))
+    c = VPDM(VPDMConfig(**(TINY | {"seed": 1})), backbone=load_backbone("tiny_random", (0,)))
+    sa, sb, sc = (m.denoiser.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
