@@ -41,12 +41,12 @@ REGISTER_CHOICES = ("best", "none")
 
 @dataclass(frozen=True)
 class MulticlassPlan:
-    """What to run: the categories, the methods (``pradot.multiclass.Method``), whether to fit the per-category
-    reference models, which unified model to register (``best``, a method name or ``none``)."""
+    """What to run: the categories, the methods (``pradot.multiclass.Method``), the methods whose per-category
+    reference models are fitted too, which unified model to register (``best``, a method name or ``none``)."""
 
     categories: tuple[str, ...]
     methods: tuple[Any, ...]
-    per_category: bool = True
+    per_category: tuple[str, ...] = ()
     register: str = "best"
     model_name: str = ""  # the registered name (default pradot-<dataset>-multiclass)
 
@@ -109,6 +109,23 @@ def _vpdm_config(cfg, image_size: int):
         raise config.ConfigError(f"multiclass.vpdm: {e}") from None
 
 
+def _per_category(value: Any, names: list[str]) -> tuple[str, ...]:
+    """``multiclass.per_category``: true (every method), false (none) or a list of the methods.
+
+    Raises:
+        ConfigError: anything else, or a method that is not in ``multiclass.methods``.
+    """
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "false", "1", "0", "yes", "no"):
+        return tuple(names) if checks.boolean("multiclass.per_category", value) else ()
+    chosen = [str(m).strip() for m in checks.list_items(value)]
+    if not chosen or set(chosen) - set(names):
+        raise config.ConfigError(
+            f"multiclass.per_category must be true, false or a list of the methods {names}, got {value!r}"
+        )
+    return tuple(chosen)
+
+
 def multiclass_plan(cfg) -> MulticlassPlan:
     """``multiclass.*`` (composed) -> :class:`MulticlassPlan`, every value checked before any work.
 
@@ -147,7 +164,7 @@ def multiclass_plan(cfg) -> MulticlassPlan:
         )
     explicit = cfg.tracking.get("model_name")
     name = checks.registry_name("tracking.model_name", explicit) if explicit else multiclass_name(str(cfg.data.kind))
-    per_category = checks.boolean("multiclass.per_category", mc.get("per_category", True))
+    per_category = _per_category(mc.get("per_category", True), names)
     return MulticlassPlan(tuple(cats), methods, per_category, register, name)
 
 
@@ -255,7 +272,7 @@ def _fit_all(settings, plan: MulticlassPlan, cats, device):
         res.seconds = {"fit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
         results.append(res)
         models[m.name] = model
-        if plan.per_category:
+        if m.name in plan.per_category:
             t0 = time.perf_counter()
             per = fit_per_category(m, settings.data, cats, **common)
             t1 = time.perf_counter()
