@@ -27,11 +27,16 @@ class VPDMConfig:
     VPOT: ``downsample`` (paper: 4), ``n_prototypes`` K (paper: 50), Sinkhorn ``ot_eps`` (Eq. 11 prints weight 1)
     and ``ot_iter`` iterations, ``ot_weight`` of the OT loss in Eq. 17 (paper: 1; 0 = "without OT loss").
     Diffusion: ``timesteps`` T (paper: 1000) on a linear schedule ``beta_start``..``beta_end`` (1e-4..0.02),
-    ``sampling_steps`` of Algorithm 2 (respaced; T = the paper), ``sigma`` of the sampler ("beta": Algorithm 2),
+    ``sampling_steps`` of Algorithm 2 (respaced; T = the paper), ``start_step``: 0 or T start Algorithm 2 from
+    ``x^T ~ N(y_hat, I)`` (the paper); ``t0`` < T starts it from ``x^t0`` drawn by Eq. 14 from the image's own
+    features (partial noising, not in the paper; the respaced steps above ``t0`` are skipped), ``sigma`` of the
+    sampler ("beta": Algorithm 2),
     ``clip_x0``: clamp Algorithm 2's estimate of ``x^0`` to the per-channel range of the training features (not in
     the paper; DDPM's clamp of images to [-1, 1]; without it an imperfect network's error, divided by
     ``sqrt(alpha^t)`` ~ 0.006 at t = T, can make the reconstruction diverge).
-    Network (not in the paper, see :mod:`pradot.vpdm.network`): ``width``, ``blocks``.
+    Network (not in the paper, see :mod:`pradot.vpdm.network`): ``width``, ``blocks``; ``eps_skip``: add the
+    Gaussian pass-through ``sqrt(1 - alpha^t) (x^t - y_hat)`` to the network's noise prediction
+    (:meth:`pradot.vpdm.VPDM.eps`) so that it learns a residual (not in the paper, which leaves the network open).
     Training (Algorithm 1): Adam ``lr`` (paper: 1e-3), ``batch_size`` (paper: 32), ``epochs`` (not in the paper).
     Scoring (Sec. 3.4): the map's ``score_pool`` px average pool before the max; optional Gaussian
     ``smoothing_sigma`` px (0: none, as the paper). ``standardise``: features standardised per channel with the
@@ -53,8 +58,10 @@ class VPDMConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     sampling_steps: int = 1000
+    start_step: int = 0
     sigma: str = "beta"
     clip_x0: bool = True
+    eps_skip: bool = True
     width: int = 128
     blocks: int = 6
     lr: float = 1e-3
@@ -85,6 +92,10 @@ class VPDMConfig:
         if self.grid % self.downsample:
             raise ValueError(
                 f"downsample ({self.downsample}) must divide grid ({self.grid}) (paper: grid 32, downsample 4)"
+            )
+        if not 0 <= int(self.start_step) <= self.timesteps:
+            raise ValueError(
+                f"start_step must lie in 0..timesteps ({self.timesteps}; 0: T, the paper), got {self.start_step}"
             )
         if self.sampling_steps > self.timesteps:
             raise ValueError(f"sampling_steps ({self.sampling_steps}) cannot exceed timesteps ({self.timesteps})")
@@ -127,6 +138,7 @@ RECIPES: dict[str, dict] = {
         "grid": 16,
         "n_prototypes": 16,
         "sampling_steps": 20,
+        "start_step": 400,
         "width": 64,
         "blocks": 4,
         "batch_size": 16,

@@ -172,6 +172,7 @@ def sample(
     sigma: str = "beta",
     y_process: torch.Tensor | None = None,
     clip_x0: tuple[torch.Tensor, torch.Tensor] | None = None,
+    x_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Algorithm 2: ``x^T ~ N(y_hat, I)`` (Eq. 12), then for the schedule's steps from last to first the
     estimate ``X^t`` (:func:`predict_x0`) and ``x^{t-1} = gamma_0 X^t + gamma_1 x^t + gamma_2 y_hat + sigma_t
@@ -187,6 +188,8 @@ def sample(
             instead of the vague endpoint" ablation passes zeros); default ``y_hat``.
         clip_x0: ``(low, high)`` bounds broadcastable to ``y_hat`` that clamp ``X^t`` (DDPM clamps images to
             [-1, 1]; None: no clamp, as the paper prints Algorithm 2).
+        x_start: the chain's start at the schedule's last timestep instead of a draw of ``N(y_hat, I)`` (a
+            partially noised ``x^t0`` drawn by Eq. 14 from the image's own features; None: Algorithm 2).
     Returns:
         the reconstruction ``x^0_rec``, ``y_hat``'s shape.
     """
@@ -197,7 +200,7 @@ def sample(
     alpha, betas = schedule.alpha.tolist(), schedule.betas.tolist()
     var = betas if sigma == "beta" else c["beta_tilde"]
     B = y_hat.shape[0]
-    x = yp + noise(tuple(y_hat.shape)).to(y_hat)
+    x = yp + noise(tuple(y_hat.shape)).to(y_hat) if x_start is None else x_start
     for i in range(schedule.T - 1, -1, -1):
         t = torch.full((B,), int(schedule.timesteps[i]), dtype=torch.long, device=y_hat.device)
         x0 = predict_x0(x, yp, eps_model(x, y_hat, t), alpha[i])

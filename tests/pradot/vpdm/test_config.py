@@ -27,6 +27,7 @@ def test_paper_recipe_is_appendix_d():
     assert (c.image_size, c.grid, c.downsample, c.n_prototypes) == (224, 32, 4, 50)
     assert (c.timesteps, c.beta_start, c.beta_end, c.lr, c.batch_size) == (1000, 1e-4, 0.02, 1e-3, 32)
     assert c.sampling_steps == c.timesteps
+    assert c.start_step == 0  # Algorithm 2 from x^T ~ N(y_hat, I)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,8 @@ def test_paper_recipe_is_appendix_d():
         ({"beta_end": 1.5}, "beta_start <= beta_end"),
         ({"n_prototypes": 0}, "n_prototypes"),
         ({"stages": ()}, "stages"),
+        ({"start_step": 1001}, "start_step"),
+        ({"start_step": -1}, "start_step"),
     ],
 )
 def test_bad_settings_are_refused(bad, match):
