@@ -110,20 +110,23 @@ def _vpdm_config(cfg, image_size: int):
 
 
 def _per_category(value: Any, names: list[str]) -> tuple[str, ...]:
-    """``multiclass.per_category``: true (every method), false (none) or a list of the methods.
+    """``multiclass.per_category``: true (every method run), false (none) or a list of methods (those not in
+    ``multiclass.methods`` are not run, so they are ignored here).
 
     Raises:
-        ConfigError: anything else, or a method that is not in ``multiclass.methods``.
+        ConfigError: anything else, or a name that is no method.
     """
+    from pradot.multiclass import METHODS
+
     text = str(value).strip().lower()
     if isinstance(value, bool) or text in ("true", "false", "1", "0", "yes", "no"):
         return tuple(names) if checks.boolean("multiclass.per_category", value) else ()
     chosen = [str(m).strip() for m in checks.list_items(value)]
-    if not chosen or set(chosen) - set(names):
+    if not chosen or set(chosen) - set(METHODS):
         raise config.ConfigError(
-            f"multiclass.per_category must be true, false or a list of the methods {names}, got {value!r}"
+            f"multiclass.per_category must be true, false or a list of methods ({', '.join(METHODS)}), got {value!r}"
         )
-    return tuple(chosen)
+    return tuple(n for n in names if n in chosen)
 
 
 def multiclass_plan(cfg) -> MulticlassPlan:

@@ -127,3 +127,27 @@ def test_evaluate_per_category_metrics_thresholds_and_table(data):
     table = mc.format_table(rows)
     assert "| mean | memory_bank (unified) |" in table and f"{100 * mean['image_auroc']:.1f}" in table
     assert all(math.isfinite(v) for v in mean.values())
+
+
+def test_unified_vpdm_plugs_in_as_one_more_method(data, tmp_path):
+    """VPDM in the setting: fit_unified equals VPDM.fit on every category's training images in one dataset, it
+    is evaluated per category like the others, and its file loads as a servable scorer."""
+    vpdm = pytest.importorskip("pradot.vpdm")
+    from pradot.data import ImageDataset
+    from pradot.persistence import load_scoring_model
+
+    spec, cats = data
+    cfg = vpdm.VPDMConfig.recipe(
+        "cpu", image_size=96, grid=8, n_prototypes=4, width=16, blocks=1, epochs=1, sampling_steps=2, batch_size=8
+    )
+    unified = mc.fit_unified(mc.Method("vpdm", cfg), spec, cats, progress=False)
+    direct = vpdm.VPDM(cfg, backbone=unified.backbone).fit(
+        ImageDataset([s for c in CATS for s in cats[c].train], 96), progress=False
+    )
+    torch.testing.assert_close(unified.prototypes, direct.prototypes, rtol=1e-4, atol=1e-5)
+    _assert_same(dict(unified.denoiser.state_dict()), dict(direct.denoiser.state_dict()))
+    res = mc.evaluate("vpdm", "unified", {c: unified for c in cats}, cats, quantile=0.9, progress=False)
+    assert {"image_auroc", "pixel_auroc"} <= set(res.categories["woven_fabric"].metrics)
+    loaded = load_scoring_model(unified.save(tmp_path / "vpdm.pt"))
+    x = torch.rand(2, 3, 96, 96)
+    torch.testing.assert_close(loaded.score(x)[1], unified.score(x)[1])
