@@ -21,6 +21,7 @@ ROOTS = {
     "pipelines/sweep.py": "sweep",
     "pipelines/predict.py": "predict",
     "pipelines/export.py": "export",
+    "pipelines/multiclass.py": "multiclass",
 }
 
 

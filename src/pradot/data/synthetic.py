@@ -1,6 +1,8 @@
-"""Synthetic MVTec LOCO-style data sets: the generator and its two scenes, ``screw_bag``
+"""Synthetic data sets: the generator and its categories, two MVTec LOCO-style object scenes, ``screw_bag``
 (:mod:`pradot.data.synthetic_bag`: a tray with six compartments under a translucent bag) and ``fastener_kit``
-(:mod:`pradot.data.synthetic_kit`).
+(:mod:`pradot.data.synthetic_kit`), and two procedural textures in the MVTec AD layout, ``woven_fabric`` and
+``wood_grain`` (:mod:`pradot.data.synthetic_texture`: small, thin and large structural defects). All four live
+side by side under one root (the multi-class setting, :mod:`pradot.multiclass`).
 
 Logical anomalies break the layout rules with parts that look perfectly normal (they need spatial
 context); structural anomalies damage one part locally.
@@ -40,12 +42,15 @@ from PIL import Image
 from . import synthetic_bag as _bag
 from .synthetic_bag import DEFECTS, LOGICAL_KINDS, STRUCTURAL_KINDS, Scene, nominal_pose, part_areas
 from .synthetic_parts import Canvas
+from .synthetic_texture import TEXTURES
 
 __all__ = [
     "DEFAULTS",
     "DEFECTS",
     "LOGICAL_KINDS",
+    "OBJECT_SCENES",
     "SCENES",
+    "TEXTURES",
     "STAMP_NAME",
     "STRUCTURAL_KINDS",
     "Canvas",
@@ -60,7 +65,8 @@ __all__ = [
 
 GENERATOR_VERSION = 1
 STAMP_NAME = ".pradot_synthetic.json"
-SCENES: tuple[str, ...] = ("screw_bag", "fastener_kit")  # fastener_kit: pradot.data.synthetic_kit
+OBJECT_SCENES: tuple[str, ...] = ("screw_bag", "fastener_kit")  # fastener_kit: pradot.data.synthetic_kit
+SCENES: tuple[str, ...] = OBJECT_SCENES + TEXTURES  # textures: pradot.data.synthetic_texture (MVTec AD layout)
 DEFAULTS: dict[str, int] = {
     "image_size": 128,
     "n_train": 60,
@@ -215,11 +221,18 @@ def generate(
     tmp = root / f".{category}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        metadata = _write_all(tmp, int(seed), int(image_size), counts, progress, category)
-        (tmp / "defects_config.json").write_text(json.dumps(defects_config(int(image_size), category), indent=2) + "\n")
+        if category in TEXTURES:
+            from . import synthetic_texture
+
+            metadata = synthetic_texture.write(tmp, category, int(seed), int(image_size), counts)
+            (tmp / "README.txt").write_text(synthetic_texture.describe(category, seed, image_size))
+        else:
+            metadata = _write_all(tmp, int(seed), int(image_size), counts, progress, category)
+            (tmp / "defects_config.json").write_text(
+                json.dumps(defects_config(int(image_size), category), indent=2) + "\n"
+            )
+            (tmp / "README.txt").write_text(_scene(category).describe(seed, image_size))
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
-        scene = _scene(category)
-        (tmp / "README.txt").write_text(scene.describe(seed, image_size))
         params = _params(category, int(seed), int(image_size), counts)
         (tmp / STAMP_NAME).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
         if target.exists():
