@@ -31,6 +31,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/multiclass.p
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import checks, cli, config, registry, tracking  # noqa: E402
+from pipelines.tags import CATEGORIES, DATASET, KIND, MULTICLASS_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def _tracked_run(settings, plan: MulticlassPlan, params: dict[str, str], device,
         f"multiclass-{spec.kind}",
         settings.tracking.experiment_name,
         entry_point="multiclass",
-        tags={"pradot.dataset": spec.kind, "pradot.categories": ",".join(plan.categories), "pradot.kind": "multiclass"},
+        tags={DATASET: spec.kind, CATEGORIES: ",".join(plan.categories), KIND: "multiclass"},
     ) as run:
         tracking.log_resolved_params(params)
         cats = open_categories(spec, plan.categories)
@@ -320,7 +321,7 @@ def _tracked_run(settings, plan: MulticlassPlan, params: dict[str, str], device,
             best = _choose(plan, unified)
             model_uri, tags = None, None
             if best is not None:
-                mlflow.set_tag("pradot.multiclass.registered_method", best.method)
+                mlflow.set_tag(MULTICLASS_METHOD, best.method)
                 model = models[best.method]
                 path = model.save(Path(tmp) / "model.pt", include_backbone=settings.tracking.include_backbone)
                 tags = registry.VersionTags(

@@ -53,6 +53,12 @@ BELOW_BASELINE = "pradot.below_baseline"
 """``true`` on a promote run whose chosen model scores below the memory-bank baseline on the validation
 objective (its summary says so in a WARNING line)."""
 
+CATEGORIES = "pradot.categories"
+"""The categories a multi-class run fitted one model on, comma-separated."""
+
+MULTICLASS_METHOD = "pradot.multiclass.registered_method"
+"""The method of the unified model a multi-class run registered (``pradot``, ``memory_bank``, ``vpdm``)."""
+
 METHOD = "pradot.method"
 """The method of a few-shot run (``foct``)."""
 

@@ -7,6 +7,8 @@ term of the cost (alpha > 0) still sees the scene's layout.
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 AUGMENTATIONS: tuple[str, ...] = ("none", "light")
 
 
@@ -19,7 +21,7 @@ def build_train_augmentation(name: str | None = None, seed: int | None = None):
     if key in ("none", "", "null", "false"):
         return None
     if key not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r}; expected one of {AUGMENTATIONS} or None")
+        raise InputError(f"unknown augmentation {name!r}; expected one of {AUGMENTATIONS} or None")
     import albumentations as A
     import cv2
 

@@ -174,10 +174,10 @@ def normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
         h = w = int(size)
     else:
         if len(size) != 2:
-            raise ValueError(f"size must be an int or (H, W), got {size!r}")
+            raise InputError(f"size must be an int or (H, W), got {size!r}")
         h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
+        raise InputError(f"size must be positive, got {size!r}")
     return h, w
 
 
@@ -237,7 +237,7 @@ class AnomalyDataset:
     def samples(self, split: str) -> list[Sample]:
         """Samples of ``split`` ("train", "validation" or "test"), in a deterministic order."""
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
         if split in self._lazy:
             self._splits[split] = check_unique(sort_samples(self._lazy.pop(split)()), split)
         return list(self._splits[split])
@@ -309,7 +309,7 @@ def split_validation(samples: Sequence[Sample], fraction: float, seed: int = 0) 
     sample stays in train; ``fraction`` in [0, 1). Only good (label 0) samples are held out.
     """
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        raise InputError(f"fraction must be in [0, 1), got {fraction}")
     ordered = sort_samples(samples)
     normals = [i for i, s in enumerate(ordered) if s.label == 0]
     n_val = int(round(fraction * len(normals)))

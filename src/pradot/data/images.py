@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import InputError
 from .base import DatasetError, Sample, normalise_size, upright
 
 #: how ``read_image`` reads pixels; part of the feature cache's key (change it when the pixels change)
@@ -116,7 +117,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             image = self.augment(image=image)["image"]
             if image.shape[:2] != self.image_size:
-                raise ValueError(
+                raise InputError(
                     f"augmentation changed the image size to {image.shape[:2]}, expected {self.image_size}"
                 )
         label = item.label if isinstance(item, Sample) else 0

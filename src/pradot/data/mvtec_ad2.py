@@ -17,6 +17,7 @@ up to a false-positive rate of 0.05 (``default_max_fprs``) and SegF1 (:mod:`prad
 
 from __future__ import annotations
 
+from ..errors import InputError
 from .base import GOOD, MASK_EXTENSIONS, DatasetError, Sample, check_unique, list_files, list_subdirs
 from .layout import LAYOUTS, CategoryFolderDataset, ad_channel, good_samples
 
@@ -69,7 +70,7 @@ class MVTecAD2Dataset(CategoryFolderDataset):
             ValueError: ``split`` is not a private split. DatasetError: its folder is missing or empty.
         """
         if split not in PRIVATE_SPLITS:
-            raise ValueError(f"unknown private split {split!r}; expected one of {PRIVATE_SPLITS}")
+            raise InputError(f"unknown private split {split!r}; expected one of {PRIVATE_SPLITS}")
         folder = self.category_dir / split
         images = list_files(folder)
         if not images:

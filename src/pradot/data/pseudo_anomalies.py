@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = [
     "KINDS",
     "KIND_STYLE",
@@ -281,23 +283,23 @@ def make_pseudo_anomalies(
     kinds = [str(k) for k in kinds]
     unknown = [k for k in kinds if k not in _MAKERS]
     if not kinds or unknown:
-        raise ValueError(f"unknown pseudo-anomaly kinds {unknown or '(none given)'}; available: {list(KINDS)}")
+        raise InputError(f"unknown pseudo-anomaly kinds {unknown or '(none given)'}; available: {list(KINDS)}")
     if int(per_image) < 1:
-        raise ValueError(f"per_image must be >= 1, got {per_image}")
+        raise InputError(f"per_image must be >= 1, got {per_image}")
     lo, hi = (float(patch_fraction[0]), float(patch_fraction[1]))
     if not (0.0 < lo <= hi < 1.0):
-        raise ValueError(f"patch_fraction must satisfy 0 < min <= max < 1, got {patch_fraction}")
+        raise InputError(f"patch_fraction must satisfy 0 < min <= max < 1, got {patch_fraction}")
     imgs = [np.asarray(im) for im in images]
     if not imgs:
-        raise ValueError("no normal images to make pseudo-anomalies from")
+        raise InputError("no normal images to make pseudo-anomalies from")
     shape = imgs[0].shape
     for i, im in enumerate(imgs):
         if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"image {i}: expected (H, W, 3) uint8, got {im.shape} {im.dtype}")
+            raise InputError(f"image {i}: expected (H, W, 3) uint8, got {im.shape} {im.dtype}")
         if im.shape != shape:
-            raise ValueError(f"image {i} has shape {im.shape}, image 0 has {shape}: resize them to one size")
+            raise InputError(f"image {i} has shape {im.shape}, image 0 has {shape}: resize them to one size")
     if min(shape[:2]) < 16:
-        raise ValueError(f"images must be at least 16 px a side, got {shape[:2]}")
+        raise InputError(f"images must be at least 16 px a side, got {shape[:2]}")
 
     out_images, out_masks, out_kinds, sources, donors = [], [], [], [], []
     n = len(imgs)
@@ -335,7 +337,7 @@ class ArrayImageDataset:
         self.images = images
         self.labels = list(labels) if labels is not None else [0] * len(images)
         if len(self.labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(self.labels)} labels")
+            raise InputError(f"{len(images)} images but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.images)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .base import GOOD, AnomalyDataset, DatasetError, Sample, list_subdirs
 from .layout import LAYOUTS, ad_channel, category_error, resolve_root
 from .text import TextFileError, read_json
@@ -44,7 +45,7 @@ def parse_views(views: str | int | Sequence[str | int] | None) -> tuple[str, ...
     """``None`` (all views), ``"C1,C3"``, ``[1, 3]``, ``["C1", "c3"]`` -> ``("C1", "C3")``.
 
     Raises:
-        ValueError: a view outside C1..C5.
+        InputError: a view outside C1..C5.
     """
     if views is None or (isinstance(views, str) and not views.strip()):
         return None
@@ -54,7 +55,7 @@ def parse_views(views: str | int | Sequence[str | int] | None) -> tuple[str, ...
         name = str(v).strip().upper()
         name = f"C{name}" if name.isdigit() else name
         if name not in VIEWS:
-            raise ValueError(f"unknown Real-IAD camera view {v!r}; expected some of {', '.join(VIEWS)}")
+            raise InputError(f"unknown Real-IAD camera view {v!r}; expected some of {', '.join(VIEWS)}")
         out.append(name)
     return tuple(sorted(set(out)))
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from . import synthetic_bag as _bag
 from .synthetic_bag import DEFECTS, LOGICAL_KINDS, STRUCTURAL_KINDS, Scene, nominal_pose, part_areas
 from .synthetic_parts import Canvas
@@ -131,16 +132,16 @@ def _checked_counts(
 
 def _check_args(category: str, seed: int, image_size: int, counts: dict[str, int]) -> None:
     if category not in SCENES:
-        raise ValueError(f"unknown synthetic category {category!r}; available scenes: {', '.join(SCENES)}")
+        raise InputError(f"unknown synthetic category {category!r}; available scenes: {', '.join(SCENES)}")
     if int(seed) < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise InputError(f"seed must be >= 0, got {seed}")
     if int(image_size) < 64:
-        raise ValueError(f"image_size must be >= 64, got {image_size}")
+        raise InputError(f"image_size must be >= 64, got {image_size}")
     for name, n in counts.items():
         if int(n) < 0:
-            raise ValueError(f"{name} must be >= 0, got {n}")
+            raise InputError(f"{name} must be >= 0, got {n}")
     if counts["n_train"] < 1:
-        raise ValueError("n_train must be >= 1")
+        raise InputError("n_train must be >= 1")
 
 
 def _scene(category: str):
@@ -207,7 +208,7 @@ def generate(
 
     The data are written to a temporary sibling folder first and moved into place at the end, so
     a reader never sees half a dataset. An existing ``<root>/<category>`` made by this generator is
-    replaced; any other non-empty folder there is left alone (ValueError).
+    replaced; any other non-empty folder there is left alone (InputError).
     """
     counts = _checked_counts(
         category, seed, image_size, n_train, n_validation, n_test_good, n_test_logical, n_test_structural
@@ -215,7 +216,7 @@ def generate(
     root = Path(root).expanduser()
     target = root / category
     if target.exists() and any(target.iterdir()) and not (target / STAMP_NAME).is_file():
-        raise ValueError(f"{target} exists and was not made by the synthetic generator; refusing to overwrite it")
+        raise InputError(f"{target} exists and was not made by the synthetic generator; refusing to overwrite it")
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = root / f".{category}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"

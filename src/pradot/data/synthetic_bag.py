@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from . import synthetic_parts as _parts
 from .synthetic_parts import (  # the parts and their damages, shared with the fastener kit scene
     LIGHT,
@@ -273,7 +274,7 @@ def _logical(
             mask = _footprint(moved, canvas, grow=1.0) | _envelope(_layout_type(comp), comp, canvas)
             channels.append(("part_in_wrong_region", mask))
         return parts, channels, {"compartments": [a, b], "parts": [_layout_type(b), _layout_type(a)]}
-    raise ValueError(f"unknown logical anomaly {kind!r}")
+    raise InputError(f"unknown logical anomaly {kind!r}")
 
 
 def _structural(

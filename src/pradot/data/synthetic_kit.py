@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from . import synthetic_parts as sb
 
 __all__ = [
@@ -163,7 +164,7 @@ def _logical(kind: str, rng: np.random.Generator, canvas: sb.Canvas):
             mask = sb._footprint(parts[seat], canvas, grow=1.0) | _envelope(seat_type(seat), seat, canvas)
             channels.append(("swapped_parts", mask))
         return parts, channels, {"seats": [a, b], "parts": [seat_type(b), seat_type(a)]}
-    raise ValueError(f"unknown logical anomaly {kind!r}")
+    raise InputError(f"unknown logical anomaly {kind!r}")
 
 
 def _structural(kind: str, rng: np.random.Generator, canvas: sb.Canvas):

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputError
+
 STRUCTURAL_KINDS: tuple[str, ...] = ("scratch", "broken_part", "dent", "colour_blotch")
 DESIGN = 128.0
 
@@ -315,7 +317,7 @@ def _structural_damage(kind: str, part: Part, canvas: Canvas, rng: np.random.Gen
             "weights": [rng.uniform(0.7, 1.0) for _ in range(n)],
             "rgb": BLOTCH_RGB[int(rng.integers(0, len(BLOTCH_RGB)))].tolist(),
         }
-    raise ValueError(f"unknown structural anomaly {kind!r}")
+    raise InputError(f"unknown structural anomaly {kind!r}")
 
 
 def _damage_mask(part: Part, canvas: Canvas) -> np.ndarray:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
+
 __all__ = ["DEFECT_KINDS", "TEXTURES", "describe", "render", "write"]
 
 TEXTURES: tuple[str, ...] = ("woven_fabric", "wood_grain")
@@ -111,12 +113,12 @@ def render(category: str, kind: str, rng: np.random.Generator, size: int) -> tup
         (uint8 RGB image (size, size, 3), bool mask (size, size) of the changed pixels, or None when normal).
 
     Raises:
-        ValueError: an unknown category or defect kind.
+        InputError: an unknown category or defect kind.
     """
     if category not in _TEXTURE:
-        raise ValueError(f"unknown texture category {category!r}; expected one of {', '.join(TEXTURES)}")
+        raise InputError(f"unknown texture category {category!r}; expected one of {', '.join(TEXTURES)}")
     if kind and kind not in _DEFECTS:
-        raise ValueError(f"unknown texture defect {kind!r}; expected one of {', '.join(DEFECT_KINDS)}")
+        raise InputError(f"unknown texture defect {kind!r}; expected one of {', '.join(DEFECT_KINDS)}")
     rgb = _TEXTURE[category](rng, size)
     mask = None
     if kind:
