@@ -1,8 +1,10 @@
-"""MLflow entry point `export`: a logged model's scorer as one ONNX file, checked against the served pyfunc.
+"""MLflow entry point `export`: a logged model's scorer as one ONNX file (and with ``format=openvino`` its
+OpenVINO IR beside it), checked against the served pyfunc.
 
     python pipelines/export.py model_uri=models:/pradot-synthetic-screw_bag/1
     mlflow run . --env-manager local -e export -P model_uri=models:/pradot-synthetic-screw_bag/1
     pradot-export model_uri=runs:/<run id>/model output=screw_bag.onnx
+    pradot-export model_uri=models:/pradot-synthetic-screw_bag/1 format=openvino   # + .xml/.bin beside it
 
 The model's data artifacts are loaded with the installed pyfunc code (:func:`pipelines.trusted.load_pyfunc`;
 code bundled with a version is never run); its scoring model and calibration
@@ -12,8 +14,10 @@ published the file is run with onnxruntime on the model's input example and on g
 sizes, and compared with the pyfunc's answers (maps at the input size normalised by the pyfunc map's range,
 raw scores); above ``tolerance`` the export fails. With tracking on, the file is logged as an artifact
 ``onnx/<file>`` of the run the model came from, and a registered version gets the tags ``pradot.onnx``
-(``runs:/<run id>/onnx/<file>``) and ``pradot.onnx_parity``. Supported: PRADOT models, memory banks and
-ensembles of them (:data:`pradot.export.SUPPORTED`).
+(``runs:/<run id>/onnx/<file>``) and ``pradot.onnx_parity``. With ``format=openvino`` the IR
+(:func:`pradot.export_openvino.export_openvino`) is checked the same way with the OpenVINO runtime, logged as
+``openvino/<stem>.xml`` and ``.bin``, and tagged ``pradot.openvino`` / ``pradot.openvino_parity``.
+Supported: PRADOT models, memory banks and ensembles of them (:data:`pradot.export.SUPPORTED`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/export.py`: 
 
 from pipelines import checks, cli, config, tracking  # noqa: E402
 from pipelines.predict import model_location  # noqa: E402
-from pipelines.tags import ONNX, ONNX_PARITY, SOURCE_MODEL
+from pipelines.tags import ONNX, ONNX_PARITY, OPENVINO, OPENVINO_PARITY, SOURCE_MODEL
+
+#: the version tags of a published export, per kind: where it was logged, its parity
+PUBLISHED_TAGS = {"onnx": (ONNX, ONNX_PARITY), "openvino": (OPENVINO, OPENVINO_PARITY)}
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,8 @@ __all__ = ["ExportSettings", "ExportResult", "export_settings", "source_of", "pa
 
 #: sizes (height, width) of the generated check images, besides the model's input example
 CHECK_SIZES = ((96, 128), (200, 75))
+#: export formats: the ONNX file alone, or with its OpenVINO IR beside it
+FORMATS = ("onnx", "openvino")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class ExportSettings:
     overwrite: bool = False
     opset: int = 18
     tolerance: float = 1e-3
+    format: str = "onnx"  # "openvino": the ONNX file plus its OpenVINO IR (.xml, .bin) beside it
     tracking: bool = True
     experiment_name: str = "pradot-export"
     workdir: Path = Path(".")
@@ -79,12 +89,22 @@ def export_settings(cfg) -> ExportSettings:
             why="ONNX opset; 18 is the first with the ops the graph needs",
         ),
         tolerance=checks.number("tolerance", cfg.get("tolerance", 1e-3), lo=0, lo_open=True, hi=1),
+        format=_format(cfg.get("format", "onnx")),
         tracking=checks.boolean("tracking.enabled", trk.get("enabled", True)),
         experiment_name=checks.experiment_name(
             "tracking.experiment_name", str(trk.get("experiment_name", "pradot-export"))
         ),
         workdir=Path(str(cfg.get("workdir") or ".")).resolve(),
     )
+
+
+def _format(value) -> str:
+    fmt = str(value or "onnx").strip().lower()
+    if fmt not in FORMATS:
+        raise checks.ConfigError(
+            f"format must be one of {', '.join(FORMATS)} (openvino: the ONNX file and its OpenVINO IR), got {value!r}"
+        )
+    return fmt
 
 
 @dataclass(frozen=True)
@@ -153,8 +173,9 @@ def _check_images(model_dir: str | None, image_size: int) -> list:
     return images
 
 
-def parity(scorer, onnx_path: Path, images: Sequence[str]) -> dict[str, float]:
-    """``{"map_max_abs", "score_max_abs"}``: the largest difference between onnxruntime and the served scorer
+def parity(scorer, onnx_path: Path, images: Sequence[str], runner=None) -> dict[str, float]:
+    """``{"map_max_abs", "score_max_abs"}``: the largest difference between onnxruntime (or ``runner``, an
+    object with :meth:`pradot.export.OnnxScorer.score`, e.g. an OpenVINOScorer) and the served scorer
     (``pradot.serving.Scorer``) over ``images`` (base64): maps at the input's size as the server returns them,
     each difference divided by the range of the pyfunc's map; raw scores (the map's maximum) likewise; and the
     last image twice in one batch against it alone."""
@@ -166,7 +187,7 @@ def parity(scorer, onnx_path: Path, images: Sequence[str]) -> dict[str, float]:
     from pradot.export import OnnxScorer
     from pradot.serving import decode_image, map_size, resize_map
 
-    onnx_model = OnnxScorer(onnx_path)
+    onnx_model = runner if runner is not None else OnnxScorer(onnx_path)
     worst_map = worst_score = 0.0
     for value in images:
         rec = scorer.predict([value], return_map=True, map_format="npy")[0]
@@ -192,9 +213,20 @@ class ExportResult:
     artifact_uri: str | None = None
     run_id: str | None = None
     exit_code: int = cli.EXIT_OK
+    openvino: Path | None = None  # the IR's .xml (format=openvino)
+    openvino_parity: dict[str, float] | None = None
+    openvino_uri: str | None = None
 
     def summary(self) -> str:
         logged = f"\nlogged as : {self.artifact_uri}" if self.artifact_uri else ""
+        ov = []
+        if self.openvino is not None and self.openvino_parity is not None:
+            ov = [
+                f"openvino  : {self.openvino} (+ .bin)"
+                + (f", logged as {self.openvino_uri}" if self.openvino_uri else ""),
+                f"parity    : maps {self.openvino_parity['map_max_abs']:.2e}, raw scores "
+                f"{self.openvino_parity['score_max_abs']:.2e}, OpenVINO vs the served pyfunc",
+            ]
         return "\n".join(
             [
                 "\n== PRADOT export finished ==",
@@ -205,6 +237,7 @@ class ExportResult:
                 f"difference over the map's range), onnxruntime vs the served pyfunc",
                 f"run it    : python -c \"from pradot.export import OnnxScorer; print(OnnxScorer('{self.path}')"
                 f".metadata['image_threshold'])\"",
+                *ov,
             ]
         )
 
@@ -213,26 +246,34 @@ def _output(settings: ExportSettings, source: Source) -> Path:
     path = settings.output or settings.workdir / f"{source.slug}.onnx"
     if path.suffix.lower() != ".onnx":
         path = path / f"{source.slug}.onnx" if path.is_dir() else path.with_suffix(".onnx")
-    if path.exists() and not settings.overwrite:
-        raise cli.UsageError(f"{path} exists; choose another output or pass overwrite=true to replace it")
+    taken = [p for p in (path, *_ir_files(path, settings)) if p.exists()]
+    if taken and not settings.overwrite:
+        raise cli.UsageError(f"{taken[0]} exists; choose another output or pass overwrite=true to replace it")
     return path
 
 
-def _publish(path: Path, source: Source, checked: dict[str, float]) -> str | None:
-    """Log the file in the source model's run and tag its registered version; returns the artifact URI."""
+def _ir_files(path: Path, settings: ExportSettings) -> list[Path]:
+    """The OpenVINO IR files written beside the ONNX file (format=openvino), else none."""
+    return [path.with_suffix(".xml"), path.with_suffix(".bin")] if settings.format == "openvino" else []
+
+
+def _publish(paths: Sequence[Path], source: Source, checked: dict[str, float], kind: str = "onnx") -> str | None:
+    """Log the files in the source model's run under ``<kind>/`` and tag its registered version
+    (``pradot.<kind>``: the first file's URI, ``pradot.<kind>_parity``); returns that URI."""
     from mlflow import MlflowClient
 
     if source.run_id is None:
         return None
     client = MlflowClient()
-    client.log_artifact(source.run_id, str(path), "onnx")
-    uri = f"runs:/{source.run_id}/onnx/{path.name}"
+    for path in paths:
+        client.log_artifact(source.run_id, str(path), kind)
+    uri = f"runs:/{source.run_id}/{kind}/{paths[0].name}"
     if source.name:
-        client.set_model_version_tag(source.name, source.version, ONNX, uri)
+        client.set_model_version_tag(source.name, source.version, PUBLISHED_TAGS[kind][0], uri)
         client.set_model_version_tag(
             source.name,
             source.version,
-            ONNX_PARITY,
+            PUBLISHED_TAGS[kind][1],
             f"map {checked['map_max_abs']:.2e}, score {checked['score_max_abs']:.2e}",
         )
     return uri
@@ -264,15 +305,26 @@ def _export(settings: ExportSettings, source: Source) -> ExportResult:
             "registered_version": f"{source.name}/{source.version}" if source.name else "",
         },
     )
-    checked = parity(scorer, path, _check_images(model_dir, scorer.image_size))
+    images = _check_images(model_dir, scorer.image_size)
+    checked = parity(scorer, path, images)
     log.info("onnxruntime vs pyfunc: %s", checked)
+    result = ExportResult(path, settings.model_uri, checked)
+    if max(checked.values()) <= settings.tolerance and settings.format == "openvino":
+        from pradot.export_openvino import OpenVINOScorer, export_openvino
+
+        result.openvino = export_openvino(path)
+        result.openvino_parity = parity(scorer, path, images, runner=OpenVINOScorer(result.openvino))
+        log.info("OpenVINO vs pyfunc: %s", result.openvino_parity)
+        checked = {k: max(v, result.openvino_parity[k]) for k, v in checked.items()}
     if max(checked.values()) > settings.tolerance:
-        path.unlink(missing_ok=True)
+        for p in (path, *_ir_files(path, settings)):
+            p.unlink(missing_ok=True)
         raise RuntimeError(
             f"the exported graph differs from the served model by {checked} (tolerance "
-            f"{settings.tolerance}); nothing was written or logged"
+            f"{settings.tolerance}; onnxruntime {result.parity}, OpenVINO {result.openvino_parity}); "
+            "nothing was written or logged"
         )
-    return ExportResult(path, settings.model_uri, checked)
+    return result
 
 
 def run_export(settings: ExportSettings) -> ExportResult:
@@ -291,12 +343,23 @@ def run_export(settings: ExportSettings) -> ExportResult:
 
     with tracking.entry_run(f"export-{source.slug}", settings.experiment_name, entry_point="export") as run:
         tracking.log_resolved_params(
-            {"model_uri": settings.model_uri, "opset": settings.opset, "tolerance": settings.tolerance}
+            {
+                "model_uri": settings.model_uri,
+                "opset": settings.opset,
+                "tolerance": settings.tolerance,
+                "format": settings.format,
+            }
         )
         result = _export(settings, source)
         mlflow.log_metrics({f"parity_{k}": v for k, v in result.parity.items()})
-        result.artifact_uri = _publish(result.path, source, result.parity)
-        mlflow.set_tags({ONNX: result.artifact_uri or str(result.path), SOURCE_MODEL: settings.model_uri})
+        result.artifact_uri = _publish([result.path], source, result.parity)
+        tags = {ONNX: result.artifact_uri or str(result.path), SOURCE_MODEL: settings.model_uri}
+        if result.openvino is not None and result.openvino_parity is not None:
+            mlflow.log_metrics({f"parity_openvino_{k}": v for k, v in result.openvino_parity.items()})
+            ir = [result.openvino, result.openvino.with_suffix(".bin")]
+            result.openvino_uri = _publish(ir, source, result.openvino_parity, "openvino")
+            tags[OPENVINO] = result.openvino_uri or str(result.openvino)
+        mlflow.set_tags(tags)
         result.run_id = run.run_id
     return result
 

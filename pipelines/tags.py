@@ -210,5 +210,12 @@ ONNX_PARITY = "pradot.onnx_parity"
 """The largest absolute differences between the ONNX graph's and the pyfunc's maps and scores on the check
 images (``map <x>, score <y>``)."""
 
+OPENVINO = "pradot.openvino"
+"""Where the OpenVINO IR (``.xml`` beside its ``.bin``) of a version was logged (on the version and the export
+run)."""
+
+OPENVINO_PARITY = "pradot.openvino_parity"
+"""As :data:`ONNX_PARITY`, for the OpenVINO IR run by the OpenVINO runtime."""
+
 SOURCE_MODEL = "pradot.source_model"
 """The model URI an export started from."""

@@ -55,6 +55,7 @@ from .cost import FEATURE_NORM_EPS, spatial_cost
 from .errors import InputError, InputTypeError
 from .io import atomic_write
 from .maps import Convention, gaussian_smooth, resize_maps
+from .pil_resize import PILBilinearResize
 from .postprocess import standardise
 from .scoring import cell_copies, fuse_maps
 
@@ -81,78 +82,8 @@ OUTPUT_NAMES = ("anomaly_map", "score")
 SUPPORTED = "PRADOT models, memory banks (MemoryBankModel) and ensembles of them (Ensemble)"
 #: the model kinds (``KIND``, :mod:`pradot.base`) that have an export head; ensembles of them export too
 HEAD_KINDS = ("pradot", "memory_bank")
-#: PIL's fixed-point precision for 8-bit resampling (Resample.c: PRECISION_BITS = 32 - 8 - 2)
-_PRECISION_BITS = 22
 #: bank rows per matrix product of the memory-bank search (bounds the graph's memory: rows x H*W floats)
 BANK_CHUNK = 16384
-
-
-# ------------------------------------------------------------------------------------- resize
-def _pil_coefficients(n_in: torch.Tensor, n_out: int) -> torch.Tensor:
-    """PIL's 8-bit bilinear resampling coefficients as an (n_out, n_in) float64 matrix of integers (weights
-    x 2^22, rounded as ``normalize_coeffs_8bpc`` does). ``n_in``: ``arange(n_in)`` of the input axis (float64)."""
-    j = n_in
-    scale = (j[-1] + 1.0) / float(n_out)  # in / out, as PIL computes it in double
-    filterscale = torch.clamp(scale, min=1.0)
-    ss = 1.0 / filterscale
-    center = (torch.arange(n_out, dtype=torch.float64, device=j.device) + 0.5) * scale
-    w = torch.clamp(1.0 - torch.abs(((j[None, :] - center[:, None]) + 0.5) * ss), min=0.0)  # triangle filter
-    w = w / w.sum(dim=1, keepdim=True)
-    return torch.floor(0.5 + w * float(1 << _PRECISION_BITS))
-
-
-def _clip8(acc: torch.Tensor) -> torch.Tensor:
-    """PIL's ``clip8``: (sum + 2^21) >> 22, clipped to [0, 255] (the rounding offset is added here)."""
-    return torch.clamp(torch.floor((acc + float(1 << (_PRECISION_BITS - 1))) / float(1 << _PRECISION_BITS)), 0, 255)
-
-
-def _vertical_first_rule() -> bool:
-    """Whether the installed Pillow resizes vertically first when the height shrinks much more than the width
-    (Pillow >= 13); earlier releases always resize horizontally first."""
-    import PIL
-
-    return int(PIL.__version__.split(".")[0]) >= 13
-
-
-def _horizontal_first(x: torch.Tensor, cw: torch.Tensor, ch: torch.Tensor) -> torch.Tensor:
-    return _clip8(torch.matmul(ch, _clip8(torch.matmul(x, cw.transpose(0, 1)))))
-
-
-def _vertical_first(x: torch.Tensor, cw: torch.Tensor, ch: torch.Tensor) -> torch.Tensor:
-    return _clip8(torch.matmul(_clip8(torch.matmul(ch, x)), cw.transpose(0, 1)))
-
-
-class PILBilinearResize(nn.Module):
-    """``Image.resize((S, S), Image.BILINEAR)`` of 8-bit RGB images, bit-exact: uint8 (B, H, W, 3) -> float32
-    (B, 3, S, S) in [0, 1] (``/ 255``).
-
-    PIL resamples 8-bit images in two passes, each with integer coefficients (weights x 2^22) and rounded to
-    uint8; here each pass is a float64 matrix product with the same coefficients (exact: every partial sum is
-    an integer below 2^53), then the same rounding. The order of the passes matters (each rounds): Pillow
-    resizes horizontally first, except (Pillow >= 13) when the height shrinks more than twice as much as the
-    width, ``H > S and H - S > 2 (W - S)``, then vertically first (checked against PIL on random sizes).
-    ``vertical_first_rule``: follow that rule (default: whether the installed Pillow has it). Cost: about
-    3 H W S multiply-adds for the first pass (O(H W S) rather than PIL's O(H W): fine for camera images).
-    """
-
-    def __init__(self, size: int, vertical_first_rule: bool | None = None):
-        super().__init__()
-        self.size = int(size)
-        self.vertical_first_rule = _vertical_first_rule() if vertical_first_rule is None else bool(vertical_first_rule)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        S = self.size
-        x = image.permute(0, 3, 1, 2).to(torch.float64)  # (B, 3, H, W)
-        rows = torch.arange(x.shape[2], dtype=torch.float64, device=x.device)
-        cols = torch.arange(x.shape[3], dtype=torch.float64, device=x.device)
-        cw, ch = _pil_coefficients(cols, S), _pil_coefficients(rows, S)  # (S, W), (S, H)
-        if not self.vertical_first_rule:
-            out = _horizontal_first(x, cw, ch)
-        else:
-            h, w = rows[-1] + 1.0, cols[-1] + 1.0
-            vertical = (h > S) & (h - S > 2.0 * (w - S))
-            out = torch.cond(vertical, _vertical_first, _horizontal_first, (x, cw, ch))
-        return (out / 255.0).to(torch.float32)
 
 
 # ------------------------------------------------------------------------------------- scoring heads
@@ -456,13 +387,19 @@ class OnnxScorer:
 
     Args:
         path: the ``.onnx`` file; providers: onnxruntime execution providers (default: CPU).
+        threads: intra-op threads (None: onnxruntime's default, one per core).
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None):
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), providers=list(providers or ["CPUExecutionProvider"]))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+        )
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         cal = self.metadata.get("calibration")
         self.calibration = Calibration.from_dict(json.loads(cal)) if cal else None

@@ -524,6 +524,23 @@ def test_export_logs_an_onnx_file_equal_to_the_served_model(served, tmp_path, mo
     maps, scores = onnx_model.score(img)
     assert abs(float(scores[0]) - json.loads(text)["predictions"][0]["raw_score"]) < 1e-4
     assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={out}"]) == 2  # exists: refused
+    # format=openvino: the IR beside the ONNX file, checked with OpenVINO, logged and tagged like the ONNX file
+    from pradot.export_openvino import OpenVINOScorer
+
+    ov_out = tmp_path / "ov" / "model.onnx"
+    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={ov_out}", "format=openvino"]) == 0
+    ir = OpenVINOScorer(ov_out.with_suffix(".xml"))
+    assert ir.calibration == served.calibration and ov_out.with_suffix(".bin").is_file()
+    version = client.get_model_version("pradot-serving-test", "1")
+    assert version.tags["pradot.openvino"] == f"runs:/{version.run_id}/openvino/model.xml"
+    assert "pradot.openvino_parity" in version.tags
+    logged = sorted(a.path for a in client.list_artifacts(version.run_id, "openvino"))
+    assert logged == ["openvino/model.bin", "openvino/model.xml"]
+    ir_maps, ir_scores = ir.score(img)
+    assert abs(float(ir_scores[0]) - float(scores[0])) < 1e-4
+    assert np.abs(ir_maps - maps).max() / float(maps.max() - maps.min()) < 1e-4
+    bad = ["model_uri=models:/pradot-serving-test/1", f"output={tmp_path / 'x.onnx'}", "format=tensorrt"]
+    assert export.main(bad) == 2 and not (tmp_path / "x.onnx").exists()
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from pradot.export import (
     nearest_distance,
     read_metadata,
 )
+from pradot.export_openvino import OpenVINOScorer, export_openvino
 from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 from pradot.scoring import assignment_scores
 from pradot.serving import Scorer, encode_png, map_size, resize_map
@@ -144,6 +145,18 @@ def test_export_module_scores_as_the_served_scorer(models, kind):
         assert np.abs(mine - served).max() / span < 1e-5 and abs(float(scores[0]) - raw) / span < 1e-5
 
 
+def test_openvino_export_refuses_a_missing_file_and_a_bad_name(tmp_path):
+    from pradot.errors import InputError
+
+    with pytest.raises(InputError, match="export the model with pradot.export.export_onnx first"):
+        export_openvino(tmp_path / "missing.onnx")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(InputError, match="must end in .xml"):
+        export_openvino(tmp_path / "m.onnx", tmp_path / "m.bin")
+    with pytest.raises(InputError, match="export it with `export format=openvino` first"):
+        OpenVINOScorer(tmp_path / "m.xml")
+
+
 def test_unsupported_models_are_refused_with_the_supported_kinds(models):
     assert all(exportable(m) for m in vars(models).values())
     assert not exportable(torch.nn.Linear(2, 2))
@@ -152,9 +165,10 @@ def test_unsupported_models_are_refused_with_the_supported_kinds(models):
 
 
 @pytest.mark.slow
-def test_onnxruntime_equals_the_pyfunc_on_images_of_several_sizes(models, tmp_path):
-    """The parity the issue asks: onnxruntime maps (resized to the input as served) and scores equal the
-    pyfunc's to 1e-4 (max abs, over the pyfunc map's range); thresholds and quantiles in the metadata."""
+def test_onnxruntime_and_openvino_equal_the_pyfunc_on_images_of_several_sizes(models, tmp_path):
+    """The parity the issue asks: onnxruntime's and OpenVINO's maps (resized to the input as served) and scores
+    equal the pyfunc's to 1e-4 (max abs, over the pyfunc map's range), each runtime's first inference
+    included; thresholds and quantiles in the metadata (the ONNX file's and the IR's)."""
     from pipelines.mlflow_model import PradotPyfunc
 
     rng = np.random.default_rng(3)
@@ -178,6 +192,10 @@ def test_onnxruntime_equals_the_pyfunc_on_images_of_several_sizes(models, tmp_pa
         assert float(meta["image_threshold"]) == cal.threshold and float(meta["pixel_threshold"]) == cal.pixel_threshold
         assert meta["source_model"] == kind and Calibration.from_dict(json.loads(meta["calibration"])) == cal
         onnx_model = OnnxScorer(path)
+        xml = export_openvino(path)
+        assert xml == path.with_suffix(".xml") and xml.with_suffix(".bin").is_file()
+        runtimes = {"onnxruntime": onnx_model, "openvino": OpenVINOScorer(xml)}
+        assert runtimes["openvino"].metadata == meta and runtimes["openvino"].calibration == cal
         import pandas as pd
 
         for h, w in SIZES:
@@ -186,18 +204,20 @@ def test_onnxruntime_equals_the_pyfunc_on_images_of_several_sizes(models, tmp_pa
                 None, pd.DataFrame({"image": [encode_png(img)]}), params={"return_map": True, "map_format": "npy"}
             ).iloc[0]
             served = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
-            omaps, oscores = onnx_model.score(img)
-            mine = resize_map(omaps[0], (h, w))
             span = float(served.max() - served.min())
-            assert np.abs(mine - served).max() / span < 1e-4, (kind, h, w)
-            assert abs(float(oscores[0]) - rec["raw_score"]) / span < 1e-4, (kind, h, w)
-            assert bool(onnx_model.is_anomaly(oscores)[0]) == bool(rec["is_anomaly"])
+            for name, runtime in runtimes.items():
+                omaps, oscores = runtime.score(img)
+                mine = resize_map(omaps[0], (h, w))
+                assert np.abs(mine - served).max() / span < 1e-4, (kind, name, h, w)
+                assert abs(float(oscores[0]) - rec["raw_score"]) / span < 1e-4, (kind, name, h, w)
+                assert bool(runtime.is_anomaly(oscores)[0]) == bool(rec["is_anomaly"])
         # the batch dimension is dynamic: three images in one call score as each alone
         assert isinstance(onnx_model.session.get_inputs()[0].shape[0], str)
         batch = rng.integers(0, 256, (3, 50, 70, 3), dtype=np.uint8)
-        bmaps, bscores = onnx_model.score(batch)
-        assert bmaps.shape[0] == bscores.shape[0] == 3
-        for i in range(3):
-            one_map, one_score = onnx_model.score(batch[i])
-            np.testing.assert_allclose(bmaps[i], one_map[0], rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(bscores[i], one_score[0], rtol=1e-5, atol=1e-6)
+        for runtime in runtimes.values():
+            bmaps, bscores = runtime.score(batch)
+            assert bmaps.shape[0] == bscores.shape[0] == 3
+            for i in range(3):
+                one_map, one_score = runtime.score(batch[i])
+                np.testing.assert_allclose(bmaps[i], one_map[0], rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(bscores[i], one_score[0], rtol=1e-5, atol=1e-6)
