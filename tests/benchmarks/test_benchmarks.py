@@ -369,7 +369,10 @@ def test_quality_comparison_at_a_tiny_size(tmp_path):
         assert set(quality.SHOWN) <= set(model) and all(0.0 <= v <= 1.0 for v in model.values())
     assert len(sec["selected"]["members"]) == len(sec["selected"]["weights"]) >= 1
     assert abs(sum(sec["selected"]["weights"]) - 1) < 1e-9
-    assert set(sec["candidates_validation"]) >= {"memory bank"} and len(sec["models"]) == 9
+    assert set(sec["candidates_validation"]) >= {"memory bank"}
+    # the paper's 4 banks, the recipe's 4 and every baseline row (memory bank before/after, direct recipe, PaDiM)
+    assert set(quality.ROWS) <= set(sec["models"]) and len(sec["models"]) == 8 + len(quality.ROWS)
+    assert set(quality.SHOWN) <= set(sec["selected_with_padim"]["metrics"])
     assert sec["n_images"] == {"train": 8, "validation": 4, "test": 9, "pseudo_anomalies": 4}
 
 
