@@ -64,11 +64,12 @@ def test_nested_run_logs_print_each_line_once_and_keep_it_in_both_files(capsys):
     with run_log() as outer, run_log() as inner:
         log.info("one line")
         log.error("run failed: only in the logs", extra={FILE_ONLY: True})
+        texts = [path.read_text() for path in (outer, inner)]  # read in the blocks: their folders go with them
     err = capsys.readouterr().err
     assert err.count("[pradot] one line") == 1 and "only in the logs" not in err
-    for path in (outer, inner):
-        text = path.read_text()
+    for text in texts:
         assert "one line" in text and "run failed: only in the logs" in text
+    assert not outer.exists() and not inner.exists()
     with run_log():
         log.info("again")
     assert capsys.readouterr().err.count("[pradot] again") == 1  # the console handler went with its block
