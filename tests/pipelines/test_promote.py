@@ -276,7 +276,7 @@ def test_promote_refuses_other_data_than_the_members(store, capsys):
 
     ns = store
     stamp = next((ns.tmp / "data").rglob(".pradot_synthetic.json")).read_text()
-    rc = promote.main(["data=synthetic", f"data.root={ns.tmp}/data"])
+    rc = promote.main(["data=synthetic", "backbone=efficientnet_lite0", f"data.root={ns.tmp}/data"])
     err = capsys.readouterr().err
     assert rc == 2 and "trained on other data" in err and "data.generator" in err
     assert next((ns.tmp / "data").rglob(".pradot_synthetic.json")).read_text() == stamp
