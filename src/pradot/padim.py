@@ -218,7 +218,9 @@ class PaDiMModel(nn.Module, FeatureModel):
                 self.grid = (int(f.shape[-2]), int(f.shape[-1]))
         mean, cov = gaussian_parameters(torch.cat(parts), self.config.covariance, self.config.eps)
         self.mean = mean.float()
-        self.precision = torch.linalg.inv(cov).float()
+        # the covariances are symmetric positive definite (eps I or Ledoit-Wolf shrinkage): their inverses through
+        # the Cholesky factors (batched LU inverses failed at random in torch's CPU path: "Pivots given to lu_solve")
+        self.precision = torch.cholesky_inverse(torch.linalg.cholesky(cov)).float()
         self.fitted = True
         return self
 
