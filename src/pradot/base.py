@@ -229,10 +229,27 @@ class FeatureModel(ScoringModel, FeatureScorer):
 
     backbone: Any  # pradot.backbone.Backbone
 
-    @abstractmethod
-    def fit(self, data, *args, **kwargs):
-        """Learn from training images (a Dataset of ``{"image": (3, S, S)}`` items or a DataLoader); returns
-        ``self``."""
+    def fit(self, data, batch_size: int = 32, num_workers: int = 0, progress: bool = True):
+        """Learn from training images (a Dataset of ``{"image": (3, S, S)}`` items, or a DataLoader over one):
+        their backbone features (:func:`pradot.features.extract_features`, without gradients), then
+        :meth:`fit_features`; returns ``self``. Kinds that train differently (PRADOT's epochs, FOCT's support)
+        override it."""
+        from torch.utils.data import DataLoader
+
+        from .features import extract_features
+
+        if isinstance(data, DataLoader):
+            data = data.dataset
+        with torch.no_grad():
+            feats = extract_features(
+                self.backbone,
+                data,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                device=self.device,
+                progress=progress,
+            )
+        return self.fit_features(feats, progress=progress)
 
     @torch.no_grad()
     def backbone_features(self, images, batch_size: int = 16):

@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
 
 from .aggregation import FeatureOptions, check_aggregation, check_border, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
@@ -169,20 +168,6 @@ class MemoryBankModel(nn.Module, FeatureModel):
             self.memory[s] = mem
         self.fitted = True
         return self
-
-    @torch.no_grad()
-    def fit(
-        self, data: Dataset | DataLoader, batch_size: int = 32, num_workers: int = 0, progress: bool = True
-    ) -> MemoryBankModel:
-        """Extract the training images' features with the backbone and fill the banks (:meth:`fit_features`)."""
-        from .features import extract_features
-
-        if isinstance(data, DataLoader):
-            data = data.dataset
-        feats = extract_features(
-            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device, progress=progress
-        )
-        return self.fit_features(feats, progress=progress)
 
     def _nn(self, stage: int):
         """The nearest-neighbour index of a bank (built on first use)."""

@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
 
 from .aggregation import FeatureOptions, stage_image_count
 from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
@@ -223,20 +222,6 @@ class PaDiMModel(nn.Module, FeatureModel):
         self.precision = torch.cholesky_inverse(torch.linalg.cholesky(cov)).float()
         self.fitted = True
         return self
-
-    @torch.no_grad()
-    def fit(
-        self, data: Dataset | DataLoader, batch_size: int = 32, num_workers: int = 0, progress: bool = True
-    ) -> PaDiMModel:
-        """Extract the training images' features with the backbone and fit (:meth:`fit_features`)."""
-        from .features import extract_features
-
-        if isinstance(data, DataLoader):
-            data = data.dataset
-        feats = extract_features(
-            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device, progress=progress
-        )
-        return self.fit_features(feats, progress=progress)
 
     # ------------------------------------------------------------------ scoring
     def check_fitted(self) -> None:

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from pradot.backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from pradot.base import FeatureModel
@@ -246,21 +245,6 @@ class VPDM(nn.Module, FeatureModel):
         self.eval()
         self.fitted = True
         return self
-
-    @torch.no_grad()
-    def fit(
-        self, data: Dataset | DataLoader, batch_size: int = 32, num_workers: int = 0, progress: bool = True
-    ) -> VPDM:
-        """Extract the training images' features with the backbone, then :meth:`fit_features`."""
-        from pradot.features import extract_features
-
-        if isinstance(data, DataLoader):
-            data = data.dataset
-        feats = extract_features(
-            self.backbone, data, batch_size=batch_size, num_workers=num_workers, device=self.device, progress=progress
-        )
-        with torch.enable_grad():
-            return self.fit_features(feats, progress=progress)
 
     # ------------------------------------------------------------------ scoring (Algorithm 2, Sec. 3.4)
     def _noise(self, batch: int, draw: int = 0):
