@@ -17,13 +17,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[mlops,dev]"
 	touch $(STAMP)
 
-# The whole suite, services included; only the tests that download from the package index are left out.
+# The whole suite, services included, one worker per core (each module on one worker: its fixtures start once);
+# only the tests that download from the package index are left out.
 test: setup
-	$(PY) -m pytest -q --durations=25 -m "not network" tests
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25 -m "not network" tests
 
 # The tests marked `network` (the uv environment built from PyPI, about 2.5 GB the first time).
 test-network: setup
-	$(PY) -m pytest -q --durations=25 -m network tests
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25 -m network tests
 
 # The main job on the embedded synthetic dataset with the fast CPU experiment (minutes on 2 cores).
 demo: setup

@@ -154,7 +154,8 @@ def log_training_figures(
 ) -> None:
     """The figures of a training run, on its scored test split ``scored``: overlays, curves and, with
     ``paper_figures``, the paper's Fig. 4-6 (assignment arrows, prototypes, restored images, UMAP) for the
-    first stage. ``train_features``: ``{stage: (N, D, H, W)}`` (None: no prototype figures)."""
+    first stage (the UMAP only when ``umap_max_points`` > 0).
+    ``train_features``: ``{stage: (N, D, H, W)}`` (None: no prototype figures)."""
     import torch
 
     from pradot import viz
@@ -191,6 +192,8 @@ def log_training_figures(
         )
     if train_features is not None:
         _prototype_figures(model, splits, scored, image_size, stage, anomalous, feats, train_features[stage])
-    log_figure(
-        "umap", lambda: _umap_figure(model, splits, scored, image_size, stage, anomalous, feats, umap_max_points, seed)
-    )
+    if umap_max_points > 0:  # 0: no UMAP figure (numba compiles UMAP's kernels in every new process: ~20 s)
+        log_figure(
+            "umap",
+            lambda: _umap_figure(model, splits, scored, image_size, stage, anomalous, feats, umap_max_points, seed),
+        )

@@ -8,6 +8,19 @@ import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core (pytest-xdist): one torch thread each, or the workers' thread pools
+    # oversubscribe the cores; the services and subprocesses a test starts keep their own defaults
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The modules that start services or subprocesses (a ``slow`` test in them) first, each kept whole and in
+    its own order: with ``-n auto --dist loadfile`` the longest modules start at once on different workers
+    instead of one of them starting last."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)  # stable: collection order kept within
+
 
 @pytest.fixture(scope="session")
 def effnet():

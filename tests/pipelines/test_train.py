@@ -51,7 +51,11 @@ def common_overrides(tmp_path, extra=""):
 @pytest.mark.usefixtures("sqlite_uri")  # the store at tmp_path/mlflow.db: a copy of the migrated template
 def test_mlflow_run_end_to_end(tmp_path):
     proc = mlflow_run(
-        tmp_path, "dataset=synthetic", f"data_root={tmp_path}/synthetic", "alpha=0.3", common_overrides(tmp_path)
+        tmp_path,
+        "dataset=synthetic",
+        f"data_root={tmp_path}/synthetic",
+        "alpha=0.3",
+        common_overrides(tmp_path, "evaluation.umap_max_points=300"),  # the one end-to-end run with the UMAP figure
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "registered as pradot-synthetic-screw_bag" in proc.stdout
