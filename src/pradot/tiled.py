@@ -175,8 +175,10 @@ class TiledModel(nn.Module, ScoringModel):
         if self.config.banks == "shared":
             self.models[0].fit_features({s: f.reshape(-1, *f.shape[2:]) for s, f in feats.items()}, progress=progress)
         else:
-            for k, m in enumerate(self.models):
-                m.fit_features({s: np.ascontiguousarray(f[:, k]) for s, f in feats.items()}, progress=progress)
+            for k, m in enumerate(self.models):  # one progress bar (the first bank's): the others take as long
+                m.fit_features(
+                    {s: np.ascontiguousarray(f[:, k]) for s, f in feats.items()}, progress=progress and k == 0
+                )
         return self
 
     # ------------------------------------------------------------------ scoring
