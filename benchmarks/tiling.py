@@ -72,7 +72,7 @@ def _images(samples, size: int) -> torch.Tensor:
 def _pradot(args, backbone, size: int, alpha: float) -> PRADOT:
     config = PRADOTConfig(
         backbone="efficientnet_lite0", stages=(2,), image_size=size, alpha=alpha, n=4, eta=0.8,
-        batch_size=16, epochs=args.epochs, seed=args.seed,
+        batch_size=min(16, args.n_train), epochs=args.epochs, seed=args.seed,
     )  # fmt: skip
     return PRADOT(config, backbone=backbone)
 
