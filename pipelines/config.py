@@ -22,6 +22,7 @@ from pipelines import checks
 from pipelines.argv import CONF_DIR, parse_overrides
 from pipelines.checks import ConfigError
 from pipelines.paths import not_utf8_message, resolve_paths
+from pipelines.tiling import TilingSettings, tiling_settings
 from pradot.backbone import check_weights
 from pradot.engine import DataSpec, batch_size_for
 from pradot.model import PRADOTConfig
@@ -266,6 +267,7 @@ class TrainSettings:
     tracking: TrackingSettings
     fail_at_epoch: int | None = None
     calibration_pixel_quantile: float | None = None  # None: calibration_quantile (masks: map > pixel threshold)
+    tiling: TilingSettings | None = None  # model.tiling (pipelines.tiling); None: whole images
 
     @property
     def run_name(self) -> str:
@@ -335,6 +337,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         tracking=_tracking(cfg),
         fail_at_epoch=int(fail_at) if fail_at is not None else None,
         calibration_pixel_quantile=pixel_q,
+        tiling=tiling_settings(cfg),
     )
     # last, after the settings' own checks: the backbone's weights can be had (one line, not a download
     # retried for minutes in the middle of the run)

@@ -105,6 +105,10 @@ def _train(settings: config.TrainSettings, splits, device):
     from pradot.features import FeatureCache
 
     spec = settings.data
+    if settings.tiling is not None:  # model.tiling.enabled: a TiledModel of PRADOT banks (pipelines.tiling)
+        from pipelines.tiling import train_tiled
+
+        return train_tiled(settings, splits, device, _epoch_logger(settings))
     aug_name = spec.augmentation if spec.augmentation not in (None, "none", "None") else None
     return train_model(
         settings.model,
@@ -210,7 +214,7 @@ def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, tes
             result.history,
             image_size=spec.image_size,
             n_overlays=ev.n_overlays,
-            paper_figures=ev.figures,
+            paper_figures=ev.figures and settings.tiling is None,  # Fig. 4-6 draw one bank on one image
             umap_max_points=ev.umap_max_points,
             seed=spec.seed,
         )

@@ -36,7 +36,8 @@ Every model class of the project implements this (``tests/pradot/test_contract.p
 :class:`pradot.model.PrototypeModel` (a feature scorer: PRADOT's banks), :class:`pradot.fewshot.FOCT` (a
 feature model whose ``score`` may also update its memory), :class:`pradot.padim.PaDiMModel` (a feature
 model), :class:`pradot.vpdm.VPDM` (a feature model, one model for many categories, whose image score is the max
-of the pooled map) and :class:`pradot.ensemble.Ensemble` (a scoring model over members that are feature models).
+of the pooled map), :class:`pradot.ensemble.Ensemble` (a scoring model over members that are feature models)
+and :class:`pradot.tiled.TiledModel` (a scoring model over tile models that are feature models, maps stitched).
 """
 
 from __future__ import annotations

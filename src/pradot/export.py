@@ -33,7 +33,8 @@ Export-friendly formulations (checked against the library's paths by the tests):
 
 The image threshold, the pixel threshold and the normals' quantile table travel in the file's metadata
 (``metadata_props``: ``image_threshold``, ``pixel_threshold``, ``quantile``, ``calibration`` as JSON, ...).
-Supported: PRADOT models, memory banks, and ensembles of them; other model kinds raise TypeError. The
+Supported: PRADOT models, memory banks, ensembles of them and tiled models of them (:mod:`pradot.tiled`: the tiles cut
+and the maps stitched in the graph, static slices and pads); other model kinds raise TypeError. The
 exporter is ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), opset 18.
 """
 
@@ -58,6 +59,7 @@ from .maps import Convention, gaussian_smooth, resize_maps
 from .pil_resize import PILBilinearResize
 from .postprocess import standardise
 from .scoring import cell_copies, fuse_maps
+from .tiling import cut_tiles, stitch_maps
 
 __all__ = [
     "OPSET",
@@ -79,7 +81,9 @@ __all__ = [
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
-SUPPORTED = "PRADOT models, memory banks (MemoryBankModel) and ensembles of them (Ensemble)"
+SUPPORTED = (
+    "PRADOT models, memory banks (MemoryBankModel), ensembles of them (Ensemble) and tiled models of them (TiledModel)"
+)
 #: the model kinds (``KIND``, :mod:`pradot.base`) that have an export head; ensembles of them export too
 HEAD_KINDS = ("pradot", "memory_bank")
 #: bank rows per matrix product of the memory-bank search (bounds the graph's memory: rows x H*W floats)
@@ -217,6 +221,8 @@ def exportable(model) -> bool:
     or an ensemble whose members are all one of those."""
     if getattr(model, "KIND", None) == "ensemble":
         return all(getattr(m, "KIND", None) in HEAD_KINDS for m in model.members)
+    if getattr(model, "KIND", None) == "tiled":
+        return all(getattr(m, "KIND", None) in HEAD_KINDS for m in model.models)
     return getattr(model, "KIND", None) in HEAD_KINDS
 
 
@@ -228,6 +234,11 @@ def _members(model) -> tuple[list, Any]:
         if bad:
             raise InputTypeError(f"ONNX export supports {SUPPORTED}; this ensemble has members of kind {bad}")
         return members, model
+    if getattr(model, "KIND", None) == "tiled":  # tile models: heads on one backbone, the maps stitched
+        bad = [type(m).__name__ for m in model.models if getattr(m, "KIND", None) not in HEAD_KINDS]
+        if bad:
+            raise InputTypeError(f"ONNX export supports {SUPPORTED}; this tiled model has tile models of kind {bad}")
+        return list(model.models), None
     if getattr(model, "KIND", None) in HEAD_KINDS:
         return [model], None
     raise InputTypeError(f"ONNX export supports {SUPPORTED}; got {type(model).__name__}")
@@ -256,6 +267,21 @@ class ExportScorer(nn.Module):
         self.stats = [(float(s["mean"]), float(s["std"])) for s in stats] if stats else None
         self.weights = list(ens.weights) if ens is not None and ens.weights is not None else None
         self.ensemble = ens is not None
+        self.grid = model.grid if getattr(model, "KIND", None) == "tiled" else None
+
+    def tiled_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """A tiled model's stitched maps (B, S, S) (:mod:`pradot.tiling`): one backbone pass over the B x K tiles,
+        then the shared head on all of them or head k on tile k."""
+        grid = self.grid
+        assert grid is not None
+        K, T = grid.n_tiles, grid.tile
+        feats = self.backbones[0](cut_tiles(images, grid).reshape(-1, 3, T, T))
+        if len(self.heads) == 1:
+            return stitch_maps(self.heads[0](feats).reshape(-1, K, T, T), grid)
+        per = {s: f.reshape(-1, K, *f.shape[1:]) for s, f in feats.items()}
+        return stitch_maps(
+            torch.stack([h({s: f[:, k] for s, f in per.items()}) for k, h in enumerate(self.heads)], 1), grid
+        )
 
     def member_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Each member's map at the model's size, before normalisation (``images``: (B, 3, S, S) in [0, 1])."""
@@ -273,6 +299,9 @@ class ExportScorer(nn.Module):
         return out  # type: ignore[return-value]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.grid is not None:
+            stitched = self.tiled_maps(self.resize(image))
+            return stitched, stitched.flatten(1).amax(1)
         maps = self.member_maps(self.resize(image))
         if self.ensemble:
             if self.stats is not None:

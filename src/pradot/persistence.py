@@ -1,5 +1,5 @@
 """Load any scoring model file the project writes: a PRADOT model, a memory bank, an ensemble, a FOCT
-(few-shot) model, a PaDiM model or a VPDM model.
+(few-shot) model, a PaDiM model, a VPDM model or a tiled model.
 
 ```python
 from pradot.persistence import load_scoring_model
@@ -35,6 +35,7 @@ from .fewshot import FOCT, FOCT_FORMAT
 from .memory_bank import MemoryBankModel
 from .model import PRADOT
 from .padim import PaDiMModel
+from .tiled import TiledModel
 from .vpdm import VPDM
 
 __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_info", "servable_formats"]
@@ -42,7 +43,7 @@ __all__ = ["ScoringModel", "SCORING_FORMATS", "load_scoring_model", "model_file_
 
 #: file format -> the class that reads it (``from_state``): every :class:`pradot.base.ScoringModel` kind
 SCORING_FORMATS: dict[str, type[ScoringModel]] = {
-    cls.FORMAT: cls for cls in (PRADOT, MemoryBankModel, Ensemble, FOCT, PaDiMModel, VPDM)
+    cls.FORMAT: cls for cls in (PRADOT, MemoryBankModel, Ensemble, FOCT, PaDiMModel, VPDM, TiledModel)
 }
 SCORING_FORMATS.update({fmt: Ensemble for fmt in ENSEMBLE_FORMATS})  # earlier ensemble files
 
@@ -64,7 +65,8 @@ def model_file_info(path: str | Path) -> dict[str, Any]:
 def load_scoring_model(path: str | Path, device: str | torch.device | None = "cpu") -> ScoringModel:
     """Load a PRADOT model file (``pradot-model-v1``), a memory bank (``pradot-memory-bank-v1``), an ensemble
     file (``pradot-ensemble-v1``/``-v2``), a FOCT model (``pradot-foct-v1``), a PaDiM model
-    (``pradot-padim-v1``) or a VPDM model (``pradot-vpdm-v1``) as a scorer in eval mode: a
+    (``pradot-padim-v1``), a VPDM model (``pradot-vpdm-v1``) or a tiled model (``pradot-tiled-v1``,
+    :class:`pradot.tiled.TiledModel`) as a scorer in eval mode: a
     :class:`pradot.base.ScoringModel` (``score(images) -> (maps, scores)``, ``image_size``, ``describe()``).
 
     Args:

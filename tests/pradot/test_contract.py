@@ -27,6 +27,8 @@ from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
 from pradot.model import PRADOT, PRADOTConfig, PrototypeModel
 from pradot.padim import PaDiMConfig, PaDiMModel
 from pradot.persistence import SCORING_FORMATS, load_scoring_model
+from pradot.tiled import TiledModel
+from pradot.tiling import TileGrid
 from pradot.vpdm import VPDM, VPDMConfig
 
 SIZE = 32
@@ -98,6 +100,12 @@ def _fit_ensemble(ens):
     return ens
 
 
+def _make_tiled():
+    """PRADOT (alpha > 0) at 16 px tiles, one bank per position of the 3 x 3 overlapping tiles of a SIZE image."""
+    tile = PRADOT(_pradot_config(image_size=SIZE // 2), backbone=_backbone())
+    return TiledModel.build(tile, TileGrid(SIZE, SIZE // 2, SIZE // 4, "linear"), banks="per_position")
+
+
 #: every model kind of the project
 KINDS = [
     Kind("PRADOT", lambda: PRADOT(_pradot_config(), backbone=_backbone()), _fit_features, lambda: _images(3, 9)),
@@ -135,6 +143,7 @@ KINDS = [
         lambda: _images(3, 9),
     ),
     Kind("VPDM", lambda: VPDM(_vpdm_config(), backbone=_backbone()), _fit_features, lambda: _images(3, 9)),
+    Kind("TiledModel", _make_tiled, lambda m: m.fit(_images(4, 1), progress=False), lambda: _images(3, 9)),
 ]
 _BY_NAME = {k.name: k for k in KINDS}
 

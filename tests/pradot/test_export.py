@@ -157,6 +157,31 @@ def test_openvino_export_refuses_a_missing_file_and_a_bad_name(tmp_path):
         OpenVINOScorer(tmp_path / "m.xml")
 
 
+@pytest.mark.parametrize("banks", ["per_position", "shared"])
+def test_export_module_of_a_tiled_model_scores_as_the_served_scorer(models, banks):
+    """A tiled model (pradot.tiled): tiles cut and maps stitched in the exported module, against the serving path.
+    (onnxruntime on this module's graph agreed to 1e-6 of the map's range; the export itself takes minutes.)"""
+    from pradot.tiled import TiledModel
+    from pradot.tiling import TileGrid
+
+    # per position: memory banks (cheap to fit 4 times); shared: PRADOT (alpha > 0, the spatial term)
+    tile = models.memory_bank if banks == "per_position" else models.pradot
+    tile = type(tile)(tile.config, backbone=tile.backbone)
+    train = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    model = TiledModel.build(tile, TileGrid(96, 64, 32, "linear"), banks).fit(train, progress=False).eval()
+    assert exportable(model)
+    module, scorer = ExportScorer(model).eval(), Scorer(model, Calibration(0.5, 0, 1, 0.99, 3))
+    rng = np.random.default_rng(2)
+    for h, w in SIZES[:2]:
+        img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        with torch.no_grad():
+            maps, scores = module(torch.from_numpy(img)[None])
+        served, raw = served_map(scorer, img)
+        mine = resize_map(maps[0], map_size(h, w, scorer.max_map_side))
+        span = float(served.max() - served.min())
+        assert np.abs(mine - served).max() / span < 1e-5 and abs(float(scores[0]) - raw) / span < 1e-5
+
+
 def test_unsupported_models_are_refused_with_the_supported_kinds(models):
     assert all(exportable(m) for m in vars(models).values())
     assert not exportable(torch.nn.Linear(2, 2))

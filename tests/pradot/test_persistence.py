@@ -17,6 +17,7 @@ from pradot.ensemble import Ensemble
 from pradot.fewshot import FOCT_FORMAT
 from pradot.padim import PADIM_FORMAT
 from pradot.persistence import load_scoring_model, servable_formats
+from pradot.tiled import TILED_FORMAT
 from pradot.vpdm import VPDM_FORMAT
 
 
@@ -46,7 +47,7 @@ def test_load_scoring_model_dispatches_on_the_file_format(model, tmp_path):
     ens = load_scoring_model(ens_path)
     assert isinstance(ens, Ensemble) and len(ens) == 2 and not ens.training
     assert servable_formats() == sorted(
-        [MODEL_FORMAT, *ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, FOCT_FORMAT, VPDM_FORMAT, PADIM_FORMAT]
+        [MODEL_FORMAT, *ENSEMBLE_FORMATS, MEMORY_BANK_FORMAT, FOCT_FORMAT, VPDM_FORMAT, PADIM_FORMAT, TILED_FORMAT]
     )
     assert ENSEMBLE_FORMAT in ENSEMBLE_FORMATS and "pradot-ensemble-v1" in ENSEMBLE_FORMATS
     # anything else: a clear error naming both formats

@@ -43,7 +43,7 @@ from ..errors import InputError
 from . import synthetic_bag as _bag
 from .synthetic_bag import DEFECTS, LOGICAL_KINDS, STRUCTURAL_KINDS, Scene, nominal_pose, part_areas
 from .synthetic_parts import Canvas
-from .synthetic_texture import TEXTURES
+from .synthetic_texture import AD_CATEGORIES, TEXTURES
 
 __all__ = [
     "DEFAULTS",
@@ -67,7 +67,8 @@ __all__ = [
 GENERATOR_VERSION = 1
 STAMP_NAME = ".pradot_synthetic.json"
 OBJECT_SCENES: tuple[str, ...] = ("screw_bag", "fastener_kit")  # fastener_kit: pradot.data.synthetic_kit
-SCENES: tuple[str, ...] = OBJECT_SCENES + TEXTURES  # textures: pradot.data.synthetic_texture (MVTec AD layout)
+# textures and the high-resolution fine_weave: pradot.data.synthetic_texture (MVTec AD layout)
+SCENES: tuple[str, ...] = OBJECT_SCENES + AD_CATEGORIES
 DEFAULTS: dict[str, int] = {
     "image_size": 128,
     "n_train": 60,
@@ -222,7 +223,7 @@ def generate(
     tmp = root / f".{category}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        if category in TEXTURES:
+        if category in AD_CATEGORIES:
             from . import synthetic_texture
 
             metadata = synthetic_texture.write(tmp, category, int(seed), int(image_size), counts)

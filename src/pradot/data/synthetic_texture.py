@@ -1,6 +1,7 @@
 """Procedural texture categories of the embedded synthetic dataset, in the MVTec AD layout: ``woven_fabric`` (a
 twill-like weave of two yarn colours) and ``wood_grain`` (warped growth rings), each with three structural
-defect types of different sizes:
+defect types of different sizes (and ``fine_weave``, the high-resolution category with its own defects,
+:mod:`pradot.data.synthetic_hires`):
 
 - ``spot``: a dark pinhole of 1.5-3 design px radius (a few pixels at 128-224 px: the small defects),
 - ``scratch``: a light line 1-2 px wide and 15-40 design px long,
@@ -26,10 +27,13 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from . import synthetic_hires as _hires
 
-__all__ = ["DEFECT_KINDS", "TEXTURES", "describe", "render", "write"]
+__all__ = ["AD_CATEGORIES", "DEFECT_KINDS", "TEXTURES", "defect_kinds", "describe", "render", "write"]
 
 TEXTURES: tuple[str, ...] = ("woven_fabric", "wood_grain")
+#: every category this module writes: the textures and the high-resolution ``fine_weave``
+AD_CATEGORIES: tuple[str, ...] = (*TEXTURES, _hires.CATEGORY)
 DEFECT_KINDS: tuple[str, ...] = ("spot", "scratch", "stain")
 DESIGN = 128.0
 
@@ -106,6 +110,11 @@ _DEFECTS = {"spot": _spot, "scratch": _scratch, "stain": _stain}
 _TEXTURE = {"woven_fabric": _fabric, "wood_grain": _wood}
 
 
+def defect_kinds(category: str) -> tuple[str, ...]:
+    """The defect types of a texture category (``fine_weave`` has its own: :mod:`pradot.data.synthetic_hires`)."""
+    return _hires.DEFECT_KINDS if category == _hires.CATEGORY else DEFECT_KINDS
+
+
 def render(category: str, kind: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """One image of a texture ``category``: ``kind`` "" (normal) or one of :data:`DEFECT_KINDS`.
 
@@ -115,14 +124,16 @@ def render(category: str, kind: str, rng: np.random.Generator, size: int) -> tup
     Raises:
         InputError: an unknown category or defect kind.
     """
-    if category not in _TEXTURE:
-        raise InputError(f"unknown texture category {category!r}; expected one of {', '.join(TEXTURES)}")
-    if kind and kind not in _DEFECTS:
-        raise InputError(f"unknown texture defect {kind!r}; expected one of {', '.join(DEFECT_KINDS)}")
-    rgb = _TEXTURE[category](rng, size)
+    if category not in AD_CATEGORIES:
+        raise InputError(f"unknown texture category {category!r}; expected one of {', '.join(AD_CATEGORIES)}")
+    kinds = defect_kinds(category)
+    if kind and kind not in kinds:
+        raise InputError(f"unknown {category} defect {kind!r}; expected one of {', '.join(kinds)}")
+    hires = category == _hires.CATEGORY
+    rgb = _hires.cloth(rng, size) if hires else _TEXTURE[category](rng, size)
     mask = None
     if kind:
-        mask, colour = _DEFECTS[kind](rng, size)
+        mask, colour = _hires.defect(kind, rng, size) if hires else _DEFECTS[kind](rng, size)
         if not mask.any():  # a defect thinner than a pixel: widen it to the nearest pixel centre
             mask = np.zeros((size, size), bool)
             mask[size // 2, size // 2] = True
@@ -142,7 +153,8 @@ def write(out: Path, category: str, seed: int, image_size: int, counts: dict[str
     jobs += [("validation/good", "", i, 1) for i in range(counts["n_validation"])]
     jobs += [("test/good", "", i, 2) for i in range(counts["n_test_good"])]
     n_bad = counts["n_test_logical"] + counts["n_test_structural"]
-    jobs += [(f"test/{DEFECT_KINDS[i % 3]}", DEFECT_KINDS[i % 3], i, 5) for i in range(n_bad)]
+    kinds = defect_kinds(category)
+    jobs += [(f"test/{kinds[i % len(kinds)]}", kinds[i % len(kinds)], i, 5) for i in range(n_bad)]
     metadata: dict[str, Any] = {}
     for folder, kind, index, stream in jobs:
         rng = np.random.default_rng([int(seed), stream, index])
@@ -156,6 +168,12 @@ def write(out: Path, category: str, seed: int, image_size: int, counts: dict[str
 
 def describe(category: str, seed: int, image_size: int) -> str:
     """The README.txt of a generated texture category."""
+    if category == _hires.CATEGORY:
+        return (
+            f"Synthetic high-resolution texture '{category}' (pradot.data.synthetic_hires), seed {seed}, "
+            f"{image_size}px, MVTec AD layout plus validation/good.\nDefects: pinhole, snag, fleck (0.4-1.2 % of the "
+            "side: a few px at 224 px); ground_truth/<defect>/<id>_mask.png marks exactly the changed pixels.\n"
+        )
     return (
         f"Synthetic texture '{category}' (pradot.data.synthetic_texture), seed {seed}, {image_size}px, MVTec AD "
         "layout plus validation/good.\nDefects: spot (pinhole, a few px), scratch (thin line), stain (colour "
