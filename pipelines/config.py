@@ -366,6 +366,7 @@ class PromoteOptions:
     max_members: int | None = None
     eval_size: int | None = None
     pseudo: Any = None  # pipelines.objective.PseudoOptions
+    refit: bool = False  # refit the chosen members on every normal (pipelines.promote.refit)
 
     @property
     def selection_metric(self) -> str:
@@ -418,6 +419,7 @@ def _selection(cfg: DictConfig) -> dict:
         "max_members": int(max_members) if max_members not in (None, "") else None,
         "eval_size": int(eval_size) if eval_size not in (None, "") else None,
         "pseudo": pseudo,
+        "refit": checks.boolean("selection.refit", sel.get("refit", False)),
     }
 
 
