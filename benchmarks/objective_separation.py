@@ -271,7 +271,9 @@ def main(argv=None) -> int:
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         result = {**parts[0], "categories": {k: v for p in parts for k, v in p["categories"].items()}}
-        result["commands"] = [p["command"] for p in parts]
+        result["command"] = " ; ".join(
+            [p["command"] for p in parts] + ["python -m benchmarks.objective_separation " + " ".join(argv)]
+        )
         write_json(result, Path(args.output))
         return 0
     torch.manual_seed(args.seed)
