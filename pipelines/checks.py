@@ -23,6 +23,7 @@ __all__ = [
     "how_to_set",
     "boolean",
     "number",
+    "interval",
     "model_values",
     "counts",
     "registry_name",
@@ -44,6 +45,22 @@ def list_items(value: Any) -> list:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return list(value)
     return [x for x in str(value).replace("[", "").replace("]", "").split(",") if x.strip()]
+
+
+def interval(key: str, value: Any, closed: bool = False) -> tuple[float, float]:
+    """A ``[min, max]`` fraction setting: ``0 < min <= max < 1`` (``<= 1`` when ``closed``).
+
+    Raises:
+        ConfigError: not two numbers in that range, naming ``key``.
+    """
+    items = list_items(value)
+    try:
+        lo, hi = (float(items[0]), float(items[1])) if len(items) == 2 else (math.nan, math.nan)
+    except ValueError:
+        lo = hi = math.nan
+    if not (0 < lo <= hi and (hi <= 1 if closed else hi < 1)):
+        raise ConfigError(f"{key} must be [min, max] with 0 < min <= max {'<=' if closed else '<'} 1, got {value}")
+    return lo, hi
 
 
 def boolean(key: str, value: Any) -> bool:

@@ -369,6 +369,7 @@ class PromoteOptions:
     max_members: int | None = None
     eval_size: int | None = None
     pseudo: Any = None  # pipelines.objective.PseudoOptions
+    refit: bool = False  # refit the chosen members on every normal (pipelines.promote.refit)
 
     @property
     def selection_metric(self) -> str:
@@ -404,7 +405,12 @@ def _selection(cfg: DictConfig) -> dict:
         kinds=tuple(str(k) for k in pa.get("kinds", PseudoOptions.kinds)),
         per_image=int(pa.get("per_image", 1)),
         seed=int(pa.get("seed", 0)),
-        patch_fraction=tuple(float(x) for x in pa.get("patch_fraction", (0.15, 0.3))),
+        patch_fraction=checks.interval(
+            "selection.pseudo_anomalies.patch_fraction", pa.get("patch_fraction", PseudoOptions.patch_fraction)
+        ),
+        contrast=checks.interval(
+            "selection.pseudo_anomalies.contrast", pa.get("contrast", PseudoOptions.contrast), closed=True
+        ),
     )
     step = float(sel.get("weight_step", 0.25))
     if not (0 < step <= 1) or abs(1 / step - round(1 / step)) > 1e-9:
@@ -416,6 +422,7 @@ def _selection(cfg: DictConfig) -> dict:
         "max_members": int(max_members) if max_members not in (None, "") else None,
         "eval_size": int(eval_size) if eval_size not in (None, "") else None,
         "pseudo": pseudo,
+        "refit": checks.boolean("selection.refit", sel.get("refit", False)),
     }
 
 

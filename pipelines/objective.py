@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pradot.data.pseudo_anomalies import DEFAULT_CONTRAST, DEFAULT_PATCH_FRACTION
 from pradot.errors import InputError
 
 __all__ = ["SPLIT", "GOOD", "PseudoOptions", "PseudoSet", "pseudo_groups", "build_pseudo_set", "evaluate"]
@@ -30,17 +31,26 @@ GOOD = "good"
 @dataclass(frozen=True)
 class PseudoOptions:
     """What ``pradot.data.pseudo_anomalies`` makes from the normals (promote's ``selection.pseudo_anomalies``;
-    the sweep's ``PseudoAnomalySettings`` has the same fields)."""
+    the sweep's ``PseudoAnomalySettings`` has the same fields): sizes log-uniform in ``patch_fraction`` x the
+    image side, contrasts uniform in ``contrast`` (graded, so that the image AUROC does not saturate)."""
 
     kinds: tuple[str, ...] = ("cutpaste", "noise", "blotch", "shuffle", "moved_patch")
     per_image: int = 1
     seed: int = 0
-    patch_fraction: tuple[float, float] = (0.15, 0.3)
+    patch_fraction: tuple[float, float] = DEFAULT_PATCH_FRACTION
+    contrast: tuple[float, float] = DEFAULT_CONTRAST
 
     def identity(self) -> dict:
-        from pradot.data.pseudo_anomalies import pseudo_identity
+        return _identity(self)
 
-        return pseudo_identity(self.kinds, self.per_image, self.seed, self.patch_fraction)
+
+def _identity(pseudo: Any) -> dict:
+    """What the images made with ``pseudo`` (either settings type) depend on besides the normals."""
+    from pradot.data.pseudo_anomalies import pseudo_identity
+
+    return pseudo_identity(
+        pseudo.kinds, pseudo.per_image, pseudo.seed, tuple(pseudo.patch_fraction), contrast=tuple(pseudo.contrast)
+    )
 
 
 def pseudo_groups(n_normals: int, pseudo: Any) -> tuple[list[str], list[str]]:
@@ -95,13 +105,12 @@ def build_pseudo_set(normals: Sequence, size: int, pseudo: Any, normals_source: 
         per_image=pseudo.per_image,
         seed=pseudo.seed,
         patch_fraction=tuple(pseudo.patch_fraction),
+        contrast=tuple(pseudo.contrast),
     )
     groups, styles = pseudo_groups(len(images), pseudo)
     assert groups[len(images) :] == made.kinds
     masks = np.concatenate([np.zeros((len(images), *made.masks.shape[1:]), bool), made.masks])
-    from pradot.data.pseudo_anomalies import pseudo_identity
-
-    ident = pseudo_identity(pseudo.kinds, pseudo.per_image, pseudo.seed, pseudo.patch_fraction)
+    ident = _identity(pseudo)
     return PseudoSet(
         np.concatenate([np.stack(images), made.images]),
         groups,

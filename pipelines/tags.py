@@ -75,6 +75,10 @@ CALIBRATION_SOURCE = "pradot.calibration_source"
 CALIBRATION_N_IMAGES = "pradot.calibration_n_images"
 """How many normal images the threshold was calibrated on."""
 
+REFIT = "pradot.refit"
+"""Set on a promote run whose chosen members were refitted on every normal after the choice (``selection.refit``;
+weights, standardisation and threshold from the held-back normals' scores before the refit)."""
+
 TEST_METRICS = "pradot.test_metrics"
 """``complete``, ``partial`` or ``skipped``: which test metrics the run could compute."""
 

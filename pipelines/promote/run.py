@@ -25,6 +25,7 @@ from pipelines.promote.choose import (
     set_objective,
 )
 from pipelines.promote.compare import SHOWN_METRICS, compare, log_comparison_figures, score_members, to_csv, to_markdown
+from pipelines.promote.refit import check_refit, refit_ensemble
 from pipelines.promote.select import PromotionError, Selection, select_members
 from pipelines.tags import (
     BELOW_BASELINE,
@@ -36,6 +37,7 @@ from pipelines.tags import (
     MEMBERS,
     OBJECTIVE,
     PROMOTION,
+    REFIT,
     SELECTION,
     SELECTION_SPLIT,
 )
@@ -397,6 +399,8 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
     ) as run:
         _log_selection(sel, opts, settings)
         splits = open_splits(settings.data)
+        if opts.refit:
+            check_refit(splits)  # before any work
         pset = _evaluation_set(settings, splits, opts)
         cands = _candidates(settings, opts, sel, splits, pset, device, mb_config)
         choice = choose(cands, opts, pset, explicit=bool(opts.members))  # the choice: no test image, no label
@@ -406,8 +410,11 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
         if warning := below_baseline(cands, val_metrics[opts.objective], opts.objective):
             log.warning("%s", warning)
             mlflow.set_tag(BELOW_BASELINE, "true")
-        comparison, table, ens_test = _compare(cands, choice, ens, splits, settings, opts, val_metrics)  # report
         calibration, calib_source = _calibrate(settings, ens, cands, choice, pset, splits)
+        if opts.refit:  # after the choice and the calibration, both on the held-back normals (cross-fitted)
+            ens = refit_ensemble(ens, splits)
+            mlflow.set_tag(REFIT, f"chosen members refitted on {len(splits.train) + len(splits.validation)} normals")
+        comparison, table, ens_test = _compare(cands, choice, ens, splits, settings, opts, val_metrics)  # report
         mlflow.set_tag(CALIBRATION_SOURCE, calib_source)
         mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
         mlflow.log_metrics(threshold_metrics([s.label for s in splits.test], ens_test.scores, calibration.threshold))

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import checks, config
 from pipelines.sweep.space import SearchSpace, SweepError, as_number, parse_space
+from pradot.data.pseudo_anomalies import DEFAULT_CONTRAST, DEFAULT_PATCH_FRACTION
 
 __all__ = [
     "OBJECTIVES",
@@ -66,7 +67,8 @@ class PseudoAnomalySettings:
     kinds: tuple[str, ...]
     per_image: int = 1
     seed: int = 0
-    patch_fraction: tuple[float, float] = (0.15, 0.3)
+    patch_fraction: tuple[float, float] = DEFAULT_PATCH_FRACTION
+    contrast: tuple[float, float] = DEFAULT_CONTRAST
     localisation: bool = True  # trials also score maps on the masks: val_aupro_<style>, val_objective (as promote)
     eval_size: int | None = None  # the localisation's size (promote's selection.eval_size; None: the image size)
 
@@ -78,9 +80,9 @@ class PseudoAnomalySettings:
 
     def identity(self) -> dict:
         """What the images depend on besides the normals (part of their features' cache key)."""
-        from pradot.data.pseudo_anomalies import pseudo_identity
+        from pipelines.objective import _identity
 
-        return pseudo_identity(self.kinds, self.per_image, self.seed, self.patch_fraction)
+        return _identity(self)
 
 
 @dataclass(frozen=True)
@@ -213,9 +215,11 @@ def _pseudo(sw: Mapping) -> PseudoAnomalySettings:
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise SweepError(f"sweep.pseudo_anomalies.kinds: unknown {bad}; available: {list(KINDS)}")
-    pf = pa.get("patch_fraction", [0.15, 0.3])
-    if not (isinstance(pf, (list, tuple)) and len(pf) == 2 and 0 < float(pf[0]) <= float(pf[1]) < 1):
-        raise SweepError(f"sweep.pseudo_anomalies.patch_fraction must be [min, max] with 0 < min <= max < 1, got {pf}")
+    try:  # the same rule as promote's selection.pseudo_anomalies
+        pf = checks.interval("sweep.pseudo_anomalies.patch_fraction", pa.get("patch_fraction", DEFAULT_PATCH_FRACTION))
+        ct = checks.interval("sweep.pseudo_anomalies.contrast", pa.get("contrast", DEFAULT_CONTRAST), closed=True)
+    except checks.ConfigError as e:
+        raise SweepError(str(e)) from None
     from pipelines.checks import boolean
 
     size = _optional(pa.get("eval_size"), lambda v: _integer("pseudo_anomalies.eval_size", v, 8))
@@ -223,7 +227,8 @@ def _pseudo(sw: Mapping) -> PseudoAnomalySettings:
         tuple(kinds),
         _integer("pseudo_anomalies.per_image", pa.get("per_image", 1), 1),
         int(pa.get("seed", 0)),
-        (float(pf[0]), float(pf[1])),
+        pf,
+        ct,
         boolean("sweep.pseudo_anomalies.localisation", pa.get("localisation", True)),
         size,
     )

@@ -101,6 +101,7 @@ def test_names_are_refused_where_mlflow_would_refuse_them(store):
         ("alias=latest", r"alias='latest' cannot be a model alias.*-P alias=<value>"),
         ("ensemble_name=../up", r"ensemble_name='\.\./up' cannot be a registered model name"),
         ("calibration.quantile=5", r"calibration\.quantile=5 is out of range"),
+        ("selection.pseudo_anomalies.contrast=[0,1]", r"selection\.pseudo_anomalies\.contrast must be \[min, max\]"),
     ],
 )
 def test_promote_options_and_settings_are_checked(override, phrase):

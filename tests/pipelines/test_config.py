@@ -43,6 +43,11 @@ def test_each_entry_point_has_its_root_and_training_logs_only_training():
     # ci inherits from default: what it does not change is default's
     default = config.compose("sweep", [])
     assert sweep.sweep.pseudo_anomalies == default.sweep.pseudo_anomalies
+    # the sweep ranks trials and promote chooses on one evaluation set: the same pseudo-anomalies by default
+    from pipelines.sweep.plan import _pseudo
+
+    promote = config.promote_options(config.compose("promote", []))
+    assert _pseudo(default.sweep).identity() == promote.pseudo.identity()
     assert sweep.sweep.search_space.model.alpha == default.sweep.search_space.model.alpha
     reproduce = config.compose("reproduce", ["experiment=ci"])
     view = config.flatten(config.training_view(reproduce))

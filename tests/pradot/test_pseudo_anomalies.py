@@ -85,3 +85,75 @@ def test_identity_and_dataset(normals):
     assert len(ds) == 5 and item["label"] == 1 and item["index"] == 2
     assert item["image"].shape == (3, 64, 64) and float(item["image"].max()) <= 1.0
     assert np.allclose(item["image"].permute(1, 2, 0).numpy() * 255, pa.images[2], atol=1e-3)
+
+
+def test_graded_sizes_and_contrasts(normals):
+    """Sizes down to a few pixels, contrasts from faint to full, all drawn per seed; (1, 1) is the full edit."""
+    pa = make_pseudo_anomalies(normals, per_image=8, seed=2, patch_fraction=(0.02, 0.3), contrast=(0.15, 1.0))
+    assert np.all((pa.contrasts >= 0.15) & (pa.contrasts <= 1.0)) and pa.contrasts.std() > 0.1
+    areas = pa.masks.reshape(len(pa), -1).sum(1)
+    assert areas.min() <= 36 and areas.max() >= 100  # a few pixels (the 4 px minimum side) up to large regions
+    again = make_pseudo_anomalies(normals, per_image=8, seed=2, patch_fraction=(0.02, 0.3), contrast=(0.15, 1.0))
+    assert np.array_equal(pa.contrasts, again.contrasts) and np.array_equal(pa.images, again.images)
+    full = make_pseudo_anomalies(normals, per_image=8, seed=2, patch_fraction=(0.02, 0.3), contrast=(1.0, 1.0))
+    assert np.array_equal(full.masks, pa.masks)  # the same regions, faded
+    for img, strong, mask, c, src in zip(pa.images, full.images, pa.masks, pa.contrasts, pa.sources):
+        s = normals[src].astype(np.float64)
+        expected = np.clip(np.rint(s + c * (strong.astype(np.float64) - s)), 0, 255)
+        assert np.array_equal(img, expected.astype(np.uint8))  # source + c (edit - source), nothing outside the mask
+        assert np.array_equal(img[~mask], normals[src][~mask])
+    with pytest.raises(ValueError, match="contrast"):
+        make_pseudo_anomalies(normals, contrast=(0.0, 1.0))
+    with pytest.raises(ValueError, match="contrast"):
+        make_pseudo_anomalies(normals, contrast=(0.5, 1.5))
+    assert pseudo_identity(contrast=(1.0, 1.0)) != pseudo_identity()
+
+
+def _fixture_scene(seed: int, size: int = 64) -> np.ndarray:
+    """Three parts in fixed slots (one pixel of jitter) on a striped background, with sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    img = np.full((size, size, 3), 90.0)
+    img[..., 1] += 30 * np.sin(xx / 5.0)
+    for cy, cx, r, colour in ((16, 16, 7, (200, 40, 40)), (16, 46, 6, (40, 200, 40)), (46, 30, 9, (40, 40, 220))):
+        dy, dx = rng.integers(-1, 2, 2)
+        img[(yy - cy - dy) ** 2 + (xx - cx - dx) ** 2 <= r * r] = colour
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_graded_objective_separates_a_degraded_model():
+    """Issue 25: on large full-strength edits a weak model's image AUROC saturates; on the graded set it does
+    not, and a model that sees the scene through a heavy blur ranks below one that sees every pixel."""
+    from scipy.ndimage import gaussian_filter
+
+    from pradot.metrics.pseudo import pseudo_metrics
+
+    train = np.stack([_fixture_scene(100 + i) for i in range(24)]).astype(np.float64)
+    mu, sd = train.mean(0), train.std(0) + 4.0
+
+    def good(x):  # a per-pixel Gaussian on raw pixels: |z| summed over channels, lightly smoothed
+        z = np.abs((x.astype(np.float64) - mu) / sd).sum(-1)
+        return np.stack([gaussian_filter(m, 1) for m in z])
+
+    def degraded(x):  # the distance to the mean image after a sigma-4 blur: small or faint edits vanish
+        blur = np.stack([gaussian_filter(im.astype(np.float64), (4, 4, 0)) for im in x])
+        return np.abs(blur - gaussian_filter(mu, (4, 4, 0))).sum(-1)
+
+    normals = [_fixture_scene(i) for i in range(12)]
+
+    def objective(model, localisation=True, **kw):
+        pa = make_pseudo_anomalies(normals, per_image=2, seed=0, **kw)
+        images = np.concatenate([np.stack(normals), pa.images])
+        masks = np.concatenate([np.zeros((len(normals), 64, 64), bool), pa.masks])
+        maps = model(images)
+        groups, styles = ["good"] * len(normals) + pa.kinds, ["good"] * len(normals) + pa.styles()
+        if not localisation:
+            return pseudo_metrics(groups, styles, maps.reshape(len(maps), -1).max(1))
+        return pseudo_metrics(groups, styles, maps.reshape(len(maps), -1).max(1), maps=maps, masks=masks)
+
+    easy = objective(good, localisation=False, patch_fraction=(0.15, 0.3), contrast=(1.0, 1.0))
+    assert easy["val_auroc_structural"] == 1.0  # the old set: saturated
+    g, d = objective(good), objective(degraded)
+    assert g["val_auroc"] < 0.95 and g["val_auroc_structural"] < 0.95  # not saturated
+    assert d["val_auroc"] < g["val_auroc"] - 0.05 and d["val_objective"] < g["val_objective"] - 0.05

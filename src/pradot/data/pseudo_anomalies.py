@@ -18,8 +18,16 @@ shuffle     logical      a square region cut into 2x2 or 3x3 tiles put back in a
 moved_patch logical      two regions of the image swapped (a part where another should be)
 ========== ============ ===============================================================================
 
+Difficulty is graded so that the validation image AUROC does not saturate (issue 25: with large, strong
+edits every candidate scored 1.000 and only the localisation separated them): the side of an edited region is
+drawn **log-uniformly** in ``patch_fraction`` x the image side (default 0.02-0.3: from a few pixels at the
+model's input size to a third of the image), and each edit is applied at a **contrast** drawn uniformly in
+``contrast`` (default 0.15-1): the output is ``source + c * (edit - source)`` inside the mask, from a faint
+trace to the full edit. The region is chosen on the full-strength edit (``min_change``), then faded.
+
 Everything is deterministic per ``seed``: anomaly ``j`` of image ``i`` draws from
-``numpy.random.default_rng([seed, i, j])`` (albumentations seeded from it), so it does not depend on the
+``numpy.random.default_rng([seed, i, j])`` (albumentations seeded from it; its contrast from
+``default_rng([seed, i, j, 1])``), so it does not depend on the
 other images (except for the donor of a cut-paste, drawn among them) or on the order of generation.
 Kinds are assigned round-robin, so every kind appears once there are at least ``len(kinds)``
 anomalies. A region is re-drawn (up to ``attempts`` times) when the edit barely changes the image there
@@ -51,6 +59,8 @@ __all__ = [
     "assign_kinds",
     "pseudo_identity",
     "ArrayImageDataset",
+    "DEFAULT_PATCH_FRACTION",
+    "DEFAULT_CONTRAST",
 ]
 
 #: the kinds of synthetic anomalies, in their round-robin order
@@ -63,14 +73,19 @@ KIND_STYLE: dict[str, str] = {
     "moved_patch": "logical",
 }
 #: bump when the generator changes, so cached features of old pseudo-anomalies are not reused
-PSEUDO_VERSION = 1
+PSEUDO_VERSION = 2
+#: side of an edited region as a fraction of the image side (min, max), drawn log-uniformly
+DEFAULT_PATCH_FRACTION: tuple[float, float] = (0.02, 0.3)
+#: strength of an edit (min, max), drawn uniformly: 1 = the full edit, 0.15 = a faint trace of it
+DEFAULT_CONTRAST: tuple[float, float] = (0.15, 1.0)
 
 
 @dataclass
 class PseudoAnomalies:
     """Synthetic anomalies: ``images`` (N, H, W, 3) uint8, ``masks`` (N, H, W) bool (True where the
     image was edited), ``kinds`` (N,) kind names, ``sources`` (N,) index of the normal image each was
-    made from, ``donors`` (N,) index of the image a pasted patch came from (-1 if none)."""
+    made from, ``donors`` (N,) index of the image a pasted patch came from (-1 if none), ``contrasts`` (N,)
+    the strength each edit was applied at (1 = the full edit)."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -78,6 +93,7 @@ class PseudoAnomalies:
     sources: np.ndarray
     donors: np.ndarray
     seed: int
+    contrasts: np.ndarray
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -90,8 +106,9 @@ def pseudo_identity(
     kinds: Sequence[str] = KINDS,
     per_image: int = 1,
     seed: int = 0,
-    patch_fraction: tuple[float, float] = (0.15, 0.3),
+    patch_fraction: tuple[float, float] = DEFAULT_PATCH_FRACTION,
     min_change: float = 0.06,
+    contrast: tuple[float, float] = DEFAULT_CONTRAST,
 ) -> dict:
     """What the generated images depend on besides the normal images (for feature-cache keys)."""
     return {
@@ -99,6 +116,7 @@ def pseudo_identity(
         "per_image": int(per_image),
         "seed": int(seed),
         "patch_fraction": [float(x) for x in patch_fraction],
+        "contrast": [float(x) for x in contrast],
         "min_change": float(min_change),
         "version": PSEUDO_VERSION,
     }
@@ -117,15 +135,21 @@ def assign_kinds(n_images: int, kinds: Sequence[str] = KINDS, per_image: int = 1
 
 # ------------------------------------------------------------------------------------- regions
 def _box(rng: np.random.Generator, H: int, W: int, frac: tuple[float, float], square: bool = False):
-    """A random box (y, x, h, w) with sides of ``frac`` x the image side."""
-    h = int(round(rng.uniform(*frac) * H))
-    w = h if square else int(round(rng.uniform(*frac) * W))
+    """A random box (y, x, h, w) with sides of ``frac`` x the image side (log-uniform), at least 4 px."""
+    h = int(round(_log_uniform(rng, frac) * H))
+    w = h if square else int(round(_log_uniform(rng, frac) * W))
     h, w = max(4, min(h, H - 1)), max(4, min(w, W - 1))
     if square:
         h = w = min(h, w)
     y = int(rng.integers(0, H - h + 1))
     x = int(rng.integers(0, W - w + 1))
     return y, x, h, w
+
+
+def _log_uniform(rng: np.random.Generator, frac: tuple[float, float]) -> float:
+    """A fraction drawn log-uniformly in [lo, hi]: small regions as likely per octave as large ones."""
+    lo, hi = float(frac[0]), float(frac[1])
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
 def _ellipse(rng: np.random.Generator, H: int, W: int, frac: tuple[float, float]) -> np.ndarray:
@@ -255,6 +279,14 @@ _MAKERS: dict[str, Callable] = {
 }
 
 
+def _fade(source: np.ndarray, edited: np.ndarray, c: float) -> np.ndarray:
+    """``source + c * (edited - source)`` rounded to uint8: the edit at strength ``c`` (1: unchanged)."""
+    if c >= 1.0:
+        return edited
+    s = source.astype(np.float64)
+    return np.clip(np.rint(s + c * (edited.astype(np.float64) - s)), 0, 255).astype(np.uint8)
+
+
 # --------------------------------------------------------------------------------------- public
 def make_pseudo_anomalies(
     images: Sequence[np.ndarray] | np.ndarray,
@@ -262,9 +294,10 @@ def make_pseudo_anomalies(
     kinds: Sequence[str] = KINDS,
     per_image: int = 1,
     seed: int = 0,
-    patch_fraction: tuple[float, float] = (0.15, 0.3),
+    patch_fraction: tuple[float, float] = DEFAULT_PATCH_FRACTION,
     min_change: float = 0.06,
     attempts: int = 8,
+    contrast: tuple[float, float] = DEFAULT_CONTRAST,
 ) -> PseudoAnomalies:
     """Synthetic anomalies from normal images.
 
@@ -273,12 +306,18 @@ def make_pseudo_anomalies(
         kinds: which kinds to make (see the module doc), assigned round-robin.
         per_image: anomalies made from every image (N = per_image x len(images)).
         seed: everything is deterministic per seed.
-        patch_fraction: side of an edited region as a fraction of the image side (min, max).
-        min_change: a region is re-drawn when the mean absolute change inside it is below this
-            (fraction of the 0-255 range); the most visible of ``attempts`` draws is kept.
+        patch_fraction: side of an edited region as a fraction of the image side (min, max), drawn
+            log-uniformly; a side is at least 4 px.
+        min_change: a region is re-drawn when the mean absolute change of the full-strength edit inside it
+            is below this (fraction of the 0-255 range); the most visible of ``attempts`` draws is kept.
         attempts: region draws per anomaly at most.
+        contrast: (min, max) in (0, 1]: each edit is applied at a strength ``c`` drawn uniformly in it,
+            ``source + c * (edit - source)`` rounded to uint8 (``(1, 1)``: full-strength edits only).
     Returns:
         :class:`PseudoAnomalies`. Pixels outside each mask equal the source image's.
+    Raises:
+        InputError (a ValueError): unknown kinds, ``per_image`` < 1, ranges out of bounds, images that are
+            not (H, W, 3) uint8 of one size of at least 16 px.
     """
     kinds = [str(k) for k in kinds]
     unknown = [k for k in kinds if k not in _MAKERS]
@@ -289,6 +328,9 @@ def make_pseudo_anomalies(
     lo, hi = (float(patch_fraction[0]), float(patch_fraction[1]))
     if not (0.0 < lo <= hi < 1.0):
         raise InputError(f"patch_fraction must satisfy 0 < min <= max < 1, got {patch_fraction}")
+    c_lo, c_hi = (float(contrast[0]), float(contrast[1]))
+    if not (0.0 < c_lo <= c_hi <= 1.0):
+        raise InputError(f"contrast must satisfy 0 < min <= max <= 1, got {contrast}")
     imgs = [np.asarray(im) for im in images]
     if not imgs:
         raise InputError("no normal images to make pseudo-anomalies from")
@@ -301,7 +343,7 @@ def make_pseudo_anomalies(
     if min(shape[:2]) < 16:
         raise InputError(f"images must be at least 16 px a side, got {shape[:2]}")
 
-    out_images, out_masks, out_kinds, sources, donors = [], [], [], [], []
+    out_images, out_masks, out_kinds, sources, donors, contrasts = [], [], [], [], [], []
     n = len(imgs)
     for i, j, kind in assign_kinds(n, kinds, per_image):
         rng = np.random.default_rng([int(seed), i, j])
@@ -319,13 +361,22 @@ def make_pseudo_anomalies(
             if change >= min_change:
                 break
         edited, mask, _ = best
+        c = float(np.random.default_rng([int(seed), i, j, 1]).uniform(c_lo, c_hi))
+        edited = _fade(imgs[i], edited, c)
         out_images.append(edited)
+        contrasts.append(c)
         out_masks.append(mask)
         out_kinds.append(kind)
         sources.append(i)
         donors.append(donor_idx)
     return PseudoAnomalies(
-        np.stack(out_images), np.stack(out_masks), out_kinds, np.asarray(sources), np.asarray(donors), int(seed)
+        np.stack(out_images),
+        np.stack(out_masks),
+        out_kinds,
+        np.asarray(sources),
+        np.asarray(donors),
+        int(seed),
+        np.asarray(contrasts, dtype=np.float64),
     )
 
 

@@ -91,6 +91,7 @@ def test_plan_options():
         (["sweep.metric=test_auroc"], "sweep.metric 'test_auroc' is not reported by the trials (objective=pseudo)"),
         (["sweep.pseudo_anomalies.kinds=[dent]"], "sweep.pseudo_anomalies.kinds: unknown ['dent']"),
         (["sweep.pseudo_anomalies.patch_fraction=[0.5,0.2]"], "patch_fraction must be [min, max]"),
+        (["sweep.pseudo_anomalies.contrast=[0.5,1.5]"], "contrast must be [min, max] with 0 < min <= max <= 1"),
         (["model.epochs=0"], "model.epochs must be >= 1 for a sweep"),
         (["sweep.scheduler.type=hyperband"], "sweep.scheduler.type must be asha or fifo"),
         (["sweep.scheduler.max_t=5"], "sweep.scheduler.max_t=5 exceeds model.epochs=2"),
