@@ -206,6 +206,7 @@ def _log_maps(result, cats, n: int) -> None:
     from pipelines.figures import log_figure
     from pradot import viz
     from pradot.data import read_image
+    from pradot.names import printable
 
     for c, r in result.categories.items():
         if not len(r.test.samples) or n < 1:
@@ -220,7 +221,7 @@ def _log_maps(result, cats, n: int) -> None:
                 [read_image(s.image_path, size) for s in samples],
                 [r.test.maps[i] for i in picked],
                 titles=[
-                    f"{s.anomaly_type} {Path(s.image_path).stem} ({r.test.scores[i]:.2f})"
+                    f"{printable(s.anomaly_type)} {printable(Path(s.image_path).stem)} ({r.test.scores[i]:.2f})"
                     for s, i in zip(samples, picked)
                 ],
                 masks=[np.asarray(cats[c].dataset.load_channels(s, size)) if s.label else None for s in samples],
@@ -235,6 +236,7 @@ def _write_table(results, tmp: Path) -> str:
     import mlflow
 
     from pradot.multiclass import TABLE_COLUMNS, comparison_rows, format_table
+    from pradot.names import csv_cell
 
     rows = comparison_rows(results)
     table = format_table(rows)
@@ -244,7 +246,7 @@ def _write_table(results, tmp: Path) -> str:
     with open(out / "comparison.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["category", "method", *TABLE_COLUMNS])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "category": csv_cell(r["category"]), "method": csv_cell(r["method"])} for r in rows)
     mlflow.log_artifacts(str(out), "comparison")
     mlflow.log_dict({"rows": rows}, "comparison/comparison.json")
     log.info("multi-class comparison (percent):\n%s", table)

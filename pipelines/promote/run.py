@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines import cli, config, objective, registry, tracking
 from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
+from pipelines.names import tag_value
 from pipelines.promote.choose import (
     Candidate,
     Choice,
@@ -313,13 +314,13 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         {
             DATASET: settings.data.kind,
             CATEGORY: settings.data.category,
-            MEMBERS: ",".join(refs)[:4900],
+            MEMBERS: tag_value(",".join(refs), 4900),
             SELECTION: sel.mode,
         }
     )
     mlflow.log_params(
         {
-            "promote.members": ",".join(refs)[:6000],
+            "promote.members": tag_value(",".join(refs), 6000),
             "promote.metric": opts.metric,
             "promote.objective": opts.objective,
             "promote.fusion": opts.fusion,
@@ -334,7 +335,7 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         }
     )
     if sel.excluded:
-        mlflow.set_tag(EXCLUDED, "; ".join(sel.excluded)[:4900])
+        mlflow.set_tag(EXCLUDED, tag_value("; ".join(sel.excluded), 4900))
         for e in sel.excluded:  # on the console too: a version left out silently looks like a bug
             log.warning("left out %s", e)
     for n in sel.notes:
