@@ -32,6 +32,13 @@ def test_names_in_csv_reports_read_back_as_text_cells():
     assert rows[1:] == [[csv_cell(x), "0.500000"] for x in NAMES]
     rows = _read_csv(_csv([{"variant": x, "shots": 1, "image_auroc": 0.5} for x in NAMES]))
     assert [r[0] for r in rows[1:]] == [csv_cell(x) for x in NAMES] and [r[1] for r in rows[1:]] == ["1"] * len(NAMES)
+    from pipelines.sweep.outcome import TrialRecord, table
+
+    records = [TrialRecord("t", "ERROR", "failed", 1, 1, {}, {}, failure="trial", error=f"{x}: bad") for x in NAMES]
+    buf = io.StringIO()
+    table(records).to_csv(buf, index=False)
+    rows = _read_csv(buf.getvalue())
+    assert [r[rows[0].index("error")] for r in rows[1:]] == [csv_cell(f"{x}: bad") for x in NAMES]
     for x in NAMES:  # what a spreadsheet sees: never a formula, one line, the name otherwise unchanged
         assert not csv_cell(x).startswith(("=", "+", "-", "@")) and "\n" not in csv_cell(x)
         assert csv_cell(x).removeprefix("'") == printable(x)
