@@ -31,6 +31,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/multiclass.p
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import checks, cli, config, registry, tracking  # noqa: E402
+from pipelines.names import shell_word  # noqa: E402
 from pipelines.tags import CATEGORIES, DATASET, KIND, MULTICLASS_METHOD
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class MulticlassRun:
         lines += [f"model   : {registered}", self.table, f"look at it: {tracking.ui_hint(self.tracking_uri)}"]
         if self.version:
             lines.append(
-                f"serve it : mlflow models serve -m models:/{self.model_name}/{self.version} --env-manager local "
+                f"serve it : mlflow models serve -m {shell_word(f'models:/{self.model_name}/{self.version}')} "
+                "--env-manager local "
                 "-h 127.0.0.1 -p 5001   (no category in the request; the global threshold)"
             )
         return "\n".join(lines)

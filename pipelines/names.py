@@ -1,8 +1,9 @@
 """Names are data, in the pipelines' outputs: the text forms of :mod:`pradot.names` (CSV, Markdown, figures,
 file names; re-exported here) and the two the pipelines add, MLflow tag/param values (:func:`tag_value`)
-and log records (:class:`LogFormatter`). Shell commands are never built from names: the MLproject's
-parameters are quoted by MLflow (``shlex.quote``) and reach Hydra through :mod:`pipelines.argv`, which
-quotes each value for Hydra.
+log records (:class:`LogFormatter`) and words of the commands printed for the user to copy
+(:func:`shell_word`). The pipelines run no shell command built from names: the MLproject's parameters are
+quoted by MLflow (``shlex.quote``) and reach Hydra through :mod:`pipelines.argv`, which quotes each value
+for Hydra and keeps ``${`` as text.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 
 from pradot.names import FORMULA_STARTS, csv_cell, figure_text, file_name, markdown_cell, printable, utf8_text
 
@@ -23,6 +25,7 @@ __all__ = [
     "file_name",
     "TAG_CHARS",
     "tag_value",
+    "shell_word",
     "terminal_text",
     "LogFormatter",
 ]
@@ -36,6 +39,12 @@ def tag_value(text: str | os.PathLike, limit: int = TAG_CHARS) -> str:
     the REST API require, on one line), cut to ``limit`` characters with `` ...`` at the end when longer."""
     out = printable(text)
     return out if len(out) <= limit else out[: limit - 4] + " ..."
+
+
+def shell_word(text: str) -> str:
+    """``text`` (e.g. a model URI holding a registered name) as one word of a command printed for the user
+    to copy into a POSIX shell: :func:`printable`, then :func:`shlex.quote` (plain words stay unquoted)."""
+    return shlex.quote(printable(text))
 
 
 _LOG_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

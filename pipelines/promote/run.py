@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipelines import cli, config, objective, registry, tracking
 from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
-from pipelines.names import tag_value
+from pipelines.names import shell_word, tag_value
 from pipelines.promote.choose import (
     Candidate,
     Choice,
@@ -89,7 +89,8 @@ class PromotionResult:
                 f"ensemble  : registered as {self.ensemble_name} v{self.version}",
                 f"alias     : {self.alias} {'moved to' if self.decision.moved else 'kept on'} v{holder} "
                 f"({self.decision.reason})",
-                f"serve it  : mlflow models serve -m {self.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
+                f"serve it  : mlflow models serve -m {shell_word(self.serve_uri)} --env-manager local "
+                "-h 127.0.0.1 -p 5001"
                 + ("" if self.decision.moved else f"   (this ensemble; @{self.alias} still serves v{holder})"),
                 "            (the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200)",
                 f"look at it: {tracking.ui_hint(self.tracking_uri)}",

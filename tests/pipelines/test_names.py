@@ -105,3 +105,16 @@ def test_names_reach_the_entry_point_as_given_through_mlflow_run(tmp_path, monke
         assert "leaked" not in config.resolved_yaml(cfg)
     with pytest.raises(config.ConfigError, match="400 bytes long"):  # one folder: 255 bytes, not characters
         checks.path_component("category", "ü" * 200)
+
+
+def test_names_in_printed_commands_are_one_shell_word():
+    """The ``serve it`` command a summary prints for a registered name the shell would split or expand."""
+    from pipelines.multiclass import MulticlassRun
+    from pipelines.names import shell_word
+
+    for name in ("pradot-x", "a b; touch x $(id) `id` 'q\"", "a$b_c"):
+        run = MulticlassRun("r", "0", "sqlite:///m.db", name, "3", "pradot", "| table |")
+        (line,) = [x for x in run.summary().splitlines() if "mlflow models serve" in x]
+        argv = shlex.split(line.split(":", 1)[1])
+        assert argv[:5] == ["mlflow", "models", "serve", "-m", f"models:/{name}/3"]
+    assert shell_word("models:/pradot-x/3") == "models:/pradot-x/3"  # plain URIs are printed as they are
