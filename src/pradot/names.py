@@ -86,13 +86,14 @@ def markdown_cell(text: str | os.PathLike) -> str:
     return "".join(_HTML.get(c, c) for c in out)
 
 
-def figure_text(text: str | os.PathLike) -> str:
-    """``text`` for a matplotlib title, label or legend entry, drawn literally: each line :func:`printable`,
-    ``$`` escaped as ``\\$`` (matplotlib reads text with an even number of unescaped ``$`` as mathtext,
-    where ``_``, ``^`` and ``\\`` are markup; with every ``$`` escaped the text is plain and ``\\$`` is drawn
-    as ``$``). Line breaks of ``text`` are kept (escape a name with :func:`printable` before joining it into
-    a multi-line title). Assumes ``text.usetex`` is off (matplotlib's default)."""
-    return "\n".join(printable(line).replace("$", r"\$") for line in os.fspath(text).split("\n"))
+def figure_text(text: object) -> str:
+    """``text`` (``str()`` of it) for a matplotlib title, label or legend entry, drawn literally: each
+    line :func:`printable`, ``$`` escaped as ``\\$`` (matplotlib reads text with an even number of unescaped
+    ``$`` as mathtext, where ``_``, ``^`` and ``\\`` are markup; with every ``$`` escaped the text is plain
+    and ``\\$`` is drawn as ``$``). Line breaks of ``text`` are kept (escape a name with :func:`printable`
+    before joining it into a multi-line title). Assumes ``text.usetex`` is off (matplotlib's default)."""
+    text = os.fsdecode(text) if isinstance(text, os.PathLike) else str(text)
+    return "\n".join(printable(line).replace("$", r"\$") for line in text.split("\n"))
 
 
 #: characters that a file name may not hold on Linux, macOS or Windows, and those a URI would read as syntax
