@@ -244,8 +244,8 @@ def _write_table(results, tmp: Path) -> str:
     table = format_table(rows)
     out = tmp / "comparison"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(table + "\n")
-    with open(out / "comparison.csv", "w", newline="") as f:
+    (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["category", "method", *TABLE_COLUMNS])
         w.writeheader()
         w.writerows({**r, "category": csv_cell(r["category"]), "method": csv_cell(r["method"])} for r in rows)
