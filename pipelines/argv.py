@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipelines.checks import ConfigError
 
-__all__ = ["CONF_DIR", "ConfigError", "OVERRIDES_KEY", "parse_overrides"]
+__all__ = ["CONF_DIR", "ConfigError", "OVERRIDES_KEY", "parse_overrides", "keep_as_text", "literal"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -23,10 +23,31 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 OVERRIDES_KEY = "overrides"
 
 
+def literal(value: str) -> str:
+    """``value`` with each ``${`` escaped for OmegaConf (``\\${``, and the backslashes before it doubled),
+    so that the text of a name is kept and never resolved (``a${HOME}`` stays ``a${HOME}``)."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+
+
+def keep_as_text(cfg) -> None:
+    """After ``OmegaConf.resolve(cfg)``, in place: a string that still holds ``${`` is text (a name given as
+    ``\\${`` or a resolved value), so it is escaped again (:func:`literal`); otherwise OmegaConf
+    would resolve it on the next read. Call once per resolved config."""
+    from omegaconf import DictConfig, ListConfig
+
+    for key in cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg)):
+        value = cfg._get_node(key)._value()
+        if isinstance(value, (DictConfig, ListConfig)):
+            keep_as_text(value)
+        elif isinstance(value, str) and "${" in value:
+            cfg[key] = literal(value)
+
+
 def _quote_for_hydra(value: str) -> str:
-    """``value`` as a single-quoted Hydra string: a quote is escaped, and so are the backslashes that
-    precede a quote or end the value (Hydra keeps any other backslash as it is, e.g. ``C:\\data``)."""
-    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    """``value`` as a single-quoted Hydra string of that exact text: a quote is escaped, and so are the
+    backslashes that precede a quote or end the value (Hydra keeps any other backslash as it is, e.g.
+    ``C:\\data``); ``${`` is escaped for OmegaConf (:func:`literal`)."""
+    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", literal(value))
     out = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, out)
     return f"'{out}'"
 
@@ -34,8 +55,9 @@ def _quote_for_hydra(value: str) -> str:
 def _hydra_value(item: str) -> str:
     """``key=value`` as Hydra reads it, the value one value exactly as given: quoted when Hydra would read
     it otherwise (``members=a/1,b/2`` is a sweep to Hydra; ``x=(1)``, ``x=it's``, ``x=/data/Bäder`` syntax
-    errors; ``x= a`` loses its space). Values Hydra reads as numbers, booleans, lists, null or
-    interpolations (``${...}``) are kept as typed."""
+    errors; ``x= a`` loses its space). Values Hydra reads as numbers, booleans, lists or null are kept as
+    typed. ``${`` is text, never an interpolation (a name is data: ``category=${oc.env:SECRET}`` must not
+    read the environment); interpolations belong in the config files."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -43,13 +65,14 @@ def _hydra_value(item: str) -> str:
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_override(item)
-        if not parsed.is_sweep_override() and (not isinstance(parsed.value(), str) or parsed.value() == value):
+        plain = not isinstance(parsed.value(), str) or parsed.value() == value
+        if "${" not in value and not parsed.is_sweep_override() and plain:
             return item
     except HydraException:
         pass
     quoted = f"{key}={_quote_for_hydra(value)}"
     try:
-        ok = parser.parse_override(quoted).value() == value
+        ok = parser.parse_override(quoted).value() == literal(value)
     except HydraException:
         ok = False
     if not ok:

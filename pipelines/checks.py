@@ -254,8 +254,13 @@ def folder_name(key: str, value: Any) -> str:
 
 def path_component(key: str, value: Any) -> str:
     """A name that becomes one component of a path (e.g. ``category``: ``<data root>/<category>/...`` and
-    ``anomaly_maps/<category>/...``): not empty, not ``.`` or ``..``, no ``/`` or ``\\``."""
+    ``anomaly_maps/<category>/...``): not empty, not ``.`` or ``..``, no ``/`` or ``\\``, at most 255 bytes."""
     name = _text(key, value, 255)
+    if len(name.encode("utf-8", "surrogatepass")) > 255:  # NAME_MAX counts bytes, not characters
+        raise ConfigError(
+            f"{key} is {len(name.encode('utf-8', 'surrogatepass'))} bytes long in UTF-8, at most 255 fit in "
+            f"one folder name; {how_to_set(key)}"
+        )
     if "/" in name or "\\" in name or name in (".", ".."):
         raise ConfigError(
             f"{key}={value!r} must be one folder name (no '/', '\\', '.' or '..'), so that the paths "

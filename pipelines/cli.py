@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipelines.errors import USER_ERRORS, is_user_error
+from pipelines.names import terminal_text
 from pradot.backbone import BackboneError
 from pradot.data import DatasetError
 from pradot.errors import InputError
@@ -103,7 +104,7 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
     except Exception as e:
         if not is_user_error(e):
             if isinstance(e, RuntimeError):  # the work failed (its message says why; the run log has the rest)
-                print(f"\nerror: {e}", file=sys.stderr)
+                print(terminal_text(f"\nerror: {e}"), file=sys.stderr)
                 return EXIT_FAILED
             raise  # a bug: Python prints the traceback and exits with 1
         # the embedded dataset's own errors (e.g. a mistyped root) do not need it suggested back
@@ -119,7 +120,7 @@ def run_entry(run: Callable[[list[str]], Result], argv: Sequence[str] | None = N
             )
         else:
             note = "\n(nothing was registered nor recorded: refused before any MLflow run started)"
-        print(f"\nerror: {e}{hint}{note}", file=sys.stderr)
+        print(terminal_text(f"\nerror: {e}{hint}{note}"), file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(result.summary())
+    print(terminal_text(result.summary()))
     return result.exit_code

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import checks
-from pipelines.argv import CONF_DIR, parse_overrides
+from pipelines.argv import CONF_DIR, keep_as_text, parse_overrides
 from pipelines.checks import ConfigError
 from pipelines.paths import not_utf8_message, resolve_paths
 from pipelines.tiling import TilingSettings, tiling_settings
@@ -66,6 +66,7 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name=root, overrides=list(overrides))
         OmegaConf.resolve(cfg)
+        keep_as_text(cfg)  # a name's ``${`` stays text
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(
             f"bad configuration override: {e}{_did_you_mean(root, str(e))}\n(overrides: "

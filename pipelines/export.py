@@ -33,6 +33,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/export.py`: 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import checks, cli, config, tracking  # noqa: E402
+from pipelines.names import file_name  # noqa: E402
 from pipelines.predict import model_location  # noqa: E402
 from pipelines.tags import ONNX, ONNX_PARITY, OPENVINO, OPENVINO_PARITY, SOURCE_MODEL
 
@@ -243,9 +244,9 @@ class ExportResult:
 
 
 def _output(settings: ExportSettings, source: Source) -> Path:
-    path = settings.output or settings.workdir / f"{source.slug}.onnx"
+    path = settings.output or settings.workdir / file_name(source.slug, ".onnx")
     if path.suffix.lower() != ".onnx":
-        path = path / f"{source.slug}.onnx" if path.is_dir() else path.with_suffix(".onnx")
+        path = path / file_name(source.slug, ".onnx") if path.is_dir() else path.with_suffix(".onnx")
     taken = [p for p in (path, *_ir_files(path, settings)) if p.exists()]
     if taken and not settings.overwrite:
         raise cli.UsageError(f"{taken[0]} exists; choose another output or pass overwrite=true to replace it")

@@ -17,13 +17,16 @@ __all__ = ["log_figure", "log_training_figures", "log_evaluation_figures"]
 
 def log_figure(name: str, build: Callable) -> None:
     """``build()`` -> a matplotlib figure, logged as ``figures/<name>.png`` of the active run (or skipped
-    with a warning when it fails or returns None)."""
+    with a warning when it fails or returns None); ``name`` may hold category or model names: it becomes
+    one file name (:func:`pipelines.names.file_name`), never a path."""
     import mlflow
+
+    from pipelines.names import file_name
 
     try:
         fig = build()
         if fig is not None:
-            mlflow.log_figure(fig, f"figures/{name}.png")
+            mlflow.log_figure(fig, f"figures/{file_name(name, '.png')}")
     except Exception as e:  # noqa: BLE001 - a figure must not fail the run
         log.warning("figure %s skipped: %s: %s", name, type(e).__name__, e)
 
@@ -39,6 +42,7 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
     from pradot import viz
     from pradot.data import read_image
     from pradot.metrics import Saturation, spro_curve
+    from pradot.names import printable
 
     if history is not None:
         log_figure("training_curves", lambda: viz.training_curves_figure(history))
@@ -47,7 +51,7 @@ def _evaluation_figures(splits, scored, size: int, n_overlays: int, history) -> 
         return pick
     images = [read_image(scored.samples[i].image_path, size) for i in pick]
     masks = [splits.dataset.load_channels(scored.samples[i], size).any(0) for i in pick]
-    titles = [f"{scored.samples[i].relative_id}  {scored.scores[i]:.3f}" for i in pick]
+    titles = [f"{printable(scored.samples[i].relative_id)}  {scored.scores[i]:.3f}" for i in pick]
     log_figure("anomaly_overlays", lambda: viz.overlay_figure(images, scored.maps[pick], titles=titles, masks=masks))
     labels = [s.label for s in scored.samples]
     if len(set(labels)) < 2:  # ROC and (s)PRO curves need good and anomalous images

@@ -31,6 +31,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/multiclass.p
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import checks, cli, config, registry, tracking  # noqa: E402
+from pipelines.names import shell_word  # noqa: E402
 from pipelines.tags import CATEGORIES, DATASET, KIND, MULTICLASS_METHOD
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class MulticlassRun:
         lines += [f"model   : {registered}", self.table, f"look at it: {tracking.ui_hint(self.tracking_uri)}"]
         if self.version:
             lines.append(
-                f"serve it : mlflow models serve -m models:/{self.model_name}/{self.version} --env-manager local "
+                f"serve it : mlflow models serve -m {shell_word(f'models:/{self.model_name}/{self.version}')} "
+                "--env-manager local "
                 "-h 127.0.0.1 -p 5001   (no category in the request; the global threshold)"
             )
         return "\n".join(lines)
@@ -206,6 +208,7 @@ def _log_maps(result, cats, n: int) -> None:
     from pipelines.figures import log_figure
     from pradot import viz
     from pradot.data import read_image
+    from pradot.names import printable
 
     for c, r in result.categories.items():
         if not len(r.test.samples) or n < 1:
@@ -220,7 +223,7 @@ def _log_maps(result, cats, n: int) -> None:
                 [read_image(s.image_path, size) for s in samples],
                 [r.test.maps[i] for i in picked],
                 titles=[
-                    f"{s.anomaly_type} {Path(s.image_path).stem} ({r.test.scores[i]:.2f})"
+                    f"{printable(s.anomaly_type)} {printable(Path(s.image_path).stem)} ({r.test.scores[i]:.2f})"
                     for s, i in zip(samples, picked)
                 ],
                 masks=[np.asarray(cats[c].dataset.load_channels(s, size)) if s.label else None for s in samples],
@@ -235,16 +238,17 @@ def _write_table(results, tmp: Path) -> str:
     import mlflow
 
     from pradot.multiclass import TABLE_COLUMNS, comparison_rows, format_table
+    from pradot.names import csv_cell
 
     rows = comparison_rows(results)
     table = format_table(rows)
     out = tmp / "comparison"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(table + "\n")
-    with open(out / "comparison.csv", "w", newline="") as f:
+    (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["category", "method", *TABLE_COLUMNS])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "category": csv_cell(r["category"]), "method": csv_cell(r["method"])} for r in rows)
     mlflow.log_artifacts(str(out), "comparison")
     mlflow.log_dict({"rows": rows}, "comparison/comparison.json")
     log.info("multi-class comparison (percent):\n%s", table)

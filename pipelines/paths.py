@@ -15,6 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.argv import literal
+
 __all__ = ["PATH_KEYS", "resolve_paths", "not_utf8_message"]
 
 #: settings that name local files or folders: relative values are resolved against ``workdir`` (URIs such as
@@ -50,9 +52,9 @@ def resolve_paths(cfg: DictConfig) -> DictConfig:
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and str(value) != "":
-            OmegaConf.update(cfg, key, _absolute(str(value), base), merge=False)
+            OmegaConf.update(cfg, key, literal(_absolute(str(value), base)), merge=False)
     if "workdir" in cfg:
-        cfg.workdir = base
+        cfg.workdir = literal(base)
     return cfg
 
 

@@ -38,6 +38,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/reproduce.py
 
 from pipelines import cli, config, tracking  # noqa: E402
 from pipelines.baseline import memory_bank_config, run_baseline  # noqa: E402
+from pipelines.names import shell_word  # noqa: E402
 from pipelines.promote.run import PromotionResult, run_promotion  # noqa: E402
 from pipelines.tags import BASELINE, CATEGORY, DATASET, ENSEMBLE, MEMBERS, PROMOTION
 from pipelines.train import run_training  # noqa: E402
@@ -70,7 +71,7 @@ class ReproduceResult:
                 f"members   : {', '.join(self.members)}",
                 p.table,
                 f"ensemble  : {p.ensemble_name} v{p.version}; {p.decision.reason}",
-                f"serve it  : mlflow models serve -m {p.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
+                f"serve it  : mlflow models serve -m {shell_word(p.serve_uri)} --env-manager local -h 127.0.0.1 -p 5001"
                 + ("" if p.decision.moved else f"   (this ensemble; @{p.alias} still serves v{p.decision.previous})"),
                 "            (the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200)",
             ]

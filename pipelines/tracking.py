@@ -99,15 +99,6 @@ def store_hint(model_uri: str) -> str:
     return f" (looked up in the tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI for another)"
 
 
-class _Utf8Formatter(logging.Formatter):
-    """Log records as valid UTF-8: a file name that is not UTF-8 is written with ``\\xNN`` escapes."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        from pipelines.names import utf8_text
-
-        return utf8_text(super().format(record))
-
-
 _LOG_FOLDER = re.compile(r"^pradot-log-(\d+)-")
 
 
@@ -137,18 +128,22 @@ def run_log(name: str = "run.log") -> Iterator[Path]:
     """Capture the loggers (and warnings) to a file for the lifetime of the block; the caller logs it as
     an artifact inside the block, also when the run fails. The file's folder (``pradot-log-<pid>-*`` in the
     temporary folder) is removed when the block ends (success, error, Ctrl+C or SIGTERM); folders left by
-    processes killed with SIGKILL are removed by the next run (:func:`remove_stale_logs`). Names in the
-    log are written as escaped bytes when they are not UTF-8 (the log never fails on a file name)."""
+    processes killed with SIGKILL are removed by the next run (:func:`remove_stale_logs`). Both the file and
+    the console write records through :class:`pipelines.names.LogFormatter`: a name that is not UTF-8 is
+    written as escaped bytes (the log never fails on a file name), and a name's newline or terminal escape
+    cannot forge a record."""
+    from pipelines.names import LogFormatter
+
     remove_stale_logs()
     folder = Path(tempfile.mkdtemp(prefix=f"pradot-log-{os.getpid()}-"))
     path = folder / name
     handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
-    handler.setFormatter(_Utf8Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     stream: logging.Handler | None = None
     if not any(isinstance(h, _Console) for h in root.handlers):  # a nested run (reproduce's members): one console
         stream = _Console(sys.stderr)
-        stream.setFormatter(logging.Formatter("[pradot] %(message)s"))
+        stream.setFormatter(LogFormatter("[pradot] %(message)s"))
         stream.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         root.addHandler(stream)
     root.setLevel(logging.INFO)
@@ -260,10 +255,10 @@ def log_resolved_params(params: Mapping[str, Any]) -> None:
 
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     out = {}
-    from pipelines.names import printable
+    from pipelines.names import tag_value
 
     for k, v in params.items():
-        v = printable(str(v))[:6000]
+        v = tag_value(str(v), 6000)
         if k in existing and existing[k] != v:
             out[f"resolved.{k}"] = v
         elif k not in existing:

@@ -24,6 +24,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/train.py`: i
 
 from pipelines import checks, cli, config, registry, tracking  # noqa: E402
 from pipelines.figures import log_training_figures  # noqa: E402
+from pipelines.names import tag_value  # noqa: E402
 from pipelines.tags import (
     BACKBONE,
     CALIBRATION_N_IMAGES,
@@ -157,7 +158,7 @@ def _test_metrics(splits, test, pixel_threshold: float):
     mlflow.set_tag(TEST_METRICS, status)
     if notes:
         mlflow.log_text("\n".join(notes) + "\n", "metrics/notes.txt")
-        mlflow.set_tag(TEST_METRICS_NOTE, "; ".join(notes)[:NOTE_CHARS])
+        mlflow.set_tag(TEST_METRICS_NOTE, tag_value("; ".join(notes), NOTE_CHARS))
     log.info("metrics (%s): %s", status, ", ".join(f"{k}={v:.4f}" for k, v in sorted(flat.items())) or "none")
     return flat, notes
 

@@ -23,6 +23,7 @@ from pipelines import cli, config, registry, tracking
 from pipelines.fewshot.data import FeatureSet, images_of, load_features, support_pool
 from pipelines.fewshot.plan import FewShotPlan, check_against_data, fewshot_plan
 from pipelines.fewshot.register import Logged, Registered, log_fewshot
+from pipelines.names import tag_value
 from pipelines.tags import BACKBONE, CATEGORY, DATASET, FEWSHOT_VARIANT, METHOD, REGISTRATION
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _child(ctx: _Context, variant, shots: int, split: int) -> dict:
                 "online": cfg.online,
                 "foreground": cfg.foreground,
                 "distance": cfg.distance,
-                "support": ",".join(names)[:6000],
+                "support": tag_value(",".join(names), 6000),
             }
         )
         needs = masks.needs_images
@@ -135,11 +136,14 @@ def _child(ctx: _Context, variant, shots: int, split: int) -> dict:
 
 
 def _csv(rows: Sequence[dict]) -> str:
+    """``rows`` as CSV, text cells (variant, split names) as :func:`pradot.names.csv_cell`."""
+    from pradot.names import csv_cell
+
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 

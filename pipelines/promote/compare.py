@@ -84,20 +84,32 @@ def compare(dataset, scored_models, labels, refs) -> Comparison:
 
 
 def to_csv(keys, rows) -> str:
+    """``rows`` as CSV: the model name a text cell (:func:`pradot.names.csv_cell`), floats with 6 decimals."""
+    from pradot.names import csv_cell
+
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["model", *keys])
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow(
+            {k: (f"{v:.6f}" if isinstance(v, float) else csv_cell(str(v)) if k == "model" else v) for k, v in r.items()}
+        )
     return buf.getvalue()
 
 
 def to_markdown(keys, rows, metric: str, first: str | None = None) -> str:
-    """The table of ``rows`` with ``first`` (e.g. the validation objective), ``metric`` and :data:`SHOWN_METRICS`."""
+    """The table of ``rows`` with ``first`` (e.g. the validation objective), ``metric`` and :data:`SHOWN_METRICS`;
+    model names as :func:`pradot.names.markdown_cell`."""
+    from pradot.names import markdown_cell
+
     shown = [k for k in dict.fromkeys([*([first] if first else []), metric, *SHOWN_METRICS]) if k in keys]
     lines = ["| model | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     for r in rows:
-        lines.append(f"| {r['model']} | " + " | ".join("" if math.isnan(r[k]) else f"{r[k]:.4f}" for k in shown) + " |")
+        lines.append(
+            f"| {markdown_cell(str(r['model']))} | "
+            + " | ".join("" if math.isnan(r[k]) else f"{r[k]:.4f}" for k in shown)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +131,7 @@ def log_comparison_figures(
     from pipelines.figures import log_figure
     from pradot import viz
     from pradot.data import read_image
+    from pradot.names import printable
 
     keys, rows = comparison.rows()
     shown = [k for k in dict.fromkeys([metric, *SHOWN_METRICS]) if k in keys][:6]
@@ -134,7 +147,9 @@ def log_comparison_figures(
             [sc.maps[pick] for sc in scored_models],
             short_labels,
             [sc.scores[pick] for sc in scored_models],
-            titles=[f"{samples[i].anomaly_type}\n{Path(samples[i].image_path).stem}" for i in pick],
+            titles=[
+                f"{printable(samples[i].anomaly_type)}\n{printable(Path(samples[i].image_path).stem)}" for i in pick
+            ],
             masks=[dataset.load_channels(samples[i], image_size).any(0) for i in pick],
         )
 

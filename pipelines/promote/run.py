@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines import cli, config, objective, registry, tracking
 from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
+from pipelines.names import shell_word, tag_value
 from pipelines.promote.choose import (
     Candidate,
     Choice,
@@ -90,7 +91,8 @@ class PromotionResult:
                 f"ensemble  : registered as {self.ensemble_name} v{self.version}",
                 f"alias     : {self.alias} {'moved to' if self.decision.moved else 'kept on'} v{holder} "
                 f"({self.decision.reason})",
-                f"serve it  : mlflow models serve -m {self.serve_uri} --env-manager local -h 127.0.0.1 -p 5001"
+                f"serve it  : mlflow models serve -m {shell_word(self.serve_uri)} --env-manager local "
+                "-h 127.0.0.1 -p 5001"
                 + ("" if self.decision.moved else f"   (this ensemble; @{self.alias} still serves v{holder})"),
                 "            (the server answers after 20-40 s: wait until curl http://127.0.0.1:5001/ping says 200)",
                 f"look at it: {tracking.ui_hint(self.tracking_uri)}",
@@ -315,13 +317,13 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         {
             DATASET: settings.data.kind,
             CATEGORY: settings.data.category,
-            MEMBERS: ",".join(refs)[:4900],
+            MEMBERS: tag_value(",".join(refs), 4900),
             SELECTION: sel.mode,
         }
     )
     mlflow.log_params(
         {
-            "promote.members": ",".join(refs)[:6000],
+            "promote.members": tag_value(",".join(refs), 6000),
             "promote.metric": opts.metric,
             "promote.objective": opts.objective,
             "promote.fusion": opts.fusion,
@@ -336,7 +338,7 @@ def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config
         }
     )
     if sel.excluded:
-        mlflow.set_tag(EXCLUDED, "; ".join(sel.excluded)[:4900])
+        mlflow.set_tag(EXCLUDED, tag_value("; ".join(sel.excluded), 4900))
         for e in sel.excluded:  # on the console too: a version left out silently looks like a bug
             log.warning("left out %s", e)
     for n in sel.notes:

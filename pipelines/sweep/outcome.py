@@ -161,8 +161,11 @@ def close_runs(records: list[TrialRecord], client) -> None:
 
 def table(records: list[TrialRecord]):
     """``sweep/trials.csv``: one row per trial: status and why it ended, where it ran, attempts, its
-    sampled values (``config/<path>``) and its last reported metrics."""
+    sampled values (``config/<path>``) and its last reported metrics. Texts that may hold names (the error,
+    the host) are :func:`pipelines.names.csv_cell`."""
     import pandas as pd
+
+    from pipelines.names import csv_cell
 
     rows = []
     for r in records:
@@ -174,11 +177,11 @@ def table(records: list[TrialRecord]):
                 "trial_status": r.label,
                 "epochs_trained": r.epochs,
                 "attempts": r.attempts,
-                "failure": r.failure,
-                "error": r.error,
+                "failure": csv_cell(r.failure),
+                "error": csv_cell(r.error),
                 "mlflow_run_id": r.run.info.run_id if r.run is not None else metrics.get("mlflow_run_id", ""),
                 "node_id": r.where.get(NODE_ID, ""),
-                "hostname": r.where.get(HOSTNAME, ""),
+                "hostname": csv_cell(r.where.get(HOSTNAME, "")),
                 "pid": r.where.get(PID, ""),
                 **{f"config/{k}": v for k, v in r.config.items()},
                 **{

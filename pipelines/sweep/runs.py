@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pipelines.names import tag_value
 from pipelines.tags import (
     ATTEMPTS,
     EPOCHS_TRAINED,
@@ -190,7 +191,9 @@ class TrialRun:
     def tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)[:_MAX_TAG]) for k, v in tags.items()])
+        retry(
+            self.client.log_batch, self.run_id, tags=[RunTag(k, tag_value(str(v), _MAX_TAG)) for k, v in tags.items()]
+        )
 
     def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
         """The metrics of ``epoch``, unless an earlier attempt logged them already."""

@@ -35,6 +35,7 @@ from .calibration import Calibration
 from .engine import DataSpec, Scored, Splits, open_splits, score_samples, split_metrics, threshold_metrics
 from .metrics.classification import pixel_auroc
 from .metrics.dataset import flat_metrics
+from .names import markdown_cell
 
 __all__ = [
     "METHODS",
@@ -338,11 +339,11 @@ def comparison_rows(results: Sequence[MethodResult], columns: Sequence[str] = TA
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] = TABLE_COLUMNS) -> str:
     """``rows`` (:func:`comparison_rows`) as a Markdown table, values in percent with one decimal (Table 1's
-    style); "-" where the layout has no such metric."""
+    style); "-" where the layout has no such metric; names as :func:`pradot.names.markdown_cell`."""
     head = ["category", "method", *columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [str(row["category"]), str(row["method"])]
+        cells = [markdown_cell(str(row["category"])), markdown_cell(str(row["method"]))]
         cells += ["-" if row.get(k) is None else f"{100 * float(row[k]):.1f}" for k in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from ..metrics import f1_max, image_auroc, pixel_auroc, pixel_f1_max
 from ..metrics.dataset import flat_metrics
 from ..metrics.pro import Saturation
 from ..metrics.report import loco_metrics
+from ..names import markdown_cell
 from .model import FOCT, FOCTConfig
 
 __all__ = [
@@ -243,7 +244,7 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
 
 def markdown_table(summary: Sequence[Mapping], metrics: Sequence[str] = SUMMARY_METRICS) -> str:
     """The summary as a Markdown table: one row per (variant, shots), ``mean ± std`` per metric present
-    (AUROC, F1 and AU-sPRO in %)."""
+    (AUROC, F1 and AU-sPRO in %); the variant's name as :func:`pradot.names.markdown_cell`."""
     shown = [m for m in metrics if any(f"{m}_mean" in r for r in summary)]
     head = "| variant | shots | splits | " + " | ".join(shown) + " |"
     lines = [head, "|" + "---|" * (3 + len(shown))]
@@ -256,5 +257,7 @@ def markdown_table(summary: Sequence[Mapping], metrics: Sequence[str] = SUMMARY_
             scale = 1.0 if m == "seconds_per_query" else 100.0
             digits = 3 if m == "seconds_per_query" else 1
             cells.append(f"{r[f'{m}_mean'] * scale:.{digits}f} ± {r[f'{m}_std'] * scale:.{digits}f}")
-        lines.append(f"| {r['variant']} | {r['shots']} | {r['splits']} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {markdown_cell(str(r['variant']))} | {r['shots']} | {r['splits']} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"

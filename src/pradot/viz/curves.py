@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..names import figure_text
 from ._common import _new_figure
 from .heatmap import _numpy
 
@@ -39,17 +40,17 @@ def roc_figure(
         y = _numpy(y).astype(int).reshape(-1)
         s = _numpy(s).astype(np.float64).reshape(-1)
         if len(np.unique(y)) < 2:
-            ax.plot([], [], label=f"{name}: undefined (one class)")
+            ax.plot([], [], label=f"{figure_text(name)}: undefined (one class)")
             continue
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, lw=2 if name == "all" else 1.3, label=f"{name}: AUROC {roc_auc_score(y, s):.3f}")
+        ax.plot(fpr, tpr, lw=2 if name == "all" else 1.3, label=f"{figure_text(name)}: AUROC {roc_auc_score(y, s):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(figure_text(title), fontsize=11)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -73,10 +74,10 @@ def pro_figure(
     for name, (fpr, pro) in curves.items():
         x = _numpy(fpr).astype(np.float64).reshape(-1)
         y = _numpy(pro).astype(np.float64).reshape(-1)
-        label = str(name)
+        label = figure_text(str(name))
         if area_under_curve is not None:
             try:
-                label += f": AU-{title}@{max_fpr:g} {area_under_curve(x, y, max_fpr):.3f}"
+                label += f": AU-{figure_text(title)}@{max_fpr:g} {area_under_curve(x, y, max_fpr):.3f}"
             except ValueError:
                 pass
         ax.plot(x, y, lw=1.5, label=label)
@@ -84,8 +85,8 @@ def pro_figure(
     ax.set_xlim(0, min(1.0, 1.5 * float(max_fpr)))
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false-positive rate")
-    ax.set_ylabel(title)
-    ax.set_title(f"{title} curve", fontsize=11)
+    ax.set_ylabel(figure_text(title))
+    ax.set_title(f"{figure_text(title)} curve", fontsize=11)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return fig

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..explain import _coords_to_pixels
+from ..names import figure_text
 from ._common import _as_list, _extent, _map_range, _new_figure, _off
 from .heatmap import DEFAULT_CMAP, _numpy, to_rgb_uint8
 
@@ -122,7 +123,7 @@ def assignment_figure(
     ax.set_xlim(-0.5, img.shape[1] - 0.5)
     ax.set_ylim(img.shape[0] - 0.5, -0.5)
     ax.set_title(
-        title
+        figure_text(title)
         if title is not None
         else f"stage {bank.config.stage}, alpha={bank.config.alpha:g}: {int(arrows.sum())} moved, "
         f"{int(is_dot.sum())} in place",
@@ -260,7 +261,7 @@ def restoration_figure(
             if r == 0:
                 axes[r, c].set_title(heads[c], fontsize=10)
         if titles is not None:
-            axes[r, 0].set_ylabel(str(titles[r]), fontsize=8)
+            axes[r, 0].set_ylabel(figure_text(titles[r]), fontsize=8)
     if mps is not None:
         fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, 2].tolist(), shrink=0.85, label="anomaly score")
     return fig
@@ -397,7 +398,9 @@ def umap_figure(
         pp[:, 0], pp[:, 1], c=col_p, s=size * 1.5, marker="D", edgecolors="black", linewidths=0.4, alpha=0.75, zorder=3
     )
     ax.set_title(
-        title if title is not None else f"UMAP of test embeddings and prototypes, cost (1), alpha={alpha:g}",
+        figure_text(title)
+        if title is not None
+        else f"UMAP of test embeddings and prototypes, cost (1), alpha={alpha:g}",
         fontsize=10,
     )
     ax.set_xlabel("UMAP 1")

@@ -12,6 +12,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ..explain import _mask2d
+from ..names import figure_text
 from ._common import _as_list, _draw_contour, _extent, _grid_shape, _map_range, _new_figure, _off
 from .heatmap import DEFAULT_CMAP, _numpy, to_rgb_uint8
 
@@ -66,7 +67,7 @@ def overlay_figure(
         if mks[k] is not None:
             _draw_contour(ax, _mask2d(mks[k]), img.shape[:2])
         if titles is not None:
-            ax.set_title(str(titles[k]), fontsize=9)
+            ax.set_title(figure_text(titles[k]), fontsize=9)
         _off(ax)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[: len(imgs)]), shrink=0.85, label="anomaly score")
     return fig
@@ -94,7 +95,7 @@ def metrics_bar_figure(
             x + j * width - 0.4 + width / 2,
             vals,
             width,
-            label=str(r["model"]),
+            label=figure_text(str(r["model"])),
             alpha=0.85,
             color=("black" if highlight_last and j == len(rows) - 1 else None),
         )
@@ -102,7 +103,7 @@ def metrics_bar_figure(
     ax.set_ylim(0, 1)
     ax.set_ylabel("value")
     if title:
-        ax.set_title(title)
+        ax.set_title(figure_text(title))
     ax.legend(fontsize=7, loc="lower right")
     return fig
 
@@ -144,14 +145,14 @@ def comparison_figure(
         if mks[r] is not None:
             _draw_contour(axes[r, 0], _mask2d(mks[r]), img.shape[:2])
         if titles is not None:
-            axes[r, 0].set_title(str(titles[r]), fontsize=7)
+            axes[r, 0].set_title(figure_text(titles[r]), fontsize=7)
         for c, (ms, lab, sc) in enumerate(zip(per_model, labels, scores), start=1):
             lo, hi = ranges[c - 1]
             axes[r, c].imshow(img)
             axes[r, c].imshow(
                 ms[r], cmap=cmap, alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1e-9, extent=_extent(img.shape[:2])
             )
-            axes[r, c].set_title(f"{lab}\n{float(_numpy(sc)[r]):.3f}", fontsize=7)
+            axes[r, c].set_title(f"{figure_text(lab)}\n{float(_numpy(sc)[r]):.3f}", fontsize=7)
     for ax in axes.ravel():
         ax.set_axis_off()
     return fig
