@@ -13,7 +13,9 @@ One tracked parent run logs: per-category metrics (``<method>_<setting>.<categor
 pixel AUROC as the paper's Table 1, AU-PRO (AD layout) / AU-sPRO (LOCO layout)), the thresholds
 (``calibration/thresholds.json``: each category's own, from its validation normals, and the global one, the
 fallback the served model uses since a request names no category) with the threshold metrics at both, and the
-maps of each category's test images per unified method (``figures/maps_<category>_<method>.png``) and, with
+maps of each category's test images per unified method (``figures/maps_<category>_<method>.png``), VPDM's
+reconstructions and maps (``figures/vpdm_reconstructions.png``, its paper's Fig. 2) and features at each step
+(``figures/vpdm_vague_steps.png``, Fig. 3), and, with
 ``multiclass.ablation`` (``-P ablation=true`` or a list of rows), VPDM's ablated variants (Table 3's rows, each
 fitted unified as ``vpdm-<row>``, metrics ``vpdm-<row>_ablation.*``) and their table (``ablation/ablation.{md,json}``).
 """
@@ -32,7 +34,7 @@ from typing import Any
 if __name__ == "__main__" and not __package__:  # `python pipelines/multiclass.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import checks, cli, config, registry, tracking  # noqa: E402
+from pipelines import checks, cli, config, figures, registry, tracking  # noqa: E402
 from pipelines.tags import CATEGORIES, DATASET, KIND, MULTICLASS_METHOD
 
 log = logging.getLogger(__name__)
@@ -391,6 +393,8 @@ def _tracked_run(settings, plan: MulticlassPlan, params: dict[str, str], device,
             if settings.evaluation.figures:
                 for res in unified:
                     _log_maps(res, cats, settings.evaluation.n_overlays)
+                    if getattr(models[res.method], "KIND", None) == "vpdm":  # the paper's Fig. 2 and 3
+                        figures.log_vpdm_figures(models[res.method], res, cats, res.method)
             best = _choose(plan, unified)
             model_uri, tags = None, None
             if best is not None:

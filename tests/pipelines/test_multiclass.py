@@ -64,9 +64,9 @@ def test_ablation_plan_is_table3_rows_of_the_vpdm_method():
         plan("multiclass.methods=[vpdm]", "multiclass.ablation=[no_prototypes]")
 
 
-def test_ablation_flag_fits_the_rows_and_logs_table3(store, tmp_path):
+def test_ablation_flag_fits_the_rows_and_logs_table3_and_vpdm_figures(store, tmp_path):
     argv = ["multiclass=ci", f"data.root={tmp_path}/data", "multiclass.methods=[vpdm]", "multiclass.register=none"]
-    argv += ["multiclass.ablation=[ddpm]", "evaluation.figures=false", "multiclass.categories=[woven_fabric]"]
+    argv += ["multiclass.ablation=[ddpm]", "multiclass.categories=[woven_fabric]"]
     argv += ["+multiclass.vpdm.overrides.n_draws=1"]  # one reconstruction per image: seconds
     result = multiclass.run(argv)
     run = store.get_run(result.run_id)
@@ -77,6 +77,8 @@ def test_ablation_flag_fits_the_rows_and_logs_table3(store, tmp_path):
     assert rows[1]["image_auroc"] == pytest.approx(means["vpdm-ddpm_ablation.mean.image_auroc"])
     assert rows[0]["image_auroc"] == pytest.approx(means["vpdm_unified.mean.image_auroc"])
     assert "| ddpm |" in result.summary()
+    figs = {Path(a.path).name for a in store.list_artifacts(result.run_id, "figures")}
+    assert {"vpdm_reconstructions.png", "vpdm_vague_steps.png"} <= figs  # the paper's Fig. 2 and 3
 
 
 def _serve(uri: str, model_uri: str, tmp: Path):

@@ -325,6 +325,24 @@ class VPDM(nn.Module, FeatureModel):
         maps = torch.cat([self.maps_from_backbone(f) for f in feats]) if feats else torch.zeros(0, S, S)
         return maps, image_score(maps, self.config.score_pool)
 
+    @torch.no_grad()
+    def explain(self, images) -> dict[str, torch.Tensor]:
+        """What the paper's Fig. 2 and 3 show, for (B, 3, H, W) images (float in [0, 1] or uint8): ``x0`` the
+        standardised grid features (B, C, g, g), ``f_down`` the low-passed ones (B, C, g/N, g/N; ``x0`` without
+        ``low_pass``), ``y_hat`` the vague condition (B, C, g, g), ``reconstruction`` Algorithm 2's ``x^0_rec``
+        (the first noise draw; B, C, g, g) and ``maps`` (B, S, S), the anomaly maps of :meth:`score`. All on CPU.
+
+        Raises:
+            InputError: not RGB images. NotFittedError: the model is not fitted.
+        """
+        self.check_fitted()
+        _, feats = self.backbone_features(images)
+        x0 = torch.cat([self.grid(f) for f in feats])
+        rec, y_hat = self.reconstruct(x0)
+        f_down = low_pass_downsample(x0, self.config.downsample) if self.config.low_pass else x0
+        out = {"x0": x0, "f_down": f_down, "y_hat": y_hat, "reconstruction": rec, "maps": self.maps_from_grid(x0)}
+        return {k: v.detach().cpu() for k, v in out.items()}
+
     def describe(self) -> dict:
         """What an ensemble or a registry records of this model."""
         c = self.config
