@@ -12,7 +12,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["log_figure", "log_training_figures", "log_evaluation_figures"]
+__all__ = ["log_figure", "log_training_figures", "log_evaluation_figures", "log_vpdm_figures"]
 
 
 def log_figure(name: str, build: Callable) -> None:
@@ -201,3 +201,53 @@ def log_training_figures(
             "umap",
             lambda: _umap_figure(model, splits, scored, image_size, stage, anomalous, feats, umap_max_points, seed),
         )
+
+
+def log_vpdm_figures(model, result, cats, name: str = "vpdm") -> None:
+    """VPDM's figures as its paper's Fig. 2 and 3, one row per category (``figures/<name>_reconstructions.png``,
+    ``figures/<name>_vague_steps.png``): the category's highest-scoring anomalous test image (its highest-scoring
+    image when the split has no anomaly) beside its lowest-scoring normal test image as the reference; ``model``
+    a fitted :class:`pradot.vpdm.VPDM`, ``result`` its :class:`pradot.multiclass.MethodResult`, ``cats`` the
+    categories' splits."""
+    from pradot import viz
+    from pradot.data import read_image
+
+    size = int(model.config.image_size)
+    rows: dict[str, list] = {k: [] for k in ("refs", "images", "masks", "titles")}
+    for c, r in result.categories.items():
+        labels = np.array([s.label for s in r.test.samples])
+        if not len(labels):
+            continue
+        bad = np.flatnonzero(labels != 0) if (labels != 0).any() else np.arange(len(labels))
+        good = np.flatnonzero(labels == 0) if (labels == 0).any() else np.arange(len(labels))
+        pick, ref = (
+            r.test.samples[bad[np.argmax(r.test.scores[bad])]],
+            r.test.samples[good[np.argmin(r.test.scores[good])]],
+        )
+        rows["images"].append(read_image(pick.image_path, size))
+        rows["refs"].append(read_image(ref.image_path, size))
+        rows["masks"].append(np.asarray(cats[c].dataset.load_channels(pick, size)) if pick.label else None)
+        rows["titles"].append(f"{c} {pick.anomaly_type}")
+    if not rows["images"]:
+        return
+
+    def explained():
+        return model.explain(np.stack(rows["images"]).transpose(0, 3, 1, 2))
+
+    out: dict = {}
+
+    def fig2():
+        out.update(explained())
+        return viz.reconstruction_figure(
+            rows["refs"], rows["images"], out["x0"], out["reconstruction"], out["maps"], rows["masks"], rows["titles"]
+        )
+
+    def fig3():
+        if not out:
+            out.update(explained())
+        return viz.vague_steps_figure(
+            rows["images"], out["x0"], out["f_down"], out["y_hat"], out["reconstruction"], rows["masks"], rows["titles"]
+        )
+
+    log_figure(f"{name}_reconstructions", fig2)
+    log_figure(f"{name}_vague_steps", fig3)

@@ -13,7 +13,11 @@ One tracked parent run logs: per-category metrics (``<method>_<setting>.<categor
 pixel AUROC as the paper's Table 1, AU-PRO (AD layout) / AU-sPRO (LOCO layout)), the thresholds
 (``calibration/thresholds.json``: each category's own, from its validation normals, and the global one, the
 fallback the served model uses since a request names no category) with the threshold metrics at both, and the
-maps of each category's test images per unified method (``figures/maps_<category>_<method>.png``).
+maps of each category's test images per unified method (``figures/maps_<category>_<method>.png``), VPDM's
+reconstructions and maps (``figures/vpdm_reconstructions.png``, its paper's Fig. 2) and features at each step
+(``figures/vpdm_vague_steps.png``, Fig. 3), and, with
+``multiclass.ablation`` (``-P ablation=true`` or a list of rows), VPDM's ablated variants (Table 3's rows, each
+fitted unified as ``vpdm-<row>``, metrics ``vpdm-<row>_ablation.*``) and their table (``ablation/ablation.{md,json}``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 if __name__ == "__main__" and not __package__:  # `python pipelines/multiclass.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import checks, cli, config, registry, tracking  # noqa: E402
+from pipelines import checks, cli, config, figures, registry, tracking  # noqa: E402
 from pipelines.names import shell_word  # noqa: E402
 from pipelines.tags import CATEGORIES, DATASET, KIND, MULTICLASS_METHOD
 
@@ -51,6 +55,7 @@ class MulticlassPlan:
     per_category: tuple[str, ...] = ()
     register: str = "best"
     model_name: str = ""  # the registered name (default pradot-<dataset>-multiclass)
+    ablations: tuple[tuple[str, Any], ...] = ()  # (Table 3 row, VPDM Method) fitted unified beside ``vpdm``
 
 
 @dataclass
@@ -66,6 +71,7 @@ class MulticlassRun:
     table: str
     means: dict[str, dict[str, float]] = field(default_factory=dict)  # method label -> mean metrics
     exit_code: int = cli.EXIT_OK
+    ablation_table: str = ""  # Table 3's layout, when multiclass.ablation ran
 
     def summary(self) -> str:
         registered = (
@@ -74,7 +80,10 @@ class MulticlassRun:
             else "not registered"
         )
         lines = ["\n== multi-class run finished ==", f"run     : {self.run_id} (experiment {self.experiment_id})"]
-        lines += [f"model   : {registered}", self.table, f"look at it: {tracking.ui_hint(self.tracking_uri)}"]
+        lines += [f"model   : {registered}", self.table]
+        if self.ablation_table:
+            lines += ["VPDM ablation (Table 3's rows; mean over the categories):", self.ablation_table]
+        lines.append(f"look at it: {tracking.ui_hint(self.tracking_uri)}")
         if self.version:
             lines.append(
                 f"serve it : mlflow models serve -m {shell_word(f'models:/{self.model_name}/{self.version}')} "
@@ -132,6 +141,38 @@ def _per_category(value: Any, names: list[str]) -> tuple[str, ...]:
     return tuple(n for n in names if n in chosen)
 
 
+def _ablations(value: Any, vpdm) -> tuple[tuple[str, Any], ...]:
+    """``multiclass.ablation``: false (none), true (every row of Table 3) or a list of rows: each row's VPDM
+    method (the ``vpdm`` method's settings with the row applied, named ``vpdm-<row>``).
+
+    Raises:
+        ConfigError: anything else, a row that Table 3 does not have, or no ``vpdm`` method to ablate.
+    """
+    text = str(value).strip().lower()
+    if value is None or isinstance(value, bool) or text in ("true", "false", "1", "0", "yes", "no", ""):
+        if value is None or text == "" or not checks.boolean("multiclass.ablation", value):
+            return ()
+        from pradot.vpdm.ablation import ABLATIONS  # type: ignore[import-not-found,unused-ignore]
+
+        rows = list(ABLATIONS)
+    else:
+        rows = [str(r).strip() for r in checks.list_items(value)]
+    if vpdm is None:
+        raise config.ConfigError(
+            "multiclass.ablation runs VPDM's Table 3 rows beside VPDM: add vpdm to multiclass.methods "
+            "(e.g. -P methods=vpdm -P ablation=true)"
+        )
+    from pradot.multiclass import Method
+
+    out = []
+    for row in dict.fromkeys(rows):
+        try:
+            out.append((row, Method("vpdm", vpdm.config.ablated(row), name=f"vpdm-{row}")))
+        except ValueError as e:
+            raise config.ConfigError(f"multiclass.ablation: {e}") from None
+    return tuple((r, m) for r, m in out if r != "full")  # the full model is the vpdm method itself
+
+
 def multiclass_plan(cfg) -> MulticlassPlan:
     """``multiclass.*`` (composed) -> :class:`MulticlassPlan`, every value checked before any work.
 
@@ -171,7 +212,8 @@ def multiclass_plan(cfg) -> MulticlassPlan:
     explicit = cfg.tracking.get("model_name")
     name = checks.registry_name("tracking.model_name", explicit) if explicit else multiclass_name(str(cfg.data.kind))
     per_category = _per_category(mc.get("per_category", True), names)
-    return MulticlassPlan(tuple(cats), methods, per_category, register, name)
+    ablations = _ablations(mc.get("ablation", False), next((m for m in methods if m.kind == "vpdm"), None))
+    return MulticlassPlan(tuple(cats), methods, per_category, register, name, ablations)
 
 
 def _log_result(result, columns) -> None:
@@ -255,6 +297,28 @@ def _write_table(results, tmp: Path) -> str:
     return table
 
 
+def _write_ablation(plan: MulticlassPlan, results, ablated, tmp: Path) -> str:
+    """Table 3's layout (:func:`pradot.vpdm.ablation.ablation_rows`): the full VPDM, then each ablated row;
+    logged as ``ablation/ablation.{md,json}``."""
+    import mlflow
+
+    from pradot.vpdm.ablation import ablation_rows, format_ablation_table  # type: ignore[import-not-found,unused-ignore]
+
+    vpdm = next(m for m in plan.methods if m.kind == "vpdm")
+    full = next(r for r in results if r.method == vpdm.name and r.setting == "unified")
+    entries = [("full", vpdm.config, full.mean())]
+    entries += [(row, m.config, res.mean()) for (row, m), res in zip(plan.ablations, ablated)]
+    rows = ablation_rows(entries)
+    table = format_ablation_table(rows)
+    out = tmp / "ablation"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.md").write_text(table + "\n")
+    mlflow.log_artifacts(str(out), "ablation")
+    mlflow.log_dict({"rows": rows}, "ablation/ablation.json")
+    log.info("VPDM ablation (Table 3's rows, mean over the categories, percent):\n%s", table)
+    return table
+
+
 def _choose(plan: MulticlassPlan, unified) -> Any:
     """The unified result to register: the named method, or the highest mean image AUROC."""
     if plan.register == "none" or not unified:
@@ -265,7 +329,8 @@ def _choose(plan: MulticlassPlan, unified) -> Any:
 
 
 def _fit_all(settings, plan: MulticlassPlan, cats, device):
-    """Every method unified (and per category): their results and the unified models by method name."""
+    """Every method unified (and per category), then the ablated VPDMs (unified): the results of the methods,
+    those of the ablations (in ``plan.ablations``' order) and the unified models by method name."""
     from pradot.multiclass import evaluate, fit_per_category, fit_unified
 
     common = dict(cache=_cache(settings), device=device, weights_path=settings.weights_path)
@@ -287,7 +352,16 @@ def _fit_all(settings, plan: MulticlassPlan, cats, device):
             ref = evaluate(m.name, "per_category", per, cats, **kw)
             ref.seconds = {"fit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
             results.append(ref)
-    return results, models
+    ablated = []
+    for row, m in plan.ablations:
+        log.info("VPDM ablation %s (Table 3): %s", row, m.name)
+        t0 = time.perf_counter()
+        model = fit_unified(m, settings.data, cats, **common)
+        t1 = time.perf_counter()
+        res = evaluate(m.name, "ablation", {c: model for c in cats}, cats, **kw)
+        res.seconds = {"fit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
+        ablated.append(res)
+    return results, ablated, models
 
 
 def _cache(settings):
@@ -312,16 +386,19 @@ def _tracked_run(settings, plan: MulticlassPlan, params: dict[str, str], device,
         tracking.log_resolved_params(params)
         cats = open_categories(spec, plan.categories)
         mlflow.log_params({f"data.n_train.{c}": len(s.train) for c, s in cats.items()})
-        results, models = _fit_all(settings, plan, cats, device)
-        for res in results:
+        results, ablated, models = _fit_all(settings, plan, cats, device)
+        for res in [*results, *ablated]:
             _log_result(res, TABLE_COLUMNS)
         unified = [r for r in results if r.setting == "unified"]
         with tempfile.TemporaryDirectory(prefix="pradot-multiclass-") as tmp:
             table = _write_table(results, Path(tmp))
+            ablation_table = _write_ablation(plan, results, ablated, Path(tmp)) if plan.ablations else ""
             mlflow.log_dict(_thresholds(results), "calibration/thresholds.json")
             if settings.evaluation.figures:
                 for res in unified:
                     _log_maps(res, cats, settings.evaluation.n_overlays)
+                    if getattr(models[res.method], "KIND", None) == "vpdm":  # the paper's Fig. 2 and 3
+                        figures.log_vpdm_figures(models[res.method], res, cats, res.method)
             best = _choose(plan, unified)
             model_uri, tags = None, None
             if best is not None:
@@ -351,7 +428,7 @@ def _tracked_run(settings, plan: MulticlassPlan, params: dict[str, str], device,
         mlflow.log_metric("time_total_seconds", time.perf_counter() - t0)
     means = {r.label: r.mean() for r in results}
     chosen = best.method if best is not None else None
-    return run, model_uri, (tags if name else None), table, means, chosen
+    return run, model_uri, (tags if name else None), (table, ablation_table), means, chosen
 
 
 def run_multiclass(settings, plan: MulticlassPlan, params: dict[str, str]) -> MulticlassRun:
@@ -362,10 +439,18 @@ def run_multiclass(settings, plan: MulticlassPlan, params: dict[str, str]) -> Mu
     device = resolve_device(settings.device)
     name = plan.model_name if settings.tracking.register and plan.register != "none" else None
     with registry.registration(name):
-        run, model_uri, tags, table, means, chosen = _tracked_run(settings, plan, params, device, name)
+        run, model_uri, tags, tables, means, chosen = _tracked_run(settings, plan, params, device, name)
         version = registry.register(model_uri, name, tags) if name and model_uri and tags else None
     return MulticlassRun(
-        run.run_id, run.experiment_id, run.tracking_uri, name if version else None, version, chosen, table, means
+        run.run_id,
+        run.experiment_id,
+        run.tracking_uri,
+        name if version else None,
+        version,
+        chosen,
+        tables[0],
+        means,
+        ablation_table=tables[1],
     )
 
 

@@ -33,6 +33,7 @@ NAME = "pradot-synthetic-multiclass"
         ("multiclass.categories=[screw_bag,screw_bag]", "each once"),
         ("multiclass.register=foct", "multiclass.register"),
         ("multiclass.per_category=maybe", "per_category"),
+        ("multiclass.ablation=[ddpm]", "add vpdm to multiclass.methods"),
     ],
 )
 def test_bad_settings_are_refused_before_any_run(store, tmp_path, capsys, override, phrase):
@@ -41,6 +42,43 @@ def test_bad_settings_are_refused_before_any_run(store, tmp_path, capsys, overri
     assert phrase in capsys.readouterr().err
     assert not store.search_runs([e.experiment_id for e in store.search_experiments()])
     assert not (tmp_path / "data").exists()  # nothing generated either
+
+
+def test_ablation_plan_is_table3_rows_of_the_vpdm_method():
+    from pipelines import config
+    from pradot.vpdm import ABLATIONS
+
+    def plan(*overrides):
+        argv = ["multiclass=ci", "multiclass.register=none", *overrides]
+        return multiclass.multiclass_plan(config.compose("multiclass", argv))
+
+    assert plan("multiclass.methods=[vpdm]").ablations == ()
+    every = plan("multiclass.methods=[pradot,vpdm]", "multiclass.ablation=true")
+    vpdm = every.methods[1].config
+    assert [r for r, _ in every.ablations] == list(ABLATIONS)
+    for row, m in every.ablations:
+        assert (m.kind, m.name, m.config) == ("vpdm", f"vpdm-{row}", vpdm.ablated(row))
+    some = plan("multiclass.methods=[vpdm]", "multiclass.ablation=[ddpm,full,ddpm]")  # full: vpdm itself
+    assert [(r, m.config.endpoint) for r, m in some.ablations] == [("ddpm", "standard")]
+    with pytest.raises(config.ConfigError, match="Table 3's rows: full, vague_only"):
+        plan("multiclass.methods=[vpdm]", "multiclass.ablation=[no_prototypes]")
+
+
+def test_ablation_flag_fits_the_rows_and_logs_table3_and_vpdm_figures(store, tmp_path):
+    argv = ["multiclass=ci", f"data.root={tmp_path}/data", "multiclass.methods=[vpdm]", "multiclass.register=none"]
+    argv += ["multiclass.ablation=[ddpm]", "multiclass.categories=[woven_fabric]"]
+    argv += ["+multiclass.vpdm.overrides.n_draws=1"]  # one reconstruction per image: seconds
+    result = multiclass.run(argv)
+    run = store.get_run(result.run_id)
+    assert "vpdm-ddpm_ablation.woven_fabric.image_auroc" in run.data.metrics
+    rows = json.loads(Path(store.download_artifacts(result.run_id, "ablation/ablation.json")).read_text())["rows"]
+    assert [(r["row"], r["endpoint"]) for r in rows] == [("full", "N(y_hat, I)"), ("ddpm", "N(0, I)")]
+    means = run.data.metrics
+    assert rows[1]["image_auroc"] == pytest.approx(means["vpdm-ddpm_ablation.mean.image_auroc"])
+    assert rows[0]["image_auroc"] == pytest.approx(means["vpdm_unified.mean.image_auroc"])
+    assert "| ddpm |" in result.summary()
+    figs = {Path(a.path).name for a in store.list_artifacts(result.run_id, "figures")}
+    assert {"vpdm_reconstructions.png", "vpdm_vague_steps.png"} <= figs  # the paper's Fig. 2 and 3
 
 
 def _serve(uri: str, model_uri: str, tmp: Path):

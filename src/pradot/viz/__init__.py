@@ -4,6 +4,7 @@
   imports: :func:`heatmap_rgb`, :func:`to_rgb_uint8`);
 * :mod:`.paper`: the paper's figures: assignment arrows (Fig. 4), prototypes and restored images (Fig. 5),
   UMAP of embeddings and prototypes under cost (1) (Fig. 6);
+* :mod:`.vpdm`: VPDM's figures: reconstructions and maps (its paper's Fig. 2), features at each step (Fig. 3);
 * :mod:`.curves`: ROC, (s)PRO and training curves;
 * :mod:`.report`: figures the pipelines log (overlays, metrics bars, members vs ensemble).
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .heatmap import DEFAULT_CMAP, annotate_overlay, heatmap_rgb, to_rgb_uint8
     from .paper import assignment_figure, position_colors, prototype_figure, restoration_figure, umap_figure
     from .report import comparison_figure, metrics_bar_figure, overlay_figure
+    from .vpdm import feature_rgb, reconstruction_figure, vague_steps_figure
 
 #: where each public name lives (module relative to this package)
 _HOMES = {
@@ -52,6 +54,9 @@ _HOMES = {
     "overlay_figure": ".report",
     "metrics_bar_figure": ".report",
     "comparison_figure": ".report",
+    "feature_rgb": ".vpdm",
+    "reconstruction_figure": ".vpdm",
+    "vague_steps_figure": ".vpdm",
 }
 
 __all__ = [
@@ -74,6 +79,9 @@ __all__ = [
     "training_curves_figure",
     "metrics_bar_figure",
     "comparison_figure",
+    "feature_rgb",
+    "reconstruction_figure",
+    "vague_steps_figure",
 ]
 
 

@@ -26,6 +26,9 @@ class VPDMConfig:
     channels, offline), ``image_size`` px input (paper: 224).
     VPOT: ``downsample`` (paper: 4), ``n_prototypes`` K (paper: 50), Sinkhorn ``ot_eps`` (Eq. 11 prints weight 1)
     and ``ot_iter`` iterations, ``ot_weight`` of the OT loss in Eq. 17 (paper: 1; 0 = "without OT loss").
+    ``low_pass``: the vague (low-pass) step ``T_down`` / ``T_up`` (paper: on; off = Table 3's "without the vague
+    process": the plan is computed from the full-grid features), ``condition`` (:data:`CONDITIONS`) and
+    ``endpoint`` (:data:`ENDPOINTS`); Table 3's rows are named in :data:`pradot.vpdm.ablation.ABLATIONS`.
     Diffusion: ``timesteps`` T (paper: 1000) on a linear schedule ``beta_start``..``beta_end`` (1e-4..0.02),
     ``sampling_steps`` of Algorithm 2 (respaced; T = the paper), ``start_step``: 0 or T start Algorithm 2 from
     ``x^T ~ N(y_hat, I)`` (the paper); ``t0`` < T starts it from ``x^t0`` drawn by Eq. 14 from the image's own
@@ -53,6 +56,7 @@ class VPDMConfig:
     ot_eps: float = 1.0
     ot_iter: int = 100
     ot_weight: float = 1.0
+    low_pass: bool = True
     condition: str = "ot"
     endpoint: str = "vague"
     timesteps: int = 1000
@@ -83,6 +87,21 @@ class VPDMConfig:
         for name, allowed in (("condition", CONDITIONS), ("endpoint", ENDPOINTS), ("sigma", ("beta", "beta_tilde"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def ablated(self, row: str) -> VPDMConfig:
+        """These settings with Table 3's ablation ``row`` applied (:data:`pradot.vpdm.ablation.ABLATIONS`;
+        ``full``: unchanged).
+
+        Raises:
+            ValueError: an unknown row name.
+        """
+        from .ablation import ABLATIONS
+
+        if row == "full":
+            return replace(self)
+        if row not in ABLATIONS:
+            raise ValueError(f"unknown VPDM ablation {row!r}; Table 3's rows: full, {', '.join(ABLATIONS)}")
+        return replace(self, **ABLATIONS[row])
 
     def _check_counts(self) -> None:
         counts = (

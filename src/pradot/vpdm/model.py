@@ -103,9 +103,10 @@ class VPDM(nn.Module, FeatureModel):
     # ------------------------------------------------------------------ VPOT (Sec. 3.1)
     def condition(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The vague condition ``y_hat`` (B, C, g, g) of grid features ``x0`` and the mean OT loss (Eq. 11) of the
-        batch: low-pass downsampling, the plan to the prototypes (``config.condition``), Eq. 10, upsampling."""
+        batch: low-pass downsampling (none when ``config.low_pass`` is off: Table 3's "without the vague
+        process"), the plan to the prototypes (``config.condition``), Eq. 10, upsampling."""
         c = self.config
-        down = low_pass_downsample(x0, c.downsample)
+        down = low_pass_downsample(x0, c.downsample) if c.low_pass else x0
         B, C, h, w = down.shape
         if c.condition == "low_pass":
             return upsample(down, (x0.shape[-2], x0.shape[-1])), x0.new_zeros(())
@@ -181,11 +182,13 @@ class VPDM(nn.Module, FeatureModel):
         self.high.copy_(high)
 
     def _init_prototypes(self, features, n: int, generator: torch.Generator) -> None:
-        """Prototypes drawn from the training images' downsampled features (the paper initialises them at
-        random; starting on the data spares the OT loss the first epochs of travel)."""
+        """Prototypes drawn from the training images' downsampled features (full-grid ones without ``low_pass``;
+        the paper initialises them at random; starting on the data spares the OT loss the first epochs of
+        travel)."""
         idx = torch.randperm(n, generator=generator)[: min(n, 256)].sort().values.numpy()
         x = self.grid({s: np.asarray(features[s][idx]) for s in self.config.stages})
-        pts = low_pass_downsample(x, self.config.downsample).flatten(2).transpose(1, 2).reshape(-1, self.channels)
+        down = low_pass_downsample(x, self.config.downsample) if self.config.low_pass else x
+        pts = down.flatten(2).transpose(1, 2).reshape(-1, self.channels)
         pick = torch.randint(len(pts), (self.config.n_prototypes,), generator=generator)
         with torch.no_grad():
             self.prototypes.copy_(
@@ -322,6 +325,24 @@ class VPDM(nn.Module, FeatureModel):
         maps = torch.cat([self.maps_from_backbone(f) for f in feats]) if feats else torch.zeros(0, S, S)
         return maps, image_score(maps, self.config.score_pool)
 
+    @torch.no_grad()
+    def explain(self, images) -> dict[str, torch.Tensor]:
+        """What the paper's Fig. 2 and 3 show, for (B, 3, H, W) images (float in [0, 1] or uint8): ``x0`` the
+        standardised grid features (B, C, g, g), ``f_down`` the low-passed ones (B, C, g/N, g/N; ``x0`` without
+        ``low_pass``), ``y_hat`` the vague condition (B, C, g, g), ``reconstruction`` Algorithm 2's ``x^0_rec``
+        (the first noise draw; B, C, g, g) and ``maps`` (B, S, S), the anomaly maps of :meth:`score`. All on CPU.
+
+        Raises:
+            InputError: not RGB images. NotFittedError: the model is not fitted.
+        """
+        self.check_fitted()
+        _, feats = self.backbone_features(images)
+        x0 = torch.cat([self.grid(f) for f in feats])
+        rec, y_hat = self.reconstruct(x0)
+        f_down = low_pass_downsample(x0, self.config.downsample) if self.config.low_pass else x0
+        out = {"x0": x0, "f_down": f_down, "y_hat": y_hat, "reconstruction": rec, "maps": self.maps_from_grid(x0)}
+        return {k: v.detach().cpu() for k, v in out.items()}
+
     def describe(self) -> dict:
         """What an ensemble or a registry records of this model."""
         c = self.config
@@ -362,6 +383,7 @@ class VPDM(nn.Module, FeatureModel):
         cfg = dict(state["config"])
         cfg["stages"] = tuple(cfg["stages"])
         cfg.setdefault("eps_skip", False)  # files written before the option existed
+        cfg.setdefault("low_pass", True)
         model = cls(VPDMConfig(**cfg), backbone=restore_backbone(state["backbone"], backbone), device=device)
         with torch.no_grad():
             model.prototypes.copy_(torch.as_tensor(state["prototypes"]))

@@ -225,3 +225,13 @@ def test_n_draws_averages_the_maps_of_seeds_seed_to_seed_plus_n(trained, one_thr
     ) / 2
     assert torch.allclose(two.maps_from_grid(x0), image_map(expected, TINY["image_size"]), atol=1e-5)
     assert not torch.allclose(trained.reconstruct(x0, draw=0)[0], trained.reconstruct(x0, draw=1)[0])
+
+
+def test_explain_gives_the_steps_of_fig3_and_the_maps_of_score(trained, one_thread):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = trained.explain(images)
+    assert out["x0"].shape == out["y_hat"].shape == out["reconstruction"].shape == (2, trained.channels, 8, 8)
+    assert out["f_down"].shape == (2, trained.channels, 4, 4)
+    assert torch.equal(out["maps"], trained.score(images)[0])
+    y_hat, _ = trained.condition(out["x0"])
+    assert torch.allclose(out["y_hat"], y_hat)
