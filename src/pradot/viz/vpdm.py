@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..names import figure_text
 from ..rgb import to_rgb_uint8
 from ._common import _draw_contour, _map_range, _new_figure, _off
 from .heatmap import heatmap_rgb
@@ -61,7 +62,7 @@ def feature_rgb(grids: Sequence[Any], basis: Any = None) -> list[np.ndarray]:
 
 def _show(ax, image: np.ndarray, title: str, size: tuple[int, int]) -> None:
     ax.imshow(image, extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5), interpolation="nearest")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(figure_text(title), fontsize=8)  # names are data: never mathtext
     _off(ax)
 
 
