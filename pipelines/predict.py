@@ -22,6 +22,10 @@ Images are read, scored and written ``batch_size`` at a time: memory does not gr
 output folder that is not empty is refused unless ``overwrite=true`` (score everything again) or
 ``resume=true`` (keep the complete rows of a stopped run with the same settings, score the rest). With
 ``tracking.enabled`` the run (params, counts, ``scores.csv``, ``errors.csv``) is logged to the tracking store.
+
+``ray=true`` (the cluster at ``$RAY_ADDRESS``, else a private local Ray) or ``ray=<address>`` scores the same
+batches on the actors of a Ray cluster (:mod:`pipelines.predict_ray`); this process still lists, checks and
+writes everything, so the files are the same and either path resumes the other's folder.
 """
 
 from __future__ import annotations
@@ -371,9 +375,14 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
     when ``settings.tracking``.
 
     Raises:
-        FileNotFoundError: no input image. UsageError: a bad output folder or operating point, or a
-        ``resume`` of a folder written with other settings.
+        FileNotFoundError: no input image. UsageError: a bad output folder or operating point, a ``resume``
+        of a folder written with other settings, or (``ray``) a cluster that cannot be joined or used
+        (:mod:`pipelines.predict_ray`).
     """
+    if settings.ray:
+        from pipelines.predict_ray import probe
+
+        probe(settings.ray_address)
     listing = list_input(settings.input)
     root = listing.root
     check_output(settings.output, settings.overwrite or settings.resume, root)

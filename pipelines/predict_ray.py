@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,12 +41,16 @@ from pipelines.predict_outputs import KINDS, Scored, score_batch
 if TYPE_CHECKING:
     from pipelines.predict import PredictSettings
 
-__all__ = ["ray_target", "ActorPlan", "actor_plan", "model_files", "BatchScorer", "session"]
+__all__ = ["ray_target", "probe", "ActorPlan", "actor_plan", "model_files", "check_nodes", "BatchScorer", "session"]
 
 log = logging.getLogger(__name__)
 
+#: a cluster address: ``[ray://]host[:port]`` (a name, an IPv4 address, or an IPv6 address in brackets)
+_ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:(?P<port>\d{1,5}))?$")
 _FALSE, _TRUE = ("false", "no", "off", "0", ""), ("true", "yes", "on", "1")
 _PROBE_TIMEOUT_S = 120.0
+#: how long the actor pool may take to start every actor before the first block is scored
+_ACTORS_TIMEOUT_S = 600
 
 
 def ray_target(value: Any) -> tuple[bool, str | None]:
@@ -67,20 +72,29 @@ def ray_target(value: Any) -> tuple[bool, str | None]:
         return True, None
     if text in ("auto", "local"):
         return True, text
-    from pipelines.sweep.cluster import _host_port
-
-    try:
-        host, port = _host_port(text)
-        ok = bool(host) and not any(c.isspace() for c in text) and 0 < port < 65536
-    except ValueError:
-        ok = False
-    if not ok:
+    match = _ADDRESS.match(text)
+    if match is None or (match["port"] and not 0 < int(match["port"]) < 65536):
         raise checks.ConfigError(
             f"ray={value!r} is not a Ray cluster address; give ray=true (the cluster at $RAY_ADDRESS, else a "
             f"private local Ray), ray=<host>:<port> (the head's address, as `ray start --head` prints it), "
             f"ray=ray://<host>:10001 (Ray Client), ray=local, or ray=false (this process only)"
         )
     return True, text
+
+
+def probe(address: str | None) -> None:
+    """Fail fast, before the input is listed or the model loaded, when nothing answers at the cluster's address
+    (``ray=<address>``, else ``$RAY_ADDRESS``; nothing to probe for a private local Ray).
+
+    Raises:
+        UsageError: naming the address, where it came from and the fix.
+    """
+    from pipelines.sweep.cluster import cluster_address, probe_address
+    from pipelines.sweep.plan import RaySettings
+
+    target = cluster_address(RaySettings(address=address))
+    if target:
+        probe_address(target, setting="ray", what="predict")
 
 
 @dataclass(frozen=True)
@@ -259,6 +273,9 @@ def _source(settings: PredictSettings, plan: ActorPlan, model_ref, notes: list[s
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # scores.csv in the local path's order
         ctx.enable_progress_bars = False  # predict's own bar counts the images
+        # every actor up before the first block (the blocks spread over the nodes from the start); an error, not
+        # a wait without end, when the cluster cannot place them
+        ctx.wait_for_min_actors_s = _ACTORS_TIMEOUT_S
         bs = settings.batch_size
         blocks = [
             pa.table(
@@ -301,13 +318,14 @@ def session(settings: PredictSettings, model_folder: Path, probe_files: Sequence
         UsageError: the cluster cannot be joined (see :func:`pipelines.sweep.cluster.connect`), the actors do
             not fit it (:func:`actor_plan`), or a node cannot read the input (:func:`check_nodes`).
     """
-    import ray
-
     from pipelines.sweep.cluster import connect
     from pipelines.sweep.plan import RaySettings
 
     files = model_files(model_folder)
+    # ray is imported by connect, after its settings for a loopback address (Ray reads them at import)
     with connect(RaySettings(address=settings.ray_address), setting="ray", what="predict") as cluster:
+        import ray
+
         nodes = _alive_nodes()
         plan = actor_plan([n["Resources"] for n in nodes], settings.device, settings.ray_actors)
         log.info(
