@@ -48,7 +48,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/predict.py`:
 from pipelines import checks, cli, config, resume, tracking  # noqa: E402
 from pipelines.folders import check_output, list_input, output_stems, prepare_output, relative_name  # noqa: E402
 from pipelines.names import csv_cell, printable  # noqa: E402
-from pipelines.predict_outputs import Scored, output_rel, score_batch, write_outputs  # noqa: E402
+from pipelines.predict_outputs import Scored, open_model, output_rel, score_batch, write_outputs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -192,29 +192,10 @@ def _ray_settings(cfg) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- scoring
-def open_model(uri: str, settings: PredictSettings, device: str):
-    """The installed pyfunc over the model at ``uri`` (:func:`pipelines.trusted.load_pyfunc`) on ``device``,
-    its scorer rebuilt with predict's budgets (maps at the input's size up to ``max_map_side``; a batch's maps
-    and masks within the response budget): ``(model, scorer)``. Used by the driver and by each Ray actor.
-
-    Raises:
-        MlflowException, OSError, UntrustedModel: the model cannot be loaded (see ``load_pyfunc``).
-    """
-    from pipelines.trusted import load_pyfunc
-    from pradot.serving import batch_budgets
-
-    model = load_pyfunc(uri, model_config={"device": device})
-    served = model.unwrap_python_model()
-    # predict's budgets, as constructor arguments of a new Scorer (a logged model_config only lets MLflow
-    # override the keys it was logged with)
-    budgets = batch_budgets(served.scorer.budgets, settings.batch_size, settings.max_map_side)
-    served.scorer = scorer = served.scorer.with_budgets(**budgets)
-    return model, scorer
-
-
 def load_model(settings: PredictSettings):
-    """:func:`open_model` on ``settings.device`` (on the CPU with ``ray``: the driver only checks the model,
-    the actors score), and the operating point checked against its calibration (before any image is read).
+    """:func:`pipelines.predict_outputs.open_model` on ``settings.device`` (on the CPU with ``ray``: the driver
+    only checks the model, the actors score), and the operating point checked against its calibration (before
+    any image is read).
 
     Raises:
         UsageError: the model cannot be loaded, or the operating point does not fit its calibration.

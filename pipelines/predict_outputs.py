@@ -15,15 +15,57 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from pipelines.predict import PredictSettings
-
-__all__ = ["KINDS", "Scored", "output_rel", "read_payload", "file_wording", "predict_records", "render", "score_batch"]
+__all__ = [
+    "KINDS",
+    "BatchSettings",
+    "Scored",
+    "output_rel",
+    "open_model",
+    "read_payload",
+    "file_wording",
+    "predict_records",
+    "render",
+    "score_batch",
+    "write_outputs",
+]
 
 #: the files written per image: kind -> (folder, extension)
 KINDS = {"map": ("maps", ".tiff"), "mask": ("masks", ".png"), "overlay": ("overlays", ".png")}
+
+
+class BatchSettings(Protocol):
+    """What scoring a batch reads of predict's settings (:class:`pipelines.predict.PredictSettings`)."""
+
+    batch_size: int
+    max_map_side: int
+    write_maps: bool
+    write_masks: bool
+    write_overlays: bool
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+
+def open_model(uri: str, settings: BatchSettings, device: str):
+    """The installed pyfunc over the model at ``uri`` (:func:`pipelines.trusted.load_pyfunc`) on ``device``,
+    its scorer rebuilt with predict's budgets (maps at the input's size up to ``max_map_side``; a batch's maps
+    and masks within the response budget): ``(model, scorer)``. Used by the driver and by each Ray actor.
+
+    Raises:
+        MlflowException, OSError, UntrustedModel: the model cannot be loaded (see ``load_pyfunc``).
+    """
+    from pipelines.trusted import load_pyfunc
+    from pradot.serving import batch_budgets
+
+    model = load_pyfunc(uri, model_config={"device": device})
+    served = model.unwrap_python_model()
+    # predict's budgets, as constructor arguments of a new Scorer (a logged model_config only lets MLflow
+    # override the keys it was logged with)
+    budgets = batch_budgets(served.scorer.budgets, settings.batch_size, settings.max_map_side)
+    served.scorer = scorer = served.scorer.with_budgets(**budgets)
+    return model, scorer
 
 
 def output_rel(kind: str, stem: str) -> str:
@@ -99,7 +141,7 @@ def _png(rgb) -> bytes:
     return buf.getvalue()
 
 
-def render(rec: dict, payload: str, settings: PredictSettings, calibration) -> Scored:
+def render(rec: dict, payload: str, settings: BatchSettings, calibration) -> Scored:
     """A pyfunc record (``return_map`` as ``.npy``, ``return_mask``) as a :class:`Scored`: the raw map as a
     float32 TIFF, the mask PNG as the pyfunc encoded it, the overlay (the heat map over the image resized
     bilinearly to the map, annotated as the server's ``map_format=overlay``) as a PNG."""
@@ -135,7 +177,7 @@ def render(rec: dict, payload: str, settings: PredictSettings, calibration) -> S
     )
 
 
-def score_batch(model, calibration, files: Sequence[Path], settings: PredictSettings) -> list[Scored | str]:
+def score_batch(model, calibration, files: Sequence[Path], settings: BatchSettings) -> list[Scored | str]:
     """Read, score (one pyfunc call for the readable files) and render ``files``: one :class:`Scored` or the
     reason it was not scored (unreadable, not an image the server accepts) per file, in order."""
     read = [read_payload(f) for f in files]

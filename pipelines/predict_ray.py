@@ -32,14 +32,20 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipelines import checks, cli
 from pipelines.names import printable
-from pipelines.predict_outputs import KINDS, Scored, score_batch
+from pipelines.predict_outputs import KINDS, BatchSettings, Scored, open_model, score_batch
 
-if TYPE_CHECKING:
-    from pipelines.predict import PredictSettings
+
+class RayPredictSettings(BatchSettings, Protocol):
+    """What the Ray path reads of predict's settings (:class:`pipelines.predict.PredictSettings`)."""
+
+    device: str
+    ray_address: str | None
+    ray_actors: int | None
+
 
 __all__ = ["ray_target", "probe", "ActorPlan", "actor_plan", "model_files", "check_nodes", "BatchScorer", "session"]
 
@@ -90,9 +96,9 @@ def probe(address: str | None) -> None:
         UsageError: naming the address, where it came from and the fix.
     """
     from pipelines.sweep.cluster import cluster_address, probe_address
-    from pipelines.sweep.plan import RaySettings
+    from pipelines.sweep.plan import RaySettings as ClusterSettings
 
-    target = cluster_address(RaySettings(address=address))
+    target = cluster_address(ClusterSettings(address=address))
     if target:
         probe_address(target, setting="ray", what="predict")
 
@@ -164,10 +170,8 @@ class BatchScorer:
     """The actor of the pool: the model loaded once from its files (shipped through the object store), then
     one :func:`pipelines.predict_outputs.score_batch` per block of file names."""
 
-    def __init__(self, settings: PredictSettings, model_ref: list, device: str):
+    def __init__(self, settings: RayPredictSettings, model_ref: list, device: str):
         import ray
-
-        from pipelines.predict import open_model
 
         with tempfile.TemporaryDirectory(prefix="pradot-model-") as tmp:
             for rel, data in ray.get(model_ref[0]).items():
@@ -261,7 +265,7 @@ def check_nodes(files: Sequence[Path], nodes: Sequence[Mapping[str, Any]]) -> No
                 )
 
 
-def _source(settings: PredictSettings, plan: ActorPlan, model_ref, notes: list[str]):
+def _source(settings: RayPredictSettings, plan: ActorPlan, model_ref, notes: list[str]):
     """``source(todo)``: the images as a Ray Dataset of file names (one block per ``batch_size`` images, in
     order), scored by the actor pool; yields each block's ``(index, Scored or reason)`` in order."""
     import pyarrow as pa
@@ -309,7 +313,7 @@ def _source(settings: PredictSettings, plan: ActorPlan, model_ref, notes: list[s
 
 
 @contextlib.contextmanager
-def session(settings: PredictSettings, model_folder: Path, probe_files: Sequence[Path]):
+def session(settings: RayPredictSettings, model_folder: Path, probe_files: Sequence[Path]):
     """Join the cluster, plan the actors, check that every node reads ``probe_files``, put the model in the
     object store; yield ``(source, notes)`` (see :func:`_source`); leave the cluster (or stop the private Ray)
     after.
@@ -319,11 +323,11 @@ def session(settings: PredictSettings, model_folder: Path, probe_files: Sequence
             not fit it (:func:`actor_plan`), or a node cannot read the input (:func:`check_nodes`).
     """
     from pipelines.sweep.cluster import connect
-    from pipelines.sweep.plan import RaySettings
+    from pipelines.sweep.plan import RaySettings as ClusterSettings
 
     files = model_files(model_folder)
     # ray is imported by connect, after its settings for a loopback address (Ray reads them at import)
-    with connect(RaySettings(address=settings.ray_address), setting="ray", what="predict") as cluster:
+    with connect(ClusterSettings(address=settings.ray_address), setting="ray", what="predict") as cluster:
         import ray
 
         nodes = _alive_nodes()
