@@ -208,11 +208,14 @@ class BatchScorer:
 def _outcome(row: Mapping[str, Any], kinds: Sequence[str]) -> Scored | str:
     if row["error"]:
         return _text(row["error"])
-    values = (float(row[n]) for n in ("score", "raw_score"))
     return Scored(
-        *values, bool(row["is_anomaly"]), float(row["threshold"]), float(row["mask_threshold"]),
+        float(row["score"]),
+        float(row["raw_score"]),
+        bool(row["is_anomaly"]),
+        float(row["threshold"]),
+        float(row["mask_threshold"]),
         {k: row[k] for k in kinds},
-    )  # fmt: skip
+    )
 
 
 def _alive_nodes() -> list[dict]:
@@ -246,11 +249,11 @@ def check_nodes(files: Sequence[Path], nodes: Sequence[Mapping[str, Any]]) -> No
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     want = [f.stat().st_size for f in files]
-    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    on_node = ray.remote(num_cpus=0, max_retries=0)(_probe)
     refs = {
-        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-            [os.fsencode(f) for f in files]
-        )
+        n["NodeID"]: on_node.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote([os.fsencode(f) for f in files])
         for n in nodes
     }
     for node, ref in refs.items():
