@@ -160,9 +160,8 @@ def _assert_same_outputs(local: Path, dist: Path, *, batches_alike: bool = True)
 @pytest.mark.slow
 def test_two_nodes_write_what_the_local_predict_writes(model_dir, images, tmp_path, monkeypatch, capsys):
     import ray._private.ray_constants
-    from ray.cluster_utils import Cluster
-
     import torch
+    from ray.cluster_utils import Cluster
 
     local, dist = tmp_path / "local", tmp_path / "ray"
     threads = torch.get_num_threads()
