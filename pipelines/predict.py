@@ -22,19 +22,22 @@ Images are read, scored and written ``batch_size`` at a time: memory does not gr
 output folder that is not empty is refused unless ``overwrite=true`` (score everything again) or
 ``resume=true`` (keep the complete rows of a stopped run with the same settings, score the rest). With
 ``tracking.enabled`` the run (params, counts, ``scores.csv``, ``errors.csv``) is logged to the tracking store.
+
+``ray=true`` (the cluster at ``$RAY_ADDRESS``, else a private local Ray) or ``ray=<address>`` scores the same
+batches on the actors of a Ray cluster (:mod:`pipelines.predict_ray`); this process still lists, checks and
+writes everything, so the files are the same and either path resumes the other's folder.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import csv
-import io
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ if __name__ == "__main__" and not __package__:  # `python pipelines/predict.py`:
 from pipelines import checks, cli, config, resume, tracking  # noqa: E402
 from pipelines.folders import check_output, list_input, output_stems, prepare_output, relative_name  # noqa: E402
 from pipelines.names import csv_cell, printable  # noqa: E402
+from pipelines.predict_outputs import Scored, open_model, output_rel, score_batch, write_outputs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,9 @@ class PredictSettings:
     write_overlays: bool = True
     tracking: bool = True
     experiment_name: str = "pradot-predict"
+    ray: bool = False
+    ray_address: str | None = None
+    ray_actors: int | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -167,110 +174,50 @@ def predict_settings(cfg) -> PredictSettings:
         experiment_name=checks.experiment_name(
             "tracking.experiment_name", str(trk.get("experiment_name", "pradot-predict"))
         ),
+        **_ray_settings(cfg),
     )
+
+
+def _ray_settings(cfg) -> dict[str, Any]:
+    """``ray`` (false, true, or a cluster address) and ``ray_actors`` (null: one per GPU, else one per node)."""
+    from pipelines.predict_ray import ray_target
+
+    use, address = ray_target(cfg.get("ray", False))
+    actors = cfg.get("ray_actors")
+    if actors is not None:
+        if not use:
+            raise checks.ConfigError(f"ray_actors={actors} sizes the Ray path: give ray=true or ray=<address> too")
+        actors = checks.number("ray_actors", actors, integer=True, lo=1, hi=4096)
+    return {"ray": use, "ray_address": address, "ray_actors": actors}
 
 
 # ------------------------------------------------------------------------------------- scoring
 def load_model(settings: PredictSettings):
-    """The pyfunc the model server runs, with predict's budgets (maps at the input's size up to
-    ``max_map_side``; a batch's maps and masks within the response budget); its calibration; and the
-    operating point checked against it (before any image is read).
+    """:func:`pipelines.predict_outputs.open_model` on ``settings.device`` (on the CPU with ``ray``: the driver
+    only checks the model, the actors score), and the operating point checked against its calibration (before
+    any image is read).
 
     Raises:
-        UsageError: the operating point does not fit the model's calibration.
+        UsageError: the model cannot be loaded, or the operating point does not fit its calibration.
     """
     from mlflow.exceptions import MlflowException
 
-    from pipelines.trusted import UntrustedModel, load_pyfunc
-    from pradot.serving import InvalidRequest, batch_budgets
+    from pipelines.trusted import UntrustedModel
+    from pradot.serving import InvalidRequest
 
-    side, bs = settings.max_map_side, settings.batch_size
     try:
-        model = load_pyfunc(settings.model_uri, model_config={"device": settings.device})
+        model, scorer = open_model(settings.model_uri, settings, "cpu" if settings.ray else settings.device)
     except (MlflowException, OSError, UntrustedModel) as e:
         raise cli.UsageError(
             f"cannot load the model {settings.model_uri}: {getattr(e, 'message', e)} (give "
             f"models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model or a model "
             f"folder){tracking.store_hint(settings.model_uri)}"
         ) from None
-    served = model.unwrap_python_model()
-    # predict's budgets, as constructor arguments of a new Scorer (a logged model_config only lets MLflow
-    # override the keys it was logged with)
-    served.scorer = scorer = served.scorer.with_budgets(**batch_budgets(served.scorer.budgets, bs, side))
     try:
         scorer.operating_point(settings.quantile, settings.threshold)
     except InvalidRequest as exc:
         raise cli.UsageError(f"{exc} (model {settings.model_uri})") from None
     return model, scorer
-
-
-def file_wording(reason: str) -> str:
-    """The server's reason for a bad request row, told about a file: its advice on what to send (e.g. a
-    base64-encoded PNG or JPEG) becomes what to do with the file."""
-    return re.sub(r"; send [^;]*$", "; re-save the file as PNG or JPEG, or remove it from the input", reason)
-
-
-def _predict(model, payloads: list[str], params: dict) -> list[dict | str]:
-    """One record per payload, or the reason it failed: a batch with bad rows is scored again row by row."""
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return model.predict(pd.DataFrame({"image": payloads}), params=params).to_dict("records")
-    except MlflowException as exc:
-        if exc.get_http_status_code() not in (400, 413):
-            raise
-        if len(payloads) == 1:
-            return [file_wording(re.sub(r"^1 of 1 images are invalid: row 0: ", "", exc.message))]
-    return [r for p in payloads for r in _predict(model, [p], params)]
-
-
-def _batches(jobs: list[tuple[Path, str]], size: int) -> Iterator[list[tuple[Path, str, str | None, str | None]]]:
-    """``(file, stem, base64 bytes or None, read error or None)``, ``size`` at a time."""
-    for i in range(0, len(jobs), size):
-        out = []
-        for f, stem in jobs[i : i + size]:
-            try:
-                out.append((f, stem, base64.b64encode(f.read_bytes()).decode("ascii"), None))
-            except OSError as exc:
-                out.append((f, stem, None, f"cannot read the file ({type(exc).__name__}: {exc})"))
-        yield out
-
-
-def _write(rec: dict, stem: str, payload: str, settings: PredictSettings, calibration) -> dict[str, str]:
-    """The map, mask and overlay files of one record; their paths relative to the output folder."""
-    import numpy as np
-    import tifffile
-    from PIL import Image
-
-    from pradot.serving import decode_image
-    from pradot.serving.scorer import overlay_label
-    from pradot.viz import annotate_overlay, heatmap_rgb
-
-    out: dict[str, str] = {}
-    amap = np.load(io.BytesIO(base64.b64decode(rec["anomaly_map"])))
-    files = {
-        "map": (settings.write_maps, f"maps/{stem}.tiff"),
-        "mask": (settings.write_masks, f"masks/{stem}.png"),
-        "overlay": (settings.write_overlays, f"overlays/{stem}.png"),
-    }
-    for kind, (wanted, rel) in files.items():
-        if not wanted:
-            continue
-        path = settings.output / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if kind == "map":
-            tifffile.imwrite(path, amap.astype(np.float32))
-        elif kind == "mask":
-            path.write_bytes(base64.b64decode(rec["mask"]))
-        else:
-            rgb = Image.fromarray(decode_image(payload)).resize(amap.shape[::-1], Image.BILINEAR)
-            vmin, vmax = calibration.raw_range(rec["threshold"])
-            overlay = heatmap_rgb(amap, vmin, vmax, image=np.asarray(rgb))
-            label = overlay_label(rec["score"], rec["is_anomaly"])
-            Image.fromarray(annotate_overlay(overlay, vmin, vmax, rec["threshold"], label)).save(path)
-        out[kind] = rel
-    return out
 
 
 @dataclass
@@ -317,24 +264,39 @@ class PredictResult:
 
 def _expected(jobs, root: Path, settings: PredictSettings) -> dict[str, dict[str, tuple[str, Path | None]]]:
     """For each job, by its ``path`` cell: the cell and file of each output it writes (resume's check)."""
-    wanted = {"map": (settings.write_maps, "maps", ".tiff"), "mask": (settings.write_masks, "masks", ".png")}
-    wanted["overlay"] = (settings.write_overlays, "overlays", ".png")
+    wanted = {"map": settings.write_maps, "mask": settings.write_masks, "overlay": settings.write_overlays}
     out = {}
     for f, stem in jobs:
         files = {}
-        for kind, (on, folder, ext) in wanted.items():
-            rel = f"{folder}/{stem}{ext}"
+        for kind, on in wanted.items():
+            rel = output_rel(kind, stem)
             files[kind] = (csv_cell(rel), settings.output / rel) if on else ("", None)
         out[csv_cell(relative_name(f, root).as_posix())] = files
     return out
 
 
-def _score_all(
-    settings: PredictSettings, model, calibration, jobs, skipped, root: Path, resuming: bool
-) -> PredictResult:
-    """Score ``jobs`` batch by batch, appending to scores.csv / errors.csv as they come; ``resuming``: keep
-    the complete rows of the earlier run (:func:`pipelines.resume.completed_rows`) and score the rest. Every
-    name goes to the CSVs as :func:`pipelines.names.csv_cell` (escaped bytes, no formula)."""
+#: scores the images to do: ``source(todo)`` yields, batch by batch, ``(index in todo, Scored or the reason the
+#: image was not scored)`` for every image, in order (this process: :func:`_local_source`; a Ray cluster:
+#: :func:`pipelines.predict_ray.session`)
+Source = Callable[[list[tuple[Path, str]]], Iterator[list[tuple[int, Scored | str]]]]
+
+
+def _local_source(model, calibration, settings: PredictSettings) -> Source:
+    """Score in this process, ``batch_size`` images per pyfunc call."""
+
+    def source(todo: list[tuple[Path, str]]) -> Iterator[list[tuple[int, Scored | str]]]:
+        for i in range(0, len(todo), settings.batch_size):
+            files = [f for f, _ in todo[i : i + settings.batch_size]]
+            yield list(enumerate(score_batch(model, calibration, files, settings), start=i))
+
+    return source
+
+
+def _score_all(settings: PredictSettings, source: Source, jobs, skipped, root: Path, resuming: bool) -> PredictResult:
+    """Score ``jobs`` with ``source``, appending to scores.csv / errors.csv batch by batch as the results come
+    (each image's files written atomically before its row); ``resuming``: keep the complete rows of the
+    earlier run (:func:`pipelines.resume.completed_rows`) and score the rest. Every name goes to the CSVs as
+    :func:`pipelines.names.csv_cell` (escaped bytes, no formula)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -354,33 +316,21 @@ def _score_all(
         n = len(jobs) + len(skipped)
         bar = tqdm(total=n, desc="predict", unit="image", disable=None)
         bar.update(n - len(todo))
-        for batch in _batches(todo, settings.batch_size):
-            readable = [b for b in batch if b[2] is not None]
-            results = iter(_predict(model, [b[2] for b in readable], settings.params) if readable else [])
-            for f, stem, payload, read_error in batch:
+        for batch in source(todo) if todo else ():
+            for i, outcome in batch:
+                f, stem = todo[i]
                 rel = csv_cell(relative_name(f, root).as_posix())
-                rec = read_error or next(results)
-                if isinstance(rec, str):
-                    errors.writerow((rel, csv_cell(rec)))
+                if isinstance(outcome, str):
+                    errors.writerow((rel, csv_cell(outcome)))
                     continue
                 try:
-                    files = _write(rec, stem, payload, settings, calibration)
+                    written = write_outputs(settings.output, stem, outcome)
                 except OSError as exc:  # e.g. a name the output file system refuses: this image only
                     errors.writerow((rel, csv_cell(f"cannot write its outputs ({type(exc).__name__}: {exc})")))
                     continue
-                scores.writerow(
-                    (
-                        rel,
-                        rec["score"],
-                        rec["raw_score"],
-                        bool(rec["is_anomaly"]),
-                        rec["threshold"],
-                        rec["mask_threshold"],
-                        *(csv_cell(files.get(k, "")) for k in ("map", "mask", "overlay")),
-                    )
-                )
+                scores.writerow(outcome.row(rel, {k: csv_cell(v) for k, v in written.items()}))
                 n_scored += 1
-                n_anomalous += bool(rec["is_anomaly"])
+                n_anomalous += outcome.is_anomaly
             fs.flush()
             fe.flush()
             bar.update(len(batch))
@@ -406,9 +356,14 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
     when ``settings.tracking``.
 
     Raises:
-        FileNotFoundError: no input image. UsageError: a bad output folder or operating point, or a
-        ``resume`` of a folder written with other settings.
+        FileNotFoundError: no input image. UsageError: a bad output folder or operating point, a ``resume``
+        of a folder written with other settings, or (``ray``) a cluster that cannot be joined or used
+        (:mod:`pipelines.predict_ray`).
     """
+    if settings.ray:
+        from pipelines.predict_ray import probe
+
+        probe(settings.ray_address)
     listing = list_input(settings.input)
     root = listing.root
     check_output(settings.output, settings.overwrite or settings.resume, root)
@@ -421,12 +376,34 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
     model, scorer = load_model(settings)
     manifest = _manifest(settings, model)
     resuming = settings.resume and resume.check_manifest(settings.output, manifest)
-    if not resuming:  # only now: a model that does not load leaves the output folder as it was
-        prepare_output(settings.output)
-    resume.write_manifest(settings.output, manifest)
-    log.info("scoring %d images under %s with %s", len(jobs), printable(root), printable(settings.model_uri))
-    if not settings.tracking:
-        return _score_all(settings, model, scorer.calibration, jobs, skipped, root, resuming)
+    with _session(settings, model, scorer, jobs) as (source, notes):
+        if not resuming:  # only now: a model that does not load, a cluster not joined leave the folder as it was
+            prepare_output(settings.output)
+        resume.write_manifest(settings.output, manifest)
+        log.info("scoring %d images under %s with %s", len(jobs), printable(root), printable(settings.model_uri))
+        if not settings.tracking:
+            result = _score_all(settings, source, jobs, skipped, root, resuming)
+        else:
+            result = _tracked(settings, lambda: _score_all(settings, source, jobs, skipped, root, resuming))
+        result.notes.extend(notes)
+    return result
+
+
+@contextlib.contextmanager
+def _session(settings: PredictSettings, model, scorer, jobs) -> Iterator[tuple[Source, list[str]]]:
+    """Where the images are scored: this process, or (``ray``) the actors of a Ray cluster, joined and checked
+    here before any work (:func:`pipelines.predict_ray.session`). Yields the source and notes for the summary."""
+    if not settings.ray:
+        yield _local_source(model, scorer.calibration, settings), []
+        return
+    from pipelines.predict_ray import session
+
+    with session(settings, model.folder, [f for f, _ in jobs[:1]]) as (source, notes):
+        yield source, notes
+
+
+def _tracked(settings: PredictSettings, score: Callable[[], PredictResult]) -> PredictResult:
+    """``score()`` inside a tracked run: the params, the counts and the two CSV files logged."""
     import mlflow
 
     name = printable(settings.output.name)
@@ -441,9 +418,10 @@ def run_prediction(settings: PredictSettings) -> PredictResult:
                 "quantile": settings.quantile if settings.quantile is not None else "",
                 "threshold": settings.threshold if settings.threshold is not None else "",
                 "max_map_side": settings.max_map_side,
+                "ray": (settings.ray_address or "true") if settings.ray else "false",
             }
         )
-        result = _score_all(settings, model, scorer.calibration, jobs, skipped, root, resuming)
+        result = score()
         mlflow.log_metrics(result.metrics)
         mlflow.log_artifact(str(settings.output / "scores.csv"), "predict")
         mlflow.log_artifact(str(settings.output / "errors.csv"), "predict")

@@ -242,15 +242,18 @@ def _host_port(address: str) -> tuple[str, int]:
     return (host, int(port)) if sep and port.isdigit() else (rest, default)
 
 
-def probe_address(address: str, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
-    """Fail fast when nothing answers at the cluster's address (``ray.init`` would wait for minutes).
+def probe_address(
+    address: str, timeout_s: float = _PROBE_TIMEOUT_S, setting: str = "sweep.ray.address", what: str = "the sweep"
+) -> None:
+    """Fail fast when nothing answers at the cluster's address (``ray.init`` would wait for minutes);
+    ``setting`` names where the address came from unless it is ``$RAY_ADDRESS``, ``what`` the work.
 
     Raises:
         SweepError: naming the address and where it came from.
     """
     if address == "auto":
         return
-    source = "$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") == address else "sweep.ray.address"
+    source = "$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") == address else setting
     try:
         host, port = _host_port(address)
         socket.create_connection((host, port), timeout=timeout_s).close()
@@ -258,7 +261,7 @@ def probe_address(address: str, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
         raise SweepError(
             f"cannot reach the Ray cluster at {address!r} ({source}) within {timeout_s:.0f}s: {e}. Check the address "
             f"and that the head node runs (`ray start --head --port=6379`), or unset RAY_ADDRESS and "
-            f"sweep.ray.address to run the sweep on a private local Ray of this machine."
+            f"{setting} to run {what} on a private local Ray of this machine."
         ) from None
 
 
@@ -380,10 +383,11 @@ def _alive_nodes() -> list[dict]:
 
 
 @contextlib.contextmanager
-def connect(settings: RaySettings) -> Iterator[Cluster]:
+def connect(settings: RaySettings, setting: str = "sweep.ray.address", what: str = "the sweep") -> Iterator[Cluster]:
     """Join the existing cluster (``sweep.ray.address``, else ``$RAY_ADDRESS``; probed first) or start a
     private local Ray (never one already running on this machine; ``sweep.ray.num_cpus`` / ``num_gpus``);
-    shut down after.
+    shut down after. ``setting`` and ``what``: the address's setting and the work, for the messages
+    (``predict`` passes ``ray``).
 
     Raises:
         SweepError: nothing answers at the cluster's address; it refuses this driver's token (or its
@@ -391,7 +395,7 @@ def connect(settings: RaySettings) -> Iterator[Cluster]:
     """
     address = cluster_address(settings)
     if address:
-        probe_address(address)
+        probe_address(address, setting=setting, what=what)
         token = use_token_auth()
         if token:  # before the run log exists: printed, as the user needs to know which token went out
             print(f"[pradot] Ray token authentication: this driver sends the token of {token}", file=sys.stderr)
