@@ -25,18 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .config import VPDMConfig
+from .config import ABLATIONS, VPDMConfig
 
 __all__ = ["ABLATIONS", "PAPER_TABLE3", "ABLATION_COLUMNS", "components", "ablation_rows", "format_ablation_table"]
-
-#: Table 3's rows (other than the full model): row name -> the settings that differ from the full model
-ABLATIONS: dict[str, dict] = {
-    "vague_only": {"condition": "low_pass"},
-    "no_ot": {"condition": "nearest", "ot_weight": 0.0},
-    "no_ot_loss": {"ot_weight": 0.0},
-    "ddpm": {"endpoint": "standard"},
-    "no_low_pass": {"low_pass": False},
-}
 
 #: Table 3's results (MVTec AD multi-class, mean image / pixel AUROC in percent), for comparison
 PAPER_TABLE3: dict[str, tuple[float, float]] = {

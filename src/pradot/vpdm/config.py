@@ -8,13 +8,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["VPDMConfig", "RECIPES", "CONDITIONS", "ENDPOINTS"]
+__all__ = ["VPDMConfig", "RECIPES", "CONDITIONS", "ENDPOINTS", "ABLATIONS"]
 
 #: how the condition is built: VPOT (paper), nearest prototype (Table 3 "prototype without OT"), the low-passed
 #: features themselves (Table 3 "vague only", no prototypes)
 CONDITIONS = ("ot", "nearest", "low_pass")
 #: the process endpoint: N(y_hat, I) (Eq. 12, paper) or N(0, I) (Table 3 "DDPM"; y_hat still enters the network)
 ENDPOINTS = ("vague", "standard")
+
+
+#: Table 3's rows (other than the full model): row name -> the settings that differ from the full model
+ABLATIONS: dict[str, dict] = {
+    "vague_only": {"condition": "low_pass"},
+    "no_ot": {"condition": "nearest", "ot_weight": 0.0},
+    "no_ot_loss": {"ot_weight": 0.0},
+    "ddpm": {"endpoint": "standard"},
+    "no_low_pass": {"low_pass": False},
+}
 
 
 @dataclass
@@ -28,7 +38,7 @@ class VPDMConfig:
     and ``ot_iter`` iterations, ``ot_weight`` of the OT loss in Eq. 17 (paper: 1; 0 = "without OT loss").
     ``low_pass``: the vague (low-pass) step ``T_down`` / ``T_up`` (paper: on; off = Table 3's "without the vague
     process": the plan is computed from the full-grid features), ``condition`` (:data:`CONDITIONS`) and
-    ``endpoint`` (:data:`ENDPOINTS`); Table 3's rows are named in :data:`pradot.vpdm.ablation.ABLATIONS`.
+    ``endpoint`` (:data:`ENDPOINTS`); Table 3's rows are named in :data:`ABLATIONS`.
     Diffusion: ``timesteps`` T (paper: 1000) on a linear schedule ``beta_start``..``beta_end`` (1e-4..0.02),
     ``sampling_steps`` of Algorithm 2 (respaced; T = the paper), ``start_step``: 0 or T start Algorithm 2 from
     ``x^T ~ N(y_hat, I)`` (the paper); ``t0`` < T starts it from ``x^t0`` drawn by Eq. 14 from the image's own
@@ -89,14 +99,12 @@ class VPDMConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def ablated(self, row: str) -> VPDMConfig:
-        """These settings with Table 3's ablation ``row`` applied (:data:`pradot.vpdm.ablation.ABLATIONS`;
+        """These settings with Table 3's ablation ``row`` applied (:data:`ABLATIONS`;
         ``full``: unchanged).
 
         Raises:
             ValueError: an unknown row name.
         """
-        from .ablation import ABLATIONS
-
         if row == "full":
             return replace(self)
         if row not in ABLATIONS:
