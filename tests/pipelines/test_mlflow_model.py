@@ -504,14 +504,17 @@ def test_predict_folder_writes_the_served_models_scores(served, tmp_path, monkey
 
 @pytest.mark.slow
 def test_export_logs_an_onnx_file_equal_to_the_served_model(served, tmp_path, monkeypatch):
+    """One export with ``format=openvino`` (the ONNX file, then its IR beside it; one torch.onnx export, the
+    slow part): both logged, tagged and equal to the served model; an existing file and a bad format refused."""
     from mlflow import MlflowClient
 
     from pipelines import export
     from pradot.export import OnnxScorer
+    from pradot.export_openvino import OpenVINOScorer
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
-    out = tmp_path / "model.onnx"
-    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={out}"]) == 0
+    out = tmp_path / "ov" / "model.onnx"
+    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={out}", "format=openvino"]) == 0
     onnx_model = OnnxScorer(out)
     assert onnx_model.calibration == served.calibration
     assert float(onnx_model.metadata["pixel_threshold"]) == served.calibration.pixel_threshold
@@ -523,15 +526,9 @@ def test_export_logs_an_onnx_file_equal_to_the_served_model(served, tmp_path, mo
     status, text = invocations(served, [encode_png(img)])
     maps, scores = onnx_model.score(img)
     assert abs(float(scores[0]) - json.loads(text)["predictions"][0]["raw_score"]) < 1e-4
-    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={out}"]) == 2  # exists: refused
-    # format=openvino: the IR beside the ONNX file, checked with OpenVINO, logged and tagged like the ONNX file
-    from pradot.export_openvino import OpenVINOScorer
-
-    ov_out = tmp_path / "ov" / "model.onnx"
-    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={ov_out}", "format=openvino"]) == 0
-    ir = OpenVINOScorer(ov_out.with_suffix(".xml"))
-    assert ir.calibration == served.calibration and ov_out.with_suffix(".bin").is_file()
-    version = client.get_model_version("pradot-serving-test", "1")
+    # the IR beside the ONNX file, checked with OpenVINO, logged and tagged like the ONNX file
+    ir = OpenVINOScorer(out.with_suffix(".xml"))
+    assert ir.calibration == served.calibration and out.with_suffix(".bin").is_file()
     assert version.tags["pradot.openvino"] == f"runs:/{version.run_id}/openvino/model.xml"
     assert "pradot.openvino_parity" in version.tags
     logged = sorted(a.path for a in client.list_artifacts(version.run_id, "openvino"))
@@ -539,6 +536,7 @@ def test_export_logs_an_onnx_file_equal_to_the_served_model(served, tmp_path, mo
     ir_maps, ir_scores = ir.score(img)
     assert abs(float(ir_scores[0]) - float(scores[0])) < 1e-4
     assert np.abs(ir_maps - maps).max() / float(maps.max() - maps.min()) < 1e-4
+    assert export.main(["model_uri=models:/pradot-serving-test/1", f"output={out}"]) == 2  # exists: refused
     bad = ["model_uri=models:/pradot-serving-test/1", f"output={tmp_path / 'x.onnx'}", "format=tensorrt"]
     assert export.main(bad) == 2 and not (tmp_path / "x.onnx").exists()
 
