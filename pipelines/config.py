@@ -187,34 +187,42 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     )
 
 
+#: PRADOTConfig's settings -> the configuration keys that set them (errors name the key and its override)
+_MODEL_GROUP = ("alpha", "n", "eta", "epsilon", "sinkhorn_iters", "epochs", "aggregation", "smoothing_sigma")
+MODEL_KEYS = {"backbone": "backbone.name", "stages": "backbone.stages", "image_size": "data.image_size", "seed": "seed"}
+MODEL_KEYS.update({k: f"model.{k}" for k in _MODEL_GROUP}, batch_ratio="model.batch_ratio")
+
+
 def model_config(cfg: DictConfig) -> PRADOTConfig:
-    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups (PRADOTConfig checks them;
-    :func:`train_settings` checks their ranges first, naming the keys)."""
+    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups. PRADOTConfig's own checks are the
+    range checks; a bad value raises :class:`checks.KeyedSettingError` naming the key and the override."""
     m = cfg.model
-    return PRADOTConfig(
-        backbone=str(cfg.backbone.name),
-        stages=parse_stages(cfg.backbone.stages),
-        image_size=int(cfg.data.image_size),
-        alpha=float(m.alpha),
-        n=float(m.n),
-        eta=float(m.eta),
-        epsilon=float(m.epsilon),
-        sinkhorn_iters=int(m.sinkhorn_iters),
-        batch_size=batch_size_for(m.n, m.batch_ratio),
-        epochs=int(m.epochs),
-        seed=int(cfg.seed),
-        learn_coordinates=bool(m.learn_coordinates),
-        warm_start=bool(m.warm_start),
-        aggregation=int(m.get("aggregation", 1)),
-        concat_stages=bool(m.get("concat_stages", False)),
-        smoothing_sigma=float(m.get("smoothing_sigma", 0.0)),
-    )
+    with checks.settings_keys(MODEL_KEYS):
+        return PRADOTConfig(
+            backbone=str(cfg.backbone.name),
+            stages=parse_stages(cfg.backbone.stages),
+            image_size=cfg.data.image_size,
+            alpha=m.alpha,
+            n=m.n,
+            eta=m.eta,
+            epsilon=m.epsilon,
+            sinkhorn_iters=m.sinkhorn_iters,
+            batch_size=batch_size_for(m.n, m.batch_ratio),
+            epochs=m.epochs,
+            seed=cfg.seed,
+            learn_coordinates=bool(m.learn_coordinates),
+            warm_start=bool(m.warm_start),
+            aggregation=m.get("aggregation", 1),
+            concat_stages=bool(m.get("concat_stages", False)),
+            smoothing_sigma=m.get("smoothing_sigma", 0.0),
+        )
 
 
 def _checked_model(cfg: DictConfig) -> PRADOTConfig:
-    """:func:`model_config` with every value's range checked first (ConfigError naming the key)."""
-    checks.model_values(cfg.model, cfg.seed)
+    """:func:`model_config` for a training run: the data's image size and the training's epochs (>= 1) first,
+    then the library's checks (ConfigError naming the key)."""
     _image_size(cfg)
+    checks.training_epochs(cfg.model)
     try:
         return model_config(cfg)
     except ConfigError:

@@ -56,6 +56,26 @@ def test_bad_training_values_are_refused_naming_the_key(override, phrase):
         _settings(*override.split())
 
 
+@pytest.mark.parametrize(
+    "override, setting, value",
+    [("model.alpha=1.5", "alpha", 1.5), ("model.eta=-1", "eta", -1), ("model.aggregation=2", "aggregation", 2)],
+)
+def test_the_model_configs_check_is_the_one_range_check(override, setting, value):
+    """The library's message (PRADOTConfig's own check) reaches the user whole, on one line, with only the key
+    and the override added by the pipelines."""
+    from pradot.model import PRADOTConfig
+    from pradot.ranges import SettingError
+
+    with pytest.raises(SettingError) as lib:
+        PRADOTConfig(**{setting: value})
+    assert lib.value.setting == setting
+    with pytest.raises(ConfigError) as err:
+        _settings(override)
+    key = override.split("=")[0]
+    assert str(err.value) == f"{key}={value!r} {lib.value.reason}; {checks.how_to_set(key)}"
+    assert "\n" not in str(err.value) and "-P " in str(err.value)
+
+
 def test_good_values_pass():
     s = _settings("model.batch_ratio=0.5", "calibration.quantile=1", "data.image_size=16", "model.n=0.25")
     assert (s.model.batch_size, s.calibration_quantile, s.model.image_size, s.model.n) == (1, 1.0, 16, 0.25)
