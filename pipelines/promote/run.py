@@ -252,8 +252,7 @@ def _champion_value(opts, pset, size: int, batch_size: int):
 def _log_ensemble(settings, opts, choice: Choice, cands, ens, splits, calibration, calib_source, metrics, pset, run_id):
     """In the promote run: log the ensemble (not yet registered) with its version tags. Returns (model URI, tags)."""
     members = [cands[i].name for i in choice.members]
-    tags = registry.VersionTags(
-        kind="ensemble",
+    tags = registry.EnsembleTags(
         dataset=settings.data.kind,
         category=settings.data.category,
         run_id=run_id,
@@ -371,7 +370,7 @@ class _Promoted:
 
     run: tracking.EntryRun
     model_uri: str
-    tags: registry.VersionTags
+    tags: registry.EnsembleTags
     metrics: dict[str, float]
     table: str
     members: list[str]

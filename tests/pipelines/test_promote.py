@@ -42,7 +42,7 @@ def _register(ns, model, metric: float, label: str) -> str:
         path = model.save(ns.tmp / f"{label}.pt")
         cal = Calibration(threshold=1.0, low=0.0, high=2.0, quantile=0.99, n_images=6)
         c = model.config
-        tags = registry.VersionTags(
+        tags = registry.BankTags(
             dataset="synthetic",
             category="screw_bag",
             run_id=run.info.run_id,
