@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import checks
+from pipelines import checks, schema
 from pipelines.argv import CONF_DIR, parse_overrides
 from pipelines.checks import ConfigError
 from pipelines.paths import not_utf8_message, resolve_paths
@@ -61,13 +61,14 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    schema.register()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name=root, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(
-            f"bad configuration override: {e}{_did_you_mean(root, str(e))}\n(overrides: "
+            f"bad configuration override: {e}{schema.reason(e)}{_did_you_mean(root, str(e))}\n(overrides: "
             f"{' '.join(overrides)}; the config groups and keys are in {CONF_DIR})"
         ) from None
     except UnicodeDecodeError:

@@ -16,7 +16,7 @@ def _settings(*overrides):
     "override, phrase",
     [
         ("model.epochs=0", r"model\.epochs=0 is out of range: it must be an integer >= 1 .*-P epochs=<value>"),
-        ("model.epochs=1.5", r"model\.epochs=1\.5 is not an integer"),
+        ("model.epochs=1.5", r"model\.epochs=1\.5: Value '1\.5' of type 'float' could not be converted to Integer"),
         ("model.batch_ratio=0", r"model\.batch_ratio=0 is out of range: it must be a number in \(0, 1024\]"),
         ("model.batch_ratio=-3", r"model\.batch_ratio=-3 is out of range"),
         ("model.n=1e9", r"model\.n=1000000000\.0 is out of range: it must be a number in \(0, 1024\].*-P n=<value>"),

@@ -122,3 +122,39 @@ def test_a_misspelt_key_gets_the_closest_existing_ones(root, override, suggestio
     with pytest.raises(config.ConfigError) as e:
         config.compose("train", ["model.zzzzz=1"])
     assert "did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        ("model.alpha=abc", r"model\.alpha=abc: Value 'abc' of type 'str' is incompatible with type hint"),
+        ("data.image_size=big", r"data\.image_size=big: Value 'big' of type 'str' could not be converted to Integer"),
+        ("model.warm_start=maybe", r"model\.warm_start=maybe: Value 'maybe' is not a valid bool"),
+    ],
+)
+def test_the_groups_are_typed_at_compose(override, phrase):
+    """A wrong type fails when the config is composed, with Hydra's (OmegaConf's) own message and where the
+    types are."""
+    with pytest.raises(config.ConfigError, match=phrase) as err:
+        config.compose("train", [override])
+    assert "pipelines/schema.py" in str(err.value)
+
+
+def test_a_key_the_schema_does_not_have_is_refused():
+    """Each group file extends its schema (its first default), so a key the schema lacks cannot be merged
+    (a misspelt key in a YAML file fails at compose as an override does)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
+
+    from pipelines import schema
+
+    for node in (schema.ModelSchema, schema.BackboneSchema, schema.DataSchema):
+        with pytest.raises(ConfigKeyError):
+            OmegaConf.merge(OmegaConf.structured(node), {"alpah": 0.3})
+    cfg = config.compose("train", ["model.n=0.25", "backbone.stages='2,3'"])  # MLproject's forms still compose
+    assert (cfg.model.n, cfg.model.batch_ratio, cfg.backbone.stages) == (0.25, 4, "2,3")
+    assert config.flatten(cfg)["model.batch_ratio"] == "4"  # a number written as int stays one (logged as before)
+    for path in sorted(config.CONF_DIR.glob("*/*.yaml")):
+        if path.parent.name in ("model", "backbone", "data"):
+            first = OmegaConf.load(path).defaults[0]
+            assert first.startswith(f"/schema/{path.parent.name}/") and first.endswith("@_here_"), path
