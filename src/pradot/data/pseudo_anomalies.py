@@ -318,6 +318,7 @@ def make_pseudo_anomalies(
                 best = (edited, mask, change)
             if change >= min_change:
                 break
+        assert best is not None  # at least one attempt
         edited, mask, _ = best
         out_images.append(edited)
         out_masks.append(mask)
