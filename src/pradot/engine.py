@@ -295,14 +295,14 @@ def threshold_metrics(
     scikit-learn's precision-recall curve); empty when one class is missing."""
     from .metrics.threshold import threshold_report
 
-    labels = np.asarray(labels)
-    if len(set(labels.tolist())) < 2:
+    y = np.asarray(labels)
+    if len(set(y.tolist())) < 2:
         return {}
     pred = np.asarray(scores) > threshold
-    report = threshold_report(labels, scores, threshold)
+    report = threshold_report(y, scores, threshold)
     return {
-        f"{prefix}_recall_at_threshold": float(np.mean(pred[labels == 1])),
-        f"{prefix}_fpr_at_threshold": float(np.mean(pred[labels == 0])),
+        f"{prefix}_recall_at_threshold": float(np.mean(pred[y == 1])),
+        f"{prefix}_fpr_at_threshold": float(np.mean(pred[y == 0])),
         **{f"{prefix}_{k}": v for k, v in report.items() if k != "recall_at_threshold"},
     }
 
