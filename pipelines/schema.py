@@ -19,8 +19,8 @@ Numbers that the YAML may give as int or float are ``int | float`` (OmegaConf ke
 
 Where a new key goes: a field of its group's dataclass below (with its default equal to the YAML's, and a
 comment), then the key in the group's YAML files. A new file in a group: its first default is the group's
-schema, as above. A dataset with keys of its own gets a subclass of :class:`DataSchema` stored under its
-name (:func:`register`), as ``synthetic`` and ``real_iad`` have.
+schema, as above. The data group has one schema for every dataset (a recipe may set a dataset's key, e.g.
+``data.generator``, whatever dataset the command line chose).
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ __all__ = [
     "ModelSchema",
     "BackboneSchema",
     "DataSchema",
-    "SyntheticDataSchema",
-    "RealIADDataSchema",
     "register",
     "reason",
 ]
@@ -71,33 +69,24 @@ class BackboneSchema:
 
 @dataclass
 class DataSchema:
-    """``conf/data/*.yaml``: a dataset and how its images are read."""
+    """``conf/data/*.yaml``: a dataset and how its images are read. ``generator`` (the embedded data's
+    generator, ``pradot.data.synthetic``) and ``options`` (a loader's options, e.g. Real-IAD's) are on every
+    dataset: a recipe sets ``data.generator`` whatever dataset the command line chose (``experiment=ci
+    data=mvtec_loco`` composes, as before the schemas), and the pipelines read them only where they apply."""
 
     kind: str = "mvtec_loco"
     root: str | None = None
     image_size: int = 224
     validation_fraction: Number = 0.0
     augmentation: str | None = "none"
-
-
-@dataclass
-class SyntheticDataSchema(DataSchema):
-    """``conf/data/synthetic.yaml``: the embedded generator's settings (``pradot.data.synthetic``)."""
-
     generator: dict[str, Any] | None = None
-
-
-@dataclass
-class RealIADDataSchema(DataSchema):
-    """``conf/data/real_iad.yaml``: the loader's options (``pradot.data.real_iad``)."""
-
     options: dict[str, Any] | None = None
 
 
 _SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"pradot": ModelSchema},
     "backbone": {"backbone": BackboneSchema},
-    "data": {"dataset": DataSchema, "synthetic": SyntheticDataSchema, "real_iad": RealIADDataSchema},
+    "data": {"dataset": DataSchema},
 }
 
 
