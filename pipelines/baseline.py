@@ -237,8 +237,13 @@ def _tracked_run(settings: config.TrainSettings, mb_config, params: dict[str, st
             flat, calibration = _evaluate_and_log(settings, model, splits, Path(tmp))
             kind = baseline_kind(mb_config)
             path = model.save(Path(tmp) / f"{kind}.pt", include_backbone=settings.tracking.include_backbone)
-            tags = registry.VersionTags(
-                kind="memory_bank",
+            padim = (
+                dict(covariance=mb_config.covariance, eps=mb_config.eps, n_channels=mb_config.n_channels)
+                if kind == "padim"
+                else {}
+            )
+            tags = (registry.PaDiMTags if kind == "padim" else registry.MemoryBankTags)(
+                **padim,
                 dataset=spec.kind,
                 category=spec.category,
                 run_id=run.run_id,

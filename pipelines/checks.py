@@ -1,5 +1,8 @@
 """What a setting may be, checked before any run starts: numeric ranges and the user-given names that
-become folders or registry names. Every error names the key, the value, the valid range and how to change
+become folders or registry names. A library settings class's own checks are the range check of its
+fields (``PRADOTConfig``: alpha, n, eta, ...): :func:`settings_keys` only adds the key and the override to
+its error; :func:`number` checks the keys no library class owns with the same rule
+(:func:`pradot.ranges.number`). Every error names the key, the value, the valid range and how to change
 it (the Hydra override and, where there is one, the MLproject parameter).
 
 ``pipelines.config``'s builders (``train_settings``, ``promote_options``, ...) and the sweep's plan call
@@ -11,10 +14,13 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from pradot import ranges
 from pradot.errors import InputError
+from pradot.ranges import IMAGE_SIZE_RANGE, MAX_N, WHY_SIZE
 
 __all__ = [
     "ConfigError",
@@ -22,9 +28,12 @@ __all__ = [
     "MAX_N",
     "how_to_set",
     "boolean",
+    "KeyedSettingError",
+    "WHY_SIZE",
     "number",
     "interval",
-    "model_values",
+    "settings_keys",
+    "training_epochs",
     "counts",
     "registry_name",
     "experiment_name",
@@ -78,15 +87,6 @@ def boolean(key: str, value: Any) -> bool:
     return text in ("true", "1", "yes")
 
 
-#: input side in pixels: below 16 the deepest stages have no feature cell left (stride 32); above 4096 one
-#: image's stage-2 features alone take 0.5 GB (ResNet-50: 512 channels at stride 8) and training cannot fit
-#: a batch in memory. The paper works at 256-512 px.
-IMAGE_SIZE_RANGE = (16, 4096)
-WHY_SIZE = "pixels a side; the deepest stages need >= 16, and above 4096 one image's features alone take gigabytes"
-#: prototypes per feature cell: a batch needs at least n images (B >= n, the paper's B = 4n) and no dataset
-#: in the field has more than a few thousand training images per category; the paper uses 16.
-MAX_N = 1024
-
 #: keys that MLproject entry points take as their own parameter (-P name=value)
 _MLPROJECT = {
     "model.epochs": "epochs",
@@ -115,12 +115,14 @@ def how_to_set(key: str) -> str:
     return f"change it with the override {key}=<value> (MLproject: {mlproject})"
 
 
-def _range_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    return f"{'<' if hi_open else '<='} {hi}"
+class KeyedSettingError(ConfigError):
+    """A library :class:`~pradot.ranges.SettingError` with the configuration key that set the value: the
+    message adds the key and how to change it; ``key``, ``value`` and ``reason`` stay available (the sweep
+    words its own message from them)."""
+
+    def __init__(self, key: str, value: Any, reason: str):
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"{key}={value!r} {reason}; {how_to_set(key)}")
 
 
 def number(
@@ -134,54 +136,37 @@ def number(
     hi_open: bool = False,
     why: str = "",
 ) -> int | float:
-    """``value`` as an int (``integer``) or a finite float within the bounds, else :class:`ConfigError`."""
-    what = "an integer" if integer else "a number"
-    valid = _range_text(lo, hi, lo_open, hi_open)
-    reason = f" ({why})" if why else ""
+    """``value`` as an int (``integer``) or a finite float within the bounds (:func:`pradot.ranges.number`,
+    the one rule), else :class:`KeyedSettingError` naming ``key`` and the override."""
     try:
-        x = float(value)
-        if integer and not (math.isfinite(x) and x.is_integer()):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{key}={value!r} is not {what}; it must be {what} {valid}{reason}; {how_to_set(key)}"
-        ) from None
-    ok = (
-        math.isfinite(x)
-        and (lo is None or (x > lo if lo_open else x >= lo))
-        and (hi is None or (x < hi if hi_open else x <= hi))
-    )
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is out of range: it must be {what} {valid}{reason}; {how_to_set(key)}")
-    return int(x) if integer else x
+        return ranges.number(key, value, integer=integer, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, why=why)
+    except ranges.SettingError as e:
+        raise KeyedSettingError(key, e.value, e.reason) from None
 
 
-def model_values(m: Any, seed: Any) -> dict[str, Any]:
-    """The checked numbers of the ``model`` group (and ``seed``) as :class:`pradot.model.PRADOTConfig` keywords
-    (``batch_ratio`` is checked here, the batch size is the caller's)."""
-    n = number(
-        "model.n",
-        m.n,
-        lo=0,
-        lo_open=True,
-        hi=MAX_N,
-        why="prototypes per feature cell (n < 1: one prototype per 1/n x 1/n cells); a batch needs >= n images",
-    )
-    number("model.batch_ratio", m.batch_ratio, lo=0, lo_open=True, hi=MAX_N, why="batch size = batch_ratio x n images")
-    return dict(
-        n=n,
-        alpha=number("model.alpha", m.alpha, lo=0, hi=1, why="0 = global prototypes, > 0 = local"),
-        eta=number("model.eta", m.eta, lo=0, hi=1, why="EMA momentum of the prototypes"),
-        epsilon=number("model.epsilon", m.epsilon, lo=0, lo_open=True, why="entropic regularisation"),
-        sinkhorn_iters=number("model.sinkhorn_iters", m.sinkhorn_iters, integer=True, lo=1),
-        epochs=number(
+@contextmanager
+def settings_keys(keys: Mapping[str, str]) -> Iterator[None]:
+    """Around the construction of a library settings object (``PRADOTConfig``, ...), whose own checks are
+    the range checks: a :class:`~pradot.ranges.SettingError` becomes a :class:`KeyedSettingError` naming the
+    configuration key of the setting (``keys``: setting -> key, e.g. ``{"alpha": "model.alpha"}``; a setting
+    not in ``keys`` is named as it is) and the override that changes it."""
+    try:
+        yield
+    except ranges.SettingError as e:
+        raise KeyedSettingError(keys.get(e.setting, e.setting), e.value, e.reason) from None
+
+
+def training_epochs(m: Any) -> int:
+    """``model.epochs`` of a training entry point: >= 1, stricter than the library's >= 0 (an untrained
+    bank is a valid model object, but registering one is never what a training run means)."""
+    return int(
+        number(
             "model.epochs",
             m.epochs,
             integer=True,
             lo=1,
             why="passes over the training images; 0 would register an untrained model",
-        ),
-        seed=number("seed", seed, integer=True),
+        )
     )
 
 

@@ -1,4 +1,5 @@
-"""The one path from the command line to typed objects: argv -> Hydra overrides -> a composed config
+"""The one path from the command line to typed objects (promote's and reproduce's own: ``pipelines.promote_settings``):
+argv -> Hydra overrides -> a composed config
 (``conf/<entry point>.yaml``) -> the dataclasses the pipelines and the library take.
 
     argv   ["data=synthetic", "model.alpha=0.3", "members=a/1,b/2"]
@@ -18,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import checks
+from pipelines import checks, schema
 from pipelines.argv import CONF_DIR, keep_as_text, parse_overrides
 from pipelines.checks import ConfigError
 from pipelines.paths import not_utf8_message, resolve_paths
@@ -43,11 +44,6 @@ __all__ = [
     "TrackingSettings",
     "TrainSettings",
     "train_settings",
-    "PromoteOptions",
-    "promote_options",
-    "ReproduceGrid",
-    "reproduce_grid",
-    "FUSIONS",
 ]
 
 
@@ -62,6 +58,7 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    schema.register()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name=root, overrides=list(overrides))
@@ -69,7 +66,7 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
         keep_as_text(cfg)  # a name's ``${`` stays text
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(
-            f"bad configuration override: {e}{_did_you_mean(root, str(e))}\n(overrides: "
+            f"bad configuration override: {e}{schema.reason(e)}{_did_you_mean(root, str(e))}\n(overrides: "
             f"{' '.join(overrides)}; the config groups and keys are in {CONF_DIR})"
         ) from None
     except UnicodeDecodeError:
@@ -189,34 +186,42 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     )
 
 
+#: PRADOTConfig's settings -> the configuration keys that set them (errors name the key and its override)
+_MODEL_GROUP = ("alpha", "n", "eta", "epsilon", "sinkhorn_iters", "epochs", "aggregation", "smoothing_sigma")
+MODEL_KEYS = {"backbone": "backbone.name", "stages": "backbone.stages", "image_size": "data.image_size", "seed": "seed"}
+MODEL_KEYS.update({k: f"model.{k}" for k in _MODEL_GROUP}, batch_ratio="model.batch_ratio")
+
+
 def model_config(cfg: DictConfig) -> PRADOTConfig:
-    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups (PRADOTConfig checks them;
-    :func:`train_settings` checks their ranges first, naming the keys)."""
+    """PRADOT's hyper-parameters from the ``model`` and ``backbone`` groups. PRADOTConfig's own checks are the
+    range checks; a bad value raises :class:`checks.KeyedSettingError` naming the key and the override."""
     m = cfg.model
-    return PRADOTConfig(
-        backbone=str(cfg.backbone.name),
-        stages=parse_stages(cfg.backbone.stages),
-        image_size=int(cfg.data.image_size),
-        alpha=float(m.alpha),
-        n=float(m.n),
-        eta=float(m.eta),
-        epsilon=float(m.epsilon),
-        sinkhorn_iters=int(m.sinkhorn_iters),
-        batch_size=batch_size_for(m.n, m.batch_ratio),
-        epochs=int(m.epochs),
-        seed=int(cfg.seed),
-        learn_coordinates=bool(m.learn_coordinates),
-        warm_start=bool(m.warm_start),
-        aggregation=int(m.get("aggregation", 1)),
-        concat_stages=bool(m.get("concat_stages", False)),
-        smoothing_sigma=float(m.get("smoothing_sigma", 0.0)),
-    )
+    with checks.settings_keys(MODEL_KEYS):
+        return PRADOTConfig(
+            backbone=str(cfg.backbone.name),
+            stages=parse_stages(cfg.backbone.stages),
+            image_size=cfg.data.image_size,
+            alpha=m.alpha,
+            n=m.n,
+            eta=m.eta,
+            epsilon=m.epsilon,
+            sinkhorn_iters=m.sinkhorn_iters,
+            batch_size=batch_size_for(m.n, m.batch_ratio),
+            epochs=m.epochs,
+            seed=cfg.seed,
+            learn_coordinates=bool(m.learn_coordinates),
+            warm_start=bool(m.warm_start),
+            aggregation=m.get("aggregation", 1),
+            concat_stages=bool(m.get("concat_stages", False)),
+            smoothing_sigma=m.get("smoothing_sigma", 0.0),
+        )
 
 
 def _checked_model(cfg: DictConfig) -> PRADOTConfig:
-    """:func:`model_config` with every value's range checked first (ConfigError naming the key)."""
-    checks.model_values(cfg.model, cfg.seed)
+    """:func:`model_config` for a training run: the data's image size and the training's epochs (>= 1) first,
+    then the library's checks (ConfigError naming the key)."""
     _image_size(cfg)
+    checks.training_epochs(cfg.model)
     try:
         return model_config(cfg)
     except ConfigError:
@@ -344,157 +349,6 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     # retried for minutes in the middle of the run)
     check_weights(settings.model.backbone, settings.weights_path)
     return settings
-
-
-# ------------------------------------------------------------------------------------- promote
-NORMALISATIONS = ("none", "per_member")
-#: how promote fuses the chosen members: the paper's mean, or weights searched on the validation objective
-FUSIONS = ("mean", "search")
-
-
-@dataclass(frozen=True)
-class PromoteOptions:
-    """promote's own settings (``conf/promote.yaml``). Members, weights and the alias are chosen on
-    ``objective`` (a validation metric); ``metric`` (a test metric) only orders the report."""
-
-    members: tuple[str, ...] = ()  # () = every registered version, the best per group on the objective
-    metric: str = "image_auroc"
-    select_by: str | None = None  # a val_* version tag that pre-selects one version per group
-    normalisation: str = "none"
-    alias: str = "champion"
-    force: bool = False
-    ensemble_name: str | None = None
-    fusion: str = "mean"
-    objective: str = "val_objective"
-    weight_step: float = 0.25
-    max_members: int | None = None
-    eval_size: int | None = None
-    pseudo: Any = None  # pipelines.objective.PseudoOptions
-    refit: bool = False  # refit the chosen members on every normal (pipelines.promote.refit)
-
-    @property
-    def selection_metric(self) -> str:
-        """What chooses the members: the validation ``objective``."""
-        return self.objective
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    if value in (None, ""):
-        return ()
-    items = value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else str(value).split(",")
-    return tuple(str(m).strip() for m in items if str(m).strip())
-
-
-def _validation_key(key: str, value: Any) -> str | None:
-    """A ``val_*`` metric name (or None): test metrics never choose."""
-    text = str(value).strip() if value not in (None, "") else ""
-    if text and not text.startswith("val_"):
-        raise ConfigError(
-            f"{key}={text!r}: promote chooses on validation metrics only (val_objective, val_auroc, "
-            f"...); test metrics such as {text!r} are reported, never used to choose (set metric= "
-            f"to order the report by it)"
-        )
-    return text or None
-
-
-def _selection(cfg: DictConfig) -> dict:
-    from pipelines.objective import PseudoOptions
-
-    sel = cfg.get("selection") or {}
-    pa = sel.get("pseudo_anomalies") or {}
-    pseudo = PseudoOptions(
-        kinds=tuple(str(k) for k in pa.get("kinds", PseudoOptions.kinds)),
-        per_image=int(pa.get("per_image", 1)),
-        seed=int(pa.get("seed", 0)),
-        patch_fraction=checks.interval(
-            "selection.pseudo_anomalies.patch_fraction", pa.get("patch_fraction", PseudoOptions.patch_fraction)
-        ),
-        contrast=checks.interval(
-            "selection.pseudo_anomalies.contrast", pa.get("contrast", PseudoOptions.contrast), closed=True
-        ),
-    )
-    step = float(sel.get("weight_step", 0.25))
-    if not (0 < step <= 1) or abs(1 / step - round(1 / step)) > 1e-9:
-        raise ConfigError(f"selection.weight_step must divide 1 (0.5, 0.25, 0.2, ...), got {step}")
-    max_members = sel.get("max_members")
-    eval_size = sel.get("eval_size")
-    return {
-        "weight_step": step,
-        "max_members": int(max_members) if max_members not in (None, "") else None,
-        "eval_size": int(eval_size) if eval_size not in (None, "") else None,
-        "pseudo": pseudo,
-        "refit": checks.boolean("selection.refit", sel.get("refit", False)),
-    }
-
-
-def promote_options(cfg: DictConfig) -> PromoteOptions:
-    """The promote options of ``conf/promote.yaml`` (top-level keys ``members``, ``fusion``, ...).
-
-    Raises:
-        ConfigError: an unknown normalisation or fusion, a test metric as ``objective``/``select_by``, a bad
-            weight step.
-    """
-    normalisation = str(cfg.normalisation)
-    if normalisation not in NORMALISATIONS:
-        raise ConfigError(
-            f"normalisation must be 'none' (the paper: mean of the maps) or 'per_member' "
-            f"(standardise each member's map on validation normals), got {normalisation!r}"
-        )
-    fusion = str(cfg.get("fusion", "mean"))
-    if fusion not in FUSIONS:
-        raise ConfigError(
-            f"fusion must be 'mean' (the paper: the members' maps averaged) or 'search' (members and "
-            f"weights chosen on the validation objective), got {fusion!r}"
-        )
-    return PromoteOptions(
-        members=_names(cfg.get("members")),
-        metric=str(cfg.metric).strip(),
-        select_by=_validation_key("select_by", cfg.get("select_by")),
-        normalisation=normalisation,
-        alias=checks.alias_name("alias", str(cfg.alias).strip()),
-        force=checks.boolean("force", cfg.get("force", False)),
-        ensemble_name=checks.registry_name("ensemble_name", str(cfg.ensemble_name))
-        if cfg.get("ensemble_name")
-        else None,
-        fusion=fusion,
-        objective=_validation_key("objective", cfg.get("objective", "val_objective")) or "val_objective",
-        **_selection(cfg),
-    )
-
-
-# ------------------------------------------------------------------------------------- reproduce
-@dataclass(frozen=True)
-class ReproduceGrid:
-    """The members ``reproduce`` trains: every (stage, alpha) pair (the paper: stages 2, 3 x alpha 0, 0.3)."""
-
-    stages: tuple[int, ...] = (2, 3)
-    alphas: tuple[float, ...] = (0.0, 0.3)
-
-    def members(self) -> list[tuple[int, float]]:
-        return [(s, a) for s in self.stages for a in self.alphas]
-
-
-def _floats(key: str, value: Any) -> tuple[float, ...]:
-    try:
-        out = tuple(float(x) for x in checks.list_items(value))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be comma-separated numbers, got {value!r}") from None
-    if not out:
-        raise ConfigError(f"{key} is empty")
-    return out
-
-
-def reproduce_grid(cfg: DictConfig) -> ReproduceGrid:
-    """``stages`` x ``alphas`` of ``conf/reproduce.yaml``.
-
-    Raises:
-        ConfigError: not numbers, empty, or duplicates.
-    """
-    stages = tuple(int(s) for s in _floats("stages", cfg.stages))
-    alphas = _floats("alphas", cfg.alphas)
-    if len(set(stages)) != len(stages) or len(set(alphas)) != len(alphas):
-        raise ConfigError(f"stages {stages} / alphas {alphas} contain duplicates")
-    return ReproduceGrid(stages, alphas)
 
 
 def resolved_yaml(cfg: DictConfig) -> str:

@@ -405,8 +405,8 @@ def _tracked_run(settings, plan: MulticlassPlan, params: dict[str, str], device,
                 mlflow.set_tag(MULTICLASS_METHOD, best.method)
                 model = models[best.method]
                 path = model.save(Path(tmp) / "model.pt", include_backbone=settings.tracking.include_backbone)
-                tags = registry.VersionTags(
-                    kind={"pradot": "bank"}.get(best.method, best.method),
+                record = registry.RECORDS[{"pradot": "bank"}.get(best.method, best.method)]
+                tags = record(
                     dataset=spec.kind,
                     category="multiclass",
                     run_id=run.run_id,

@@ -1,4 +1,5 @@
-"""The model registry, in one place: the tags of a registered version (one type, written and read here),
+"""The model registry, in one place: the tags of a registered version (the records of
+:mod:`pipelines.version_tags`, one per model kind, re-exported here),
 registering a logged model atomically, telling an incomplete version, and the alias decision.
 
 Registration is atomic: a version is created only after its run has FINISHED, in one call that carries
@@ -9,28 +10,41 @@ says why a version (e.g. one registered by an earlier release and cut short) mus
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import json
 import logging
-import math
-import types
-import typing
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.checks import list_items
-from pipelines.tags import KIND, REGISTERED
+from pipelines.tags import REGISTERED
 from pipelines.tracking import setup_tracking
+from pipelines.version_tags import (
+    KINDS,
+    RECORDS,
+    BankTags,
+    EnsembleTags,
+    FewShotTags,
+    MemoryBankTags,
+    PaDiMTags,
+    VersionTags,
+    VPDMTags,
+    record_class,
+)
 from pradot.errors import InputError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "VersionTags",
+    "BankTags",
+    "MemoryBankTags",
+    "PaDiMTags",
+    "EnsembleTags",
+    "FewShotTags",
+    "VPDMTags",
+    "RECORDS",
     "KINDS",
+    "record_class",
     "log_model",
     "registration",
     "register",
@@ -39,194 +53,6 @@ __all__ = [
     "alias_lock",
     "decide_alias",
 ]
-
-
-# ------------------------------------------------------------------------------------- registry tags
-def _number(text: str | None) -> float | None:
-    try:
-        x = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return x if x is not None and math.isfinite(x) else None
-
-
-def _tag(default: Any = None, sep: str = ",", key: str | None = None) -> Any:
-    """A :class:`VersionTags` field: its tag is the field's name (or ``key``); a tuple is written joined by
-    ``sep``. The field's type says how the value is written and read (:class:`_Codec`)."""
-    return field(default=default, metadata={"sep": sep, "key": key})
-
-
-KINDS = ("bank", "ensemble", "memory_bank", "fewshot")
-
-
-@dataclass
-class VersionTags:
-    """The tags of a registered model version: what it is, how it was trained and chosen, its metrics.
-
-    One schema for the banks ``main`` and ``sweep`` register, the memory banks ``baseline`` registers
-    (``kind="memory_bank"``), the ensembles ``promote`` registers and the few-shot models ``fewshot`` registers.
-    The tag of a field is its name; its type is its codec (:class:`_Codec`: text, number, integer, a tuple joined
-    by the field's separator, ``metric.<name>`` for the metrics, JSON for the config), so :meth:`to_tags` and
-    :meth:`from_tags` are exact inverses on every field, and read versions of earlier releases (same keys).
-    Three keys are not field names: ``pradot.kind`` (:data:`pipelines.tags.KIND`, written for every kind but a
-    bank), ``n_members`` (written for an ensemble) and the sweep's metric (``<sweep_metric>`` = ``sweep_score``).
-    """
-
-    dataset: str = _tag("")
-    category: str = _tag("")
-    run_id: str = _tag("")
-    threshold: float | None = _tag()
-    kind: str = _tag("bank", key=KIND)  # one of KINDS
-    backbone: str = _tag("")
-    stages: tuple[int, ...] = _tag(())
-    image_size: int | None = _tag()
-    alpha: float | None = _tag()
-    n: float | None = _tag()
-    eta: float | None = _tag()
-    epsilon: float | None = _tag()
-    batch_size: int | None = _tag()
-    epochs: int | None = _tag()
-    metrics: dict[str, float] = field(default_factory=dict)  # -> "metric.<name>", rounded to 5 decimals
-    # a bank chosen by a sweep
-    sweep_run_id: str | None = _tag()
-    sweep_rank: int | None = _tag()
-    trial_id: str | None = _tag()
-    objective: str | None = _tag()
-    batch_ratio: float | None = _tag()
-    epochs_trained: int | None = _tag()
-    calibration_source: str | None = _tag()
-    sweep_metric: str | None = _tag()  # the metric the sweep ranked by; with sweep_score -> tag "<sweep_metric>"
-    sweep_score: float | None = _tag()  # rounded to 6 decimals
-    config: dict[str, Any] | None = _tag()  # a sweep trial's hyper-parameters -> tag "config" (JSON)
-    # the evidence behind the threshold and the metrics
-    calibration_n_images: int | None = _tag()  # normal images the threshold was calibrated on
-    test_metrics: str | None = _tag()  # "complete" | "partial" | "skipped" (pipelines.train.test_metrics_status)
-    test_metrics_note: str | None = _tag()  # why test metrics were skipped (the run's metrics/notes.txt, shortened)
-    # an ensemble
-    members: tuple[str, ...] = _tag(())
-    normalisation: str | None = _tag()
-    member_stages: tuple[tuple[int, ...], ...] = _tag((), sep=";")  # "2;3" or "2,3;3"
-    member_alphas: tuple[float, ...] = _tag((), sep=";")  # nan for a member without alpha (a memory bank)
-    selection: str | None = _tag()
-    selection_metric: str | None = _tag()
-    selection_split: str | None = _tag()  # the split the choice was made on (validation+pseudo: no test label)
-    fusion: str | None = _tag()  # mean | search
-    member_weights: tuple[float, ...] = _tag((), sep=";")
-    member_kinds: tuple[str, ...] = _tag((), sep=";")
-    # feature options and post-processing (banks and memory banks)
-    aggregation: int | None = _tag()
-    smoothing_sigma: float | None = _tag()
-    coreset_ratio: float | None = _tag()
-    # a few-shot model (FOCT): its support
-    shots: int | None = _tag()
-    support_split: int | None = _tag()
-    support: tuple[str, ...] = _tag(())
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"VersionTags.kind={self.kind!r}: use one of {KINDS}")
-
-    def to_tags(self) -> dict[str, str]:
-        """``{tag: str}``; fields left unset (None, empty) are not written, nor ``kind`` of a bank."""
-        tags: dict[str, str] = {}
-        for f, codec in _codecs().items():
-            value = getattr(self, f.name)
-            if f.name == "sweep_score":
-                if self.sweep_metric and value is not None:
-                    tags[self.sweep_metric] = str(round(float(value), 6))
-            elif f.name == "metrics":
-                tags.update({f"metric.{k}": str(round(float(v), 5)) for k, v in value.items()})
-            elif not (value in (None, "", (), {}) or (f.name == "kind" and value == "bank")):
-                tags[f.metadata.get("key") or f.name] = codec.write(value)
-        if self.kind == "ensemble":
-            tags["n_members"] = str(len(self.members))
-        return tags
-
-    @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> VersionTags:
-        """Read :meth:`to_tags`' output; unknown tags are ignored, unreadable values left unset."""
-        values: dict[str, Any] = {}
-        for f, codec in _codecs().items():
-            if f.name == "metrics":
-                values["metrics"] = {
-                    k[len("metric.") :]: x
-                    for k, v in tags.items()
-                    if k.startswith("metric.") and (x := _number(v)) is not None
-                }
-                continue
-            key = (values.get("sweep_metric") or "") if f.name == "sweep_score" else (f.metadata.get("key") or f.name)
-            text = tags.get(key) if key else None
-            if text in (None, ""):
-                continue
-            with contextlib.suppress(ValueError, TypeError):
-                value = codec.read(str(text))
-                if value is not None:
-                    values[f.name] = value
-        if values.get("kind") not in KINDS:
-            values.pop("kind", None)
-        return cls(**values)
-
-    def with_updates(self, **changes: Any) -> VersionTags:
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class _Codec:
-    """How one field's value becomes a tag string and back, chosen by the field's type. ``read`` raises
-    ValueError (or returns None) on a value it cannot read: the field is then left unset."""
-
-    write: Callable[[Any], str]
-    read: Callable[[str], Any]
-
-
-def _float_text(x: float) -> str:
-    return str(x)  # exact: float(str(x)) == x (an int given for a float field stays "4", as earlier releases wrote)
-
-
-def _finite(text: str) -> float:
-    x = _number(text)
-    if x is None:
-        raise ValueError(f"not a finite number: {text!r}")
-    return x
-
-
-def _codec_for(hint: Any, sep: str) -> _Codec:
-    """The codec of a field type: ``str``, ``float``, ``int`` (optional or not), ``tuple[X, ...]`` of those or of
-    ``tuple[int, ...]`` (joined by ``sep``, inner tuples by ``,``), ``dict[str, Any]`` (JSON)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (hint,) = args
-        args = list(typing.get_args(hint))
-    if hint is str:
-        return _Codec(str, str)
-    if hint is float:
-        return _Codec(_float_text, _finite)
-    if hint is int:
-        return _Codec(str, lambda t: int(_finite(t)))
-    origin = typing.get_origin(hint)
-    if origin is dict:
-        return _Codec(lambda d: json.dumps(d, sort_keys=True, default=str), json.loads)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        item = args[0]
-        if item is int:  # also "[2, 3]" and "2 3" as earlier releases wrote stages
-            return _Codec(lambda v: sep.join(str(int(s)) for s in v), lambda t: tuple(int(s) for s in list_items(t)))
-        if item is float:  # nan allowed: a member without the value
-            return _Codec(
-                lambda v: sep.join(_float_text(x) for x in v), lambda t: tuple(float(x) for x in t.split(sep))
-            )
-        if item is str:
-            return _Codec(lambda v: sep.join(v), lambda t: tuple(x for x in t.split(sep) if x))
-        inner = _codec_for(item, ",")
-        return _Codec(
-            lambda v: sep.join(inner.write(x) for x in v), lambda t: tuple(inner.read(x) for x in t.split(sep))
-        )
-    raise TypeError(f"VersionTags has no tag codec for the type {hint!r}")
-
-
-@functools.cache
-def _codecs() -> dict[dataclasses.Field, _Codec]:
-    hints = typing.get_type_hints(VersionTags)
-    return {f: _codec_for(hints[f.name], f.metadata.get("sep", ",")) for f in dataclasses.fields(VersionTags)}
 
 
 def log_model(model_path: str | Path, calibration, tags: VersionTags | None = None, example_image=None) -> str:

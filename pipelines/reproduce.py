@@ -36,7 +36,7 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:  # `python pipelines/reproduce.py`: import this checkout's package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines import cli, config, tracking  # noqa: E402
+from pipelines import cli, config, promote_settings, tracking  # noqa: E402
 from pipelines.baseline import memory_bank_config, run_baseline  # noqa: E402
 from pipelines.names import shell_word  # noqa: E402
 from pipelines.promote.run import PromotionResult, run_promotion  # noqa: E402
@@ -113,9 +113,9 @@ def run(argv: Sequence[str]) -> ReproduceResult:
 
     overrides = config.parse_overrides(argv)
     cfg = config.compose("reproduce", overrides)
-    grid = config.reproduce_grid(cfg)
+    grid = promote_settings.reproduce_grid(cfg)
     _check_overrides(overrides, cfg)
-    opts = config.promote_options(cfg)
+    opts = promote_settings.promote_options(cfg)
     settings = config.train_settings(cfg)
     with tracking.entry_run(
         f"reproduce-{settings.data.kind}-{settings.data.category}",

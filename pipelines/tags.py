@@ -2,9 +2,9 @@
 tag, with its meaning (the way ``mlflow.utils.mlflow_tags`` names MLflow's own ``mlflow.*`` tags).
 
 Values are strings, as MLflow stores them. Where a tag names a registered version it reads ``<name>/<version>``.
-The schema of a registered version's own tags (``dataset``, ``alpha``, ``metric.<name>``, ...) is the dataclass
-:class:`pipelines.registry.VersionTags`: its field names are the tag keys, its field types the codec; the one
-``pradot.*`` key among them is :data:`KIND`.
+The schema of a registered version's own tags (``dataset``, ``alpha``, ``metric.<name>``, ...) is one dataclass
+per model kind in :mod:`pipelines.version_tags`: their field names are the tag keys, their field types the
+codec; the one ``pradot.*`` key among them is :data:`KIND`.
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, tes
         )
         model_path = model.save(Path(tmp) / "pradot_model.pt", include_backbone=settings.tracking.include_backbone)
         m = settings.model
-        tags = registry.VersionTags(
+        tags = registry.BankTags(
             dataset=spec.kind,
             category=spec.category,
             run_id=run_id,

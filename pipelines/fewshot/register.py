@@ -95,12 +95,11 @@ def log_fewshot(
     mlflow.set_tag(CALIBRATION_SOURCE, source)
     mlflow.log_dict(calibration.to_dict(), "model_files/calibration.json")
     names = [str(Path(s.image_path).relative_to(splits.dataset.root)) for s in pool.samples_at(support)]
-    tags = registry.VersionTags(
+    tags = registry.FewShotTags(
         dataset=plan.data.kind,
         category=plan.data.category,
         run_id=run_id,
         threshold=calibration.threshold,
-        kind="fewshot",
         backbone=config.backbone,
         stages=config.stages,
         image_size=config.image_size,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import cli, config, objective, registry, tracking
+from pipelines import cli, config, objective, promote_settings, registry, tracking
 from pipelines.baseline import baseline_name, fit_baseline, memory_bank_config
 from pipelines.names import shell_word, tag_value
 from pipelines.promote.choose import (
@@ -256,8 +256,7 @@ def _champion_value(opts, pset, size: int, batch_size: int):
 def _log_ensemble(settings, opts, choice: Choice, cands, ens, splits, calibration, calib_source, metrics, pset, run_id):
     """In the promote run: log the ensemble (not yet registered) with its version tags. Returns (model URI, tags)."""
     members = [cands[i].name for i in choice.members]
-    tags = registry.VersionTags(
-        kind="ensemble",
+    tags = registry.EnsembleTags(
         dataset=settings.data.kind,
         category=settings.data.category,
         run_id=run_id,
@@ -309,7 +308,7 @@ def _register(name: str, model_uri: str, tags, opts, metrics, holder_value, run_
     return version, decision
 
 
-def _log_selection(sel: Selection, opts: config.PromoteOptions, settings: config.TrainSettings) -> None:
+def _log_selection(sel: Selection, opts: promote_settings.PromoteOptions, settings: config.TrainSettings) -> None:
     import mlflow
 
     refs = [m.ref for m in sel.members]
@@ -375,7 +374,7 @@ class _Promoted:
 
     run: tracking.EntryRun
     model_uri: str
-    tags: registry.VersionTags
+    tags: registry.EnsembleTags
     metrics: dict[str, float]
     table: str
     members: list[str]
@@ -441,7 +440,7 @@ def _tracked_run(settings, opts, sel: Selection, device, nested: bool, mb_config
 
 def run_promotion(
     settings: config.TrainSettings,
-    opts: config.PromoteOptions,
+    opts: promote_settings.PromoteOptions,
     data_params: dict[str, str],
     nested: bool = False,
     mb_config=None,
@@ -481,7 +480,10 @@ def run(argv: Sequence[str]) -> PromotionResult:
     """Compose ``conf/promote.yaml`` with the overrides in ``argv`` and promote."""
     cfg = config.compose("promote", config.parse_overrides(argv))
     return run_promotion(
-        config.train_settings(cfg), config.promote_options(cfg), config.flatten(cfg), mb_config=memory_bank_config(cfg)
+        config.train_settings(cfg),
+        promote_settings.promote_options(cfg),
+        config.flatten(cfg),
+        mb_config=memory_bank_config(cfg),
     )
 
 

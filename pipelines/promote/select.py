@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.cli import UsageError
-from pipelines.config import PromoteOptions
-from pipelines.registry import VersionTags, incomplete
+from pipelines.promote_settings import PromoteOptions
+from pipelines.registry import BankTags, VersionTags, incomplete
 
 __all__ = [
     "PromotionError",
@@ -52,20 +52,25 @@ class Member:
     def ref(self) -> str:
         return f"{self.name}/{self.version}"
 
+    @property
+    def alpha(self) -> float | None:
+        """A PRADOT bank's alpha (None for other kinds, or when its tags do not say)."""
+        return self.tags.alpha if isinstance(self.tags, BankTags) else None
+
     def describe(self) -> str:
         st = ",".join(map(str, self.tags.stages)) or "?"
         if self.tags.kind == "memory_bank":
             return f"{self.ref} (memory bank, stage {st})"
-        a = "?" if self.tags.alpha is None else f"{self.tags.alpha:g}"
+        a = "?" if self.alpha is None else f"{self.alpha:g}"
         return f"{self.ref} (stage {st}, alpha {a})"
 
     def short(self) -> str:
         """``s2 a0.3`` (figure columns)."""
         if self.tags.kind == "memory_bank":
             return f"MB s{','.join(map(str, self.tags.stages))}"
-        if self.tags.alpha is None:
+        if self.alpha is None:
             return self.ref
-        return f"s{','.join(map(str, self.tags.stages))} a{self.tags.alpha:g}"
+        return f"s{','.join(map(str, self.tags.stages))} a{self.alpha:g}"
 
 
 @dataclass
@@ -91,7 +96,7 @@ def group_key(member: Member) -> tuple:
     stages = tuple(member.tags.stages)
     if member.tags.kind == "memory_bank":
         return ("memory_bank", stages)
-    alpha = member.tags.alpha
+    alpha = member.alpha
     return ("bank", stages, "alpha=?" if alpha is None else "alpha=0" if alpha == 0 else "alpha>0")
 
 

@@ -56,9 +56,9 @@ class _Backbones:
 
 def _version_tags(
     model_config, meta: dict, plan: SweepPlan, value: float, rank: int, parent_id: str, data_spec, threshold: float
-) -> registry.VersionTags:
+) -> registry.BankTags:
     m, hp = model_config, meta["hparams"]
-    return registry.VersionTags(
+    return registry.BankTags(
         dataset=data_spec.kind,
         category=data_spec.category,
         run_id=meta["mlflow_run_id"],

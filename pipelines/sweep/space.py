@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipelines import config
+from pipelines import checks, config
 from pipelines.cli import UsageError
 
 __all__ = [
@@ -236,6 +236,9 @@ def _checked_value(cfg: DictConfig, path: str, key: str, value: Any) -> Any:
         x = int(x)
     try:
         _check_with_library(cfg, path, x)
+    except checks.KeyedSettingError as e:  # the library's range check, worded for the search space
+        what = f"{value!r}" if e.key == path else f"{value!r} makes {e.key}={e.value!r}, which"
+        raise SweepError(f"{key}: {what} {e.reason}") from None
     except ValueError as e:
         raise SweepError(f"{key}: {value!r}: {e}") from None
     return x

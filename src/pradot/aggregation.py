@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .ranges import SettingError, number
 
 __all__ = [
     "BORDERS",
@@ -45,16 +46,15 @@ __all__ = [
 
 
 def check_aggregation(k) -> int:
-    """``k`` as an int, or ValueError: the neighbourhood must be an odd size >= 1 (it is centred on the cell)."""
-    try:
-        k_int = int(k)
-    except (TypeError, ValueError):
-        raise InputError(f"aggregation (the k x k neighbourhood) must be an odd integer >= 1, got {k!r}") from None
-    if k_int != k or k_int < 1 or k_int % 2 == 0:
-        raise InputError(
-            f"aggregation (the k x k neighbourhood) must be an odd integer >= 1 (1 = none, the paper; "
-            f"3 = PatchCore's), got {k!r}"
-        )
+    """``k`` as an int.
+
+    Raises:
+        pradot.ranges.SettingError: not an odd integer >= 1 (the neighbourhood is centred on the cell).
+    """
+    why = "the k x k neighbourhood centred on the cell: 1 = none, the paper; 3 = PatchCore's"
+    k_int = int(number("aggregation", k, integer=True, lo=1, why=f"an odd integer, {why}"))
+    if k_int % 2 == 0:
+        raise SettingError("aggregation", k, f"is not allowed: it must be an odd integer >= 1 ({why})")
     return k_int
 
 

@@ -5,6 +5,9 @@ prototypes are ``P = (p, rho)`` with ``p: (P, D)`` and ``rho: (P, 2)``. All func
 
 Zero-norm features (e.g. an all-black image region after ReLU) have no direction: their cosine with
 anything is defined as 0, i.e. feature cost 1 (never NaN).
+
+``alpha`` lies in [0, 1]: :class:`pradot.model_config.PRADOTConfig` checks it, once, for every bank (these
+functions run per batch and per image and do not check it again).
 """
 
 from __future__ import annotations
@@ -12,11 +15,9 @@ from __future__ import annotations
 import torch
 
 from .buffers import empty_matrix
-from .errors import InputError
 
 __all__ = [
     "FEATURE_NORM_EPS",
-    "check_alpha",
     "feature_cost",
     "spatial_cost",
     "fused_cost",
@@ -27,17 +28,6 @@ __all__ = [
 
 #: below this L2 norm a feature vector counts as zero (its cosine with anything is 0)
 FEATURE_NORM_EPS = 1e-8
-
-
-def check_alpha(alpha: float) -> float:
-    """Validate the cost balance ``alpha`` (must lie in [0, 1])."""
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
-    if not (0.0 <= a <= 1.0):
-        raise InputError(f"alpha must lie in [0, 1] (0 = global prototypes, >0 = local), got {alpha!r}")
-    return a
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +71,7 @@ def fused_cost(z, c, p, rho, alpha: float, squared: bool = True) -> torch.Tensor
     Training and scoring use :func:`normalised_cost` (Eq. 3), as the authors' code does.
     Returns (N, P).
     """
-    a = check_alpha(alpha)
+    a = float(alpha)
     return (1.0 - a) * feature_cost(z, p) + a * spatial_cost(c, rho, squared=squared)
 
 
@@ -102,7 +92,7 @@ def normalised_cost(m_feat: torch.Tensor, m_struct: torch.Tensor, alpha: float) 
     Returns:
         (N, P) cost in [0, 1].
     """
-    a = check_alpha(alpha)
+    a = float(alpha)
     if a == 0.0:
         return _max_normalised(m_feat)
     if a == 1.0:
@@ -135,7 +125,7 @@ def grid_normalised_cost(
     Returns:
         (B*H*W, P) cost in [0, 1].
     """
-    a = check_alpha(alpha)
+    a = float(alpha)
     if z.shape[-1] != p.shape[-1]:
         raise ValueError(f"feature dimensions differ: embeddings {z.shape[-1]}, prototypes {p.shape[-1]}")
     HW, N, P = grid_c.shape[0], z.shape[0], p.shape[0]

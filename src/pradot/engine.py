@@ -7,7 +7,6 @@ MLflow and Ray.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from .errors import InputError
 from .features import FeatureCache, files_fingerprint
 from .metrics.dataset import dataset_metrics
 from .model import PRADOT, EpochStats, PRADOTConfig
+from .ranges import MAX_N, number
 
 __all__ = [
     "DataSpec",
@@ -91,14 +91,11 @@ def batch_size_for(n: float, batch_ratio: float) -> int:
     """Batch size = batch_ratio x n (the paper's Fig. 3a knob); for n < 1, batch_ratio images.
 
     Raises:
-        ValueError: ``batch_ratio`` is not a positive finite number, or ``n`` is not finite (``n <= 0`` is
-            :class:`pradot.model.PRADOTConfig`'s to refuse).
+        pradot.ranges.SettingError: ``batch_ratio`` is not a number in (0, MAX_N], or ``n`` is not a finite
+            number (its range is :class:`pradot.model.PRADOTConfig`'s to check).
     """
-    ratio, n = float(batch_ratio), float(n)
-    if not (math.isfinite(ratio) and ratio > 0):
-        raise InputError(f"batch_ratio must be > 0 (batch size = batch_ratio x n images), got {batch_ratio!r}")
-    if not math.isfinite(n):
-        raise InputError(f"n must be a finite number of prototypes per cell, got {n!r}")
+    ratio = number("batch_ratio", batch_ratio, lo=0, lo_open=True, hi=MAX_N, why="batch size = batch_ratio x n images")
+    n = number("n", n, why="prototypes per feature cell")
     return max(1, int(round(ratio * max(n, 1.0))))
 
 
@@ -298,14 +295,14 @@ def threshold_metrics(
     scikit-learn's precision-recall curve); empty when one class is missing."""
     from .metrics.threshold import threshold_report
 
-    labels = np.asarray(labels)
-    if len(set(labels.tolist())) < 2:
+    y = np.asarray(labels)
+    if len(set(y.tolist())) < 2:
         return {}
     pred = np.asarray(scores) > threshold
-    report = threshold_report(labels, scores, threshold)
+    report = threshold_report(y, scores, threshold)
     return {
-        f"{prefix}_recall_at_threshold": float(np.mean(pred[labels == 1])),
-        f"{prefix}_fpr_at_threshold": float(np.mean(pred[labels == 0])),
+        f"{prefix}_recall_at_threshold": float(np.mean(pred[y == 1])),
+        f"{prefix}_fpr_at_threshold": float(np.mean(pred[y == 0])),
         **{f"{prefix}_{k}": v for k, v in report.items() if k != "recall_at_threshold"},
     }
 

@@ -158,6 +158,9 @@ class _Backbone(nn.Module):
     """A :class:`pradot.backbone.Backbone`'s network with its ImageNet normalisation (without the input checks,
     which are data-dependent control flow)."""
 
+    mean: torch.Tensor  # buffers: ImageNet normalisation
+    std: torch.Tensor
+
     def __init__(self, backbone):
         super().__init__()
         self.net, self.stages = backbone.net, tuple(backbone.stages)
@@ -401,6 +404,7 @@ def export_onnx(
                 dynamic_shapes=(dims,),
                 optimize=True,
             )
+            assert program is not None  # the dynamo exporter returns the program
             program.save(str(tmp), external_data=False)
             proto = onnx.load(str(tmp))
             onnx.helper.set_model_props(proto, onnx_metadata(model, calibration, metadata))

@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -81,7 +83,7 @@ def extract_features(
     for batch in tqdm(loader, desc=f"features ({backbone.name})", disable=not progress, leave=False):
         feats = backbone(batch["image"].to(device))
         if result is None:
-            n = len(dataset)
+            n = len(cast(Sized, dataset))
             result = {s: np.empty((n, *f.shape[1:]), dtype=np.float32) for s, f in feats.items()}
         b = next(iter(feats.values())).shape[0]
         for s, f in feats.items():
@@ -207,7 +209,13 @@ class FeatureCache:
         if not set(missing) <= set(backbone.stages):
             raise InputError(f"the cache is asked for stages {stages} but the backbone gives {list(backbone.stages)}")
         self.misses += 1
-        log.info("extracting %s features of %d images (stages %s) into %s", backbone.name, len(dataset), missing, d)
+        log.info(
+            "extracting %s features of %d images (stages %s) into %s",
+            backbone.name,
+            len(cast(Sized, dataset)),
+            missing,
+            d,
+        )
         d.mkdir(parents=True, exist_ok=True)
         for s in backbone.stages:  # a damaged stage is replaced (its record first: the array alone is unused)
             if self.problem(d, s) not in (None, "missing"):
@@ -223,13 +231,16 @@ class FeatureCache:
             meta = {
                 "identity": base,
                 "stage": int(s),
-                "n_images": len(dataset),
+                "n_images": len(cast(Sized, dataset)),
                 "shape": list(arr.shape),
                 "seconds": seconds,
                 "created": time.time(),
             }
             self._write(d, f"stage{s}.json", lambda f, m=meta: f.write(json.dumps(m, indent=1, default=str).encode()))
-        return self.load(identity)
+        loaded = self.load(identity)
+        if loaded is None:
+            raise RuntimeError(f"the features just written to {d} could not be read back")
+        return loaded
 
     @staticmethod
     def _write(folder: Path, name: str, write) -> None:

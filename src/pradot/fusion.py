@@ -125,7 +125,7 @@ def choose_fusion(
         used = [i for i, x in enumerate(w) if x > 0]
         if max_members is not None and len(used) > int(max_members):
             continue
-        fused = sum(np.float32(w[i]) * z[i] for i in used)
+        fused = sum((np.float32(w[i]) * z[i] for i in used), np.zeros_like(z[0]))  # 0 + x == x: as before
         scores = fused.reshape(len(fused), -1).max(axis=1)
         metrics = pseudo_metrics(groups, styles, scores, maps=fused, masks=masks, size=size)
         value = float(metrics[objective])
@@ -133,5 +133,6 @@ def choose_fusion(
         key = (value, -len(used))  # higher objective, then fewer members; first in grid order on a tie
         if best is None or key > best[0]:
             best = (key, w, metrics)
+    assert best is not None  # the grid has at least one weight vector
     _, weights, metrics = best
     return FusionChoice(tuple(weights), metrics, objective, stats, tried)

@@ -26,13 +26,13 @@ ONNX export traces it as it is.
 
 from __future__ import annotations
 
-import math
 from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .ranges import number
 
 __all__ = [
     "CONVENTIONS",
@@ -86,19 +86,13 @@ def resize_maps(maps: torch.Tensor, size: int | tuple[int, int], convention: Con
     return out[0, 0] if x.ndim == 2 else out[:, 0]
 
 
-def check_sigma(sigma) -> float:
+def check_sigma(sigma, setting: str = "smoothing_sigma") -> float:
     """``sigma`` as a float.
 
     Raises:
-        InputError: not a finite number >= 0.
+        pradot.ranges.SettingError: not a finite number >= 0 (named ``setting``).
     """
-    try:
-        s = float(sigma)
-    except (TypeError, ValueError):
-        raise InputError(f"smoothing sigma must be a number of pixels >= 0, got {sigma!r}") from None
-    if not math.isfinite(s) or s < 0:
-        raise InputError(f"smoothing sigma must be a finite number of pixels >= 0 (0 = no smoothing), got {sigma!r}")
-    return s
+    return float(number(setting, sigma, lo=0, why="the Gaussian's standard deviation in pixels; 0 = no smoothing"))
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = TRUNCATE) -> torch.Tensor:

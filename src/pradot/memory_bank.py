@@ -47,13 +47,13 @@ import torch
 import torch.nn as nn
 
 from .aggregation import FeatureOptions, check_aggregation, check_border, stage_image_count
-from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
-from .base import FeatureModel, as_tensor
+from .backbone import Backbone, backbone_state, restore_backbone
+from .base import as_tensor
 from .checkpoint import MEMORY_BANK_FORMAT, load_state, save_state
 from .coreset import greedy_coreset
 from .errors import InputError, NotFittedError
-from .maps import Convention, check_sigma, gaussian_smooth, resize_maps
-from .scoring import fuse_maps
+from .maps import Convention, check_sigma
+from .per_stage import PerStageModel
 
 __all__ = ["MEMORY_BANK_FORMAT", "MemoryBankConfig", "MemoryBankModel", "nearest_distances"]
 
@@ -109,12 +109,13 @@ def nearest_distances(index, queries: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(dist[:, 0], dtype=np.float32))
 
 
-class MemoryBankModel(nn.Module, FeatureModel):
+class MemoryBankModel(nn.Module, PerStageModel):
     """A frozen backbone and one memory bank per bank stage (see the module docstring).
 
-    A :class:`pradot.base.FeatureModel`, as :class:`pradot.model.PRADOT`: ``fit``/``fit_features`` (return
-    ``self``), ``score(images) -> (maps, scores)``, ``maps_from_features``, ``maps_from_backbone`` (ensemble
-    member), ``state``/``from_state``, ``save``/``load``.
+    A :class:`pradot.per_stage.PerStageModel` (a :class:`pradot.base.FeatureModel`, as
+    :class:`pradot.model.PRADOT`): ``fit``/``fit_features`` (return ``self``), ``score(images) -> (maps,
+    scores)``, ``maps_from_features``, ``maps_from_backbone`` (ensemble member), ``state``/``from_state``,
+    ``save``/``load``.
     """
 
     KIND = "memory_bank"
@@ -122,14 +123,12 @@ class MemoryBankModel(nn.Module, FeatureModel):
 
     def __init__(self, config: MemoryBankConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
         super().__init__()
-        self.config = config
-        self.device = torch.device(device)
-        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
-        if tuple(self.backbone.stages) != tuple(config.stages):
-            raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
-        self.backbone.to(self.device)
-        self.options = FeatureOptions(config.aggregation, config.concat_stages, config.aggregation_border)
-        self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
+        self._set_backbone(
+            config,
+            backbone,
+            device,
+            FeatureOptions(config.aggregation, config.concat_stages, config.aggregation_border),
+        )
         self.memory: dict[int, torch.Tensor] = {}  # bank stage -> (M, D) float32 on the CPU
         self._index: dict[int, object] = {}  # bank stage -> fitted NearestNeighbors (rebuilt after loading)
         self.fitted = False
@@ -194,33 +193,17 @@ class MemoryBankModel(nn.Module, FeatureModel):
             out[s] = nearest_distances(self._nn(s), q).reshape(B, H, W)
         return out
 
-    def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """Per-bank maps -> (B, S, S): upsampled (bilinear, ``config.align_corners``), averaged, then smoothed."""
-        S = int(self.config.image_size)
-        convention: Convention = "align_corners" if self.config.align_corners else "half_pixel"
-        return gaussian_smooth(
-            fuse_maps([resize_maps(per_stage[s], S, convention) for s in self.bank_stages]),
-            self.config.smoothing_sigma,
-        )
+    @property
+    def map_convention(self) -> Convention:
+        """Bilinear with ``config.align_corners`` (PatchCore's own code: True)."""
+        return "align_corners" if self.config.align_corners else "half_pixel"
 
-    @torch.no_grad()
-    def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """The maps (B, S, S) from this model's backbone features (an ensemble's shared backbone pass)."""
-        return self.fuse(self.stage_maps(features))
-
-    def describe(self) -> dict:
-        """What an ensemble records of this member."""
+    def settings(self) -> dict:
+        """The memory bank's own settings for :meth:`describe`: feature options, coreset, bank sizes."""
         c = self.config
         return {
-            "kind": "memory_bank",
-            "backbone": c.backbone,
-            "stages": list(c.stages),
-            "alpha": None,
-            "n": None,
-            "image_size": int(c.image_size),
             "aggregation": int(c.aggregation),
             "concat_stages": bool(c.concat_stages),
-            "smoothing_sigma": float(c.smoothing_sigma),
             "aggregation_border": c.aggregation_border,
             "align_corners": bool(c.align_corners),
             "coreset_ratio": float(c.coreset_ratio),

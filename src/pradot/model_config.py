@@ -4,14 +4,13 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 from .aggregation import check_aggregation
-from .cost import check_alpha
 from .errors import InputError
 from .maps import check_sigma
+from .ranges import IMAGE_SIZE_RANGE, MAX_N, WHY_SIZE, SettingError, number
 
 __all__ = ["PRADOTConfig", "EpochStats", "FeatureShape"]
 
@@ -21,7 +20,9 @@ class PRADOTConfig:
     """Hyper-parameters of one PRADOT model. The defaults equal the paper's (and ``conf/``'s).
 
     Raises:
-        InputError: a value out of its range (the message names it and the paper's requirement).
+        pradot.ranges.SettingError: a value out of its range (an :class:`InputError`; the message names the
+            setting, the value, the range and the paper's requirement). These checks are the only range checks
+            of the settings: the banks, the cost functions and the pipelines rely on them.
     """
 
     backbone: str = "resnet50"
@@ -43,24 +44,34 @@ class PRADOTConfig:
     smoothing_sigma: float = 0.0  # Gaussian smoothing of the map, in pixels at image_size (0: none)
 
     def __post_init__(self):
+        # the one range check of these settings (pipelines add the configuration key and the override to the
+        # SettingError); convert first so a saved or composed value of another numeric type reads the same
         self.stages = tuple(int(s) for s in self.stages)
-        check_alpha(self.alpha)
+        self.image_size = int(number("image_size", self.image_size, integer=True, lo=IMAGE_SIZE_RANGE[0], why=WHY_SIZE))
+        self.alpha = number("alpha", self.alpha, lo=0, hi=1, why="0 = global prototypes, > 0 = local; Eq. 1/3")
+        self.n = number(
+            "n",
+            self.n,
+            lo=0,
+            lo_open=True,
+            hi=MAX_N,
+            why="prototypes per feature cell (n < 1: one prototype per 1/n x 1/n cells); a batch needs >= n images",
+        )
+        if self.n >= 1:
+            if not float(self.n).is_integer():
+                raise SettingError(
+                    "n", self.n, "is not allowed: n >= 1 must be an integer number of prototypes per cell"
+                )
+            self.n = int(self.n)
+        self.eta = number("eta", self.eta, lo=0, hi=1, why="EMA momentum of the prototypes, Eq. 5")
+        self.epsilon = number("epsilon", self.epsilon, lo=0, lo_open=True, why="entropic regularisation, Eq. 2")
+        self.sinkhorn_iters = int(number("sinkhorn_iters", self.sinkhorn_iters, integer=True, lo=1))
+        self.batch_size = int(number("batch_size", self.batch_size, integer=True, lo=1))
+        self.epochs = int(number("epochs", self.epochs, integer=True, lo=0, why="passes over the training images"))
+        self.seed = int(number("seed", self.seed, integer=True))
         self.aggregation = check_aggregation(self.aggregation)
         self.concat_stages = bool(self.concat_stages)
         self.smoothing_sigma = check_sigma(self.smoothing_sigma)
-        if isinstance(self.n, float) and self.n.is_integer():
-            self.n = int(self.n)
-        if not (self.n > 0):
-            raise InputError(f"n (prototypes per cell) must be > 0, got {self.n!r}")
-        if not (math.isfinite(float(self.epsilon)) and float(self.epsilon) > 0):
-            raise InputError(f"epsilon must be > 0, got {self.epsilon!r}")
-        if not (0.0 <= float(self.eta) <= 1.0):
-            raise InputError(f"eta must lie in [0, 1], got {self.eta!r}")
-        if int(self.batch_size) < 1 or int(self.epochs) < 0 or int(self.image_size) < 16:
-            raise InputError(
-                f"batch_size >= 1, epochs >= 0 and image_size >= 16 are required, got "
-                f"{self.batch_size}, {self.epochs}, {self.image_size}"
-            )
         if self.n >= 1 and int(self.batch_size) < self.n:
             raise InputError(
                 f"batch size {self.batch_size} < n={self.n}: with fewer embeddings than prototypes per cell "

@@ -46,11 +46,12 @@ import torch
 import torch.nn as nn
 
 from .aggregation import FeatureOptions, stage_image_count
-from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
-from .base import FeatureModel, as_tensor
+from .backbone import Backbone, backbone_state, restore_backbone
+from .base import as_tensor
 from .checkpoint import load_state, save_state
 from .errors import InputError, NotFittedError
-from .maps import check_sigma, gaussian_smooth, resize_maps
+from .maps import check_sigma
+from .per_stage import PerStageModel
 
 __all__ = [
     "PADIM_FORMAT",
@@ -149,23 +150,16 @@ def mahalanobis_map(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor
     return q.clamp_min(0).sqrt().transpose(0, 1)
 
 
-class PaDiMModel(nn.Module, FeatureModel):
+class PaDiMModel(nn.Module, PerStageModel):
     """A frozen backbone and one Gaussian per feature position (see the module docstring); a
-    :class:`pradot.base.FeatureModel`."""
+    :class:`pradot.per_stage.PerStageModel` (a :class:`pradot.base.FeatureModel`)."""
 
     KIND = "padim"
     FORMAT = PADIM_FORMAT
 
     def __init__(self, config: PaDiMConfig, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
         super().__init__()
-        self.config = config
-        self.device = torch.device(device)
-        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.stages)
-        if tuple(self.backbone.stages) != tuple(config.stages):
-            raise InputError(f"backbone stages {self.backbone.stages} != config stages {config.stages}")
-        self.backbone.to(self.device)
-        self.options = FeatureOptions(1, True)
-        self.bank_stages: tuple[int, ...] = self.options.bank_stages(config.stages)
+        self._set_backbone(config, backbone, device, FeatureOptions(1, True))
         self.channels: torch.Tensor | None = None  # (d,) indices of the kept channels (None: all)
         self.mean: torch.Tensor | None = None  # (P, d) float32
         self.precision: torch.Tensor | None = None  # (P, d, d) float32, the inverse covariances
@@ -249,31 +243,13 @@ class PaDiMModel(nn.Module, FeatureModel):
             out[s] = mahalanobis_map(x, self.mean, self.precision).reshape(B, H, W)  # type: ignore[arg-type]
         return out
 
-    def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """Per-bank maps -> (B, S, S): upsampled (bilinear, align_corners=False), then smoothed."""
-        S = int(self.config.image_size)
-        up = [resize_maps(per_stage[s], S, "half_pixel") for s in self.bank_stages]
-        return gaussian_smooth(torch.stack(up).mean(0), self.config.smoothing_sigma)
-
-    @torch.no_grad()
-    def maps_from_backbone(self, features: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """The maps (B, S, S) from this model's backbone features (an ensemble's shared backbone pass)."""
-        return self.fuse(self.stage_maps(features))
-
-    def describe(self) -> dict:
-        """What an ensemble records of this member."""
+    def settings(self) -> dict:
+        """PaDiM's own settings for :meth:`describe`: channels, covariance, the fitted grid."""
         c = self.config
         return {
-            "kind": "padim",
-            "backbone": c.backbone,
-            "stages": list(c.stages),
-            "alpha": None,
-            "n": None,
-            "image_size": int(c.image_size),
             "n_channels": c.n_channels,
             "covariance": c.covariance,
             "eps": float(c.eps),
-            "smoothing_sigma": float(c.smoothing_sigma),
             "grid": list(self.grid) if self.grid else None,
         }
 

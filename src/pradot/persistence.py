@@ -85,7 +85,7 @@ def load_scoring_model(path: str | Path, device: str | torch.device | None = "cp
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     fmt = file_format(path)
-    cls = SCORING_FORMATS.get(fmt)
+    cls = SCORING_FORMATS.get(fmt) if fmt is not None else None
     if cls is None:
         raise InputError(
             f"{path} has format {fmt!r}: neither a PRADOT model file ({MODEL_FORMAT!r}, PRADOT.save) "

@@ -53,10 +53,11 @@ def weighted_fusion(maps: Sequence[torch.Tensor], weights: Sequence[float]) -> t
     """``sum_k w_k maps_k / sum_k w_k``: list of K (B, S, S) -> (B, S, S). Members with weight 0 are skipped."""
     w = check_weights(weights, len(maps))
     total = sum(w)
-    out = None
+    out: torch.Tensor | None = None
     for m, x in zip(maps, w):
         if x == 0:
             continue
         term = m * (x / total)
         out = term if out is None else out + term
+    assert out is not None  # check_weights: a positive sum
     return out

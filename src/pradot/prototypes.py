@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cost import check_alpha, feature_cost, grid_coordinates, grid_normalised_cost, normalised_cost, spatial_cost
+from .cost import feature_cost, grid_coordinates, grid_normalised_cost, normalised_cost, spatial_cost
 from .transport import SinkhornResult, sinkhorn, transport_cost
 
 __all__ = ["BankConfig", "PrototypeBank", "prototype_coordinates", "ema_update", "barycentric_coordinates", "StepStats"]
@@ -39,7 +39,11 @@ def prototype_coordinates(height: int, width: int, n: float, device=None) -> tor
 
 @dataclass
 class BankConfig:
-    """Everything that defines a bank (saved with it, so a bank file is self-describing)."""
+    """Everything that defines a bank (saved with it, so a bank file is self-describing).
+
+    The hyper-parameters come from a :class:`pradot.model_config.PRADOTConfig`, whose checks are their one
+    range check (a model file is read through it too); the bank checks only what needs its grid: that ``n``
+    leaves at least one prototype on it (:func:`prototype_coordinates`)."""
 
     stage: int
     alpha: float
@@ -55,13 +59,6 @@ class BankConfig:
 
     def __post_init__(self):
         self.grid = (int(self.grid[0]), int(self.grid[1]))
-        check_alpha(self.alpha)
-        if not (0.0 <= float(self.eta) <= 1.0):
-            raise ValueError(f"eta (EMA rate) must lie in [0, 1], got {self.eta!r}")
-        if not (math.isfinite(float(self.epsilon)) and float(self.epsilon) > 0):
-            raise ValueError(f"epsilon (entropic regularisation) must be > 0, got {self.epsilon!r}")
-        if int(self.sinkhorn_iters) < 1:
-            raise ValueError(f"sinkhorn_iters must be >= 1, got {self.sinkhorn_iters!r}")
         prototype_coordinates(self.grid[0], self.grid[1], self.n)  # validates n against the grid
 
     def to_dict(self) -> dict:

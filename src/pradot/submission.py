@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         dataset = load_dataset("mvtec_ad2", args.dataset_root, args.category)
+        assert isinstance(dataset, MVTecAD2Dataset)
         calibration = Calibration.load(args.calibration)
         model = load_scoring_model(args.model, device=args.device)
         summary = write_mvtec_ad2_submission(

@@ -4,7 +4,7 @@ and the override / MLproject parameter to change it."""
 
 import pytest
 
-from pipelines import checks, config
+from pipelines import checks, config, promote_settings
 from pipelines.checks import ConfigError
 
 
@@ -16,7 +16,7 @@ def _settings(*overrides):
     "override, phrase",
     [
         ("model.epochs=0", r"model\.epochs=0 is out of range: it must be an integer >= 1 .*-P epochs=<value>"),
-        ("model.epochs=1.5", r"model\.epochs=1\.5 is not an integer"),
+        ("model.epochs=1.5", r"model\.epochs=1\.5: Value '1\.5' of type 'float' could not be converted to Integer"),
         ("model.batch_ratio=0", r"model\.batch_ratio=0 is out of range: it must be a number in \(0, 1024\]"),
         ("model.batch_ratio=-3", r"model\.batch_ratio=-3 is out of range"),
         ("model.n=1e9", r"model\.n=1000000000\.0 is out of range: it must be a number in \(0, 1024\].*-P n=<value>"),
@@ -54,6 +54,26 @@ def test_bad_training_values_are_refused_naming_the_key(override, phrase):
         override = "model.n=16 model.batch_ratio=0.5"
     with pytest.raises(ConfigError, match=phrase):
         _settings(*override.split())
+
+
+@pytest.mark.parametrize(
+    "override, setting, value",
+    [("model.alpha=1.5", "alpha", 1.5), ("model.eta=-1", "eta", -1), ("model.aggregation=2", "aggregation", 2)],
+)
+def test_the_model_configs_check_is_the_one_range_check(override, setting, value):
+    """The library's message (PRADOTConfig's own check) reaches the user whole, on one line, with only the key
+    and the override added by the pipelines."""
+    from pradot.model import PRADOTConfig
+    from pradot.ranges import SettingError
+
+    with pytest.raises(SettingError) as lib:
+        PRADOTConfig(**{setting: value})
+    assert lib.value.setting == setting
+    with pytest.raises(ConfigError) as err:
+        _settings(override)
+    key = override.split("=")[0]
+    assert str(err.value) == f"{key}={value!r} {lib.value.reason}; {checks.how_to_set(key)}"
+    assert "\n" not in str(err.value) and "-P " in str(err.value)
 
 
 def test_good_values_pass():
@@ -108,7 +128,7 @@ def test_promote_options_and_settings_are_checked(override, phrase):
     cfg = config.compose("promote", config.parse_overrides(["experiment=ci", override]))
     with pytest.raises(ConfigError, match=phrase):
         config.train_settings(cfg)
-        config.promote_options(cfg)
+        promote_settings.promote_options(cfg)
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "-dash", "x;y"])

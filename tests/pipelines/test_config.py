@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines import config
+from pipelines import config, promote_settings
 from pradot.engine import DataSpec
 from pradot.model import PRADOTConfig
 
@@ -46,7 +46,7 @@ def test_each_entry_point_has_its_root_and_training_logs_only_training():
     # the sweep ranks trials and promote chooses on one evaluation set: the same pseudo-anomalies by default
     from pipelines.sweep.plan import _pseudo
 
-    promote = config.promote_options(config.compose("promote", []))
+    promote = promote_settings.promote_options(config.compose("promote", []))
     assert _pseudo(default.sweep).identity() == promote.pseudo.identity()
     assert sweep.sweep.search_space.model.alpha == default.sweep.search_space.model.alpha
     reproduce = config.compose("reproduce", ["experiment=ci"])
@@ -84,10 +84,14 @@ def test_parse_stages_refuses(value):
 
 
 def test_promote_and_reproduce_options():
-    opts = config.promote_options(config.compose("promote", config.parse_overrides(["members=a/1,,b/2", "force=yes"])))
+    opts = promote_settings.promote_options(
+        config.compose("promote", config.parse_overrides(["members=a/1,,b/2", "force=yes"]))
+    )
     assert opts.members == ("a/1", "b/2") and opts.force and opts.selection_metric == "val_objective"
     assert (opts.fusion, opts.normalisation, opts.metric) == ("mean", "none", "image_auroc")  # the paper's rule
-    best = config.promote_options(config.compose("promote", ["experiment=best"]))  # the recipe sets promote's keys
+    best = promote_settings.promote_options(
+        config.compose("promote", ["experiment=best"])
+    )  # the recipe sets promote's keys
     assert (best.fusion, best.normalisation, best.pseudo.kinds[0]) == ("search", "per_member", "cutpaste")
     assert config.model_config(config.compose("train", ["experiment=best"])).aggregation == 3
     paper = config.model_config(config.compose("train", ["experiment=paper"]))
@@ -100,12 +104,14 @@ def test_promote_and_reproduce_options():
         ("select_by=image_auroc", "validation metrics only"),
     ):
         with pytest.raises(config.ConfigError, match=phrase):
-            config.promote_options(config.compose("promote", [bad]))
-    grid = config.reproduce_grid(config.compose("reproduce", config.parse_overrides(["stages=3", "alphas=0,0.3"])))
+            promote_settings.promote_options(config.compose("promote", [bad]))
+    grid = promote_settings.reproduce_grid(
+        config.compose("reproduce", config.parse_overrides(["stages=3", "alphas=0,0.3"]))
+    )
     assert grid.members() == [(3, 0.0), (3, 0.3)]
     for bad, phrase in (("alphas=0,0", "duplicates"), ("stages=x", "numbers")):
         with pytest.raises(config.ConfigError, match=phrase):
-            config.reproduce_grid(config.compose("reproduce", config.parse_overrides([bad])))
+            promote_settings.reproduce_grid(config.compose("reproduce", config.parse_overrides([bad])))
 
 
 @pytest.mark.parametrize(
@@ -127,3 +133,39 @@ def test_a_misspelt_key_gets_the_closest_existing_ones(root, override, suggestio
     with pytest.raises(config.ConfigError) as e:
         config.compose("train", ["model.zzzzz=1"])
     assert "did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        ("model.alpha=abc", r"model\.alpha=abc: Value 'abc' of type 'str' is incompatible with type hint"),
+        ("data.image_size=big", r"data\.image_size=big: Value 'big' of type 'str' could not be converted to Integer"),
+        ("model.warm_start=maybe", r"model\.warm_start=maybe: Value 'maybe' is not a valid bool"),
+    ],
+)
+def test_the_groups_are_typed_at_compose(override, phrase):
+    """A wrong type fails when the config is composed, with Hydra's (OmegaConf's) own message and where the
+    types are."""
+    with pytest.raises(config.ConfigError, match=phrase) as err:
+        config.compose("train", [override])
+    assert "pipelines/schema.py" in str(err.value)
+
+
+def test_a_key_the_schema_does_not_have_is_refused():
+    """Each group file extends its schema (its first default), so a key the schema lacks cannot be merged
+    (a misspelt key in a YAML file fails at compose as an override does)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
+
+    from pipelines import schema
+
+    for node in (schema.ModelSchema, schema.BackboneSchema, schema.DataSchema):
+        with pytest.raises(ConfigKeyError):
+            OmegaConf.merge(OmegaConf.structured(node), {"alpah": 0.3})
+    cfg = config.compose("train", ["model.n=0.25", "backbone.stages='2,3'"])  # MLproject's forms still compose
+    assert (cfg.model.n, cfg.model.batch_ratio, cfg.backbone.stages) == (0.25, 4, "2,3")
+    assert config.flatten(cfg)["model.batch_ratio"] == "4"  # a number written as int stays one (logged as before)
+    for path in sorted(config.CONF_DIR.glob("*/*.yaml")):
+        if path.parent.name in ("model", "backbone", "data"):
+            first = OmegaConf.load(path).defaults[0]
+            assert first.startswith(f"/schema/{path.parent.name}/") and first.endswith("@_here_"), path

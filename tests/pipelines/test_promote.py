@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import config, registry
+from pipelines import config, promote_settings, registry
 from pipelines.promote import run as promote
 from pipelines.promote.select import PromotionError, select_best
 
@@ -42,7 +42,7 @@ def _register(ns, model, metric: float, label: str) -> str:
         path = model.save(ns.tmp / f"{label}.pt")
         cal = Calibration(threshold=1.0, low=0.0, high=2.0, quantile=0.99, n_images=6)
         c = model.config
-        tags = registry.VersionTags(
+        tags = registry.BankTags(
             dataset="synthetic",
             category="screw_bag",
             run_id=run.info.run_id,
@@ -295,9 +295,9 @@ def test_reproduce_refuses_overrides_it_sets(capsys):
             ["category=x", "data=synthetic", "metric=au_spro_0.05", "experiment=ci", "stages=2", "alphas=0,0.5"]
         ),
     )
-    grid = config.reproduce_grid(cfg)
+    grid = promote_settings.reproduce_grid(cfg)
     assert grid.members() == [(2, 0.0), (2, 0.5)]
-    assert config.promote_options(cfg).metric == "au_spro_0.05"
+    assert promote_settings.promote_options(cfg).metric == "au_spro_0.05"
     # the members' training config holds no promote/reproduce option
     member = config.training_view(cfg)
     assert "metric" not in member and "stages" not in member and "alphas" not in member and "model" in member
@@ -326,17 +326,20 @@ def test_select_by_ranks_sweep_registered_versions(store):
     before promote scores them; versions without the tag (a model trained with `mlflow run .`) stay candidates,
     scored on promote's objective like the others; test metrics cannot choose."""
     ns = store
-    opts = config.promote_options(
+    opts = promote_settings.promote_options(
         config.compose(
             "promote", config.parse_overrides(["select_by=val_auroc", "metric=image_auroc", "experiment=ci"])
         )
     )
     assert opts.select_by == "val_auroc" and opts.metric == "image_auroc" and opts.selection_metric == "val_objective"
     # an unset MLproject parameter
-    assert config.promote_options(config.compose("promote", config.parse_overrides(["select_by="]))).select_by is None
+    assert (
+        promote_settings.promote_options(config.compose("promote", config.parse_overrides(["select_by="]))).select_by
+        is None
+    )
     for bad in ("select_by=image_auroc", "objective=au_spro_0.05"):
         with pytest.raises(config.ConfigError, match="validation metrics only"):
-            config.promote_options(config.compose("promote", [bad]))
+            promote_settings.promote_options(config.compose("promote", [bad]))
     sweep_like = {"s2a0": 0.7, "bad": 0.9, "s3a3": 0.6}  # the bad (2, 0) bank wins its group on val_auroc
     try:
         for key, val in sweep_like.items():

@@ -1,14 +1,17 @@
 """The registry in one place (pipelines/registry.py): version tags written and read by one type, atomic
 registration, incomplete versions, the alias rule. On a tmp SQLite store, in this process."""
 
+import dataclasses
+import math
+
 import pytest
 
 from pipelines import registry, tracking
-from pipelines.registry import VersionTags
+from pipelines.registry import BankTags, EnsembleTags, VersionTags
 
 
 def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
-    bank = VersionTags(
+    bank = BankTags(
         dataset="d",
         category="c",
         run_id="r",
@@ -26,9 +29,9 @@ def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
     )
     tags = bank.to_tags()
     assert tags["stages"] == "2,3" and tags["alpha"] == "0.3" and tags["metric.image_auroc"] == "0.91235"
-    assert "members" not in tags and "sweep_rank" not in tags  # unset fields are not written
+    assert "members" not in tags and "sweep_rank" not in tags and "pradot.kind" not in tags  # unset: not written
     back = VersionTags.from_tags(tags)
-    assert back == VersionTags(**{**bank.__dict__, "metrics": {"image_auroc": 0.91235}})
+    assert back == dataclasses.replace(bank, metrics={"image_auroc": 0.91235})
     sweep = bank.with_updates(
         sweep_run_id="p",
         sweep_rank=1,
@@ -39,8 +42,7 @@ def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
         calibration_source="validation",
     )
     assert VersionTags.from_tags(sweep.to_tags()).sweep_rank == 1
-    ens = VersionTags(
-        kind="ensemble",
+    ens = EnsembleTags(
         members=("m/1", "m/2"),
         member_stages=((2,), (3,)),
         member_alphas=(0.0, 0.3),
@@ -53,82 +55,125 @@ def test_version_tags_round_trip_for_banks_sweeps_and_ensembles():
     assert VersionTags.from_tags(t) == ens
 
 
-def _every_field_set(kind: str) -> VersionTags:
-    """A record of ``kind`` with every field away from its default (values a tag can hold exactly: metrics
-    with 5 decimals, the sweep score with 6)."""
-    return VersionTags(
-        dataset="mvtec_loco",
-        category="screw_bag",
-        run_id="r1",
-        threshold=0.123456789,
-        kind=kind,
-        backbone="wide_resnet50_2",
-        stages=(2, 3),
-        image_size=256,
+#: every common field away from its default (values a tag holds exactly: metrics with 5 decimals)
+_COMMON = dict(
+    dataset="mvtec_loco",
+    category="screw_bag",
+    run_id="r1",
+    threshold=0.123456789,
+    backbone="wide_resnet50_2",
+    stages=(2, 3),
+    image_size=256,
+    metrics={"image_auroc": 0.91235, "pixel_au_spro": 0.5},
+    config={"model.alpha": 0.3, "model.n": 16, "backbone": "wide_resnet50_2"},
+    calibration_source="validation",
+    calibration_n_images=32,
+    test_metrics="partial",
+    test_metrics_note="no masks: pixel metrics skipped",
+    objective="pseudo",
+    selection="explicit",
+    selection_metric="val_objective",
+    selection_split="validation+pseudo",
+)
+#: every field of each kind away from its default (the sweep score with 6 decimals)
+_OWN = {
+    registry.BankTags: dict(
         alpha=0.3,
         n=16.0,
         eta=0.9,
         epsilon=0.05,
         batch_size=8,
         epochs=40,
-        metrics={"image_auroc": 0.91235, "pixel_au_spro": 0.5},
+        aggregation=3,
+        smoothing_sigma=4.0,
         sweep_run_id="p1",
         sweep_rank=2,
         trial_id="t_00003",
-        objective="pseudo",
         batch_ratio=4.0,
         epochs_trained=12,
-        calibration_source="validation",
         sweep_metric="val_objective",
         sweep_score=0.812345,
-        config={"model.alpha": 0.3, "model.n": 16, "backbone": "wide_resnet50_2"},
-        calibration_n_images=32,
-        test_metrics="partial",
-        test_metrics_note="no masks: pixel metrics skipped",
+    ),
+    registry.MemoryBankTags: dict(aggregation=3, smoothing_sigma=4.0, coreset_ratio=0.1),
+    registry.PaDiMTags: dict(
+        aggregation=1, smoothing_sigma=4.0, coreset_ratio=1.0, covariance="oas", eps=0.5, n_channels=7
+    ),
+    registry.EnsembleTags: dict(
         members=("m/1", "m/2", "m-baseline/1"),
         normalisation="zscore",
         member_stages=((2,), (2, 3), (3,)),
         member_alphas=(0.0, 0.3, 1 / 3),
-        selection="explicit",
-        selection_metric="val_objective",
-        selection_split="validation+pseudo",
         fusion="search",
         member_weights=(0.5, 0.25, 0.25),
         member_kinds=("bank", "bank", "memory_bank"),
-        aggregation=3,
-        smoothing_sigma=4.0,
-        coreset_ratio=0.1,
-        shots=4,
-        support_split=1,
-        support=("good/000.png", "good/007.png"),
-    )
+    ),
+    registry.FewShotTags: dict(shots=4, support_split=1, support=("good/000.png", "good/007.png")),
+    registry.VPDMTags: {},
+}
 
 
-@pytest.mark.parametrize("kind", registry.KINDS)
-def test_version_tags_round_trip_whole_records_of_every_kind(kind):
-    """Every field survives the round trip, for every kind: the whole record comes back, member_stages and
-    member_alphas included (a field the codec forgot would differ from the record)."""
-    import dataclasses
-
-    record = _every_field_set(kind)
-    unset = [
-        f.name for f in dataclasses.fields(VersionTags) if getattr(record, f.name) == getattr(VersionTags(), f.name)
-    ]
-    assert unset == (["kind"] if kind == "bank" else []), unset  # the test sets every field
-    tags = record.to_tags()
+@pytest.mark.parametrize("record", list(_OWN), ids=lambda r: r.__name__)
+def test_version_tags_round_trip_whole_records_of_every_kind(record):
+    """Every field of every kind's record survives the round trip: the whole record comes back, of its own
+    class, member_stages and member_alphas included (a field the codec forgot would differ)."""
+    full = record(**_COMMON, **_OWN[record])
+    empty = record()
+    unset = [f.name for f in dataclasses.fields(record) if getattr(full, f.name) == getattr(empty, f.name)]
+    assert unset == [], unset  # the test sets every field
+    tags = full.to_tags()
     assert all(isinstance(v, str) for v in tags.values())
-    assert VersionTags.from_tags(tags) == record
-    assert tags["member_stages"] == "2;2,3;3" and tags["val_objective"] == "0.812345"
-    assert ("pradot.kind" in tags) == (kind != "bank") and ("n_members" in tags) == (kind == "ensemble")
+    back = VersionTags.from_tags(tags)
+    assert type(back) is record and back == full
+    assert ("pradot.kind" in tags) == (record is not registry.BankTags)
+    assert ("n_members" in tags) == (record is registry.EnsembleTags)
+    assert (tags.get("member_stages"), tags.get("val_objective")) == (
+        ("2;2,3;3", None)
+        if record is registry.EnsembleTags
+        else (None, "0.812345")
+        if record is BankTags
+        else (None, None)
+    )
+    assert set(registry.RECORDS) == set(registry.KINDS) == {"bank", "memory_bank", "ensemble", "fewshot", "vpdm"}
 
 
-def test_version_tags_keep_a_memory_bank_members_missing_alpha_and_refuse_an_unknown_kind():
-    ens = VersionTags(kind="ensemble", members=("m/1", "b/1"), member_alphas=(0.3, float("nan")))
+def test_versions_registered_before_the_per_kind_records_read_and_write_the_same():
+    """Tags the one 44-field record wrote (stored: tests/pipelines/data/version_tags_before_split.json, one
+    realistic version per registering entry point) read as the record of their kind, and that record writes
+    the same tags again (an n written from an int reads back as a float: "16" -> "16.0")."""
+    import json
+    from pathlib import Path
+
+    stored = json.loads((Path(__file__).parent / "data" / "version_tags_before_split.json").read_text())["versions"]
+    expected = {
+        "train_bank": BankTags,
+        "sweep_bank": BankTags,
+        "multiclass_bank": BankTags,
+        "baseline_memory_bank": registry.MemoryBankTags,
+        "baseline_padim": registry.PaDiMTags,
+        "promote_ensemble": EnsembleTags,
+        "fewshot": registry.FewShotTags,
+    }
+    assert set(stored) == set(expected)
+    for name, tags in stored.items():
+        record = VersionTags.from_tags(tags)
+        assert type(record) is expected[name], name
+        again = record.to_tags()
+        assert set(again) == set(tags) and VersionTags.from_tags(again).to_tags() == again, name  # same keys
+        assert {k: v for k, v in again.items() if v != tags[k]} in ({}, {"n": "16.0"}), name  # an int n: "16"
+    ens = VersionTags.from_tags(stored["promote_ensemble"])
+    assert ens.member_stages == ((2,), (2, 3), (3,)) and math.isnan(ens.member_alphas[2])
+    assert VersionTags.from_tags(stored["sweep_bank"]).sweep_score == 0.812345
+
+
+def test_version_tags_keep_a_memory_bank_members_missing_alpha_and_read_an_unknown_kind_as_a_bank():
+    ens = EnsembleTags(members=("m/1", "b/1"), member_alphas=(0.3, float("nan")))
     back = VersionTags.from_tags(ens.to_tags())
     assert back.member_alphas[0] == 0.3 and back.member_alphas[1] != back.member_alphas[1]  # nan
-    with pytest.raises(ValueError, match="kind='bnak'"):
-        VersionTags(kind="bnak")
-    assert VersionTags.from_tags({"pradot.kind": "something-new", "alpha": "0.5"}) == VersionTags(alpha=0.5)
+    with pytest.raises(TypeError, match="common part"):
+        VersionTags()
+    assert VersionTags.from_tags({"pradot.kind": "something-new", "alpha": "0.5"}) == BankTags(alpha=0.5)
+    assert registry.PaDiMTags(eps=0.1).to_tags()["config"] == '{"baseline": "padim"}'  # a memory bank to promote
+    assert registry.PaDiMTags().kind == "memory_bank" and registry.VPDMTags().to_tags() == {"pradot.kind": "vpdm"}
 
 
 def test_every_pradot_tag_of_the_pipelines_is_named_once_in_tags_py():
@@ -219,7 +264,7 @@ def test_registration_is_one_call_after_the_run_with_every_tag(store, tmp_path, 
     with registry.registration("atomic"):
         assert store.get_registered_model("atomic").name == "atomic"  # claimed before the work
         with tracking.entry_run("r", "e", entry_point="main") as run:
-            tags = VersionTags(
+            tags = BankTags(
                 dataset="d",
                 category="c",
                 run_id=run.run_id,

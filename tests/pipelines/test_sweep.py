@@ -481,7 +481,7 @@ def offline(tmp_path, monkeypatch):
         (["+sweep.search_space.lr={type:loguniform,low:0.001,high:0.1}"], "unknown parameter(s) ['lr']"),
         (
             ["sweep.search_space.alpha={type:uniform,low:0,high:2}"],
-            "sweep.search_space.model.alpha: 2: alpha must lie in [0, 1]",
+            "sweep.search_space.model.alpha: 2 is out of range: it must be a number in [0, 1]",
         ),
         (["sweep.objective=test", "sweep.metric=val_auroc"], "not reported by the trials (objective=test)"),
         (["sweep.search_space.n.values=[16]"], "training split has only 16 images"),

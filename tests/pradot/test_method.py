@@ -30,8 +30,13 @@ def test_costs_match_direct_formulas():
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "x"])
 def test_alpha_outside_unit_interval_is_refused(alpha):
-    with pytest.raises(ValueError, match="alpha"):
-        normalised_cost(torch.rand(2, 2), torch.rand(2, 2), alpha)
+    """The model's settings are alpha's one range check (the cost functions, run per batch, rely on it)."""
+    from pradot.model import PRADOTConfig
+    from pradot.ranges import SettingError
+
+    with pytest.raises(SettingError, match=r"alpha=.* it must be a number in \[0, 1\]") as err:
+        PRADOTConfig(alpha=alpha)
+    assert err.value.setting == "alpha"
 
 
 def test_zero_norm_features_give_no_nan():

@@ -187,9 +187,9 @@ def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return mask
     if mask.dtype == bool:
         img = Image.fromarray(mask.astype(np.uint8) * 255)
-        return np.asarray(img.resize((size[1], size[0]), Image.NEAREST)) > 0
+        return np.asarray(img.resize((size[1], size[0]), Image.Resampling.NEAREST)) > 0
     img = Image.fromarray(mask)
-    return np.asarray(img.resize((size[1], size[0]), Image.NEAREST))
+    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
 class AnomalyDataset:

@@ -76,7 +76,7 @@ def read_image(path: str | Path, size: int | Sequence[int] | None = None) -> np.
     except Exception as exc:  # UnidentifiedImageError, truncated data (OSError), SyntaxError, ...
         raise DatasetError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     if target is not None and rgb.shape[:2] != target:
-        rgb = np.asarray(Image.fromarray(rgb).resize((target[1], target[0]), Image.BILINEAR), dtype=np.uint8)
+        rgb = np.asarray(Image.fromarray(rgb).resize((target[1], target[0]), Image.Resampling.BILINEAR), dtype=np.uint8)
     rgb = np.ascontiguousarray(rgb)
     return rgb if rgb.flags.writeable else rgb.copy()
 

@@ -8,6 +8,7 @@ The dataset classes are re-exported here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ DATASET_KINDS: tuple[str, ...] = (
 )
 
 
-_LOADERS: dict[str, type[AnomalyDataset]] = {
+_LOADERS: dict[str, Callable[..., AnomalyDataset]] = {
     "mvtec_loco": MVTecLOCODataset,
     "mvtec_ad": MVTecADDataset,
     "mpdd": MPDDDataset,

@@ -360,6 +360,7 @@ def make_pseudo_anomalies(
                 best = (edited, mask, change)
             if change >= min_change:
                 break
+        assert best is not None  # at least one attempt
         edited, mask, _ = best
         c = float(np.random.default_rng([int(seed), i, j, 1]).uniform(c_lo, c_hi))
         edited = _fade(imgs[i], edited, c)

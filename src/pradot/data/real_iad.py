@@ -95,16 +95,16 @@ class RealIADDataset(AnomalyDataset):
         for folder in folders:
             if (folder / f"{category}.json").is_file():
                 return folder / f"{category}.json"
-        folder = next((f for f in folders if f.is_dir()), None)
-        if folder is None:
+        json_folder = next((f for f in folders if f.is_dir()), None)
+        if json_folder is None:
             variants = list_subdirs(root / JSON_FOLDER)
             raise DatasetError(
                 f"Real-IAD split folder for variant {self.variant!r} not found: looked in "
                 f"{' and '.join(str(f) for f in folders)}. Variants found under {root / JSON_FOLDER}: "
                 f"{', '.join(variants) or '(none)'}.\nExpected layout:\n{self.layout}"
             )
-        found = sorted(p.stem for p in folder.glob("*.json"))
-        raise category_error(self.kind, root, category, found, what=f"split files in {folder}")
+        found = sorted(p.stem for p in json_folder.glob("*.json"))
+        raise category_error(self.kind, root, category, found, what=f"split files in {json_folder}")
 
     def train_dir_hint(self) -> str:
         return f"the 'train' list of {self.json_path}"

@@ -47,8 +47,10 @@ CSV_DELIMITERS = (",", ";", "\t")
 _LATIN1_FALLBACK = "pradot-latin1"
 
 
-def _latin1(error: UnicodeDecodeError) -> tuple[str, int]:
+def _latin1(error: UnicodeError) -> tuple[str, int]:
     """Error handler: the bytes cp1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) read as Latin-1."""
+    if not isinstance(error, UnicodeDecodeError):  # registered for decoding only
+        raise error
     return error.object[error.start : error.end].decode("latin-1"), error.end
 
 

@@ -50,6 +50,8 @@ class NavigatorDistance(nn.Module):
         ValueError: unknown kind, or a non-positive dim, hidden or scale.
     """
 
+    scale: torch.Tensor  # a buffer: sigma
+
     def __init__(self, dim: int, hidden: int = 256, kind: str = "learned", scale: float = 1.0, seed: int = 0):
         super().__init__()
         if kind not in DISTANCES:

@@ -24,6 +24,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -83,7 +84,13 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 #: the source scene ``--generate`` makes (split sizes)
-GENERATED = {"n_train": 60, "n_validation": 10, "n_test_good": 20, "n_test_logical": 0, "n_test_structural": 30}
+GENERATED: dict[str, Any] = {
+    "n_train": 60,
+    "n_validation": 10,
+    "n_test_good": 20,
+    "n_test_logical": 0,
+    "n_test_structural": 30,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -165,8 +165,8 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     shrinking) as training's ``ImageDataset`` does; an 8-bit RGB image is resized as decoded, without a
     full-size copy."""
     if img.mode == "RGB":
-        return np.asarray(img if img.size == size else img.resize(size, Image.BILINEAR), dtype=np.uint8)
+        return np.asarray(img if img.size == size else img.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
     rgb = _rgb(img)
     if rgb.shape[1::-1] == size:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -129,11 +129,23 @@ def test_readme_overrides_reach_the_config_paths():
         ({"model": {"alpha": {"type": "uniform", "low": 0.5, "high": 0.5}}}, "low 0.5 must be < high 0.5"),
         ({"model": {"epsilon": {"type": "loguniform", "low": 0, "high": 0.1}}}, None),  # the library: epsilon > 0
         ({"model": {"eta": {"type": "loguniform", "low": 0.0, "high": 0.9}}}, "loguniform needs low > 0"),
-        ({"model": {"alpha": {"type": "uniform", "low": 0, "high": 2}}}, "model.alpha: 2: alpha must lie in [0, 1]"),
-        ({"model": {"eta": {"type": "choice", "values": [0.5, 1.5]}}}, "model.eta: 1.5: eta must lie in [0, 1]"),
+        (
+            {"model": {"alpha": {"type": "uniform", "low": 0, "high": 2}}},
+            "model.alpha: 2 is out of range: it must be a number in [0, 1]",
+        ),
+        (
+            {"model": {"eta": {"type": "choice", "values": [0.5, 1.5]}}},
+            "model.eta: 1.5 is out of range: it must be a number in [0, 1]",
+        ),
         ({"model": {"n": {"type": "choice", "values": [1.5]}}}, "n >= 1 must be an integer"),
-        ({"model": {"n": {"type": "choice", "values": [0]}}}, "model.n: 0: n (prototypes per cell) must be > 0"),
-        ({"sinkhorn_iters": {"type": "int", "low": 0, "high": 10}}, "sinkhorn_iters must be >= 1"),
+        (
+            {"model": {"n": {"type": "choice", "values": [0]}}},
+            "model.n: 0 is out of range: it must be a number in (0, 1024]",
+        ),
+        (
+            {"sinkhorn_iters": {"type": "int", "low": 0, "high": 10}},
+            "sinkhorn_iters: 0 is out of range: it must be an integer >= 1",
+        ),
         ({"batch_ratio": {"type": "choice", "values": [0.5, 2]}}, "batch_ratio: 0.5 must be >= 1"),
         ({"model": {"alpha": {"type": "choice", "values": ["x"]}}}, "model.alpha: 'x' is not a number"),
         ({"model": {"alpha": {"type": "choice", "values": []}}}, "needs a non-empty list of values"),
