@@ -14,6 +14,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output and logs as valid UTF-8: tests give files undecodable names (``os.fsdecode(b"caf\\xe9")``
+    holds a lone surrogate), and pytest-xdist's workers cannot send such text to the controller (an internal
+    error that stops the worker). Escaped as ``\\udce9``; the tests' own assertions see the original text."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8")) for title, text in report.sections
+    ]
+
+
 def pytest_collection_modifyitems(session, config, items):
     """The modules that start services or subprocesses (a ``slow`` test in them) first, each kept whole and in
     its own order: with ``-n auto --dist loadfile`` the longest modules start at once on different workers
