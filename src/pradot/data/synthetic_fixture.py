@@ -228,7 +228,9 @@ def _draw(parts: list[sb.Part], light: dict[str, Any], canvas: sb.Canvas) -> np.
         a = sb._coverage(sdf)[..., None]
         rgb[ys, xs] = rgb[ys, xs] * (1 - a) + prgb * a
     low = np.asarray(
-        PIL.Image.fromarray(light["low"].astype(np.float32)).resize((canvas.size, canvas.size), PIL.Image.BILINEAR),
+        PIL.Image.fromarray(light["low"].astype(np.float32)).resize(
+            (canvas.size, canvas.size), PIL.Image.Resampling.BILINEAR
+        ),
         dtype=np.float64,
     )
     rgb *= (1.0 + 0.03 * low)[..., None]
