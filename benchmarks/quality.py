@@ -74,6 +74,12 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=20, help="test images per type (good, logical, structural)")
     p.add_argument("--data-root", default=None, help="default: a folder under the system's temp dir")
     p.add_argument("--output", default=None, help="JSON file (default benchmarks/results/quality-cpu.json)")
+    p.add_argument(
+        "--selection-size",
+        type=int,
+        default=None,
+        help="px at which the selection scores localisation (default: maps')",
+    )
     p.add_argument("--skip-paper", action="store_true", help="no paper-ensemble row (saves its four fits)")
     p.add_argument("--no-mahalanobis", action="store_true", help="no per-cell covariance twins of the recipe's banks")
     p.add_argument("--mahalanobis-tau", choices=("fixed", "image"), default="fixed", help="the twins' normaliser")
@@ -224,12 +230,12 @@ def _fuse(models, maps, weights=None, stats=None, normalisation="none") -> np.nd
     return ens.fuse([torch.from_numpy(m) for m in maps])[0].numpy()
 
 
-def _select(cands, test, pseudo_maps, evalset, step: float) -> tuple[dict, np.ndarray, list[int]]:
+def _select(cands, test, pseudo_maps, evalset, step: float, size=None) -> tuple[dict, np.ndarray, list[int]]:
     """promote fusion=search on the candidates' pseudo-set maps; the test maps of the chosen fusion."""
     from pradot.fusion import choose_fusion
 
     groups, styles, masks = evalset
-    choice = choose_fusion(pseudo_maps, groups, styles, masks, normalisation="per_member", step=step)
+    choice = choose_fusion(pseudo_maps, groups, styles, masks, normalisation="per_member", step=step, size=size)
     chosen = choice.members
     fused = _fuse(
         [cands[i][1] for i in chosen],
@@ -308,7 +314,7 @@ def category_section(args, category: str, root: Path) -> dict:
     evalset = (groups, styles, masks)
 
     def select(cs):
-        return _select(cs, test, [pseudo[lab] for lab, _ in cs], evalset, args.weight_step)
+        return _select(cs, test, [pseudo[lab] for lab, _ in cs], evalset, args.weight_step, args.selection_size)
 
     sel, sel_maps, chosen = select(cands)
     cands_p = [*cands, ("padim", models["padim"])]
