@@ -1,7 +1,7 @@
 """Why PRADOT's local banks trail PaDiM on structural anomalies of near-rigid scenes (issue 25), one candidate
 cause at a time, on the same backbone features of each embedded category:
 
-    python -m benchmarks.structural_gap --output benchmarks/results/structural-gap-cpu.json   # ~15 min, 2 cores
+    python -m benchmarks.structural_gap --output benchmarks/results/structural-gap-cpu.json   # about 70 s a category on an idle 2-core machine
 
 Rows (every PRADOT row is the recipe's member ``s2 a0.3 k3 sigma4`` unless it says otherwise; one fit per
 (stage option, n), shared by the scoring variants):
@@ -13,8 +13,8 @@ Rows (every PRADOT row is the recipe's member ``s2 a0.3 k3 sigma4`` unless it sa
   per-image maximum) instead of each image's own maximum;
 * ``mahalanobis``: the per-cell covariance of the residuals in the feature term
   (:mod:`pradot.local_covariance`), Eq. 3's per-image normaliser; ``mahalanobis fixed-tau``: with the fixed
-  normaliser; ``... own cell``: the same with alpha = 1 - 1e-6 spatial weight replaced by no slack at all
-  (each query compared only with its own cell's prototypes: PaDiM with n prototypes);
+  normaliser; ``mahalanobis own cell``: no spatial slack at all (each query compared only with its own
+  cell's prototypes: PaDiM with n prototypes);
 * ``padim``: ``pradot.padim`` (stages 2+3, sample covariance + 0.01 I);
 * ``pradot + padim``: the two maps standardised per member on the training maps and averaged.
 
