@@ -1,7 +1,7 @@
 """Why PRADOT's local banks trail PaDiM on structural anomalies of near-rigid scenes (issue 25), one candidate
 cause at a time, on the same backbone features of each embedded category:
 
-    python -m benchmarks.structural_gap --output benchmarks/results/structural-gap-cpu.json   # ~70 s a category, idle 2 cores
+    python -m benchmarks.structural_gap --output benchmarks/results/structural-gap-cpu.json  # ~70 s/category
 
 Rows (every PRADOT row is the recipe's member ``s2 a0.3 k3 sigma4`` unless it says otherwise; one fit per
 (stage option, n), shared by the scoring variants):
