@@ -58,7 +58,7 @@ PSEUDO_KINDS = ("cutpaste", "noise", "blotch", "shuffle", "moved_patch")
 
 def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--categories", default="screw_bag,fastener_kit")
+    p.add_argument("--categories", default="fixture_plate,screw_bag,fastener_kit,woven_fabric")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--n", type=int, default=4, help="prototypes per cell")
@@ -74,6 +74,15 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=20, help="test images per type (good, logical, structural)")
     p.add_argument("--data-root", default=None, help="default: a folder under the system's temp dir")
     p.add_argument("--output", default=None, help="JSON file (default benchmarks/results/quality-cpu.json)")
+    p.add_argument(
+        "--selection-size",
+        type=int,
+        default=None,
+        help="px at which the selection scores localisation (default: maps')",
+    )
+    p.add_argument("--skip-paper", action="store_true", help="no paper-ensemble row (saves its four fits)")
+    p.add_argument("--no-mahalanobis", action="store_true", help="no per-cell covariance twins of the recipe's banks")
+    p.add_argument("--mahalanobis-tau", choices=("fixed", "image"), default="fixed", help="the twins' normaliser")
     return p.parse_args(argv)
 
 
@@ -167,6 +176,33 @@ def _direct_recipe(train: dict, test: dict, size: int, sigma: float = 4.0) -> tu
     return maps, t1 - t0, time.perf_counter() - t1
 
 
+def _mahalanobis_twins(args, recipe, feats) -> list:
+    """Each recipe bank scored with the per-cell covariance feature term (:mod:`pradot.local_covariance`, the
+    fixed training normaliser unless ``--mahalanobis-tau image``): ``[(label, base model, maps_of(split))]``;
+    fit seconds = the bank's fit + the covariances and the normaliser."""
+    from pradot.local_covariance import cell_residual_covariance, mahalanobis_scores, training_normaliser
+
+    out = []
+    for lab, m in recipe:
+        (stage,) = m.config.stages
+        t0 = time.perf_counter()
+        bank = m.banks[str(stage)]
+        train = m.prototypes.transform({stage: feats["train"][stage]})[stage]
+        prec = cell_residual_covariance(bank, train)
+        tau = training_normaliser(bank, prec, train) if args.mahalanobis_tau == "fixed" else None
+        label = f"{lab} mahalanobis"
+        FIT_SECONDS[label] = FIT_SECONDS[lab] + time.perf_counter() - t0
+
+        def maps_of(split: dict, m=m, bank=bank, prec=prec, tau=tau, stage=stage) -> np.ndarray:
+            f = m.prototypes.transform({stage: split[stage]})[stage]
+            B, _, H, W = f.shape
+            s = mahalanobis_scores(bank, prec, f, normaliser=tau).reshape(B, H, W)
+            return m.prototypes.fuse({stage: s}).numpy()
+
+        out.append((label, m, maps_of))
+    return out
+
+
 def _timed(label: str, fit):
     """``fit()`` with its seconds recorded under ``label``."""
     t0 = time.perf_counter()
@@ -194,12 +230,12 @@ def _fuse(models, maps, weights=None, stats=None, normalisation="none") -> np.nd
     return ens.fuse([torch.from_numpy(m) for m in maps])[0].numpy()
 
 
-def _select(cands, test, pseudo_maps, evalset, step: float) -> tuple[dict, np.ndarray, list[int]]:
+def _select(cands, test, pseudo_maps, evalset, step: float, size=None) -> tuple[dict, np.ndarray, list[int]]:
     """promote fusion=search on the candidates' pseudo-set maps; the test maps of the chosen fusion."""
     from pradot.fusion import choose_fusion
 
     groups, styles, masks = evalset
-    choice = choose_fusion(pseudo_maps, groups, styles, masks, normalisation="per_member", step=step)
+    choice = choose_fusion(pseudo_maps, groups, styles, masks, normalisation="per_member", step=step, size=size)
     chosen = choice.members
     fused = _fuse(
         [cands[i][1] for i in chosen],
@@ -257,14 +293,16 @@ def category_section(args, category: str, root: Path) -> dict:
     feats["pseudo"] = _features(bb, images, S)
     log(f"{category}: features in {time.perf_counter() - t0:.0f}s")
     FIT_SECONDS.clear()
-    paper = _banks(args, feats, 1, 0.0)
+    paper = [] if args.skip_paper else _banks(args, feats, 1, 0.0)
     recipe = _banks(args, feats, args.aggregation, args.sigma)
     baselines = _baselines(args, bb, feats)
+    twins = [] if args.no_mahalanobis else _mahalanobis_twins(args, recipe, feats)
     log(f"{category}: models fitted at {time.perf_counter() - t0:.0f}s")
     test, score_seconds = {}, {}
-    for lab, m in [*paper, *recipe, *baselines]:
+    scorers = [(lab, lambda f, m=m: _maps(m, f)) for lab, m in [*paper, *recipe, *baselines]]
+    for lab, maps_of in [*scorers, *[(lab, fn) for lab, _, fn in twins]]:
         t1 = time.perf_counter()
-        test[lab] = _maps(m, feats["test"])
+        test[lab] = maps_of(feats["test"])
         score_seconds[lab] = time.perf_counter() - t1
     test["direct recipe"], FIT_SECONDS["direct recipe"], score_seconds["direct recipe"] = _direct_recipe(
         feats["train"], feats["test"], S
@@ -272,10 +310,17 @@ def category_section(args, category: str, root: Path) -> dict:
     models = dict([*recipe, *baselines])
     cands = [*recipe, ("memory bank", models["memory bank"])]
     pseudo = {lab: _maps(m, feats["pseudo"]) for lab, m in [*cands, ("padim", models["padim"])]}
+    pseudo.update({lab: fn(feats["pseudo"]) for lab, _, fn in twins})
     evalset = (groups, styles, masks)
-    sel, sel_maps, chosen = _select(cands, test, [pseudo[lab] for lab, _ in cands], evalset, args.weight_step)
+
+    def select(cs):
+        return _select(cs, test, [pseudo[lab] for lab, _ in cs], evalset, args.weight_step, args.selection_size)
+
+    sel, sel_maps, chosen = select(cands)
     cands_p = [*cands, ("padim", models["padim"])]
-    sel_p, sel_p_maps, chosen_p = _select(cands_p, test, [pseudo[lab] for lab, _ in cands_p], evalset, args.weight_step)
+    sel_p, sel_p_maps, chosen_p = select(cands_p)
+    cands_m = [*cands_p, *[(lab, m) for lab, m, _ in twins]]
+    sel_m, sel_m_maps, chosen_m = select(cands_m) if twins else (sel_p, sel_p_maps, chosen_p)
     n_train, n_test = len(splits.train), len(splits.test)
 
     def timing(fit_labels, score_labels) -> dict:
@@ -285,19 +330,22 @@ def category_section(args, category: str, root: Path) -> dict:
         }
 
     paper_labels = [lab for lab, _ in paper]
+    paper_maps = _fuse([m for _, m in paper], [test[lab] for lab, _ in paper]) if paper else None
     out = {
-        "paper_ensemble": _metrics(splits, _fuse([m for _, m in paper], [test[lab] for lab, _ in paper]), S),
+        **({"paper_ensemble": _metrics(splits, paper_maps, S)} if paper else {}),
         "selected": {**sel, "metrics": _metrics(splits, sel_maps, S)},
         "selected_with_padim": {**sel_p, "metrics": _metrics(splits, sel_p_maps, S)},
+        "selected_with_mahalanobis": {**sel_m, "metrics": _metrics(splits, sel_m_maps, S)},
         "baseline": _metrics(splits, test["memory bank"], S),
         "models": {lab: _metrics(splits, m, S) for lab, m in test.items()},
         "timing": {
             "backbone_seconds_per_image": round(backbone_per_image, 5),
             "note": "fit: on cached backbone features (every candidate for the selections); score: from features "
             "(the chosen members for the selections); add backbone_seconds_per_image for images",
-            "paper_ensemble": timing(paper_labels, paper_labels),
+            **({"paper_ensemble": timing(paper_labels, paper_labels)} if paper else {}),
             "selected": timing([lab for lab, _ in cands], [cands[i][0] for i in chosen]),
             "selected_with_padim": timing([lab for lab, _ in cands_p], [cands_p[i][0] for i in chosen_p]),
+            "selected_with_mahalanobis": timing([lab for lab, _ in cands_m], [cands_m[i][0] for i in chosen_m]),
             **{lab: timing([lab], [lab]) for lab in test},
         },
         "candidates_validation": {
@@ -313,36 +361,50 @@ def category_section(args, category: str, root: Path) -> dict:
     }
     log(f"{category}: done in {out['seconds']:.0f}s; selected {sel['members']} w={sel['weights']}")
     log(f"{category}: with PaDiM a candidate: {sel_p['members']} w={sel_p['weights']}")
+    log(f"{category}: with the covariance twins too: {sel_m['members']} w={sel_m['weights']}")
     return out
 
 
+def _columns(sec: dict) -> list[tuple[str, str]]:
+    """(metric key, header) per anomaly type: image AUROC and AU-sPRO@0.05 (LOCO layout: its official metrics,
+    no pixel AUROC) or image AUROC, pixel AUROC and AU-PRO@0.3 (AD layout: over every defect)."""
+    keys = sec["selected"]["metrics"]
+    if "image_auroc_structural_anomalies" in keys:
+        return [
+            (f"{m}_{t}_anomalies", f"{t}: {h}")
+            for t in ("logical", "structural")
+            for m, h in (("image_auroc", "image AUROC"), ("au_spro_0.05", "AU-sPRO@0.05"))
+        ]
+    return [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("au_pro_0.3", "AU-PRO@0.3")]
+
+
 def table(result: dict) -> str:
-    """Markdown: per category, each model's image AUROC / AU-sPRO@0.05 per anomaly type and its seconds per image."""
+    """Markdown: per category, each model's metrics per anomaly type (:func:`_columns`) and its seconds per image
+    (fit per training image, score per test image, on cached backbone features)."""
     lines = []
     for cat, sec in result["categories"].items():
+        cols = _columns(sec)
         lines += [
             f"\n{cat}",
-            "| model | logical: image AUROC | logical: AU-sPRO@0.05 | structural: image AUROC | "
-            "structural: AU-sPRO@0.05 | fit s/img | score s/img |",
-            "|---|---|---|---|---|---|---|",
+            "| model | " + " | ".join(h for _, h in cols) + " | fit s/img | score s/img |",
+            "|---" * (len(cols) + 3) + "|",
         ]
         rows = [
-            ("paper ensemble", sec["paper_ensemble"], "paper_ensemble"),
+            *([("paper ensemble", sec["paper_ensemble"], "paper_ensemble")] if "paper_ensemble" in sec else []),
             ("selected (experiment=best)", sec["selected"]["metrics"], "selected"),
             ("selected, PaDiM a candidate", sec["selected_with_padim"]["metrics"], "selected_with_padim"),
-            *[(lab, sec["models"][lab], lab) for lab in ROWS if lab in sec["models"]],
+            ("selected, + covariance twins", sec["selected_with_mahalanobis"]["metrics"], "selected_with_mahalanobis"),
+            *[(lab, m, lab) for lab, m in sec["models"].items()],
         ]
         for name, m, tkey in rows:
             t = sec["timing"][tkey]
             lines.append(
                 f"| {name} | "
-                + " | ".join(f"{m[k]:.3f}" for k in SHOWN[:4])
+                + " | ".join(f"{m[k]:.3f}" if k in m else "-" for k, _ in cols)
                 + f" | {t['fit_seconds_per_train_image']:.4f} | {t['score_seconds_per_test_image']:.4f} |"
             )
-        lines.append(f"selected: {sec['selected']['members']} weights {sec['selected']['weights']}")
-        lines.append(
-            f"with PaDiM: {sec['selected_with_padim']['members']} weights {sec['selected_with_padim']['weights']}"
-        )
+        for key in ("selected", "selected_with_padim", "selected_with_mahalanobis"):
+            lines.append(f"{key}: {sec[key]['members']} weights {sec[key]['weights']}")
     return "\n".join(lines)
 
 
@@ -359,11 +421,13 @@ def main(argv=None) -> int:
         "date": _dt.datetime.now().isoformat(),
         "machine": machine_info(torch.device("cpu")),
         "settings": vars(args) | {"data_root": str(root)},
-        "categories": {c: category_section(args, c, root) for c in args.categories.split(",") if c},
+        "categories": {},
     }
-    result["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(args.output) if args.output else REPO / "benchmarks" / "results" / "quality-cpu.json"
-    write_json(result, out)
+    for c in [c for c in args.categories.split(",") if c]:
+        result["categories"][c] = category_section(args, c, root)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(result, out)  # after every category: a long run keeps what it measured
     print(table(result))
     print(f"\nwritten: {out} ({result['seconds']:.0f}s)")
     return 0

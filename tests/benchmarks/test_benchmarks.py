@@ -370,9 +370,16 @@ def test_quality_comparison_at_a_tiny_size(tmp_path):
     assert len(sec["selected"]["members"]) == len(sec["selected"]["weights"]) >= 1
     assert abs(sum(sec["selected"]["weights"]) - 1) < 1e-9
     assert set(sec["candidates_validation"]) >= {"memory bank"}
-    # the paper's 4 banks, the recipe's 4 and every baseline row (memory bank before/after, direct recipe, PaDiM)
-    assert set(quality.ROWS) <= set(sec["models"]) and len(sec["models"]) == 8 + len(quality.ROWS)
-    assert set(quality.SHOWN) <= set(sec["selected_with_padim"]["metrics"])
+    # the paper's 4 banks, the recipe's 4, their 4 covariance twins and every baseline row (memory bank
+    # before/after, direct recipe, PaDiM)
+    assert set(quality.ROWS) <= set(sec["models"]) and len(sec["models"]) == 12 + len(quality.ROWS)
+    assert sum(lab.endswith(" mahalanobis") for lab in sec["models"]) == 4
+    for key in ("selected_with_padim", "selected_with_mahalanobis"):
+        assert set(quality.SHOWN) <= set(sec[key]["metrics"])
+        assert set(sec["timing"][key]) == {
+            "fit_seconds_per_train_image",
+            "score_seconds_per_test_image",
+        }
     assert sec["n_images"] == {"train": 8, "validation": 4, "test": 9, "pseudo_anomalies": 4}
 
 

@@ -66,7 +66,7 @@ KNOWN_CATEGORIES: dict[str, tuple[str, ...]] = {
         "pcb4",
         "pipe_fryum",
     ),
-    "synthetic": ("screw_bag", "fastener_kit", "woven_fabric", "wood_grain"),
+    "synthetic": ("screw_bag", "fastener_kit", "fixture_plate", "woven_fabric", "wood_grain"),
     "folder": (),
     "mvtec_ad2": ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"),
     "real_iad": (

@@ -16,7 +16,8 @@ detecting a part-sized piece of the region saturates; other defects saturate at 
 each test image; ``.pradot_synthetic.json`` is the stamp ``ensure_synthetic`` compares.
 
 ``fastener_kit`` puts parts at fixed seats on a plain board: its logical anomalies a memory bank of patches
-cannot see.
+cannot see. ``fixture_plate`` (:mod:`pradot.data.synthetic_fixture`) holds parts in machined pockets with about
+a pixel of play: the near-rigid layout where a Gaussian per position (PaDiM) is strongest.
 
 CLI: ``python -m pradot.data.synthetic --root DIR --category screw_bag [--seed S --image-size PX ...]``
 (also installed as ``pradot-synthetic``).
@@ -66,7 +67,8 @@ __all__ = [
 
 GENERATOR_VERSION = 1
 STAMP_NAME = ".pradot_synthetic.json"
-OBJECT_SCENES: tuple[str, ...] = ("screw_bag", "fastener_kit")  # fastener_kit: pradot.data.synthetic_kit
+#: fastener_kit: pradot.data.synthetic_kit; fixture_plate: pradot.data.synthetic_fixture (near-rigid pockets)
+OBJECT_SCENES: tuple[str, ...] = ("screw_bag", "fastener_kit", "fixture_plate")
 # textures and the high-resolution fine_weave: pradot.data.synthetic_texture (MVTec AD layout)
 SCENES: tuple[str, ...] = OBJECT_SCENES + AD_CATEGORIES
 DEFAULTS: dict[str, int] = {
@@ -151,6 +153,10 @@ def _scene(category: str):
         from . import synthetic_kit
 
         return synthetic_kit
+    if category == "fixture_plate":
+        from . import synthetic_fixture
+
+        return synthetic_fixture
     return _bag
 
 
@@ -300,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pradot-synthetic",
         description="Generate a synthetic MVTec LOCO-style dataset (logical + structural anomalies): the screw_bag "
-        "scene or the fastener_kit scene.",
+        "scene, the fastener_kit or the fixture_plate scene, or a texture.",
     )
     parser.add_argument("--root", required=True, help="folder that will hold <category>/")
     parser.add_argument("--category", default="screw_bag", choices=SCENES)
