@@ -13,8 +13,13 @@ def store(sqlite_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment writes it; restored after
+    from tests.helpers import tracking_uri
+
     client = mlflow.MlflowClient(sqlite_uri)
     client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield client
-    while mlflow.active_run():
-        mlflow.end_run()
+    # set explicitly too: a URI another test (or a module fixture) of this worker set with mlflow.set_tracking_uri
+    # would win over the variable
+    with tracking_uri(sqlite_uri):
+        yield client
+        while mlflow.active_run():
+            mlflow.end_run()

@@ -24,6 +24,7 @@ import torch
 from pipelines import config, promote_settings, registry
 from pipelines.promote import run as promote
 from pipelines.promote.select import PromotionError, select_best
+from pradot.names import markdown_cell
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -457,7 +458,8 @@ def test_mlflow_run_reproduce_end_to_end_serves_the_promoted_ensemble(tmp_path):
         entry="reproduce",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "== PRADOT reproduce finished ==" in proc.stdout and "[baseline]" in proc.stdout
+    # the comparison table is Markdown: its labels escaped as cells (pradot.names.markdown_cell)
+    assert "== PRADOT reproduce finished ==" in proc.stdout and markdown_cell("[baseline]") in proc.stdout
     client = client_for(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     entry = sorted(r.data.tags.get("pradot.entry_point") for r in runs)
