@@ -375,6 +375,10 @@ def test_interrupted_sweep_resumes_and_finishes_the_remaining_trials(services):
     assert statuses == ["TERMINATED"] * 3
 
 
+#: enough epochs that Ctrl+C, sent once a trial logged its second, lands mid-trial; few enough for the resume
+CTRL_C_EPOCHS = 16
+
+
 @pytest.mark.slow
 def test_ctrl_c_under_mlflow_run_interrupts_the_running_trial_and_resume_finishes_it(services):
     """The user's path: `mlflow run . -e sweep` in a terminal, Ctrl+C (SIGINT to the whole process group:
@@ -395,7 +399,7 @@ def test_ctrl_c_under_mlflow_run_interrupts_the_running_trial_and_resume_finishe
             "sweep.max_concurrent_trials=1",
             "sweep.scheduler.type=fifo",
             "sweep.top_k=1",
-            "model.epochs=40",
+            f"model.epochs={CTRL_C_EPOCHS}",
             "sweep.feature_store=object_store",
         ]
     )
@@ -447,7 +451,7 @@ def test_ctrl_c_under_mlflow_run_interrupts_the_running_trial_and_resume_finishe
     ]
     assert "sweep interrupted after 0 of 2 trials" in text, text[-3000:]
     (cut,) = [c for c in children if c.data.tags["pradot.trial_status"] == "interrupted"]
-    assert cut.info.status == "KILLED" and 2 <= int(cut.data.tags["pradot.epochs_trained"]) < 40
+    assert cut.info.status == "KILLED" and 2 <= int(cut.data.tags["pradot.epochs_trained"]) < CTRL_C_EPOCHS
 
     folder = storage / "ctrlc"
     done = _run_sweep(services, ["sweep.resume=true", f"sweep.resume_from={folder}"])
@@ -455,10 +459,14 @@ def test_ctrl_c_under_mlflow_run_interrupts_the_running_trial_and_resume_finishe
     after = client.get_run(cut.info.run_id)
     assert after.info.status == "FINISHED" and after.data.tags["pradot.trial_status"] == "completed"
     assert after.data.tags["pradot.attempts"] == "2"
-    assert sorted(int(m.step) for m in client.get_metric_history(cut.info.run_id, "epoch")) == list(range(1, 41))
+    assert sorted(int(m.step) for m in client.get_metric_history(cut.info.run_id, "epoch")) == list(
+        range(1, CTRL_C_EPOCHS + 1)
+    )
     # the resumed sweep still knows the overrides it was started with: promote's hint repeats them
     hint = next(line for line in done.stdout.splitlines() if line.startswith("next"))
-    assert '-P overrides="experiment=ci' in hint and "model.epochs=40" in hint and "sweep.name" not in hint
+    assert (
+        '-P overrides="experiment=ci' in hint and f"model.epochs={CTRL_C_EPOCHS}" in hint and "sweep.name" not in hint
+    )
 
 
 # ------------------------------------------------------------------------------------ bad input
