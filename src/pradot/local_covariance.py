@@ -27,7 +27,8 @@ test oracle.
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import torch
 
@@ -38,6 +39,12 @@ from .scoring import cell_copies
 
 __all__ = [
     "cell_residual_covariance",
+    "feature_cost_maxima",
+    "cell_metric_map",
+    "fit_cell_metrics",
+    "metrics_state",
+    "precision_from_moment",
+    "residual_moment",
     "mahalanobis_feature_cost",
     "mahalanobis_scores",
     "mahalanobis_scores_reference",
@@ -72,6 +79,49 @@ def _grid_embeddings(bank: PrototypeBank, feats: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def residual_moment(bank: PrototypeBank, feats: torch.Tensor) -> torch.Tensor:
+    """The sum over images of ``r r^T`` per grid cell, ``r`` = embedding - nearest of the cell's ``n`` prototypes
+    (the unnormalised PaDiM Eq. 1 on residuals; sums of batches add up to the whole training set's).
+
+    Args:
+        bank: a bank whose prototypes are ``n`` copies of the grid (prototype ``k * H*W + cell``).
+        feats: (B, D, H, W) features of the bank's stage.
+    Returns:
+        (H*W, D, D) float64 on the features' device.
+    Raises:
+        InputError: a bank without per-cell prototypes, features of another shape.
+    """
+    n = _cells(bank)
+    z = _grid_embeddings(bank, feats)  # (B, HW, D)
+    B, HW, D = z.shape
+    p = _buffers(bank)[0].double().reshape(n, HW, D).to(z.device)  # (n, HW, D)
+    d2 = ((z[:, None] - p[None]) ** 2).sum(-1)  # (B, n, HW)
+    k = d2.argmin(1)  # (B, HW): the nearest copy at each cell
+    nearest = p[k, torch.arange(HW, device=z.device)[None].expand(B, HW)]  # (B, HW, D)
+    r = z - nearest
+    return torch.einsum("nid,nie->ide", r, r)
+
+
+def precision_from_moment(moment: torch.Tensor, count: int, eps: float = 0.01) -> torch.Tensor:
+    """PaDiM Eq. 1's regularised inverse: ``(moment / count + eps I)^-1`` per cell, by Cholesky.
+
+    Args:
+        moment: (H*W, D, D) from :func:`residual_moment` summed over ``count`` images; count >= 2; eps > 0.
+    Returns:
+        (H*W, D, D) float64 precisions.
+    Raises:
+        InputError: ``count < 2`` or ``eps <= 0``.
+    """
+    if int(count) < 2:
+        raise InputError(f"a per-cell covariance needs at least 2 training images, got {count}")
+    if not float(eps) > 0:
+        raise InputError(f"eps must be > 0, got {eps!r}")
+    D = moment.shape[-1]
+    cov = moment.double() / int(count) + float(eps) * torch.eye(D, dtype=torch.float64, device=moment.device)
+    return torch.cholesky_inverse(torch.linalg.cholesky(cov))
+
+
+@torch.no_grad()
 def cell_residual_covariance(bank: PrototypeBank, feats: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
     """PaDiM Eq. 1 on PRADOT's residuals: per grid cell, the precision of (training embedding - nearest of the
     cell's ``n`` prototypes).
@@ -86,20 +136,12 @@ def cell_residual_covariance(bank: PrototypeBank, feats: torch.Tensor, eps: floa
     Raises:
         InputError: fewer than 2 images, ``eps <= 0``, or a bank without per-cell prototypes.
     """
-    n = _cells(bank)
+    _cells(bank)
     if feats.shape[0] < 2:
         raise InputError(f"a per-cell covariance needs at least 2 training images, got {feats.shape[0]}")
     if not float(eps) > 0:
         raise InputError(f"eps must be > 0, got {eps!r}")
-    z = _grid_embeddings(bank, feats)  # (N, HW, D)
-    N, HW, D = z.shape
-    p = _buffers(bank)[0].double().reshape(n, HW, D)  # (n, HW, D)
-    d2 = ((z[:, None] - p[None]) ** 2).sum(-1)  # (N, n, HW)
-    k = d2.argmin(1)  # (N, HW): the nearest copy at each cell
-    nearest = p[k, torch.arange(HW)[None].expand(N, HW)]  # (N, HW, D)
-    r = z - nearest
-    cov = torch.einsum("nid,nie->ide", r, r) / N + float(eps) * torch.eye(D, dtype=torch.float64)
-    return torch.cholesky_inverse(torch.linalg.cholesky(cov))
+    return precision_from_moment(residual_moment(bank, feats), feats.shape[0], eps)
 
 
 def mahalanobis_feature_cost(z: torch.Tensor, p: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -124,7 +166,7 @@ def _spatial(bank: PrototypeBank, alpha: float) -> torch.Tensor | None:
     if alpha <= 0:
         return None
     p, rho, grid = _buffers(bank)
-    ms = spatial_cost(grid, rho).double()  # (HW, P)
+    ms = spatial_cost(grid, rho).double()  # (HW, P), on the bank's device
     mx = float(ms.max())
     return ms * (alpha / mx) if mx > 0 else torch.zeros_like(ms)
 
@@ -162,7 +204,7 @@ def mahalanobis_scores(
     ms = _spatial(bank, a)
     out = []
     for s in range(0, B, max(1, int(chunk))):
-        mf = mahalanobis_feature_cost(z[s : s + chunk], _buffers(bank)[0], precision)  # (b, HW, P)
+        mf = mahalanobis_feature_cost(z[s : s + chunk], _buffers(bank)[0].to(z.device), precision)  # (b, HW, P)
         tau = mf.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) if normaliser is None else float(normaliser)
         m = mf * ((1.0 - a) / tau)
         if ms is not None:
@@ -172,15 +214,77 @@ def mahalanobis_scores(
 
 
 @torch.no_grad()
+def feature_cost_maxima(
+    bank: PrototypeBank, precision: torch.Tensor, feats: torch.Tensor, chunk: int = 8
+) -> torch.Tensor:
+    """Eq. 3's per-image normaliser ``max_ij Mf(i, j)`` of each image. feats: (B, D, H, W); returns (B,) float64."""
+    z = _grid_embeddings(bank, feats)
+    p = _buffers(bank)[0].to(z.device)
+    return torch.cat(
+        [mahalanobis_feature_cost(z[s : s + chunk], p, precision).amax(dim=(1, 2)) for s in range(0, z.shape[0], chunk)]
+    )
+
+
 def training_normaliser(bank: PrototypeBank, precision: torch.Tensor, feats: torch.Tensor, chunk: int = 8) -> float:
     """The fixed ``tau`` of :func:`mahalanobis_scores`: the mean over the training images of Eq. 3's per-image
     normaliser ``max_ij Mf(i, j)``. feats: (N, D, H, W) training features."""
-    z = _grid_embeddings(bank, feats)
-    maxima = [
-        mahalanobis_feature_cost(z[s : s + chunk], _buffers(bank)[0], precision).amax(dim=(1, 2))
-        for s in range(0, z.shape[0], chunk)
-    ]
-    return float(torch.cat(maxima).mean())
+    return float(feature_cost_maxima(bank, precision, feats, chunk).mean())
+
+
+@torch.no_grad()
+def fit_cell_metrics(
+    banks: Mapping[int, PrototypeBank],
+    batches: Callable[[], Iterable[Mapping[int, torch.Tensor]]],
+    eps: float = 0.01,
+) -> dict[int, dict[str, Any]]:
+    """Each bank's per-cell precisions (:func:`residual_moment`, :func:`precision_from_moment`) and fixed
+    normaliser (:func:`training_normaliser`) from the training set, in two streamed passes.
+
+    Args:
+        banks: ``{stage: fitted bank}`` (n copies of the grid each).
+        batches: called once per pass, yields ``{stage: (B, D, H, W)}`` features of the banks' stages that
+            together cover the training set once.
+        eps: PaDiM's regulariser (> 0).
+    Returns:
+        ``{stage: {"precision": (H*W, D, D) float32, "normaliser": float}}``; the normaliser is measured with
+        the float32 precisions the model stores, so scores match a reloaded model's.
+    Raises:
+        InputError: fewer than 2 training images, or a bank without per-cell prototypes.
+    """
+    moments: dict[int, torch.Tensor] = {}
+    count = 0
+    for feats in batches():
+        for s, bank in banks.items():
+            m = residual_moment(bank, feats[s])
+            moments[s] = moments[s] + m if s in moments else m
+        count += int(next(iter(feats.values())).shape[0])
+    precision = {s: precision_from_moment(moments.pop(s), count, eps).float() for s in banks}
+    maxima: dict[int, list[torch.Tensor]] = {s: [] for s in banks}
+    for feats in batches():
+        for s, bank in banks.items():
+            maxima[s].append(feature_cost_maxima(bank, precision[s], feats[s]))
+    return {s: {"precision": precision[s], "normaliser": float(torch.cat(maxima[s]).mean())} for s in banks}
+
+
+def cell_metric_map(bank: PrototypeBank, metric: Mapping[str, Any] | None, feats: torch.Tensor) -> torch.Tensor:
+    """One bank's Eq. 6 map with its fitted metric (:func:`fit_cell_metrics`): (B, D, H, W) -> (B, H, W) float32.
+
+    Raises:
+        InputError: no metric (the model was not fitted), or any of :func:`mahalanobis_scores`'s errors.
+    """
+    if metric is None:
+        raise InputError("feature_metric='mahalanobis' scores with precisions fitted after training: fit first")
+    B, _, H, W = feats.shape
+    return mahalanobis_scores(bank, metric["precision"], feats, normaliser=metric["normaliser"]).reshape(B, H, W)
+
+
+def metrics_state(metrics: Mapping[Any, Mapping[str, Any]], device: str | torch.device | None = None) -> dict:
+    """``{stage: {"precision": tensor, "normaliser": float}}`` as plain tensors and floats (what a model file
+    stores and ``torch.load(weights_only=True)`` reads), the precisions moved to ``device`` when given."""
+    return {
+        int(s): {"precision": m["precision"].to(device or m["precision"].device), "normaliser": float(m["normaliser"])}
+        for s, m in metrics.items()
+    }
 
 
 def mahalanobis_scores_reference(
