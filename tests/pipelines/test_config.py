@@ -96,6 +96,11 @@ def test_promote_and_reproduce_options():
     assert config.model_config(config.compose("train", ["experiment=best"])).aggregation == 3
     paper = config.model_config(config.compose("train", ["experiment=paper"]))
     assert (paper.aggregation, paper.concat_stages, paper.smoothing_sigma) == (1, False, 0.0)
+    assert paper.feature_metric == "cosine"
+    maha = config.model_config(config.compose("train", ["model.feature_metric=mahalanobis"]))
+    assert maha.feature_metric == "mahalanobis"
+    with pytest.raises(config.ConfigError, match=r"model\.feature_metric.*cosine"):
+        config.model_config(config.compose("train", ["model.feature_metric=euclid"]))
     for bad, phrase in (
         ("normalisation=zscore", "per_member"),
         ("force=maybe", "true or false"),
