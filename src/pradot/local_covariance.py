@@ -33,7 +33,7 @@ from typing import Any, cast
 import torch
 
 from .cost import spatial_cost
-from .errors import InputError
+from .errors import InputError, NotFittedError
 from .prototypes import PrototypeBank
 from .scoring import cell_copies
 
@@ -270,10 +270,10 @@ def cell_metric_map(bank: PrototypeBank, metric: Mapping[str, Any] | None, feats
     """One bank's Eq. 6 map with its fitted metric (:func:`fit_cell_metrics`): (B, D, H, W) -> (B, H, W) float32.
 
     Raises:
-        InputError: no metric (the model was not fitted), or any of :func:`mahalanobis_scores`'s errors.
+        NotFittedError: no metric (the model was not fitted). InputError: :func:`mahalanobis_scores`'s errors.
     """
     if metric is None:
-        raise InputError("feature_metric='mahalanobis' scores with precisions fitted after training: fit first")
+        raise NotFittedError("feature_metric='mahalanobis' scores with precisions fitted after training: fit first")
     B, _, H, W = feats.shape
     return mahalanobis_scores(bank, metric["precision"], feats, normaliser=metric["normaliser"]).reshape(B, H, W)
 

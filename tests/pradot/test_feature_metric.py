@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pradot.backbone import load_backbone
-from pradot.errors import InputError
+from pradot.errors import InputError, NotFittedError
 from pradot.export import ExportScorer, exportable
 from pradot.local_covariance import cell_residual_covariance
 from pradot.model import PRADOT, PRADOTConfig
@@ -68,7 +68,7 @@ def test_fit_from_images_stores_the_training_sets_precisions(setup):
 
 def test_unfitted_model_is_refused_and_old_files_load_as_cosine(setup):
     backbone, images, model = setup
-    with pytest.raises(InputError, match="fit first"):
+    with pytest.raises(NotFittedError, match="fit first"):
         PRADOT(_config(feature_metric="mahalanobis"), backbone=backbone).score(images[:1])
     cosine = PRADOT(_config(), backbone=backbone).fit(_Images(images), progress=False).eval()
     state = cosine.state()
