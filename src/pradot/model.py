@@ -261,7 +261,9 @@ class PrototypeModel(nn.Module, FeatureScorer):
         bs = int(self.config.batch_size)
         self.fit_metrics(
             lambda: (
-                {s: torch.as_tensor(np.asarray(features[s][i : i + bs])) for s in self.config.stages}
+                {
+                    s: torch.tensor(np.asarray(features[s][i : i + bs])) for s in self.config.stages
+                }  # a copy: memmaps are read-only
                 for i in range(0, n, bs)
             )
         )
