@@ -48,6 +48,7 @@ __all__ = [
     "mahalanobis_feature_cost",
     "mahalanobis_scores",
     "mahalanobis_scores_reference",
+    "prototype_quadratic",
     "training_normaliser",
 ]
 
@@ -95,7 +96,8 @@ def residual_moment(bank: PrototypeBank, feats: torch.Tensor) -> torch.Tensor:
     z = _grid_embeddings(bank, feats)  # (B, HW, D)
     B, HW, D = z.shape
     p = _buffers(bank)[0].double().reshape(n, HW, D).to(z.device)  # (n, HW, D)
-    d2 = ((z[:, None] - p[None]) ** 2).sum(-1)  # (B, n, HW)
+    # squared distances by expansion (no (B, n, HW, D) difference tensor): ||p||^2 - 2 z.p (+ ||z||^2, constant)
+    d2 = (p * p).sum(-1)[None] - 2.0 * torch.einsum("bid,kid->bki", z, p)  # (B, n, HW)
     k = d2.argmin(1)  # (B, HW): the nearest copy at each cell
     nearest = p[k, torch.arange(HW, device=z.device)[None].expand(B, HW)]  # (B, HW, D)
     r = z - nearest
@@ -144,12 +146,24 @@ def cell_residual_covariance(bank: PrototypeBank, feats: torch.Tensor, eps: floa
     return precision_from_moment(residual_moment(bank, feats), feats.shape[0], eps)
 
 
-def mahalanobis_feature_cost(z: torch.Tensor, p: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+def prototype_quadratic(p: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """``p_j^T Lambda_i p_j`` for every cell ``i`` and prototype ``j``: (P, D), (H*W, D, D) -> (H*W, P) float64.
+    Image-independent: computed once per scoring call, a block of cells at a time (about 256 MB of doubles)."""
+    p, L = p.double(), precision.double()
+    block = max(1, 2**25 // (p.shape[0] * p.shape[1]))
+    out = [torch.einsum("ide,je,jd->ij", L[i : i + block], p, p) for i in range(0, L.shape[0], block)]
+    return torch.cat(out)
+
+
+def mahalanobis_feature_cost(
+    z: torch.Tensor, p: torch.Tensor, precision: torch.Tensor, quadratic: torch.Tensor | None = None
+) -> torch.Tensor:
     """The feature term: ``Mf(i, j) = sqrt((z_i - p_j)^T Lambda_i (z_i - p_j))`` (PaDiM Eq. 2 in the metric
     of query ``i``'s cell, prototype ``p_j`` in place of the mean).
 
     Args:
         z: (B, H*W, D) embeddings of B images on the grid; p: (P, D) prototypes; precision: (H*W, D, D).
+        quadratic: (H*W, P) :func:`prototype_quadratic` of ``p`` and ``precision`` when already computed.
     Returns:
         (B, H*W, P) float64 distances, computed as ``z^T L z - 2 (L z)^T p + p^T L p`` (``p^T L_i p`` for
         every cell and prototype once, then one matrix product per image), clamped at 0 before the root.
@@ -157,7 +171,7 @@ def mahalanobis_feature_cost(z: torch.Tensor, p: torch.Tensor, precision: torch.
     z, p, L = z.double(), p.double(), precision.double()
     Lz = torch.einsum("ide,bie->bid", L, z)  # (B, HW, D)
     zz = (Lz * z).sum(-1)  # (B, HW)
-    pLp = torch.einsum("jd,ide,je->ij", p, L, p)  # (HW, P)
+    pLp = prototype_quadratic(p, L) if quadratic is None else quadratic  # (HW, P)
     q = zz[..., None] - 2.0 * torch.einsum("bid,jd->bij", Lz, p) + pLp[None]
     return q.clamp_min(0).sqrt()
 
@@ -178,6 +192,7 @@ def mahalanobis_scores(
     feats: torch.Tensor,
     normaliser: float | None = None,
     chunk: int = 8,
+    quadratic: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 6 with the Mahalanobis feature term: ``S_i = min_j (1 - a) Mf(i, j) / tau + a Ms(i, j) / max Ms``.
 
@@ -188,6 +203,7 @@ def mahalanobis_scores(
         normaliser: ``tau``; None: each image's ``max_ij Mf`` (Eq. 3's normalisation), else this constant
             (> 0), e.g. :func:`training_normaliser`.
         chunk: images per block (bounds memory at chunk * H*W * P doubles).
+        quadratic: (H*W, P) :func:`prototype_quadratic` when already computed (None: computed here).
     Returns:
         (B, H*W) scores, float32.
     Raises:
@@ -203,8 +219,10 @@ def mahalanobis_scores(
     a = float(bank.config.alpha)
     ms = _spatial(bank, a)
     out = []
+    p = _buffers(bank)[0].to(z.device)
+    quad = prototype_quadratic(p, precision) if quadratic is None else quadratic
     for s in range(0, B, max(1, int(chunk))):
-        mf = mahalanobis_feature_cost(z[s : s + chunk], _buffers(bank)[0].to(z.device), precision)  # (b, HW, P)
+        mf = mahalanobis_feature_cost(z[s : s + chunk], p, precision, quad)  # (b, HW, P)
         tau = mf.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) if normaliser is None else float(normaliser)
         m = mf * ((1.0 - a) / tau)
         if ms is not None:
@@ -220,8 +238,12 @@ def feature_cost_maxima(
     """Eq. 3's per-image normaliser ``max_ij Mf(i, j)`` of each image. feats: (B, D, H, W); returns (B,) float64."""
     z = _grid_embeddings(bank, feats)
     p = _buffers(bank)[0].to(z.device)
+    quad = prototype_quadratic(p, precision)
     return torch.cat(
-        [mahalanobis_feature_cost(z[s : s + chunk], p, precision).amax(dim=(1, 2)) for s in range(0, z.shape[0], chunk)]
+        [
+            mahalanobis_feature_cost(z[s : s + chunk], p, precision, quad).amax(dim=(1, 2))
+            for s in range(0, z.shape[0], chunk)
+        ]
     )
 
 
@@ -266,8 +288,10 @@ def fit_cell_metrics(
     return {s: {"precision": precision[s], "normaliser": float(torch.cat(maxima[s]).mean())} for s in banks}
 
 
-def cell_metric_map(bank: PrototypeBank, metric: Mapping[str, Any] | None, feats: torch.Tensor) -> torch.Tensor:
+def cell_metric_map(bank: PrototypeBank, metric: dict[str, Any] | None, feats: torch.Tensor) -> torch.Tensor:
     """One bank's Eq. 6 map with its fitted metric (:func:`fit_cell_metrics`): (B, D, H, W) -> (B, H, W) float32.
+    The image-independent :func:`prototype_quadratic` is kept in ``metric["quadratic"]`` after the first call
+    (not saved: :func:`metrics_state` drops it).
 
     Raises:
         NotFittedError: no metric (the model was not fitted). InputError: :func:`mahalanobis_scores`'s errors.
@@ -275,7 +299,10 @@ def cell_metric_map(bank: PrototypeBank, metric: Mapping[str, Any] | None, feats
     if metric is None:
         raise NotFittedError("feature_metric='mahalanobis' scores with precisions fitted after training: fit first")
     B, _, H, W = feats.shape
-    return mahalanobis_scores(bank, metric["precision"], feats, normaliser=metric["normaliser"]).reshape(B, H, W)
+    if "quadratic" not in metric:
+        metric["quadratic"] = prototype_quadratic(_buffers(bank)[0], metric["precision"])
+    out = mahalanobis_scores(bank, metric["precision"], feats, metric["normaliser"], quadratic=metric["quadratic"])
+    return out.reshape(B, H, W)
 
 
 def metrics_state(metrics: Mapping[Any, Mapping[str, Any]], device: str | torch.device | None = None) -> dict:
