@@ -187,7 +187,17 @@ def data_spec(cfg: DictConfig) -> DataSpec:
 
 
 #: PRADOTConfig's settings -> the configuration keys that set them (errors name the key and its override)
-_MODEL_GROUP = ("alpha", "n", "eta", "epsilon", "sinkhorn_iters", "epochs", "aggregation", "smoothing_sigma")
+_MODEL_GROUP = (
+    "alpha",
+    "n",
+    "eta",
+    "epsilon",
+    "sinkhorn_iters",
+    "epochs",
+    "aggregation",
+    "smoothing_sigma",
+    "feature_metric",
+)
 MODEL_KEYS = {"backbone": "backbone.name", "stages": "backbone.stages", "image_size": "data.image_size", "seed": "seed"}
 MODEL_KEYS.update({k: f"model.{k}" for k in _MODEL_GROUP}, batch_ratio="model.batch_ratio")
 
@@ -214,6 +224,7 @@ def model_config(cfg: DictConfig) -> PRADOTConfig:
             aggregation=m.get("aggregation", 1),
             concat_stages=bool(m.get("concat_stages", False)),
             smoothing_sigma=m.get("smoothing_sigma", 0.0),
+            feature_metric=str(m.get("feature_metric", "cosine")),
         )
 
 

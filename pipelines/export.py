@@ -292,7 +292,8 @@ def _export(settings: ExportSettings, source: Source) -> ExportResult:
     if not exportable(scorer.model):
         raise cli.UsageError(
             f"{settings.model_uri} is a {type(scorer.model).__name__} model; ONNX export supports "
-            f"{SUPPORTED}. Serve it with `mlflow models serve` or score folders with the predict "
+            f"{SUPPORTED} (PRADOT with model.feature_metric=cosine only). Serve it with `mlflow models serve` or "
+            "score folders with the predict "
             "entry point instead"
         )
     export_onnx(

@@ -134,13 +134,19 @@ def promote_options(cfg: DictConfig) -> PromoteOptions:
 # ------------------------------------------------------------------------------------- reproduce
 @dataclass(frozen=True)
 class ReproduceGrid:
-    """The members ``reproduce`` trains: every (stage, alpha) pair (the paper: stages 2, 3 x alpha 0, 0.3)."""
+    """The members ``reproduce`` trains: every (stage, alpha) pair (the paper: stages 2, 3 x alpha 0, 0.3);
+    the members of ``mahalanobis_stages`` score with ``model.feature_metric=mahalanobis`` (the paper: none)."""
 
     stages: tuple[int, ...] = (2, 3)
     alphas: tuple[float, ...] = (0.0, 0.3)
+    mahalanobis_stages: tuple[int, ...] = ()
 
     def members(self) -> list[tuple[int, float]]:
         return [(s, a) for s in self.stages for a in self.alphas]
+
+    def overrides(self, stage: int) -> dict[str, str]:
+        """The per-stage model settings of a member (``{"model.feature_metric": "mahalanobis"}`` or none)."""
+        return {"model.feature_metric": "mahalanobis"} if stage in self.mahalanobis_stages else {}
 
 
 def _floats(key: str, value: Any) -> tuple[float, ...]:
@@ -154,13 +160,20 @@ def _floats(key: str, value: Any) -> tuple[float, ...]:
 
 
 def reproduce_grid(cfg: DictConfig) -> ReproduceGrid:
-    """``stages`` x ``alphas`` of ``conf/reproduce.yaml``.
+    """``stages`` x ``alphas`` and ``mahalanobis_stages`` of ``conf/reproduce.yaml``.
 
     Raises:
-        ConfigError: not numbers, empty, or duplicates.
+        ConfigError: not numbers, empty, duplicates, or a Mahalanobis stage that is not in ``stages``.
     """
     stages = tuple(int(s) for s in _floats("stages", cfg.stages))
     alphas = _floats("alphas", cfg.alphas)
     if len(set(stages)) != len(stages) or len(set(alphas)) != len(alphas):
         raise ConfigError(f"stages {stages} / alphas {alphas} contain duplicates")
-    return ReproduceGrid(stages, alphas)
+    items = checks.list_items(cfg.get("mahalanobis_stages") or [])
+    maha = tuple(int(s) for s in _floats("mahalanobis_stages", items)) if items else ()
+    if not set(maha) <= set(stages):
+        raise ConfigError(
+            f"mahalanobis_stages {list(maha)} must be stages of the grid {list(stages)} (the members that score with "
+            f"model.feature_metric=mahalanobis); e.g. mahalanobis_stages=[2] or mahalanobis_stages=[]"
+        )
+    return ReproduceGrid(stages, alphas, maha)

@@ -90,11 +90,13 @@ def _check_overrides(overrides: Sequence[str], cfg) -> None:
         raise ReproduceError("tracking.register=false: reproduce promotes registered members, they must be registered")
 
 
-def _train_member(cfg, stage: int, alpha: float) -> str:
-    """Train one member as a child run; returns its registered ``name/version``."""
-    member = config.training_view(config.with_overrides(cfg, {"backbone.stages": [stage], "model.alpha": alpha}))
-    log.info("training member stage %d alpha %g", stage, alpha)
-    print(f"\n== reproduce: training member stage {stage}, alpha {alpha:g} ==", flush=True)
+def _train_member(cfg, stage: int, alpha: float, extra: dict[str, str]) -> str:
+    """Train one member as a child run (``extra``: its per-stage model settings); returns its registered
+    ``name/version``."""
+    keys = {"backbone.stages": [stage], "model.alpha": alpha, **extra}
+    member = config.training_view(config.with_overrides(cfg, keys))
+    log.info("training member stage %d alpha %g %s", stage, alpha, extra or "")
+    print(f"\n== reproduce: training member stage {stage}, alpha {alpha:g} {extra or ''} ==", flush=True)
     try:
         out = run_training(
             config.train_settings(member), config.flatten(member), config.resolved_yaml(member), nested=True
@@ -125,11 +127,12 @@ def run(argv: Sequence[str]) -> ReproduceResult:
     ) as run:
         mlflow.log_params(
             {
-                "reproduce.grid": f"stages={list(grid.stages)} alphas={list(grid.alphas)}",
+                "reproduce.grid": f"stages={list(grid.stages)} alphas={list(grid.alphas)}"
+                f" mahalanobis_stages={list(grid.mahalanobis_stages)}",
                 "reproduce.overrides": " ".join(overrides)[:6000],
             }
         )
-        members = [_train_member(cfg, s, a) for s, a in grid.members()]
+        members = [_train_member(cfg, s, a, grid.overrides(s)) for s, a in grid.members()]
         mlflow.set_tag(MEMBERS, ",".join(members))
         print("\n== reproduce: the memory-bank baseline ==", flush=True)
         view = {k: v for k, v in config.flatten(config.training_view(cfg)).items() if not k.startswith("model.")}

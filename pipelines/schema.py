@@ -68,6 +68,7 @@ class ModelSchema:
     aggregation: int = 1
     concat_stages: bool = False
     smoothing_sigma: Number = 0.0
+    feature_metric: str = "cosine"
     tiling: TilingSchema = field(default_factory=TilingSchema)
 
 

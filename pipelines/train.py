@@ -235,6 +235,7 @@ def _log_artifacts_and_model(settings: config.TrainSettings, result, splits, tes
             epsilon=m.epsilon,
             batch_size=m.batch_size,
             epochs=m.epochs,
+            feature_metric=m.feature_metric,
             metrics=flat,
             calibration_source=calibrated.source,
             calibration_n_images=calibration.n_images,

@@ -163,6 +163,7 @@ class BankTags(VersionTags):
     epochs: int | None = _tag()
     aggregation: int | None = _tag()
     smoothing_sigma: float | None = _tag()
+    feature_metric: str | None = _tag()  # "cosine" | "mahalanobis" (PRADOTConfig.feature_metric)
     # a bank chosen by a sweep
     sweep_run_id: str | None = _tag()
     sweep_rank: int | None = _tag()

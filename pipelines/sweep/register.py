@@ -71,6 +71,7 @@ def _version_tags(
         eta=m.eta,
         epsilon=m.epsilon,
         batch_size=m.batch_size,
+        feature_metric=m.feature_metric,
         sweep_run_id=parent_id,
         sweep_rank=rank,
         trial_id=meta["trial_id"],

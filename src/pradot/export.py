@@ -219,18 +219,37 @@ class _MemberHead(nn.Module):
         return gaussian_smooth(fuse_maps(maps), self.sigma)
 
 
+def _mahalanobis(members) -> list[str]:
+    """The PRADOT members scored with the per-cell Mahalanobis feature term (not exported)."""
+    return [type(m).__name__ for m in members if getattr(m.config, "feature_metric", "cosine") != "cosine"]
+
+
 def exportable(model) -> bool:
-    """Whether :func:`export_onnx` supports ``model`` (see :data:`SUPPORTED`): a PRADOT model, a memory bank,
-    or an ensemble whose members are all one of those."""
-    if getattr(model, "KIND", None) == "ensemble":
-        return all(getattr(m, "KIND", None) in HEAD_KINDS for m in model.members)
-    if getattr(model, "KIND", None) == "tiled":
-        return all(getattr(m, "KIND", None) in HEAD_KINDS for m in model.models)
-    return getattr(model, "KIND", None) in HEAD_KINDS
+    """Whether :func:`export_onnx` supports ``model`` (see :data:`SUPPORTED`): a PRADOT model (with the cosine
+    feature term), a memory bank, or an ensemble whose members are all one of those."""
+    kind = getattr(model, "KIND", None)
+    members = model.members if kind == "ensemble" else model.models if kind == "tiled" else [model]
+    return all(getattr(m, "KIND", None) in HEAD_KINDS for m in members) and not _mahalanobis(members)
 
 
 def _members(model) -> tuple[list, Any]:
-    """``(members, ensemble or None)``, by the models' ``KIND`` (:mod:`pradot.base`)."""
+    """``(members, ensemble or None)``, by the models' ``KIND`` (:mod:`pradot.base`).
+
+    Raises:
+        InputTypeError: a kind that has no ONNX head, or a PRADOT member with ``feature_metric="mahalanobis"``.
+    """
+    members, ens = _head_members(model)
+    bad = _mahalanobis(members)
+    if bad:
+        raise InputTypeError(
+            f"ONNX export supports PRADOT with feature_metric='cosine' only; {bad} score with "
+            f"feature_metric='mahalanobis' (per-cell precisions): serve the model file (pradot score / the "
+            f"MLflow model) instead, or train with model.feature_metric=cosine"
+        )
+    return members, ens
+
+
+def _head_members(model) -> tuple[list, Any]:
     if getattr(model, "KIND", None) == "ensemble":
         members = list(model.members)
         bad = [type(m).__name__ for m in members if getattr(m, "KIND", None) not in HEAD_KINDS]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from .backbone import Backbone, backbone_state, load_backbone, restore_backbone
 from .base import FeatureModel, FeatureScorer, as_tensor, prepare_images
 from .checkpoint import MODEL_FORMAT, PROTOTYPES_FORMAT, load_state, save_state
 from .errors import InputError
+from .local_covariance import cell_metric_map, fit_cell_metrics, metrics_state
 from .maps import gaussian_smooth, resize_maps
 from .model_config import EpochStats, FeatureShape, PRADOTConfig
 from .prototypes import BankConfig, PrototypeBank
@@ -120,6 +121,8 @@ class PrototypeModel(nn.Module, FeatureScorer):
             self.banks[str(s)] = PrototypeBank(bc, seed=config.seed + i, device=self.device)
         self.fitted = False
         self.history_: list[EpochStats] = []
+        #: ``{bank stage: {"precision": (H*W, D, D), "normaliser": float}}`` with ``feature_metric="mahalanobis"``
+        self.metrics: dict[int, dict] = {}
 
     @classmethod
     def for_features(
@@ -255,7 +258,24 @@ class PrototypeModel(nn.Module, FeatureScorer):
                     }
 
         self.train_schedule(schedule, batches(), callback, progress, first_epoch=int(start_epoch) + 1)
+        bs = int(self.config.batch_size)
+        self.fit_metrics(
+            lambda: (
+                {
+                    s: torch.tensor(np.asarray(features[s][i : i + bs])) for s in self.config.stages
+                }  # a copy: memmaps are read-only
+                for i in range(0, n, bs)
+            )
+        )
         return self
+
+    def fit_metrics(self, batches: Callable[[], Iterable[Mapping[int, torch.Tensor]]]) -> None:
+        """With ``feature_metric="mahalanobis"``, after the OT epochs: each bank's per-cell precisions and fixed
+        normaliser (:func:`pradot.local_covariance.fit_cell_metrics`) from ``batches()``, which yields the
+        training set's backbone features ``{stage: (B, D, H, W)}`` once per call; nothing with ``"cosine"``."""
+        if self.config.feature_metric == "mahalanobis":
+            banks = {s: self.banks[str(s)] for s in self.bank_stages}
+            self.metrics = fit_cell_metrics(banks, lambda: (self.transform(f) for f in batches()))
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -263,7 +283,13 @@ class PrototypeModel(nn.Module, FeatureScorer):
         """Eq. 6 per bank at feature resolution: backbone features ``{stage: (B, D, H, W)}`` -> ``{bank stage:
         (B, H, W)}`` (CPU), after the feature options (:meth:`transform`)."""
         feats = self.transform(features)
-        return {s: stage_maps(self.banks[str(s)], feats[s]).cpu() for s in self.bank_stages}
+        return {s: self._bank_map(s, feats[s]).cpu() for s in self.bank_stages}
+
+    def _bank_map(self, s: int, f: torch.Tensor) -> torch.Tensor:
+        """Eq. 6 of one bank, (B, D, H, W) -> (B, H, W), with the config's feature term of Eq. 3."""
+        if self.config.feature_metric == "cosine":
+            return stage_maps(self.banks[str(s)], f)
+        return cell_metric_map(self.banks[str(s)], self.metrics.get(s), f)
 
     def fuse(self, per_stage: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """Per-bank maps ``{stage: (B, h, w)}`` -> the model's map (B, S, S): each upsampled to the input
@@ -291,6 +317,7 @@ class PrototypeModel(nn.Module, FeatureScorer):
             "aggregation": int(c.aggregation),
             "concat_stages": bool(c.concat_stages),
             "smoothing_sigma": float(c.smoothing_sigma),
+            "feature_metric": str(c.feature_metric),
         }
 
     # ------------------------------------------------------------------ state
@@ -301,6 +328,7 @@ class PrototypeModel(nn.Module, FeatureScorer):
             "config": asdict(self.config),
             "banks": {s: self.banks[str(s)].state() for s in self.bank_stages},
             "fitted": self.fitted,
+            "metrics": metrics_state(self.metrics),
         }
 
     def save(self, path: str | Path, **options) -> Path:
@@ -330,6 +358,7 @@ class PrototypeModel(nn.Module, FeatureScorer):
         for s, bank in banks.items():
             model.banks[str(s)] = bank
         model.fitted = bool(state.get("fitted", True))
+        model.metrics = metrics_state(state.get("metrics", {}), device)  # none in files of before: cosine
         return model
 
 
@@ -419,6 +448,10 @@ class PRADOT(nn.Module, FeatureModel):
         feats = (self.backbone(batch["image"].to(self.device)) for batch in loader)
         self.prototypes.history_ = []
         self.prototypes.train_schedule(schedule, feats, callback, progress)
+        bs, nw = int(self.config.batch_size), num_workers or 0
+        self.prototypes.fit_metrics(
+            lambda: (self.backbone(b["image"].to(self.device)) for b in DataLoader(data, batch_size=bs, num_workers=nw))
+        )
         return self
 
     def fit_features(

@@ -12,7 +12,10 @@ from .errors import InputError
 from .maps import check_sigma
 from .ranges import IMAGE_SIZE_RANGE, MAX_N, WHY_SIZE, SettingError, number
 
-__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape"]
+__all__ = ["PRADOTConfig", "EpochStats", "FeatureShape", "FEATURE_METRICS"]
+
+#: the feature terms of Eq. 3 that scoring can use (``PRADOTConfig.feature_metric``)
+FEATURE_METRICS = ("cosine", "mahalanobis")
 
 
 @dataclass
@@ -42,6 +45,9 @@ class PRADOTConfig:
     aggregation: int = 1  # k x k local averaging of the backbone features before the banks (1: none)
     concat_stages: bool = False  # one bank of the stages concatenated at the finest grid (False: a bank per stage)
     smoothing_sigma: float = 0.0  # Gaussian smoothing of the map, in pixels at image_size (0: none)
+    # the feature term of Eq. 3 in scoring: "cosine" (the paper) or "mahalanobis" (each cell's precision of the
+    # training residuals, PaDiM Eq. 2; pradot.local_covariance), fitted after the OT epochs
+    feature_metric: str = "cosine"
 
     def __post_init__(self):
         # the one range check of these settings (pipelines add the configuration key and the override to the
@@ -72,6 +78,7 @@ class PRADOTConfig:
         self.aggregation = check_aggregation(self.aggregation)
         self.concat_stages = bool(self.concat_stages)
         self.smoothing_sigma = check_sigma(self.smoothing_sigma)
+        self._check_feature_metric()
         if self.n >= 1 and int(self.batch_size) < self.n:
             raise InputError(
                 f"batch size {self.batch_size} < n={self.n}: with fewer embeddings than prototypes per cell "
@@ -84,6 +91,22 @@ class PRADOTConfig:
                 f"batch size {self.batch_size} < 2 n = {2 * self.n}: the paper's Fig. 3a shows a "
                 f"clear loss of accuracy below a batch/n ratio of 2",
                 stacklevel=3,
+            )
+
+    def _check_feature_metric(self) -> None:
+        if self.feature_metric not in FEATURE_METRICS:
+            raise SettingError(
+                "feature_metric",
+                self.feature_metric,
+                f"is not allowed: it must be one of {list(FEATURE_METRICS)} (the feature term of Eq. 3 in scoring: "
+                f"cosine = the paper, mahalanobis = each cell's precision of the training residuals)",
+            )
+        if self.feature_metric == "mahalanobis" and (self.n < 1 or self.learn_coordinates):
+            raise SettingError(
+                "feature_metric",
+                self.feature_metric,
+                f"needs per-cell prototypes (n >= 1 and learn_coordinates off; got n={self.n}, "
+                f"learn_coordinates={self.learn_coordinates}): its precisions are estimated per grid cell",
             )
 
 

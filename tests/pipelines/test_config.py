@@ -96,6 +96,11 @@ def test_promote_and_reproduce_options():
     assert config.model_config(config.compose("train", ["experiment=best"])).aggregation == 3
     paper = config.model_config(config.compose("train", ["experiment=paper"]))
     assert (paper.aggregation, paper.concat_stages, paper.smoothing_sigma) == (1, False, 0.0)
+    assert paper.feature_metric == "cosine"
+    maha = config.model_config(config.compose("train", ["model.feature_metric=mahalanobis"]))
+    assert maha.feature_metric == "mahalanobis"
+    with pytest.raises(config.ConfigError, match=r"model\.feature_metric.*cosine"):
+        config.model_config(config.compose("train", ["model.feature_metric=euclid"]))
     for bad, phrase in (
         ("normalisation=zscore", "per_member"),
         ("force=maybe", "true or false"),
@@ -108,8 +113,14 @@ def test_promote_and_reproduce_options():
     grid = promote_settings.reproduce_grid(
         config.compose("reproduce", config.parse_overrides(["stages=3", "alphas=0,0.3"]))
     )
-    assert grid.members() == [(3, 0.0), (3, 0.3)]
-    for bad, phrase in (("alphas=0,0", "duplicates"), ("stages=x", "numbers")):
+    assert grid.members() == [(3, 0.0), (3, 0.3)] and grid.overrides(3) == {}  # the paper: cosine everywhere
+    best_grid = promote_settings.reproduce_grid(config.compose("reproduce", ["experiment=best"]))
+    assert (best_grid.stages, best_grid.mahalanobis_stages) == ((2, 3), (2,))  # the recipe: stage 2 Mahalanobis
+    assert best_grid.overrides(2) == {"model.feature_metric": "mahalanobis"} and best_grid.overrides(3) == {}
+    assert (
+        promote_settings.reproduce_grid(config.compose("reproduce", ["experiment=cpu_demo"])).mahalanobis_stages == ()
+    )
+    for bad, phrase in (("alphas=0,0", "duplicates"), ("stages=x", "numbers"), ("mahalanobis_stages=[4]", "grid")):
         with pytest.raises(config.ConfigError, match=phrase):
             promote_settings.reproduce_grid(config.compose("reproduce", config.parse_overrides([bad])))
 

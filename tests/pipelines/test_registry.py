@@ -86,6 +86,7 @@ _OWN = {
         epochs=40,
         aggregation=3,
         smoothing_sigma=4.0,
+        feature_metric="mahalanobis",
         sweep_run_id="p1",
         sweep_rank=2,
         trial_id="t_00003",

@@ -110,6 +110,12 @@ def _make_tiled():
 KINDS = [
     Kind("PRADOT", lambda: PRADOT(_pradot_config(), backbone=_backbone()), _fit_features, lambda: _images(3, 9)),
     Kind(
+        "PRADOT-mahalanobis",
+        lambda: PRADOT(_pradot_config(feature_metric="mahalanobis"), backbone=_backbone()),
+        _fit_features,
+        lambda: _images(3, 9),
+    ),
+    Kind(
         "PrototypeModel",
         lambda: PrototypeModel.for_features(_pradot_config(), _train_features()),
         _fit_features,

@@ -10,6 +10,7 @@ import torch
 from pradot.errors import InputError
 from pradot.local_covariance import (
     cell_residual_covariance,
+    fit_cell_metrics,
     mahalanobis_scores,
     mahalanobis_scores_reference,
     training_normaliser,
@@ -71,3 +72,16 @@ def test_bad_input_is_refused_before_work():
     coarse = PrototypeBank(BankConfig(stage=2, alpha=0.3, n=0.5, grid=(4, 4), dim=5, backbone="x", image_size=32))
     with pytest.raises(InputError, match="n copies"):
         cell_residual_covariance(coarse, torch.randn(3, 5, 4, 4))
+
+
+def test_streamed_fit_equals_the_whole_set_formulas():
+    """fit_cell_metrics over batches (3 + 4 images) = cell_residual_covariance and training_normaliser on all 7."""
+    bank = _bank(0.3)
+    feats = torch.randn(7, 5, 3, 4, generator=torch.Generator().manual_seed(4)) + 0.5
+    got = fit_cell_metrics({2: bank}, lambda: iter([{2: feats[:3]}, {2: feats[3:]}]), eps=0.05)[2]
+    whole = cell_residual_covariance(bank, feats, eps=0.05)
+    torch.testing.assert_close(got["precision"], whole.float(), rtol=1e-5, atol=1e-6)
+    assert got["precision"].dtype == torch.float32
+    assert got["normaliser"] == pytest.approx(training_normaliser(bank, got["precision"], feats), rel=1e-12)
+    with pytest.raises(InputError, match="at least 2"):
+        fit_cell_metrics({2: bank}, lambda: iter([{2: feats[:1]}]))
