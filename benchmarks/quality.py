@@ -40,6 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.harness import REPO, log, machine_info, write_json  # noqa: E402
+from benchmarks.quality_models import FIT_SECONDS, direct_recipe, mahalanobis_twins  # noqa: E402
+from benchmarks.quality_models import baselines as fit_baselines  # noqa: E402
 
 PAPER_MEMBERS = ((2, 0.0), (2, 0.3), (3, 0.0), (3, 0.3))
 SHOWN = (
@@ -148,69 +150,6 @@ def _banks(args, feats, aggregation: int, sigma: float) -> list:
     return out
 
 
-#: label -> seconds to fit on the cached training features (filled as the models are fitted)
-FIT_SECONDS: dict[str, float] = {}
-
-
-def _direct_recipe(train: dict, test: dict, size: int, sigma: float = 4.0) -> tuple[np.ndarray, float, float]:
-    """The PatchCore recipe of issue 25 written directly (no pradot code): stride-8 and stride-16 features,
-    3x3 zero-padded average pooling, stage 3 interpolated onto stage 2's grid and concatenated, the full bank,
-    scikit-learn's exact L2 nearest neighbour, bilinear upsampling, scipy's Gaussian filter (sigma 4).
-    Returns (test maps, fit seconds, score seconds)."""
-    import torch.nn.functional as F
-    from scipy.ndimage import gaussian_filter
-    from sklearn.neighbors import NearestNeighbors
-
-    def embed(f):
-        p2, p3 = (F.avg_pool2d(torch.as_tensor(np.asarray(f[s])).float(), 3, 1, 1) for s in (2, 3))
-        e = torch.cat([p2, F.interpolate(p3, size=p2.shape[-2:], mode="bilinear")], 1)
-        return e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]).numpy(), e.shape
-
-    t0 = time.perf_counter()
-    index = NearestNeighbors(n_neighbors=1).fit(embed(train)[0])
-    t1 = time.perf_counter()
-    q, (B, _, H, W) = embed(test)
-    d = torch.from_numpy(index.kneighbors(q)[0][:, 0].astype(np.float32)).reshape(B, 1, H, W)
-    up = F.interpolate(d, size=(size, size), mode="bilinear")[:, 0].numpy()
-    maps = np.stack([gaussian_filter(m, sigma, mode="reflect") for m in up])
-    return maps, t1 - t0, time.perf_counter() - t1
-
-
-def _mahalanobis_twins(args, recipe, feats) -> list:
-    """Each recipe bank scored with the per-cell covariance feature term (:mod:`pradot.local_covariance`, the
-    fixed training normaliser unless ``--mahalanobis-tau image``): ``[(label, base model, maps_of(split))]``;
-    fit seconds = the bank's fit + the covariances and the normaliser."""
-    from pradot.local_covariance import cell_residual_covariance, mahalanobis_scores, training_normaliser
-
-    out = []
-    for lab, m in recipe:
-        (stage,) = m.config.stages
-        t0 = time.perf_counter()
-        bank = m.banks[str(stage)]
-        train = m.prototypes.transform({stage: feats["train"][stage]})[stage]
-        prec = cell_residual_covariance(bank, train)
-        tau = training_normaliser(bank, prec, train) if args.mahalanobis_tau == "fixed" else None
-        label = f"{lab} mahalanobis"
-        FIT_SECONDS[label] = FIT_SECONDS[lab] + time.perf_counter() - t0
-
-        def maps_of(split: dict, m=m, bank=bank, prec=prec, tau=tau, stage=stage) -> np.ndarray:
-            f = m.prototypes.transform({stage: split[stage]})[stage]
-            B, _, H, W = f.shape
-            s = mahalanobis_scores(bank, prec, f, normaliser=tau).reshape(B, H, W)
-            return m.prototypes.fuse({stage: s}).numpy()
-
-        out.append((label, m, maps_of))
-    return out
-
-
-def _timed(label: str, fit):
-    """``fit()`` with its seconds recorded under ``label``."""
-    t0 = time.perf_counter()
-    out = fit()
-    FIT_SECONDS[label] = time.perf_counter() - t0
-    return out
-
-
 def _maps(model, feats: dict) -> np.ndarray:
     stages = model.config.stages
     return model.maps_from_features({s: feats[s] for s in stages})[0].numpy()
@@ -252,29 +191,13 @@ def _select(cands, test, pseudo_maps, evalset, step: float, size=None) -> tuple[
     return info, fused, list(chosen)
 
 
-def _baselines(args, bb, feats) -> list:
-    """The memory bank (the project's defaults, and its rules before issue 25) and the PaDiM-style models."""
-    from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
-    from pradot.padim import PaDiMConfig, PaDiMModel
-
-    S, out = args.image_size, []
-    for label, extra in (
-        ("memory bank", {}),
-        ("memory bank (before)", dict(aggregation_border="inside", align_corners=True)),
-    ):
-        cfg = MemoryBankConfig(backbone=args.backbone, stages=(2, 3), image_size=S, seed=args.seed, **extra)
-        out.append((label, _timed(label, lambda c=cfg: MemoryBankModel(c, backbone=bb).fit_features(feats["train"]))))
-    for label, cov in (("padim", "eps"), ("padim ledoit-wolf", "ledoit_wolf")):
-        cfg = PaDiMConfig(backbone=args.backbone, stages=(2, 3), image_size=S, covariance=cov, seed=args.seed)
-        out.append((label, _timed(label, lambda c=cfg: PaDiMModel(c, backbone=bb).fit_features(feats["train"]))))
-    return out
-
-
-def category_section(args, category: str, root: Path) -> dict:
+def _category_data(args, category: str, root: Path, t0: float):
+    """The category's splits (generated at the benchmark's sizes), the backbone, the pseudo-anomaly set and the
+    features of train, test and pseudo images; with the backbone's seconds per test image."""
     from pradot.backbone import load_backbone
     from pradot.engine import DataSpec, open_splits
 
-    S, t0 = args.image_size, time.perf_counter()
+    S = args.image_size
     gen = {
         "image_size": S,
         "n_train": args.n_train,
@@ -292,11 +215,17 @@ def category_section(args, category: str, root: Path) -> dict:
     backbone_per_image = (time.perf_counter() - t_bb) / len(splits.test)
     feats["pseudo"] = _features(bb, images, S)
     log(f"{category}: features in {time.perf_counter() - t0:.0f}s")
+    return splits, bb, (images, groups, styles, masks), feats, backbone_per_image
+
+
+def category_section(args, category: str, root: Path) -> dict:
+    S, t0 = args.image_size, time.perf_counter()
+    splits, bb, (images, groups, styles, masks), feats, backbone_per_image = _category_data(args, category, root, t0)
     FIT_SECONDS.clear()
     paper = [] if args.skip_paper else _banks(args, feats, 1, 0.0)
     recipe = _banks(args, feats, args.aggregation, args.sigma)
-    baselines = _baselines(args, bb, feats)
-    twins = [] if args.no_mahalanobis else _mahalanobis_twins(args, recipe, feats)
+    baselines = fit_baselines(args, bb, feats)
+    twins = [] if args.no_mahalanobis else mahalanobis_twins(args, recipe, feats)
     log(f"{category}: models fitted at {time.perf_counter() - t0:.0f}s")
     test, score_seconds = {}, {}
     scorers = [(lab, lambda f, m=m: _maps(m, f)) for lab, m in [*paper, *recipe, *baselines]]
@@ -304,7 +233,7 @@ def category_section(args, category: str, root: Path) -> dict:
         t1 = time.perf_counter()
         test[lab] = maps_of(feats["test"])
         score_seconds[lab] = time.perf_counter() - t1
-    test["direct recipe"], FIT_SECONDS["direct recipe"], score_seconds["direct recipe"] = _direct_recipe(
+    test["direct recipe"], FIT_SECONDS["direct recipe"], score_seconds["direct recipe"] = direct_recipe(
         feats["train"], feats["test"], S
     )
     models = dict([*recipe, *baselines])

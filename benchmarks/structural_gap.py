@@ -88,7 +88,10 @@ def _pradot(args, feats, n: int, concat: bool):
 
 def _cosine_fixed(model, feats_train, feats_test):
     """Eq. 6 with the cosine term, tau fixed at the training images' mean per-image maximum."""
-    from pradot.cost import _unit, spatial_cost
+    from pradot.cost import spatial_cost
+
+    def _unit(x: torch.Tensor) -> torch.Tensor:  # rows to unit L2 norm, as Eq. 1's cosine (pradot.cost)
+        return torch.nn.functional.normalize(x, dim=-1, eps=1e-8)
 
     bank = model.prototypes.banks["2"]
     a = float(bank.config.alpha)
