@@ -65,8 +65,11 @@ def compose(root: str, overrides: Sequence[str] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
         keep_as_text(cfg)  # a name's ``${`` stays text
     except (HydraException, OmegaConfBaseException) as e:
+        text, hint = str(e), _did_you_mean(root, str(e))
+        if hint:  # a misspelt key: not Hydra's "To append to your config use +key", which would train without it
+            text = re.sub(r"\s*To append to your config use \+\S+", "", text)
         raise ConfigError(
-            f"bad configuration override: {e}{schema.reason(e)}{_did_you_mean(root, str(e))}\n(overrides: "
+            f"bad configuration override: {text}{schema.reason(e)}{hint}\n(overrides: "
             f"{' '.join(overrides)}; the config groups and keys are in {CONF_DIR})"
         ) from None
     except UnicodeDecodeError:

@@ -100,7 +100,13 @@ def probe(address: str | None) -> None:
 
     target = cluster_address(ClusterSettings(address=address))
     if target:
-        probe_address(target, setting="ray", what="predict")
+        probe_address(
+            target,
+            setting="ray",
+            what="predict",
+            private="set ray=true with RAY_ADDRESS unset to run predict on a private local Ray of this machine "
+            "(ray=false: the local path, without Ray).",
+        )
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,17 @@ def tiling_settings(cfg: DictConfig) -> TilingSettings | None:
             ``blend`` or ``banks``.
     """
     t = cfg.model.get("tiling")
-    if not t or not bool(t.get("enabled", False)):
+    if not t:
         return None
+    blend, banks = str(t.get("blend", "linear")), str(t.get("banks", "per_position"))
+    for key, value, allowed in (("blend", blend, BLENDS), ("banks", banks, BANKS)):  # checked even when off
+        if value not in allowed:
+            raise ConfigError(
+                f"model.tiling.{key}={value!r}: must be one of {', '.join(allowed)}; "
+                f"{checks.how_to_set(f'model.tiling.{key}')}"
+            )
+    if not bool(t.get("enabled", False)):
+        return None  # tile_size and stride are checked against the image size only when tiling is on
     size = int(cfg.data.image_size)
     tile = checks.number(
         "model.tiling.tile_size",
@@ -65,11 +74,6 @@ def tiling_settings(cfg: DictConfig) -> TilingSettings | None:
         hi=tile,
         why="px between tiles: below 1 tiles never advance, above tile_size pixels are left uncovered",
     )
-    blend, banks = str(t.get("blend", "linear")), str(t.get("banks", "per_position"))
-    if blend not in BLENDS:
-        raise ConfigError(f"model.tiling.blend={blend!r}: must be one of {', '.join(BLENDS)}")
-    if banks not in BANKS:
-        raise ConfigError(f"model.tiling.banks={banks!r}: must be one of {', '.join(BANKS)}")
     return TilingSettings(int(tile), int(stride), blend, banks)
 
 

@@ -243,10 +243,15 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def probe_address(
-    address: str, timeout_s: float = _PROBE_TIMEOUT_S, setting: str = "sweep.ray.address", what: str = "the sweep"
+    address: str,
+    timeout_s: float = _PROBE_TIMEOUT_S,
+    setting: str = "sweep.ray.address",
+    what: str = "the sweep",
+    private: str | None = None,
 ) -> None:
     """Fail fast when nothing answers at the cluster's address (``ray.init`` would wait for minutes);
-    ``setting`` names where the address came from unless it is ``$RAY_ADDRESS``, ``what`` the work.
+    ``setting`` names where the address came from unless it is ``$RAY_ADDRESS``, ``what`` the work, ``private``
+    how to run it on a private local Ray instead (default: unset both).
 
     Raises:
         SweepError: naming the address and where it came from.
@@ -260,8 +265,8 @@ def probe_address(
     except (OSError, ValueError) as e:
         raise SweepError(
             f"cannot reach the Ray cluster at {address!r} ({source}) within {timeout_s:.0f}s: {e}. Check the address "
-            f"and that the head node runs (`ray start --head --port=6379`), or unset RAY_ADDRESS and "
-            f"{setting} to run {what} on a private local Ray of this machine."
+            f"and that the head node runs (`ray start --head --port=6379`), or "
+            + (private or f"unset RAY_ADDRESS and {setting} to run {what} on a private local Ray of this machine.")
         ) from None
 
 

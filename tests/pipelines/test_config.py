@@ -141,6 +141,7 @@ def test_a_misspelt_key_gets_the_closest_existing_ones(root, override, suggestio
     with pytest.raises(config.ConfigError) as e:
         config.compose(root, [override])
     assert suggestion in str(e.value)
+    assert "To append to your config use +" not in str(e.value)  # Hydra's advice would train without the setting
     with pytest.raises(config.ConfigError) as e:
         config.compose("train", ["model.zzzzz=1"])
     assert "did you mean" not in str(e.value)

@@ -69,7 +69,7 @@ def test_a_cluster_that_does_not_answer_is_refused_before_any_work(tmp_path, mon
     assert predict.main([*argv, "tracking.enabled=false"]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert f"cannot reach the Ray cluster at '{address}' (ray)" in err and "Traceback" not in err
-    assert "to run predict on a private local Ray" in err and not out.exists()
+    assert "set ray=true with RAY_ADDRESS unset to run predict on a private local Ray" in err and not out.exists()
     monkeypatch.setenv("RAY_ADDRESS", address)
     assert predict.main([*argv[:3], "ray=true", "tracking.enabled=false"]) == cli.EXIT_BAD_INPUT
     assert f"'{address}' ($RAY_ADDRESS)" in capsys.readouterr().err and not out.exists()

@@ -31,10 +31,19 @@ def test_off_by_default_and_typed_when_on():
         ("model.tiling.tile_size=256", r"model.tiling.tile_size=256 is out of range.*larger than the image"),
         ("model.tiling.stride=0", r"model.tiling.stride=0 is out of range.*never advance"),
         ("model.tiling.stride=300", r"model.tiling.stride=300 is out of range.*uncovered"),
-        ("model.tiling.blend=gauss", r"model.tiling.blend='gauss'.*mean, linear"),
+        ("model.tiling.blend=gauss", r"model.tiling.blend='gauss'.*mean, linear; change it with the override model.tiling.blend="),
         ("model.tiling.banks=each", r"model.tiling.banks='each'.*shared, per_position"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, match):
     with pytest.raises(config.ConfigError, match=match):
         tiling_settings(config.compose("train", [*BASE, override]))
+
+
+@pytest.mark.parametrize("override", ["model.tiling.blend=cubic", "model.tiling.banks=each"])
+def test_a_bad_choice_is_refused_also_when_tiling_is_off(override):
+    """A misspelt choice is refused whether tiling is on or not (it would be logged as the run's setting);
+    tile_size and stride are checked against the image only when tiling is on (their defaults exceed small images)."""
+    with pytest.raises(config.ConfigError, match=override.split("=")[0]):
+        tiling_settings(config.compose("train", ["experiment=ci", override]))
+    assert tiling_settings(config.compose("train", ["experiment=ci", "model.tiling.tile_size=9999"])) is None
