@@ -31,7 +31,10 @@ def test_off_by_default_and_typed_when_on():
         ("model.tiling.tile_size=256", r"model.tiling.tile_size=256 is out of range.*larger than the image"),
         ("model.tiling.stride=0", r"model.tiling.stride=0 is out of range.*never advance"),
         ("model.tiling.stride=300", r"model.tiling.stride=300 is out of range.*uncovered"),
-        ("model.tiling.blend=gauss", r"model.tiling.blend='gauss'.*mean, linear; change it with the override model.tiling.blend="),
+        (
+            "model.tiling.blend=gauss",
+            r"model.tiling.blend='gauss'.*mean, linear; change it with the override model.tiling.blend=",
+        ),
         ("model.tiling.banks=each", r"model.tiling.banks='each'.*shared, per_position"),
     ],
 )
