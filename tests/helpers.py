@@ -129,3 +129,21 @@ def pinged(url: str) -> bool:
         return http("GET", f"{url}/ping", timeout=2)[0] == 200
     except OSError:
         return False
+
+
+def logged_model_folder(model_path: Path, folder: Path, store_uri: str | None = None) -> Path:
+    """``model_path`` logged as the pyfunc model (a fixed calibration, CPU) into the store ``store_uri``
+    (default: a new SQLite store in ``folder``) and downloaded back under ``folder/dl``: a model folder as
+    ``predict`` and ``mlflow models serve`` read it. The process's tracking URI is restored after."""
+    import mlflow
+
+    from pipelines import mlflow_model
+    from pradot.serving import Calibration
+
+    uri = store_uri or f"sqlite:///{folder}/mlflow.db"
+    exp = mlflow.MlflowClient(uri).create_experiment("t", artifact_location=(folder / "artifacts").as_uri())
+    with tracking_uri(uri), mlflow.start_run(experiment_id=exp):
+        info = mlflow_model.log_pradot_model(
+            model_path, Calibration(0.5, 0.0, 1.0, 0.99, 3), model_config={"device": "cpu"}
+        )
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(folder / "dl")))

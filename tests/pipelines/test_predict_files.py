@@ -19,30 +19,15 @@ NAMES = [b"a_good.png", b"caf\xe9.png", b"=HYPERLINK(1).png", b"d.png", b"e.png"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A logged PRADOT model folder (as downloaded from the store)."""
-    import mlflow
 
-    from pipelines import mlflow_model
     from pradot import PRADOT, PRADOTConfig
     from pradot.backbone import load_backbone
-    from pradot.serving import Calibration
+    from tests.helpers import logged_model_folder
 
     tmp = tmp_path_factory.mktemp("model")
     cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
     path = PRADOT(cfg, backbone=load_backbone("tiny_random", (2,))).save(tmp / "m.pt")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("t", artifact_location=(tmp / "artifacts").as_uri())
-    old = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(experiment_id=exp):
-            info = mlflow_model.log_pradot_model(
-                path, Calibration(0.5, 0.0, 1.0, 0.99, 3), model_config={"device": "cpu"}
-            )
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp / "dl"))
-    finally:
-        mlflow.set_tracking_uri(old)
-    return Path(folder)
+    return logged_model_folder(path, tmp)
 
 
 @pytest.fixture()

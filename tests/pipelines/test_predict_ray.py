@@ -79,29 +79,15 @@ def test_a_cluster_that_does_not_answer_is_refused_before_any_work(tmp_path, mon
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, mlflow_db_template):
     """A logged PRADOT model folder (tiny random backbone), as downloaded from the store."""
-    import mlflow
 
-    from pipelines import mlflow_model
     from pradot import PRADOT, PRADOTConfig
     from pradot.backbone import load_backbone
-    from pradot.serving import Calibration
-    from tests.helpers import copy_store
+    from tests.helpers import copy_store, logged_model_folder
 
     tmp = tmp_path_factory.mktemp("model")
     cfg = PRADOTConfig(backbone="tiny_random", stages=(2,), image_size=32, n=1, batch_size=2, epochs=1)
     path = PRADOT(cfg, backbone=load_backbone("tiny_random", (2,))).save(tmp / "m.pt")
-    client = mlflow.MlflowClient(copy_store(mlflow_db_template, tmp))
-    exp = client.create_experiment("t", artifact_location=(tmp / "artifacts").as_uri())
-    old = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        with mlflow.start_run(experiment_id=exp):
-            info = mlflow_model.log_pradot_model(
-                path, Calibration(0.5, 0.0, 1.0, 0.99, 3), model_config={"device": "cpu"}
-            )
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp / "dl")))
-    finally:
-        mlflow.set_tracking_uri(old)
+    return logged_model_folder(path, tmp, copy_store(mlflow_db_template, tmp))
 
 
 @pytest.fixture()

@@ -12,15 +12,12 @@ import torch
 from PIL import Image
 
 from pipelines import predict
+from tests.helpers import logged_model_folder
 
 
 def test_predict_scores_a_tiled_model_as_the_library(tmp_path):
-    import mlflow
-
-    from pipelines import mlflow_model
     from pradot import PRADOT, PRADOTConfig
     from pradot.backbone import load_backbone
-    from pradot.serving import Calibration
     from pradot.tiled import TiledModel
     from pradot.tiling import TileGrid
 
@@ -29,18 +26,7 @@ def test_predict_scores_a_tiled_model_as_the_library(tmp_path):
     grid = TileGrid(32, 16, 8, "linear")
     model = TiledModel.build(PRADOT(cfg, backbone=load_backbone("tiny_random", (2,))), grid).fit(train, progress=False)
     path = model.save(tmp_path / "tiled.pt")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = mlflow.MlflowClient(uri).create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
-    old = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(experiment_id=exp):
-            info = mlflow_model.log_pradot_model(
-                path, Calibration(0.5, 0.0, 1.0, 0.99, 3), model_config={"device": "cpu"}
-            )
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "dl"))
-    finally:
-        mlflow.set_tracking_uri(old)
+    folder = logged_model_folder(path, tmp_path)
     inp = tmp_path / "parts"
     inp.mkdir()
     pixels = (np.random.default_rng(1).random((3, 32, 32, 3)) * 255).astype(np.uint8)
