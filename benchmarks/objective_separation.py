@@ -206,19 +206,9 @@ def _pick(metrics: dict) -> dict:
 def category_section(args, category: str) -> dict:
     from pipelines import objective
     from pradot.backbone import load_backbone
-    from pradot.engine import DataSpec, open_splits
 
     S, t0 = args.image_size, time.perf_counter()
-    gen = {
-        "image_size": S,
-        "n_train": args.n_train,
-        "n_validation": args.n_validation,
-        "n_test_good": args.n_test,
-        "n_test_logical": args.n_test,
-        "n_test_structural": args.n_test,
-    }
-    root = Path(args.data_root or Path("/tmp") / "pradot-quality-data")
-    splits = open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
+    splits = Q.open_category(args, category, Path(args.data_root or Path("/tmp") / "pradot-quality-data"))
     bb = load_backbone(args.backbone, (2, 3))
     feats = {"train": Q._features(bb, splits.train, S), "test": Q._features(bb, splits.test, S)}
     models = dict(_fit_candidates(args, bb, feats["train"]))

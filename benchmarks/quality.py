@@ -191,10 +191,9 @@ def _select(cands, test, pseudo_maps, evalset, step: float, size=None) -> tuple[
     return info, fused, list(chosen)
 
 
-def _category_data(args, category: str, root: Path, t0: float):
-    """The category's splits (generated at the benchmark's sizes), the backbone, the pseudo-anomaly set and the
-    features of train, test and pseudo images; with the backbone's seconds per test image."""
-    from pradot.backbone import load_backbone
+def open_category(args, category: str, root: Path):
+    """The embedded category's splits under ``root``, generated (once) at the benchmark's sizes
+    (``--image-size``, ``--n-train``, ``--n-validation``, ``--n-test`` per anomaly type)."""
     from pradot.engine import DataSpec, open_splits
 
     S = args.image_size
@@ -206,7 +205,16 @@ def _category_data(args, category: str, root: Path, t0: float):
         "n_test_logical": args.n_test,
         "n_test_structural": args.n_test,
     }
-    splits = open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
+    return open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
+
+
+def _category_data(args, category: str, root: Path, t0: float):
+    """The category's splits (generated at the benchmark's sizes), the backbone, the pseudo-anomaly set and the
+    features of train, test and pseudo images; with the backbone's seconds per test image."""
+    from pradot.backbone import load_backbone
+
+    S = args.image_size
+    splits = open_category(args, category, root)
     bb = load_backbone(args.backbone, (2, 3))
     images, groups, styles, masks = _pseudo_set(splits, S, args.seed)
     feats = {"train": _features(bb, splits.train, S)}

@@ -40,22 +40,12 @@ def variants(args, category: str, fractions) -> dict:
     """The choice and its test metrics per patch fraction, with the paper ensemble and the baseline."""
     from pradot.backbone import load_backbone
     from pradot.data import read_image
-    from pradot.engine import DataSpec, open_splits
     from pradot.fusion import choose_fusion
     from pradot.memory_bank import MemoryBankConfig, MemoryBankModel
     from pradot.metrics.pseudo import pseudo_metrics
 
     S, t0 = args.image_size, time.perf_counter()
-    gen = {
-        "image_size": S,
-        "n_train": args.n_train,
-        "n_validation": args.n_validation,
-        "n_test_good": args.n_test,
-        "n_test_logical": args.n_test,
-        "n_test_structural": args.n_test,
-    }
-    root = Path(args.data_root or Path("/tmp") / "pradot-quality-data")
-    splits = open_splits(DataSpec("synthetic", str(root), category, S, generator=gen))
+    splits = Q.open_category(args, category, Path(args.data_root or Path("/tmp") / "pradot-quality-data"))
     bb = load_backbone(args.backbone, (2, 3))
     feats = {"train": Q._features(bb, splits.train, S), "test": Q._features(bb, splits.test, S)}
     cands = Q._banks(args, feats, 1, args.sigma) + Q._banks(args, feats, args.aggregation, args.sigma)
